@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs the Debian/Ubuntu packages edgeloop needs, only when missing.
+# Called by `make setup` (and so by `make demo`, `make test` and CI).
+set -euo pipefail
+
+need=()
+have_cmd() { command -v "$1" >/dev/null 2>&1; }
+
+have_cmd mosquitto || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+have_cmd mosquitto_pub || need+=(mosquitto-clients)
+have_cmd pkg-config || need+=(pkg-config)
+pkg-config --exists libsystemd 2>/dev/null || need+=(libsystemd-dev)
+have_cmd gcc || need+=(gcc)
+have_cmd git || need+=(git)
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
+py_inc=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
+[ -f "$py_inc/Python.h" ] || need+=(python3-dev)
+# Headless Chromium renders the demo report in a test.
+have_cmd chromium || need+=(chromium)
+
+if [ ${#need[@]} -eq 0 ]; then
+  exit 0
+fi
+
+echo "installing system packages: ${need[*]}" >&2
+if [ "$(id -u)" -eq 0 ]; then
+  SUDO=""
+elif have_cmd sudo; then
+  SUDO="sudo"
+else
+  echo "error: need root or sudo to install: ${need[*]}" >&2
+  exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -q
+$SUDO apt-get install -y -q --no-install-recommends "${need[@]}"

@@ -1,0 +1,565 @@
+"""Durable on-device outbox: everything the agent sends to the control node goes through it.
+
+SQLite in WAL mode. A message accepted by :meth:`Outbox.put` (a non-``None`` id came back) is
+committed to the database file, so it survives a broker outage, a crash and ``kill -9`` of the
+agent. Delivery is at least once: the MQTT publisher peeks, marks messages in flight, publishes
+with QoS 1 and acks (deletes) them on PUBACK; whatever was not acked before a restart is sent
+again. Every message carries a globally unique id, also inside its JSON envelope, on which the
+control node de-duplicates. See docs/outbox.md for the durability and capacity policies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import logging
+import os
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+POLICIES = ("drop_oldest", "reject_new")
+SYNCHRONOUS = ("NORMAL", "FULL")
+
+# Higher number = more important. Under "drop_oldest" the oldest messages of the lowest
+# priority go first, and a message never evicts one of a higher priority than its own.
+DEFAULT_KINDS: Mapping[str, int] = {"sample": 0, "report": 1, "event": 2}
+
+_SCHEMA_VERSION = 1
+# SQLite's default limit on bound parameters is 999 on older builds.
+_CHUNK = 500
+# After a checkpoint SQLite truncates the WAL file back to this size; without it the WAL
+# keeps its high-water mark forever.
+_WAL_SIZE_LIMIT = 4 * 1024 * 1024
+_MAX_TOPIC_BYTES = 65535  # MQTT's limit on a topic name
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    topic TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    size INTEGER NOT NULL,
+    created REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    inflight INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS messages_by_priority ON messages (priority DESC, seq);
+"""
+
+
+class OutboxError(Exception):
+    """The outbox cannot be opened or was used after close."""
+
+
+@dataclass(frozen=True)
+class OutboxMessage:
+    """One stored message. ``body`` is the UTF-8 JSON envelope, ready to publish as is."""
+
+    id: str
+    topic: str
+    kind: str
+    body: bytes
+    created: float
+    attempts: int
+
+    def envelope(self) -> dict[str, Any]:
+        """The decoded envelope: ``{"id", "device_id", "kind", "ts", "payload"}``."""
+        return json.loads(self.body)
+
+
+class Outbox:
+    """Bounded, durable, thread-safe message store between the agent and the MQTT publisher.
+
+    Thread safety: one SQLite connection guarded by one lock. Every operation is a short
+    transaction and SQLite serialises writers anyway, so a second connection would only add
+    lock contention (SQLITE_BUSY retries) and force the in-memory byte accounting to be shared
+    across connections.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        max_bytes: int,
+        device_id: str,
+        policy: str = "drop_oldest",
+        synchronous: str = "NORMAL",
+        kinds: Mapping[str, int] | None = None,
+        file_limit_bytes: int | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= 0:
+            raise ValueError(f"max_bytes must be a positive int, got {max_bytes!r}")
+        if policy not in POLICIES:
+            raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
+        if synchronous not in SYNCHRONOUS:
+            raise ValueError(f"synchronous must be one of {SYNCHRONOUS}, got {synchronous!r}")
+        if not isinstance(device_id, str) or not device_id or len(device_id) > 128:
+            raise ValueError(
+                f"device_id must be a non-empty str of at most 128 chars, got {device_id!r}"
+            )
+        if any(c.isspace() for c in device_id):
+            raise ValueError(f"device_id must not contain whitespace, got {device_id!r}")
+        kinds = dict(DEFAULT_KINDS if kinds is None else kinds)
+        if not kinds:
+            raise ValueError("kinds must name at least one message kind")
+        for kind, prio in kinds.items():
+            if not isinstance(kind, str) or not kind:
+                raise ValueError(f"kinds: kind names must be non-empty str, got {kind!r}")
+            if isinstance(prio, bool) or not isinstance(prio, int):
+                raise ValueError(f"kinds[{kind!r}]: priority must be an int, got {prio!r}")
+        if file_limit_bytes is not None and (
+            isinstance(file_limit_bytes, bool)
+            or not isinstance(file_limit_bytes, int)
+            or file_limit_bytes <= 0
+        ):
+            raise ValueError(
+                f"file_limit_bytes must be a positive int or None, got {file_limit_bytes!r}"
+            )
+
+        self.path = os.fspath(path)
+        self.max_bytes = max_bytes
+        self.device_id = device_id
+        self.policy = policy
+        self.synchronous = synchronous
+        self.kinds: dict[str, int] = kinds
+        self.file_limit_bytes = file_limit_bytes
+        self._clock = clock
+        # A fresh random token per open makes ids unique across restarts and across a
+        # re-created database file without having to persist a counter.
+        self.boot_id = secrets.token_hex(8)
+        self._seq = itertools.count(1)
+        self._lock = threading.Lock()
+        self._closed = False
+        # (priority, kind) -> [count, bytes] of stored messages; kept in memory so the
+        # capacity check on every put is free. Rebuilt from the table on open and after errors.
+        self._acc: dict[tuple[int, str], list[int]] = {}
+        self._inflight = 0
+        self._counters: dict[str, Any] = {
+            "accepted": {},
+            "acked": 0,
+            "dropped_oldest": {},
+            "rejected_full": {},
+            "rejected_oversize": {},
+            "disk_full_errors": 0,
+            "storage_errors": 0,
+            "redelivered_after_restart": 0,
+        }
+        self.last_error: str | None = None
+        self.quarantined: str | None = None
+        self._conn = self._open()
+
+    # ------------------------------------------------------------------ opening
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            return self._connect()
+        except sqlite3.DatabaseError as exc:
+            msg = str(exc).lower()
+            if "not a database" not in msg and "malformed" not in msg:
+                raise OutboxError(f"cannot open outbox {self.path!r}: {exc}") from exc
+        # A damaged file must not keep the agent from starting: move it aside for post-mortem
+        # and start empty. Its messages are lost; the move is reported in stats().
+        dest = f"{self.path}.corrupt-{int(time.time())}"
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(self.path + suffix):
+                os.replace(self.path + suffix, dest + suffix)
+        self.quarantined = dest
+        log.warning("outbox %s was not a valid database; moved it to %s", self.path, dest)
+        try:
+            return self._connect()
+        except sqlite3.DatabaseError as exc:
+            raise OutboxError(f"cannot open outbox {self.path!r}: {exc}") from exc
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10)
+        try:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise OutboxError(f"outbox {self.path!r}: WAL mode unavailable (got {mode!r})")
+            # NORMAL in WAL mode: a commit is written to the WAL before put() returns, so it
+            # survives a process crash / kill -9 (the OS holds the pages); only an OS crash or
+            # power cut can lose the last commits, never corrupt the file. FULL adds an fsync
+            # per commit for power-cut safety. Rationale and figures: docs/outbox.md.
+            conn.execute(f"PRAGMA synchronous={self.synchronous}")
+            conn.execute(f"PRAGMA journal_size_limit={_WAL_SIZE_LIMIT}")
+            if self.file_limit_bytes is not None:
+                page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+                pages = max(self.file_limit_bytes // page_size, 8)
+                conn.execute(f"PRAGMA max_page_count={pages}")
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version not in (0, _SCHEMA_VERSION):
+                raise OutboxError(
+                    f"outbox {self.path!r} has schema version {version}, "
+                    f"this agent knows {_SCHEMA_VERSION}"
+                )
+            conn.executescript(_SCHEMA)
+            conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+            # In-flight state belongs to the previous process's MQTT session: whatever was
+            # not acked then must be published again.
+            cur = conn.execute("UPDATE messages SET inflight=0 WHERE inflight<>0")
+            self._counters["redelivered_after_restart"] = cur.rowcount
+            self._reload_accounting(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _reload_accounting(self, conn: sqlite3.Connection) -> None:
+        rows = conn.execute(
+            "SELECT priority, kind, count(*), coalesce(sum(size), 0) FROM messages "
+            "GROUP BY priority, kind"
+        ).fetchall()
+        self._acc = {(p, k): [n, b] for p, k, n, b in rows}
+        self._inflight = conn.execute("SELECT count(*) FROM messages WHERE inflight<>0").fetchone()[
+            0
+        ]
+
+    # ------------------------------------------------------------------ writing
+
+    def put(self, topic: str, payload: Mapping[str, Any], kind: str) -> str | None:
+        """Store one message; return its id, or ``None`` if it was not stored.
+
+        ``None`` means the outbox is full under its policy, the message alone exceeds
+        ``max_bytes``, or the storage failed (e.g. disk full); each is counted in
+        :meth:`stats`. Malformed arguments raise ``ValueError``/``TypeError``.
+        """
+        return self.put_many([(topic, payload, kind)])[0]
+
+    def put_many(self, messages: Iterable[tuple[str, Mapping[str, Any], str]]) -> list[str | None]:
+        """Store several ``(topic, payload, kind)`` messages in one transaction.
+
+        One commit for the batch: this is the way to batch puts. Results are per message, as
+        for :meth:`put`; a storage error fails the whole batch (all ``None``).
+        """
+        now = self._clock()
+        prepared = [self._prepare(i, t, p, k, now) for i, (t, p, k) in enumerate(messages)]
+        results: list[str | None] = [None] * len(prepared)
+        if not prepared:
+            return results
+        with self._lock:
+            self._check_open()
+            acc = {key: list(v) for key, v in self._acc.items()}
+            counters_delta: list[tuple[str, str]] = []
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                for i, (msg_id, topic, kind, prio, body) in enumerate(prepared):
+                    size = len(body) + len(topic.encode())
+                    if size > self.max_bytes:
+                        counters_delta.append(("rejected_oversize", kind))
+                        continue
+                    if not self._make_room(acc, prio, size, counters_delta):
+                        counters_delta.append(("rejected_full", kind))
+                        continue
+                    self._conn.execute(
+                        "INSERT INTO messages (id, topic, kind, priority, body, size, created) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (msg_id, topic, kind, prio, body, size, now),
+                    )
+                    slot = acc.setdefault((prio, kind), [0, 0])
+                    slot[0] += 1
+                    slot[1] += size
+                    counters_delta.append(("accepted", kind))
+                    results[i] = msg_id
+                self._conn.execute("COMMIT")
+            except sqlite3.DatabaseError as exc:
+                self._storage_failed(exc, "put")
+                return [None] * len(prepared)
+            self._acc = {key: v for key, v in acc.items() if v[0] > 0}
+            for name, kind in counters_delta:
+                bucket = self._counters[name]
+                bucket[kind] = bucket.get(kind, 0) + 1
+        return results
+
+    def _prepare(
+        self, index: int, topic: Any, payload: Any, kind: Any, now: float
+    ) -> tuple[str, str, str, int, bytes]:
+        where = f"message {index}"
+        if not isinstance(topic, str) or not topic:
+            raise ValueError(f"{where}: topic must be a non-empty str, got {topic!r}")
+        if "+" in topic or "#" in topic or "\x00" in topic:
+            raise ValueError(f"{where}: topic {topic!r} must not contain '+', '#' or NUL")
+        if len(topic.encode("utf-8", "surrogatepass")) > _MAX_TOPIC_BYTES:
+            raise ValueError(f"{where}: topic is longer than {_MAX_TOPIC_BYTES} bytes")
+        if not isinstance(kind, str) or kind not in self.kinds:
+            raise ValueError(f"{where}: kind must be one of {sorted(self.kinds)}, got {kind!r}")
+        if not isinstance(payload, Mapping):
+            raise TypeError(f"{where}: payload must be a dict, got {type(payload).__name__}")
+        try:
+            payload_json = json.dumps(payload, separators=(",", ":"), allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{where}: payload is not strict JSON ({exc})") from exc
+        msg_id = f"{self.device_id}:{self.boot_id}:{next(self._seq)}"
+        # Built by concatenation so the payload is serialised once; same bytes as json.dumps
+        # of the whole envelope with the same separators.
+        body = (
+            '{"id":'
+            + json.dumps(msg_id)
+            + ',"device_id":'
+            + json.dumps(self.device_id)
+            + ',"kind":'
+            + json.dumps(kind)
+            + ',"ts":'
+            + repr(float(now))
+            + ',"payload":'
+            + payload_json
+            + "}"
+        ).encode()
+        return msg_id, topic, kind, self.kinds[kind], body
+
+    def _make_room(
+        self,
+        acc: dict[tuple[int, str], list[int]],
+        prio: int,
+        size: int,
+        counters_delta: list[tuple[str, str]],
+    ) -> bool:
+        used = sum(v[1] for v in acc.values())
+        need = used + size - self.max_bytes
+        if need <= 0:
+            return True
+        if self.policy == "reject_new":
+            return False
+        evictable = sum(v[1] for (p, _k), v in acc.items() if p <= prio)
+        if evictable < need:
+            return False
+        for p in sorted({p for (p, _k) in acc if p <= prio}):
+            # In steady state one put evicts about one message: start with a small read and
+            # widen it only when many small messages must go.
+            limit = 8
+            while need > 0:
+                rows = self._conn.execute(
+                    "SELECT seq, kind, size, inflight FROM messages WHERE priority=? "
+                    "ORDER BY seq LIMIT ?",
+                    (p, limit),
+                ).fetchall()
+                limit = min(limit * 4, _CHUNK)
+                if not rows:
+                    break
+                last = None
+                for seq, kind, sz, inflight in rows:
+                    last = seq
+                    need -= sz
+                    slot = acc[(p, kind)]
+                    slot[0] -= 1
+                    slot[1] -= sz
+                    self._inflight -= 1 if inflight else 0
+                    counters_delta.append(("dropped_oldest", kind))
+                    if need <= 0:
+                        break
+                self._conn.execute("DELETE FROM messages WHERE priority=? AND seq<=?", (p, last))
+            if need <= 0:
+                break
+        return need <= 0
+
+    # ------------------------------------------------------------------ reading / acking
+
+    def peek(self, limit: int = 100) -> list[OutboxMessage]:
+        """Up to ``limit`` messages not in flight: highest priority first, oldest first within
+        a priority."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
+            raise ValueError(f"limit must be a positive int, got {limit!r}")
+        with self._lock:
+            self._check_open()
+            try:
+                rows = self._conn.execute(
+                    "SELECT id, topic, kind, body, created, attempts FROM messages "
+                    "WHERE inflight=0 ORDER BY priority DESC, seq LIMIT ?",
+                    (limit,),
+                ).fetchall()
+            except sqlite3.DatabaseError as exc:
+                self._storage_failed(exc, "peek")
+                return []
+        return [OutboxMessage(r[0], r[1], r[2], bytes(r[3]), r[4], r[5]) for r in rows]
+
+    def mark_inflight(self, ids: Sequence[str]) -> int:
+        """Exclude messages from :meth:`peek` until acked, released or the outbox reopens."""
+        return self._update_ids(
+            ids,
+            "UPDATE messages SET inflight=1, attempts=attempts+1 WHERE inflight=0 AND id IN ",
+            +1,
+        )
+
+    def release(self, ids: Sequence[str] | None = None) -> int:
+        """Make in-flight messages peekable again (e.g. the broker connection dropped)."""
+        if ids is None:
+            with self._lock:
+                self._check_open()
+                try:
+                    n = self._conn.execute(
+                        "UPDATE messages SET inflight=0 WHERE inflight<>0"
+                    ).rowcount
+                except sqlite3.DatabaseError as exc:
+                    self._storage_failed(exc, "release")
+                    return 0
+                self._inflight = 0
+                return n
+        return self._update_ids(
+            ids, "UPDATE messages SET inflight=0 WHERE inflight<>0 AND id IN ", -1
+        )
+
+    def _update_ids(self, ids: Sequence[str], sql_prefix: str, inflight_sign: int) -> int:
+        ids = _check_ids(ids)
+        changed = 0
+        with self._lock:
+            self._check_open()
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                for chunk in _chunks(ids):
+                    marks = ",".join("?" * len(chunk))
+                    changed += self._conn.execute(f"{sql_prefix}({marks})", chunk).rowcount
+                self._conn.execute("COMMIT")
+            except sqlite3.DatabaseError as exc:
+                self._storage_failed(exc, "update")
+                return 0
+            self._inflight += inflight_sign * changed
+        return changed
+
+    def ack(self, ids: Sequence[str]) -> int:
+        """Delete delivered messages; unknown ids (already acked or evicted) are ignored.
+
+        Returns how many were deleted. On a storage error nothing is deleted and the messages
+        will simply be delivered again (at least once).
+        """
+        ids = _check_ids(ids)
+        deleted = 0
+        with self._lock:
+            self._check_open()
+            acc = {key: list(v) for key, v in self._acc.items()}
+            inflight = self._inflight
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                for chunk in _chunks(ids):
+                    marks = ",".join("?" * len(chunk))
+                    rows = self._conn.execute(
+                        "SELECT priority, kind, size, inflight FROM messages "
+                        f"WHERE id IN ({marks})",
+                        chunk,
+                    ).fetchall()
+                    if not rows:
+                        continue
+                    self._conn.execute(f"DELETE FROM messages WHERE id IN ({marks})", chunk)
+                    for prio, kind, size, flag in rows:
+                        slot = acc[(prio, kind)]
+                        slot[0] -= 1
+                        slot[1] -= size
+                        inflight -= 1 if flag else 0
+                    deleted += len(rows)
+                self._conn.execute("COMMIT")
+            except sqlite3.DatabaseError as exc:
+                self._storage_failed(exc, "ack")
+                return 0
+            self._acc = {key: v for key, v in acc.items() if v[0] > 0}
+            self._inflight = inflight
+            self._counters["acked"] += deleted
+        return deleted
+
+    # ------------------------------------------------------------------ reporting
+
+    def depth(self) -> int:
+        """Number of stored (not yet acked) messages, in flight or not."""
+        with self._lock:
+            return sum(v[0] for v in self._acc.values())
+
+    def bytes_used(self) -> int:
+        """Sum of stored envelope + topic bytes: the quantity ``max_bytes`` bounds."""
+        with self._lock:
+            return sum(v[1] for v in self._acc.values())
+
+    def stats(self) -> dict[str, Any]:
+        """JSON-able counters since this process opened the outbox, plus the current fill."""
+        with self._lock:
+            by_kind: dict[str, dict[str, int]] = {}
+            for (_p, kind), (n, b) in self._acc.items():
+                slot = by_kind.setdefault(kind, {"depth": 0, "bytes": 0})
+                slot["depth"] += n
+                slot["bytes"] += b
+            out: dict[str, Any] = {
+                "depth": sum(v[0] for v in self._acc.values()),
+                "bytes_used": sum(v[1] for v in self._acc.values()),
+                "max_bytes": self.max_bytes,
+                "policy": self.policy,
+                "inflight": self._inflight,
+                "by_kind": by_kind,
+                "last_error": self.last_error,
+                "quarantined": self.quarantined,
+            }
+            for name, value in self._counters.items():
+                out[name] = dict(value) if isinstance(value, dict) else value
+        return out
+
+    def file_bytes(self) -> int:
+        """Size on disk of the database and its WAL (what the device's storage actually holds)."""
+        total = 0
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(OSError):
+                total += os.path.getsize(self.path + suffix)
+        return total
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def sync(self) -> None:
+        """Checkpoint the WAL into the main file with fsync: afterwards everything accepted so
+        far also survives a power cut. Call on clean shutdown; errors are counted, not raised."""
+        with self._lock:
+            self._check_open()
+            try:
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.DatabaseError as exc:
+                self._storage_failed(exc, "sync")
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._conn.close()
+
+    def __enter__(self) -> Outbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise OutboxError(f"outbox {self.path!r} is closed")
+
+    def _storage_failed(self, exc: sqlite3.DatabaseError, op: str) -> None:
+        """Record a storage failure (lock held). Never raises: the agent keeps serving."""
+        if self._conn.in_transaction:
+            with contextlib.suppress(sqlite3.DatabaseError):
+                self._conn.execute("ROLLBACK")
+        text = str(exc)
+        if "full" in text.lower():
+            self._counters["disk_full_errors"] += 1
+        else:
+            self._counters["storage_errors"] += 1
+        self.last_error = f"{op}: {text}"
+        log.warning("outbox %s: %s failed: %s", self.path, op, text)
+        with contextlib.suppress(sqlite3.DatabaseError):
+            self._reload_accounting(self._conn)
+
+
+def _check_ids(ids: Any) -> list[str]:
+    if isinstance(ids, str) or not isinstance(ids, Iterable):
+        raise TypeError(f"ids must be a sequence of message ids, got {type(ids).__name__}")
+    out = list(ids)
+    for i in out:
+        if not isinstance(i, str):
+            raise TypeError(f"message ids must be str, got {i!r}")
+    return out
+
+
+def _chunks(items: list[str]) -> Iterable[list[str]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]

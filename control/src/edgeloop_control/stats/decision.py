@@ -66,6 +66,7 @@ def decide(
     min_samples_per_arm: int = 100,
     guardrails: Sequence[Guardrail] = (),
     metric: str = "metric",
+    interval: tuple[float, float] | None = None,
 ) -> Decision:
     """Decide an experiment from an always-valid p-value.
 
@@ -80,7 +81,8 @@ def decide(
 
     ``effect`` is challenger − champion on the metric's own scale (NaN allowed when there
     is no data). ``p_value`` must be always-valid (e.g. :class:`MixtureSPRT`); a
-    fixed-horizon p-value checked at every look would promote noise.
+    fixed-horizon p-value checked at every look would promote noise. ``interval`` (the
+    confidence sequence) is only quoted in the reason.
     """
     p_value = check_finite("p_value", p_value)
     if not 0.0 <= p_value <= 1.0:
@@ -102,6 +104,12 @@ def decide(
     for i, g in enumerate(guardrails):
         if not isinstance(g, Guardrail):
             raise TypeError(f"guardrails[{i}] must be a Guardrail, got {type(g).__name__}")
+    if interval is not None:
+        if not isinstance(interval, tuple | list) or len(interval) != 2:
+            raise TypeError(f"interval must be a (lower, upper) pair or None, got {interval!r}")
+        for i, v in enumerate(interval):
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or math.isnan(v):
+                raise ValueError(f"interval[{i}] must be a number (inf allowed), got {v!r}")
 
     failed = [g for g in guardrails if not g.passed]
     if failed:
@@ -124,23 +132,24 @@ def decide(
             f"(champion n={n_a}, challenger n={n_b}).",
         )
 
-    evidence = f"always-valid p={p_value:.3g}"
+    cs = (
+        ""
+        if interval is None
+        else f"; {1 - alpha:.0%} confidence sequence for the difference "
+        f"[{interval[0]:.4g}, {interval[1]:.4g}]"
+    )
     if p_value <= alpha and not math.isnan(effect) and effect != 0.0:
         better = (effect > 0.0) == higher_is_better
         word = "higher" if effect > 0.0 else "lower"
-        if better:
-            return Decision(
-                "promote",
-                f"Promoting: challenger {metric} is {word} than the champion's by "
-                f"{abs(effect):.4g}, which is better ({evidence} <= alpha={alpha:g}).",
-            )
+        verdict = "better" if better else "worse"
+        lead = "Promoting" if better else "Rolling back"
         return Decision(
-            "rollback",
-            f"Rolling back: challenger {metric} is {word} than the champion's by "
-            f"{abs(effect):.4g}, which is worse ({evidence} <= alpha={alpha:g}).",
+            "promote" if better else "rollback",
+            f"{lead}: challenger {metric} is {word} than the champion's by {abs(effect):.4g}, "
+            f"which is {verdict} (always-valid p={p_value:.3g} <= alpha={alpha:g}{cs}).",
         )
     return Decision(
         "continue",
-        f"Continuing: no significant difference in {metric} yet ({evidence} > alpha={alpha:g}; "
-        f"champion n={n_a}, challenger n={n_b}).",
+        f"Continuing: no significant difference in {metric} yet (always-valid "
+        f"p={p_value:.3g} > alpha={alpha:g}{cs}; champion n={n_a}, challenger n={n_b}).",
     )

@@ -283,15 +283,20 @@ class MixtureSPRT:
             min_samples_per_arm=self.min_samples_per_arm,
             guardrails=guardrails,
             metric=self.metric,
+            interval=self.confidence_sequence,
         )
 
     def _direction_effect(self) -> float:
-        # Once the test has rejected, the confidence sequence sits on one side of 0; its
-        # midpoint gives the direction even if the latest point estimate wandered back.
+        # Once the test has rejected, the confidence sequence sits on one side of 0 and is
+        # the authority on direction; the latest point estimate only reports the size,
+        # unless it has wandered to the other side (then the sequence's midpoint stands in).
+        estimate = self.estimate
         cs = self.confidence_sequence
         if cs is not None and (cs[0] > 0.0 or cs[1] < 0.0):
-            return (cs[0] + cs[1]) / 2.0
-        return self.estimate
+            midpoint = (cs[0] + cs[1]) / 2.0
+            if not estimate * midpoint > 0.0:
+                return midpoint
+        return estimate
 
     # -- persistence --------------------------------------------------------------------
 

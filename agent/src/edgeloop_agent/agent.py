@@ -1,0 +1,199 @@
+"""The device agent: wires the MQTT link, the serving loop and the updater.
+
+Threads: paho's network thread (intake only), the updater (desired state and
+artifacts), a housekeeping thread (status, watchdog, telemetry) and the main
+thread, which serves requests.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from edgeloop_agent import __version__
+from edgeloop_agent.config import AgentConfig
+from edgeloop_agent.deployment import Deployment
+from edgeloop_agent.mqttlink import MqttLink
+from edgeloop_agent.protocol import Topics, dumps
+from edgeloop_agent.serving import Server, ServingHooks
+from edgeloop_agent.statedir import StateDir
+from edgeloop_agent.systemd import Notifier, watchdog_interval
+from edgeloop_agent.updater import UpdateError, Updater
+
+log = logging.getLogger("edgeloop.agent")
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, hooks: ServingHooks | None = None) -> None:
+        self.config = config.validate()
+        self.topics = Topics(config.device_id, config.topic_prefix)
+        self.state = StateDir(config.state_dir)
+        self.notifier = Notifier()
+        self.hooks = hooks or ServingHooks()
+        self.deployment: Deployment | None = None
+        self.last_error: dict[str, Any] | None = None
+        self.started_at = time.time()
+        self.stop_event = threading.Event()
+        self._status_lock = threading.Lock()
+        self._ready_sent = False
+
+        self.updater = Updater(
+            prefix=config.topic_prefix,
+            state=self.state,
+            trusted_keys=config.trusted_keys,
+            require_signature=config.require_signature,
+            artifact_timeout_s=config.artifact_timeout_s,
+            max_artifact_bytes=config.max_artifact_bytes,
+            inference_threads=config.inference_threads,
+            on_deployed=self._deployed,
+            on_failed=self._update_failed,
+        )
+        t = self.topics
+        self.link = MqttLink(
+            client_id=f"edgeloop-agent-{config.device_id}",
+            broker=config.broker_address,
+            session_expiry_s=config.session_expiry_s,
+            keepalive_s=config.keepalive_s,
+            will_topic=t.status,
+            will_payload=dumps({"device": config.device_id, "online": False, "reason": "lost"}),
+            subscriptions=[(t.predict, 1), (t.feedback, 1), (t.desired, 1)],
+            on_message=self._on_message,
+            on_connected=self.publish_status,
+        )
+        self.updater.link = self.link
+        self.server = Server(
+            topics=t,
+            link=self.link,
+            hooks=self.hooks,
+            max_payload=config.max_payload_bytes,
+            max_rows=config.max_batch_rows,
+            max_micro_batch=config.max_micro_batch,
+            reply_qos=config.reply_qos,
+            get_deployment=lambda: self.deployment,
+        )
+
+    # -- message dispatch (paho network thread) ------------------------------
+
+    def _on_message(self, msg: mqtt.MQTTMessage) -> None:
+        topic = msg.topic
+        if topic == self.topics.predict or topic == self.topics.feedback:
+            self.server.submit(msg)  # acknowledged by the server after the reply
+            return
+        if topic == self.topics.desired:
+            self.updater.submit_desired(msg.payload)
+        elif self.updater.is_artifact_topic(topic):
+            self.updater.submit_artifact(msg)
+        self.link.ack(msg)
+
+    # -- deployment events (updater thread) ----------------------------------
+
+    def _deployed(self, deployment: Deployment) -> None:
+        self.deployment = deployment  # the atomic swap the serving loop sees
+        self.last_error = None
+        refs = ", ".join(f"{v}={m.ref}" for v, m in deployment.models.items())
+        log.info("serving revision %d: %s", deployment.revision, refs)
+        self.notifier.status(f"serving revision {deployment.revision}: {refs}")
+        self.publish_status()
+
+    def _update_failed(self, revision: int | None, exc: UpdateError) -> None:
+        self.last_error = {
+            "code": exc.code,
+            "message": exc.message,
+            "revision": revision,
+            "ts": time.time(),
+        }
+        self.notifier.status(f"update failed: {exc.code}")
+        self.publish_status()
+
+    # -- status ----------------------------------------------------------------
+
+    def status_document(self) -> dict[str, Any]:
+        dep = self.deployment
+        return {
+            "device": self.config.device_id,
+            "online": True,
+            "state": "serving" if dep is not None else "no_model",
+            "revision": dep.revision if dep is not None else None,
+            "desired_revision": self.updater.last_seen_revision,
+            "models": dep.describe() if dep is not None else [],
+            "error": self.last_error,
+            "agent_version": __version__,
+            "started_at": self.started_at,
+            "ts": time.time(),
+        }
+
+    def publish_status(self) -> mqtt.MQTTMessageInfo:
+        with self._status_lock:
+            return self.link.publish(
+                self.topics.status, dumps(self.status_document()), qos=1, retain=True
+            )
+
+    # -- life cycle --------------------------------------------------------------
+
+    def request_stop(self, *_: Any) -> None:
+        self.stop_event.set()
+
+    def run(self, *, install_signals: bool = True, ready_grace_s: float = 5.0) -> int:
+        if install_signals:
+            signal.signal(signal.SIGTERM, self.request_stop)
+            signal.signal(signal.SIGINT, self.request_stop)
+        self.notifier.status("loading last good model")
+        self.deployment = self.updater.restore()
+        self.link.start()
+        threads = [
+            threading.Thread(target=self.updater.run, args=(self.stop_event,), name="updater"),
+            threading.Thread(
+                target=self._housekeeping, args=(ready_grace_s,), name="housekeeping"
+            ),
+        ]
+        for thread in threads:
+            thread.daemon = True
+            thread.start()
+        log.info(
+            "agent %s for device %s, broker %s, state %s",
+            __version__,
+            self.config.device_id,
+            self.config.broker_address,
+            self.state.root,
+        )
+        self.server.run(self.stop_event)
+        self._shutdown()
+        return 0
+
+    def _housekeeping(self, ready_grace_s: float) -> None:
+        started = time.monotonic()
+        interval = watchdog_interval()
+        while not self.stop_event.wait(0.2):
+            now = time.monotonic()
+            if not self._ready_sent:
+                connected = self.link.connected.is_set()
+                if connected or (self.deployment is not None and now - started > ready_grace_s):
+                    self._ready_sent = True
+                    what = "serving" if self.deployment is not None else "waiting for a model"
+                    link = "connected" if connected else "broker unreachable"
+                    self.notifier.ready(f"{what}, {link}")
+            # Ping the watchdog only while the serving loop is alive: a wedged
+            # loop then gets the service restarted.
+            if interval is not None and now - self.server.last_beat < interval * 2:
+                self.notifier.watchdog()
+
+    def _shutdown(self) -> None:
+        self.notifier.stopping()
+        log.info("stopping: in-flight requests answered")
+        if self.link.connected.is_set():
+            info = self.link.publish(
+                self.topics.status,
+                dumps({"device": self.config.device_id, "online": False, "reason": "stopped"}),
+                qos=1,
+                retain=True,
+            )
+            try:
+                info.wait_for_publish(timeout=5)
+            except (RuntimeError, ValueError):
+                pass
+        self.link.stop()

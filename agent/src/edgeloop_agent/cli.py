@@ -1,0 +1,77 @@
+"""``edgeloop-agent``: the device daemon's command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from edgeloop_agent import __version__
+from edgeloop_agent.config import AgentConfig, ConfigError
+from edgeloop_agent.systemd import setup_logging
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="edgeloop-agent",
+        description="edgeloop device agent: ONNX inference, A/B routing and drift over MQTT.",
+    )
+    p.add_argument("--config", "-c", type=Path, help="TOML config file (flags override it)")
+    p.add_argument("--broker", help="broker URL, e.g. mqtt://host:1883")
+    p.add_argument("--device-id", help="this device's id (topic segment)")
+    p.add_argument("--state-dir", type=Path, help="directory for models and the outbox")
+    p.add_argument("--topic-prefix", help="topic prefix (default edgeloop)")
+    p.add_argument(
+        "--trusted-key",
+        action="append",
+        type=Path,
+        dest="trusted_keys",
+        help="Ed25519 public key (PEM) allowed to sign models; repeatable",
+    )
+    p.add_argument("--max-payload-bytes", type=int)
+    p.add_argument("--capture-rate", type=float)
+    p.add_argument("--telemetry-interval", type=float, dest="telemetry_interval_s")
+    p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
+    p.add_argument("--version", action="version", version=f"edgeloop-agent {__version__}")
+    return p.parse_args(argv)
+
+
+def build_config(args: argparse.Namespace) -> AgentConfig:
+    config = AgentConfig.from_file(args.config) if args.config else AgentConfig()
+    config.override(
+        broker=args.broker,
+        device_id=args.device_id,
+        state_dir=args.state_dir,
+        topic_prefix=args.topic_prefix,
+        trusted_keys=args.trusted_keys,
+        max_payload_bytes=args.max_payload_bytes,
+        capture_rate=args.capture_rate,
+        telemetry_interval_s=args.telemetry_interval_s,
+        log_level=args.log_level,
+    )
+    if not config.device_id:
+        raise ConfigError("a device id is required (--device-id or device_id in the config)")
+    return config.validate()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = build_config(args)
+    except ConfigError as exc:
+        print(f"edgeloop-agent: error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(config.log_level)
+    from edgeloop_agent.agent import Agent  # heavy imports only once arguments are valid
+
+    try:
+        agent = Agent(config)
+    except (ConfigError, OSError, ValueError) as exc:
+        logging.getLogger("edgeloop.agent").error("cannot start: %s", exc)
+        return 1
+    return agent.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

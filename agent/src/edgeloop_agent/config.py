@@ -1,0 +1,181 @@
+"""Agent configuration: a TOML file, overridden by command-line flags."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from edgeloop_agent.protocol import (
+    DEFAULT_MAX_PAYLOAD,
+    DEFAULT_MAX_ROWS,
+    DEFAULT_PREFIX,
+    validate_prefix,
+    validate_topic_part,
+)
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class ConfigError(ValueError):
+    """The agent configuration is invalid; the message names the setting."""
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    host: str
+    port: int
+    tls: bool = False
+    username: str | None = None
+    password: str | None = None
+
+    @classmethod
+    def parse(cls, url: str) -> BrokerAddress:
+        parts = urlsplit(url if "://" in url else f"mqtt://{url}")
+        if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+            raise ConfigError(f"broker URL {url!r} must start with mqtt:// or mqtts://")
+        if not parts.hostname:
+            raise ConfigError(f"broker URL {url!r} has no host")
+        tls = parts.scheme in ("mqtts", "ssl")
+        try:
+            port = parts.port or (8883 if tls else 1883)
+        except ValueError:
+            raise ConfigError(f"broker URL {url!r} has an invalid port") from None
+        return cls(parts.hostname, port, tls, parts.username, parts.password)
+
+    def __str__(self) -> str:
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+@dataclass
+class AgentConfig:
+    device_id: str = ""
+    broker: str = "mqtt://127.0.0.1:1883"
+    state_dir: Path = Path("/var/lib/edgeloop-agent")
+    topic_prefix: str = DEFAULT_PREFIX
+    # Request limits: a payload over max_payload_bytes is refused unparsed.
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD
+    max_batch_rows: int = DEFAULT_MAX_ROWS
+    max_artifact_bytes: int = 256 * 1024 * 1024
+    # MQTT session: requests queued by the broker while the agent is away
+    # survive for this long (MQTT 5 session expiry).
+    session_expiry_s: int = 7 * 24 * 3600
+    keepalive_s: int = 30
+    reply_qos: int = 1
+    # Ed25519 public keys (PEM) that may sign model artifacts. Empty means
+    # signatures are not checked, which `require_signature` forbids.
+    trusted_keys: list[Path] = field(default_factory=list)
+    require_signature: bool = False
+    artifact_timeout_s: float = 120.0
+    # Micro-batching of the intake: at most this many requests per inference call.
+    max_micro_batch: int = 64
+    inference_threads: int = 1
+    # Telemetry and data capture (see docs/telemetry.md).
+    telemetry_interval_s: float = 10.0
+    capture_rate: float = 0.05
+    outbox_max_bytes: int = 64 * 1024 * 1024
+    feedback_window: int = 100_000
+    feedback_max_age_s: float = 3600.0
+    drift_window: int = 1000
+    drift_window_kind: str = "count"
+    drift_slide: int | None = None
+    log_level: str = "INFO"
+
+    def validate(self) -> AgentConfig:
+        try:
+            validate_topic_part("device_id", self.device_id)
+            validate_prefix(self.topic_prefix)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        BrokerAddress.parse(self.broker)
+        positive = (
+            "max_payload_bytes",
+            "max_batch_rows",
+            "max_artifact_bytes",
+            "keepalive_s",
+            "max_micro_batch",
+            "inference_threads",
+            "outbox_max_bytes",
+            "feedback_window",
+            "drift_window",
+        )
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if self.reply_qos not in (0, 1, 2):
+            raise ConfigError(f"reply_qos must be 0, 1 or 2, got {self.reply_qos!r}")
+        if not 0.0 <= self.capture_rate <= 1.0:
+            raise ConfigError(f"capture_rate must be within [0, 1], got {self.capture_rate!r}")
+        if self.require_signature and not self.trusted_keys:
+            raise ConfigError("require_signature is set but no trusted_keys are configured")
+        if self.drift_window_kind not in ("count", "time"):
+            raise ConfigError(
+                f"drift_window_kind must be 'count' or 'time', got {self.drift_window_kind!r}"
+            )
+        return self
+
+    @property
+    def broker_address(self) -> BrokerAddress:
+        return BrokerAddress.parse(self.broker)
+
+    @classmethod
+    def from_file(cls, path: Path) -> AgentConfig:
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config {path} is not valid TOML: {exc}") from None
+        return cls.from_mapping(data, source=str(path))
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any], source: str = "config") -> AgentConfig:
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ConfigError(f"{source}: unknown settings {', '.join(unknown)}")
+        cfg = cls()
+        for key, value in data.items():
+            setattr(cfg, key, _coerce(key, value, getattr(cfg, key), source))
+        return cfg
+
+    def override(self, **values: Any) -> AgentConfig:
+        for key, value in values.items():
+            if value is not None:
+                setattr(self, key, _coerce(key, value, getattr(self, key), "command line"))
+        return self
+
+
+def _coerce(key: str, value: Any, default: Any, source: str) -> Any:
+    if key == "trusted_keys":
+        if isinstance(value, (str, Path)):
+            value = [value]
+        if not isinstance(value, list):
+            raise ConfigError(f"{source}: trusted_keys must be a list of paths")
+        return [Path(v).expanduser() for v in value]
+    if isinstance(default, Path):
+        return Path(value).expanduser()
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: {key} must be true or false, got {value!r}")
+        return value
+    if isinstance(default, int) and not isinstance(default, bool):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{source}: {key} must be an integer, got {value!r}")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{source}: {key} must be a number, got {value!r}")
+        return float(value)
+    if key == "drift_slide":
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ConfigError(f"{source}: drift_slide must be an integer, got {value!r}")
+        return value
+    if isinstance(default, str) and not isinstance(value, str):
+        raise ConfigError(f"{source}: {key} must be a string, got {value!r}")
+    return value

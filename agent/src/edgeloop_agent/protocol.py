@@ -1,0 +1,234 @@
+"""The edgeloop wire contract: topics, payload shapes and error codes.
+
+This module is shared by the agent and the control node, and is the code twin
+of ``docs/protocol.md``: change one, change the other.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Final
+
+DEFAULT_PREFIX: Final = "edgeloop"
+DEFAULT_MAX_PAYLOAD: Final = 64 * 1024
+DEFAULT_MAX_ROWS: Final = 1024
+
+
+class Topics:
+    """Topic names for one device under a prefix (``{prefix}/{device}/...``)."""
+
+    def __init__(self, device_id: str, prefix: str = DEFAULT_PREFIX) -> None:
+        validate_topic_part("device id", device_id)
+        validate_prefix(prefix)
+        self.prefix = prefix
+        self.device = device_id
+        base = f"{prefix}/{device_id}"
+        self.predict = f"{base}/predict"
+        self.predictions = f"{base}/predictions"
+        self.feedback = f"{base}/feedback"
+        self.errors = f"{base}/errors"
+        self.status = f"{base}/status"
+        self.desired = f"{base}/desired"
+        self.telemetry = f"{base}/telemetry"
+        self.samples = f"{base}/samples"
+        self.labels = f"{base}/labels"
+        self.events = f"{base}/events"
+
+
+def artifact_topic(prefix: str, name: str, version: str) -> str:
+    """Retained topic carrying the raw ONNX bytes of one model version."""
+    return f"{prefix}/models/{name}/{version}"
+
+
+def fleet_topic(prefix: str, device: str, leaf: str) -> str:
+    return f"{prefix}/{device}/{leaf}"
+
+
+def validate_topic_part(what: str, value: str) -> None:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{what} must be a non-empty string")
+    bad = [c for c in "/+#\x00" if c in value]
+    if bad:
+        raise ValueError(f"{what} {value!r} must not contain {' '.join(bad)}")
+
+
+def validate_prefix(prefix: str) -> None:
+    if not prefix or any(c in prefix for c in "+#\x00") or prefix.startswith("/"):
+        raise ValueError(f"topic prefix {prefix!r} must be non-empty without + # or a leading /")
+    if prefix.endswith("/"):
+        raise ValueError(f"topic prefix {prefix!r} must not end with /")
+
+
+# -- error codes --------------------------------------------------------------
+
+
+class Code:
+    """Machine-readable error codes sent in ``{"error": {"code": ...}}``."""
+
+    INVALID_JSON = "invalid_json"
+    NOT_AN_OBJECT = "not_an_object"
+    MISSING_ID = "missing_id"
+    INVALID_ID = "invalid_id"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    MISSING_FEATURES = "missing_features"
+    INVALID_FEATURES = "invalid_features"
+    MISSING_FEATURE = "missing_feature"
+    UNKNOWN_FEATURE = "unknown_feature"
+    WRONG_FEATURE_COUNT = "wrong_feature_count"
+    NON_NUMERIC = "non_numeric"
+    NON_STRING = "non_string"
+    NON_FINITE = "non_finite"
+    BATCH_TOO_LARGE = "batch_too_large"
+    INVALID_KEY = "invalid_key"
+    INVALID_REPLY_TO = "invalid_reply_to"
+    NO_MODEL = "no_model"
+    INFERENCE_FAILED = "inference_failed"
+    INVALID_LABEL = "invalid_label"
+    UNKNOWN_REQUEST = "unknown_request"
+    DUPLICATE_FEEDBACK = "duplicate_feedback"
+    SHUTTING_DOWN = "shutting_down"
+
+
+class RequestError(Exception):
+    """A request the agent refuses; becomes an error reply, never a crash."""
+
+    def __init__(self, code: str, message: str, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+
+def error_reply(request_id: str | None, code: str, message: str) -> dict[str, Any]:
+    return {"id": request_id, "error": {"code": code, "message": message}}
+
+
+# -- requests -----------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class PredictRequest:
+    """A syntactically valid predict request; features are checked per model."""
+
+    id: str
+    rows: list[Any]  # each a dict name -> value, or a list in model input order
+    batch: bool  # True when the request used "rows" (the reply uses "predictions")
+    key: str | None
+    reply_to: str | None
+
+
+def decode_json_object(payload: bytes, max_bytes: int) -> dict[str, Any]:
+    """Parse one payload into a dict, or raise RequestError naming the problem."""
+    if len(payload) > max_bytes:
+        raise RequestError(
+            Code.PAYLOAD_TOO_LARGE,
+            f"payload is {len(payload)} bytes, over the {max_bytes}-byte limit",
+        )
+    try:
+        data = json.loads(payload)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RequestError(Code.INVALID_JSON, f"payload is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise RequestError(
+            Code.NOT_AN_OBJECT, f"payload must be a JSON object, got {type(data).__name__}"
+        )
+    return data
+
+
+def _request_id(data: dict[str, Any]) -> str:
+    if "id" not in data or data["id"] is None:
+        raise RequestError(Code.MISSING_ID, "request has no 'id' field")
+    rid = data["id"]
+    if not isinstance(rid, str) or not rid or len(rid) > 256:
+        raise RequestError(
+            Code.INVALID_ID, f"'id' must be a non-empty string of at most 256 characters, got {rid!r}"
+        )
+    return rid
+
+
+def _reply_to(data: dict[str, Any], rid: str | None) -> str | None:
+    reply_to = data.get("reply_to")
+    if reply_to is None:
+        return None
+    if (
+        not isinstance(reply_to, str)
+        or not reply_to
+        or "+" in reply_to
+        or "#" in reply_to
+        or len(reply_to) > 1024
+    ):
+        raise RequestError(
+            Code.INVALID_REPLY_TO,
+            f"'reply_to' must be a topic name without wildcards, got {reply_to!r}",
+            rid,
+        )
+    return reply_to
+
+
+def parse_predict(payload: bytes, *, max_bytes: int, max_rows: int) -> PredictRequest:
+    data = decode_json_object(payload, max_bytes)
+    # reply_to is read before the id check so even a missing-id error reaches
+    # a 3.1.1 client at its own reply topic.
+    try:
+        reply_to = _reply_to(data, None)
+    except RequestError:
+        reply_to = None
+    try:
+        rid = _request_id(data)
+    except RequestError as exc:
+        exc.reply_to = reply_to  # type: ignore[attr-defined]
+        raise
+    try:
+        reply_to = _reply_to(data, rid)
+        key = data.get("key")
+        if key is not None and (not isinstance(key, str) or len(key) > 1024):
+            raise RequestError(Code.INVALID_KEY, f"'key' must be a string, got {key!r}", rid)
+        if "rows" in data:
+            rows = data["rows"]
+            if not isinstance(rows, list) or not rows:
+                raise RequestError(
+                    Code.INVALID_FEATURES, "'rows' must be a non-empty list of feature sets", rid
+                )
+            if len(rows) > max_rows:
+                raise RequestError(
+                    Code.BATCH_TOO_LARGE,
+                    f"'rows' has {len(rows)} entries, over the limit of {max_rows}",
+                    rid,
+                )
+            return PredictRequest(rid, rows, True, key, reply_to)
+        if "features" not in data:
+            raise RequestError(Code.MISSING_FEATURES, "request has neither 'features' nor 'rows'", rid)
+        return PredictRequest(rid, [data["features"]], False, key, reply_to)
+    except RequestError as exc:
+        exc.reply_to = reply_to  # type: ignore[attr-defined]
+        raise
+
+
+@dataclass(slots=True)
+class Feedback:
+    id: str
+    label: Any
+    reply_to: str | None
+
+
+def parse_feedback(payload: bytes, *, max_bytes: int) -> Feedback:
+    data = decode_json_object(payload, max_bytes)
+    rid = _request_id(data)
+    reply_to = _reply_to(data, rid)
+    if "label" not in data:
+        raise RequestError(Code.INVALID_LABEL, "feedback has no 'label' field", rid)
+    label = data["label"]
+    if isinstance(label, bool) or not isinstance(label, (int, float, str)):
+        raise RequestError(
+            Code.INVALID_LABEL, f"'label' must be a number or a string, got {label!r}", rid
+        )
+    if isinstance(label, float) and not math.isfinite(label):
+        raise RequestError(Code.INVALID_LABEL, f"'label' must be finite, got {label!r}", rid)
+    return Feedback(rid, label, reply_to)
+
+
+def dumps(obj: Any) -> bytes:
+    """Compact JSON as sent on the wire (NaN is never emitted: it is not JSON)."""
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()

@@ -81,8 +81,13 @@ def decide(
 
     ``effect`` is challenger − champion on the metric's own scale (NaN allowed when there
     is no data). ``p_value`` must be always-valid (e.g. :class:`MixtureSPRT`); a
-    fixed-horizon p-value checked at every look would promote noise. ``interval`` (the
-    confidence sequence) is only quoted in the reason.
+    fixed-horizon p-value checked at every look would promote noise.
+
+    ``interval`` is the confidence sequence for the difference, quoted in the reason. An
+    empty one (lower > upper) means the difference itself changed during the experiment
+    (earlier and later data disagree beyond chance); the statistics then cannot say which
+    model is better, so the decision is continue and the reason asks for a review, while
+    guardrails still roll back on operational harm.
     """
     p_value = check_finite("p_value", p_value)
     if not 0.0 <= p_value <= 1.0:
@@ -132,6 +137,14 @@ def decide(
             f"(champion n={n_a}, challenger n={n_b}).",
         )
 
+    if interval is not None and interval[0] > interval[1]:
+        return Decision(
+            "continue",
+            f"Continuing, needs review: the {metric} difference has not been stable during "
+            f"the experiment (the always-valid confidence sequence is empty: later data "
+            f"contradict earlier data beyond chance); check the drift and data-quality "
+            f"reports before deciding (champion n={n_a}, challenger n={n_b}).",
+        )
     cs = (
         ""
         if interval is None

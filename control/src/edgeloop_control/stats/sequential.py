@@ -283,7 +283,8 @@ class MixtureSPRT:
             min_samples_per_arm=self.min_samples_per_arm,
             guardrails=guardrails,
             metric=self.metric,
-            interval=self.confidence_sequence,
+            # The raw running bounds, so an empty sequence reaches decide() as lower > upper.
+            interval=None if self._looks == 0 else (self._lower, self._upper),
         )
 
     def _direction_effect(self) -> float:

@@ -136,7 +136,7 @@ def test_state_across_looks_matches_recomputation_from_raw_outcomes(kind: str) -
         make = lambda c: BinaryStats.from_outcomes(c.astype(bool))  # noqa: E731
     else:
         chunks_a = [rng.normal(0, 1.0, s) ** 2 for s in sizes_a]
-        chunks_b = [rng.normal(0, 0.9, s) ** 2 for s in sizes_b]
+        chunks_b = [rng.normal(0, 0.8, s) ** 2 for s in sizes_b]
         make = ContinuousStats.from_values
     tau, alpha, min_n = 0.04, 0.05, 100
     test = MixtureSPRT(kind, tau=tau, alpha=alpha, min_samples_per_arm=min_n)

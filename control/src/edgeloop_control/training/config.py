@@ -1,0 +1,93 @@
+"""What to train: the user's choices, validated before any data is touched."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from edgeloop_control.training.errors import TrainingError
+
+Algorithm = Literal["logreg", "rf", "hgb"]
+TaskChoice = Literal["auto", "classification", "regression"]
+
+ALGORITHMS: tuple[str, ...] = ("logreg", "rf", "hgb")
+TASK_CHOICES: tuple[str, ...] = ("auto", "classification", "regression")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run.
+
+    ``features=None`` uses every column except the target, the timestamp and
+    ``exclude``. ``params`` override the estimator's hyper-parameters (names as in
+    scikit-learn). ``holdout`` is the fraction of rows kept for evaluation and the
+    ONNX parity gate: the most recent ones when ``timestamp`` is given, otherwise
+    a seeded random (stratified for classification) sample.
+    """
+
+    target: str
+    features: list[str] | None = None
+    algo: str = "rf"
+    task: str = "auto"
+    seed: int = 0
+    holdout: float = 0.2
+    timestamp: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    exclude: list[str] = field(default_factory=list)
+    # A string column with more distinct values than this is almost always an
+    # identifier or free text: one-hot encoding it bloats the model and overfits.
+    max_categories: int = 100
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.target, str) or not self.target:
+            raise TrainingError(f"target must be a non-empty column name, got {self.target!r}")
+        if self.algo not in ALGORITHMS:
+            raise TrainingError(
+                f"unknown algo {self.algo!r}; choose one of {', '.join(ALGORITHMS)}"
+            )
+        if self.task not in TASK_CHOICES:
+            raise TrainingError(
+                f"unknown task {self.task!r}; choose one of {', '.join(TASK_CHOICES)}"
+            )
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise TrainingError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if (
+            isinstance(self.holdout, bool)
+            or not isinstance(self.holdout, (int, float))
+            or not 0.0 < float(self.holdout) < 1.0
+        ):
+            raise TrainingError(
+                f"holdout must be a fraction strictly between 0 and 1, got {self.holdout!r} "
+                "(the parity gate and the evaluation both need held-out rows)"
+            )
+        if self.timestamp is not None and (
+            not isinstance(self.timestamp, str) or not self.timestamp
+        ):
+            raise TrainingError(f"timestamp must be a column name or None, got {self.timestamp!r}")
+        if self.features is not None:
+            _check_names(self.features, "features")
+            if not self.features:
+                raise TrainingError("features is an empty list; pass None to use every column")
+        _check_names(self.exclude, "exclude")
+        if not isinstance(self.params, Mapping) or not all(isinstance(k, str) for k in self.params):
+            raise TrainingError("params must be a mapping of parameter names to values")
+        if (
+            isinstance(self.max_categories, bool)
+            or not isinstance(self.max_categories, int)
+            or self.max_categories < 1
+        ):
+            raise TrainingError(
+                f"max_categories must be a positive integer, got {self.max_categories!r}"
+            )
+
+
+def _check_names(names: Sequence[str], what: str) -> None:
+    if isinstance(names, str) or not isinstance(names, Sequence):
+        raise TrainingError(f"{what} must be a list of column names, got {names!r}")
+    bad = [n for n in names if not isinstance(n, str) or not n]
+    if bad:
+        raise TrainingError(f"{what} must hold non-empty column names, got {bad!r}")
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise TrainingError(f"{what} repeats column(s): {', '.join(dupes)}")

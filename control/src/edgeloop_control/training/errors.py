@@ -1,0 +1,33 @@
+"""Exceptions raised by the training pipeline.
+
+All of them are ``ValueError`` subclasses: each one means the data, the
+configuration or an artifact is not acceptable, never that the code is broken.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class TrainingError(ValueError):
+    """The data or the configuration cannot produce a model."""
+
+
+class InputError(TrainingError):
+    """A frame cannot be turned into the ONNX inputs a model expects."""
+
+
+class ChampionError(TrainingError):
+    """A challenger and a champion cannot be compared meaningfully."""
+
+
+class ParityError(TrainingError):
+    """onnxruntime does not reproduce scikit-learn on the held-out rows.
+
+    ``report`` holds the measured figures (see :class:`ParityReport`), so the
+    caller can log them or show them without parsing the message.
+    """
+
+    def __init__(self, message: str, report: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.report = report

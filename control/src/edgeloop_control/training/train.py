@@ -1,0 +1,395 @@
+"""``train``: a frame and a config in, a verified, registrable ONNX model out.
+
+Steps: validate the columns, drop rows without a target, put the rows in a
+canonical order, split off the holdout, fit the pipeline on float32-exact values,
+profile the holdout for drift monitoring, export to ONNX with the metadata
+embedded, then refuse the result unless onnxruntime reproduces scikit-learn on
+the holdout (:func:`check_parity`). Metrics come from the ONNX outputs.
+
+Reproducibility: rows are sorted by (timestamp, row hash) before anything else,
+so the split, the fit and the bytes depend on the *content* of the frame, not on
+its row order or index; with the same seed, config and library versions two runs
+give identical metrics and identical ONNX bytes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+import pandas as pd
+import skl2onnx
+import sklearn
+from sklearn.pipeline import Pipeline
+
+from edgeloop_agent.drift.profile import build_reference_profile
+from edgeloop_agent.modelmeta import ModelMeta
+from edgeloop_control.training.columns import (
+    STRING_MISSING,
+    FeatureKind,
+    feature_frame,
+    infer_feature_kind,
+)
+from edgeloop_control.training.config import TrainConfig
+from edgeloop_control.training.errors import TrainingError
+from edgeloop_control.training.export import TARGET_OPSET, export_onnx, opset_of
+from edgeloop_control.training.hashing import frame_hash, row_hashes
+from edgeloop_control.training.metrics import evaluate
+from edgeloop_control.training.parity import check_parity
+from edgeloop_control.training.pipelines import build_pipeline, estimator_params
+from edgeloop_control.training.predictor import OnnxPredictor
+from edgeloop_control.training.split import holdout_split
+from edgeloop_control.training.target import prepare_target
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    onnx_bytes: bytes
+    meta: ModelMeta
+    # Held-out metrics from the ONNX outputs, plus "n" and "holdout_hash".
+    metrics: dict[str, Any]
+    parity: dict[str, Any]
+    pipeline: Pipeline
+    config: TrainConfig
+    task: str
+    algo: str
+    feature_names: list[str]
+    numeric_features: list[str]
+    categorical_features: list[str]
+    classes: list[Any] | None
+    data_hash: str
+    holdout_hash: str
+    n_rows: int  # rows used (train + holdout)
+    n_train: int
+    n_holdout: int
+    n_dropped: int  # rows left out because the target was missing
+    time_based_holdout: bool
+    train_range: tuple[Any, Any] | None
+    holdout_range: tuple[Any, Any] | None
+    params: dict[str, Any]
+    opset: dict[str, int]
+    # The held-out rows with every original column, in canonical order: hand it to
+    # compare_to_champion to score a champion on exactly these rows.
+    holdout_frame: pd.DataFrame
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """Everything but the bytes, the pipeline and the frame; JSON-serialisable."""
+        return {
+            "task": self.task,
+            "algo": self.algo,
+            "target": self.config.target,
+            "features": self.feature_names,
+            "categorical_features": self.categorical_features,
+            "classes": self.classes,
+            "metrics": self.metrics,
+            "parity": self.parity,
+            "data_hash": self.data_hash,
+            "holdout_hash": self.holdout_hash,
+            "n_rows": self.n_rows,
+            "n_train": self.n_train,
+            "n_holdout": self.n_holdout,
+            "n_dropped": self.n_dropped,
+            "time_based_holdout": self.time_based_holdout,
+            "train_range": list(self.train_range) if self.train_range else None,
+            "holdout_range": list(self.holdout_range) if self.holdout_range else None,
+            "params": self.params,
+            "seed": self.config.seed,
+            "opset": self.opset,
+            "onnx_size": len(self.onnx_bytes),
+            "timings": self.timings,
+        }
+
+
+def train(df: pd.DataFrame, config: TrainConfig) -> TrainResult:
+    """Fit, export, verify and evaluate one model; raises :class:`TrainingError`."""
+    started = time.perf_counter()
+    _check_frame(df)
+    features = _resolve_features(df, config)
+
+    labelled = df[df[config.target].notna()]
+    n_dropped = len(df) - len(labelled)
+    if len(labelled) == 0:
+        raise TrainingError(f"target {config.target!r} has no non-missing values")
+    y, task = prepare_target(labelled[config.target], config.target, config.task)
+    if task == "classification" and np.unique(y).size < 2:
+        raise TrainingError(
+            f"target {config.target!r} has a single class {y[0]!r}; classification needs two"
+        )
+
+    kinds: dict[str, FeatureKind] = {f: infer_feature_kind(labelled[f], f) for f in features}
+    numeric = [f for f in features if kinds[f] == "float"]
+    categorical = [f for f in features if kinds[f] == "string"]
+    timestamps = (
+        _timestamp_values(labelled[config.timestamp], config.timestamp)
+        if config.timestamp
+        else None
+    )
+
+    used_columns = [*features, config.target] + ([config.timestamp] if config.timestamp else [])
+    used = labelled[used_columns]
+    data_hash = frame_hash(used)
+    # Canonical row order: by timestamp, then by row content. The split, the
+    # bootstrap samples and therefore the bytes no longer depend on how the frame
+    # happened to be sorted.
+    hashes = row_hashes(used)
+    order = (
+        np.lexsort((hashes, timestamps))
+        if timestamps is not None
+        else np.argsort(hashes, kind="stable")
+    )
+    labelled = labelled.iloc[order]
+    y = y[order]
+    if timestamps is not None:
+        timestamps = timestamps[order]
+
+    split = holdout_split(
+        len(labelled),
+        float(config.holdout),
+        seed=config.seed,
+        timestamps=timestamps,
+        labels=y if task == "classification" else None,
+    )
+    train_rows = labelled.iloc[split.train]
+    holdout_frame = labelled.iloc[split.holdout]
+    y_train = y[split.train]
+    if task == "classification" and np.unique(y_train).size < 2:
+        raise TrainingError(
+            f"target {config.target!r} has a single class {y_train[0]!r} in the "
+            f"{len(y_train)} training rows; classification needs two"
+        )
+    x_train = feature_frame(train_rows, numeric, categorical)
+    _check_training_features(x_train, numeric, categorical, config.max_categories)
+    x_holdout = feature_frame(holdout_frame, numeric, categorical)
+    _check_finite(x_holdout, numeric, "held-out")
+
+    pipeline = build_pipeline(
+        config.algo, task, len(numeric), len(categorical), seed=config.seed, params=config.params
+    )
+    fit_started = time.perf_counter()
+    try:
+        pipeline.fit(x_train, y_train)
+    except ValueError as exc:
+        raise TrainingError(f"fitting {type(pipeline[-1]).__name__} failed: {exc}") from exc
+    fit_s = time.perf_counter() - fit_started
+
+    profile = _reference_profile(pipeline, x_holdout, numeric, task)
+    params = estimator_params(pipeline)
+    train_range = _range(labelled, config.timestamp, split.train)
+    holdout_range = _range(labelled, config.timestamp, split.holdout)
+    extra = {
+        "target": config.target,
+        "timestamp": config.timestamp,
+        "algo": config.algo,
+        "estimator": type(pipeline[-1]).__name__,
+        "params": params,
+        "seed": config.seed,
+        "data_hash": data_hash,
+        "n_train": int(split.train.size),
+        "n_holdout": int(split.holdout.size),
+        "holdout": "time" if split.time_based else "random",
+        "train_range": list(train_range) if train_range else None,
+        "holdout_range": list(holdout_range) if holdout_range else None,
+        "string_missing": STRING_MISSING,
+        "opset": dict(TARGET_OPSET),
+        "versions": {
+            "scikit-learn": sklearn.__version__,
+            "skl2onnx": skl2onnx.__version__,
+            "onnx": onnx.__version__,
+        },
+    }
+    export_started = time.perf_counter()
+    onnx_bytes = export_onnx(
+        pipeline,
+        features,
+        categorical,
+        profile=profile,
+        extra=extra,
+        doc_string=f"edgeloop {config.algo} {task} model for target {config.target!r}",
+    )
+    export_s = time.perf_counter() - export_started
+
+    parity_started = time.perf_counter()
+    predictor = OnnxPredictor(onnx_bytes)
+    parity = check_parity(pipeline, predictor, holdout_frame)
+    parity_s = time.perf_counter() - parity_started
+
+    metrics: dict[str, Any] = evaluate(predictor, holdout_frame, config.target)
+    holdout_hash = frame_hash(holdout_frame)
+    metrics["holdout_hash"] = holdout_hash
+    classes = list(predictor.meta.classes) if predictor.meta.classes is not None else None
+    return TrainResult(
+        onnx_bytes=onnx_bytes,
+        meta=predictor.meta,
+        metrics=metrics,
+        parity=parity.to_dict(),
+        pipeline=pipeline,
+        config=config,
+        task=task,
+        algo=config.algo,
+        feature_names=list(features),
+        numeric_features=numeric,
+        categorical_features=categorical,
+        classes=classes,
+        data_hash=data_hash,
+        holdout_hash=holdout_hash,
+        n_rows=len(labelled),
+        n_train=int(split.train.size),
+        n_holdout=int(split.holdout.size),
+        n_dropped=n_dropped,
+        time_based_holdout=split.time_based,
+        train_range=train_range,
+        holdout_range=holdout_range,
+        params=params,
+        opset=opset_of(onnx_bytes),
+        holdout_frame=holdout_frame,
+        timings={
+            "fit_s": fit_s,
+            "export_s": export_s,
+            "parity_s": parity_s,
+            "total_s": time.perf_counter() - started,
+        },
+    )
+
+
+def _check_frame(df: Any) -> None:
+    if not isinstance(df, pd.DataFrame):
+        raise TrainingError(f"expected a pandas DataFrame, got {type(df).__name__}")
+    if len(df) == 0:
+        raise TrainingError("the training frame has no rows")
+    bad = [c for c in df.columns if not isinstance(c, str) or not c]
+    if bad:
+        raise TrainingError(f"column names must be non-empty strings, got {bad!r}")
+    if not df.columns.is_unique:
+        dupes = sorted(set(df.columns[df.columns.duplicated()]))
+        raise TrainingError(f"the frame repeats column(s) {', '.join(dupes)}")
+
+
+def _resolve_features(df: pd.DataFrame, config: TrainConfig) -> list[str]:
+    available = list(df.columns)
+
+    def unknown(names: list[str], what: str) -> None:
+        absent = [n for n in names if n not in df.columns]
+        if absent:
+            raise TrainingError(f"unknown {what} column(s) {absent}; the frame has {available}")
+
+    unknown([config.target], "target")
+    if config.timestamp:
+        unknown([config.timestamp], "timestamp")
+    unknown(list(config.exclude), "exclude")
+    reserved = {config.target, config.timestamp}
+    if config.features is not None:
+        unknown(list(config.features), "feature")
+        clash = [f for f in config.features if f in reserved]
+        if clash:
+            raise TrainingError(f"feature(s) {clash} are also the target or the timestamp column")
+        features = [f for f in config.features if f not in config.exclude]
+    else:
+        features = [c for c in available if c not in reserved and c not in config.exclude]
+    if not features:
+        raise TrainingError("no feature columns left after removing target/timestamp/exclude")
+    return features
+
+
+def _timestamp_values(series: pd.Series, name: str) -> np.ndarray:
+    """Sortable timestamps: int64 nanoseconds (UTC) for dates, float64 for numbers."""
+    if pd.api.types.is_bool_dtype(series.dtype):
+        raise TrainingError(f"timestamp {name!r} is boolean")
+    if pd.api.types.is_numeric_dtype(series.dtype):
+        values = series.to_numpy(dtype=np.float64, na_value=np.nan)
+        if not np.isfinite(values).all():
+            raise TrainingError(
+                f"timestamp {name!r} has {int((~np.isfinite(values)).sum())} missing or "
+                "non-finite values"
+            )
+        return values
+    try:
+        parsed = pd.to_datetime(series, utc=True)
+    except (ValueError, TypeError) as exc:
+        raise TrainingError(f"timestamp {name!r} cannot be read as dates: {exc}") from None
+    if parsed.isna().any():
+        raise TrainingError(f"timestamp {name!r} has {int(parsed.isna().sum())} missing values")
+    return parsed.dt.tz_localize(None).astype("datetime64[ns]").to_numpy().view(np.int64)
+
+
+def _check_training_features(
+    x_train: pd.DataFrame, numeric: list[str], categorical: list[str], max_categories: int
+) -> None:
+    for name in numeric:
+        if np.isnan(x_train[name].to_numpy()).all():
+            raise TrainingError(
+                f"feature {name!r} has no values in the {len(x_train)} training rows "
+                "(all missing); drop it or list it in exclude"
+            )
+    _check_finite(x_train, numeric, "training")
+    for name in categorical:
+        values = x_train[name]
+        if (values == STRING_MISSING).all():
+            raise TrainingError(
+                f"feature {name!r} has no values in the {len(x_train)} training rows "
+                "(all missing); drop it or list it in exclude"
+            )
+        n_distinct = values.nunique()
+        if n_distinct > max_categories:
+            raise TrainingError(
+                f"categorical feature {name!r} has {n_distinct} distinct values in the "
+                f"training rows (max_categories={max_categories}); it looks like an "
+                "identifier or free text: exclude it or raise max_categories"
+            )
+
+
+def _check_finite(frame: pd.DataFrame, numeric: list[str], where: str) -> None:
+    for name in numeric:
+        infinite = np.isinf(frame[name].to_numpy())
+        if infinite.any():
+            raise TrainingError(
+                f"feature {name!r} has {int(infinite.sum())} infinite values in the {where} "
+                "rows; replace them with NaN (missing) or finite values"
+            )
+
+
+def _reference_profile(
+    pipeline: Pipeline, x_holdout: pd.DataFrame, numeric: list[str], task: str
+) -> dict[str, Any] | None:
+    """Drift reference from the held-out rows.
+
+    The holdout, not the training rows: its model outputs are out-of-sample (a
+    random forest is close to certain on its own training rows, which would make
+    every live window look drifted) and, with a time-based split, it is the
+    most recent data, the closest to what devices will see next.
+    """
+    if not numeric:
+        return None  # the profile format needs at least one numeric feature
+    if task == "classification":
+        proba = pipeline.predict_proba(x_holdout)
+        output = proba[:, 1] if proba.shape[1] == 2 else proba.max(axis=1)
+    else:
+        output = pipeline.predict(x_holdout)
+    return build_reference_profile(
+        x_holdout[numeric].to_numpy(dtype=np.float64), numeric, np.asarray(output, np.float64)
+    )
+
+
+def _range(
+    frame: pd.DataFrame, column: str | None, positions: np.ndarray
+) -> tuple[Any, Any] | None:
+    if column is None:
+        return None
+    values = frame[column].iloc[positions]
+    if not (
+        pd.api.types.is_numeric_dtype(values.dtype)
+        or pd.api.types.is_datetime64_any_dtype(values.dtype)
+    ):
+        values = pd.to_datetime(values, utc=True)  # parsed as _timestamp_values does
+    return (_plain(values.min()), _plain(values.max()))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, pd.Timestamp):
+        return value.isoformat()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value

@@ -1,0 +1,91 @@
+"""The agent's own resource use, for telemetry: resident memory and CPU, without psutil.
+
+Memory comes from /proc/self/status (Linux); elsewhere, or if the file cannot be read, the
+memory fields are ``None`` rather than an error. CPU time comes from the C library
+(``time.process_time`` for the precise total, ``os.times`` for the user/system split).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+STATUS_PATH = "/proc/self/status"
+
+
+@dataclass(frozen=True)
+class ProcSample:
+    rss_bytes: int | None  # resident set size now (VmRSS)
+    peak_rss_bytes: int | None  # high-water mark of the resident set (VmHWM)
+    cpu_user_s: float  # process lifetime totals, all threads
+    cpu_system_s: float
+    cpu_s: float  # CPU seconds used during the interval
+    interval_s: float  # wall seconds since the previous sample
+    cpu_percent: float  # cpu_s / interval_s * 100: 100 = one core busy, up to cpus * 100
+    cpus: int  # CPUs this process may run on
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def read_memory(path: str = STATUS_PATH) -> dict[str, int | None]:
+    """``{"rss_bytes", "peak_rss_bytes"}`` from a /proc status file; ``None`` where unknown."""
+    fields = {"VmRSS:": "rss_bytes", "VmHWM:": "peak_rss_bytes"}
+    out: dict[str, int | None] = dict.fromkeys(fields.values())
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            for line in f:
+                parts = line.split()
+                # e.g. "VmRSS:     41236 kB"; the kernel always reports kB here.
+                if (
+                    len(parts) == 3
+                    and parts[0] in fields
+                    and parts[2] == "kB"
+                    and parts[1].isdigit()
+                ):
+                    out[fields[parts[0]]] = int(parts[1]) * 1024
+    except OSError:
+        pass
+    return out
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+class ProcessStats:
+    """Samples memory and CPU; each :meth:`sample` reports CPU use since the previous one
+    (the first since construction). Meant for one reporting thread."""
+
+    def __init__(
+        self, *, status_path: str = STATUS_PATH, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.status_path = status_path
+        self._clock = clock
+        self._last_wall = clock()
+        self._last_cpu = time.process_time()
+
+    def sample(self) -> ProcSample:
+        wall = self._clock()
+        cpu = time.process_time()
+        times = os.times()
+        mem = read_memory(self.status_path)
+        interval = wall - self._last_wall
+        used = max(0.0, cpu - self._last_cpu)
+        self._last_wall, self._last_cpu = wall, cpu
+        return ProcSample(
+            rss_bytes=mem["rss_bytes"],
+            peak_rss_bytes=mem["peak_rss_bytes"],
+            cpu_user_s=times.user,
+            cpu_system_s=times.system,
+            cpu_s=used,
+            interval_s=interval,
+            cpu_percent=100.0 * used / interval if interval > 0 else 0.0,
+            cpus=_cpus(),
+        )

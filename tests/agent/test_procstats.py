@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from edgeloop_agent.procstats import ProcessStats, read_memory
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc")
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _statm_rss() -> int:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * PAGE
+
+
+def _stat_cpu() -> tuple[float, float]:
+    # Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    rest = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+    return int(rest[11]) / TICK, int(rest[12]) / TICK
+
+
+def test_rss_matches_proc_and_follows_allocations() -> None:
+    before = ProcessStats().sample()
+    assert before.rss_bytes is not None
+    assert abs(before.rss_bytes - _statm_rss()) < 4 * 1024 * 1024
+    block = bytearray(64 * 1024 * 1024)
+    block[:: PAGE // 2] = b"x" * len(block[:: PAGE // 2])  # touch every page
+    after = ProcessStats().sample()
+    assert after.rss_bytes is not None and before.peak_rss_bytes is not None
+    grown = after.rss_bytes - before.rss_bytes
+    assert 60 * 1024 * 1024 < grown < 72 * 1024 * 1024
+    assert after.peak_rss_bytes is not None and after.peak_rss_bytes >= after.rss_bytes
+    del block
+
+
+def test_cpu_totals_match_proc_stat() -> None:
+    deadline = time.process_time() + 0.1
+    while time.process_time() < deadline:
+        pass
+    s = ProcessStats().sample()
+    user, system = _stat_cpu()
+    # /proc/self/stat and times(2) count in clock ticks; allow two ticks between the reads.
+    assert abs(s.cpu_user_s - user) <= 2 / TICK
+    assert abs(s.cpu_system_s - system) <= 2 / TICK
+
+
+def test_cpu_percent_since_last_call() -> None:
+    ps = ProcessStats()
+    end = time.monotonic() + 0.3
+    while time.monotonic() < end:
+        pass
+    busy = ps.sample()
+    assert busy.interval_s == pytest.approx(0.3, abs=0.1)
+    # One busy thread: about one core, less if the scheduler lent the core to someone else.
+    assert 50 <= busy.cpu_percent <= 105
+    time.sleep(0.3)
+    idle = ps.sample()
+    assert idle.cpu_percent < 25
+    assert idle.interval_s == pytest.approx(0.3, abs=0.1)
+    assert idle.cpus >= 1
+    json.dumps(idle.to_dict())
+
+
+def test_status_file_parsing_and_missing_file(tmp_path: Path) -> None:
+    status = tmp_path / "status"
+    status.write_text("Name:\tpython\nVmHWM:\t  2048 kB\nVmRSS:\t  1024 kB\nThreads:\t3\n")
+    assert read_memory(str(status)) == {"rss_bytes": 1024 * 1024, "peak_rss_bytes": 2048 * 1024}
+    # Kernel threads have no Vm lines; a garbled value is ignored, not fatal.
+    status.write_text("Name:\tkworker\nVmRSS:\t  lots kB\n")
+    assert read_memory(str(status)) == {"rss_bytes": None, "peak_rss_bytes": None}
+    missing = ProcessStats(status_path=str(tmp_path / "absent")).sample()
+    assert missing.rss_bytes is None and missing.cpu_user_s > 0

@@ -102,7 +102,7 @@ def decide(
     alpha = check_open_unit("alpha", alpha)
     higher_is_better = check_bool("higher_is_better", higher_is_better)
     min_n = check_count("min_samples_per_arm", min_samples_per_arm)
-    if isinstance(guardrails, Guardrail) or not isinstance(guardrails, Sequence):
+    if isinstance(guardrails, Guardrail | str) or not isinstance(guardrails, Sequence):
         raise TypeError(
             f"guardrails must be a sequence of Guardrail, got {type(guardrails).__name__}"
         )

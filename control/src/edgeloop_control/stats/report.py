@@ -38,6 +38,14 @@ def _variant(stats: BinaryStats | ContinuousStats, confidence: float) -> dict[st
     }
 
 
+def _pair(name: str, value: object) -> tuple[Any, Any]:
+    if isinstance(value, Mapping | str | bytes) or not isinstance(value, Sequence):
+        raise TypeError(f"{name} must be a (champion, challenger) pair, got {type(value).__name__}")
+    if len(value) != 2:
+        raise ValueError(f"{name} must have 2 entries (champion, challenger), got {len(value)}")
+    return value[0], value[1]
+
+
 def experiment_report(
     test: MixtureSPRT,
     *,
@@ -56,7 +64,7 @@ def experiment_report(
     """
     if not isinstance(test, MixtureSPRT):
         raise TypeError(f"test must be a MixtureSPRT, got {type(test).__name__}")
-    if isinstance(guardrails, Guardrail) or not isinstance(guardrails, Sequence):
+    if isinstance(guardrails, Guardrail | str) or not isinstance(guardrails, Sequence):
         raise TypeError(
             f"guardrails must be a sequence of Guardrail, got {type(guardrails).__name__}"
         )
@@ -68,11 +76,8 @@ def experiment_report(
     srm = None
     all_guardrails = list(guardrails)
     if weights is not None:
-        if isinstance(weights, Mapping) or (
-            assignments is not None and isinstance(assignments, Mapping)
-        ):
-            raise TypeError("weights and assignments are (champion, challenger) pairs, not maps")
-        counts = (a.n, b.n) if assignments is None else assignments
+        weights = _pair("weights", weights)
+        counts = (a.n, b.n) if assignments is None else _pair("assignments", assignments)
         result = sample_ratio_mismatch(
             dict(zip(("champion", "challenger"), counts, strict=True)),
             dict(zip(("champion", "challenger"), weights, strict=True)),

@@ -1,0 +1,628 @@
+"""The model registry: a git + DVC repository whose versions and stages are GTO tags.
+
+Layout of the repository (see docs/registry.md)::
+
+    models/<name>/v<N>/model.onnx.dvc   DVC pointer to the artifact (the bytes live
+                                        in the DVC cache and on the DVC remote)
+    models/<name>/v<N>/metadata.json    sha256, signature, lineage, caller metadata
+    dvc.yaml                            DVC/GTO annotation of each model's latest path
+    tags  <name>@v<N>.0.0               version registration (GTO format)
+          <name>#<stage>#<k>            stage assignment (champion, challenger, ...)
+          <name>#<stage>!#<k>           stage unassignment
+
+The tags are the source of truth for versions and stages; metadata is always
+read from the tagged commit, never from the working tree, so a local edit
+cannot change what a version claims to be.
+"""
+
+from __future__ import annotations
+
+import builtins
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgeloop_agent.signature import SignatureError
+from edgeloop_control import signing
+from edgeloop_control.registry import dvcstore
+from edgeloop_control.registry.diff import diff_versions
+from edgeloop_control.registry.errors import RegistryError
+from edgeloop_control.registry.gitrepo import GitRepo
+from edgeloop_control.registry.model import (
+    ARTIFACT_NAME,
+    LINEAGE_KEYS,
+    RECORD_FORMAT,
+    RECORD_NAME,
+    ModelVersion,
+    to_json_value,
+)
+from edgeloop_control.registry.refs import (
+    NAME_RE,
+    Ref,
+    check_name,
+    check_stage,
+    parse_ref,
+    parse_semver,
+    semver_str,
+    short_version,
+)
+from edgeloop_control.registry.tags import (
+    TagEvent,
+    assign_tag,
+    parse_tag,
+    register_tag,
+    unassign_tag,
+)
+
+if TYPE_CHECKING:
+    from edgeloop_control.workspace import Workspace
+
+Semver = tuple[int, int, int]
+
+_README = """\
+# edgeloop model registry
+
+Managed by `edgeloop models`; see docs/registry.md in the edgeloop repository.
+Versions are git tags `NAME@vX.Y.Z`, stages are tags `NAME#STAGE#N` (GTO format).
+Artifacts are DVC-tracked: `git checkout NAME@vX.Y.Z && dvc pull` restores one.
+"""
+
+
+@dataclass
+class _Registered:
+    semver: Semver
+    commit: str
+    tag: str
+    timestamp: int
+
+
+@dataclass
+class _Model:
+    """Everything the tags say about one model."""
+
+    versions: dict[Semver, _Registered] = field(default_factory=dict)
+    # stage -> semver of the version holding it
+    stages: dict[str, Semver] = field(default_factory=dict)
+    max_counter: int = 0
+    last_timestamp: int = 0
+
+    def stages_of(self, semver: Semver) -> list[str]:
+        return sorted(s for s, v in self.stages.items() if v == semver)
+
+    def latest(self) -> Semver | None:
+        return max(self.versions) if self.versions else None
+
+
+class Registry:
+    """Open an existing registry; use :meth:`init` or :meth:`for_workspace` to create one."""
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        signing_key: str | os.PathLike[str] | None = None,
+        public_key: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.root = Path(root).expanduser().resolve()
+        if not (self.root / ".git").exists() or not (self.root / ".dvc").is_dir():
+            raise RegistryError(
+                f"no model registry at {self.root} (expected a git + DVC repository); "
+                "it is created on the first registration"
+            )
+        # Defaults mirror the workspace layout (registry/ next to keys/).
+        self.signing_key_path = Path(signing_key or self.root.parent / "keys" / "signing.key")
+        self.public_key_path = Path(public_key or self.root.parent / "keys" / "signing.pub")
+        self.git = GitRepo(self.root)
+        self.git.ensure_identity()
+
+    # -- creation ------------------------------------------------------------
+
+    @classmethod
+    def init(
+        cls,
+        root: str | os.PathLike[str],
+        remote: str,
+        *,
+        signing_key: str | os.PathLike[str] | None = None,
+        public_key: str | os.PathLike[str] | None = None,
+    ) -> Registry:
+        """Create a registry at ``root`` pushing artifacts to the DVC ``remote`` (path or URL)."""
+        path = Path(root).expanduser().resolve()
+        if not isinstance(remote, str) or not remote.strip():
+            raise RegistryError(f"registry remote must be a DVC remote URL or path, got {remote!r}")
+        if path.exists() and any(path.iterdir()):
+            raise RegistryError(f"cannot create a registry at {path}: the directory is not empty")
+        git = GitRepo(path)
+        git.init()
+        dvcstore.init(path, _remote_url(remote))
+        (path / "README.md").write_text(_README, encoding="utf-8")
+        git.add([".dvc/config", ".dvc/.gitignore", ".dvcignore", "README.md"])
+        git.commit("Initialise edgeloop model registry")
+        return cls(path, signing_key=signing_key, public_key=public_key)
+
+    @classmethod
+    def open(
+        cls,
+        root: str | os.PathLike[str],
+        *,
+        signing_key: str | os.PathLike[str] | None = None,
+        public_key: str | os.PathLike[str] | None = None,
+    ) -> Registry:
+        return cls(root, signing_key=signing_key, public_key=public_key)
+
+    @classmethod
+    def for_workspace(cls, ws: Workspace, *, create: bool = True) -> Registry:
+        """The workspace's registry, created on first use and pointed at its configured remote."""
+        keys = {"signing_key": ws.signing_key_path, "public_key": ws.public_key_path}
+        root = ws.registry_dir
+        if not (root / ".dvc").is_dir():
+            if not create:
+                raise RegistryError(f"no model registry at {root} yet; register a model first")
+            return cls.init(root, ws.registry_remote, **keys)
+        registry = cls(root, **keys)
+        if registry.remote != _remote_url(ws.registry_remote):
+            registry.set_remote(ws.registry_remote)
+        return registry
+
+    # -- configuration -------------------------------------------------------
+
+    @property
+    def remote(self) -> str | None:
+        return dvcstore.remote_url(self.root)
+
+    def set_remote(self, url: str) -> None:
+        """Point the registry at another DVC remote (committed in ``.dvc/config``)."""
+        with self._lock():
+            url = _remote_url(url)
+            dvcstore.set_remote(self.root, url)
+            if self.git.run("diff", "--quiet", "--", ".dvc/config", check=False).returncode:
+                self.git.commit(f"Use DVC remote {url}", [".dvc/config"])
+
+    def head_commit(self) -> str:
+        """The registry's current git commit, for tagging training runs."""
+        head = self.git.head()
+        if head is None:
+            raise RegistryError(f"registry at {self.root} has no commits")
+        return head
+
+    # -- writing ---------------------------------------------------------------
+
+    def register(
+        self,
+        name: str,
+        onnx_bytes: bytes,
+        metadata: dict[str, Any],
+        *,
+        lineage: dict[str, Any] | None = None,
+    ) -> ModelVersion:
+        """Store, sign, commit, push and tag a new version (the next major: v1, v2, ...)."""
+        name = check_name(name)
+        if not isinstance(onnx_bytes, (bytes, bytearray, memoryview)):
+            raise RegistryError(f"onnx_bytes must be bytes, got {type(onnx_bytes).__name__}")
+        data = bytes(onnx_bytes)
+        if not data:
+            raise RegistryError(f"refusing to register an empty artifact for model {name!r}")
+        if not isinstance(metadata, dict):
+            raise RegistryError(f"metadata must be a dict, got {type(metadata).__name__}")
+        meta = to_json_value(metadata, "metadata")
+
+        with self._lock():
+            models = self._models()
+            model = models.get(name, _Model())
+            lin = self._check_lineage(name, lineage, model)
+            major = self._next_major(name, model)
+            semver: Semver = (major, 0, 0)
+            vdir = f"models/{name}/{short_version(semver)}"
+            self._ensure_clean(vdir)
+
+            try:
+                key = signing.ensure_keypair(self.signing_key_path, self.public_key_path)
+            except signing.SigningError as exc:
+                raise RegistryError(f"cannot sign {name}: {exc}") from None
+            record = {
+                "format": RECORD_FORMAT,
+                "name": name,
+                "version": short_version(semver),
+                "semver": semver_str(semver),
+                "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "artifact": {
+                    "path": ARTIFACT_NAME,
+                    "sha256": hashlib.sha256(data).hexdigest(),
+                    "size": len(data),
+                    "signature": signing.sign(data, key),
+                    "signature_algorithm": "ed25519",
+                    "key_id": signing.key_id(key.public_key()),
+                },
+                "lineage": lin,
+                "metadata": meta,
+            }
+            target = self.root / vdir
+            target.mkdir(parents=True)
+            try:
+                (target / ARTIFACT_NAME).write_bytes(data)
+                (target / RECORD_NAME).write_text(
+                    json.dumps(record, indent=2, sort_keys=True, allow_nan=False) + "\n",
+                    encoding="utf-8",
+                )
+                dvcstore.add_and_push(self.root, f"{vdir}/{ARTIFACT_NAME}")
+                latest = {n: m.latest() for n, m in models.items() if m.latest()}
+                latest[name] = semver
+                self._write_dvc_yaml(latest)
+                paths = [
+                    f"{vdir}/{ARTIFACT_NAME}.dvc",
+                    f"{vdir}/{RECORD_NAME}",
+                    f"{vdir}/.gitignore",
+                    "dvc.yaml",
+                ]
+                self.git.add(paths)
+                commit = self.git.commit(
+                    f"Register {name} {short_version(semver)} "
+                    f"(sha256 {record['artifact']['sha256'][:12]})",
+                    paths,
+                )
+            except BaseException:
+                self._discard(vdir)
+                raise
+            tag, message = register_tag(name, semver)
+            self.git.tag(tag, commit, message, timestamp=self._tag_time(model))
+        return self.get(f"{name}@{short_version(semver)}")
+
+    def promote(self, name: str, version: str, stage: str) -> ModelVersion:
+        """Assign ``stage`` (e.g. champion, challenger) to a version, moving it off the
+        version that held it. A no-op if the version already holds the stage."""
+        name, stage = check_name(name), check_stage(stage)
+        with self._lock():
+            model = self._model(name)
+            semver = self._resolve(name, model, _version_ref(name, version))
+            current = model.stages.get(stage)
+            if current == semver:
+                return self.get(f"{name}@{short_version(semver)}")
+            counter, stamp = model.max_counter, self._tag_time(model)
+            if current is not None:
+                counter += 1
+                tag, message = unassign_tag(name, stage, current, counter)
+                self.git.tag(tag, model.versions[current].commit, message, timestamp=stamp)
+                stamp += 1
+            counter += 1
+            tag, message = assign_tag(name, stage, semver, counter)
+            self.git.tag(tag, model.versions[semver].commit, message, timestamp=stamp)
+        return self.get(f"{name}@{short_version(semver)}")
+
+    def demote(self, name: str, stage: str) -> ModelVersion | None:
+        """Take ``stage`` off whichever version holds it; returns that version (None if none)."""
+        name, stage = check_name(name), check_stage(stage)
+        with self._lock():
+            model = self._model(name)
+            current = model.stages.get(stage)
+            if current is None:
+                return None
+            tag, message = unassign_tag(name, stage, current, model.max_counter + 1)
+            self.git.tag(
+                tag, model.versions[current].commit, message, timestamp=self._tag_time(model)
+            )
+        return self.get(f"{name}@{short_version(current)}")
+
+    # -- reading ---------------------------------------------------------------
+
+    def names(self) -> builtins.list[str]:
+        return sorted(self._models())
+
+    def get(self, ref: str) -> ModelVersion:
+        """Resolve ``name@v3``, ``name@v3.0.0``, ``name@latest``, ``name#stage``,
+        ``name:stage`` or a bare ``name`` (its latest version)."""
+        parsed = parse_ref(ref)
+        model = self._model(parsed.name)
+        semver = self._resolve(parsed.name, model, parsed)
+        return self._load(parsed.name, model, [semver])[0]
+
+    def stages(self, name: str) -> dict[str, str]:
+        """{stage: version}, e.g. {"champion": "v2", "challenger": "v3"}."""
+        model = self._model(check_name(name))
+        return {stage: short_version(v) for stage, v in sorted(model.stages.items())}
+
+    def artifact_bytes(self, mv: ModelVersion | str) -> bytes:
+        """The artifact's bytes, fetched from the DVC remote if needed and verified.
+
+        Raises :class:`RegistryError` if the bytes do not match the sha256 recorded
+        at registration, or (when the registry's public key is the one that signed
+        them) if the signature does not verify.
+        """
+        if isinstance(mv, str):
+            mv = self.get(mv)
+        path = mv.artifact_path
+        if not path.is_file():
+            dvcstore.pull(self.root, str(path.relative_to(self.root)))
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise RegistryError(f"cannot read the artifact of {mv.ref}: {exc}") from None
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != mv.sha256:
+            raise RegistryError(
+                f"artifact of {mv.ref} at {path} has sha256 {digest[:16]}..., but "
+                f"{mv.sha256[:16]}... was registered: it was modified after registration "
+                f"(restore it with `dvc checkout {path.relative_to(self.root)}` in {self.root})"
+            )
+        self._verify_signature(mv, data)
+        return data
+
+    def diff(self, ref_a: str, ref_b: str) -> dict[str, Any]:
+        """Changed metrics, params, other metadata, artifact and lineage fields."""
+        return diff_versions(self.get(ref_a), self.get(ref_b))
+
+    def list(self, name: str | None = None) -> builtins.list[ModelVersion]:
+        """Registered versions, by model name then version."""
+        models = self._models()
+        if name is not None:
+            models = {check_name(name): self._model(name, models)}
+        out: builtins.list[ModelVersion] = []
+        for model_name in sorted(models):
+            model = models[model_name]
+            out.extend(self._load(model_name, model, sorted(model.versions)))
+        return out
+
+    # -- internals: tags -------------------------------------------------------
+
+    def _models(self) -> dict[str, _Model]:
+        events: builtins.list[TagEvent] = []
+        for ref in self.git.annotated_tags():
+            event = parse_tag(ref.name, ref.commit, ref.timestamp)
+            if event is not None and NAME_RE.match(event.name):
+                events.append(event)
+        # GTO orders by tagger time; the per-artifact counter breaks ties the way
+        # the tags were created.
+        events.sort(key=lambda e: (e.timestamp, e.counter))
+        models: dict[str, _Model] = {}
+        holders: dict[str, dict[str, dict[Semver, int]]] = {}
+        for order, event in enumerate(events):
+            model = models.setdefault(event.name, _Model())
+            model.max_counter = max(model.max_counter, event.counter)
+            model.last_timestamp = max(model.last_timestamp, event.timestamp)
+            if event.kind in ("register", "deregister"):
+                assert event.semver is not None
+                semver = parse_semver(event.semver)
+                if event.kind == "register":
+                    model.versions[semver] = _Registered(
+                        semver, event.commit, event.tag, event.timestamp
+                    )
+                else:
+                    model.versions.pop(semver, None)
+                continue
+            assert event.stage is not None
+            # A stage tag names a commit; the version is the one registered there.
+            by_commit = {r.commit: s for s, r in model.versions.items()}
+            semver = by_commit.get(event.commit)
+            if semver is None:
+                continue
+            active = holders.setdefault(event.name, {}).setdefault(event.stage, {})
+            if event.kind == "assign":
+                active[semver] = order
+            else:
+                active.pop(semver, None)
+        for name, stages in holders.items():
+            model = models[name]
+            for stage, active in stages.items():
+                live = {v: o for v, o in active.items() if v in model.versions}
+                if live:
+                    # Our promotions unassign the previous holder, so there is one;
+                    # with hand-made tags the latest assignment wins.
+                    model.stages[stage] = max(live, key=live.__getitem__)
+        return {n: m for n, m in models.items() if m.versions}
+
+    def _model(self, name: str, models: dict[str, _Model] | None = None) -> _Model:
+        models = self._models() if models is None else models
+        if name not in models:
+            known = ", ".join(sorted(models)) or "none"
+            raise RegistryError(
+                f"no model named {name!r} in the registry at {self.root} (models: {known})"
+            )
+        return models[name]
+
+    def _resolve(self, name: str, model: _Model, ref: Ref) -> Semver:
+        if ref.stage is not None:
+            if ref.stage not in model.stages:
+                have = ", ".join(f"{s}={short_version(v)}" for s, v in model.stages.items())
+                raise RegistryError(
+                    f"model {name!r} has no version in stage {ref.stage!r} "
+                    f"(stages: {have or 'none assigned'})"
+                )
+            return model.stages[ref.stage]
+        if ref.latest:
+            latest = model.latest()
+            assert latest is not None
+            return latest
+        assert ref.version is not None
+        if ref.version not in model.versions:
+            have = ", ".join(short_version(v) for v in sorted(model.versions))
+            raise RegistryError(
+                f"model {name!r} has no version {short_version(ref.version)} (versions: {have})"
+            )
+        return ref.version
+
+    def _load(
+        self, name: str, model: _Model, semvers: builtins.list[Semver]
+    ) -> builtins.list[ModelVersion]:
+        specs = [
+            f"{model.versions[v].commit}:models/{name}/{short_version(v)}/{RECORD_NAME}"
+            for v in semvers
+        ]
+        out = []
+        for semver, blob in zip(semvers, self.git.read_blobs(specs), strict=True):
+            reg = model.versions[semver]
+            if blob is None:
+                raise RegistryError(
+                    f"tag {reg.tag} points at commit {reg.commit[:12]}, which has no "
+                    f"models/{name}/{short_version(semver)}/{RECORD_NAME}"
+                )
+            out.append(self._version_from_record(name, semver, reg, model, blob))
+        return out
+
+    def _version_from_record(
+        self, name: str, semver: Semver, reg: _Registered, model: _Model, blob: bytes
+    ) -> ModelVersion:
+        where = f"{RECORD_NAME} of {reg.tag}"
+        try:
+            record = json.loads(blob)
+            artifact = record["artifact"]
+            if record.get("format") != RECORD_FORMAT:
+                raise RegistryError(
+                    f"{where} has format {record.get('format')!r}; "
+                    f"this edgeloop reads format {RECORD_FORMAT}"
+                )
+            if record["name"] != name or record["semver"] != semver_str(semver):
+                raise RegistryError(
+                    f"{where} describes {record['name']}@{record['semver']}, not the tagged version"
+                )
+            vdir = self.root / "models" / name / short_version(semver)
+            return ModelVersion(
+                name=name,
+                version=short_version(semver),
+                semver=semver_str(semver),
+                sha256=artifact["sha256"],
+                size=int(artifact["size"]),
+                signature=artifact["signature"],
+                key_id=artifact.get("key_id", ""),
+                created_at=record["created_at"],
+                metadata=record.get("metadata") or {},
+                lineage=record.get("lineage") or {},
+                stages=model.stages_of(semver),
+                artifact_path=vdir / artifact.get("path", ARTIFACT_NAME),
+                commit=reg.commit,
+                tag=reg.tag,
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise RegistryError(f"{where} is malformed: {exc!r}") from None
+
+    def _tag_time(self, model: _Model) -> int:
+        # Strictly after the model's previous tag: GTO sorts a model's events by
+        # tagger time at 1 s resolution, and equal times would make the order of
+        # a quick unassign/assign pair ambiguous to it.
+        return max(int(time.time()), model.last_timestamp + 1)
+
+    def _next_major(self, name: str, model: _Model) -> int:
+        # Also look at committed directories: a crash between commit and tag must
+        # not make the next registration reuse that directory.
+        committed = self.git.run("ls-tree", "-d", "--name-only", "HEAD", f"models/{name}/")
+        majors = [v[0] for v in model.versions]
+        for line in committed.stdout.decode().splitlines():
+            try:
+                majors.append(parse_semver(line.rsplit("/", 1)[-1])[0])
+            except RegistryError:
+                continue
+        return max(majors, default=0) + 1
+
+    def _check_lineage(
+        self, name: str, lineage: dict[str, Any] | None, model: _Model
+    ) -> dict[str, Any]:
+        if lineage is None:
+            return {}
+        if not isinstance(lineage, dict):
+            raise RegistryError(f"lineage must be a dict, got {type(lineage).__name__}")
+        out = to_json_value(lineage, "lineage")
+        for key in ("run_id", "run_uri", "cause"):
+            if out.get(key) is not None and not isinstance(out[key], str):
+                raise RegistryError(f"lineage.{key} must be a string, got {out[key]!r}")
+        parent = out.get("parent")
+        if parent is not None:
+            if not isinstance(parent, str):
+                raise RegistryError(f"lineage.parent must be a version string, got {parent!r}")
+            ref = parse_ref(parent if "@" in parent or "#" in parent else f"{name}@{parent}")
+            if ref.name != name:
+                parent_model = self._model(ref.name)
+            else:
+                if not model.versions:
+                    raise RegistryError(
+                        f"lineage.parent {parent!r}: model {name!r} has no versions yet"
+                    )
+                parent_model = model
+            # Record the concrete version, not a moving stage alias.
+            resolved = self._resolve(ref.name, parent_model, ref)
+            out["parent"] = f"{ref.name}@{short_version(resolved)}"
+        ordered = {k: out[k] for k in LINEAGE_KEYS if k in out}
+        ordered.update({k: v for k, v in out.items() if k not in ordered})
+        return ordered
+
+    # -- internals: working tree -------------------------------------------------
+
+    def _ensure_clean(self, vdir: str) -> None:
+        leftover = self.root / vdir
+        if leftover.exists() and not self.git.tracked(vdir):
+            # Debris of a registration that failed before its commit.
+            shutil.rmtree(leftover)
+        self.git.reset_index()
+        dirty = self.git.status()
+        if dirty:
+            shown = "; ".join(line.strip() for line in dirty[:5])
+            raise RegistryError(
+                f"registry working tree at {self.root} has local changes ({shown}); "
+                "commit or discard them (git status) before registering"
+            )
+
+    def _discard(self, vdir: str) -> None:
+        self.git.reset_index()
+        shutil.rmtree(self.root / vdir, ignore_errors=True)
+        if self.git.tracked("dvc.yaml"):
+            self.git.run("checkout", "-q", "--", "dvc.yaml", check=False)
+        else:
+            (self.root / "dvc.yaml").unlink(missing_ok=True)
+
+    def _write_dvc_yaml(self, latest: dict[str, Semver]) -> None:
+        # DVC's model-registry annotation: `dvc artifacts get REPO NAME --rev TAG`
+        # and GTO find each model's file at any tagged commit.
+        lines = ["# Managed by edgeloop: the latest version of each model.", "artifacts:"]
+        for name in sorted(latest):
+            path = f"models/{name}/{short_version(latest[name])}/{ARTIFACT_NAME}"
+            lines += [f"  {name}:", f"    path: {path}", "    type: model"]
+        (self.root / "dvc.yaml").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    def _verify_signature(self, mv: ModelVersion, data: bytes) -> None:
+        if not self.public_key_path.is_file():
+            return
+        try:
+            key = signing.load_public_key(self.public_key_path)
+        except signing.SigningError as exc:
+            raise RegistryError(str(exc)) from None
+        if mv.key_id and mv.key_id != signing.key_id(key):
+            return  # signed by an earlier key; the sha256 check above still holds
+        try:
+            signing.verify(data, mv.signature, [key])
+        except SignatureError as exc:
+            raise RegistryError(f"artifact of {mv.ref}: {exc}") from None
+
+    @contextmanager
+    def _lock(self) -> Iterator[None]:
+        # One writer at a time (daemon retraining vs. a CLI promote): tag counters
+        # and version numbers are read-then-written.
+        path = self.root / ".git" / "edgeloop-registry.lock"
+        with open(path, "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _remote_url(remote: str) -> str:
+    if "://" in remote:
+        return remote
+    return str(Path(remote).expanduser().resolve())
+
+
+def _version_ref(name: str, version: str) -> Ref:
+    """``v3`` / ``3.0.0`` / ``latest`` / ``sensor@v3`` / ``sensor#challenger`` for ``name``."""
+    if not isinstance(version, str):
+        raise RegistryError(f"version must be a string like v3, got {version!r}")
+    text = version if any(c in version for c in "@#:") else f"{name}@{version}"
+    ref = parse_ref(text)
+    if ref.name != name:
+        raise RegistryError(f"version {version!r} refers to model {ref.name!r}, not {name!r}")
+    return ref

@@ -1,13 +1,41 @@
-"""Streaming drift detection: reference profiles, PSI, binned KS, windows, monitors."""
+"""Streaming drift detection for the agent (numpy only).
 
+* :func:`build_reference_profile` / :class:`ReferenceProfile` — training-time reference.
+* :class:`DriftMonitor` with :class:`DriftConfig` / :class:`WindowConfig` — data and
+  prediction drift per window: PSI, binned two-sample KS, missing rates.
+* :class:`DDM` — concept drift from the labelled error stream.
+
+See ``docs/drift.md`` for formulas, defaults, error bounds and costs.
+"""
+
+from edgeloop_agent.drift.concept import DDM
+from edgeloop_agent.drift.ks import ks_from_histograms, ks_pvalue, ks_statistic
+from edgeloop_agent.drift.monitor import DriftConfig, DriftMonitor
+from edgeloop_agent.drift.multitest import adjust_pvalues
 from edgeloop_agent.drift.profile import (
+    OUTPUT_NAME,
     ColumnProfile,
     ReferenceProfile,
     build_reference_profile,
 )
+from edgeloop_agent.drift.psi import psi
+from edgeloop_agent.drift.report import ColumnDrift, DriftReport
+from edgeloop_agent.drift.window import WindowConfig
 
 __all__ = [
+    "DDM",
+    "OUTPUT_NAME",
+    "ColumnDrift",
     "ColumnProfile",
+    "DriftConfig",
+    "DriftMonitor",
+    "DriftReport",
     "ReferenceProfile",
+    "WindowConfig",
+    "adjust_pvalues",
     "build_reference_profile",
+    "ks_from_histograms",
+    "ks_pvalue",
+    "ks_statistic",
+    "psi",
 ]

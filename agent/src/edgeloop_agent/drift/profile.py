@@ -96,7 +96,7 @@ class ColumnProfile:
         where = f"{where} ({name!r})"
         n = _as_count(d["n"], f"{where}.n")
         n_missing = _as_count(d["n_missing"], f"{where}.n_missing")
-        edges = _as_float_array(d["edges"], f"{where}.edges")
+        edges = _as_float_array(d["edges"], f"{where}.edges") + 0.0
         if edges.size and not np.all(np.isfinite(edges)):
             raise ValueError(f"{where}.edges: all edges must be finite")
         if edges.size > 1 and not np.all(np.diff(edges) > 0):
@@ -263,7 +263,8 @@ def build_reference_profile(
 
 def _profile_column(col: np.ndarray, name: str, psi_bins: int, fine_bins: int) -> ColumnProfile:
     finite = np.isfinite(col)
-    v = np.sort(col[finite])
+    # + 0.0 turns -0.0 into +0.0: edges must compare like floats in the agent's integer keys.
+    v = np.sort(col[finite]) + 0.0
     n = int(v.size)
     n_missing = int(col.size - n)
     if n == 0:

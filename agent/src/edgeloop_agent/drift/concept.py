@@ -1,0 +1,95 @@
+"""Concept drift from labelled feedback: the Drift Detection Method (DDM).
+
+Gama, Medas, Castillo & Rodrigues, "Learning with Drift Detection", SBIA 2004.
+Each labelled prediction is a Bernoulli trial (error or not). After ``i`` trials the
+error rate is ``p_i`` with standard deviation ``s_i = sqrt(p_i (1 - p_i) / i)``. The
+detector remembers the point where ``p + s`` was lowest, ``(p_min, s_min)``, and
+
+* warns when ``p_i + s_i >= p_min + warning_threshold * s_min`` (default 2),
+* signals drift when ``p_i + s_i >= p_min + drift_threshold * s_min`` (default 3),
+
+after ``warm_start`` trials. On drift the statistics restart with the next update,
+so the detector describes the new concept. The minimum is only recorded once at least
+one error was seen (``s > 0``): with ``s_min = 0`` the very first error after a
+perfect start would count as a drift.
+
+Usage, River style::
+
+    ddm = DDM()
+    for y_true, y_pred in feedback:
+        ddm.update(y_true != y_pred)
+        if ddm.drift_detected:
+            ...
+"""
+
+from __future__ import annotations
+
+import math
+
+
+class DDM:
+    """Drift Detection Method on a stream of prediction errors."""
+
+    def __init__(
+        self,
+        warm_start: int = 30,
+        warning_threshold: float = 2.0,
+        drift_threshold: float = 3.0,
+    ) -> None:
+        if isinstance(warm_start, bool) or not isinstance(warm_start, int) or warm_start < 1:
+            raise ValueError(f"warm_start: expected an integer >= 1, got {warm_start!r}")
+        for name, v in (
+            ("warning_threshold", warning_threshold),
+            ("drift_threshold", drift_threshold),
+        ):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v > 0):
+                raise ValueError(f"{name}: expected a number > 0, got {v!r}")
+        if drift_threshold <= warning_threshold:
+            raise ValueError(
+                f"drift_threshold={drift_threshold} must exceed "
+                f"warning_threshold={warning_threshold}"
+            )
+        self.warm_start = warm_start
+        self.warning_threshold = float(warning_threshold)
+        self.drift_threshold = float(drift_threshold)
+        self.n_detections = 0
+        self._reset()
+
+    def _reset(self) -> None:
+        self.n = 0
+        self._errors = 0
+        self._ps_min = math.inf
+        self._s_min = math.inf
+        self.drift_detected = False
+        self.warning_detected = False
+
+    @property
+    def error_rate(self) -> float:
+        """Error rate since the last drift (NaN before the first update)."""
+        return self._errors / self.n if self.n else math.nan
+
+    def update(self, error: bool) -> None:
+        """Add one labelled outcome: ``True`` (or 1) if the prediction was wrong."""
+        if error not in (True, False):  # also admits 0/1, numpy bools
+            raise ValueError(f"error: expected a boolean (or 0/1), got {error!r}")
+        if self.drift_detected:
+            self._reset()
+        self.n += 1
+        self._errors += bool(error)
+        self.warning_detected = False
+        if self.n < self.warm_start:
+            return
+        p = self._errors / self.n
+        s = math.sqrt(p * (1.0 - p) / self.n)
+        ps = p + s
+        if s > 0 and ps <= self._ps_min:
+            self._ps_min = ps
+            self._s_min = s
+        if math.isinf(self._s_min):
+            return
+        # p_min + k * s_min == ps_min + (k - 1) * s_min
+        if ps >= self._ps_min + (self.drift_threshold - 1.0) * self._s_min:
+            self.drift_detected = True
+            self.n_detections += 1
+        elif ps >= self._ps_min + (self.warning_threshold - 1.0) * self._s_min:
+            self.warning_detected = True

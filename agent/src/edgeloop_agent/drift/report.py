@@ -1,0 +1,106 @@
+"""What a drift monitor says about one completed window."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ColumnDrift:
+    """Drift statistics of one feature (or the model output) over one window.
+
+    ``ks_p_adjusted`` is the multiple-testing adjusted p-value for features and equals
+    ``ks_p`` for the output. Statistics that cannot be computed (no reference values,
+    no live values) are NaN. ``reasons`` lists the triggered tests: ``"psi"``,
+    ``"ks"``, ``"missing"``.
+    """
+
+    name: str
+    n: int
+    missing_rate: float
+    reference_missing_rate: float
+    psi: float
+    ks_d: float
+    ks_d_bound: float
+    ks_p: float
+    ks_p_adjusted: float
+    drift: bool
+    reasons: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "n": self.n,
+            "missing_rate": _num(self.missing_rate),
+            "reference_missing_rate": _num(self.reference_missing_rate),
+            "psi": _num(self.psi),
+            "ks_d": _num(self.ks_d),
+            "ks_d_bound": _num(self.ks_d_bound),
+            "ks_p": _num(self.ks_p),
+            "ks_p_adjusted": _num(self.ks_p_adjusted),
+            "drift": self.drift,
+            "reasons": list(self.reasons),
+        }
+
+
+@dataclass(frozen=True)
+class DriftReport:
+    """Window ``[start, end)`` in rows since the monitor started (count windows) or in
+    the caller's clock, seconds (time windows)."""
+
+    window_kind: str
+    start: float
+    end: float
+    n_rows: int
+    enough_data: bool
+    features: tuple[ColumnDrift, ...]
+    output: ColumnDrift | None
+    dataset_drift: bool
+    ks_mode: str
+    correction: str
+    alpha: float
+    psi_threshold: float
+    missing_rate_delta: float | None
+    min_samples: int
+
+    @property
+    def drifted_features(self) -> list[str]:
+        return [f.name for f in self.features if f.drift]
+
+    def feature(self, name: str) -> ColumnDrift:
+        for f in self.features:
+            if f.name == name:
+                return f
+        raise KeyError(f"no feature named {name!r} in this report")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: NaN becomes ``None``."""
+        return {
+            "window": {
+                "kind": self.window_kind,
+                "start": _num(self.start),
+                "end": _num(self.end),
+                "n_rows": self.n_rows,
+            },
+            "enough_data": self.enough_data,
+            "dataset_drift": self.dataset_drift,
+            "drifted_features": self.drifted_features,
+            "features": [f.to_dict() for f in self.features],
+            "output": self.output.to_dict() if self.output is not None else None,
+            "ks_mode": self.ks_mode,
+            "thresholds": {
+                "correction": self.correction,
+                "alpha": self.alpha,
+                "psi": self.psi_threshold,
+                "missing_rate_delta": self.missing_rate_delta,
+                "min_samples": self.min_samples,
+            },
+        }
+
+
+def _num(x: float | None) -> float | None:
+    if x is None or math.isnan(x):
+        return None
+    return float(x)

@@ -1,0 +1,53 @@
+"""The versioned feature store: Parquet offline store, SQLite catalogue and online store.
+
+>>> store = FeatureStore(workspace.feature_store_dir)
+>>> store.ingest(df, "sensors", entity=["device"], timestamp="ts", ttl="7d")
+>>> train = store.training_set(labels, timestamp="ts", features=["sensors:temp"])
+
+See docs/feature-store.md for the concepts, layout and semantics.
+"""
+
+from edgeloop_control.featurestore.captured import (
+    CAPTURED_PREFIX,
+    LABELS_VIEW,
+    captured_training_frame,
+    captured_view,
+    ingest_labels,
+    ingest_samples,
+)
+from edgeloop_control.featurestore.catalog import FileEntry, PartitionStats, ViewVersion
+from edgeloop_control.featurestore.errors import (
+    FeatureStoreError,
+    InvalidInputError,
+    MissingColumnError,
+    SchemaMismatchError,
+    TimestampError,
+    UnknownViewError,
+)
+from edgeloop_control.featurestore.hashing import data_hash
+from edgeloop_control.featurestore.schema import Column, ColumnType, ViewSchema
+from edgeloop_control.featurestore.store import FeatureStore, IngestResult
+
+__all__ = [
+    "CAPTURED_PREFIX",
+    "LABELS_VIEW",
+    "Column",
+    "ColumnType",
+    "FeatureStore",
+    "FeatureStoreError",
+    "FileEntry",
+    "IngestResult",
+    "InvalidInputError",
+    "MissingColumnError",
+    "PartitionStats",
+    "SchemaMismatchError",
+    "TimestampError",
+    "UnknownViewError",
+    "ViewSchema",
+    "ViewVersion",
+    "captured_training_frame",
+    "captured_view",
+    "data_hash",
+    "ingest_labels",
+    "ingest_samples",
+]

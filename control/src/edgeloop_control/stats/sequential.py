@@ -3,8 +3,9 @@
 Reference: R. Johari, P. Koomen, L. Pekelis, D. Walsh, "Always Valid Inference: Continuous
 Monitoring of A/B Tests", Operations Research 70(3), 2022 (arXiv:1512.04922).
 
-For n pairs of observations with per-pair variance V = sigma_A² + sigma_B² and a N(0, tau²)
-mixture over theta = mu_B − mu_A, the paper's mixture likelihood ratio against theta0 is
+For n pairs of observations with per-pair variance V = sigma_A² + sigma_B² and a
+N(theta0, tau²) mixture over theta = mu_B − mu_A, the paper's mixture likelihood ratio for
+H0: theta = theta0 is
 
     Lambda_n = sqrt(V / (V + n tau²))
                * exp(n² tau² (ybar_B − ybar_A − theta0)² / (2 V (V + n tau²)))
@@ -13,10 +14,11 @@ Writing v = V/n (the variance of ybar_B − ybar_A) the same expression is
 
     Lambda = sqrt(v / (v + tau²)) * exp(tau² (Delta − theta0)² / (2 v (v + tau²)))
 
-and that form extends to unequal arms with v = sigma_A²/n_A + sigma_B²/n_B. It is exact for
-any fixed allocation ratio (the router's configured weights), because the difference of means
-is then a Gaussian process in "information time" 1/v; we use it rather than truncating to
-min(n_A, n_B) pairs, which would throw data away. With equal n it is the paper's formula.
+and that form extends to unequal arms with v = sigma_A²/n_A + sigma_B²/n_B. For known
+variances it is exact for any fixed allocation ratio (the router's configured weights): the
+score Delta/v is then a Brownian motion with drift theta in "information time" 1/v. We use it
+rather than truncating to min(n_A, n_B) pairs, which would throw data away. With equal n it is
+the paper's formula.
 
 The always-valid p-value is p_n = min(p_{n−1}, 1/Lambda_n) and the confidence sequence is
 {theta0 : Lambda_n(theta0) < 1/alpha}, intersected over looks (so 0 is outside it exactly
@@ -128,7 +130,7 @@ class MixtureSPRT:
         higher_is_better: bool | None = None,
         metric: str | None = None,
     ) -> None:
-        if kind not in _KINDS:
+        if not isinstance(kind, str) or kind not in _KINDS:
             raise ValueError(f"kind must be 'binary' or 'continuous', got {kind!r}")
         self.kind: Kind = kind
         self.alpha = check_open_unit("alpha", alpha)
@@ -349,7 +351,7 @@ class MixtureSPRT:
             tau=tau if tau_configured else None,
             tau_sd=data["tau_sd"],
             min_samples_per_arm=data["min_samples_per_arm"],
-            higher_is_better=data["higher_is_better"],
+            higher_is_better=check_bool("higher_is_better", data["higher_is_better"]),
             metric=data["metric"],
         )
         if tau is not None:

@@ -84,6 +84,7 @@ def test_empty_confidence_sequence_needs_review() -> None:
         ({"guardrails": Guardrail("x", True)}, TypeError, "guardrails must be a sequence"),
         ({"guardrails": [("drift", False)]}, TypeError, r"guardrails\[0\] must be a Guardrail"),
         ({"interval": (0.1,)}, TypeError, "interval must be a"),
+        ({"metric": None}, ValueError, "metric must be a non-empty string"),
         ({"interval": (math.nan, 1.0)}, ValueError, r"interval\[0\]"),
     ],
 )

@@ -75,9 +75,10 @@ def decide(
     1. any failed guardrail -> rollback (operational harm needs no statistics, and must not
        wait for labels that may never come);
     2. no labelled outcomes in an arm, or fewer than ``min_samples_per_arm`` -> continue;
-    3. ``p_value <= alpha`` -> promote if the challenger is better in the direction
+    3. an empty ``interval`` -> continue, flagged for review (see below);
+    4. ``p_value <= alpha`` -> promote if the challenger is better in the direction
        ``higher_is_better`` says, rollback if it is worse;
-    4. otherwise continue.
+    5. otherwise continue.
 
     ``effect`` is challenger − champion on the metric's own scale (NaN allowed when there
     is no data). ``p_value`` must be always-valid (e.g. :class:`MixtureSPRT`); a
@@ -109,6 +110,8 @@ def decide(
     for i, g in enumerate(guardrails):
         if not isinstance(g, Guardrail):
             raise TypeError(f"guardrails[{i}] must be a Guardrail, got {type(g).__name__}")
+    if not isinstance(metric, str) or not metric.strip():
+        raise ValueError(f"metric must be a non-empty string, got {metric!r}")
     if interval is not None:
         if not isinstance(interval, tuple | list) or len(interval) != 2:
             raise TypeError(f"interval must be a (lower, upper) pair or None, got {interval!r}")

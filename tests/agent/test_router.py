@@ -124,6 +124,7 @@ def test_minimal_movement_seen_from_keys() -> None:
 def test_weights_are_normalised_and_rounded_exactly() -> None:
     a = allocate(None, {"a": 9, "b": 1}, experiment_id="e")
     assert a == allocate(None, {"a": 90, "b": 10}, experiment_id="e")
+    assert a == allocate(None, {"a": 0.9, "b": 0.1}, experiment_id="e")  # inexact floats
     assert a.counts() == {"a": 9000, "b": 1000}
     assert a.to_dict()["ranges"] == {"a": [[0, 9000]], "b": [[9000, 10000]]}
     thirds = allocate(None, {"x": 1, "y": 1, "z": 1}, experiment_id="e").counts()

@@ -596,8 +596,9 @@ class FeatureStore:
     def materialize(self, ref: str | ViewRef, start: Any = None, end: Any = None) -> int:
         """Copy the latest row per entity with event time in ``[start, end)`` online.
 
-        Returns the number of entities written (rows newer than what the online
-        store held). Works one event date at a time to bound memory.
+        Returns the number of entities whose online row changed. Works one event
+        date at a time, newest first, to bound memory: older dates then only
+        fill in entities the newer ones did not have.
         """
         found = self.view(ref)
         _require_entity(found, "materialised")
@@ -610,7 +611,7 @@ class FeatureStore:
         )
         columns = [*found.entity, found.timestamp, SEQ_COLUMN, *found.features]
         written = 0
-        entries = sorted(entries, key=lambda e: e.day)
+        entries = sorted(entries, key=lambda e: e.day, reverse=True)
         for _, group in itertools.groupby(entries, key=lambda e: e.day):
             frame = self._scan(found, columns, lo, hi, entries=list(group))
             newest = frame.sort_values([found.timestamp, SEQ_COLUMN], kind="stable")

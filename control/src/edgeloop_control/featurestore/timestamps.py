@@ -96,7 +96,12 @@ def parse_instant(value: Any, name: str) -> pd.Timestamp | None:
     if isinstance(value, bool):
         raise TimestampError(f"{name} must be a timestamp, got {value!r}")
     series = pd.Series([value], dtype="float64" if isinstance(value, (int, float)) else object)
-    return to_utc(series, name).iloc[0]
+    try:
+        return to_utc(series, name).iloc[0]
+    except TimestampError:
+        raise TimestampError(
+            f"{name} {value!r} is not a timestamp; expected ISO 8601, a datetime or unix seconds"
+        ) from None
 
 
 def to_micros(value: pd.Timestamp) -> int:

@@ -31,6 +31,7 @@ from edgeloop_control.training.errors import InputError
 from edgeloop_control.training.predictor import OnnxPredictor, Prediction
 from edgeloop_control.training.target import prepare_target
 
+PROBABILITY_DECIMALS = 5
 CLASSIFICATION_METRICS = ("accuracy", "f1", "roc_auc", "log_loss")
 REGRESSION_METRICS = ("mae", "rmse", "r2")
 HIGHER_IS_BETTER: dict[str, bool] = {
@@ -53,19 +54,25 @@ def classification_metrics(
         f1 = f1_score(y_true, label, pos_label=classes[1], average="binary", zero_division=0.0)
     else:
         f1 = f1_score(y_true, label, average="macro", zero_division=0.0)
-    # float32 probabilities may sum to 1 +- 1e-7; log_loss wants them normalised.
-    proba = probabilities / probabilities.sum(axis=1, keepdims=True)
+    # Tree ensembles vote in steps of 1/n_trees, so scikit-learn's probabilities tie
+    # exactly; onnxruntime's float32 sums split those ties by ~1e-7 either way, and
+    # ROC AUC, a rank statistic, would move with that noise. Rounding to 1e-5 (ten
+    # times finer than the parity tolerance) restores the ties. No renormalising
+    # here: dividing by a row sum would split them again.
+    ranked = np.round(probabilities, PROBABILITY_DECIMALS)
+    # log_loss warns unless rows sum to one within 1.5e-8; float32 rows do not.
+    normalised = probabilities / probabilities.sum(axis=1, keepdims=True)
     present = set(np.unique(y_true).tolist())
     known = present <= set(classes)
     roc_auc: float | None = None
     if known and len(present) >= 2:
         if binary:
-            roc_auc = float(roc_auc_score(y_true == classes[1], proba[:, 1]))
+            roc_auc = float(roc_auc_score(y_true == classes[1], ranked[:, 1]))
         elif present == set(classes):
             roc_auc = float(
-                roc_auc_score(y_true, proba, multi_class="ovr", average="macro", labels=classes)
+                roc_auc_score(y_true, ranked, multi_class="ovr", average="macro", labels=classes)
             )
-    loss = float(log_loss(y_true, proba, labels=classes)) if known else None
+    loss = float(log_loss(y_true, normalised, labels=classes)) if known else None
     return {
         "accuracy": float(accuracy_score(y_true, label)),
         "f1": float(f1),

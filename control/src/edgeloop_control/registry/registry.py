@@ -160,8 +160,16 @@ class Registry:
         return cls(root, signing_key=signing_key, public_key=public_key)
 
     @classmethod
-    def for_workspace(cls, ws: Workspace, *, create: bool = True) -> Registry:
-        """The workspace's registry, created on first use and pointed at its configured remote."""
+    def for_workspace(
+        cls, ws: Workspace, *, create: bool = True, sync_remote: bool | None = None
+    ) -> Registry:
+        """The workspace's registry with the workspace's key paths.
+
+        ``create``: initialise it on first use (else a missing registry is an
+        error). ``sync_remote`` (default: same as ``create``): point the registry at
+        the workspace's configured DVC remote, committing the change; read-only
+        callers skip it, which also spares them DVC's import time.
+        """
         keys = {"signing_key": ws.signing_key_path, "public_key": ws.public_key_path}
         root = ws.registry_dir
         if not (root / ".dvc").is_dir():
@@ -169,7 +177,9 @@ class Registry:
                 raise RegistryError(f"no model registry at {root} yet; register a model first")
             return cls.init(root, ws.registry_remote, **keys)
         registry = cls(root, **keys)
-        if registry.remote != _remote_url(ws.registry_remote):
+        if (create if sync_remote is None else sync_remote) and registry.remote != _remote_url(
+            ws.registry_remote
+        ):
             registry.set_remote(ws.registry_remote)
         return registry
 

@@ -1,0 +1,55 @@
+"""``edgeloop``: the control node's command line (typer)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from edgeloop_control.cli.common import CLIState
+
+app = typer.Typer(
+    name="edgeloop",
+    help="edgeloop control node: feature store, registry, training, fleet rollout.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    workspace: Annotated[
+        str | None,
+        typer.Option(
+            "--workspace",
+            "-w",
+            envvar="EDGELOOP_WORKSPACE",
+            help="workspace directory (default: .)",
+        ),
+    ] = None,
+    broker: Annotated[
+        str | None,
+        typer.Option("--broker", envvar="EDGELOOP_BROKER", help="broker URL mqtt://host:port"),
+    ] = None,
+) -> None:
+    ctx.obj = CLIState(workspace, broker)
+
+
+def _register() -> None:
+    # Imported here so `edgeloop --help` stays fast and each module stays small.
+    from edgeloop_control.cli import commands, features, fleet, models, runs
+
+    commands.register(app)
+    fleet.register(app)
+    app.add_typer(models.app, name="models", help="Model registry (git + DVC, GTO tags).")
+    app.add_typer(features.app, name="features", help="Versioned feature store.")
+    app.add_typer(runs.app, name="runs", help="Experiment tracking runs (MLflow).")
+
+
+_register()
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,174 @@
+"""``edgeloop deploy`` and ``edgeloop fleet``."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Annotated, Any
+
+import typer
+
+from edgeloop_control.cli.common import console, fail, print_json, state, table
+from edgeloop_control.controldb import ControlDB
+from edgeloop_control.deploy import (
+    DeployError,
+    check_device_ids,
+    parse_variant_specs,
+    plan_desired,
+    publish_artifact,
+    publish_desired,
+)
+from edgeloop_control.mqttclient import BrokerError, connected
+
+
+def register(app: typer.Typer) -> None:
+    app.command("deploy")(deploy)
+    app.command("fleet")(fleet)
+
+
+def deploy(
+    ctx: typer.Context,
+    versions: Annotated[list[str], typer.Argument(help="MODEL@vN or MODEL@vN=WEIGHT ...")],
+    device: Annotated[list[str], typer.Option("--device", "-d", help="device id; repeatable")],
+    shadow: Annotated[
+        list[str] | None, typer.Option("--shadow", help="MODEL@vN run in shadow; repeatable")
+    ] = None,
+    experiment: Annotated[
+        str | None, typer.Option(help="experiment id for key hashing (default: derived)")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Publish desired state (and the artifacts) to devices."""
+    st = state(ctx)
+    ws = st.workspace
+    from edgeloop_control.registry import Registry, RegistryError
+
+    try:
+        specs = parse_variant_specs(versions)
+        devices = check_device_ids(device)
+        registry = Registry.open(ws.registry_dir)
+        serving = [(registry.get(s.ref), float(s.weight or 0)) for s in specs]
+        shadows = [registry.get(ref) for ref in (shadow or [])]
+    except (DeployError, RegistryError) as exc:
+        fail(str(exc))
+    db = ControlDB(ws.state_db)
+    results: list[dict[str, Any]] = []
+    try:
+        with connected(st.broker) as client:
+            for mv in [mv for mv, _ in serving] + shadows:
+                publish_artifact(client, ws.topic_prefix, mv, registry.artifact_bytes(mv))
+            for dev in devices:
+                previous = db.desired(dev)
+                doc = plan_desired(
+                    previous[1] if previous else None, serving, shadows, experiment=experiment
+                )
+                publish_desired(client, db, ws.topic_prefix, dev, doc)
+                db.add_event(
+                    "deploy",
+                    f"{dev}: revision {doc['revision']} -> "
+                    + ", ".join(f"{m['variant']}={m['weight']:g}" for m in doc["models"]),
+                    subject=dev,
+                    data={"revision": doc["revision"], "models": doc["models"]},
+                )
+                results.append({"device": dev, "revision": doc["revision"], "desired": doc})
+    except (BrokerError, DeployError, RegistryError) as exc:
+        fail(str(exc))
+    finally:
+        db.close()
+    if as_json:
+        print_json(results)
+        return
+    rows = [
+        [
+            r["device"],
+            r["revision"],
+            ", ".join(
+                f"{m['variant']} {m['weight']:g}%"
+                if m["role"] == "serve"
+                else f"{m['variant']} (shadow)"
+                for m in r["desired"]["models"]
+            ),
+        ]
+        for r in results
+    ]
+    console.print(table("Deployed", ["device", "revision", "models"], rows))
+
+
+def fleet(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    timeout: Annotated[float, typer.Option(help="seconds to collect device status")] = 2.0,
+) -> None:
+    """Devices with desired vs reported model versions and online state."""
+    st = state(ctx)
+    ws = st.workspace
+    db = ControlDB(ws.state_db)
+    try:
+        desired = db.all_desired()
+        inventory = {d["device"]: d for d in db.devices()}
+    finally:
+        db.close()
+    reported: dict[str, dict[str, Any]] = {}
+    try:
+        with connected(st.broker) as client:
+            for msg in client.retained(f"{ws.topic_prefix}/+/status", timeout=timeout):
+                try:
+                    doc = json.loads(msg.payload)
+                except ValueError:
+                    continue
+                if isinstance(doc, dict):
+                    reported[msg.topic.split("/")[-2]] = doc
+    except BrokerError as exc:
+        if not inventory and not desired:
+            fail(str(exc))
+    devices = sorted(set(desired) | set(reported) | set(inventory))
+    out = []
+    for dev in devices:
+        want = desired.get(dev)
+        have = reported.get(dev) or (inventory.get(dev) or {}).get("status") or {}
+        out.append(
+            {
+                "device": dev,
+                "online": bool(have.get("online")),
+                "desired_revision": want["revision"] if want else None,
+                "desired": _summary(want["models"]) if want else "",
+                "reported_revision": have.get("revision"),
+                "reported": _summary(have.get("models") or []),
+                "in_sync": bool(want) and have.get("revision") == want["revision"],
+                "error": (have.get("error") or {}).get("code"),
+                "last_seen": have.get("ts"),
+            }
+        )
+    if as_json:
+        print_json(out)
+        return
+    if not out:
+        console.print("no devices yet: deploy to one with `edgeloop deploy MODEL@vN --device ID`")
+        return
+    now = time.time()
+    rows = [
+        [
+            r["device"],
+            "[green]online[/]" if r["online"] else "[red]offline[/]",
+            f"r{r['desired_revision']} {r['desired']}" if r["desired_revision"] else "-",
+            f"r{r['reported_revision']} {r['reported']}" if r["reported_revision"] else "-",
+            "yes" if r["in_sync"] else "[yellow]no[/]",
+            r["error"] or "",
+            f"{now - r['last_seen']:.0f}s ago" if r["last_seen"] else "",
+        ]
+        for r in out
+    ]
+    console.print(
+        table("Fleet", ["device", "state", "desired", "reported", "in sync", "error", "seen"], rows)
+    )
+
+
+def _summary(models: list[dict[str, Any]]) -> str:
+    parts = []
+    for m in models:
+        ref = m.get("variant") or f"{m.get('name')}@{m.get('version')}"
+        if m.get("role") == "shadow":
+            parts.append(f"{ref} (shadow)")
+        else:
+            parts.append(f"{ref} {float(m.get('weight') or 0):g}%")
+    return ", ".join(parts)

@@ -1,0 +1,166 @@
+"""The control node's own state: SQLite, WAL mode, one file per workspace.
+
+Holds what the control node decided (desired state per device and its
+revision, events) and what the fleet reported (inventory). Every writer uses
+short transactions so the daemon and CLI commands can share the file.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS desired (
+    device TEXT PRIMARY KEY,
+    revision INTEGER NOT NULL,
+    doc TEXT NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS devices (
+    device TEXT PRIMARY KEY,
+    groups TEXT NOT NULL DEFAULT '[]',
+    labels TEXT NOT NULL DEFAULT '{}',
+    online INTEGER NOT NULL DEFAULT 0,
+    last_seen REAL,
+    status TEXT,
+    telemetry TEXT,
+    reported_revision INTEGER,
+    drift TEXT
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts REAL NOT NULL,
+    kind TEXT NOT NULL,
+    subject TEXT,
+    message TEXT NOT NULL,
+    data TEXT
+);
+CREATE INDEX IF NOT EXISTS events_kind ON events(kind, ts);
+CREATE TABLE IF NOT EXISTS seen_messages (
+    msg_id TEXT PRIMARY KEY,
+    ts REAL NOT NULL
+);
+"""
+
+
+class ControlDB:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        self.conn.row_factory = sqlite3.Row
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.conn.execute("PRAGMA foreign_keys=ON")
+        self.conn.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    # -- desired state ------------------------------------------------------------
+
+    def desired(self, device: str) -> tuple[int, dict[str, Any]] | None:
+        row = self.conn.execute(
+            "SELECT revision, doc FROM desired WHERE device = ?", (device,)
+        ).fetchone()
+        return (int(row["revision"]), json.loads(row["doc"])) if row else None
+
+    def all_desired(self) -> dict[str, dict[str, Any]]:
+        rows = self.conn.execute("SELECT device, doc FROM desired ORDER BY device")
+        return {r["device"]: json.loads(r["doc"]) for r in rows}
+
+    def set_desired(self, device: str, doc: dict[str, Any]) -> None:
+        self.conn.execute(
+            "INSERT INTO desired(device, revision, doc, updated_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(device) DO UPDATE SET revision=excluded.revision, doc=excluded.doc, "
+            "updated_at=excluded.updated_at",
+            (device, doc["revision"], json.dumps(doc, sort_keys=True), time.time()),
+        )
+
+    # -- inventory ------------------------------------------------------------------
+
+    def device(self, device: str) -> dict[str, Any] | None:
+        row = self.conn.execute("SELECT * FROM devices WHERE device = ?", (device,)).fetchone()
+        return _device_row(row) if row else None
+
+    def devices(self) -> list[dict[str, Any]]:
+        rows = self.conn.execute("SELECT * FROM devices ORDER BY device").fetchall()
+        return [_device_row(r) for r in rows]
+
+    def upsert_device(self, device: str, **fields: Any) -> None:
+        encoded = {
+            k: json.dumps(v, sort_keys=True) if k in _JSON_FIELDS and v is not None else v
+            for k, v in fields.items()
+        }
+        self.conn.execute("INSERT OR IGNORE INTO devices(device) VALUES (?)", (device,))
+        if encoded:
+            sets = ", ".join(f"{k} = ?" for k in encoded)
+            self.conn.execute(
+                f"UPDATE devices SET {sets} WHERE device = ?", (*encoded.values(), device)
+            )
+
+    # -- events -----------------------------------------------------------------------
+
+    def add_event(
+        self, kind: str, message: str, *, subject: str | None = None, data: Any = None
+    ) -> int:
+        cur = self.conn.execute(
+            "INSERT INTO events(ts, kind, subject, message, data) VALUES (?, ?, ?, ?, ?)",
+            (time.time(), kind, subject, message, json.dumps(data) if data is not None else None),
+        )
+        return int(cur.lastrowid or 0)
+
+    def events(
+        self, *, kind: str | None = None, since: float | None = None, limit: int = 200
+    ) -> list[dict[str, Any]]:
+        query = "SELECT * FROM events WHERE 1=1"
+        args: list[Any] = []
+        if kind:
+            query += " AND kind = ?"
+            args.append(kind)
+        if since is not None:
+            query += " AND ts >= ?"
+            args.append(since)
+        query += " ORDER BY id DESC LIMIT ?"
+        args.append(limit)
+        rows = self.conn.execute(query, args).fetchall()
+        return [
+            {**dict(r), "data": json.loads(r["data"]) if r["data"] else None}
+            for r in reversed(rows)
+        ]
+
+    # -- de-duplication of at-least-once messages ------------------------------------
+
+    def first_sighting(self, msg_id: str) -> bool:
+        """Record ``msg_id``; True only the first time it is seen."""
+        cur = self.conn.execute(
+            "INSERT OR IGNORE INTO seen_messages(msg_id, ts) VALUES (?, ?)", (msg_id, time.time())
+        )
+        return cur.rowcount == 1
+
+
+_JSON_FIELDS = {"groups", "labels", "status", "telemetry", "drift"}
+
+
+def _device_row(row: sqlite3.Row) -> dict[str, Any]:
+    out = dict(row)
+    for key in _JSON_FIELDS:
+        if out.get(key) is not None:
+            out[key] = json.loads(out[key])
+    return out

@@ -57,7 +57,8 @@ def _value_bits(array: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarr
         bits = pd.util.hash_array(values, categorize=True)
         return bits.astype(np.uint64, copy=False), valid
     if pa.types.is_timestamp(kind):
-        array = array.cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())
+        # Sub-microsecond digits are dropped: the store keeps microseconds.
+        array = array.cast(pa.timestamp("us", tz="UTC"), safe=False).cast(pa.int64())
     elif pa.types.is_date(kind):
         array = array.cast(pa.timestamp("us")).cast(pa.int64())
     elif pa.types.is_boolean(kind):
@@ -91,6 +92,14 @@ def row_keys(table: pa.Table, columns: Iterable[str]) -> np.ndarray:
     return keys
 
 
+def _to_arrow(series: pd.Series) -> pa.Array:
+    if isinstance(series.dtype, pd.DatetimeTZDtype):
+        # Arrow's pandas bridge reads .values here, which pandas 3.1 deprecates.
+        naive = series.dt.tz_convert(None).to_numpy()
+        return pa.array(naive, from_pandas=True).cast(pa.timestamp("us", tz="UTC"), safe=False)
+    return pa.array(series.array, from_pandas=True)
+
+
 def data_hash(df: pd.DataFrame) -> str:
     """Content hash of a DataFrame: same rows and columns give the same hash.
 
@@ -98,14 +107,23 @@ def data_hash(df: pd.DataFrame) -> str:
     types do. Use it to record which data a model was trained on.
     """
     try:
-        table = pa.Table.from_pandas(df, preserve_index=False)
+        table = pa.table({str(name): _to_arrow(df[name]) for name in df.columns})
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         raise InvalidInputError(f"cannot hash DataFrame: {exc}") from None
     keys = np.sort(row_keys(table, table.column_names))
     header = json.dumps(
-        sorted([name, str(table.schema.field(name).type)] for name in table.column_names),
+        sorted([name, _type_name(table.schema.field(name).type)] for name in table.column_names),
         separators=(",", ":"),
     )
     digest = hashlib.sha256(header.encode("utf-8"))
     digest.update(keys.tobytes())
     return digest.hexdigest()
+
+
+def _type_name(kind: pa.DataType) -> str:
+    """Type label for the hash header: equal for the several Arrow spellings of one type."""
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    if pa.types.is_large_string(kind):
+        kind = pa.string()
+    return str(kind)

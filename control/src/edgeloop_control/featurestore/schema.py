@@ -229,12 +229,18 @@ def _to_arrow(series: pd.Series, column: Column) -> pa.Array:
     if column.type == "timestamp":
         present = series.notna()
         if present.all():
-            return pa.array(to_utc(series, column.name), type=arrow_type)
+            return _timestamp_array(to_utc(series, column.name))
         # Only the event timestamp must be complete; other timestamp columns may have gaps.
         full = pd.Series(pd.NaT, index=series.index, dtype=TIMESTAMP_DTYPE)
         full[present] = to_utc(series[present], column.name)
-        return pa.array(full, type=arrow_type, from_pandas=True)
+        return _timestamp_array(full)
     if column.type == "float64":
         values = series.to_numpy(dtype="float64", na_value=np.nan)
         return pa.array(values, type=arrow_type, from_pandas=True)
     return pa.array(series, type=arrow_type, from_pandas=True)
+
+
+def _timestamp_array(series: pd.Series) -> pa.Array:
+    """A UTC ``datetime64[us]`` series as Arrow, NaT as null."""
+    naive = series.dt.tz_convert(None).to_numpy(dtype="datetime64[us]")
+    return pa.array(naive, type=pa.timestamp("us"), from_pandas=True).cast(ARROW_TYPES["timestamp"])

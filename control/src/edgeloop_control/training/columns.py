@@ -51,16 +51,17 @@ def infer_feature_kind(series: pd.Series, name: str) -> FeatureKind:
             return "string"
         if inferred in _NUMERIC_INFERRED:
             return "float"
-        example = _first_offending(series)
-        if inferred.startswith("mixed"):
+        odd = next((v for v in series.dropna() if not _is_plain_scalar(v)), None)
+        if odd is not None:
             raise TrainingError(
-                f"feature {name!r} mixes value types (e.g. {example!r} of type "
-                f"{type(example).__name__}); cast it to str to treat it as categorical "
-                "or to float to treat it as numeric"
+                f"feature {name!r} holds {type(odd).__name__} values (e.g. {odd!r}), which "
+                "are neither numbers nor strings; convert it or list it in exclude"
             )
+        text = next(v for v in series.dropna() if isinstance(v, str))
+        number = next(v for v in series.dropna() if not isinstance(v, str))
         raise TrainingError(
-            f"feature {name!r} holds {inferred} values (e.g. {example!r}), which are "
-            "neither numbers nor strings; convert it or list it in exclude"
+            f"feature {name!r} mixes strings and numbers (e.g. {text!r} and {number!r}); "
+            "cast it to str to treat it as categorical or to float to treat it as numeric"
         )
     raise TrainingError(f"feature {name!r} has unsupported dtype {dtype}; list it in exclude")
 
@@ -127,13 +128,16 @@ def _check_category_values(categories: pd.Index, name: str) -> None:
         )
 
 
+def _is_plain_scalar(value: Any) -> bool:
+    if isinstance(value, (bool, np.bool_)):
+        return True
+    return isinstance(value, (str, int, float, np.integer, np.floating))
+
+
 def _first_offending(series: pd.Series) -> Any:
     values = series.dropna()
     for value in values:
-        if not isinstance(value, (str, int, float, np.number)) or isinstance(value, bool):
-            return value
-    for value in values:
-        if isinstance(value, str):
+        if not _is_plain_scalar(value) or isinstance(value, str):
             return value
     return values.iloc[0] if len(values) else None
 

@@ -117,7 +117,8 @@ def train(df: pd.DataFrame, config: TrainConfig) -> TrainResult:
     y, task = prepare_target(labelled[config.target], config.target, config.task)
     if task == "classification" and np.unique(y).size < 2:
         raise TrainingError(
-            f"target {config.target!r} has a single class {y[0]!r}; classification needs two"
+            f"target {config.target!r} has a single class {_plain(y[0])!r}; "
+            "classification needs two"
         )
 
     kinds: dict[str, FeatureKind] = {f: infer_feature_kind(labelled[f], f) for f in features}
@@ -158,7 +159,7 @@ def train(df: pd.DataFrame, config: TrainConfig) -> TrainResult:
     y_train = y[split.train]
     if task == "classification" and np.unique(y_train).size < 2:
         raise TrainingError(
-            f"target {config.target!r} has a single class {y_train[0]!r} in the "
+            f"target {config.target!r} has a single class {_plain(y_train[0])!r} in the "
             f"{len(y_train)} training rows; classification needs two"
         )
     x_train = feature_frame(train_rows, numeric, categorical)

@@ -49,9 +49,7 @@ CREATE TABLE IF NOT EXISTS messages (
     priority INTEGER NOT NULL,
     body BLOB NOT NULL,
     size INTEGER NOT NULL,
-    created REAL NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    inflight INTEGER NOT NULL DEFAULT 0
+    created REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS messages_by_priority ON messages (priority DESC, seq);
 """
@@ -70,7 +68,6 @@ class OutboxMessage:
     kind: str
     body: bytes
     created: float
-    attempts: int
 
     def envelope(self) -> dict[str, Any]:
         """The decoded envelope: ``{"id", "device_id", "kind", "ts", "payload"}``."""
@@ -144,7 +141,12 @@ class Outbox:
         # (priority, kind) -> [count, bytes] of stored messages; kept in memory so the
         # capacity check on every put is free. Rebuilt from the table on open and after errors.
         self._acc: dict[tuple[int, str], list[int]] = {}
-        self._inflight = 0
+        # In-flight state lives in memory only. It belongs to this process's MQTT session, so
+        # a restart must forget it anyway, and marking or releasing then never writes to disk:
+        # on a full disk the publisher can still take messages out and send them.
+        self._inflight: set[str] = set()
+        # Ids whose ack failed (storage error): retried with the next ack() or sync().
+        self._ack_backlog: set[str] = set()
         self._counters: dict[str, Any] = {
             "accepted": {},
             "acked": 0,
@@ -153,7 +155,6 @@ class Outbox:
             "rejected_oversize": {},
             "disk_full_errors": 0,
             "storage_errors": 0,
-            "redelivered_after_restart": 0,
         }
         self.last_error: str | None = None
         self.quarantined: str | None = None
@@ -203,12 +204,9 @@ class Outbox:
                     f"outbox {self.path!r} has schema version {version}, "
                     f"this agent knows {_SCHEMA_VERSION}"
                 )
-            conn.executescript(_SCHEMA)
-            conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
-            # In-flight state belongs to the previous process's MQTT session: whatever was
-            # not acked then must be published again.
-            cur = conn.execute("UPDATE messages SET inflight=0 WHERE inflight<>0")
-            self._counters["redelivered_after_restart"] = cur.rowcount
+            if version == 0:
+                conn.executescript(_SCHEMA)
+                conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
             self._reload_accounting(conn)
         except BaseException:
             conn.close()
@@ -221,9 +219,6 @@ class Outbox:
             "GROUP BY priority, kind"
         ).fetchall()
         self._acc = {(p, k): [n, b] for p, k, n, b in rows}
-        self._inflight = conn.execute("SELECT count(*) FROM messages WHERE inflight<>0").fetchone()[
-            0
-        ]
 
     # ------------------------------------------------------------------ writing
 
@@ -249,37 +244,73 @@ class Outbox:
             return results
         with self._lock:
             self._check_open()
-            acc = {key: list(v) for key, v in self._acc.items()}
-            counters_delta: list[tuple[str, str]] = []
             try:
-                self._conn.execute("BEGIN IMMEDIATE")
-                for i, (msg_id, topic, kind, prio, body) in enumerate(prepared):
-                    size = len(body) + len(topic.encode())
-                    if size > self.max_bytes:
-                        counters_delta.append(("rejected_oversize", kind))
-                        continue
-                    if not self._make_room(acc, prio, size, counters_delta):
-                        counters_delta.append(("rejected_full", kind))
-                        continue
-                    self._conn.execute(
-                        "INSERT INTO messages (id, topic, kind, priority, body, size, created) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (msg_id, topic, kind, prio, body, size, now),
-                    )
-                    slot = acc.setdefault((prio, kind), [0, 0])
-                    slot[0] += 1
-                    slot[1] += size
-                    counters_delta.append(("accepted", kind))
-                    results[i] = msg_id
-                self._conn.execute("COMMIT")
+                return self._write_batch(prepared, now)
+            except sqlite3.DatabaseError as exc:
+                if not _is_full(exc):
+                    self._storage_failed(exc, "put")
+                    return results
+                self._rollback()
+            # The disk is full. Acked and evicted rows left free pages inside the database,
+            # but a commit also needs room in the WAL: checkpoint it back into the main file,
+            # truncate it, and try once more before giving up on this batch.
+            try:
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                return self._write_batch(prepared, now)
             except sqlite3.DatabaseError as exc:
                 self._storage_failed(exc, "put")
-                return [None] * len(prepared)
-            self._acc = {key: v for key, v in acc.items() if v[0] > 0}
-            for name, kind in counters_delta:
-                bucket = self._counters[name]
-                bucket[kind] = bucket.get(kind, 0) + 1
+                return results
+
+    def _write_batch(
+        self, prepared: list[tuple[str, str, str, int, bytes]], now: float
+    ) -> list[str | None]:
+        """One transaction for the batch (lock held); in-memory state changes after COMMIT."""
+        results: list[str | None] = [None] * len(prepared)
+        acc = {key: list(v) for key, v in self._acc.items()}
+        counters_delta: list[tuple[str, str]] = []
+        evicted: list[str] = []
+        try:
+            self._write_rows(prepared, now, acc, counters_delta, evicted, results)
+        except BaseException:
+            self._rollback()
+            raise
+        self._inflight.difference_update(evicted)
+        self._ack_backlog.difference_update(evicted)
+        self._acc = {key: v for key, v in acc.items() if v[0] > 0}
+        for name, kind in counters_delta:
+            bucket = self._counters[name]
+            bucket[kind] = bucket.get(kind, 0) + 1
         return results
+
+    def _write_rows(
+        self,
+        prepared: list[tuple[str, str, str, int, bytes]],
+        now: float,
+        acc: dict[tuple[int, str], list[int]],
+        counters_delta: list[tuple[str, str]],
+        evicted: list[str],
+        results: list[str | None],
+    ) -> None:
+        self._conn.execute("BEGIN IMMEDIATE")
+        for i, (msg_id, topic, kind, prio, body) in enumerate(prepared):
+            size = len(body) + len(topic.encode())
+            if size > self.max_bytes:
+                counters_delta.append(("rejected_oversize", kind))
+                continue
+            if not self._make_room(acc, prio, size, counters_delta, evicted):
+                counters_delta.append(("rejected_full", kind))
+                continue
+            self._conn.execute(
+                "INSERT INTO messages (id, topic, kind, priority, body, size, created) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (msg_id, topic, kind, prio, body, size, now),
+            )
+            slot = acc.setdefault((prio, kind), [0, 0])
+            slot[0] += 1
+            slot[1] += size
+            counters_delta.append(("accepted", kind))
+            results[i] = msg_id
+        self._conn.execute("COMMIT")
 
     def _prepare(
         self, index: int, topic: Any, payload: Any, kind: Any, now: float
@@ -289,7 +320,11 @@ class Outbox:
             raise ValueError(f"{where}: topic must be a non-empty str, got {topic!r}")
         if "+" in topic or "#" in topic or "\x00" in topic:
             raise ValueError(f"{where}: topic {topic!r} must not contain '+', '#' or NUL")
-        if len(topic.encode("utf-8", "surrogatepass")) > _MAX_TOPIC_BYTES:
+        try:
+            topic_bytes = len(topic.encode())
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"{where}: topic {topic!r} is not valid UTF-8 ({exc.reason})") from exc
+        if topic_bytes > _MAX_TOPIC_BYTES:
             raise ValueError(f"{where}: topic is longer than {_MAX_TOPIC_BYTES} bytes")
         if not isinstance(kind, str) or kind not in self.kinds:
             raise ValueError(f"{where}: kind must be one of {sorted(self.kinds)}, got {kind!r}")
@@ -323,6 +358,7 @@ class Outbox:
         prio: int,
         size: int,
         counters_delta: list[tuple[str, str]],
+        evicted: list[str],
     ) -> bool:
         used = sum(v[1] for v in acc.values())
         need = used + size - self.max_bytes
@@ -339,7 +375,7 @@ class Outbox:
             limit = 8
             while need > 0:
                 rows = self._conn.execute(
-                    "SELECT seq, kind, size, inflight FROM messages WHERE priority=? "
+                    "SELECT seq, kind, size, id FROM messages WHERE priority=? "
                     "ORDER BY seq LIMIT ?",
                     (p, limit),
                 ).fetchall()
@@ -347,13 +383,13 @@ class Outbox:
                 if not rows:
                     break
                 last = None
-                for seq, kind, sz, inflight in rows:
+                for seq, kind, sz, msg_id in rows:
                     last = seq
                     need -= sz
                     slot = acc[(p, kind)]
                     slot[0] -= 1
                     slot[1] -= sz
-                    self._inflight -= 1 if inflight else 0
+                    evicted.append(msg_id)
                     counters_delta.append(("dropped_oldest", kind))
                     if need <= 0:
                         break
@@ -366,103 +402,113 @@ class Outbox:
 
     def peek(self, limit: int = 100) -> list[OutboxMessage]:
         """Up to ``limit`` messages not in flight: highest priority first, oldest first within
-        a priority."""
+        a priority. Read-only, so it works on a full disk too."""
         if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
             raise ValueError(f"limit must be a positive int, got {limit!r}")
         with self._lock:
             self._check_open()
+            skip = self._inflight
             try:
+                # In-flight rows are few (the publisher's window), so over-read and filter.
                 rows = self._conn.execute(
-                    "SELECT id, topic, kind, body, created, attempts FROM messages "
-                    "WHERE inflight=0 ORDER BY priority DESC, seq LIMIT ?",
-                    (limit,),
+                    "SELECT id, topic, kind, body, created FROM messages "
+                    "ORDER BY priority DESC, seq LIMIT ?",
+                    (limit + len(skip),),
                 ).fetchall()
             except sqlite3.DatabaseError as exc:
                 self._storage_failed(exc, "peek")
                 return []
-        return [OutboxMessage(r[0], r[1], r[2], bytes(r[3]), r[4], r[5]) for r in rows]
+            out = [
+                OutboxMessage(r[0], r[1], r[2], bytes(r[3]), r[4]) for r in rows if r[0] not in skip
+            ]
+        return out[:limit]
 
     def mark_inflight(self, ids: Sequence[str]) -> int:
-        """Exclude messages from :meth:`peek` until acked, released or the outbox reopens."""
-        return self._update_ids(
-            ids,
-            "UPDATE messages SET inflight=1, attempts=attempts+1 WHERE inflight=0 AND id IN ",
-            +1,
-        )
-
-    def release(self, ids: Sequence[str] | None = None) -> int:
-        """Make in-flight messages peekable again (e.g. the broker connection dropped)."""
-        if ids is None:
-            with self._lock:
-                self._check_open()
-                try:
-                    n = self._conn.execute(
-                        "UPDATE messages SET inflight=0 WHERE inflight<>0"
-                    ).rowcount
-                except sqlite3.DatabaseError as exc:
-                    self._storage_failed(exc, "release")
-                    return 0
-                self._inflight = 0
-                return n
-        return self._update_ids(
-            ids, "UPDATE messages SET inflight=0 WHERE inflight<>0 AND id IN ", -1
-        )
-
-    def _update_ids(self, ids: Sequence[str], sql_prefix: str, inflight_sign: int) -> int:
+        """Exclude stored messages from :meth:`peek` until acked, released or the outbox is
+        reopened. Returns how many of ``ids`` were stored and not already in flight."""
         ids = _check_ids(ids)
-        changed = 0
         with self._lock:
             self._check_open()
+            fresh = [i for i in dict.fromkeys(ids) if i not in self._inflight]
             try:
-                self._conn.execute("BEGIN IMMEDIATE")
-                for chunk in _chunks(ids):
-                    marks = ",".join("?" * len(chunk))
-                    changed += self._conn.execute(f"{sql_prefix}({marks})", chunk).rowcount
-                self._conn.execute("COMMIT")
+                stored = self._existing(fresh)
             except sqlite3.DatabaseError as exc:
-                self._storage_failed(exc, "update")
+                self._storage_failed(exc, "mark_inflight")
                 return 0
-            self._inflight += inflight_sign * changed
-        return changed
+            self._inflight.update(stored)
+        return len(stored)
+
+    def release(self, ids: Sequence[str] | None = None) -> int:
+        """Make in-flight messages peekable again (e.g. the broker connection dropped and the
+        session is not persistent). ``None`` releases all. Returns how many were released."""
+        with self._lock:
+            self._check_open()
+            if ids is None:
+                n = len(self._inflight)
+                self._inflight.clear()
+            else:
+                wanted = set(_check_ids(ids)) & self._inflight
+                self._inflight -= wanted
+                n = len(wanted)
+            # A message whose ack failed is published again rather than waiting for a retry.
+            self._ack_backlog &= self._inflight
+        return n
 
     def ack(self, ids: Sequence[str]) -> int:
         """Delete delivered messages; unknown ids (already acked or evicted) are ignored.
 
-        Returns how many were deleted. On a storage error nothing is deleted and the messages
-        will simply be delivered again (at least once).
+        Returns how many were deleted. On a storage error (e.g. disk full: even a delete needs
+        room in the WAL) nothing is deleted, the error is counted, and the ids stay in flight
+        and are retried with the next ack() or sync(); after a restart they are delivered
+        again (at least once).
         """
         ids = _check_ids(ids)
-        deleted = 0
         with self._lock:
             self._check_open()
-            acc = {key: list(v) for key, v in self._acc.items()}
-            inflight = self._inflight
-            try:
-                self._conn.execute("BEGIN IMMEDIATE")
-                for chunk in _chunks(ids):
-                    marks = ",".join("?" * len(chunk))
-                    rows = self._conn.execute(
-                        "SELECT priority, kind, size, inflight FROM messages "
-                        f"WHERE id IN ({marks})",
-                        chunk,
-                    ).fetchall()
-                    if not rows:
-                        continue
-                    self._conn.execute(f"DELETE FROM messages WHERE id IN ({marks})", chunk)
-                    for prio, kind, size, flag in rows:
-                        slot = acc[(prio, kind)]
-                        slot[0] -= 1
-                        slot[1] -= size
-                        inflight -= 1 if flag else 0
-                    deleted += len(rows)
-                self._conn.execute("COMMIT")
-            except sqlite3.DatabaseError as exc:
-                self._storage_failed(exc, "ack")
-                return 0
-            self._acc = {key: v for key, v in acc.items() if v[0] > 0}
-            self._inflight = inflight
-            self._counters["acked"] += deleted
+            return self._delete(list(dict.fromkeys([*self._ack_backlog, *ids])))
+
+    def _delete(self, ids: list[str]) -> int:
+        """Delete ``ids`` in one transaction (lock held)."""
+        if not ids:
+            return 0
+        acc = {key: list(v) for key, v in self._acc.items()}
+        deleted = 0
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+            for chunk in _chunks(ids):
+                marks = ",".join("?" * len(chunk))
+                rows = self._conn.execute(
+                    f"SELECT priority, kind, size FROM messages WHERE id IN ({marks})", chunk
+                ).fetchall()
+                if not rows:
+                    continue
+                self._conn.execute(f"DELETE FROM messages WHERE id IN ({marks})", chunk)
+                for prio, kind, size in rows:
+                    slot = acc[(prio, kind)]
+                    slot[0] -= 1
+                    slot[1] -= size
+                deleted += len(rows)
+            self._conn.execute("COMMIT")
+        except sqlite3.DatabaseError as exc:
+            self._storage_failed(exc, "ack")
+            self._ack_backlog.update(ids)
+            self._inflight.update(ids)  # not re-peeked while the retry is pending
+            return 0
+        self._acc = {key: v for key, v in acc.items() if v[0] > 0}
+        self._inflight.difference_update(ids)
+        self._ack_backlog.difference_update(ids)
+        self._counters["acked"] += deleted
         return deleted
+
+    def _existing(self, ids: list[str]) -> list[str]:
+        found: list[str] = []
+        for chunk in _chunks(ids):
+            marks = ",".join("?" * len(chunk))
+            found += [
+                r[0]
+                for r in self._conn.execute(f"SELECT id FROM messages WHERE id IN ({marks})", chunk)
+            ]
+        return found
 
     # ------------------------------------------------------------------ reporting
 
@@ -489,7 +535,8 @@ class Outbox:
                 "bytes_used": sum(v[1] for v in self._acc.values()),
                 "max_bytes": self.max_bytes,
                 "policy": self.policy,
-                "inflight": self._inflight,
+                "inflight": len(self._inflight),
+                "ack_backlog": len(self._ack_backlog),
                 "by_kind": by_kind,
                 "last_error": self.last_error,
                 "quarantined": self.quarantined,
@@ -513,6 +560,7 @@ class Outbox:
         far also survives a power cut. Call on clean shutdown; errors are counted, not raised."""
         with self._lock:
             self._check_open()
+            self._delete(list(self._ack_backlog))
             try:
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             except sqlite3.DatabaseError as exc:
@@ -536,11 +584,9 @@ class Outbox:
 
     def _storage_failed(self, exc: sqlite3.DatabaseError, op: str) -> None:
         """Record a storage failure (lock held). Never raises: the agent keeps serving."""
-        if self._conn.in_transaction:
-            with contextlib.suppress(sqlite3.DatabaseError):
-                self._conn.execute("ROLLBACK")
+        self._rollback()
         text = str(exc)
-        if "full" in text.lower():
+        if _is_full(exc):
             self._counters["disk_full_errors"] += 1
         else:
             self._counters["storage_errors"] += 1
@@ -548,6 +594,16 @@ class Outbox:
         log.warning("outbox %s: %s failed: %s", self.path, op, text)
         with contextlib.suppress(sqlite3.DatabaseError):
             self._reload_accounting(self._conn)
+
+    def _rollback(self) -> None:
+        if self._conn.in_transaction:
+            with contextlib.suppress(sqlite3.DatabaseError):
+                self._conn.execute("ROLLBACK")
+
+
+def _is_full(exc: sqlite3.DatabaseError) -> bool:
+    # SQLITE_FULL; sqlite_errorcode only exists from Python 3.11, the message is stable.
+    return "database or disk is full" in str(exc)
 
 
 def _check_ids(ids: Any) -> list[str]:

@@ -1,0 +1,189 @@
+"""``edgeloop init``, ``ingest`` and ``train``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edgeloop_control.cli.common import console, err_console, fail, print_json, state, table
+
+
+def register(app: typer.Typer) -> None:
+    app.command("init")(init)
+    app.command("ingest")(ingest)
+    app.command("train")(train_cmd)
+
+
+def init(
+    ctx: typer.Context,
+    directory: Annotated[
+        Path | None, typer.Argument(help="workspace directory (default: .)")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Create a workspace: config, feature store, registry and signing key."""
+    from edgeloop_control.featurestore import FeatureStore
+    from edgeloop_control.registry import Registry, RegistryError
+    from edgeloop_control.signing import SigningError, ensure_keypair
+    from edgeloop_control.workspace import Workspace, WorkspaceError
+
+    st = state(ctx)
+    target = directory or Path(st.workspace_arg or ".")
+    try:
+        ws = Workspace.init(target, broker=st.broker_arg)
+        FeatureStore(ws.feature_store_dir)
+        ensure_keypair(ws.signing_key_path, ws.public_key_path)
+        Registry.for_workspace(ws)
+    except (WorkspaceError, RegistryError, SigningError, OSError) as exc:
+        fail(str(exc))
+    info = {
+        "workspace": str(ws.root),
+        "config": str(ws.root / "edgeloop.toml"),
+        "feature_store": str(ws.feature_store_dir),
+        "registry": str(ws.registry_dir),
+        "dvc_remote": ws.registry_remote,
+        "public_key": str(ws.public_key_path),
+    }
+    if as_json:
+        print_json(info)
+        return
+    console.print(f"[green]created workspace[/] {ws.root}")
+    console.print(
+        f"give agents the signing key's public half: [bold]{ws.public_key_path}[/] "
+        "(edgeloop-agent --trusted-key)"
+    )
+
+
+def ingest(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(help="CSV or Parquet file", exists=True, dir_okay=False)],
+    view: Annotated[str, typer.Option("--view", help="feature view name")],
+    entity: Annotated[
+        list[str] | None, typer.Option("--entity", help="entity key column; repeatable")
+    ] = None,
+    timestamp: Annotated[str | None, typer.Option("--timestamp", help="event time column")] = None,
+    ttl: Annotated[str | None, typer.Option(help="feature TTL, e.g. 7d or 12h")] = None,
+    new_version: Annotated[
+        bool, typer.Option("--new-version", help="allow a schema change: create the next version")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Load a CSV or Parquet file into the feature store."""
+    from edgeloop_control.cli.features import ingest_file
+
+    ingest_file(
+        state(ctx).workspace,
+        file,
+        view,
+        entity,
+        timestamp,
+        ttl=ttl,
+        new_version=new_version,
+        as_json=as_json,
+    )
+
+
+def train_cmd(
+    ctx: typer.Context,
+    view: Annotated[str, typer.Option("--view", help="feature view (NAME or NAME@vN)")],
+    target: Annotated[str, typer.Option("--target", help="label column")],
+    algo: Annotated[str, typer.Option(help="logreg | rf | hgb")] = "rf",
+    name: Annotated[
+        str | None, typer.Option("--name", help="model name (default: the view)")
+    ] = None,
+    features: Annotated[
+        str | None, typer.Option(help="comma-separated feature columns (default: all)")
+    ] = None,
+    exclude: Annotated[
+        str | None, typer.Option(help="comma-separated columns to leave out")
+    ] = None,
+    task: Annotated[str, typer.Option(help="auto | classification | regression")] = "auto",
+    holdout: Annotated[float, typer.Option(help="fraction held out (the most recent rows)")] = 0.2,
+    seed: Annotated[int, typer.Option()] = 0,
+    stage: Annotated[
+        str, typer.Option(help="auto | none | champion | challenger (auto: gate vs champion)")
+    ] = "auto",
+    gate_metric: Annotated[str, typer.Option(help="champion gate metric")] = "f1",
+    gate_margin: Annotated[float, typer.Option(help="champion gate margin")] = 0.0,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Train, export to ONNX, verify parity, register MODEL@vN and track the run."""
+    from edgeloop_control.featurestore import FeatureStoreError
+    from edgeloop_control.registry import RegistryError
+    from edgeloop_control.tracking import TrackingError
+    from edgeloop_control.training import TrainConfig, TrainingError
+    from edgeloop_control.trainrun import train_and_register
+
+    if stage not in ("auto", "none", "champion", "challenger"):
+        fail(f"--stage must be auto, none, champion or challenger, got {stage!r}")
+    ws = state(ctx).workspace
+    model_name = name or view.split("@")[0]
+    try:
+        config = TrainConfig(
+            target=target,
+            features=_split(features),
+            algo=algo,
+            task=task,
+            seed=seed,
+            holdout=holdout,
+            exclude=_split(exclude) or [],
+        )
+        with (
+            console.status(f"training {model_name} ({algo}) on {view}", spinner="dots")
+            if not as_json
+            else _null()
+        ):
+            outcome = train_and_register(
+                ws,
+                name=model_name,
+                config=config,
+                view=view,
+                stage=stage,
+                gate_metric=gate_metric,
+                gate_margin=gate_margin,
+            )
+    except (TrainingError, FeatureStoreError, RegistryError, TrackingError, ValueError) as exc:
+        fail(str(exc))
+    if as_json:
+        print_json(outcome.to_dict())
+        return
+    res = outcome.result
+    metrics = {k: v for k, v in res.metrics.items() if isinstance(v, float)}
+    console.print(
+        table(
+            f"{outcome.version.ref}  ({res.task}, {res.algo}, {res.n_rows} rows)",
+            ["metric", "holdout"],
+            [[k, f"{v:.4f}"] for k, v in metrics.items()],
+        )
+    )
+    parity = res.parity
+    console.print(
+        f"ONNX parity on {parity['n_rows']} held-out rows: "
+        f"label mismatches {parity.get('label_mismatches', 0)}, "
+        f"max prob diff {parity.get('max_prob_diff') or 0:.2e}"
+        + (f", max rel diff {parity['max_rel_diff']:.2e}" if parity.get("max_rel_diff") else "")
+    )
+    if outcome.gate:
+        console.print(f"champion gate vs {outcome.gate['champion']}: {outcome.gate['reason']}")
+    for note in outcome.notes:
+        err_console.print(f"note: {note}")
+    stage_txt = f" stage [bold]{outcome.stage}[/]" if outcome.stage else ""
+    console.print(
+        f"registered [bold green]{outcome.version.ref}[/]{stage_txt} (run {outcome.run_id})"
+    )
+
+
+def _split(value: str | None) -> list[str] | None:
+    if not value:
+        return None
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *_: object) -> None:
+        return None

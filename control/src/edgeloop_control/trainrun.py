@@ -1,0 +1,212 @@
+"""One training run end to end: feature store -> model -> registry + tracking.
+
+Used by ``edgeloop train`` and by the retraining policy. Order matters: the
+tracking run is opened first so the registered version can point at it; the
+parity gate (inside ``training.train``) refuses to produce anything
+registrable; the champion gate decides whether the new version may become
+``challenger``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from edgeloop_control.featurestore import FeatureStore
+from edgeloop_control.registry import ModelVersion, Registry
+from edgeloop_control.tracking import Tracker
+from edgeloop_control.training import TrainConfig, TrainResult, compare_to_champion, train
+from edgeloop_control.workspace import Workspace
+
+
+@dataclass
+class TrainOutcome:
+    version: ModelVersion
+    result: TrainResult
+    run_id: str
+    tracking_uri: str | None
+    stage: str | None
+    gate: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.version.ref,
+            "sha256": self.version.sha256,
+            "stage": self.stage,
+            "run_id": self.run_id,
+            "tracking_uri": self.tracking_uri,
+            "metrics": self.result.metrics,
+            "parity": self.result.parity,
+            "champion_gate": self.gate,
+            "rows": self.result.n_rows,
+            "data_hash": self.result.data_hash,
+            "notes": self.notes,
+        }
+
+
+def _iso(value: Any) -> str | None:
+    if value is None:
+        return None
+    try:
+        return pd.Timestamp(value).isoformat()
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def registry_metadata(
+    result: TrainResult, *, view: str | None, extra: dict[str, Any]
+) -> dict[str, Any]:
+    meta = result.meta.to_dict()
+    return {
+        "task": result.task,
+        "algorithm": result.algo,
+        "params": result.params,
+        "target": result.config.target,
+        "feature_view": view,
+        "features": result.feature_names,
+        "categorical_features": result.categorical_features,
+        "classes": result.classes,
+        "input_schema": {"features": meta["features"], "inputs": meta["inputs"]},
+        "handles_missing": result.meta.handles_missing,
+        "training_range": [_iso(v) for v in result.train_range] if result.train_range else None,
+        "holdout_range": [_iso(v) for v in result.holdout_range] if result.holdout_range else None,
+        "rows": result.n_rows,
+        "rows_train": result.n_train,
+        "rows_holdout": result.n_holdout,
+        "data_hash": result.data_hash,
+        "holdout_hash": result.holdout_hash,
+        "metrics": result.metrics,
+        "parity": result.parity,
+        "opset": result.opset,
+        "reference_profile": result.meta.profile,
+        **extra,
+    }
+
+
+def train_and_register(
+    ws: Workspace,
+    *,
+    name: str,
+    config: TrainConfig,
+    frame: pd.DataFrame | None = None,
+    view: str | None = None,
+    lineage: dict[str, Any] | None = None,
+    stage: str = "auto",
+    gate_metric: str = "f1",
+    gate_margin: float = 0.0,
+    extra_metadata: dict[str, Any] | None = None,
+) -> TrainOutcome:
+    """Train on ``frame`` (or the feature view ``view``), register, track, gate.
+
+    ``stage``: "auto" makes the first version champion and a later one
+    challenger when it passes the champion gate; "none" assigns nothing;
+    "champion"/"challenger" force that stage (the gate still runs and is recorded).
+    """
+    view_ref = None
+    if frame is None:
+        if view is None:
+            raise ValueError("give a feature view or a data frame to train on")
+        store = FeatureStore(ws.feature_store_dir)
+        vv = store.view(view)
+        view_ref = vv.ref
+        frame = store.read(vv.ref)
+        exclude = [c for c in vv.entity if c != config.target]
+        if config.timestamp is None or exclude:
+            config = TrainConfig(
+                **{
+                    **config.__dict__,
+                    "timestamp": config.timestamp or vv.timestamp,
+                    "exclude": sorted(set(config.exclude) | set(exclude)),
+                }
+            )
+    registry = Registry.for_workspace(ws)
+    tracker = Tracker.for_workspace(ws)
+    notes: list[str] = []
+    tags = {
+        "edgeloop.model": name,
+        "edgeloop.feature_view": view_ref or "(frame)",
+        "edgeloop.registry_commit": registry.head_commit(),
+    }
+    with tracker.start_run(experiment=name, run_name=f"train-{name}", tags=tags) as run:
+        result = train(frame, config)
+        run.log_params(
+            {
+                "algo": result.algo,
+                "task": result.task,
+                "target": config.target,
+                "seed": config.seed,
+                "holdout": config.holdout,
+                **_flat(result.params),
+            }
+        )
+        run.log_metrics({k: float(v) for k, v in result.metrics.items() if _is_number(v)})
+        run.log_metrics(
+            {f"parity_{k}": float(v) for k, v in result.parity.items() if _is_number(v)}
+        )
+        run.set_tags({"edgeloop.data_hash": result.data_hash, "edgeloop.rows": result.n_rows})
+        run.log_artifact(result.onnx_bytes, "model.onnx")
+        if result.meta.profile is not None:
+            run.log_dict(result.meta.profile, "reference_profile.json")
+        info = run.info
+
+        gate = None
+        champion_ref = registry.stages(name).get("champion") if name in registry.names() else None
+        if champion_ref:
+            champion = registry.get(f"{name}@{champion_ref}")
+            comparison = compare_to_champion(
+                result,
+                registry.artifact_bytes(champion),
+                result.holdout_frame,
+                metric=gate_metric if result.task == "classification" else _regression(gate_metric),
+                margin=gate_margin,
+            )
+            gate = {"champion": champion.ref, **comparison.to_dict()}
+            run.log_metric("champion_gate_passed", 1.0 if comparison.passed else 0.0)
+
+        lineage_doc = {
+            "tracking_run_id": info.run_id,
+            "tracking_uri": tracker.uri or "workspace",
+            **(lineage or {}),
+        }
+        metadata = registry_metadata(
+            result, view=view_ref, extra={"champion_gate": gate, **(extra_metadata or {})}
+        )
+        version = registry.register(name, result.onnx_bytes, metadata, lineage=lineage_doc)
+        run.set_tags({"edgeloop.version": version.ref, "edgeloop.sha256": version.sha256})
+
+    assigned: str | None = None
+    if stage == "auto":
+        if champion_ref is None:
+            assigned = "champion"
+        elif gate and gate["passed"]:
+            assigned = "challenger"
+        else:
+            notes.append(
+                f"not made challenger: {gate['reason'] if gate else 'no champion gate ran'}"
+            )
+    elif stage in ("champion", "challenger"):
+        assigned = stage
+    if assigned:
+        version = registry.promote(name, version.version, assigned)
+    return TrainOutcome(version, result, info.run_id, tracker.uri, assigned, gate, notes)
+
+
+def _regression(metric: str) -> str:
+    return metric if metric in ("mae", "rmse", "r2") else "rmse"
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
+
+
+def _flat(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in params.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

@@ -493,8 +493,9 @@ class FeatureStore:
         ``"view@v2:col"``; ``views`` adds every feature of ``"view"`` or
         ``"view@vN"``. Each feature is its value in the latest row of that entity
         at or before the label time, within the view's TTL; otherwise missing.
-        Feature columns are named after the column (``"view__col"`` with
-        ``full_names``) and appended to a copy of ``labels``, in its row order.
+        Feature columns are named after the column; with ``full_names``,
+        ``"view__col"`` (``"view_vN__col"`` when two versions of a view are
+        used). They are appended to a copy of ``labels``, in its row order.
         """
         if not isinstance(labels, pd.DataFrame):
             raise InvalidInputError(f"labels must be a DataFrame, got {type(labels).__name__}")
@@ -792,9 +793,14 @@ def _output_names(
 ) -> dict[tuple[str, str], str]:
     names: dict[tuple[str, str], str] = {}
     sources: dict[str, list[str]] = {}
+    versions_used: dict[str, int] = {}
+    for found, _ in requests:
+        versions_used[found.name] = versions_used.get(found.name, 0) + 1
     for found, columns in requests:
+        # The version goes into the name only when two versions of a view are used.
+        prefix = found.name if versions_used[found.name] == 1 else f"{found.name}_v{found.version}"
         for column in columns:
-            name = f"{found.name}__{column}" if full_names else column
+            name = f"{prefix}__{column}" if full_names else column
             names[found.ref, column] = name
             sources.setdefault(name, []).append(f"{found.ref}:{column}")
     clashes = {name: refs for name, refs in sources.items() if len(refs) > 1}

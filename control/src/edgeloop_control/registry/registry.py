@@ -68,6 +68,9 @@ if TYPE_CHECKING:
 
 Semver = tuple[int, int, int]
 
+# Stages a version gives up when it is promoted to the key stage.
+EXCLUSIVE_STAGES: dict[str, tuple[str, ...]] = {"champion": ("challenger",)}
+
 _README = """\
 # edgeloop model registry
 
@@ -288,23 +291,33 @@ class Registry:
 
     def promote(self, name: str, version: str, stage: str) -> ModelVersion:
         """Assign ``stage`` (e.g. champion, challenger) to a version, moving it off the
-        version that held it. A no-op if the version already holds the stage."""
+        version that held it. A no-op if the version already holds the stage.
+
+        Promoting the challenger to champion also ends its challenger stage: an A/B
+        comparison of a version with itself is never what anyone wants.
+        """
         name, stage = check_name(name), check_stage(stage)
         with self._lock():
             model = self._model(name)
             semver = self._resolve(name, model, _version_ref(name, version))
-            current = model.stages.get(stage)
-            if current == semver:
+            if model.stages.get(stage) == semver:
                 return self.get(f"{name}@{short_version(semver)}")
             counter, stamp = model.max_counter, self._tag_time(model)
-            if current is not None:
+
+            def tag(make: Any, stage: str, target: Semver) -> None:
+                nonlocal counter, stamp
                 counter += 1
-                tag, message = unassign_tag(name, stage, current, counter)
-                self.git.tag(tag, model.versions[current].commit, message, timestamp=stamp)
+                name_, message = make(name, stage, target, counter)
+                self.git.tag(name_, model.versions[target].commit, message, timestamp=stamp)
                 stamp += 1
-            counter += 1
-            tag, message = assign_tag(name, stage, semver, counter)
-            self.git.tag(tag, model.versions[semver].commit, message, timestamp=stamp)
+
+            current = model.stages.get(stage)
+            if current is not None:
+                tag(unassign_tag, stage, current)
+            tag(assign_tag, stage, semver)
+            for other in EXCLUSIVE_STAGES.get(stage, ()):
+                if model.stages.get(other) == semver:
+                    tag(unassign_tag, other, semver)
         return self.get(f"{name}@{short_version(semver)}")
 
     def demote(self, name: str, stage: str) -> ModelVersion | None:

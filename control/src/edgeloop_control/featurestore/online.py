@@ -75,7 +75,7 @@ class OnlineStore:
             f"ON CONFLICT ({', '.join(quoted[: len(view.entity)])}) DO UPDATE SET {updates} "
             f"WHERE excluded.{TS_COLUMN} > {table}.{TS_COLUMN} OR "
             f"(excluded.{TS_COLUMN} = {table}.{TS_COLUMN} AND "
-            f"excluded.{SEQ_COLUMN} >= {table}.{SEQ_COLUMN})"
+            f"excluded.{SEQ_COLUMN} > {table}.{SEQ_COLUMN})"
         )
         with self._connect() as conn:
             self._ensure_table(conn, view)

@@ -81,7 +81,7 @@ def ingest_samples(
     ``label``. ``on_reject(index, record, reason)`` is called for each record
     that cannot be stored.
     """
-    reject = on_reject or _log_reject
+    reject = on_reject if on_reject is not None else _log_reject
     groups: dict[tuple[str, tuple[str, ...]], list[tuple[int, dict[str, Any], Any]]] = {}
     for index, record in enumerate(records):
         try:
@@ -225,7 +225,7 @@ def ingest_labels(
     optionally ``device`` and ``request_id``. The first label of a sample wins:
     a second record for the same ``sample_id`` and timestamp is a duplicate.
     """
-    reject = on_reject or _log_reject
+    reject = on_reject if on_reject is not None else _log_reject
     rows: list[dict[str, Any]] = []
     originals: list[tuple[int, Any]] = []
     for index, record in enumerate(records):

@@ -3,12 +3,12 @@
 * :func:`build_reference_profile` / :class:`ReferenceProfile` — training-time reference.
 * :class:`DriftMonitor` with :class:`DriftConfig` / :class:`WindowConfig` — data and
   prediction drift per window: PSI, binned two-sample KS, missing rates.
-* :class:`DDM` — concept drift from the labelled error stream.
+* :class:`HDDM_A`, :class:`DDM` — concept drift from the labelled error stream.
 
 See ``docs/drift.md`` for formulas, defaults, error bounds and costs.
 """
 
-from edgeloop_agent.drift.concept import DDM
+from edgeloop_agent.drift.concept import DDM, HDDM_A
 from edgeloop_agent.drift.ks import ks_from_histograms, ks_pvalue, ks_statistic
 from edgeloop_agent.drift.monitor import DriftConfig, DriftMonitor
 from edgeloop_agent.drift.multitest import adjust_pvalues
@@ -24,6 +24,7 @@ from edgeloop_agent.drift.window import WindowConfig
 
 __all__ = [
     "DDM",
+    "HDDM_A",
     "OUTPUT_NAME",
     "ColumnDrift",
     "ColumnProfile",

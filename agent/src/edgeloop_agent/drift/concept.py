@@ -1,6 +1,16 @@
-"""Concept drift from labelled feedback: the Drift Detection Method (DDM).
+"""Concept drift from labelled feedback: error-rate change detectors.
 
-Gama, Medas, Castillo & Rodrigues, "Learning with Drift Detection", SBIA 2004.
+Two River-style detectors (``update(error)``, then read ``drift_detected`` /
+``warning_detected``); both restart their statistics after a drift so they describe
+the new concept:
+
+* :class:`HDDM_A` (recommended): Hoeffding-bound test, false alarms controlled by
+  ``drift_confidence``.
+* :class:`DDM`: the classic method, for parity with River/MOA. Its reference point is
+  the running minimum of ``p + s``, an optimistic extreme, so false alarms accumulate
+  with stream length (see ``docs/drift.md`` for measured rates).
+
+DDM: Gama, Medas, Castillo & Rodrigues, "Learning with Drift Detection", SBIA 2004.
 Each labelled prediction is a Bernoulli trial (error or not). After ``i`` trials the
 error rate is ``p_i`` with standard deviation ``s_i = sqrt(p_i (1 - p_i) / i)``. The
 detector remembers the point where ``p + s`` was lowest, ``(p_min, s_min)``, and
@@ -13,12 +23,23 @@ so the detector describes the new concept. The minimum is only recorded once at 
 one error was seen (``s > 0``): with ``s_min = 0`` the very first error after a
 perfect start would count as a drift.
 
-Usage, River style::
+HDDM_A: Frías-Blanco, Campo-Ávila, Ramos-Jiménez, Morales-Bueno, Ortiz-Díaz &
+Caballero-Mota, "Online and Non-Parametric Drift Detection Methods Based on
+Hoeffding's Bounds", IEEE TKDE 27(3), 2015 (the A-test). With ``X_n`` the error rate of
+the ``n`` outcomes since the last drift and the cut point
+``k = argmin_j (X_j + sqrt(ln(1/delta) / (2 j)))`` (latest on ties), it signals drift when
 
-    ddm = DDM()
+    X_n - X_k >= sqrt((n - k) / (2 k n) * ln(2 / delta))
+
+with ``delta = drift_confidence`` (warning: ``warning_confidence``). By Hoeffding's
+inequality a single such test on a stationary stream fires with probability below delta.
+
+Usage::
+
+    detector = HDDM_A()
     for y_true, y_pred in feedback:
-        ddm.update(y_true != y_pred)
-        if ddm.drift_detected:
+        detector.update(y_true != y_pred)
+        if detector.drift_detected:
             ...
 """
 
@@ -92,4 +113,67 @@ class DDM:
             self.drift_detected = True
             self.n_detections += 1
         elif ps >= self._ps_min + (self.warning_threshold - 1.0) * self._s_min:
+            self.warning_detected = True
+
+
+class HDDM_A:
+    """Hoeffding Drift Detection Method, A-test, for increases of the error rate."""
+
+    def __init__(self, drift_confidence: float = 0.001, warning_confidence: float = 0.005) -> None:
+        for name, v in (
+            ("drift_confidence", drift_confidence),
+            ("warning_confidence", warning_confidence),
+        ):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < v < 1):
+                raise ValueError(f"{name}: expected a number in (0, 1), got {v!r}")
+        if warning_confidence <= drift_confidence:
+            raise ValueError(
+                f"warning_confidence={warning_confidence} must exceed "
+                f"drift_confidence={drift_confidence} (a warning comes before a drift)"
+            )
+        self.drift_confidence = float(drift_confidence)
+        self.warning_confidence = float(warning_confidence)
+        self._cut_log = math.log(1.0 / self.drift_confidence)
+        self._drift_log = math.log(2.0 / self.drift_confidence)
+        self._warn_log = math.log(2.0 / self.warning_confidence)
+        self.n_detections = 0
+        self._reset()
+
+    def _reset(self) -> None:
+        self.n = 0
+        self._errors = 0
+        self._cut_n = 0
+        self._cut_errors = 0
+        self._cut_bound = math.inf
+        self.drift_detected = False
+        self.warning_detected = False
+
+    @property
+    def error_rate(self) -> float:
+        """Error rate since the last drift (NaN before the first update)."""
+        return self._errors / self.n if self.n else math.nan
+
+    def update(self, error: bool) -> None:
+        """Add one labelled outcome: ``True`` (or 1) if the prediction was wrong."""
+        if error not in (True, False):
+            raise ValueError(f"error: expected a boolean (or 0/1), got {error!r}")
+        if self.drift_detected:
+            self._reset()
+        self.n += 1
+        self._errors += bool(error)
+        self.warning_detected = False
+        mean = self._errors / self.n
+        bound = mean + math.sqrt(self._cut_log / (2.0 * self.n))
+        if bound <= self._cut_bound:
+            self._cut_bound = bound
+            self._cut_n = self.n
+            self._cut_errors = self._errors
+        if self._cut_n == self.n:
+            return
+        gap = mean - self._cut_errors / self._cut_n
+        m = (self.n - self._cut_n) / (2.0 * self._cut_n * self.n)
+        if gap >= math.sqrt(m * self._drift_log):
+            self.drift_detected = True
+            self.n_detections += 1
+        elif gap >= math.sqrt(m * self._warn_log):
             self.warning_detected = True

@@ -80,7 +80,7 @@ class Outbox:
     Thread safety: one SQLite connection guarded by one lock. Every operation is a short
     transaction and SQLite serialises writers anyway, so a second connection would only add
     lock contention (SQLITE_BUSY retries) and force the in-memory byte accounting to be shared
-    across connections.
+    across connections. In-flight marks live in memory only (see docs/outbox.md).
     """
 
     def __init__(

@@ -24,6 +24,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edgeloop_agent.config import BrokerAddress
+from edgeloop_agent.mqttlink import no_delay
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -45,6 +46,7 @@ class Probe:
         self._connected = threading.Event()
         self.client.on_connect = lambda *a: self._connected.set()
         self.client.on_message = lambda _c, _u, m: self.messages.put(m)
+        self.client.on_socket_open = no_delay
         self.client.connect(addr.host, addr.port, keepalive=30)
         self.client.loop_start()
         assert self._connected.wait(10), "probe could not connect to the test broker"

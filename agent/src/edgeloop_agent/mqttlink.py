@@ -12,6 +12,7 @@ Why these settings:
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -25,6 +26,14 @@ from edgeloop_agent.config import BrokerAddress
 log = logging.getLogger("edgeloop.agent.mqtt")
 
 MessageHandler = Callable[[mqtt.MQTTMessage], None]
+
+
+def no_delay(_client: Any, _userdata: Any, sock: Any) -> None:
+    """Disable Nagle: a small reply must not wait ~40 ms for the peer's delayed ACK."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (OSError, AttributeError):
+        pass  # not a TCP socket (unix, websockets): nothing to tune
 
 
 class MqttLink:
@@ -67,6 +76,7 @@ class MqttLink:
             client.username_pw_set(broker.username, broker.password)
         if broker.tls:
             client.tls_set()
+        client.on_socket_open = no_delay
         client.on_connect = self._handle_connect
         client.on_disconnect = self._handle_disconnect
         client.on_message = self._handle_message

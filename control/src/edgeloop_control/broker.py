@@ -24,6 +24,8 @@ max_queued_messages 200000
 max_queued_bytes 0
 # Persistent sessions and retained desired state survive a broker restart.
 persistence true
+# Small request/reply messages must not wait for Nagle + delayed ACK (~40 ms).
+set_tcp_nodelay true
 autosave_interval 5
 persistent_client_expiration 14d
 """

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import paho.mqtt.client as mqtt
 
 from edgeloop_agent.config import BrokerAddress
+from edgeloop_agent.mqttlink import no_delay
 
 
 class BrokerError(Exception):
@@ -49,6 +50,7 @@ class ControlClient:
         self._inbox: list[Message] = []
         self.client.on_connect = lambda *a: self._connected.set()
         self.client.on_message = self._on_message
+        self.client.on_socket_open = no_delay
 
     def _on_message(self, _c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
         with self._lock:

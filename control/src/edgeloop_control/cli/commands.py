@@ -14,6 +14,7 @@ def register(app: typer.Typer) -> None:
     app.command("init")(init)
     app.command("ingest")(ingest)
     app.command("train")(train_cmd)
+    app.command("demo")(demo)
 
 
 def init(
@@ -187,3 +188,26 @@ class _null:
 
     def __exit__(self, *_: object) -> None:
         return None
+
+
+def demo(
+    ctx: typer.Context,
+    workdir: Annotated[
+        Path | None, typer.Option(help="keep the demo's workspace and logs here")
+    ] = None,
+    devices: Annotated[int, typer.Option(min=1, max=10)] = 2,
+    requests: Annotated[int, typer.Option(min=1)] = 300,
+) -> None:
+    """Run the whole loop on this machine with a private broker and real agents."""
+    from edgeloop_control.demo.run import run_demo
+
+    try:
+        run_demo(
+            broker_url=state(ctx).broker_arg,
+            workdir=workdir,
+            devices=devices,
+            requests=requests,
+            console=console,
+        )
+    except (RuntimeError, OSError) as exc:
+        fail(f"demo failed: {exc}")

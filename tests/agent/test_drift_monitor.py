@@ -349,3 +349,44 @@ def test_bad_input_raises_clear_errors_and_leaves_the_monitor_usable() -> None:
 def test_config_validation_names_the_field(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         DriftConfig(**kwargs)
+
+
+def test_exact_mode_equals_scipy_on_the_raw_window() -> None:
+    rng = np.random.default_rng(14)
+    ref = np.column_stack([rng.normal(size=2000), rng.poisson(3, size=2000).astype(float)])
+    ref[::50, 0] = np.nan
+    profile = _profile(ref, rng.random(2000), exact_sample=5000)  # keeps every value
+    cfg = DriftConfig(
+        window=WindowConfig("count", 300, 100), ks_mode="exact", ks_exact_max_nm=10**8
+    )
+    mon = DriftMonitor(profile, cfg)
+    X = np.column_stack([rng.normal(0.2, 1, size=900), rng.poisson(3.3, size=900).astype(float)])
+    X[::7, 1] = np.nan
+    out = rng.random(900)
+    reports = [r for i in range(0, 900, 37) for r in mon.update(X[i : i + 37], out[i : i + 37])]
+    assert len(reports) == 7
+    ref_out = np.asarray(profile.output.sample)  # type: ignore[union-attr]
+    for r in reports:
+        assert r.ks_mode == "exact"
+        rows = slice(int(r.start), int(r.end))
+        for got, x, rv in zip(
+            [*r.features, r.output], [*X[rows].T, out[rows]], [*ref.T, ref_out], strict=True
+        ):
+            assert got is not None and got.ks_d_bound == 0.0
+            want = stats.ks_2samp(rv[np.isfinite(rv)], x[np.isfinite(x)])
+            assert got.ks_d == pytest.approx(float(want.statistic), abs=1e-12)
+            assert got.ks_p == pytest.approx(float(want.pvalue), abs=1e-12)
+
+
+def test_exact_mode_needs_samples_count_windows_and_bounded_memory() -> None:
+    rng = np.random.default_rng(15)
+    plain = _profile(rng.normal(size=(300, 2)))
+    with pytest.raises(ValueError, match="'f0' has no raw sample"):
+        DriftMonitor(plain, DriftConfig(ks_mode="exact"))
+    with pytest.raises(ValueError, match="needs a count window"):
+        DriftConfig(window=WindowConfig("time", 60), ks_mode="exact")
+    sampled = _profile(rng.normal(size=(300, 2)), exact_sample=300)
+    with pytest.raises(ValueError, match="exceeds 2000000 raw values"):
+        DriftMonitor(sampled, DriftConfig(window=WindowConfig("count", 1_500_000), ks_mode="exact"))
+    mon = DriftMonitor(sampled, DriftConfig(window=WindowConfig("count", 1000), ks_mode="exact"))
+    assert mon.nbytes >= 1000 * 2 * 8  # the raw window is part of the footprint

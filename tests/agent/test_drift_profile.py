@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from edgeloop_agent.drift import OUTPUT_NAME, ReferenceProfile, build_reference_profile
 
@@ -179,3 +180,29 @@ def test_from_dict_rejects_corrupt_profiles_naming_the_field(
 def test_from_dict_rejects_non_dict() -> None:
     with pytest.raises(ValueError, match="expected an object"):
         ReferenceProfile.from_dict([1, 2])
+
+
+def test_exact_sample_keeps_raw_values_or_a_random_subsample() -> None:
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(3000, 1))
+    x[::10] = np.nan
+    full = _profile(x, exact_sample=5000).features[0]
+    finite = x[np.isfinite(x)]
+    np.testing.assert_array_equal(full.sample, np.sort(finite))
+    sub = _profile(x, exact_sample=500).features[0]
+    assert sub.sample is not None and sub.sample.size == 500
+    assert np.all(np.diff(sub.sample) >= 0) and np.isin(sub.sample, finite).all()
+    # A random subsample, not every k-th order statistic: its quantiles still match.
+    assert stats.ks_2samp(sub.sample, finite).pvalue > 0.01
+    assert _profile(x).features[0].sample is None
+    assert "sample" not in build_reference_profile(x, ["a"], None)["features"][0]
+
+
+@pytest.mark.parametrize(
+    ("sample", "message"), [([1.0, None], "list of numbers"), ([0.0] * 400, "at most n=300")]
+)
+def test_from_dict_rejects_bad_samples(sample: list, message: str) -> None:
+    d = build_reference_profile(np.arange(300.0)[:, None], ["a"], None, exact_sample=10)
+    d["features"][0]["sample"] = sample
+    with pytest.raises(ValueError, match=message):
+        ReferenceProfile.from_dict(d)

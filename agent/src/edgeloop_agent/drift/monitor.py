@@ -13,19 +13,23 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from edgeloop_agent.drift.binning import FlatBinner
-from edgeloop_agent.drift.ks import MAX_AUTO_N, KsMethod, ks_pvalue
+from edgeloop_agent.drift.ks import MAX_AUTO_N, KsMethod, ks_pvalue, ks_statistic
 from edgeloop_agent.drift.multitest import Correction, adjust_pvalues
 from edgeloop_agent.drift.profile import ReferenceProfile
 from edgeloop_agent.drift.psi import DEFAULT_EPS, psi_segments
 from edgeloop_agent.drift.report import ColumnDrift, DriftReport
-from edgeloop_agent.drift.window import PaneRing, WindowConfig
+from edgeloop_agent.drift.window import PaneRing, RowRing, WindowConfig
 
 _MAX_BUFFER_ROWS = 4096
+# Exact KS mode keeps window.size x columns raw floats: 2e6 values is 16 MB.
+MAX_EXACT_VALUES = 2_000_000
+
+KsMode = Literal["binned", "exact"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,8 @@ class DriftConfig:
     than ``min_samples`` non-missing values, and no window with fewer rows.
     ``ks_method="auto"`` is scipy's choice (exact if max(n, m) <= 10 000) but falls back
     to the asymptotic distribution once ``n * m > ks_exact_max_nm``, to bound report cost.
+    ``ks_mode="exact"`` (count windows only) keeps the raw window and tests it against
+    the raw reference sample stored in the profile (``exact_sample``) instead of bins.
     """
 
     window: WindowConfig = field(default_factory=WindowConfig)
@@ -49,6 +55,7 @@ class DriftConfig:
     missing_rate_delta: float | None = 0.1
     ks_method: KsMethod = "auto"
     ks_exact_max_nm: int = 100_000
+    ks_mode: KsMode = "binned"
 
     def __post_init__(self) -> None:
         if not isinstance(self.window, WindowConfig):
@@ -58,6 +65,10 @@ class DriftConfig:
         _check_range(self.psi_eps, "psi_eps", 0.0, 1.0, lo_open=True, hi_open=True)
         if self.correction not in ("bh", "bonferroni"):
             raise ValueError(f"correction: expected 'bh' or 'bonferroni', got {self.correction!r}")
+        if self.ks_mode not in ("binned", "exact"):
+            raise ValueError(f"ks_mode: expected 'binned' or 'exact', got {self.ks_mode!r}")
+        if self.ks_mode == "exact" and self.window.kind != "count":
+            raise ValueError("ks_mode='exact' needs a count window (window.kind='count')")
         if self.ks_method not in ("auto", "exact", "asymp"):
             raise ValueError(
                 f"ks_method: expected 'auto', 'exact' or 'asymp', got {self.ks_method!r}"
@@ -98,6 +109,9 @@ class DriftMonitor:
         self._rows_seen = 0
         self._pane_id: int | None = None  # time windows: index of the open pane
         self._latest: DriftReport | None = None
+        self._rows: RowRing | None = None
+        if config.ks_mode == "exact":
+            self._rows = self._exact_ring()
         self._prepare_report_tables()
 
     # ------------------------------------------------------------------ public API
@@ -127,7 +141,11 @@ class DriftMonitor:
                 self._psi_col_starts,
             )
         )
-        return int(self._binner.nbytes + self._ring.nbytes + self._buf.nbytes + tables)
+        raw = self._rows.nbytes if self._rows is not None else 0
+        samples = sum(c.sample.nbytes for c in self.profile.columns if c.sample is not None)
+        return int(
+            self._binner.nbytes + self._ring.nbytes + self._buf.nbytes + tables + raw + samples
+        )
 
     def update(
         self,
@@ -154,6 +172,8 @@ class DriftMonitor:
             while pos < n:
                 take = min(n - pos, pane_rows - ring.current_rows)
                 ring.add(slots[pos : pos + take].reshape(-1), take)
+                if self._rows is not None:
+                    self._rows.add(vals[pos : pos + take])
                 pos += take
                 self._rows_seen += take
                 if ring.current_rows == pane_rows:
@@ -185,6 +205,8 @@ class DriftMonitor:
     def reset(self) -> None:
         """Forget all live data (e.g. after a model swap); the profile stays."""
         self._ring.clear()
+        if self._rows is not None:
+            self._rows.clear()
         self._rows_seen = 0
         self._pane_id = None
         self._latest = None
@@ -225,6 +247,21 @@ class DriftMonitor:
         vals[:, : self._n_features] = X
         vals[:, self._n_features] = np.nan if output is None else out
         return vals
+
+    def _exact_ring(self) -> RowRing:
+        size = int(self.config.window.size)
+        if size * self._n_cols > MAX_EXACT_VALUES:
+            raise ValueError(
+                f"ks_mode='exact': window.size={size} x {self._n_cols} columns exceeds "
+                f"{MAX_EXACT_VALUES} raw values; use a smaller window or ks_mode='binned'"
+            )
+        for col in self.profile.columns:
+            if col.n > 0 and col.sample is None:
+                raise ValueError(
+                    f"ks_mode='exact': profile column {col.name!r} has no raw sample; "
+                    "rebuild the profile with exact_sample > 0"
+                )
+        return RowRing(size, self._n_cols)
 
     def _advance_to(self, pane: int) -> list[DriftReport]:
         win = self.config.window
@@ -278,9 +315,15 @@ class DriftMonitor:
         self._psi_ref = _cat(psi_ref, np.float64)
         self._psi_col = _cat(psi_col, np.int64)
         self._psi_col_starts = np.asarray(psi_col_starts, dtype=np.int64)
-        self._ref_n = np.array([c.n for c in cols], dtype=np.int64)
+        exact = self.config.ks_mode == "exact"
+        self._ref_n = np.array(
+            [c.sample.size if exact and c.sample is not None else c.n for c in cols],
+            dtype=np.int64,
+        )
         self._ref_missing = np.array([c.missing_rate for c in cols])
-        self._ks_bound = np.array([c.ks_d_bound if c.n > 0 else math.nan for c in cols])
+        self._ks_bound = np.array(
+            [(0.0 if exact else c.ks_d_bound) if c.n > 0 else math.nan for c in cols]
+        )
 
     def _report(self, start: float, end: float) -> DriftReport:
         cfg = self.config
@@ -306,6 +349,8 @@ class DriftMonitor:
                 cfg.psi_eps,
             )
         psi[~self._testable] = math.nan
+        if self._rows is not None:
+            d = self._exact_statistics()
         d[m == 0] = math.nan
 
         p = np.full(self._n_cols, math.nan)
@@ -360,13 +405,23 @@ class DriftMonitor:
             features=features,
             output=columns[nf] if self.profile.output is not None else None,
             dataset_drift=enough and any(f.drift for f in features),
-            ks_mode="binned",
+            ks_mode=cfg.ks_mode,
             correction=cfg.correction,
             alpha=cfg.alpha,
             psi_threshold=cfg.psi_threshold,
             missing_rate_delta=cfg.missing_rate_delta,
             min_samples=cfg.min_samples,
         )
+
+    def _exact_statistics(self) -> np.ndarray:
+        assert self._rows is not None
+        d = np.full(self._n_cols, math.nan)
+        for c, col in enumerate(self.profile.columns):
+            x = self._rows.values[:, c]
+            live = x[np.isfinite(x)]
+            if col.sample is not None and col.sample.size and live.size:
+                d[c] = ks_statistic(col.sample, live)
+        return d
 
     def _ks_method(self, c: int, m: np.ndarray) -> KsMethod:
         cfg = self.config

@@ -20,6 +20,9 @@ Per numeric column (each feature and, optionally, the model output) it holds:
 * ``ks_d_bound``: how far the exact two-sample KS statistic can exceed the one
   computed from these bins (see ``docs/drift.md``); at most about ``1/fine_bins``.
 * ``n`` / ``n_missing``: non-missing and missing (NaN or +-inf) reference values.
+* ``sample`` (optional, ``exact_sample > 0``): up to ``exact_sample`` raw reference
+  values (all of them, or a seeded random subsample), sorted, for the monitor's exact
+  KS mode.
 
 Only numeric features belong here; callers drop categorical columns beforehand.
 """
@@ -37,6 +40,7 @@ PROFILE_VERSION = 1
 OUTPUT_NAME = "__output__"
 
 _MAX_FINE_BINS = 10_000
+_MAX_EXACT_SAMPLE = 100_000
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,7 @@ class ColumnProfile:
     counts: np.ndarray  # int64, len(edges) + 1, sums to n
     psi_starts: np.ndarray  # int64, first fine bin of each PSI bin; starts with 0
     ks_d_bound: float
+    sample: np.ndarray | None = None  # sorted raw reference values, exact KS mode
 
     @property
     def missing_rate(self) -> float:
@@ -73,7 +78,7 @@ class ColumnProfile:
         return cum / self.n if self.n else cum
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "name": self.name,
             "n": int(self.n),
             "n_missing": int(self.n_missing),
@@ -82,6 +87,9 @@ class ColumnProfile:
             "psi_starts": [int(s) for s in self.psi_starts],
             "ks_d_bound": float(self.ks_d_bound),
         }
+        if self.sample is not None:
+            d["sample"] = [float(v) for v in self.sample]
+        return d
 
     @classmethod
     def from_dict(cls, d: Any, where: str) -> ColumnProfile:
@@ -132,7 +140,14 @@ class ColumnProfile:
             or not (0.0 <= float(bound) <= 1.0)
         ):
             raise ValueError(f"{where}.ks_d_bound: expected a number in [0, 1], got {bound!r}")
-        return cls(name, n, n_missing, edges, counts, starts, float(bound))
+        sample = None
+        if d.get("sample") is not None:
+            sample = np.sort(_as_float_array(d["sample"], f"{where}.sample"))
+            if not np.all(np.isfinite(sample)) or sample.size > n:
+                raise ValueError(
+                    f"{where}.sample: expected at most n={n} finite values, got {sample.size}"
+                )
+        return cls(name, n, n_missing, edges, counts, starts, float(bound), sample)
 
 
 @dataclass(frozen=True)
@@ -203,6 +218,7 @@ def build_reference_profile(
     *,
     psi_bins: int = 10,
     fine_bins: int = 200,
+    exact_sample: int = 0,
 ) -> dict[str, Any]:
     """Profile the training data of a model version; returns a JSON-serialisable dict.
 
@@ -216,9 +232,13 @@ def build_reference_profile(
     psi_bins : number of coarse quantile bins for PSI (fewer for tied data).
     fine_bins : number of fine quantile bins for the KS statistic; the binned KS
         statistic is within about ``1 / fine_bins`` of the exact one.
+    exact_sample : also keep up to this many raw values per column (a seeded random
+        subsample beyond that) so monitors can run the exact KS test; 0 keeps none.
+        Costs about 20 bytes of JSON per value.
     """
     psi_bins = _check_int(psi_bins, "psi_bins", 2, _MAX_FINE_BINS)
     fine_bins = _check_int(fine_bins, "fine_bins", 2, _MAX_FINE_BINS)
+    exact_sample = _check_int(exact_sample, "exact_sample", 0, _MAX_EXACT_SAMPLE)
     if fine_bins < psi_bins:
         raise ValueError(f"fine_bins={fine_bins} must be >= psi_bins={psi_bins}")
     X = _as_2d_float(X, "X")
@@ -248,11 +268,12 @@ def build_reference_profile(
             raise ValueError(
                 f"output: expected shape ({n_rows},) or ({n_rows}, 1) to match X, got {out.shape}"
             )
-        out_col = _profile_column(out, OUTPUT_NAME, psi_bins, fine_bins)
+        out_col = _profile_column(out, OUTPUT_NAME, psi_bins, fine_bins, exact_sample)
 
     profile = ReferenceProfile(
         features=tuple(
-            _profile_column(X[:, j], names[j], psi_bins, fine_bins) for j in range(n_features)
+            _profile_column(X[:, j], names[j], psi_bins, fine_bins, exact_sample)
+            for j in range(n_features)
         ),
         output=out_col,
         psi_bins=psi_bins,
@@ -261,7 +282,9 @@ def build_reference_profile(
     return profile.to_dict()
 
 
-def _profile_column(col: np.ndarray, name: str, psi_bins: int, fine_bins: int) -> ColumnProfile:
+def _profile_column(
+    col: np.ndarray, name: str, psi_bins: int, fine_bins: int, exact_sample: int
+) -> ColumnProfile:
     finite = np.isfinite(col)
     # + 0.0 turns -0.0 into +0.0: edges must compare like floats in the agent's integer keys.
     v = np.sort(col[finite]) + 0.0
@@ -314,9 +337,20 @@ def _profile_column(col: np.ndarray, name: str, psi_bins: int, fine_bins: int) -
         # Equal CDF means an empty coarse bin between the picks: keep the first.
         _, first = np.unique(cdf[pick], return_index=True)
         starts += sorted(int(p) + 1 for p in np.unique(pick[first]))
+    sample = None
+    if exact_sample:
+        # A random subsample (not evenly spaced order statistics) keeps the KS null
+        # distribution valid for the smaller reference size; v is sorted, so is this.
+        pick = np.arange(n) if n <= exact_sample else _sample_rng(n).choice(n, exact_sample, False)
+        sample = v[np.sort(pick)]
     return ColumnProfile(
-        name, n, n_missing, edges, counts, np.asarray(starts, np.int64), ks_d_bound
+        name, n, n_missing, edges, counts, np.asarray(starts, np.int64), ks_d_bound, sample
     )
+
+
+def _sample_rng(n: int) -> np.random.Generator:
+    # Seeded by the column size only: the same data always gives the same profile.
+    return np.random.default_rng(n)
 
 
 def _as_2d_float(X: Any, field: str) -> np.ndarray:

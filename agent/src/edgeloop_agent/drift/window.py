@@ -128,3 +128,29 @@ class PaneRing:
 def _check_positive(v: object, field: str) -> None:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
         raise ValueError(f"{field}: expected a finite number > 0, got {v!r}")
+
+
+class RowRing:
+    """The last ``size`` raw rows, for the exact KS mode: ``size x n_columns`` float64."""
+
+    def __init__(self, size: int, n_columns: int) -> None:
+        self.size = size
+        self.values = np.full((size, n_columns), np.nan)
+        self._next = 0
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.values.nbytes)
+
+    def add(self, rows: np.ndarray) -> None:
+        """Append ``rows`` (at most ``size`` of them), overwriting the oldest."""
+        k = rows.shape[0]
+        first = min(k, self.size - self._next)
+        self.values[self._next : self._next + first] = rows[:first]
+        if k > first:
+            self.values[: k - first] = rows[first:]
+        self._next = (self._next + k) % self.size
+
+    def clear(self) -> None:
+        self.values[:] = np.nan
+        self._next = 0

@@ -125,22 +125,21 @@ def ls_cmd(ctx: typer.Context, as_json: JsonOption = False) -> None:
     if not versions:
         console.print("no feature views yet; ingest some with `edgeloop ingest`")
         return
+    # Kept narrow enough for an 80-column terminal; `--json` and `show` have the rest.
     rows = [
         [
             v.name,
             f"v{v.version}",
             v.rows,
-            v.partitions,
             v.fingerprint[:12],
             ", ".join(v.entity) or "(row id)",
             v.timestamp,
             format_ttl(v.ttl),
-            v.created_at,
         ]
         for v in versions
     ]
-    columns = ["view", "version", "rows", "dates", "fingerprint", "entity", "timestamp", "ttl"]
-    console.print(table("feature views", [*columns, "created"], rows))
+    columns = ["view", "version", "rows", "fingerprint", "entity", "timestamp", "ttl"]
+    console.print(table("feature views", columns, rows))
 
 
 @app.command("show")

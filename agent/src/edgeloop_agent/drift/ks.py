@@ -107,7 +107,7 @@ def ks_pvalue(d: float, n: int, m: int, method: KsMethod = "auto") -> float:
         return ks_2samp_exact_sf(d, n, m)
     big, small = max(n, m), min(n, m)
     en = big * small / (big + small)
-    return kolmogorov_sf(d, int(np.round(en)))
+    return kolmogorov_sf(d, round(en))  # half to even, like np.round in scipy
 
 
 def ks_2samp_exact_sf(d: float | np.ndarray, n: int, m: int) -> float | np.ndarray:
@@ -387,33 +387,35 @@ def _pelz_good_cdf(n: int, x: float) -> float:
     k3c = _PI4 * (-60 * z2 + 212 * z4) / 16
     k3b = _PI2 * (135 * z4 - 96 * z6) / 4
     k3a = -30 * z6 - 90 * z**8
-    K = np.zeros(4)
+    # Scalars, not 4-element arrays: this runs once per column per report.
+    k0 = k1 = k2 = k3 = 0.0
     maxk = math.ceil(16 * z / math.pi)
     for k in range(maxk, 0, -1):  # Horner in q^(8k) over odd m = 2k - 1
         m = 2 * k - 1
         m2, m4, m6 = m**2, m**4, m**6
-        coeffs = np.array(
-            [
-                1.0,
-                k1a + k1b * m2,
-                k2a + k2b * m2 + k2c * m4,
-                k3a + k3b * m2 + k3c * m4 + k3d * m6,
-            ]
-        )
-        K *= q ** (8 * k)
-        K += coeffs
-    K *= q * _SQRT2PI
-    K /= np.array([z, 6 * z4, 72 * z**7, 6480 * z**10])
+        qp = q ** (8 * k)
+        k0 = k0 * qp + 1.0
+        k1 = k1 * qp + (k1a + k1b * m2)
+        k2 = k2 * qp + (k2a + k2b * m2 + k2c * m4)
+        k3 = k3 * qp + (k3a + k3b * m2 + k3c * m4 + k3d * m6)
+    scale = q * _SQRT2PI
+    k0 *= scale / z
+    k1 *= scale / (6 * z4)
+    k2 *= scale / (72 * z**7)
+    k3 *= scale / (6480 * z**10)
     q2 = math.exp(-_PI2 / 2 / z2)
-    ks = np.arange(maxk, 0, -1)
-    ks2 = ks**2
-    kspi = math.pi * ks
-    qp = q2**ks2
-    K[2] += np.sum(ks2 * qp) * _PI2 * _SQRT2PI / (-36 * z3)
     sqrt3z = _SQRT3 * z
-    K[3] += np.sum((sqrt3z + kspi) * (sqrt3z - kspi) * ks2 * qp) * _PI2 * _SQRT2PI / (216 * z6)
-    K /= np.power(float(n), np.arange(4) / 2.0)
-    return float(np.sum(K))
+    extra2 = extra3 = 0.0
+    for k in range(maxk, 0, -1):
+        k2sq = k * k
+        qp = q2**k2sq
+        kspi = math.pi * k
+        extra2 += k2sq * qp
+        extra3 += (sqrt3z + kspi) * (sqrt3z - kspi) * k2sq * qp
+    k2 += extra2 * _PI2 * _SQRT2PI / (-36 * z3)
+    k3 += extra3 * _PI2 * _SQRT2PI / (216 * z6)
+    rn = math.sqrt(float(n))
+    return k0 + k1 / rn + k2 / n + k3 / (n * rn)
 
 
 def _check_size(v: object, field: str) -> int:

@@ -24,6 +24,7 @@ import pandas as pd
 import skl2onnx
 import sklearn
 from sklearn.pipeline import Pipeline
+from threadpoolctl import threadpool_limits
 
 from edgeloop_agent.drift.profile import build_reference_profile
 from edgeloop_agent.modelmeta import ModelMeta
@@ -105,7 +106,15 @@ class TrainResult:
 
 
 def train(df: pd.DataFrame, config: TrainConfig) -> TrainResult:
-    """Fit, export, verify and evaluate one model; raises :class:`TrainingError`."""
+    """Fit, export, verify and evaluate one model; raises :class:`TrainingError`.
+
+    scikit-learn's thread pools are capped at ``config.n_threads`` for the whole run.
+    """
+    with threadpool_limits(limits=config.n_threads):
+        return _train(df, config)
+
+
+def _train(df: pd.DataFrame, config: TrainConfig) -> TrainResult:
     started = time.perf_counter()
     _check_frame(df)
     features = _resolve_features(df, config)
@@ -176,7 +185,6 @@ def train(df: pd.DataFrame, config: TrainConfig) -> TrainResult:
     except ValueError as exc:
         raise TrainingError(f"fitting {type(pipeline[-1]).__name__} failed: {exc}") from exc
     fit_s = time.perf_counter() - fit_started
-
     profile = _reference_profile(pipeline, x_holdout, numeric, task)
     params = estimator_params(pipeline)
     train_range = _range(labelled, config.timestamp, split.train)

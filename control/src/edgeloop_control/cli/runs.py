@@ -62,7 +62,11 @@ def _list(
         columns.append("pushed to")
         for row, r in zip(rows, runs, strict=True):
             row.append(", ".join(sorted(r.pushed)) or "-")
-    console.print(table(f"runs in {where}", columns, rows))
+    out = table(f"runs in {where}", columns, rows)
+    # Run ids get copied into other commands: never wrap or truncate them.
+    out.columns[0].no_wrap = True
+    out.columns[0].min_width = max(len(r.run_id) for r in runs)
+    console.print(out)
 
 
 @app.command("push")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -100,6 +101,14 @@ def test_numeric_timestamps_and_random_split() -> None:
         TrainConfig(target="label", algo="logreg", timestamp="epoch", exclude=["amount"]),
     )
     assert set(by_number.holdout_frame["epoch"]) == set(df["epoch"].nlargest(40))
+
+    as_text = df.drop(columns=["epoch"]).assign(ts=df["ts"].dt.strftime("%Y-%m-%dT%H:%M:%S"))
+    by_text = train(
+        as_text, TrainConfig(target="label", algo="logreg", timestamp="ts", exclude=["amount"])
+    )
+    assert set(by_text.holdout_frame["ts"]) == set(as_text["ts"].sort_values().iloc[-40:])
+    assert by_text.holdout_range[1] == df["ts"].max().isoformat() + "+00:00"
+    json.dumps(by_text.summary())
 
     config = TrainConfig(target="label", algo="logreg", exclude=["ts", "amount"], seed=5)
     random_a = train(df.drop(columns=["epoch"]), config)

@@ -247,3 +247,31 @@ def test_float32_precision_edge_is_refused() -> None:
     # The documented fix (a small-magnitude offset) passes the same gate.
     df["epoch_s"] = df["epoch_s"] - 1.7e9
     assert train(df, TrainConfig(target="y", algo="logreg")).parity["passed"]
+
+
+def test_pandas_column_types_map_to_float_and_string_inputs() -> None:
+    rng = np.random.default_rng(4)
+    n = 300
+    df = pd.DataFrame(
+        {
+            "flag": rng.random(n) < 0.5,
+            "visits": pd.array(rng.integers(0, 9, n), dtype="Int64"),
+            "tier": pd.Categorical(rng.choice(["gold", "silver", "bronze"], n)),
+            "zone": pd.Series(rng.choice(["n", "s"], n), dtype="string"),
+            "code": pd.Categorical(rng.choice([10, 20, 30], n)),  # integer categories
+        }
+    )
+    df.loc[rng.random(n) < 0.1, "visits"] = pd.NA
+    df["y"] = (df["flag"].astype(float) + (df["tier"] == "gold") + rng.normal(0, 0.5, n)) > 1
+    result = train(df, TrainConfig(target="y", algo="rf", params=SMALL["rf"]))
+    assert result.classes == [0, 1]  # a boolean target becomes 0/1
+    assert result.numeric_features == ["flag", "visits"]
+    assert result.categorical_features == ["tier", "zone", "code"]
+    assert result.parity["passed"]
+    # The agent sends integer category codes as text; both spellings score alike.
+    as_text = result.holdout_frame.assign(code=result.holdout_frame["code"].astype(str))
+    predictor = OnnxPredictor(result.onnx_bytes)
+    np.testing.assert_array_equal(
+        predictor.predict(as_text).probabilities,
+        predictor.predict(result.holdout_frame).probabilities,
+    )

@@ -44,6 +44,8 @@ def fit(df: pd.DataFrame, **kwargs) -> object:
         ({"features": []}, "features is an empty list"),
         ({"features": ["x", "x"]}, "features repeats column"),
         ({"max_categories": 0}, "max_categories must be a positive integer"),
+        ({"n_threads": 0}, "n_threads must be a positive integer or None"),
+        ({"params": ["max_depth"]}, "params must be a mapping"),
     ],
 )
 def test_bad_configs(kwargs: dict, message: str) -> None:

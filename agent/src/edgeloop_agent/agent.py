@@ -18,23 +18,46 @@ import paho.mqtt.client as mqtt
 from edgeloop_agent import __version__
 from edgeloop_agent.config import AgentConfig
 from edgeloop_agent.deployment import Deployment
+from edgeloop_agent.drift import DriftConfig, WindowConfig
 from edgeloop_agent.mqttlink import MqttLink
+from edgeloop_agent.outbox import Outbox
 from edgeloop_agent.protocol import Topics, dumps
-from edgeloop_agent.serving import Server, ServingHooks
+from edgeloop_agent.publisher import OutboxPublisher
+from edgeloop_agent.serving import Server
 from edgeloop_agent.statedir import StateDir
 from edgeloop_agent.systemd import Notifier, watchdog_interval
+from edgeloop_agent.telemetry import Telemetry
 from edgeloop_agent.updater import UpdateError, Updater
 
 log = logging.getLogger("edgeloop.agent")
 
 
 class Agent:
-    def __init__(self, config: AgentConfig, hooks: ServingHooks | None = None) -> None:
+    def __init__(self, config: AgentConfig) -> None:
         self.config = config.validate()
         self.topics = Topics(config.device_id, config.topic_prefix)
         self.state = StateDir(config.state_dir)
         self.notifier = Notifier()
-        self.hooks = hooks or ServingHooks()
+        self.outbox = Outbox(
+            self.state.root / "outbox.sqlite",
+            max_bytes=config.outbox_max_bytes,
+            device_id=config.device_id,
+        )
+        self.telemetry = Telemetry(
+            topics=self.topics,
+            outbox=self.outbox,
+            drift_config=DriftConfig(
+                window=WindowConfig(
+                    kind=config.drift_window_kind,  # type: ignore[arg-type]
+                    size=config.drift_window,
+                    slide=config.drift_slide,
+                )
+            ),
+            capture_rate=config.capture_rate,
+            feedback_window=config.feedback_window,
+            feedback_max_age_s=config.feedback_max_age_s,
+        )
+        self.hooks = self.telemetry
         self.deployment: Deployment | None = None
         self.last_error: dict[str, Any] | None = None
         self.started_at = time.time()
@@ -66,6 +89,7 @@ class Agent:
             on_connected=self.publish_status,
         )
         self.updater.link = self.link
+        self.publisher = OutboxPublisher(self.outbox, self.link)
         self.server = Server(
             topics=t,
             link=self.link,
@@ -93,6 +117,7 @@ class Agent:
     # -- deployment events (updater thread) ----------------------------------
 
     def _deployed(self, deployment: Deployment) -> None:
+        self.telemetry.on_deployed(deployment)  # monitors first, so no batch misses them
         self.deployment = deployment  # the atomic swap the serving loop sees
         self.last_error = None
         refs = ", ".join(f"{v}={m.ref}" for v, m in deployment.models.items())
@@ -143,17 +168,20 @@ class Agent:
             signal.signal(signal.SIGTERM, self.request_stop)
             signal.signal(signal.SIGINT, self.request_stop)
         self.notifier.status("loading last good model")
-        self.deployment = self.updater.restore()
+        restored = self.updater.restore()
+        if restored is not None:
+            self.telemetry.on_deployed(restored)
+        self.deployment = restored
         self.link.start()
         threads = [
             threading.Thread(target=self.updater.run, args=(self.stop_event,), name="updater"),
-            threading.Thread(
-                target=self._housekeeping, args=(ready_grace_s,), name="housekeeping"
-            ),
+            threading.Thread(target=self._housekeeping, args=(ready_grace_s,), name="housekeeping"),
+            threading.Thread(target=self.publisher.run, args=(self.stop_event,), name="outbox"),
         ]
         for thread in threads:
             thread.daemon = True
             thread.start()
+        self._publisher_thread = threads[2]
         log.info(
             "agent %s for device %s, broker %s, state %s",
             __version__,
@@ -168,8 +196,12 @@ class Agent:
     def _housekeeping(self, ready_grace_s: float) -> None:
         started = time.monotonic()
         interval = watchdog_interval()
+        next_report = started + self.config.telemetry_interval_s
         while not self.stop_event.wait(0.2):
             now = time.monotonic()
+            if now >= next_report:
+                next_report = now + self.config.telemetry_interval_s
+                self._report()
             if not self._ready_sent:
                 connected = self.link.connected.is_set()
                 if connected or (self.deployment is not None and now - started > ready_grace_s):
@@ -182,9 +214,19 @@ class Agent:
             if interval is not None and now - self.server.last_beat < interval * 2:
                 self.notifier.watchdog()
 
+    def _report(self) -> None:
+        try:
+            self.telemetry.report()
+        except Exception:  # telemetry must never take serving down
+            log.exception("telemetry report failed")
+
     def _shutdown(self) -> None:
         self.notifier.stopping()
-        log.info("stopping: in-flight requests answered")
+        log.info("stopping: in-flight requests answered; flushing the outbox")
+        self._report()  # the last partial interval is not lost
+        self._publisher_thread.join(timeout=15)
+        if not self.publisher.flush(timeout=10.0):
+            log.warning("%d outbox messages stay on disk for the next start", self.outbox.depth())
         if self.link.connected.is_set():
             info = self.link.publish(
                 self.topics.status,
@@ -197,3 +239,5 @@ class Agent:
             except (RuntimeError, ValueError):
                 pass
         self.link.stop()
+        self.outbox.sync()
+        self.outbox.close()

@@ -79,7 +79,8 @@ class AgentConfig:
     telemetry_interval_s: float = 10.0
     capture_rate: float = 0.05
     outbox_max_bytes: int = 64 * 1024 * 1024
-    feedback_window: int = 100_000
+    # ~270 bytes per remembered prediction: 20,000 is ~5 MB of the memory budget.
+    feedback_window: int = 20_000
     feedback_max_age_s: float = 3600.0
     drift_window: int = 1000
     drift_window_kind: str = "count"

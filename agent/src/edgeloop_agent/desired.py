@@ -105,7 +105,9 @@ class DesiredState:
         refs = [m.ref for m in models]
         dupes = sorted({r for r in refs if refs.count(r) > 1})
         if dupes:
-            raise DesiredStateError(f"desired state lists a model version twice: {', '.join(dupes)}")
+            raise DesiredStateError(
+                f"desired state lists a model version twice: {', '.join(dupes)}"
+            )
         serving = [m for m in models if m.role == "serve"]
         if not serving:
             raise DesiredStateError("desired state has no serving model (only shadows)")

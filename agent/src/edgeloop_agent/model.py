@@ -93,6 +93,10 @@ class OnnxModel:
             (i.name, i.dtype, [index[f] for f in i.features]) for i in self.meta.inputs
         ]
         self.numeric_index = [i for i, ok in enumerate(self._is_numeric) if ok]
+        # Float inputs concatenated in graph order, permuted back to the order of
+        # the numeric features in the metadata (the drift profile's order).
+        concat = [f for i in self.meta.inputs if i.dtype == "float32" for f in i.features]
+        self._numeric_perm = [concat.index(n) for n in self.meta.numeric_feature_names]
         self.is_classifier = self.meta.task == "classification"
         self.classes = list(self.meta.classes or [])
         self._class_keys = [str(c) for c in self.classes]
@@ -237,7 +241,9 @@ class OnnxModel:
         if self.all_numeric and len(self._input_plan) == 1:
             return feeds[self._input_plan[0][0]]
         parts = [feeds[name] for name, dtype, _ in self._input_plan if dtype == "float32"]
-        return np.concatenate(parts, axis=1) if parts else None
+        if not parts:
+            return None
+        return np.concatenate(parts, axis=1)[:, self._numeric_perm]
 
     def run(self, feeds: dict[str, np.ndarray]) -> Outputs:
         results = self.session.run(self._output_names, feeds)
@@ -266,4 +272,3 @@ class OnnxModel:
             "prediction": prediction,
             "probabilities": dict(zip(self._class_keys, probs, strict=True)),
         }
-

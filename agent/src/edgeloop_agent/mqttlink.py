@@ -118,7 +118,9 @@ class MqttLink:
         for topic, qos in subs:
             client.subscribe(topic, qos=qos)
         log.info(
-            "connected to %s (session present: %s)", self.broker, getattr(flags, "session_present", "?")
+            "connected to %s (session present: %s)",
+            self.broker,
+            getattr(flags, "session_present", "?"),
         )
         self.connected.set()
         self.ever_connected.set()

@@ -143,7 +143,8 @@ def _request_id(data: dict[str, Any]) -> str:
     rid = data["id"]
     if not isinstance(rid, str) or not rid or len(rid) > 256:
         raise RequestError(
-            Code.INVALID_ID, f"'id' must be a non-empty string of at most 256 characters, got {rid!r}"
+            Code.INVALID_ID,
+            f"'id' must be a non-empty string of at most 256 characters, got {rid!r}",
         )
     return rid
 
@@ -199,7 +200,9 @@ def parse_predict(payload: bytes, *, max_bytes: int, max_rows: int) -> PredictRe
                 )
             return PredictRequest(rid, rows, True, key, reply_to)
         if "features" not in data:
-            raise RequestError(Code.MISSING_FEATURES, "request has neither 'features' nor 'rows'", rid)
+            raise RequestError(
+                Code.MISSING_FEATURES, "request has neither 'features' nor 'rows'", rid
+            )
         return PredictRequest(rid, [data["features"]], False, key, reply_to)
     except RequestError as exc:
         exc.reply_to = reply_to  # type: ignore[attr-defined]

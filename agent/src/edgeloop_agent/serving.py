@@ -70,8 +70,16 @@ class ServingHooks:
         starts: list[int],
     ) -> None: ...
 
-    def on_shadow(self, variant: str, model: OnnxModel, rows: list[list[Any]], outputs: Any) -> None:
-        ...
+    def on_shadow(
+        self,
+        variant: str,
+        model: OnnxModel,
+        request_ids: list[str],
+        rows: list[list[Any]],
+        feeds: dict[str, Any],
+        outputs: Any,
+        starts: list[int],
+    ) -> None: ...
 
     def on_feedback(self, request_id: str, label: Any) -> str | None:
         """Join a label to its prediction; return an error code or None."""
@@ -250,9 +258,10 @@ class Server:
             [item.start for item in group.items],
         )
         if deployment is not None and deployment.shadows:
-            self._run_shadows(deployment, group.rows, model)
+            self._run_shadows(deployment, group, model)
 
-    def _run_shadows(self, deployment: Deployment, rows: list[list[Any]], served: OnnxModel) -> None:
+    def _run_shadows(self, deployment: Deployment, group: _VariantBatch, served: OnnxModel) -> None:
+        rows = group.rows
         names = served.feature_names
         for variant, shadow in deployment.shadows.items():
             try:
@@ -261,12 +270,21 @@ class Server:
                 else:
                     as_dicts = [dict(zip(names, r, strict=True)) for r in rows]
                     shadow_rows = [shadow.validate_row(r) for r in as_dicts]
-                outputs = shadow.run(shadow.build(shadow_rows))
+                feeds = shadow.build(shadow_rows)
+                outputs = shadow.run(feeds)
             except Exception as exc:  # a failing shadow never affects the reply
                 code = exc.code if isinstance(exc, RequestError) else Code.INFERENCE_FAILED
                 self.hooks.on_error(variant, code)
                 continue
-            self.hooks.on_shadow(variant, shadow, shadow_rows, outputs)
+            self.hooks.on_shadow(
+                variant,
+                shadow,
+                [item.request.id for item in group.items],
+                shadow_rows,
+                feeds,
+                outputs,
+                [item.start for item in group.items],
+            )
 
     def _feedback(self, msg: mqtt.MQTTMessage) -> None:
         try:

@@ -143,7 +143,9 @@ class Updater:
         try:
             deployment = Deployment.build(desired, loaded)
         except (ValueError, KeyError) as exc:
-            raise UpdateError("invalid_allocation", f"cannot route this deployment: {exc}") from None
+            raise UpdateError(
+                "invalid_allocation", f"cannot route this deployment: {exc}"
+            ) from None
         self.state.save_deployment(desired.to_dict())
         self.current = deployment
         self._loaded = {m.sha256: m for m in loaded.values()}

@@ -8,6 +8,7 @@ silently drops QoS 1 messages beyond it for a slow or offline client.
 
 from __future__ import annotations
 
+import getpass
 import shutil
 import socket
 import subprocess
@@ -65,6 +66,9 @@ class PrivateBroker:
         data_dir = self.workdir / "data"
         data_dir.mkdir(exist_ok=True)
         self.config_path.write_text(
+            # Run as whoever started us: as root, Mosquitto would otherwise switch to
+            # the `mosquitto` user and could not write its log or persistence here.
+            f"user {getpass.getuser()}\n"
             f"listener {self.port} 127.0.0.1\n"
             "allow_anonymous true\n"
             f"persistence_location {data_dir}/\n"

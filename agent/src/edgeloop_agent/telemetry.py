@@ -1,0 +1,379 @@
+"""What the agent learns while serving, and what it tells the control node.
+
+Implements the serving hooks: per-variant counters and latency, streaming drift
+per variant (serving and shadow), the feedback join with outcome aggregates and
+a concept-drift detector per variant, sampled data capture, and the periodic
+report. Everything bound for the control node goes through the durable outbox.
+
+Threads: hooks run on the serving thread; ``report()`` runs on the
+housekeeping thread. Shared state is either thread-safe (Metrics, joiner,
+outbox) or handed over through deques.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from edgeloop_agent import __version__
+from edgeloop_agent.deployment import Deployment
+from edgeloop_agent.drift import DDM, DriftConfig, DriftMonitor, ReferenceProfile
+from edgeloop_agent.feedback import FeedbackJoiner
+from edgeloop_agent.metrics import Metrics
+from edgeloop_agent.model import OnnxModel, Outputs
+from edgeloop_agent.outbox import Outbox
+from edgeloop_agent.procstats import ProcessStats
+from edgeloop_agent.protocol import Code, Topics
+from edgeloop_agent.serving import ServingHooks
+
+log = logging.getLogger("edgeloop.agent.telemetry")
+
+UNROUTED = "__unrouted__"  # errors that happen before a variant is chosen
+MAX_PENDING_WINDOWS = 256  # drift windows kept between two reports
+
+
+@dataclass
+class _VariantState:
+    model: OnnxModel
+    role: str
+    monitor: DriftMonitor | None
+    concept: DDM
+    numeric_index: list[int] | None  # profile order -> model numeric column order
+    profile_error: str | None = None
+
+
+class Telemetry(ServingHooks):
+    def __init__(
+        self,
+        *,
+        topics: Topics,
+        outbox: Outbox,
+        drift_config: DriftConfig,
+        capture_rate: float,
+        feedback_window: int,
+        feedback_max_age_s: float,
+        seed: int | None = None,
+    ) -> None:
+        self.topics = topics
+        self.device = topics.device
+        self.outbox = outbox
+        self.drift_config = drift_config
+        self.capture_rate = capture_rate
+        self.feedback_window = feedback_window
+        self.feedback_max_age_s = feedback_max_age_s
+        self.metrics = Metrics()
+        self.proc = ProcessStats()
+        self._rng = random.Random(seed)
+        self._variants: dict[str, _VariantState] = {}
+        self._joiner: FeedbackJoiner | None = None
+        self._windows: deque[dict[str, Any]] = deque(maxlen=MAX_PENDING_WINDOWS)
+        self._windows_dropped = 0
+        self._boot = os.urandom(4).hex()
+        self._seq = 0
+        self._seq_lock = threading.Lock()
+        self._deployment: Deployment | None = None
+        self._last_report = time.time()
+        self.captured = 0
+        self.capture_failures = 0
+
+    # -- deployment ------------------------------------------------------------
+
+    def on_deployed(self, deployment: Deployment) -> None:
+        """Keep monitors of unchanged variants; build fresh ones for new models."""
+        new: dict[str, _VariantState] = {}
+        for role, models in (("serve", deployment.models), ("shadow", deployment.shadows)):
+            for variant, model in models.items():
+                old = self._variants.get(variant)
+                if old is not None and old.model.sha256 == model.sha256:
+                    old.model, old.role = model, role
+                    new[variant] = old
+                else:
+                    new[variant] = self._variant_state(variant, model, role)
+        tasks = {m.meta.task for m in deployment.models.values()}
+        task = tasks.pop() if len(tasks) == 1 else None
+        if task is not None and (self._joiner is None or self._joiner.task != task):
+            self._joiner = FeedbackJoiner(
+                task=task, max_entries=self.feedback_window, max_age_s=self.feedback_max_age_s
+            )
+        self._variants = new  # one reference swap, read by the serving thread
+        self._deployment = deployment
+
+    def _variant_state(self, variant: str, model: OnnxModel, role: str) -> _VariantState:
+        monitor, index, error = None, None, None
+        if model.meta.profile is None:
+            error = "the model carries no reference profile"
+        else:
+            try:
+                profile = ReferenceProfile.from_dict(model.meta.profile)
+                numeric = model.meta.numeric_feature_names
+                missing = [f for f in profile.feature_names if f not in numeric]
+                if missing:
+                    raise ValueError(
+                        f"profile features {missing} are not numeric inputs of {model.ref}"
+                    )
+                index = [numeric.index(f) for f in profile.feature_names]
+                monitor = DriftMonitor(profile, self.drift_config)
+            except ValueError as exc:
+                error = f"reference profile does not match {model.ref}: {exc}"
+        if error:
+            log.error("drift monitoring off for %s: %s", variant, error)
+        return _VariantState(model, role, monitor, DDM(), index, error)
+
+    # -- serving hooks (serving thread) ------------------------------------------
+
+    def on_request(self, variant: str | None, latency_s: float, n_rows: int) -> None:
+        self.metrics.record_request(variant or UNROUTED, latency_s, predictions=n_rows)
+
+    def on_error(self, variant: str | None, code: str) -> None:
+        self.metrics.record_request(variant or UNROUTED, None, error=code, predictions=0)
+
+    def on_predictions(
+        self,
+        variant: str,
+        model: OnnxModel,
+        request_ids: list[str],
+        rows: list[list[Any]],
+        feeds: dict[str, Any],
+        outputs: Any,
+        starts: list[int],
+    ) -> None:
+        state = self._variants.get(variant)
+        now = time.time()
+        self._monitor(variant, state, model, feeds, outputs, now)
+        joiner = self._joiner
+        capture = self.capture_rate
+        ends = [*starts[1:], len(rows)]
+        for rid, start, end in zip(request_ids, starts, ends, strict=True):
+            if end - start != 1:
+                continue  # feedback joins single-row requests only (docs/telemetry.md)
+            prediction = model.row_result(outputs, start)["prediction"]
+            sample_id = None
+            if capture and self._rng.random() < capture:
+                sample_id = self._capture(variant, model, rid, rows[start], prediction, now)
+            if joiner is not None:
+                joiner.record(rid, variant, prediction, now, extra=sample_id)
+
+    def on_shadow(
+        self,
+        variant: str,
+        model: OnnxModel,
+        request_ids: list[str],
+        rows: list[list[Any]],
+        feeds: dict[str, Any],
+        outputs: Any,
+        starts: list[int],
+    ) -> None:
+        self.metrics.record_request(variant, None, predictions=len(rows))
+        now = time.time()
+        self._monitor(variant, self._variants.get(variant), model, feeds, outputs, now)
+        joiner = self._joiner
+        if joiner is None:
+            return
+        # Shadow predictions join the same labels under a derived id, so the
+        # shadow's accuracy is measured on exactly the traffic the server saw.
+        ends = [*starts[1:], len(rows)]
+        for rid, start, end in zip(request_ids, starts, ends, strict=True):
+            if end - start == 1:
+                prediction = model.row_result(outputs, start)["prediction"]
+                joiner.record(shadow_id(rid, variant), variant, prediction, now)
+
+    def on_feedback(self, request_id: str, label: Any) -> str | None:
+        joiner = self._joiner
+        if joiner is None:
+            return Code.UNKNOWN_REQUEST
+        now = time.time()
+        result = joiner.join(request_id, label, now)
+        if result.status != "matched":
+            return {
+                "unknown": Code.UNKNOWN_REQUEST,
+                "late": Code.UNKNOWN_REQUEST,
+                "duplicate": Code.DUPLICATE_FEEDBACK,
+            }.get(result.status, Code.INVALID_LABEL)
+        for shadow in self._shadow_variants():
+            shadow_result = joiner.join(shadow_id(request_id, shadow), label, now)
+            if shadow_result.status == "matched":
+                self._outcome(shadow, shadow_result)
+        variant = result.variant or UNROUTED
+        self._outcome(variant, result)
+        if result.extra is not None:
+            self.outbox.put(
+                self.topics.labels,
+                {
+                    "sample_id": result.extra,
+                    "request_id": request_id,
+                    "device": self.device,
+                    "ts": now,
+                    "label": label,
+                    "variant": variant,
+                },
+                "label",
+            )
+        return None
+
+    # -- helpers -------------------------------------------------------------------
+
+    def _shadow_variants(self) -> list[str]:
+        return [v for v, st in self._variants.items() if st.role == "shadow"]
+
+    def _outcome(self, variant: str, result: Any) -> None:
+        if result.correct is not None:
+            self.metrics.record_classification(variant, result.correct)
+            wrong: bool | None = not result.correct
+        else:
+            error = result.error if result.error is not None else float("nan")
+            self.metrics.record_regression(variant, error)
+            wrong = None
+        state = self._variants.get(variant)
+        if state is not None and wrong is not None:
+            state.concept.update(wrong)
+            if state.concept.drift_detected:
+                log.warning(
+                    "concept drift on %s: error rate %.3f", variant, state.concept.error_rate
+                )
+
+    def _monitor(
+        self,
+        variant: str,
+        state: _VariantState | None,
+        model: OnnxModel,
+        feeds: dict[str, Any],
+        outputs: Outputs,
+        now: float,
+    ) -> None:
+        if state is None or state.monitor is None or not feeds:
+            return
+        X = model.numeric_matrix(feeds)
+        if X is None:
+            return
+        if state.numeric_index is not None and state.numeric_index != list(range(X.shape[1])):
+            X = X[:, state.numeric_index]
+        try:
+            reports = state.monitor.update(X, model.score(outputs), now=now)
+        except ValueError as exc:  # a shape bug must not stop serving
+            log.error("drift update failed for %s: %s", variant, exc)
+            return
+        for report in reports:
+            if len(self._windows) == self._windows.maxlen:
+                self._windows_dropped += 1
+            doc = report.to_dict()
+            doc["variant"] = variant
+            doc["version"] = model.version
+            self._windows.append(doc)
+            if report.dataset_drift:
+                drifting = [f.name for f in report.features if f.drift]
+                log.warning("data drift on %s: %s", variant, ", ".join(drifting) or "output")
+
+    def _next_id(self) -> str:
+        with self._seq_lock:
+            self._seq += 1
+            return f"{self.device}:{self._boot}:{self._seq}"
+
+    def _capture(
+        self, variant: str, model: OnnxModel, rid: str, row: list[Any], prediction: Any, now: float
+    ) -> str | None:
+        sample_id = self._next_id()
+        features = {}
+        for name, value in zip(model.feature_names, row, strict=True):
+            features[name] = None if isinstance(value, float) and value != value else value
+        record = {
+            "sample_id": sample_id,
+            "device": self.device,
+            "ts": now,
+            "request_id": rid,
+            "model": model.name,
+            "version": model.version,
+            "variant": variant,
+            "features": features,
+            "prediction": prediction,
+            "label": None,
+        }
+        if self.outbox.put(self.topics.samples, record, "sample") is None:
+            self.capture_failures += 1
+            return None
+        self.captured += 1
+        return sample_id
+
+    # -- periodic report (housekeeping thread) ------------------------------------
+
+    def report(self, *, status: dict[str, Any] | None = None) -> str | None:
+        now = time.time()
+        windows = []
+        while self._windows:
+            try:
+                windows.append(self._windows.popleft())
+            except IndexError:
+                break
+        proc = self.proc.sample()
+        deployment = self._deployment
+        concept = {
+            variant: {
+                "n": st.concept.n,
+                "error_rate": st.concept.error_rate,
+                "warning": st.concept.warning_detected,
+                "drift": st.concept.drift_detected,
+                "detections": st.concept.n_detections,
+            }
+            for variant, st in self._variants.items()
+        }
+        doc = {
+            "report_id": self._next_id(),
+            "device": self.device,
+            "ts": now,
+            "interval_s": now - self._last_report,
+            "agent_version": __version__,
+            "revision": deployment.revision if deployment else None,
+            "experiment": deployment.desired.experiment if deployment else None,
+            "variants": {
+                v: {
+                    "name": st.model.name,
+                    "version": st.model.version,
+                    "role": st.role,
+                    "sha256": st.model.sha256,
+                    "drift_monitoring": st.profile_error or "on",
+                }
+                for v, st in self._variants.items()
+            },
+            "metrics": self.metrics.snapshot(reset=True),
+            "drift": windows,
+            "drift_windows_dropped": self._windows_dropped,
+            "concept_drift": concept,
+            "feedback": self._joiner.stats() if self._joiner else {},
+            "capture": {
+                "rate": self.capture_rate,
+                "captured": self.captured,
+                "failures": self.capture_failures,
+            },
+            "outbox": self.outbox.stats(),
+            "process": {
+                "rss_bytes": proc.rss_bytes,
+                "peak_rss_bytes": proc.peak_rss_bytes,
+                "cpu_percent": proc.cpu_percent,
+                "cpu_seconds": proc.cpu_s,
+            },
+        }
+        if status:
+            doc["status"] = status
+        self._last_report = now
+        return self.outbox.put(self.topics.telemetry, json_safe(doc), "report")
+
+
+def json_safe(value: Any) -> Any:
+    """Replace NaN/inf (an undefined rate, an empty window) with null: strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def shadow_id(request_id: str, variant: str) -> str:
+    return f"{request_id}\x00{variant}"

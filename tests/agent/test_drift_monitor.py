@@ -254,7 +254,7 @@ def test_time_windows_tumbling_sliding_gaps_and_clock_steps() -> None:
     # After a long silence the still-populated windows are reported, then nothing.
     later = mon.update(X, now=t0 + 10_000)
     assert [(x.end, x.n_rows) for x in later] == [(t0 + 80, 20)]
-    (r,) = mon.update(X, now=t0 + 10_021)
+    (r,) = mon.update(X, now=np.float64(t0 + 10_021))  # numpy timestamps are fine
     assert (r.start, r.end, r.n_rows) == (t0 + 9960, t0 + 10_020, 10)
 
 

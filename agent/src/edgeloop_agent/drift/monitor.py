@@ -183,7 +183,8 @@ class DriftMonitor:
                         reports.append(self._report(end - int(win.size), end))
         else:
             t = time.time() if now is None else now
-            if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t):
+            numeric = isinstance(t, (int, float, np.integer, np.floating))
+            if isinstance(t, bool) or not numeric or not math.isfinite(t):
                 raise ValueError(f"now: expected a finite timestamp in seconds, got {now!r}")
             pane = math.floor(t / win.pane_size)
             if self._pane_id is None:
@@ -321,6 +322,7 @@ class DriftMonitor:
             dtype=np.int64,
         )
         self._ref_missing = np.array([c.missing_rate for c in cols])
+        self._names = [c.name for c in cols]
         self._ks_bound = np.array(
             [(0.0 if exact else c.ks_d_bound) if c.n > 0 else math.nan for c in cols]
         )
@@ -367,33 +369,40 @@ class DriftMonitor:
             p_adj[nf] = p[nf] if judged[nf] else math.nan
         enough = rows >= cfg.min_samples
 
+        # Flags as whole-array comparisons, then plain Python values for the dataclasses:
+        # per-element numpy scalar access would dominate the report's cost.
+        flag_psi = (judged & (psi >= cfg.psi_threshold)).tolist()
+        flag_ks = (judged & (p_adj < cfg.alpha)).tolist()
+        if enough and cfg.missing_rate_delta is not None:
+            flag_missing = (missing_rate - self._ref_missing >= cfg.missing_rate_delta).tolist()
+        else:
+            flag_missing = [False] * self._n_cols
         columns: list[ColumnDrift] = []
-        for c, col in enumerate(self.profile.columns):
-            reasons: list[str] = []
-            if judged[c] and psi[c] >= cfg.psi_threshold:
-                reasons.append("psi")
-            if judged[c] and p_adj[c] < cfg.alpha:
-                reasons.append("ks")
-            if (
-                enough
-                and cfg.missing_rate_delta is not None
-                and missing_rate[c] - self._ref_missing[c] >= cfg.missing_rate_delta
-            ):
-                reasons.append("missing")
-            columns.append(
-                ColumnDrift(
-                    name=col.name,
-                    n=int(m[c]),
-                    missing_rate=float(missing_rate[c]),
-                    reference_missing_rate=float(self._ref_missing[c]),
-                    psi=float(psi[c]),
-                    ks_d=float(d[c]),
-                    ks_d_bound=float(self._ks_bound[c]),
-                    ks_p=float(p[c]),
-                    ks_p_adjusted=float(p_adj[c]),
-                    drift=bool(reasons),
-                    reasons=tuple(reasons),
+        for c, (name, n_c, mr, ref_mr, ps, dc, bound, pc, pa) in enumerate(
+            zip(
+                self._names,
+                m.tolist(),
+                np.broadcast_to(missing_rate, (self._n_cols,)).tolist(),
+                self._ref_missing.tolist(),
+                psi.tolist(),
+                d.tolist(),
+                self._ks_bound.tolist(),
+                p.tolist(),
+                p_adj.tolist(),
+                strict=True,
+            )
+        ):
+            reasons = tuple(
+                r
+                for r, hit in (
+                    ("psi", flag_psi[c]),
+                    ("ks", flag_ks[c]),
+                    ("missing", flag_missing[c]),
                 )
+                if hit
+            )
+            columns.append(
+                ColumnDrift(name, n_c, mr, ref_mr, ps, dc, bound, pc, pa, bool(reasons), reasons)
             )
         features = tuple(columns[:nf])
         return DriftReport(

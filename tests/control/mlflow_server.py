@@ -36,6 +36,23 @@ class MlflowServer:
         except ProcessLookupError:
             pass
 
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mlflow server exited early:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.25)
+        self.stop()
+        raise RuntimeError(
+            f"mlflow server did not answer /health in {timeout}s:\n{self.log_tail()}"
+        )
+
     def log_tail(self, lines: int = 30) -> str:
         try:
             text = (self.root / "server.log").read_text(errors="replace")
@@ -50,7 +67,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_mlflow_server(root: Path, *, timeout: float = 120.0) -> MlflowServer:
+def start_mlflow_server(root: Path, *, timeout: float = 120.0, wait: bool = True) -> MlflowServer:
+    """Start a server; with ``wait=False`` call ``wait_ready()`` later (and do other
+    slow set-up, such as importing mlflow, while it boots)."""
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
     mlflow = Path(sys.executable).with_name("mlflow")
@@ -86,16 +105,6 @@ def start_mlflow_server(root: Path, *, timeout: float = 120.0) -> MlflowServer:
     )
     log.close()
     server = MlflowServer(f"http://127.0.0.1:{port}", root, proc)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"mlflow server exited early:\n{server.log_tail()}")
-        try:
-            with urllib.request.urlopen(f"{server.uri}/health", timeout=2) as resp:
-                if resp.status == 200:
-                    return server
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.25)
-    server.stop()
-    raise RuntimeError(f"mlflow server did not answer /health in {timeout}s:\n{server.log_tail()}")
+    if wait:
+        server.wait_ready(timeout)
+    return server

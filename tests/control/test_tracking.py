@@ -32,8 +32,12 @@ PROFILE = {"features": {"temp": {"bins": [0.0, 1.0, 2.0], "counts": [5, 7]}}}
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
-    srv = start_mlflow_server(tmp_path_factory.mktemp("mlflow"))
+    srv = start_mlflow_server(tmp_path_factory.mktemp("mlflow"), wait=False)
     try:
+        # Importing mlflow here takes seconds too: overlap it with the server's boot.
+        import mlflow.tracking  # noqa: F401
+
+        srv.wait_ready()
         yield srv
     finally:
         srv.stop()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import fcntl
+import itertools
 import os
 import uuid
 from collections.abc import Iterator, Sequence
@@ -25,6 +26,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from edgeloop_control.featurestore.catalog import FileEntry
+from edgeloop_control.featurestore.schema import ROW_ID_COLUMN
 
 OFFLINE_DIR = "offline"
 LOCK_DIR = "locks"
@@ -71,14 +73,16 @@ def write_partitions(
         return []
     order = np.argsort(days, kind="stable")
     sorted_days = days[order]
-    bounds = np.flatnonzero(np.diff(sorted_days)) + 1
-    chunks = np.split(order, bounds) if len(bounds) else [None]
+    bounds = [0, *(np.flatnonzero(np.diff(sorted_days)) + 1).tolist(), len(days)]
+    if len(bounds) > 2:
+        # One gather, then zero-copy slices, instead of a gather per date.
+        table = table.take(pa.array(order))
     entries: list[FileEntry] = []
     directories: set[Path] = set()
     try:
-        for chunk in chunks:
-            part = table if chunk is None else table.take(pa.array(chunk))
-            day = int(sorted_days[0] if chunk is None else days[chunk[0]])
+        for lo, hi in itertools.pairwise(bounds):
+            part = table.slice(lo, hi - lo)
+            day = int(sorted_days[lo])
             relative = (
                 f"{version_dir(view, version)}/date={day_label(day)}/"
                 f"part-{seq:08d}-{uuid.uuid4().hex[:8]}.parquet"
@@ -113,7 +117,11 @@ def _write_atomic(table: pa.Table, path: Path) -> None:
     try:
         with open(tmp, "wb") as handle:
             pq.write_table(
-                table, handle, compression=COMPRESSION, compression_level=COMPRESSION_LEVEL
+                table,
+                handle,
+                compression=COMPRESSION,
+                compression_level=COMPRESSION_LEVEL,
+                use_dictionary=_dictionary_columns(table.schema),
             )
             handle.flush()
             os.fsync(handle.fileno())
@@ -121,6 +129,17 @@ def _write_atomic(table: pa.Table, path: Path) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _dictionary_columns(schema: pa.Schema) -> list[str]:
+    """Dictionary-encode keys, labels and flags; not floats or times, where it
+    rarely pays and costs a failed attempt per column chunk."""
+    return [
+        f.name
+        for f in schema
+        if (pa.types.is_string(f.type) or pa.types.is_boolean(f.type) or f.type == pa.int64())
+        and f.name != ROW_ID_COLUMN
+    ]
 
 
 def _fsync_dir(directory: Path) -> None:

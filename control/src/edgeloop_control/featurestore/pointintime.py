@@ -28,10 +28,11 @@ SPINE_POS = "__pos"
 
 def build_spine(times: pd.Series) -> pd.DataFrame:
     """Label positions sorted by time (stable, so equal times keep label order)."""
-    order = np.argsort(times.to_numpy(), kind="stable")
-    return pd.DataFrame(
-        {SPINE_POS: order, SPINE_TS: times.to_numpy()[order]},
-    ).astype({SPINE_TS: times.dtype})
+    # Sort on the raw datetime64 values: a tz-aware Series would go through
+    # Python Timestamp objects, a hundred times slower.
+    naive = times.dt.tz_convert(None).to_numpy()
+    order = np.argsort(naive, kind="stable")
+    return pd.DataFrame({SPINE_POS: order, SPINE_TS: pd.Series(naive[order]).dt.tz_localize("UTC")})
 
 
 def align_entity(values: pd.Series, want: ColumnType, column: str, view: str) -> pd.Series:
@@ -76,13 +77,17 @@ def asof_join(
     ``features`` holds the entity columns, ``timestamp``, ``SEQ_COLUMN`` and
     ``columns``, in any order.
     """
-    right = features[[*entity, timestamp, SEQ_COLUMN, *columns]]
-    # Sorting by (time, ingest seq) and letting merge_asof take the last of equal
-    # times is what makes the latest-ingested row win a tie.
-    right = right.sort_values([timestamp, SEQ_COLUMN], kind="stable").rename(
-        columns={timestamp: SPINE_TS}
-    )
-    right = right.drop(columns=[SEQ_COLUMN])
+    # Sorting by (time, ingest seq), stable, and letting merge_asof take the last
+    # of equal times is what makes the latest-ingested row win a tie. numpy's
+    # lexsort on the raw values is several times faster than DataFrame.sort_values.
+    times = features[timestamp].dt.tz_convert(None).to_numpy()
+    seq = features[SEQ_COLUMN].to_numpy()
+    if len(seq) and (seq == seq[0]).all():
+        order = np.argsort(times, kind="stable")
+    else:
+        order = np.lexsort((seq, times))
+    right = features[[*entity, timestamp, *columns]].take(order)
+    right = right.rename(columns={timestamp: SPINE_TS})
     for name in entity:
         if right[name].dtype != spine[name].dtype:
             right[name] = right[name].astype(spine[name].dtype)

@@ -516,7 +516,10 @@ class FeatureStore:
             sorted_values = self._join_view(found, columns, labels, spine)
             for column in columns:
                 values = sorted_values[column]
-                joined[names[found.ref, column]] = values.iloc[inverse].array
+                if isinstance(values.dtype, np.dtype):
+                    joined[names[found.ref, column]] = values.to_numpy()[inverse]
+                else:
+                    joined[names[found.ref, column]] = values.array.take(inverse)
         features_frame = pd.DataFrame(joined, index=labels.index)
         return pd.concat([labels, features_frame], axis=1)
 
@@ -541,8 +544,8 @@ class FeatureStore:
             )
         keys = labels[list(found.entity)].iloc[spine[SPINE_POS].to_numpy()]
         present = keys.notna().all(axis=1).to_numpy()
-        sub = pd.DataFrame({SPINE_TS: spine[SPINE_TS].to_numpy()[present]})
-        sub[SPINE_TS] = sub[SPINE_TS].astype(spine[SPINE_TS].dtype)
+        times = spine[SPINE_TS] if present.all() else spine[SPINE_TS][present]
+        sub = pd.DataFrame({SPINE_TS: times.reset_index(drop=True)})
         for name in found.entity:
             values = keys[name][present].reset_index(drop=True)
             sub[name] = align_entity(values, found.types[name], name, found.ref)

@@ -78,7 +78,7 @@ def _list(ctx: typer.Context, name: str | None, as_json: bool) -> None:
         [
             mv.ref,
             ", ".join(mv.stages),
-            mv.created_at,
+            mv.created_at[:16].replace("T", " "),
             mv.sha256[:12],
             f"{mv.size:,}",
             _metric_text(_summary(mv)["metrics"]),

@@ -22,6 +22,7 @@ a local run that was accepted is also accepted by the server when replayed.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import getpass
 import json
 import math
@@ -363,7 +364,9 @@ class MlflowRun(Run):
         _upload_artifact(self._client, self._info.tracking_uri, self.run_id, path, name)
 
     def _end(self, status: str) -> None:
-        _terminate(self._client, self._info.tracking_uri, self.run_id, status, _now_ms())
+        end = _now_ms()
+        _terminate(self._client, self._info.tracking_uri, self.run_id, status, end)
+        self._info = dataclasses.replace(self._info, status=status, end_time=end)
 
 
 # -- the workspace store -----------------------------------------------------------

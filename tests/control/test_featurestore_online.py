@@ -126,3 +126,29 @@ def test_views_without_entity_cannot_be_served(store: FeatureStore) -> None:
     store.ingest(pd.DataFrame({"x": [1.0], "ts": [NOW]}), "plain", timestamp="ts")
     with pytest.raises(InvalidInputError, match=r"plain@v1 has no entity columns"):
         store.materialize("plain")
+
+
+def test_compaction_keeps_rows_order_ties_and_dedup(store: FeatureStore) -> None:
+    frame = machine_frame(90)
+    # Many small ingests, one of them a same-time correction that must keep winning.
+    for lo in range(0, len(frame), 10):
+        store.ingest(
+            frame.iloc[lo : lo + 10], "machines", entity=["site", "machine"], timestamp="ts"
+        )
+    fix = frame.iloc[[0]].assign(load=-1.0)
+    store.ingest(fix, "machines")
+    before_rows = store.read("machines")
+    labels = frame[["site", "machine", "ts"]].rename(columns={"ts": "t"})
+    before_pit = store.training_set(labels, timestamp="t", views=["machines"])
+    files_before = len(store.files("machines"))
+
+    assert store.compact("machines") == (files_before, len(store.partitions("machines")))
+    assert len(store.files("machines")) < files_before
+    pd.testing.assert_frame_equal(store.read("machines"), before_rows)
+    after_pit = store.training_set(labels, timestamp="t", views=["machines"])
+    pd.testing.assert_frame_equal(after_pit, before_pit)
+    assert (after_pit["load"] == -1.0).sum() >= 1
+    assert store.ingest(frame, "machines").duplicates == len(frame)
+    assert not list(store.root.rglob("*.tmp"))
+    on_disk = {p.relative_to(store.root).as_posix() for p in store.root.rglob("*.parquet")}
+    assert on_disk == {f.path for f in store.files("machines")}

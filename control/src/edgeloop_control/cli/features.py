@@ -242,6 +242,24 @@ def materialize_cmd(
         console.print(f"{found.ref}: {written} entities updated online", highlight=False)
 
 
+@app.command("compact")
+def compact_cmd(
+    ctx: typer.Context,
+    view: Annotated[str, typer.Argument(help="VIEW (every version is compacted)")],
+    as_json: JsonOption = False,
+) -> None:
+    """Merge each event date's small files into one (after many small ingests)."""
+    store = open_store(state(ctx).workspace)
+    try:
+        before, after = store.compact(view)
+    except FeatureStoreError as exc:
+        fail(str(exc))
+    if as_json:
+        print_json({"view": view, "files_before": before, "files_after": after})
+    else:
+        console.print(f"{view}: {before} file(s) -> {after}", highlight=False)
+
+
 # -- helpers -------------------------------------------------------------------------
 
 

@@ -363,3 +363,30 @@ class Catalog:
                 conn.execute("ROLLBACK")
                 raise
         return committed
+
+    def replace(self, old: Sequence[FileEntry], new: FileEntry) -> FileEntry:
+        """Swap ``old`` files for ``new`` (a compaction), atomically."""
+        with self.connect() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                ids = [entry.id for entry in old]
+                conn.execute(f"DELETE FROM files WHERE id IN ({','.join('?' * len(ids))})", ids)
+                cursor = conn.execute(
+                    "INSERT INTO files (view, version, day, path, rows, min_ts, max_ts, seq) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        new.view,
+                        new.version,
+                        new.day,
+                        new.path,
+                        new.rows,
+                        new.min_ts,
+                        new.max_ts,
+                        new.seq,
+                    ),
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        return replace(new, id=int(cursor.lastrowid or 0))

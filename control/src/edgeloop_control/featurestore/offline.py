@@ -150,6 +150,48 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def merge_files(root: Path, entries: Sequence[FileEntry], schema: pa.Schema) -> FileEntry:
+    """Write the rows of ``entries`` (one view version and date), in order, to one new file.
+
+    Streams file by file, so memory stays bounded by the largest input file.
+    """
+    first = entries[0]
+    relative = (
+        f"{version_dir(first.view, first.version)}/date={day_label(first.day)}/"
+        f"part-{max(e.seq for e in entries):08d}-{uuid.uuid4().hex[:8]}.parquet"
+    )
+    path = root / relative
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}{TMP_SUFFIX}")
+    try:
+        with open(tmp, "wb") as handle:
+            with pq.ParquetWriter(
+                handle,
+                schema,
+                compression=COMPRESSION,
+                compression_level=COMPRESSION_LEVEL,
+                use_dictionary=_dictionary_columns(schema),
+            ) as writer:
+                for entry in entries:
+                    writer.write_table(pq.read_table(root / entry.path, schema=schema))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return FileEntry(
+        path=relative,
+        view=first.view,
+        version=first.version,
+        day=first.day,
+        rows=sum(e.rows for e in entries),
+        min_ts=min(e.min_ts for e in entries),
+        max_ts=max(e.max_ts for e in entries),
+        seq=max(e.seq for e in entries),
+    )
+
+
 def remove_files(root: Path, entries: Sequence[FileEntry]) -> None:
     for entry in entries:
         (root / entry.path).unlink(missing_ok=True)

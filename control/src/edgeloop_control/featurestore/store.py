@@ -42,6 +42,7 @@ from edgeloop_control.featurestore.errors import (
 from edgeloop_control.featurestore.hashing import row_keys
 from edgeloop_control.featurestore.offline import (
     OFFLINE_DIR,
+    merge_files,
     read_files,
     remove_files,
     sweep_orphans,
@@ -85,6 +86,7 @@ from edgeloop_control.featurestore.timestamps import (
 )
 
 CATALOG_FILE = "catalog.sqlite"
+_READ_ATTEMPTS = 3
 ONLINE_FILE = "online.sqlite"
 # Event-time column stamped at ingest for views ingested without a timestamp.
 INGESTED_AT = "ingested_at"
@@ -423,6 +425,38 @@ class FeatureStore:
                 )
         return removed
 
+    def compact(self, view: str) -> tuple[int, int]:
+        """Merge each event date's files into one, per version; return (files before, after).
+
+        Ingesting small batches (captured samples arrive every few seconds)
+        leaves many small files; reading and de-duplicating get slower with
+        their number. Rows, their order and their ingest sequence are kept, so
+        reads, ties and online values are unchanged. Safe alongside readers:
+        one that listed a replaced file re-lists from the catalogue.
+        """
+        check_view_name(view)
+        before = after = 0
+        with view_lock(self.root, view):
+            for version in self.versions(view):
+                entries = sorted(
+                    self._catalog.files(view, version.version), key=lambda e: (e.day, e.seq, e.id)
+                )
+                for _, group in itertools.groupby(entries, key=lambda e: e.day):
+                    files = list(group)
+                    before += len(files)
+                    after += 1
+                    if len(files) < 2:
+                        continue
+                    schema = version.schema.arrow_schema(row_id=version.has_row_id)
+                    merged = merge_files(self.root, files, schema)
+                    try:
+                        self._catalog.replace(files, merged)
+                    except BaseException:
+                        remove_files(self.root, [merged])
+                        raise
+                    remove_files(self.root, files)
+        return before, after
+
     # -- reading -------------------------------------------------------------------
 
     def read(
@@ -455,17 +489,10 @@ class FeatureStore:
         names: Sequence[str],
         start: pd.Timestamp | None,
         end: pd.Timestamp | None,
-        entries: Sequence[FileEntry] | None = None,
+        days: Sequence[int] | None = None,
     ) -> pd.DataFrame:
         if start is not None and end is not None and end <= start:
             raise InvalidInputError(f"end ({end}) must be after start ({start})")
-        if entries is None:
-            entries = self._catalog.files(
-                view.name,
-                view.version,
-                start_us=None if start is None else to_micros(start),
-                end_us=None if end is None else to_micros(end),
-            )
         field = pc.field(view.timestamp)
         ts_type = pa.timestamp("us", tz="UTC")
         expr = None
@@ -475,7 +502,22 @@ class FeatureStore:
             upper = field < pa.scalar(end, type=ts_type)
             expr = upper if expr is None else expr & upper
         schema = view.schema.arrow_schema(row_id=view.has_row_id)
-        return read_files(self.root, entries, schema, names, expr).to_pandas()
+        for attempt in range(_READ_ATTEMPTS):
+            entries = self._catalog.files(
+                view.name,
+                view.version,
+                start_us=None if start is None else to_micros(start),
+                end_us=None if end is None else to_micros(end),
+                days=days,
+            )
+            try:
+                return read_files(self.root, entries, schema, names, expr).to_pandas()
+            except FileNotFoundError:
+                # A compaction replaced these files between listing and reading;
+                # the catalogue now lists their replacement.
+                if attempt == _READ_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     def training_set(
         self,
@@ -615,9 +657,8 @@ class FeatureStore:
         )
         columns = [*found.entity, found.timestamp, SEQ_COLUMN, *found.features]
         written = 0
-        entries = sorted(entries, key=lambda e: e.day, reverse=True)
-        for _, group in itertools.groupby(entries, key=lambda e: e.day):
-            frame = self._scan(found, columns, lo, hi, entries=list(group))
+        for day in sorted({e.day for e in entries}, reverse=True):
+            frame = self._scan(found, columns, lo, hi, days=[day])
             newest = frame.sort_values([found.timestamp, SEQ_COLUMN], kind="stable")
             newest = newest.drop_duplicates(list(found.entity), keep="last")
             written += self._online.upsert(found, newest)

@@ -19,7 +19,9 @@ from edgeloop_control.training import (
     OnnxPredictor,
     ParityError,
     TrainConfig,
+    build_pipeline,
     check_parity,
+    export_onnx,
     train,
 )
 
@@ -275,3 +277,30 @@ def test_pandas_column_types_map_to_float_and_string_inputs() -> None:
         predictor.predict(as_text).probabilities,
         predictor.predict(result.holdout_frame).probabilities,
     )
+
+
+def test_hgb_thresholds_are_exact_on_grid_valued_features() -> None:
+    # Prices on a cent grid; the older (training) rows only ever saw even cents, so
+    # HGB splits fall on odd cents, which are exactly what the newer rows hold.
+    rng = np.random.default_rng(0)
+    n = 1500
+    cents = rng.integers(100, 300, n)
+    cut = int(n * 0.8)
+    cents[:cut] = cents[:cut] // 2 * 2
+    cents[cut:] = cents[cut:] // 2 * 2 + 1
+    df = pd.DataFrame({"ts": np.arange(n), "price": cents / 100})
+    df["y"] = np.sin(df["price"] * 7) + rng.normal(0, 0.1, n)
+    config = TrainConfig(target="y", algo="hgb", timestamp="ts", params={"max_iter": 40})
+    result = train(df, config)
+    assert result.parity["passed"] and result.parity["max_rel_diff"] <= 1e-4
+
+    # The same model without snapping its thresholds to float32: scikit-learn predicts
+    # the same on float32 inputs, but skl2onnx's nearest rounding breaks parity.
+    plain = build_pipeline("hgb", "regression", 1, 0, seed=0, params={"max_iter": 40})
+    older = df.iloc[:cut]
+    plain.fit(older[["price"]].astype(np.float32).astype(np.float64), older["y"])
+    holdout = result.holdout_frame[["price"]].astype(np.float32).astype(np.float64)
+    np.testing.assert_array_equal(plain.predict(holdout), result.pipeline.predict(holdout))
+    unsnapped = export_onnx(plain, ["price"])
+    with pytest.raises(ParityError):
+        check_parity(plain, unsnapped, result.holdout_frame)

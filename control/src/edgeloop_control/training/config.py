@@ -40,7 +40,7 @@ class TrainConfig:
     max_categories: int = 100
     # Threads for scikit-learn's OpenMP/BLAS pools during the fit (None: library
     # default, all cores). One by default: on a 2-core node shared with the broker,
-    # spinning OpenMP threads made HistGradientBoosting 5-15x slower under load, and
+    # spinning OpenMP threads made HistGradientBoosting 4-18x slower under load, and
     # a fixed count keeps floating-point reductions independent of the machine.
     n_threads: int | None = 1
 

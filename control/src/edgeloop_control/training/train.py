@@ -40,7 +40,11 @@ from edgeloop_control.training.export import TARGET_OPSET, export_onnx, opset_of
 from edgeloop_control.training.hashing import frame_hash, row_hashes
 from edgeloop_control.training.metrics import evaluate
 from edgeloop_control.training.parity import check_parity
-from edgeloop_control.training.pipelines import build_pipeline, estimator_params
+from edgeloop_control.training.pipelines import (
+    build_pipeline,
+    estimator_params,
+    snap_thresholds_to_float32,
+)
 from edgeloop_control.training.predictor import OnnxPredictor
 from edgeloop_control.training.split import holdout_split
 from edgeloop_control.training.target import prepare_target
@@ -184,6 +188,7 @@ def _train(df: pd.DataFrame, config: TrainConfig) -> TrainResult:
         pipeline.fit(x_train, y_train)
     except ValueError as exc:
         raise TrainingError(f"fitting {type(pipeline[-1]).__name__} failed: {exc}") from exc
+    snap_thresholds_to_float32(pipeline)
     fit_s = time.perf_counter() - fit_started
     profile = _reference_profile(pipeline, x_holdout, numeric, task)
     params = estimator_params(pipeline)

@@ -50,7 +50,9 @@ from edgeloop_control.training.split import holdout_split
 from edgeloop_control.training.target import prepare_target
 
 
-@dataclass(frozen=True)
+# eq=False: a result holds a DataFrame and a fitted pipeline, neither of which
+# compares meaningfully with ==; compare onnx_bytes or data_hash instead.
+@dataclass(frozen=True, eq=False)
 class TrainResult:
     onnx_bytes: bytes
     meta: ModelMeta

@@ -10,7 +10,9 @@ Each figure is printed beside a plain pandas baseline measured in the same run:
   two views, read from the store's Parquet files, against ``pd.read_parquet`` of
   both views whole + ``pd.merge_asof`` per view on in-memory frames.
 
-Every measurement runs in its own process so peak RSS (``ru_maxrss``) is its own.
+Every measurement runs in its own process so peak RSS (``ru_maxrss``) is its own;
+times are the median of ``--repeat`` runs (the control nodes this targets are
+small and often busy, so single runs are noisy).
 
     .venv/bin/python bench/bench_featurestore.py            # 1M rows, 1M labels
     .venv/bin/python bench/bench_featurestore.py --quick    # 100k / 100k, a smoke run
@@ -20,7 +22,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -94,25 +98,36 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def child_ingest_store(work: Path, rows: int) -> dict[str, Any]:
+def child_ingest_store(work: Path, rows: int, repeat: int) -> dict[str, Any]:
     from edgeloop_control.featurestore import FeatureStore
 
     frame = ingest_frame(rows)
-    store = FeatureStore(work / "ingest-store")
-    t0 = time.perf_counter()
-    first = store.ingest(frame, "bench", entity=["device"], timestamp="ts")
-    t1 = time.perf_counter()
-    again = store.ingest(frame, "bench")
-    t2 = time.perf_counter()
-    assert first.accepted == rows and again.duplicates == rows, (first, again)
-    return {"ingest_s": t1 - t0, "reingest_s": t2 - t1, "files": first.files}
+    ingest, reingest = [], []
+    for run in range(repeat):
+        store = FeatureStore(work / f"ingest-store-{run}")
+        t0 = time.perf_counter()
+        first = store.ingest(frame, "bench", entity=["device"], timestamp="ts")
+        t1 = time.perf_counter()
+        again = store.ingest(frame, "bench")
+        t2 = time.perf_counter()
+        assert first.accepted == rows and again.duplicates == rows, (first, again)
+        ingest.append(t1 - t0)
+        reingest.append(t2 - t1)
+    return {
+        "ingest_s": statistics.median(ingest),
+        "reingest_s": statistics.median(reingest),
+        "files": first.files,
+    }
 
 
-def child_ingest_baseline(work: Path, rows: int) -> dict[str, Any]:
+def child_ingest_baseline(work: Path, rows: int, repeat: int) -> dict[str, Any]:
     frame = ingest_frame(rows)
-    t0 = time.perf_counter()
-    frame.to_parquet(work / "baseline.parquet", index=False)
-    return {"ingest_s": time.perf_counter() - t0}
+    seconds = []
+    for run in range(repeat):
+        t0 = time.perf_counter()
+        frame.to_parquet(work / f"baseline-{run}.parquet", index=False)
+        seconds.append(time.perf_counter() - t0)
+    return {"ingest_s": statistics.median(seconds)}
 
 
 def child_prepare(work: Path, rows: int, labels: int) -> dict[str, Any]:
@@ -128,15 +143,20 @@ def child_prepare(work: Path, rows: int, labels: int) -> dict[str, Any]:
     return {"device_rows": len(devices), "site_rows": len(sites)}
 
 
-def child_pit_store(work: Path) -> dict[str, Any]:
+def child_pit_store(work: Path, repeat: int) -> dict[str, Any]:
     from edgeloop_control.featurestore import FeatureStore, data_hash
 
     labels = pd.read_parquet(work / "labels.parquet")
     before = peak_rss_mb()
     store = FeatureStore(work / "pit-store")
-    t0 = time.perf_counter()
-    out = store.training_set(labels, timestamp="t", features=FEATURES)
-    seconds = time.perf_counter() - t0
+    times = []
+    out = None
+    for _ in range(repeat):
+        out = None  # drop the previous result first: peak RSS is of one run
+        t0 = time.perf_counter()
+        out = store.training_set(labels, timestamp="t", features=FEATURES)
+        times.append(time.perf_counter() - t0)
+    seconds = statistics.median(times)
     columns = [ref.split(":")[1] for ref in FEATURES]
     return {
         "seconds": seconds,
@@ -147,12 +167,7 @@ def child_pit_store(work: Path) -> dict[str, Any]:
     }
 
 
-def child_pit_baseline(work: Path) -> dict[str, Any]:
-    from edgeloop_control.featurestore import data_hash
-
-    labels = pd.read_parquet(work / "labels.parquet")
-    before = peak_rss_mb()
-    t0 = time.perf_counter()
+def baseline_training_set(work: Path, labels: pd.DataFrame) -> pd.DataFrame:
     devices = pd.read_parquet(work / "devices.parquet")
     sites = pd.read_parquet(work / "sites.parquet")
     # The textbook version: sort everything by time, one merge_asof per view.
@@ -162,11 +177,25 @@ def child_pit_baseline(work: Path) -> dict[str, Any]:
     sites = sites.sort_values("ts", kind="stable").rename(columns={"ts": "t"})
     left = pd.merge_asof(left, devices, on="t", by="device", tolerance=DEVICE_TTL)
     left = pd.merge_asof(left, sites, on="t", by="site")
-    out = left.sort_values("index").set_index("index")
-    seconds = time.perf_counter() - t0
+    return left.sort_values("index").set_index("index")
+
+
+def child_pit_baseline(work: Path, repeat: int) -> dict[str, Any]:
+    from edgeloop_control.featurestore import data_hash
+
+    labels = pd.read_parquet(work / "labels.parquet")
+    before = peak_rss_mb()
+    times = []
+    out = None
+    for _ in range(repeat):
+        out = None
+        t0 = time.perf_counter()
+        out = baseline_training_set(work, labels)
+        times.append(time.perf_counter() - t0)
+    assert out is not None
     columns = [ref.split(":")[1] for ref in FEATURES]
     return {
-        "seconds": seconds,
+        "seconds": statistics.median(times),
         "rss_mb": peak_rss_mb(),
         "rss_before_mb": before,
         "hash": data_hash(out[columns].reset_index(drop=True)),
@@ -199,6 +228,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows to ingest / per view")
     parser.add_argument("--labels", type=int, default=1_000_000, help="label rows")
     parser.add_argument("--quick", action="store_true", help="100k rows and labels")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per figure (median)")
     parser.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("args", nargs="*", type=int, help=argparse.SUPPRESS)
@@ -210,15 +240,18 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench-featurestore-") as tmp:
         work = Path(tmp)
-        ours = run_child("ingest-store", work, rows)
-        base = run_child("ingest-baseline", work, rows)
+        ours = run_child("ingest-store", work, rows, opts.repeat)
+        base = run_child("ingest-baseline", work, rows, opts.repeat)
         prep = run_child("prepare", work, rows, labels)
-        pit = run_child("pit-store", work)
-        pit_base = run_child("pit-baseline", work)
+        pit = run_child("pit-store", work, opts.repeat)
+        pit_base = run_child("pit-baseline", work, opts.repeat)
 
     rate, base_rate = rows / ours["ingest_s"], rows / base["ingest_s"]
     rerate = rows / ours["reingest_s"]
-    print(f"feature store bench: {rows:,} rows x 20 float columns over {DAYS} days, 2 views")
+    print(
+        f"feature store bench: {rows:,} rows x 20 float columns over {DAYS} days; "
+        f"median of {opts.repeat} runs; {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}"
+    )
     print(f"{'figure':44} {'store':>14} {'baseline':>14} {'ratio':>7}")
     print(
         f"{'ingest rows/s (to_parquet baseline)':44} {rate:>14,.0f} {base_rate:>14,.0f} "

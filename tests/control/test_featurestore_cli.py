@@ -11,6 +11,7 @@ import typer
 from typer.testing import CliRunner
 
 from edgeloop_control.cli.features import app, ingest_file
+from edgeloop_control.featurestore import FeatureStore
 from edgeloop_control.workspace import Workspace
 
 NOW = pd.Timestamp.now(tz="UTC").floor("s")
@@ -123,9 +124,12 @@ def test_failures_exit_non_zero_with_one_line(
 def test_ingest_file_function_reports_clear_errors(
     ws: Workspace, csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    result = ingest_file(ws, csv, "sensors", "device", "ts")
+    result = ingest_file(ws, csv, "sensors", ["device"], "ts")
     assert (result.accepted, result.version) == (4, 1)
     assert "sensors@v1 (new version): 4 row(s) stored" in capsys.readouterr().out
+    ingest_file(ws, csv, "pairs", ["device,mode"], "ts", key="device, ts")
+    pairs = FeatureStore(ws.feature_store_dir).view("pairs")
+    assert (pairs.entity, pairs.key_columns) == (("device", "mode"), ("device", "ts"))
 
     bad = tmp_path / "bad.csv"
     pd.read_csv(csv).assign(ts=["2025-01-01", "later", "2025-01-02", "2025-01-03"]).to_csv(

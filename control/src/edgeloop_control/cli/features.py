@@ -58,11 +58,11 @@ def ingest_file(
         result = store.ingest(
             path,
             view,
-            entity=entity or None,
+            entity=_names(entity),
             timestamp=timestamp,
             ttl=ttl,
             evolve=new_version,
-            key=key or None,
+            key=_names(key),
         )
     except FeatureStoreError as exc:
         fail(str(exc))
@@ -105,11 +105,11 @@ def ingest_cmd(
         state(ctx).workspace,
         path,
         view,
-        _split(entity),
+        entity,
         timestamp,
         ttl=ttl,
         new_version=new_version,
-        key=_split(key),
+        key=key,
         as_json=as_json,
     )
 
@@ -263,10 +263,12 @@ def compact_cmd(
 # -- helpers -------------------------------------------------------------------------
 
 
-def _split(values: list[str] | None) -> list[str] | None:
+def _names(values: Sequence[str] | str | None) -> list[str] | None:
+    """Column names from repeated options, comma-separated text, or both."""
     if not values:
         return None
-    return [part.strip() for value in values for part in value.split(",") if part.strip()]
+    items = [values] if isinstance(values, str) else list(values)
+    return [part.strip() for value in items for part in str(value).split(",") if part.strip()]
 
 
 def _instant(text: str | None) -> Any:

@@ -167,6 +167,17 @@ def test_training_frame_joins_labels_and_keeps_only_labelled_rows(store: Feature
     assert window["sample_id"].tolist() == wanted[1:3]
 
 
+def test_a_later_label_corrects_an_earlier_one(store: FeatureStore) -> None:
+    store.ingest_samples([sample(0), sample(1)])
+    assert store.ingest_labels([label(0, 1), label(1, 0)]) == (2, 0)
+    correction = label(0, 0, delay=2 * 86_400)  # two days later
+    assert store.ingest_labels([correction, label(1, 0)]) == (1, 1)
+    frame = store.captured_training_frame("sensor")
+    assert frame["label"].tolist() == [0, 0]
+    expected_ts = pd.Timestamp(round(correction["ts"] * 1e6), unit="us", tz="UTC")
+    assert frame["label_ts"].iloc[0] == expected_ts
+
+
 def test_training_frame_spans_versions_and_unknown_models_fail(store: FeatureStore) -> None:
     store.ingest_samples([sample(0)])
     store.ingest_samples(

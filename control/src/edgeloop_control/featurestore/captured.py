@@ -2,7 +2,8 @@
 
 Agents publish, over MQTT, the requests they served (a *sample*) and, later,
 the ground truth for some of them (a *label*). Both are at-least-once, so both
-are de-duplicated by ``sample_id``. Samples of model ``m`` go to the view
+are de-duplicated: samples by ``sample_id``, labels by ``sample_id`` and ``ts``
+(so that a corrected label, sent later, is kept). Samples of model ``m`` go to the view
 ``captured__m`` (entity ``device``, event time ``ts``); labels of every model
 go to ``captured_labels`` (entity ``sample_id``), since a label record does
 not say which model it is for.
@@ -222,8 +223,10 @@ def ingest_labels(
     """Store feedback labels; return ``(accepted, duplicates)``.
 
     A record is a dict with ``sample_id``, ``ts`` and a non-null ``label``, and
-    optionally ``device`` and ``request_id``. The first label of a sample wins:
-    a second record for the same ``sample_id`` and timestamp is a duplicate.
+    optionally ``device`` and ``request_id``. A record with the ``sample_id``
+    and ``ts`` of a stored one is a duplicate (a re-delivery); a label with a
+    later ``ts`` is a correction, and the latest label of a sample is the one
+    :func:`captured_training_frame` uses.
     """
     reject = on_reject if on_reject is not None else _log_reject
     rows: list[dict[str, Any]] = []
@@ -261,7 +264,7 @@ def ingest_labels(
             "captured labels",
             entity=["sample_id"],
             timestamp="ts",
-            key=["sample_id"],
+            key=["sample_id", "ts"],
         )
     except FeatureStoreError as exc:
         for index, record in originals:

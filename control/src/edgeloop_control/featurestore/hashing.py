@@ -97,7 +97,8 @@ def _to_arrow(series: pd.Series) -> pa.Array:
         # Arrow's pandas bridge reads .values here, which pandas 3.1 deprecates.
         naive = series.dt.tz_convert(None).to_numpy()
         return pa.array(naive, from_pandas=True).cast(pa.timestamp("us", tz="UTC"), safe=False)
-    return pa.array(series.array, from_pandas=True)
+    values = series.to_numpy() if isinstance(series.dtype, np.dtype) else series.array
+    return pa.array(values, from_pandas=True)
 
 
 def data_hash(df: pd.DataFrame) -> str:

@@ -1,0 +1,527 @@
+"""The agent's speed and memory budget, each figure beside two baselines measured in the same run.
+
+Set-up (the product issue's): a 32-feature classifier trained by the product's own pipeline
+(HistGradientBoosting by default) on synthetic data, deployed twice (v1, v2) as an A/B
+experiment with weights 50/50; requests carry routing keys; drift monitoring, the feedback
+window and 5 % sampled capture to the outbox are on (the agent's defaults). The server under
+test (agent or baseline) is pinned to core 1; Mosquitto, the load (``mosquitto_pub -l``) and
+the reply capture (``mosquitto_sub``) share core 0. All requests are QoS 1 with an MQTT 5
+response topic; every reply is counted.
+
+Baselines (bench/baselines.py): echo = bare paho subscribe/json.loads/publish (the transport
+ceiling); sklearn = the same scikit-learn pipeline in process, one message at a time.
+
+Phases, for each server:
+  saturation  a burst of requests as fast as mosquitto_pub sends them; throughput =
+              replies / (last reply - first send); "mid" is the reply rate between the 10th
+              and 90th percentile of reply times (the sustained part of the burst);
+  latency     a paced open-loop Python publisher at --latency-rate; latency = reply receive
+              time (mosquitto_sub) - send time (just before publish), plus the agent's "ms";
+  sustained   (agent) --requests requests paced at --rate; zero loss is checked, VmRSS is
+              sampled every 0.5 s: steady state and growth over the run.
+
+    .venv/bin/python bench/bench_agent.py            # full run (~6 min)
+    .venv/bin/python bench/bench_agent.py --quick    # smoke run (~1 min)
+    .venv/bin/python bench/bench_agent.py --requests 1000000   # memory growth over 1M requests
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (
+    LOAD_CPU,
+    SERVER_CPU,
+    Client,
+    Publishers,
+    ReplySink,
+    Requests,
+    RssSampler,
+    cpu_seconds,
+    machine,
+    percentile,
+    pin,
+    publish_with_response,
+    rss_kib,
+    start_broker,
+)
+
+BENCH_DIR = Path(__file__).resolve().parent
+VENV_BIN = Path(sys.executable).parent
+DEVICE = "bench"
+N_FEATURES = 32
+
+
+# -- model -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Model:
+    name: str
+    version: str
+    onnx: bytes
+    pipeline: Any
+    feature_names: list[str]
+
+    @property
+    def sha256(self) -> str:
+        import hashlib
+
+        return hashlib.sha256(self.onnx).hexdigest()
+
+
+def train_models(algo: str, rows: int) -> list[Model]:
+    """Two versions of a 32-feature binary classifier (different seeds and data)."""
+    import pandas as pd
+
+    from edgeloop_control.training import TrainConfig, train
+
+    models = []
+    for seed, version in ((0, "v1"), (1, "v2")):
+        rng = np.random.default_rng(seed)
+        X = rng.normal(size=(rows, N_FEATURES))
+        logit = X[:, 0] + X[:, 1] * X[:, 2] - X[:, 3] + 0.5 * np.sin(3 * X[:, 4])
+        y = (logit + rng.normal(scale=0.5, size=rows) > 0).astype(int)
+        names = [f"f{i}" for i in range(N_FEATURES)]
+        frame = pd.DataFrame(X, columns=names)
+        frame["y"] = y
+        result = train(frame, TrainConfig(target="y", algo=algo, seed=seed))
+        models.append(Model("bench32", version, result.onnx_bytes, result.pipeline, names))
+    return models
+
+
+# -- servers -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    name: str
+    topic: str
+    proc: subprocess.Popen[bytes] | None = None
+    log: Path | None = None
+    results: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+def start_baseline(kind: str, port: int, work: Path, model_path: Path | None) -> Server:
+    topic = f"bench/{kind}/predict"
+    cmd = [sys.executable, str(BENCH_DIR / "baselines.py"), kind, "--port", str(port)]
+    cmd += ["--topic", topic]
+    if model_path is not None:
+        cmd += ["--model", str(model_path)]
+    log = work / f"{kind}.log"
+    proc = subprocess.Popen(
+        ["taskset", "-c", str(SERVER_CPU), *cmd],
+        stdout=subprocess.PIPE,
+        stderr=open(log, "wb"),  # noqa: SIM115 - closed with the process
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if line.strip() != b"ready":
+        raise RuntimeError(f"baseline {kind} did not start: {log.read_text()[-2000:]}")
+    return Server(kind, topic, proc, log)
+
+
+def start_agent(port: int, work: Path, models: list[Model], setup: Client) -> Server:
+    state = work / "agent-state"
+    state.mkdir(exist_ok=True)
+    config = work / "agent.toml"
+    config.write_text(
+        f'device_id = "{DEVICE}"\nbroker = "mqtt://127.0.0.1:{port}"\n'
+        f'state_dir = "{state}"\nlog_level = "WARNING"\n'
+    )
+    log = work / "agent.log"
+    proc = subprocess.Popen(
+        ["taskset", "-c", str(SERVER_CPU), str(VENV_BIN / "edgeloop-agent"), "-c", str(config)],
+        stdout=open(log, "wb"),  # noqa: SIM115 - closed with the process
+        stderr=subprocess.STDOUT,
+    )
+    status = f"edgeloop/{DEVICE}/status"
+    setup.subscribe(status)
+    for m in models:
+        setup.publish(f"edgeloop/models/{m.name}/{m.version}", m.onnx, retain=True)
+    desired = {
+        "revision": 1,
+        "models": [
+            {
+                "name": m.name,
+                "version": m.version,
+                "sha256": m.sha256,
+                "size": len(m.onnx),
+                "signature": None,
+                "role": "serve",
+                "weight": 50,
+            }
+            for m in models
+        ],
+    }
+    setup.publish(f"edgeloop/{DEVICE}/desired", json.dumps(desired).encode(), retain=True)
+    try:
+        setup.wait_json(status, lambda s: s.get("revision") == 1 and s.get("online"), 60)
+    except TimeoutError:
+        raise RuntimeError(f"agent did not deploy: {log.read_text()[-2000:]}") from None
+    return Server("agent", f"edgeloop/{DEVICE}/predict", proc, log)
+
+
+# -- phases ---------------------------------------------------------------------------------------
+
+
+def check_replies(sink: ReplySink, prefix: str, n: int) -> dict[str, Any]:
+    """Count replies, errors and distinct ids; reply receive times (ns) by request index."""
+    recv = np.full(n, -1, dtype=np.int64)
+    ms: list[float] = []
+    errors, dupes, total, other = 0, 0, 0, 0
+    for t_ns, payload in sink.records():
+        total += 1
+        doc = json.loads(payload)
+        if "error" in doc:
+            errors += 1
+        rid = doc.get("id") or ""
+        if not rid.startswith(prefix):
+            other += 1
+            continue
+        i = int(rid[len(prefix) :].split("-", 1)[0])
+        if recv[i] >= 0:
+            dupes += 1
+        else:
+            recv[i] = t_ns
+        if "ms" in doc:
+            ms.append(doc["ms"])
+    answered = int((recv >= 0).sum())
+    return {
+        "sent": n,
+        "replies": total,
+        "answered": answered,
+        "lost": n - answered,
+        "errors": errors,
+        "duplicates": dupes,
+        "foreign": other,
+        "recv": recv,
+        "agent_ms": ms,
+    }
+
+
+def saturation(server: Server, port: int, work: Path, feature_names: list[str], n: int) -> dict:
+    reply_topic = f"bench/{server.name}/sat"
+    sink = ReplySink(port, reply_topic, work / f"{server.name}-sat.txt")
+    time.sleep(0.3)  # the subscription must land before the first reply
+    pubs = Publishers(port, server.topic, reply_topic, k=2).start()
+    requests = Requests(feature_names, prefix="s")
+    cpu0 = cpu_seconds(server.pid)
+    t_send = time.time_ns()
+    w0 = time.perf_counter()
+    pubs.feed(requests, n, rate=None)
+    pubs.close()
+    sink.wait(n, timeout=max(120.0, n / 500), idle=10.0)
+    wall = time.perf_counter() - w0
+    cpu1 = cpu_seconds(server.pid)
+    sink.close()
+    res = check_replies(sink, "s", n)
+    res.pop("agent_ms")
+    recv = np.sort(res.pop("recv"))
+    return finish_saturation(res, recv, t_send, cpu0, cpu1, wall)
+
+
+def finish_saturation(
+    res: dict, recv: np.ndarray, t_send: int, cpu0: float | None, cpu1: float | None, wall: float
+) -> dict:
+    recv = recv[recv >= 0]
+    if recv.size >= 10:
+        res["rate"] = recv.size / ((recv[-1] - t_send) / 1e9)
+        lo, hi = recv[int(0.1 * recv.size)], recv[int(0.9 * recv.size) - 1]
+        res["rate_mid"] = (int(0.9 * recv.size) - int(0.1 * recv.size)) / max((hi - lo) / 1e9, 1e-9)
+    else:
+        res["rate"] = res["rate_mid"] = float("nan")
+    if cpu0 is not None and cpu1 is not None:
+        res["cpu"] = (cpu1 - cpu0) / wall
+    return res
+
+
+def latency(server: Server, port: int, work: Path, feature_names: list[str], rate: float,
+            seconds: float) -> dict:  # fmt: skip
+    import paho.mqtt.client as mqtt
+
+    reply_topic = f"bench/{server.name}/lat"
+    sink = ReplySink(port, reply_topic, work / f"{server.name}-lat.txt")
+    client = Client(port, f"pacer-{server.name}")
+    time.sleep(0.3)
+    n = int(rate * seconds)
+    requests = Requests(feature_names, prefix="L")
+    send_ns = np.zeros(n, dtype=np.int64)
+    pub: mqtt.Client = client.client
+    t0 = time.perf_counter()
+    for i in range(n):
+        payload = requests.line(i)
+        delay = t0 + i / rate - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        send_ns[i] = time.time_ns()
+        publish_with_response(pub, server.topic, payload, reply_topic)
+    sink.wait(n, timeout=max(30.0, seconds * 3), idle=10.0)
+    client.close()
+    sink.close()
+    res = check_replies(sink, "L", n)
+    recv = res.pop("recv")
+    ok = recv >= 0
+    lat_ms = np.sort((recv[ok] - send_ns[ok]) / 1e6)
+    agent_ms = sorted(res.pop("agent_ms"))
+    res["offered_rate"] = n / (time.perf_counter() - t0)
+    for q in (50, 99, 99.9):
+        res[f"p{q:g}"] = percentile(lat_ms.tolist(), q)
+        res[f"agent_p{q:g}"] = percentile(agent_ms, q) if agent_ms else None
+    res["max"] = float(lat_ms[-1]) if lat_ms.size else float("nan")
+    return res
+
+
+def sustained(server: Server, port: int, work: Path, feature_names: list[str], rate: float,
+              n: int) -> dict:  # fmt: skip
+    reply_topic = f"bench/{server.name}/sus"
+    sink = ReplySink(port, reply_topic, work / f"{server.name}-sus.txt")
+    time.sleep(0.3)
+    pubs = Publishers(port, server.topic, reply_topic, k=2).start()
+    sampler = RssSampler(server.pid, 0.5).start()
+    requests = Requests(feature_names, prefix="u")
+    cpu0 = cpu_seconds(server.pid)
+    t_send = time.time_ns()
+    w0 = time.perf_counter()
+    feed_s = pubs.feed(requests, n, rate=rate)
+    pubs.close()
+    sink.wait(n, timeout=120.0, idle=10.0)
+    wall = time.perf_counter() - w0
+    cpu1 = cpu_seconds(server.pid)
+    time.sleep(1.0)
+    samples = sampler.stop()
+    sink.close()
+    res = check_replies(sink, "u", n)
+    res.pop("agent_ms")
+    recv = res.pop("recv")
+    ok = recv >= 0
+    scheduled = t_send + (np.arange(n) / rate * 1e9).astype(np.int64)
+    lag_ms = np.sort((recv[ok] - scheduled[ok]) / 1e6)
+    res["offered_rate"] = n / feed_s
+    res.update(finish_saturation({}, np.sort(recv), t_send, cpu0, cpu1, wall))
+    res["lag_p99"] = percentile(lag_ms.tolist(), 99)
+    res["lag_max"] = float(lag_ms[-1]) if lag_ms.size else float("nan")
+    res["rss"] = summarize_rss(samples, w0, w0 + feed_s)
+    return res
+
+
+def summarize_rss(samples: list[tuple[float, int]], start: float, end: float) -> dict[str, Any]:
+    """Steady state = median VmRSS over the second half of the load; growth = the last tenth
+    of the load minus the first tenth after the warm-up tenth (so the feedback window, drift
+    windows and outbox have filled once)."""
+    during = [(t, k) for t, k in samples if start <= t <= end]
+    if len(during) < 10:
+        return {"steady_mb": None, "growth_mb": None, "peak_mb": None, "timeline": []}
+    span = end - start
+
+    def window(a: float, b: float) -> list[int]:
+        return [k for t, k in during if start + a * span <= t <= start + b * span]
+
+    steady = statistics.median(window(0.5, 1.0))
+    early = statistics.median(window(0.1, 0.2) or [during[0][1]])
+    late = statistics.median(window(0.9, 1.0) or [during[-1][1]])
+    marks = [during[int(i * (len(during) - 1) / 10)] for i in range(11)]
+    return {
+        "steady_mb": steady / 1024,
+        "growth_mb": (late - early) / 1024,
+        "peak_mb": max(k for _, k in samples) / 1024,
+        "timeline": [(round(t - start, 1), round(k / 1024, 1)) for t, k in marks],
+    }
+
+
+# -- report ---------------------------------------------------------------------------------------
+
+
+def fmt(x: Any, spec: str = ",.0f") -> str:
+    if x is None or (isinstance(x, float) and x != x):
+        return "-"
+    return format(x, spec)
+
+
+def ratio(a: Any, b: Any) -> str:
+    if not a or not b or a != a or b != b:
+        return "-"
+    return f"{a / b:.2f}x"
+
+
+def report(info: dict, cfg: dict, servers: dict[str, Server]) -> None:
+    agent = servers["agent"].results
+    echo = servers.get("echo", Server("echo", "")).results
+    skl = servers.get("sklearn", Server("sklearn", "")).results
+    print()
+    print("== edgeloop agent benchmark ==")
+    print(" ".join(f"{k}={v}" for k, v in info.items()))
+    print(" ".join(f"{k}={v}" for k, v in cfg.items()))
+    print()
+    head = f"{'figure':40} {'target':>10} {'agent':>10} {'echo':>10} {'sklearn':>10}"
+    print(head + f" {'vs echo':>8} {'vs skl':>8}")
+    print("-" * len(head + " " * 18))
+
+    def row(label: str, target: str, key: str, phase: str, spec: str = ",.0f") -> None:
+        a = agent.get(phase, {}).get(key)
+        e = echo.get(phase, {}).get(key)
+        s = skl.get(phase, {}).get(key)
+        print(f"{label:40} {target:>10} {fmt(a, spec):>10} {fmt(e, spec):>10} {fmt(s, spec):>10} "
+              f"{ratio(a, e):>8} {ratio(a, s):>8}")  # fmt: skip
+
+    row("saturation throughput (req/s)", ">=10,000", "rate", "sat")
+    row("  mid-burst reply rate (req/s)", "", "rate_mid", "sat")
+    row("  server CPU (cores)", "", "cpu", "sat", ".2f")
+    row("  lost requests", "0", "lost", "sat", "d")
+    row("latency p50 (ms) @ rate", "", "p50", "lat", ".3f")
+    row("latency p99 (ms) @ rate", "<=2", "p99", "lat", ".3f")
+    row("latency p99.9 (ms) @ rate", "", "p99.9", "lat", ".3f")
+    row("  agent-side ms p99", "", "agent_p99", "lat", ".3f")
+    row("  lost requests", "0", "lost", "lat", "d")
+    row("RSS steady, idle after load (MB)", "", "rss_mb", "mem", ".1f")
+    sus = agent.get("sus")
+    if sus:
+        rss = sus["rss"]
+        print()
+        print(f"sustained: {sus['sent']:,} requests offered at {sus['offered_rate']:,.0f}/s: "
+              f"answered {sus['answered']:,}, lost {sus['lost']}, errors {sus['errors']}, "
+              f"duplicates {sus['duplicates']}, reply rate {fmt(sus['rate'])}/s, "
+              f"agent CPU {fmt(sus.get('cpu'), '.2f')} cores, lag p99 {sus['lag_p99']:.1f} ms, "
+              f"max {sus['lag_max']:.1f} ms")  # fmt: skip
+        print(f"  RSS steady state {fmt(rss['steady_mb'], '.1f')} MB (target <= 80), "
+              f"growth {fmt(rss['growth_mb'], '+.2f')} MB (target <= 2), "
+              f"peak {fmt(rss['peak_mb'], '.1f')} MB; echo steady "
+              f"{fmt(echo.get('mem', {}).get('rss_mb'), '.1f')} MB, sklearn "
+              f"{fmt(skl.get('mem', {}).get('rss_mb'), '.1f')} MB")  # fmt: skip
+        print("  RSS timeline (s, MB): " + ", ".join(f"{t}:{m}" for t, m in rss["timeline"]))
+    print("drift update cost: see bench/bench_drift.py (target <= 2 us/feature/row)")
+
+
+# -- main ---------------------------------------------------------------------------------------
+
+
+def run_server(server: Server, port: int, work: Path, names: list[str], args: Any,
+               sat_n: int) -> None:  # fmt: skip
+    r = server.results
+    warm = Requests(names, prefix="w")
+    sink = ReplySink(port, f"bench/{server.name}/warm", work / f"{server.name}-warm.txt")
+    time.sleep(0.3)
+    pubs = Publishers(port, server.topic, f"bench/{server.name}/warm", k=1).start()
+    pubs.feed(warm, args.warmup, rate=min(args.rate, 2000.0))
+    pubs.close()
+    sink.wait(args.warmup, timeout=60)
+    sink.close()
+    print(f"[{server.name}] saturation: {sat_n:,} requests", flush=True)
+    r["sat"] = saturation(server, port, work, names, sat_n)
+    print(f"[{server.name}]   {fmt(r['sat']['rate'])} req/s, lost {r['sat']['lost']}", flush=True)
+    time.sleep(1.0)
+    print(f"[{server.name}] latency: {args.latency_rate:g}/s for {args.latency_seconds:g} s",
+          flush=True)  # fmt: skip
+    r["lat"] = latency(server, port, work, names, args.latency_rate, args.latency_seconds)
+    print(f"[{server.name}]   p99 {r['lat']['p99']:.3f} ms, lost {r['lat']['lost']}", flush=True)
+    if server.name == "agent":
+        print(f"[agent] sustained: {args.requests:,} requests at {args.rate:,.0f}/s", flush=True)
+        r["sus"] = sustained(server, port, work, names, args.rate, args.requests)
+        print(f"[agent]   lost {r['sus']['lost']}, RSS {r['sus']['rss']['steady_mb']} MB",
+              flush=True)  # fmt: skip
+    time.sleep(1.0)
+    r["mem"] = {"rss_mb": (rss_kib(server.pid) or 0) / 1024}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="smoke run, about a minute")
+    ap.add_argument("--requests", type=int, help="sustained-run requests (memory growth)")
+    ap.add_argument("--rate", type=float, default=10_000, help="sustained offered rate, req/s")
+    ap.add_argument("--sat", type=int, help="saturation burst size for the agent and echo")
+    ap.add_argument("--latency-rate", type=float, default=1000.0)
+    ap.add_argument("--latency-seconds", type=float)
+    ap.add_argument("--algo", default="hgb", choices=["hgb", "rf", "logreg"])
+    ap.add_argument("--only", choices=["agent", "echo", "sklearn"], action="append",
+                    help="run only these servers (repeatable); default all three")  # fmt: skip
+    ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = ap.parse_args()
+    quick = args.quick
+    args.requests = args.requests or (60_000 if quick else 600_000)
+    args.latency_seconds = args.latency_seconds or (5.0 if quick else 20.0)
+    args.warmup = 2000
+    sat_n = args.sat or (30_000 if quick else 200_000)
+    skl_n = max(1000, sat_n // 40)
+    only = args.only or ["echo", "sklearn", "agent"]
+
+    info = machine()
+    work = Path(tempfile.mkdtemp(prefix="edgeloop-bench-"))
+    print(f"training 2 x {args.algo} on {N_FEATURES} features ...", flush=True)
+    models = train_models(args.algo, 5000)
+    model_path = work / "pipeline.pkl"
+    with open(model_path, "wb") as fh:
+        pickle.dump({"pipeline": models[0].pipeline, "feature_names": models[0].feature_names}, fh)
+    pin(os.getpid(), LOAD_CPU)
+    broker = start_broker(work)
+    setup = Client(broker.port, "bench-setup")
+    servers: dict[str, Server] = {}
+    names = models[0].feature_names
+    try:
+        for kind in only:
+            if kind == "agent":
+                server = start_agent(broker.port, work, models, setup)
+            else:
+                path = model_path if kind == "sklearn" else None
+                server = start_baseline(kind, broker.port, work, path)
+            servers[kind] = server
+            try:
+                run_server(server, broker.port, work, names, args,
+                           skl_n if kind == "sklearn" else sat_n)  # fmt: skip
+            finally:
+                server.stop()
+    finally:
+        setup.close()
+        broker.stop()
+    cfg = {
+        "model": f"{args.algo} x2 (A/B 50/50)",
+        "features": N_FEATURES,
+        "sat_burst": sat_n,
+        "sklearn_burst": skl_n,
+        "latency_rate": args.latency_rate,
+        "sustained": f"{args.requests}@{args.rate:g}/s",
+        "work": work if args.keep else "(removed)",
+    }
+    servers.setdefault("agent", Server("agent", ""))
+    report(info, cfg, servers)
+    if not args.keep:
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -189,3 +190,26 @@ def test_training_frame_spans_versions_and_unknown_models_fail(store: FeatureSto
     assert np.isnan(frame["hum"].iloc[0]) and frame["hum"].iloc[1] == 0.7
     with pytest.raises(UnknownViewError, match="no captured samples for model 'ghost'"):
         store.captured_training_frame("ghost")
+
+
+def test_mqtt_messages_with_and_without_outbox_envelopes(store: FeatureStore) -> None:
+    def envelope(record: dict, kind: str) -> bytes:
+        body = {"id": f"m-{record['sample_id']}", "device_id": "dev1", "kind": kind}
+        return json.dumps({**body, "ts": record["ts"], "payload": record}).encode()
+
+    messages = [
+        ("edgeloop/dev1/samples", envelope(sample(0), "sample")),
+        ("edgeloop/dev1/samples", json.dumps(sample(1))),
+        ("edgeloop/dev1/samples", envelope(sample(0), "sample")),  # re-delivered
+        ("edgeloop/dev1/labels", envelope(label(0, 1), "label")),
+        ("edgeloop/dev1/labels", b"{not json"),
+        ("edgeloop/dev1/telemetry", b"{}"),
+        ("edgeloop/dev1/samples", envelope(sample(7, ts=None), "sample")),
+    ]
+    rejects = Rejects()
+    counts = store.ingest_messages(messages, on_reject=rejects)
+    assert counts == {"samples": (2, 1), "labels": (1, 0)}
+    assert [index for index, _ in rejects] == [4, 5, 6]
+    assert "not JSON" in rejects[0][1] and "neither samples nor labels" in rejects[1][1]
+    assert "'ts' must be unix seconds" in rejects[2][1]
+    assert store.captured_training_frame("sensor")["sample_id"].tolist() == [sample(0)["sample_id"]]

@@ -13,6 +13,7 @@ from edgeloop_control.featurestore.captured import (
     captured_training_frame,
     captured_view,
     ingest_labels,
+    ingest_messages,
     ingest_samples,
 )
 from edgeloop_control.featurestore.catalog import FileEntry, PartitionStats, ViewVersion
@@ -49,5 +50,6 @@ __all__ = [
     "captured_view",
     "data_hash",
     "ingest_labels",
+    "ingest_messages",
     "ingest_samples",
 ]

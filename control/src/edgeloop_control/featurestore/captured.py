@@ -273,6 +273,54 @@ def ingest_labels(
     return result.accepted, result.duplicates
 
 
+# -- MQTT messages -------------------------------------------------------------------
+
+
+def ingest_messages(
+    store: FeatureStore,
+    messages: Iterable[tuple[str, bytes | str | Mapping[str, Any]]],
+    *,
+    on_reject: RejectHandler | None = None,
+) -> dict[str, tuple[int, int]]:
+    """Store a batch of MQTT messages from ``{prefix}/{device}/samples`` and ``.../labels``.
+
+    ``messages`` are ``(topic, payload)`` pairs as received; a payload is JSON
+    text (or bytes, or an already decoded dict): an agent outbox envelope
+    ``{"id", "device_id", "kind", "ts", "payload": record}`` or a bare record.
+    Returns ``{"samples": (accepted, duplicates), "labels": (...)}``; messages
+    on other topics or that are not JSON objects go to ``on_reject``.
+    """
+    reject = on_reject if on_reject is not None else _log_reject
+    batches: dict[str, tuple[list[Any], list[int]]] = {"samples": ([], []), "labels": ([], [])}
+    for index, (topic, payload) in enumerate(messages):
+        kind = topic.rsplit("/", 1)[-1] if isinstance(topic, str) else ""
+        if kind not in ("samples", "labels"):
+            reject(index, payload, f"topic {topic!r} carries neither samples nor labels")
+            continue
+        try:
+            record = json.loads(payload) if isinstance(payload, (bytes, str)) else payload
+        except (UnicodeDecodeError, ValueError) as exc:
+            reject(index, payload, f"payload is not JSON: {exc}")
+            continue
+        if isinstance(record, Mapping) and "payload" in record and "kind" in record:
+            record = record["payload"]  # unwrap the outbox envelope
+        records, indices = batches[kind]
+        records.append(record)
+        indices.append(index)
+
+    def ingest(kind: str) -> tuple[int, int]:
+        records, indices = batches[kind]
+        if not records:
+            return 0, 0
+        ingester = ingest_samples if kind == "samples" else ingest_labels
+        # Report rejections by the message's position, not the record's in its kind.
+        return ingester(
+            store, records, on_reject=lambda i, record, reason: reject(indices[i], record, reason)
+        )
+
+    return {"samples": ingest("samples"), "labels": ingest("labels")}
+
+
 # -- training frame ------------------------------------------------------------------
 
 

@@ -706,6 +706,14 @@ class FeatureStore:
 
         return ingest_labels(self, records, **kwargs)
 
+    def ingest_messages(
+        self, messages: Sequence[tuple[str, Any]], **kwargs: Any
+    ) -> dict[str, tuple[int, int]]:
+        """Store MQTT sample/label messages; see :func:`.captured.ingest_messages`."""
+        from edgeloop_control.featurestore.captured import ingest_messages
+
+        return ingest_messages(self, messages, **kwargs)
+
     def captured_training_frame(
         self, model: str, since: Any = None, until: Any = None
     ) -> pd.DataFrame:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import numbers
 import re
 from typing import Any
 
@@ -121,10 +122,10 @@ def parse_ttl(value: Any) -> dt.timedelta | None:
         return None
     if isinstance(value, dt.timedelta):
         ttl = pd.Timedelta(value).to_pytimedelta()
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+    elif isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
         if not math.isfinite(value):
             raise InvalidInputError(f"ttl must be finite, got {value!r}")
-        ttl = dt.timedelta(seconds=value)
+        ttl = dt.timedelta(seconds=float(value))
     elif isinstance(value, str):
         ttl = _ttl_from_text(value)
     else:

@@ -11,9 +11,14 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import stat
 import sys
+import time
 
 log = logging.getLogger("edgeloop.agent.systemd")
+
+# libsystemd's sd_journal_send() always writes here; it is not configurable.
+JOURNAL_SOCKET = "/run/systemd/journal/socket"
 
 
 def under_systemd() -> bool:
@@ -24,6 +29,11 @@ class Notifier:
     def __init__(self) -> None:
         self.address = os.environ.get("NOTIFY_SOCKET")
         self._sd_notify = None
+        # The caller may poll far more often than systemd needs a ping (the
+        # housekeeping loop runs every 0.2 s); every datagram wakes PID 1, so
+        # pings are spaced at half WatchdogSec, as sd_watchdog_enabled(3) advises.
+        self._watchdog_every = watchdog_interval()
+        self._last_watchdog = float("-inf")
         if not self.address:
             return
         try:
@@ -58,16 +68,26 @@ class Notifier:
             sock.sendall(message.encode())
 
     def ready(self, status: str) -> None:
-        self.notify(f"READY=1\nSTATUS={status}")
+        self.notify(f"READY=1\nSTATUS={_one_line(status)}")
 
     def status(self, status: str) -> None:
-        self.notify(f"STATUS={status}")
+        self.notify(f"STATUS={_one_line(status)}")
 
     def watchdog(self) -> None:
+        now = time.monotonic()
+        if self._watchdog_every is not None and now - self._last_watchdog < self._watchdog_every:
+            return
+        self._last_watchdog = now
         self.notify("WATCHDOG=1")
 
     def stopping(self, status: str = "draining") -> None:
-        self.notify(f"STOPPING=1\nSTATUS={status}")
+        self.notify(f"STOPPING=1\nSTATUS={_one_line(status)}")
+
+
+def _one_line(status: str) -> str:
+    # Status text carries model names from the desired-state document: a newline
+    # in it would start a new notify field (READY=1, WATCHDOG=trigger, ...).
+    return " ".join(status.splitlines())
 
 
 def watchdog_interval() -> float | None:
@@ -82,20 +102,72 @@ def watchdog_interval() -> float | None:
         return None
 
 
+def journal_available() -> bool:
+    """True if systemd-python is installed and journald listens on its socket.
+
+    Without journald, sd_journal_send() returns success and drops the message
+    (libsystemd treats a missing socket as "no journal"), so the JournalHandler
+    would lose every log line silently; probing the socket avoids that.
+    """
+    try:
+        from systemd import journal  # noqa: F401
+    except ImportError:
+        return False
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(JOURNAL_SOCKET)  # refused if the socket is stale
+    except OSError:
+        return False
+    return True
+
+
+def stderr_is_journal() -> bool:
+    """True if stderr is the journal stream systemd connected (JOURNAL_STREAM=dev:ino)."""
+    value = os.environ.get("JOURNAL_STREAM", "")
+    dev, _, ino = value.partition(":")
+    try:
+        st = os.fstat(sys.stderr.fileno())
+        return stat.S_ISSOCK(st.st_mode) and (st.st_dev, st.st_ino) == (int(dev), int(ino))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+class _PriorityFormatter(logging.Formatter):
+    """``<N>`` syslog priority prefixes, which journald parses on a stream (sd-daemon(3))."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        level = record.levelno
+        if level >= logging.CRITICAL:
+            prio = 2
+        elif level >= logging.ERROR:
+            prio = 3
+        elif level >= logging.WARNING:
+            prio = 4
+        elif level >= logging.INFO:
+            prio = 6
+        else:
+            prio = 7
+        return f"<{prio}>{super().format(record)}"
+
+
 def setup_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers.clear()
     root.setLevel(level.upper())
-    handler: logging.Handler | None = None
-    if os.environ.get("JOURNAL_STREAM") or os.environ.get("INVOCATION_ID"):
-        try:
-            from systemd.journal import JournalHandler
+    handler: logging.Handler
+    if (os.environ.get("JOURNAL_STREAM") or os.environ.get("INVOCATION_ID")) and (
+        journal_available()
+    ):
+        from systemd.journal import JournalHandler
 
-            handler = JournalHandler(SYSLOG_IDENTIFIER="edgeloop-agent")
-            handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
-        except ImportError:
-            handler = None
-    if handler is None:
+        handler = JournalHandler(SYSLOG_IDENTIFIER="edgeloop-agent")
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    elif stderr_is_journal():
+        # Journald without systemd-python: stderr already is the journal, which
+        # stamps each line itself and reads the priority from the prefix.
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_PriorityFormatter("%(name)s: %(message)s"))
+    else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)

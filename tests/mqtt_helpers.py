@@ -32,7 +32,14 @@ VENV_BIN = Path(sys.executable).parent
 class Probe:
     """A paho client that records every message on its subscriptions."""
 
-    def __init__(self, url: str, *, protocol: int = mqtt.MQTTv5, client_id: str | None = None):
+    def __init__(
+        self,
+        url: str,
+        *,
+        protocol: int = mqtt.MQTTv5,
+        client_id: str | None = None,
+        persistent: bool = False,
+    ):
         addr = BrokerAddress.parse(url)
         self.protocol = protocol
         self.client = mqtt.Client(
@@ -47,7 +54,17 @@ class Probe:
         self.client.on_connect = lambda *a: self._connected.set()
         self.client.on_message = lambda _c, _u, m: self.messages.put(m)
         self.client.on_socket_open = no_delay
-        self.client.connect(addr.host, addr.port, keepalive=30)
+        if persistent:
+            # A durable subscriber: its session (and queued QoS 1 messages)
+            # survives its own disconnects and broker restarts.
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = 3600
+            self.client.reconnect_delay_set(0.2, 1)
+            self.client.connect(
+                addr.host, addr.port, keepalive=30, clean_start=False, properties=props
+            )
+        else:
+            self.client.connect(addr.host, addr.port, keepalive=30)
         self.client.loop_start()
         assert self._connected.wait(10), "probe could not connect to the test broker"
 

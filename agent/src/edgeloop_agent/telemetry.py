@@ -24,7 +24,7 @@ from typing import Any
 
 from edgeloop_agent import __version__
 from edgeloop_agent.deployment import Deployment
-from edgeloop_agent.drift import DDM, DriftConfig, DriftMonitor, ReferenceProfile
+from edgeloop_agent.drift import HDDM_A, DriftConfig, DriftMonitor, ReferenceProfile
 from edgeloop_agent.feedback import FeedbackJoiner
 from edgeloop_agent.metrics import Metrics
 from edgeloop_agent.model import OnnxModel, Outputs
@@ -44,7 +44,7 @@ class _VariantState:
     model: OnnxModel
     role: str
     monitor: DriftMonitor | None
-    concept: DDM
+    concept: HDDM_A
     numeric_index: list[int] | None  # profile order -> model numeric column order
     profile_error: str | None = None
 
@@ -124,7 +124,7 @@ class Telemetry(ServingHooks):
                 error = f"reference profile does not match {model.ref}: {exc}"
         if error:
             log.error("drift monitoring off for %s: %s", variant, error)
-        return _VariantState(model, role, monitor, DDM(), index, error)
+        return _VariantState(model, role, monitor, HDDM_A(), index, error)
 
     # -- serving hooks (serving thread) ------------------------------------------
 

@@ -63,7 +63,10 @@ def classification_metrics(
     # ~1e-7 each and split exact ties (a forest votes in steps of 1/n_trees), which
     # moved a 15-tree forest's AUC by 0.001. log_loss, though, warns unless rows sum
     # to one within 1.5e-8, which float32 rows do not.
-    normalised = probabilities / probabilities.sum(axis=1, keepdims=True)
+    # In float64 and clipped: a float32 division can land on 1.0000001, which
+    # scikit-learn's log_loss rejects outright.
+    as64 = np.asarray(probabilities, dtype=np.float64)
+    normalised = np.clip(as64 / as64.sum(axis=1, keepdims=True), 0.0, 1.0)
     present = set(np.unique(y_true).tolist())
     known = present <= set(classes)
     roc_auc: float | None = None

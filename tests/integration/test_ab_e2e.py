@@ -127,7 +127,7 @@ def test_feedback_outcomes_per_variant_reach_telemetry(workspace, broker, probe,
     for _ in range(deadline_reports):
         env = probe.next_json(5, topic=f"edgeloop/{DEVICE}/telemetry")
         report = env["payload"]
-        unknown += report["feedback"].get("unknown", 0)
+        unknown = max(unknown, report["feedback"].get("unknown", 0))  # cumulative counter
         for variant, m in report["metrics"]["variants"].items():
             outcome = m.get("classification") or {}
             n, correct = outcome.get("n", 0), outcome.get("correct", 0)
@@ -136,6 +136,11 @@ def test_feedback_outcomes_per_variant_reach_telemetry(workspace, broker, probe,
             t[1] += correct
         if sum(totals.get(v, [0])[0] for v in expected) == len(rows) and totals.get("sensor@v3", [0])[0] == len(rows):
             break
+    for _ in range(3):  # the stray feedback may land in a later report
+        if unknown:
+            break
+        env = probe.next_json(5, topic=f"edgeloop/{DEVICE}/telemetry")
+        unknown = max(unknown, env["payload"]["feedback"].get("unknown", 0))
     for variant, outcomes in expected.items():
         assert totals[variant] == [len(outcomes), sum(outcomes)], variant
     assert totals["sensor@v3"][0] == len(rows)  # the shadow was graded on every request too

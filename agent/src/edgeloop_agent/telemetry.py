@@ -344,7 +344,7 @@ class Telemetry(ServingHooks):
             "drift": windows,
             "drift_windows_dropped": self._windows_dropped,
             "concept_drift": concept,
-            "feedback": self._joiner.stats() if self._joiner else {},
+            "feedback": self._joiner.stats() if self._joiner is not None else {},
             "capture": {
                 "rate": self.capture_rate,
                 "captured": self.captured,

@@ -42,6 +42,55 @@ CREATE TABLE IF NOT EXISTS events (
     data TEXT
 );
 CREATE INDEX IF NOT EXISTS events_kind ON events(kind, ts);
+CREATE TABLE IF NOT EXISTS variant_stats (
+    report_id TEXT NOT NULL,
+    variant TEXT NOT NULL,
+    device TEXT NOT NULL,
+    ts REAL NOT NULL,
+    experiment TEXT,
+    revision INTEGER,
+    role TEXT,
+    version TEXT,
+    requests INTEGER NOT NULL DEFAULT 0,
+    predictions INTEGER NOT NULL DEFAULT 0,
+    errors INTEGER NOT NULL DEFAULT 0,
+    cls_n INTEGER NOT NULL DEFAULT 0,
+    cls_correct INTEGER NOT NULL DEFAULT 0,
+    reg_n INTEGER NOT NULL DEFAULT 0,
+    reg_sum_abs REAL NOT NULL DEFAULT 0,
+    reg_sum_sq REAL NOT NULL DEFAULT 0,
+    latency TEXT,
+    PRIMARY KEY (report_id, variant)
+);
+CREATE INDEX IF NOT EXISTS variant_stats_ts ON variant_stats(variant, ts);
+CREATE TABLE IF NOT EXISTS drift_windows (
+    report_id TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    device TEXT NOT NULL,
+    variant TEXT NOT NULL,
+    version TEXT,
+    start REAL,
+    end REAL NOT NULL,
+    n INTEGER NOT NULL,
+    enough_data INTEGER NOT NULL,
+    dataset_drift INTEGER NOT NULL,
+    output_drift INTEGER NOT NULL,
+    drifted TEXT NOT NULL,
+    doc TEXT NOT NULL,
+    PRIMARY KEY (report_id, idx)
+);
+CREATE INDEX IF NOT EXISTS drift_windows_end ON drift_windows(variant, end);
+CREATE TABLE IF NOT EXISTS concept_drift (
+    report_id TEXT NOT NULL,
+    variant TEXT NOT NULL,
+    device TEXT NOT NULL,
+    ts REAL NOT NULL,
+    n INTEGER NOT NULL,
+    error_rate REAL,
+    drift INTEGER NOT NULL,
+    detections INTEGER NOT NULL,
+    PRIMARY KEY (report_id, variant)
+);
 CREATE TABLE IF NOT EXISTS seen_messages (
     msg_id TEXT PRIMARY KEY,
     ts REAL NOT NULL

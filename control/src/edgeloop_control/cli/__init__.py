@@ -39,10 +39,11 @@ def _root(
 
 def _register() -> None:
     # Imported here so `edgeloop --help` stays fast and each module stays small.
-    from edgeloop_control.cli import commands, features, fleet, models, runs
+    from edgeloop_control.cli import commands, features, fleet, models, runs, serve
 
     commands.register(app)
     fleet.register(app)
+    serve.register(app)
     app.add_typer(models.app, name="models", help="Model registry (git + DVC, GTO tags).")
     app.add_typer(features.app, name="features", help="Versioned feature store.")
     app.add_typer(runs.app, name="runs", help="Experiment tracking runs (MLflow).")

@@ -1,0 +1,33 @@
+"""``edgeloop serve``: run the control daemon in the foreground."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Annotated
+
+import typer
+
+from edgeloop_control.cli.common import state
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve)
+
+
+def serve(
+    ctx: typer.Context,
+    tick: Annotated[float, typer.Option(help="seconds between policy evaluations")] = 1.0,
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING")] = "INFO",
+) -> None:
+    """Ingest fleet telemetry, keep the inventory, run retraining/A-B/rollout policies."""
+    from edgeloop_agent.systemd import setup_logging
+    from edgeloop_control.daemon.build import build_daemon
+
+    setup_logging(log_level)
+    st = state(ctx)
+    daemon = build_daemon(st.workspace, st.broker, tick_s=tick)
+    logging.getLogger("edgeloop.control").info(
+        "control daemon for %s on %s", st.workspace.root, st.broker
+    )
+    sys.exit(daemon.run())

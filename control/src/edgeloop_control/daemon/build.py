@@ -1,0 +1,21 @@
+"""Assemble the control daemon with its policies from the workspace config."""
+
+from __future__ import annotations
+
+from edgeloop_control.daemon.service import ControlDaemon
+from edgeloop_control.workspace import Workspace
+
+
+def build_daemon(ws: Workspace, broker_url: str, *, tick_s: float = 1.0) -> ControlDaemon:
+    from edgeloop_control.experiments import ExperimentManager
+    from edgeloop_control.retrain import RetrainPolicy
+    from edgeloop_control.rollout import RolloutManager
+
+    daemon = ControlDaemon(ws, broker_url, tick_s=tick_s)
+    rollouts = RolloutManager(ws, daemon.db, daemon.publisher)
+    experiments = ExperimentManager(ws, daemon.db, daemon.publisher, rollouts=rollouts)
+    retrain = RetrainPolicy(ws, daemon.db, daemon.store, experiments=experiments)
+    # Order matters within one tick: fresh drift can start an experiment, a
+    # decided experiment can start a rollout, and the rollout moves first.
+    daemon.policies = [retrain, experiments, rollouts]
+    return daemon

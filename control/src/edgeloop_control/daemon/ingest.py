@@ -1,0 +1,150 @@
+"""Fleet messages -> the control database, idempotently.
+
+Agents deliver at least once; every table written here is keyed by the id the
+agent put in the message (report id, window index, sample id), so a message
+that arrives twice changes nothing the second time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from edgeloop_control.controldb import ControlDB
+
+log = logging.getLogger("edgeloop.control.ingest")
+
+
+class IngestError(ValueError):
+    """A fleet message the control node cannot use; counted and logged."""
+
+
+def handle_status(db: ControlDB, device: str, doc: Any) -> None:
+    if not isinstance(doc, dict):
+        raise IngestError(f"status of {device} is not a JSON object")
+    online = bool(doc.get("online"))
+    fields: dict[str, Any] = {"online": 1 if online else 0, "status": doc}
+    if online:
+        fields["last_seen"] = float(doc.get("ts") or time.time())
+        fields["reported_revision"] = doc.get("revision")
+    with db.transaction():
+        previous = db.device(device)
+        db.upsert_device(device, **fields)
+        was_online = bool(previous and previous.get("online"))
+        if previous is None or was_online != online:
+            what = "online" if online else f"offline ({doc.get('reason', 'lost')})"
+            db.add_event("device", f"{device} is {what}", subject=device)
+        error = doc.get("error")
+        old_error = (previous or {}).get("status", {}) or {}
+        if error and error != old_error.get("error"):
+            db.add_event(
+                "device_error",
+                f"{device}: {error.get('code')}: {error.get('message')}",
+                subject=device,
+                data=error,
+            )
+
+
+def handle_report(db: ControlDB, envelope: Any) -> bool:
+    """Store one telemetry report; False if it was already stored."""
+    if not isinstance(envelope, dict) or not isinstance(envelope.get("payload"), dict):
+        raise IngestError("telemetry message is not an outbox envelope")
+    report = envelope["payload"]
+    report_id = str(envelope.get("id") or report.get("report_id") or "")
+    device = report.get("device") or envelope.get("device_id")
+    if not report_id or not isinstance(device, str):
+        raise IngestError("telemetry report has no id or device")
+    ts = float(report.get("ts") or envelope.get("ts") or time.time())
+    variants_meta = report.get("variants") or {}
+    metrics = ((report.get("metrics") or {}).get("variants")) or {}
+    with db.transaction() as conn:
+        if not db.first_sighting(report_id):
+            return False
+        for variant, m in metrics.items():
+            meta = variants_meta.get(variant) or {}
+            cls = m.get("classification") or {}
+            reg = m.get("regression") or {}
+            errors = m.get("errors") or {}
+            conn.execute(
+                "INSERT OR IGNORE INTO variant_stats(report_id, variant, device, ts, experiment, "
+                "revision, role, version, requests, predictions, errors, cls_n, cls_correct, "
+                "reg_n, reg_sum_abs, reg_sum_sq, latency) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    report_id,
+                    variant,
+                    device,
+                    ts,
+                    report.get("experiment"),
+                    report.get("revision"),
+                    meta.get("role"),
+                    meta.get("version"),
+                    int(m.get("requests") or 0),
+                    int(m.get("predictions") or 0),
+                    int(sum(errors.values())) if isinstance(errors, dict) else 0,
+                    int(cls.get("n") or 0),
+                    int(cls.get("correct") or 0),
+                    int(reg.get("n") or 0),
+                    float(reg.get("sum_abs_error") or 0.0),
+                    float(reg.get("sum_sq_error") or 0.0),
+                    json.dumps(m.get("latency")) if m.get("latency") else None,
+                ),
+            )
+        for idx, window in enumerate(report.get("drift") or []):
+            features = window.get("features") or []
+            output = window.get("output") or {}
+            drifted = [f.get("name") for f in features if f.get("drift")]
+            bounds = window.get("window") or {}
+            conn.execute(
+                "INSERT OR IGNORE INTO drift_windows(report_id, idx, device, variant, version, "
+                "start, end, n, enough_data, dataset_drift, output_drift, drifted, doc) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    report_id,
+                    idx,
+                    device,
+                    str(window.get("variant")),
+                    window.get("version"),
+                    bounds.get("start"),
+                    float(bounds.get("end") or ts),
+                    int(bounds.get("n_rows") or 0),
+                    1 if window.get("enough_data") else 0,
+                    1 if window.get("dataset_drift") else 0,
+                    1 if output.get("drift") else 0,
+                    json.dumps(drifted),
+                    json.dumps(window),
+                ),
+            )
+        for variant, c in (report.get("concept_drift") or {}).items():
+            conn.execute(
+                "INSERT OR IGNORE INTO concept_drift(report_id, variant, device, ts, n, "
+                "error_rate, drift, detections) VALUES (?,?,?,?,?,?,?,?)",
+                (
+                    report_id,
+                    variant,
+                    device,
+                    ts,
+                    int(c.get("n") or 0),
+                    c.get("error_rate"),
+                    1 if c.get("drift") else 0,
+                    int(c.get("detections") or 0),
+                ),
+            )
+        process = report.get("process") or {}
+        outbox = report.get("outbox") or {}
+        db.upsert_device(
+            device,
+            last_seen=ts,
+            telemetry={
+                "ts": ts,
+                "rss_bytes": process.get("rss_bytes"),
+                "cpu_percent": process.get("cpu_percent"),
+                "outbox_depth": outbox.get("depth"),
+                "outbox_dropped": outbox.get("dropped"),
+                "revision": report.get("revision"),
+                "variants": variants_meta,
+            },
+        )
+    return True

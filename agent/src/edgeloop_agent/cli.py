@@ -32,6 +32,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-payload-bytes", type=int)
     p.add_argument("--capture-rate", type=float)
     p.add_argument("--telemetry-interval", type=float, dest="telemetry_interval_s")
+    p.add_argument("--drift-window", type=int, help="rows per drift window (count windows)")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
     p.add_argument("--version", action="version", version=f"edgeloop-agent {__version__}")
     return p.parse_args(argv)
@@ -48,6 +49,7 @@ def build_config(args: argparse.Namespace) -> AgentConfig:
         max_payload_bytes=args.max_payload_bytes,
         capture_rate=args.capture_rate,
         telemetry_interval_s=args.telemetry_interval_s,
+        drift_window=args.drift_window,
         log_level=args.log_level,
     )
     if not config.device_id:

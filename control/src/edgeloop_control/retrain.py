@@ -1,0 +1,361 @@
+"""Drift -> retraining: the policy that notices the world changed and reacts.
+
+Per model with a champion, every tick:
+
+1. **Signal.** A device is drifting when its last ``consecutive_windows``
+   drift windows of the champion variant (with enough data) all flag the
+   configured signals: ``features`` (dataset-level decision after the
+   multiple-testing correction), ``output`` (prediction drift), ``concept``
+   (the error-rate detector on labelled outcomes).
+2. **Episode.** The first such device opens a drift episode (event
+   ``drift_detected``); the scope (device / group / fleet) decides which devices
+   the new model will be tested on.
+3. **Data.** Wait until ``min_samples`` labelled captured samples since the
+   episode began exist in the feature store (event ``waiting_for_labels`` once).
+4. **Retrain** with the champion's configuration (algorithm, parameters,
+   features, target) on the recent labelled data plus ``reference_share`` of
+   rows from the champion's training view; evaluate on the most recent holdout;
+   register with lineage naming the drift event; the champion gate decides
+   whether it becomes ``challenger``.
+5. **Experiment.** Start an A/B test of champion vs challenger on the scope's
+   devices. A cooldown then keeps the policy quiet.
+
+State lives in SQLite (``retrain_state``), so a daemon restart resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, fields
+from typing import Any
+
+import pandas as pd
+
+from edgeloop_control.controldb import ControlDB
+from edgeloop_control.featurestore import FeatureStore, FeatureStoreError
+from edgeloop_control.workspace import Workspace
+
+log = logging.getLogger("edgeloop.control.retrain")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS retrain_state (
+    model TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    episode_start REAL,
+    drift_event INTEGER,
+    devices TEXT,
+    note TEXT,
+    last_retrain REAL,
+    updated_at REAL NOT NULL
+);
+"""
+
+SIGNALS = ("features", "output", "concept")
+
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    enabled: bool = True
+    signals: tuple[str, ...] = ("features", "output", "concept")
+    consecutive_windows: int = 3
+    min_samples: int = 400
+    cooldown_s: float = 600.0
+    scope: str = "fleet"  # device | group | fleet
+    reference_share: float = 0.3
+    holdout: float = 0.25
+    gate_metric: str = "accuracy"
+    gate_margin: float = 0.0
+    challenger_weight: float = 50.0
+
+    def __post_init__(self) -> None:
+        bad = [s for s in self.signals if s not in SIGNALS]
+        if bad or not self.signals:
+            raise ValueError(f"retrain.signals must be a non-empty subset of {SIGNALS}, got {bad}")
+        if self.scope not in ("device", "group", "fleet"):
+            raise ValueError(f"retrain.scope must be device, group or fleet, got {self.scope!r}")
+        if self.consecutive_windows < 1 or self.min_samples < 1:
+            raise ValueError("retrain.consecutive_windows and min_samples must be >= 1")
+        if not 0.0 <= self.reference_share < 1.0:
+            raise ValueError(f"retrain.reference_share must be in [0, 1), got {self.reference_share}")
+        if not 0.0 < self.holdout < 1.0:
+            raise ValueError(f"retrain.holdout must be in (0, 1), got {self.holdout}")
+
+    @classmethod
+    def from_workspace(cls, ws: Workspace) -> RetrainConfig:
+        raw = dict(ws.section("retrain"))
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(f"[retrain] in edgeloop.toml has unknown keys: {', '.join(unknown)}")
+        if "signals" in raw:
+            raw["signals"] = tuple(raw["signals"])
+        return cls(**raw)
+
+
+class RetrainPolicy:
+    name = "retrain"
+
+    def __init__(
+        self,
+        ws: Workspace,
+        db: ControlDB,
+        store: FeatureStore,
+        *,
+        experiments: Any = None,
+        config: RetrainConfig | None = None,
+    ) -> None:
+        self.ws = ws
+        self.db = db
+        self.store = store
+        self.experiments = experiments
+        self.config = config or RetrainConfig.from_workspace(ws)
+        self.db.conn.executescript(SCHEMA)
+        self._registry: Any = None
+
+    # -- state -------------------------------------------------------------------
+
+    def state(self, model: str) -> dict[str, Any]:
+        row = self.db.conn.execute("SELECT * FROM retrain_state WHERE model = ?", (model,)).fetchone()
+        if row is None:
+            return {"model": model, "state": "idle", "episode_start": None, "drift_event": None,
+                    "devices": [], "note": None, "last_retrain": None}
+        out = dict(row)
+        out["devices"] = json.loads(out["devices"] or "[]")
+        return out
+
+    def _save(self, st: dict[str, Any]) -> None:
+        self.db.conn.execute(
+            "INSERT INTO retrain_state(model, state, episode_start, drift_event, devices, note, "
+            "last_retrain, updated_at) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(model) DO UPDATE SET "
+            "state=excluded.state, episode_start=excluded.episode_start, "
+            "drift_event=excluded.drift_event, devices=excluded.devices, note=excluded.note, "
+            "last_retrain=excluded.last_retrain, updated_at=excluded.updated_at",
+            (st["model"], st["state"], st["episode_start"], st["drift_event"],
+             json.dumps(st["devices"]), st["note"], st["last_retrain"], time.time()),
+        )
+
+    @property
+    def registry(self) -> Any:
+        if self._registry is None:
+            from edgeloop_control.registry import Registry
+
+            self._registry = Registry.for_workspace(self.ws, create=False, sync_remote=False)
+        return self._registry
+
+    # -- the policy --------------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        if not self.config.enabled or not self.ws.registry_dir.joinpath(".dvc").is_dir():
+            return
+        for model in self.registry.names():
+            champion = self.registry.stages(model).get("champion")
+            if champion:
+                self._tick_model(model, f"{model}@{champion}", now)
+
+    def _tick_model(self, model: str, variant: str, now: float) -> None:
+        st = self.state(model)
+        if st["state"] == "experimenting":
+            if self.experiments is not None and self.experiments_running(model):
+                return
+            st.update(state="idle", episode_start=None, drift_event=None, devices=[], note=None)
+            self._save(st)
+        cfg = self.config
+        if st["last_retrain"] and now - st["last_retrain"] < cfg.cooldown_s:
+            return
+        running = self.devices_running(variant)
+        drifting = {d: why for d in running if (why := self.drift_evidence(d, variant))}
+        if st["state"] == "idle":
+            if not drifting:
+                return
+            start = min(why["since"] for why in drifting.values())
+            features = sorted({f for why in drifting.values() for f in why["features"]})
+            scope = self.scope_devices(sorted(drifting), running)
+            message = (
+                f"{variant} drifting on {', '.join(sorted(drifting))} for "
+                f"{cfg.consecutive_windows} consecutive windows"
+                + (f" (features: {', '.join(features)})" if features else "")
+                + f"; retraining scope {cfg.scope}: {', '.join(scope)}"
+            )
+            event = self.db.add_event("drift_detected", message, subject=model, data={
+                "variant": variant, "devices": drifting, "scope": scope})
+            log.warning(message)
+            st.update(state="collecting", episode_start=start, drift_event=event, devices=scope,
+                      note=None)
+            self._save(st)
+        if st["state"] != "collecting":
+            return
+        frame = self.labelled_since(model, st["episode_start"], st["devices"])
+        if len(frame) < cfg.min_samples:
+            note = f"waiting for labels: {len(frame)} of {cfg.min_samples} labelled samples"
+            if st["note"] is None:
+                self.db.add_event("waiting_for_labels", f"{model}: {note}", subject=model)
+            st["note"] = note
+            self._save(st)
+            return
+        self._retrain(model, variant, st, frame, now)
+
+    def experiments_running(self, model: str) -> bool:
+        running = getattr(self.experiments, "running_for", None)
+        if running is not None:
+            return bool(running(model))
+        return any(
+            e.get("model") == model and e.get("state") == "running"
+            for e in self.experiments.status()
+        )
+
+    # -- evidence ------------------------------------------------------------------
+
+    def devices_running(self, variant: str) -> list[str]:
+        out = []
+        for device, doc in self.db.all_desired().items():
+            if any(
+                m.get("variant") == variant and m.get("role") == "serve" and m.get("weight", 0) > 0
+                for m in doc.get("models", [])
+            ):
+                out.append(device)
+        return out
+
+    def drift_evidence(self, device: str, variant: str) -> dict[str, Any] | None:
+        n = self.config.consecutive_windows
+        signals = self.config.signals
+        rows = self.db.conn.execute(
+            "SELECT start, end, dataset_drift, output_drift, drifted FROM drift_windows "
+            "WHERE device = ? AND variant = ? AND enough_data = 1 ORDER BY end DESC LIMIT ?",
+            (device, variant, n),
+        ).fetchall()
+        if len(rows) == n:
+            flagged = [
+                ("features" in signals and r["dataset_drift"])
+                or ("output" in signals and r["output_drift"])
+                for r in rows
+            ]
+            if all(flagged):
+                features = sorted({f for r in rows for f in json.loads(r["drifted"])})
+                since = min((r["start"] or r["end"]) for r in rows)
+                return {"signal": "data", "features": features, "since": since}
+        if "concept" in signals:
+            concept = self.db.conn.execute(
+                "SELECT ts, drift FROM concept_drift WHERE device = ? AND variant = ? "
+                "ORDER BY ts DESC LIMIT 1",
+                (device, variant),
+            ).fetchone()
+            if concept is not None and concept["drift"]:
+                return {"signal": "concept", "features": [], "since": concept["ts"] - 3600.0}
+        return None
+
+    def scope_devices(self, drifting: list[str], running: list[str]) -> list[str]:
+        scope = self.config.scope
+        if scope == "device":
+            return drifting
+        if scope == "fleet":
+            return sorted(running)
+        groups = {g for d in drifting for g in ((self.db.device(d) or {}).get("groups") or [])}
+        members = [
+            d for d in running if groups & set((self.db.device(d) or {}).get("groups") or [])
+        ]
+        return sorted(set(members) | set(drifting))
+
+    def labelled_since(self, model: str, since: float | None, devices: list[str]) -> pd.DataFrame:
+        try:
+            frame = self.store.captured_training_frame(
+                model, since=pd.Timestamp(since, unit="s", tz="UTC") if since else None
+            )
+        except FeatureStoreError:
+            return pd.DataFrame()
+        if devices and not frame.empty:
+            frame = frame[frame["device"].isin(devices)]
+        return frame
+
+    # -- retraining -----------------------------------------------------------------
+
+    def _retrain(
+        self, model: str, variant: str, st: dict[str, Any], recent: pd.DataFrame, now: float
+    ) -> None:
+        from edgeloop_control.training import TrainConfig, TrainingError
+        from edgeloop_control.trainrun import train_and_register
+
+        cfg = self.config
+        champion = self.registry.get(variant)
+        meta = champion.metadata
+        target = meta.get("target") or "label"
+        features = list(meta.get("features") or [])
+        frame = recent[[*features, "label", "ts"]].rename(columns={"label": target})
+        reference_rows = 0
+        view = meta.get("feature_view")
+        if view and cfg.reference_share > 0:
+            want = int(math.ceil(len(frame) * cfg.reference_share / (1 - cfg.reference_share)))
+            try:
+                vv = self.store.view(view)
+                ref = self.store.read(vv.ref, columns=[c for c in [*features, target] if c != vv.timestamp])
+                ref = ref.tail(want).rename(columns={vv.timestamp: "ts"})[[*features, target, "ts"]]
+                reference_rows = len(ref)
+                frame = pd.concat([ref, frame], ignore_index=True)
+            except (FeatureStoreError, KeyError) as exc:
+                log.warning("no reference rows from %s: %s", view, exc)
+        frame[target] = _coerce_labels(frame[target])
+        self.db.add_event(
+            "retrain",
+            f"retraining {model} like {variant} ({meta.get('algorithm')}) on {len(recent)} recent "
+            f"labelled samples + {reference_rows} reference rows",
+            subject=model,
+            data={"cause_event": st["drift_event"], "recent": len(recent), "reference": reference_rows},
+        )
+        config = TrainConfig(
+            target=target,
+            features=features,
+            algo=meta.get("algorithm") or "rf",
+            timestamp="ts",
+            holdout=cfg.holdout,
+            seed=0,
+        )
+        try:
+            outcome = train_and_register(
+                self.ws,
+                name=model,
+                config=config,
+                frame=frame,
+                lineage={"parent": variant, "cause": f"drift_event:{st['drift_event']}",
+                         "devices": st["devices"]},
+                stage="auto",
+                gate_metric=cfg.gate_metric,
+                gate_margin=cfg.gate_margin,
+                extra_metadata={"trigger": "drift", "drift_event": st["drift_event"],
+                                "feature_view": meta.get("feature_view")},
+            )
+        except (TrainingError, ValueError) as exc:
+            self.db.add_event("retrain_failed", f"{model}: {exc}", subject=model)
+            st.update(state="idle", last_retrain=now, note=str(exc))
+            self._save(st)
+            return
+        m = outcome.result.metrics
+        self.db.add_event(
+            "registered",
+            f"{outcome.version.ref} registered ({cfg.gate_metric} {m.get(cfg.gate_metric, float('nan')):.3f} "
+            f"on the recent holdout) stage {outcome.stage or 'none'}; champion gate: "
+            f"{(outcome.gate or {}).get('reason', 'n/a')}",
+            subject=model,
+            data=outcome.to_dict(),
+        )
+        self._registry = None  # new tags: re-read
+        if outcome.stage == "challenger" and self.experiments is not None:
+            exp = self.experiments.start(
+                model, variant, outcome.version.ref, st["devices"],
+                weight=cfg.challenger_weight, cause=f"drift_event:{st['drift_event']}",
+            )
+            st.update(state="experimenting", last_retrain=now,
+                      note=f"experiment {exp.get('id') if isinstance(exp, dict) else exp}")
+        else:
+            st.update(state="idle", last_retrain=now,
+                      note="challenger not better than the champion on recent data")
+        self._save(st)
+
+
+def _coerce_labels(series: pd.Series) -> pd.Series:
+    # Labels arrive as JSON values; integral floats (1.0) are classes 1.
+    numeric = pd.to_numeric(series, errors="coerce")
+    if numeric.notna().all() and (numeric == numeric.round()).all():
+        return numeric.astype("int64")
+    return series

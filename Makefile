@@ -30,7 +30,7 @@ $(BIN)/edgeloop: $(UV) uv.lock pyproject.toml agent/pyproject.toml control/pypro
 setup: sysdeps $(BIN)/edgeloop
 
 demo: setup
-	$(BIN)/edgeloop demo
+	$(BIN)/edgeloop demo --report demo-output/report.html
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -195,8 +195,9 @@ def demo(
     workdir: Annotated[
         Path | None, typer.Option(help="keep the demo's workspace and logs here")
     ] = None,
-    devices: Annotated[int, typer.Option(min=1, max=10)] = 2,
-    requests: Annotated[int, typer.Option(min=1)] = 300,
+    devices: Annotated[int, typer.Option(min=2, max=10)] = 3,
+    rate: Annotated[float, typer.Option(help="requests/s per device")] = 40.0,
+    report: Annotated[Path | None, typer.Option(help="where to write the HTML report")] = None,
 ) -> None:
     """Run the whole loop on this machine with a private broker and real agents."""
     from edgeloop_control.demo.run import run_demo
@@ -206,7 +207,8 @@ def demo(
             broker_url=state(ctx).broker_arg,
             workdir=workdir,
             devices=devices,
-            requests=requests,
+            rate=rate,
+            report_path=report,
             console=console,
         )
     except (RuntimeError, OSError) as exc:

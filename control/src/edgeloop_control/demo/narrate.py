@@ -13,12 +13,15 @@ class Narrator:
     def __init__(self, console: Console | None = None) -> None:
         self.console = console or Console()
         self.started = time.monotonic()
+        self.started_wall = time.time()
         self.steps: list[tuple[str, float]] = []
+        self.history: list[tuple[str, float, float]] = []  # (title, wall start, seconds)
 
     @contextmanager
     def step(self, title: str) -> Iterator[None]:
         n = len(self.steps) + 1
         t0 = time.monotonic()
+        wall = time.time()
         self.console.print(f"[bold cyan]▶ {n}. {title}[/]")
         try:
             yield
@@ -27,6 +30,7 @@ class Narrator:
             raise
         took = time.monotonic() - t0
         self.steps.append((title, took))
+        self.history.append((title, wall, took))
         self.console.print(f"[green]✓[/] {title} [dim]({took:.1f} s)[/]")
 
     def say(self, text: str) -> None:

@@ -150,7 +150,11 @@ class _PriorityFormatter(logging.Formatter):
         return f"<{prio}>{super().format(record)}"
 
 
-def setup_logging(level: str = "INFO") -> None:
+def setup_logging(level: str = "INFO", identifier: str = "edgeloop-agent") -> None:
+    """Root logging: journald under systemd when it listens, else stderr.
+
+    ``identifier`` is the journal's SYSLOG_IDENTIFIER (the control daemon reuses this).
+    """
     root = logging.getLogger()
     root.handlers.clear()
     root.setLevel(level.upper())
@@ -160,7 +164,7 @@ def setup_logging(level: str = "INFO") -> None:
     ):
         from systemd.journal import JournalHandler
 
-        handler = JournalHandler(SYSLOG_IDENTIFIER="edgeloop-agent")
+        handler = JournalHandler(SYSLOG_IDENTIFIER=identifier)
         handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
     elif stderr_is_journal():
         # Journald without systemd-python: stderr already is the journal, which

@@ -169,14 +169,16 @@ class Server:
             except Exception:  # a bug on one message must not stop the others
                 log.exception("unexpected error handling a message on %s", msg.topic)
                 self.hooks.on_error(None, "internal_error")
-        for variant, group in groups.items():
-            try:
-                self._run_group(variant, group, deployment)
-            except Exception:
-                log.exception("unexpected error serving variant %s", variant)
-                self.hooks.on_error(variant, "internal_error")
-        for msg, _ in batch:
-            self.link.ack(msg)
+        # Replies and acks of the whole batch wake paho's network thread once.
+        with self.link.coalesced():
+            for variant, group in groups.items():
+                try:
+                    self._run_group(variant, group, deployment)
+                except Exception:
+                    log.exception("unexpected error serving variant %s", variant)
+                    self.hooks.on_error(variant, "internal_error")
+            for msg, _ in batch:
+                self.link.ack(msg)
 
     def _admit(
         self,

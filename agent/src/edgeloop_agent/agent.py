@@ -163,7 +163,9 @@ class Agent:
     def request_stop(self, *_: Any) -> None:
         self.stop_event.set()
 
-    def run(self, *, install_signals: bool = True, ready_grace_s: float = 5.0) -> int:
+    def run(self, *, install_signals: bool = True, ready_grace_s: float | None = None) -> int:
+        if ready_grace_s is None:
+            ready_grace_s = self.config.ready_grace_s
         if install_signals:
             signal.signal(signal.SIGTERM, self.request_stop)
             signal.signal(signal.SIGINT, self.request_stop)
@@ -204,7 +206,10 @@ class Agent:
                 self._report()
             if not self._ready_sent:
                 connected = self.link.connected.is_set()
-                if connected or (self.deployment is not None and now - started > ready_grace_s):
+                # Without a broker, READY still comes after the grace period: with the
+                # last good model it is serving; without one it waits for a model,
+                # and systemd's start timeout must not kill a device that is offline.
+                if connected or now - started > ready_grace_s:
                     self._ready_sent = True
                     what = "serving" if self.deployment is not None else "waiting for a model"
                     link = "connected" if connected else "broker unreachable"

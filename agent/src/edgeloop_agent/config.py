@@ -72,6 +72,8 @@ class AgentConfig:
     trusted_keys: list[Path] = field(default_factory=list)
     require_signature: bool = False
     artifact_timeout_s: float = 120.0
+    # Seconds to wait for the broker before telling systemd READY anyway.
+    ready_grace_s: float = 5.0
     # Micro-batching of the intake: at most this many requests per inference call.
     max_micro_batch: int = 64
     inference_threads: int = 1

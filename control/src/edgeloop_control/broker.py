@@ -22,12 +22,15 @@ max_inflight_messages 0
 # Room for bursts and for requests queued while an agent restarts; beyond this
 # Mosquitto drops QoS 1 messages for that client.
 max_queued_messages 200000
-max_queued_bytes 0
+# ... but bounded, so a few offline devices cannot exhaust the broker's memory.
+max_queued_bytes 67108864
 # Persistent sessions and retained desired state survive a broker restart.
 persistence true
 # Small request/reply messages must not wait for Nagle + delayed ACK (~40 ms).
 set_tcp_nodelay true
-autosave_interval 5
+# Each save writes the whole database (retained artifacts too) and stalls
+# delivery meanwhile; SIGTERM always saves.
+autosave_interval 60
 persistent_client_expiration 14d
 """
 

@@ -24,7 +24,7 @@ def serve(
     from edgeloop_agent.systemd import setup_logging
     from edgeloop_control.daemon.build import build_daemon
 
-    setup_logging(log_level)
+    setup_logging(log_level, identifier="edgeloop-control")
     st = state(ctx)
     daemon = build_daemon(st.workspace, st.broker, tick_s=tick)
     logging.getLogger("edgeloop.control").info(

@@ -24,6 +24,7 @@ from edgeloop_control.mqttclient import BrokerError, connected
 def register(app: typer.Typer) -> None:
     app.command("deploy")(deploy)
     app.command("fleet")(fleet)
+    app.command("events")(events)
 
 
 def deploy(
@@ -172,3 +173,42 @@ def _summary(models: list[dict[str, Any]]) -> str:
         else:
             parts.append(f"{ref} {float(m.get('weight') or 0):g}%")
     return ", ".join(parts)
+
+
+def events(
+    ctx: typer.Context,
+    kind: Annotated[str | None, typer.Option(help="only this kind, e.g. drift_detected")] = None,
+    since: Annotated[float | None, typer.Option(help="only the last N seconds")] = None,
+    limit: Annotated[int, typer.Option(min=1)] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """What the control node did and why: deployments, drift, retraining, A/B, rollouts."""
+    ws = state(ctx).workspace
+    db = ControlDB(ws.state_db)
+    try:
+        rows = db.events(
+            kind=kind, since=(time.time() - since) if since is not None else None, limit=limit
+        )
+    finally:
+        db.close()
+    if as_json:
+        print_json(rows)
+        return
+    if not rows:
+        console.print("no events yet")
+        return
+    console.print(
+        table(
+            "Events",
+            ["time", "kind", "subject", "message"],
+            [
+                [
+                    time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["ts"])),
+                    r["kind"],
+                    r["subject"] or "",
+                    r["message"],
+                ]
+                for r in rows
+            ],
+        )
+    )

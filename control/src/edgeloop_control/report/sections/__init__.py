@@ -1,0 +1,1 @@
+"""One module per section of the page; each returns escaped HTML for its ``<section>``."""

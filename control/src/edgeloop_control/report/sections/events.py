@@ -1,0 +1,44 @@
+"""Section 5: control-node events in time order (what the loop did and why)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..markup import Html, badge, empty, table
+from ..model import Event
+from ..timefmt import Clock, utc_clock
+
+# Event kinds drawn in a state colour; any other kind is shown neutral.
+KIND_TONES = {
+    "drift_detected": "warn",
+    "rollback": "rollback",
+    "ab_decision": "running",
+    "ab_started": "running",
+    "rollout_batch": "passed",
+    "deploy": "passed",
+    "registered": "other",
+    "retrain": "other",
+}
+
+
+def render_events(events: Sequence[Event], clock: Clock) -> Html:
+    head = '<section id="events"><h2>Events</h2>'
+    if not events:
+        return Html(head + empty("no control-node events were recorded") + "</section>")
+    # sorted() is stable: events with the same timestamp keep the order they were logged in.
+    ordered = sorted(events, key=lambda e: e.t)
+    rows = [
+        [
+            clock.rel(e.t),
+            utc_clock(e.t),
+            badge(e.kind, KIND_TONES.get(e.kind, "other")),
+            e.subject,
+            e.message,
+        ]
+        for e in ordered
+    ]
+    return Html(
+        head
+        + table(["time", "UTC", "kind", "subject", "message"], rows, cls="data events")
+        + "</section>"
+    )

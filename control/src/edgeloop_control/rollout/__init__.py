@@ -1,0 +1,29 @@
+"""Staged fleet rollout with automatic rollback (see docs/rollout.md)."""
+
+from edgeloop_control.rollout.config import RolloutConfig, RolloutError, parse_gates, parse_share
+from edgeloop_control.rollout.manager import RolloutManager
+from edgeloop_control.rollout.plan import batch_sizes, split_batches
+from edgeloop_control.rollout.store import (
+    ACTIVE,
+    COMPLETED,
+    FINAL,
+    ROLLED_BACK,
+    ROLLING_BACK,
+    RUNNING,
+)
+
+__all__ = [
+    "ACTIVE",
+    "COMPLETED",
+    "FINAL",
+    "ROLLED_BACK",
+    "ROLLING_BACK",
+    "RUNNING",
+    "RolloutConfig",
+    "RolloutError",
+    "RolloutManager",
+    "batch_sizes",
+    "parse_gates",
+    "parse_share",
+    "split_batches",
+]

@@ -39,7 +39,7 @@ def _root(
 
 def _register() -> None:
     # Imported here so `edgeloop --help` stays fast and each module stays small.
-    from edgeloop_control.cli import commands, features, fleet, models, runs, serve
+    from edgeloop_control.cli import commands, features, fleet, groups, models, rollout, runs, serve
 
     commands.register(app)
     fleet.register(app)
@@ -47,6 +47,8 @@ def _register() -> None:
     app.add_typer(models.app, name="models", help="Model registry (git + DVC, GTO tags).")
     app.add_typer(features.app, name="features", help="Versioned feature store.")
     app.add_typer(runs.app, name="runs", help="Experiment tracking runs (MLflow).")
+    app.add_typer(rollout.app, name="rollout", help="Staged fleet rollout with automatic rollback.")
+    app.add_typer(groups.app, name="group", help="Device groups (for `edgeloop rollout --group`).")
 
 
 _register()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+from json.encoder import encode_basestring_ascii
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,8 @@ class OnnxModel:
         self.is_classifier = self.meta.task == "classification"
         self.classes = list(self.meta.classes or [])
         self._class_keys = [str(c) for c in self.classes]
+        # '"<class>":' as json.dumps writes an object key, for reply_fragments().
+        self._class_json_keys = [encode_basestring_ascii(k) + ":" for k in self._class_keys]
         self._output_names = list(self.meta.outputs.values())
         self._smoke_test()
 
@@ -260,6 +263,43 @@ class OnnxModel:
         if probs.shape[1] == 2:
             return probs[:, 1].astype(np.float64)
         return probs.max(axis=1).astype(np.float64)
+
+    def predictions(self, out: Outputs) -> list[Any]:
+        """Every row's prediction as the plain Python value row_result() puts in
+        "prediction" (one tolist() per batch instead of one conversion per row)."""
+        if out.values is not None:
+            return out.values.tolist()
+        assert out.labels is not None
+        return out.labels.tolist()
+
+    def reply_fragments(self, out: Outputs) -> list[str] | None:
+        """Per row, ``json.dumps(row_result(out, i), separators=(",", ":"))`` without its
+        braces, byte for byte, built from one tolist() per batch: the per-row dict and
+        the general-purpose encoder cost more than the inference itself. ``None`` when
+        a value needs the general path (a non-finite output, an unusual label type),
+        which then builds the reply, or the error reply, from row_result()."""
+        preds = self.predictions(out)
+        isfinite = math.isfinite
+        if out.values is not None:
+            if not all(map(isfinite, preds)):
+                return None
+            return [f'"prediction":{v!r}' for v in preds]
+        assert out.probabilities is not None
+        keys = self._class_json_keys
+        frags = []
+        for label, probs in zip(preds, out.probabilities.tolist(), strict=True):
+            t = type(label)
+            if t is int:
+                lj = int.__repr__(label)
+            elif t is str:
+                lj = encode_basestring_ascii(label)
+            else:
+                return None
+            if not all(map(isfinite, probs)):
+                return None
+            pj = ",".join([k + float.__repr__(p) for k, p in zip(keys, probs, strict=True)])
+            frags.append(f'"prediction":{lj},"probabilities":{{{pj}}}')
+        return frags
 
     def row_result(self, out: Outputs, i: int) -> dict[str, Any]:
         if out.values is not None:

@@ -119,7 +119,9 @@ class FastClient(mqtt.Client):
       objects per acknowledgement;
     - writes: queued packets are joined into one ``send`` (paho sends each alone);
     - ``coalesced()``: packets queued by one thread inside the block wake the
-      network thread once, not once per packet (one syscall each).
+      network thread once, not once per packet (one syscall each);
+    - dispatch: without ``message_callback_add`` filters, ``on_message`` is called
+      without paho's topic matcher and callback lock.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -131,6 +133,24 @@ class FastClient(mqtt.Client):
         self._wake_pending = False
         self._puback_reason = ReasonCode(PacketTypes.PUBACK)
         self._puback_props = Properties(PacketTypes.PUBACK)
+        self._filtered_callbacks = False
+
+    def message_callback_add(self, sub: str, callback: Any) -> None:
+        self._filtered_callbacks = True
+        super().message_callback_add(sub, callback)
+
+    def _handle_on_message(self, message: mqtt.MQTTMessage) -> None:
+        on_message = self._on_message
+        if self._filtered_callbacks or on_message is None:
+            super()._handle_on_message(message)
+            return
+        with self._in_callback_mutex:
+            try:
+                on_message(self, self._userdata, message)
+            except Exception as err:  # what paho does with a failing callback
+                self._easy_log(mqtt.MQTT_LOG_ERR, "Caught exception in on_message: %s", err)
+                if not self.suppress_exceptions:
+                    raise
 
     # -- reads (network thread) ----------------------------------------------
 

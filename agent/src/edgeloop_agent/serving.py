@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections import deque
+from json.encoder import encode_basestring_ascii
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -109,6 +110,9 @@ class Server:
         self.get_deployment = get_deployment
         self._queue: deque[tuple[mqtt.MQTTMessage, float]] = deque()
         self._wakeup = threading.Event()
+        # Set by the serving thread while it waits: only then does an arrival need
+        # Event.set() (a lock and a notify, per message, on paho's thread).
+        self._idle = False
         self._accepting = True
         self.last_beat = time.monotonic()
 
@@ -120,7 +124,8 @@ class Server:
             # and redelivers it after the restart.
             return
         self._queue.append((msg, time.perf_counter()))
-        self._wakeup.set()
+        if self._idle:
+            self._wakeup.set()
 
     def stop_accepting(self) -> None:
         self._accepting = False
@@ -136,8 +141,13 @@ class Server:
         while not stop.is_set():
             self.last_beat = time.monotonic()
             if not self._queue:
-                self._wakeup.wait(idle_timeout)
+                self._idle = True
+                # Re-check after raising the flag: a message queued before submit()
+                # could see it must not wait for the timeout.
+                if not self._queue:
+                    self._wakeup.wait(idle_timeout)
                 self._wakeup.clear()
+                self._idle = False
                 continue
             self.process_available()
         self.stop_accepting()
@@ -232,9 +242,26 @@ class Server:
         now = time.perf_counter()
         version = model.version
         name = model.name
+        frags = model.reply_fragments(outputs)
+        # The reply as json.dumps would write it (same keys, order and bytes), from
+        # per-row fragments: one dict and one encoder pass per reply cost more.
+        head = (
+            f',"model":{encode_basestring_ascii(name)},"version":'
+            f'{encode_basestring_ascii(version)},"variant":{encode_basestring_ascii(variant)},'
+        )
         for item in group.items:
             req = item.request
             ms = round((now - item.arrived) * 1000.0, 3)
+            if frags is not None:
+                if req.batch:
+                    end = item.start + len(item.rows)
+                    body = '"predictions":[{' + "},{".join(frags[item.start : end]) + "}]"
+                else:
+                    body = frags[item.start]
+                payload = f'{{"id":{encode_basestring_ascii(req.id)}{head}{body},"ms":{ms!r}}}'
+                self._publish(item.msg, req.reply_to, payload.encode())
+                self.hooks.on_request(variant, now - item.arrived, len(item.rows))
+                continue
             reply: dict[str, Any] = {
                 "id": req.id,
                 "model": name,
@@ -331,6 +358,20 @@ class Server:
         body: dict[str, Any],
         default_topic: str | None = None,
     ) -> None:
+        try:
+            payload = dumps(body)
+        except ValueError:  # a NaN/inf model output cannot be encoded as JSON
+            err = error_reply(body.get("id"), Code.INFERENCE_FAILED, "model output is not finite")
+            payload = dumps(err)
+        self._publish(msg, reply_to, payload, default_topic)
+
+    def _publish(
+        self,
+        msg: mqtt.MQTTMessage,
+        reply_to: str | None,
+        payload: bytes,
+        default_topic: str | None = None,
+    ) -> None:
         props = getattr(msg, "properties", None)
         response_topic = getattr(props, "ResponseTopic", None) if props is not None else None
         if response_topic:
@@ -339,9 +380,4 @@ class Server:
         else:
             correlation = None
             topic = reply_to or default_topic or self.topics.predictions
-        try:
-            payload = dumps(body)
-        except ValueError:  # a NaN/inf model output cannot be encoded as JSON
-            err = error_reply(body.get("id"), Code.INFERENCE_FAILED, "model output is not finite")
-            payload = dumps(err)
         self.link.publish(topic, payload, qos=self.reply_qos, correlation=correlation)

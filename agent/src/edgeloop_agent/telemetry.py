@@ -150,10 +150,11 @@ class Telemetry(ServingHooks):
         joiner = self._joiner
         capture = self.capture_rate
         ends = [*starts[1:], len(rows)]
+        predictions = model.predictions(outputs)  # one conversion per batch, not per row
         for rid, start, end in zip(request_ids, starts, ends, strict=True):
             if end - start != 1:
                 continue  # feedback joins single-row requests only (docs/telemetry.md)
-            prediction = model.row_result(outputs, start)["prediction"]
+            prediction = predictions[start]
             sample_id = None
             if capture and self._rng.random() < capture:
                 sample_id = self._capture(variant, model, rid, rows[start], prediction, now)
@@ -179,10 +180,10 @@ class Telemetry(ServingHooks):
         # Shadow predictions join the same labels under a derived id, so the
         # shadow's accuracy is measured on exactly the traffic the server saw.
         ends = [*starts[1:], len(rows)]
+        predictions = model.predictions(outputs)
         for rid, start, end in zip(request_ids, starts, ends, strict=True):
             if end - start == 1:
-                prediction = model.row_result(outputs, start)["prediction"]
-                joiner.record(shadow_id(rid, variant), variant, prediction, now)
+                joiner.record(shadow_id(rid, variant), variant, predictions[start], now)
 
     def on_feedback(self, request_id: str, label: Any) -> str | None:
         joiner = self._joiner

@@ -1,0 +1,205 @@
+"""One look at an experiment: guardrails, the statistics report and the decision.
+
+Everything statistical comes from :mod:`edgeloop_control.stats`; this module only decides
+which numbers go in (per-arm totals, configured weights, request counts) and turns the
+operational checks into :class:`~edgeloop_control.stats.Guardrail` results.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from edgeloop_control.stats import Guardrail, MixtureSPRT, experiment_report
+
+from .config import ExperimentConfig
+from .totals import ArmTotals, Totals
+
+# How each task's labelled outcomes are compared (docs/experiments.md, "Metrics").
+KIND_OF_TASK = {"classification": "binary", "regression": "continuous"}
+METRIC_OF_KIND = {"binary": ("accuracy", True), "continuous": ("mean absolute error", False)}
+
+
+def new_test(kind: str, config: ExperimentConfig) -> MixtureSPRT:
+    metric, higher_is_better = METRIC_OF_KIND[kind]
+    return MixtureSPRT(
+        kind,  # type: ignore[arg-type]
+        alpha=config.alpha,
+        tau=config.tau,
+        min_samples_per_arm=config.min_samples_per_arm,
+        higher_is_better=higher_is_better,
+        metric=metric,
+    )
+
+
+def update_test(test: MixtureSPRT, totals: Totals) -> bool:
+    """Feed the cumulative labelled totals to the test; True if it looked (they changed)."""
+    if test.kind == "binary":
+        a, b = totals.champion.binary(), totals.challenger.binary()
+    else:
+        a, b = totals.champion.continuous(), totals.challenger.continuous()
+    if a == test.champion and b == test.challenger:
+        # Same data, same look: a repeated look would only inflate the look count.
+        return False
+    test.update_totals(a, b)
+    return True
+
+
+def _pct(x: float) -> str:
+    return f"{x * 100:.3g}%"
+
+
+def guardrails(
+    config: ExperimentConfig,
+    challenger: ArmTotals,
+    drift_checked: int,
+    drifted: list[dict[str, Any]],
+) -> list[Guardrail]:
+    """The challenger's operational checks, each with a reason naming value and limit."""
+    out: list[Guardrail] = []
+    need = config.guardrail_min_requests
+    n = challenger.requests
+    if n < need:
+        out.append(
+            Guardrail(
+                "error_rate",
+                True,
+                f"{n} challenger requests so far; the error rate is judged from {need}",
+            )
+        )
+    else:
+        rate = challenger.errors / n
+        ok = rate <= config.max_error_rate
+        out.append(
+            Guardrail(
+                "error_rate",
+                ok,
+                f"challenger error rate {_pct(rate)} ({challenger.errors}/{n}) "
+                f"{'<=' if ok else '>'} limit {_pct(config.max_error_rate)}",
+            )
+        )
+    timed = challenger.latency.count
+    p99 = challenger.p99_ms
+    if timed < need or p99 is None:
+        out.append(
+            Guardrail(
+                "latency_p99",
+                True,
+                f"{timed} timed challenger requests so far; p99 is judged from {need}",
+            )
+        )
+    else:
+        ok = p99 <= config.max_p99_ms
+        out.append(
+            Guardrail(
+                "latency_p99",
+                ok,
+                f"challenger p99 {p99:.3g} ms {'<=' if ok else '>'} limit {config.max_p99_ms:g} ms",
+            )
+        )
+    if drifted:
+        first = drifted[0]
+        features = ", ".join(first["features"]) or "model output"
+        out.append(
+            Guardrail(
+                "drift",
+                False,
+                f"data drift on the challenger in {len(drifted)} of {drift_checked} windows "
+                f"since the start (first on {first['device']}: {features})",
+            )
+        )
+    else:
+        out.append(
+            Guardrail(
+                "drift",
+                True,
+                f"no data drift on the challenger in {drift_checked} windows since the start",
+            )
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    report: dict[str, Any]  # experiment_report(...) plus per-arm operational numbers
+    action: str
+    reason: str
+    source: str  # "statistics" (incl. guardrails) or "max_duration"
+
+
+def evaluate(
+    test: MixtureSPRT,
+    totals: Totals,
+    *,
+    weight: float,
+    config: ExperimentConfig,
+    checks: list[Guardrail],
+    started_at: float,
+    now: float,
+) -> Evaluation:
+    """The report at this look and what it says to do."""
+    report = experiment_report(
+        test,
+        weights=(100.0 - weight, weight),
+        # Requests routed per arm are the assignment counts: an arm whose requests go missing
+        # (a router bug, a crashing variant) shows here even before any label arrives.
+        assignments=(totals.champion.requests, totals.challenger.requests),
+        guardrails=checks,
+        srm_threshold=config.srm_threshold,
+    )
+    if report["srm"] is not None:
+        report["srm"]["flag"] = report["srm"]["mismatch"]
+    for arm in ("champion", "challenger"):
+        t = totals.arms[arm]
+        report["variants"][arm].update(
+            requests=t.requests,
+            errors=t.errors,
+            error_rate=t.error_rate,
+            p99_ms=t.p99_ms,
+            requests_by_device=dict(t.requests_by_device),
+        )
+    action, reason = report["decision"]["action"], report["decision"]["reason"]
+    source = "statistics"
+    elapsed = now - started_at
+    limit = config.max_duration_s
+    if action == "continue" and limit is not None and elapsed >= limit:
+        action, source = "rollback", "max_duration"
+        reason = (
+            f"Ending without a winner: the maximum duration of {limit:g} s has "
+            f"passed ({elapsed:.0f} s); keeping the champion. Last evaluation: {reason}"
+        )
+    return Evaluation(report, action, reason, source)
+
+
+def labels_missing(test: MixtureSPRT) -> bool:
+    return test.champion.n == 0 or test.challenger.n == 0
+
+
+def look_record(report: dict[str, Any], now: float, action: str) -> dict[str, Any]:
+    """The numbers the demo report plots for one look (keys of report.model.Look)."""
+    a, b = report["variants"]["champion"], report["variants"]["challenger"]
+    cs = report["sequential"]["confidence_sequence"] or [None, None]
+    srm = report["srm"] or {}
+
+    def finite(x: Any) -> Any:
+        return x if isinstance(x, (int, float)) and math.isfinite(x) else None
+
+    return {
+        "t": now,
+        "n_champion": a["n"],
+        "n_challenger": b["n"],
+        "requests_champion": a["requests"],
+        "requests_challenger": b["requests"],
+        "champion_metric": a["metric"],
+        "challenger_metric": b["metric"],
+        "champion_ci": a["ci"],
+        "challenger_ci": b["ci"],
+        "estimate": report["difference"]["estimate"],
+        "cs_low": finite(cs[0]),
+        "cs_high": finite(cs[1]),
+        "p_value": report["sequential"]["p_value"],
+        "fixed_p_value": finite(report["fixed_horizon"].get("p_value")),
+        "srm_p_value": srm.get("p_value"),
+        "action": action,
+    }

@@ -1,0 +1,220 @@
+"""Per-arm totals of one experiment, read incrementally from ``variant_stats``.
+
+Agents report per-variant counters for each telemetry interval; ingestion stores one
+``variant_stats`` row per report and variant, tagged with the desired state's experiment id.
+An experiment's totals are the sums of its rows. They are kept in the experiment's own row
+together with a cursor (the last ``variant_stats`` rowid folded in), so each tick reads only
+new rows and a daemon restart continues from exactly the same totals.
+
+The first report of each device in an experiment is left out: the agent's counters are not
+reset when a new desired state arrives, so that report can also hold traffic served under the
+previous desired state (the champion at 100 %), which would skew the sample ratio. Dropping a
+whole report drops both arms alike, so it biases nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgeloop_agent.metrics import LatencyHistogram
+from edgeloop_control.controldb import ControlDB
+from edgeloop_control.stats import BinaryStats, ContinuousStats
+
+log = logging.getLogger("edgeloop.control.experiments")
+
+ARMS = ("champion", "challenger")
+
+
+@dataclass
+class ArmTotals:
+    """Sums over an arm's reports: traffic, errors, latency and labelled outcomes."""
+
+    requests: int = 0
+    predictions: int = 0
+    errors: int = 0
+    cls_n: int = 0
+    cls_correct: int = 0
+    reg_n: int = 0
+    reg_sum_abs: float = 0.0
+    reg_sum_sq: float = 0.0
+    latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+    requests_by_device: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def labelled(self) -> int:
+        return self.cls_n + self.reg_n
+
+    @property
+    def error_rate(self) -> float | None:
+        return self.errors / self.requests if self.requests else None
+
+    @property
+    def p99_ms(self) -> float | None:
+        p99 = self.latency.quantile(0.99)
+        return None if p99 is None else p99 * 1000.0
+
+    def binary(self) -> BinaryStats:
+        return BinaryStats(self.cls_n, self.cls_correct)
+
+    def continuous(self) -> ContinuousStats:
+        # The loss is the absolute error |e|: its sum is reported, and the sum of its squares
+        # is exactly the reported sum of squared errors (|e|² = e²). See docs/experiments.md.
+        if self.reg_n == 0:
+            return ContinuousStats()
+        return ContinuousStats(self.reg_n, self.reg_sum_abs, self.reg_sum_sq)
+
+    def add_row(self, row: Mapping[str, Any]) -> None:
+        self.requests += int(row["requests"])
+        self.predictions += int(row["predictions"])
+        self.errors += int(row["errors"])
+        self.cls_n += int(row["cls_n"])
+        self.cls_correct += int(row["cls_correct"])
+        self.reg_n += int(row["reg_n"])
+        self.reg_sum_abs += float(row["reg_sum_abs"])
+        self.reg_sum_sq += float(row["reg_sum_sq"])
+        device = str(row["device"])
+        self.requests_by_device[device] = self.requests_by_device.get(device, 0) + int(
+            row["requests"]
+        )
+        if row["latency"]:
+            try:
+                self.latency.merge(LatencyHistogram.from_dict(json.loads(row["latency"])))
+            except (ValueError, TypeError, KeyError) as exc:
+                # A histogram we cannot read loses its latency only, not the counts.
+                log.warning("ignoring the latency of report %s: %s", row["report_id"], exc)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "predictions": self.predictions,
+            "errors": self.errors,
+            "cls_n": self.cls_n,
+            "cls_correct": self.cls_correct,
+            "reg_n": self.reg_n,
+            "reg_sum_abs": self.reg_sum_abs,
+            "reg_sum_sq": self.reg_sum_sq,
+            "latency": self.latency.to_dict(),
+            "requests_by_device": dict(self.requests_by_device),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ArmTotals:
+        return cls(
+            requests=int(data["requests"]),
+            predictions=int(data["predictions"]),
+            errors=int(data["errors"]),
+            cls_n=int(data["cls_n"]),
+            cls_correct=int(data["cls_correct"]),
+            reg_n=int(data["reg_n"]),
+            reg_sum_abs=float(data["reg_sum_abs"]),
+            reg_sum_sq=float(data["reg_sum_sq"]),
+            latency=LatencyHistogram.from_dict(data["latency"]),
+            requests_by_device={str(k): int(v) for k, v in data["requests_by_device"].items()},
+        )
+
+
+@dataclass
+class Totals:
+    """Both arms plus the bookkeeping that makes reading them incremental."""
+
+    cursor: int = 0  # last variant_stats rowid folded in
+    first_reports: dict[str, str] = field(default_factory=dict)  # device -> skipped report id
+    skipped_rows: int = 0
+    rows: int = 0
+    arms: dict[str, ArmTotals] = field(default_factory=lambda: {a: ArmTotals() for a in ARMS})
+
+    @property
+    def champion(self) -> ArmTotals:
+        return self.arms["champion"]
+
+    @property
+    def challenger(self) -> ArmTotals:
+        return self.arms["challenger"]
+
+    def counts(self) -> tuple[int, ...]:
+        """What a look is about: labelled outcomes and requests per arm."""
+        a, b = self.champion, self.challenger
+        return (a.labelled, b.labelled, a.requests, b.requests)
+
+    def advance(
+        self,
+        db: ControlDB,
+        experiment: str,
+        variants: Mapping[str, str],
+        devices: list[str],
+    ) -> int:
+        """Fold in the experiment's rows stored since the last call; returns how many.
+
+        ``variants`` maps a variant name (``model@version``) to its arm; rows of other
+        variants (a shadow, requests rejected before routing) are not part of the comparison.
+        Rows are read in rowid order: ingestion appends them in one writer's transactions, so
+        a row with a smaller rowid can never appear after one with a larger rowid was read.
+        """
+        rows = db.conn.execute(
+            "SELECT rowid AS rid, report_id, variant, device, requests, predictions, errors, "
+            "cls_n, cls_correct, reg_n, reg_sum_abs, reg_sum_sq, latency FROM variant_stats "
+            "WHERE experiment = ? AND rowid > ? ORDER BY rowid",
+            (experiment, self.cursor),
+        ).fetchall()
+        allowed = set(devices)
+        for row in rows:
+            self.cursor = max(self.cursor, int(row["rid"]))
+            device = str(row["device"])
+            if device not in allowed:
+                continue
+            first = self.first_reports.setdefault(device, str(row["report_id"]))
+            if first == row["report_id"]:
+                self.skipped_rows += 1
+                continue
+            arm = variants.get(str(row["variant"]))
+            if arm is None:
+                continue
+            self.arms[arm].add_row(row)
+            self.rows += 1
+        return len(rows)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "cursor": self.cursor,
+            "first_reports": dict(self.first_reports),
+            "skipped_rows": self.skipped_rows,
+            "rows": self.rows,
+            "arms": {a: t.to_dict() for a, t in self.arms.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Totals:
+        return cls(
+            cursor=int(data["cursor"]),
+            first_reports={str(k): str(v) for k, v in data["first_reports"].items()},
+            skipped_rows=int(data["skipped_rows"]),
+            rows=int(data["rows"]),
+            arms={a: ArmTotals.from_dict(data["arms"][a]) for a in ARMS},
+        )
+
+
+def challenger_drift(
+    db: ControlDB, variant: str, devices: list[str], since: float
+) -> tuple[int, list[dict[str, Any]]]:
+    """Drift windows of ``variant`` on ``devices`` that ended at or after ``since``.
+
+    Returns (windows checked, windows with dataset-level drift as {device, end, features}).
+    """
+    if not devices:
+        return 0, []
+    marks = ",".join("?" * len(devices))
+    rows = db.conn.execute(
+        f"SELECT device, end, dataset_drift, drifted FROM drift_windows "
+        f"WHERE variant = ? AND end >= ? AND device IN ({marks}) ORDER BY end",
+        (variant, since, *devices),
+    ).fetchall()
+    drifted = [
+        {"device": r["device"], "end": r["end"], "features": json.loads(r["drifted"] or "[]")}
+        for r in rows
+        if r["dataset_drift"]
+    ]
+    return len(rows), drifted

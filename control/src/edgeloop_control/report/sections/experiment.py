@@ -260,7 +260,7 @@ def render_experiment(exp: Experiment | None, clock: Clock) -> Html:
     if exp.alpha is not None:
         settings.append(f"α = {exp.alpha:g}")
     if exp.tau is not None:
-        settings.append(f"mixture τ = {exp.tau:g}")
+        settings.append(f"mixture τ = {exp.tau:.3g}")
     intro = (
         f'<p class="lead">Experiment <code>{esc(exp.id)}</code>: champion '
         f"<strong>{esc(exp.champion)}</strong> vs challenger <strong>{esc(exp.challenger)}"

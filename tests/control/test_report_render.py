@@ -8,6 +8,7 @@ prove the page paints charts, not a blank or broken page.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import signal
@@ -21,11 +22,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edgeloop_control.report import write_report
+from edgeloop_control.report import render_report, write_report
 from edgeloop_control.stats import BinaryStats, MixtureSPRT, experiment_report
 
 T0 = 1764160000.0
-FEATURES = ["bearing_temp_c", "vibration_mm_s", "flow_l_min", "pressure_bar", "motor_current_a"]
+FEATURES = ("bearing_temp_c", "vibration_mm_s", "flow_l_min", "pressure_bar", "motor_current_a")
 DEVICES = ["pump-station-1", "pump-station-2", "pump-station-3"]
 SHIFTED = "vibration_mm_s"
 SHIFT_AT = T0 + 120.0
@@ -155,7 +156,7 @@ def demo_like_data(*, rolled_back: bool = False, seed: int = 7) -> dict[str, Any
         ],
         "events": events,
         "drift": {
-            "features": FEATURES,
+            "features": list(FEATURES),
             "psi_threshold": 0.2,
             "alpha": 0.05,
             "shift_at": SHIFT_AT,
@@ -498,3 +499,150 @@ def test_chromium_prints_it(demo_report: tuple[dict[str, Any], Path], tmp_path: 
     assert body.startswith(b"%PDF-")
     pages = [int(n) for n in re.findall(rb"/Type /Pages.*?/Count (\d+)", body, re.S)]
     assert pages and 2 <= max(pages) <= 20
+
+
+# --- the other shapes the demo can produce ---------------------------------------------
+
+
+def test_rollback_is_drawn_on_the_rollout_chart(tmp_path: Path) -> None:
+    data = demo_like_data(rolled_back=True)
+    page = Page(write_report(data, tmp_path / "report.html").read_text(encoding="utf-8"))
+    bars = page.inside("rollout-chart", "rect", "bar")
+    assert [b.attrs["fill"] for b in bars] == ["#2a9d4b", "#d62728"]  # passed, failed
+    labels = [t.text for t in page.inside("rollout-chart", "text", "marker-label")]
+    assert labels == ["rollback pump-station-2"]
+    assert "pending (not started)" in [t.text for t in page.inside("rollout-chart", "text")]
+    badges = [e.text for e in page.elements if "badge" in e.attrs.get("class", "")]
+    assert "rolled_back" in badges and "failed" in badges
+
+
+def _empty_sections() -> dict[str, Any]:
+    return {
+        **demo_like_data(),
+        "timeline": [],
+        "events": [],
+        "drift": {"features": FEATURES, "psi_threshold": 0.2, "windows": []},
+        "experiment": None,
+        "rollout": None,
+        "devices": [],
+        "summary": {},
+    }
+
+
+def _sections_not_started() -> dict[str, Any]:
+    data = demo_like_data()
+    data.update(drift=None, timeline=None, events=None, devices=None, summary=None)
+    data["experiment"].update(looks=[], decision=None, srm=None)
+    for b in data["rollout"]["batches"]:
+        b.update(started=None, finished=None, result="pending")
+    return data
+
+
+@pytest.mark.parametrize(
+    ("make", "messages"),
+    [
+        (
+            _empty_sections,
+            [
+                "no experiment ran",
+                "no rollout ran",
+                "no drift windows completed",
+                "no control-node events were recorded",
+                "no devices reported",
+                "no steps were recorded",
+            ],
+        ),
+        (
+            _sections_not_started,
+            [
+                "drift monitoring was not part of this run",
+                "No decision yet.",
+                "the experiment has no looks yet",
+                "no batch has started yet",
+            ],
+        ),
+    ],
+    ids=["empty", "not-started"],
+)
+def test_empty_sections_say_so(make: Any, messages: list[str], tmp_path: Path) -> None:
+    document = write_report(make(), tmp_path / "report.html").read_text(encoding="utf-8")
+    page = Page(document)
+    assert page.svg_ids() == []  # nothing to draw, and no empty frames either
+    text = " ".join(page.text)
+    for message in messages:
+        assert message in text
+    assert_self_contained(document, page)
+
+
+def test_missing_values_leave_gaps_not_garbage(tmp_path: Path) -> None:
+    data = demo_like_data()
+    windows = [w for w in data["drift"]["windows"] if w["device"] == DEVICES[0]]
+    windows[3]["psi"]["bearing_temp_c"] = float("nan")  # one gap in one line
+    del windows[5]["psi"]["flow_l_min"]  # a feature missing from a window
+    for w in data["drift"]["windows"]:
+        w["output_psi"] = float("inf") if w["device"] == DEVICES[1] else w["output_psi"]
+    looks = data["experiment"]["looks"]
+    looks[5].update(champion_metric=None, champion_ci=[None, None], p_value=float("nan"))
+    looks[6]["fixed_p_value"] = 0.0  # drawn at the log axis floor
+    page = Page(render_report(data))
+
+    first = page.inside("drift-chart-bearing_temp_c", "path", "series")
+    assert len(first) == 5  # 4 streams, the first split in two by the gap
+    assert len(page.inside("drift-chart-flow_l_min", "path", "series")) == 5
+    assert len(page.inside("ab-metric-chart", "path", "series")) == 3  # champion split once
+    for e in page.elements:
+        if e.svg is None:
+            continue
+        for name, value in e.attrs.items():
+            assert "nan" not in value.lower() and "inf" not in value.lower(), (e.tag, name, value)
+        if e.tag == "path":
+            assert all(math.isfinite(v) for v in _coordinates(e.attrs["d"]))
+    # The undefined output PSI of one device is simply not plotted.
+    tips = [t.text for t in page.inside("drift-output-chart", "title")]
+    assert not any(DEVICES[1] in tip for tip in tips)
+
+
+HOSTILE = "<script>alert(1)</script>"
+HOSTILE_FEATURE = '"><img src=x onerror=alert(1)>'
+
+
+def _hostile() -> dict[str, Any]:
+    data = demo_like_data(rolled_back=True)
+    data.update(title=HOSTILE, workspace=HOSTILE, summary={HOSTILE: HOSTILE})
+    data["timeline"][0].update(step=HOSTILE, detail=HOSTILE)
+    data["drift"]["features"][0] = HOSTILE_FEATURE
+    for w in data["drift"]["windows"]:
+        w["psi"][HOSTILE_FEATURE] = w["psi"].pop(FEATURES[0])
+        if w["device"] == DEVICES[1]:
+            w["device"] = HOSTILE
+    exp = data["experiment"]
+    exp.update(id=HOSTILE, champion=HOSTILE, metric=HOSTILE)
+    exp["decision"].update(action=HOSTILE, reason=HOSTILE)
+    rollout = data["rollout"]
+    rollout.update(model=HOSTILE, state=HOSTILE, previous=HOSTILE)
+    rollout["batches"][0].update(label=HOSTILE, devices=[HOSTILE], result=HOSTILE, reason=HOSTILE)
+    for e in data["events"]:
+        e.update(kind=HOSTILE, subject=HOSTILE, message=HOSTILE)
+    data["events"].append({"t": T0, "kind": "rollback", "subject": HOSTILE, "message": HOSTILE})
+    data["devices"][0].update(device=HOSTILE, model=HOSTILE)
+    return data
+
+
+def test_user_text_is_escaped_everywhere(tmp_path: Path) -> None:
+    path = write_report(_hostile(), tmp_path / "report.html")
+    document = path.read_text(encoding="utf-8")
+    assert "<script" not in document and "<img" not in document
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in document
+    page = Page(document)
+    assert_self_contained(document, page)
+    assert "drift-chart-img-src-x-onerror-alert-1" in page.svg_ids()  # a safe, stable id
+    assert all(e.attrs.get("id", "").isascii() for e in page.elements)
+    # Unknown states never become CSS classes: the hostile result is drawn neutral.
+    assert not any("<" in e.attrs.get("class", "") for e in page.elements)
+
+    dom = run_chromium(["--dump-dom", path.as_uri()], tmp_path)
+    parsed = Page(dom)
+    assert not [e for e in parsed.elements if e.tag in {"script", "img"}]
+    assert not [e for e in parsed.elements if any(a.startswith("on") for a in e.attrs)]
+    title = next(e for e in parsed.elements if e.tag == "h1")
+    assert title.text == HOSTILE  # shown as text, exactly as the user wrote it

@@ -178,7 +178,17 @@ class Chart:
                 f'text-anchor="end" fill="{color}">{esc(label)}</text>'
             )
 
-    def vline(self, x: float, *, color: str, label: str = "", dash: str | None = "3 3") -> None:
+    def vline(
+        self,
+        x: float,
+        *,
+        color: str,
+        label: str = "",
+        dash: str | None = "3 3",
+        label_above: bool = False,
+    ) -> None:
+        """A vertical marker; ``label_above`` puts its label in the top margin (Gantt rows
+        fill the plot to the top, so a label inside would cover the first bar)."""
         _, y0, _, y1 = self.plot_box
         px = self.x(x)
         dash_attr = f' stroke-dasharray="{dash}"' if dash else ""
@@ -191,7 +201,8 @@ class Chart:
             right_half = px > (self.plot_box[0] + self.plot_box[2]) / 2
             anchor, dx = ("end", -4) if right_half else ("start", 4)
             self._over.append(
-                f'<text class="marker-label" x="{_f(px + dx)}" y="{_f(y0 + 10)}" '
+                f'<text class="marker-label" x="{_f(px + dx)}" '
+                f'y="{_f(y0 - 5 if label_above else y0 + 10)}" '
                 f'text-anchor="{anchor}" fill="{color}">{esc(label)}</text>'
             )
 

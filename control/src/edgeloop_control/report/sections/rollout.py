@@ -6,13 +6,13 @@ from collections.abc import Sequence
 
 from ..markup import Html, LegendItem, badge, count, empty, esc, legend, num, sig, table
 from ..model import Batch, Device, Event, Rollout
-from ..palette import ALARM, TONES, tone, tone_color
+from ..palette import ALARM, tone, tone_color
 from ..scale import pad, span_of
 from ..svg import Margins, time_chart
 from ..timefmt import Clock, elapsed
 
 ROW = 30.0
-LABEL_CHARS = 22
+LABEL_CHARS = 30
 # Events drawn on the Gantt chart as vertical markers.
 MARKED_KINDS = {"rollback": ALARM}
 
@@ -33,7 +33,7 @@ def _gantt(
     ends = [b.finished if b.finished is not None else now for b in started]
     times = [b.started for b in started] + ends + [e.t for e in markers]
     x_domain = pad(*span_of(times), 0.04)
-    margins = Margins(top=16, right=120, bottom=34, left=170)
+    margins = Margins(top=22, right=120, bottom=34, left=170)
     height = margins.top + margins.bottom + ROW * len(batches)
     chart = time_chart(
         "rollout-chart",
@@ -79,7 +79,7 @@ def _gantt(
             f'height="{ROW - 10:.1f}" rx="3" fill="{tone_color(b.result)}"{open_end}>'
             f"<title>{esc(tip)}</title></rect>"
         )
-        took = elapsed(end - b.started) + ("+" if b.finished is None else "")
+        took = elapsed(end - b.started) + (" so far" if b.finished is None else "")
         label = f"{b.result} · {took}"
         chart.raw(
             f'<text class="bar-label" x="{left + width + 5:.1f}" y="{mid:.1f}" '
@@ -87,9 +87,15 @@ def _gantt(
         )
     for e in markers:
         who = f" {e.subject}" if e.subject else ""
-        chart.vline(e.t, color=MARKED_KINDS[e.kind], label=_short(f"{e.kind}{who}"), dash="5 2")
-    results = sorted({tone(b.result) for b in batches}, key=list(TONES).index)
-    items = [LegendItem(r, TONES[r], "bar") for r in results]
+        chart.vline(
+            e.t,
+            color=MARKED_KINDS[e.kind],
+            label=_short(f"{e.kind}{who}"),
+            dash="5 2",
+            label_above=True,
+        )
+    results = list(dict.fromkeys(b.result for b in batches))  # distinct, in batch order
+    items = [LegendItem(r, tone_color(r), "bar") for r in results]
     if markers:
         items.append(LegendItem("rollback event", ALARM, "dash"))
     return Html(f"<figure>{legend(items)}{chart.render()}</figure>")

@@ -48,7 +48,7 @@ from .evaluate import (
     new_test,
     update_test,
 )
-from .totals import Totals, challenger_drift
+from .totals import Totals, challenger_drift, drift_rowid
 
 log = logging.getLogger("edgeloop.control.experiments")
 
@@ -275,7 +275,8 @@ class ExperimentManager:
                 "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (exp_id, seq, model, champ.version, chall.version, json.dumps(devices), weight,
                  kind, "running", int(auto), cause, json.dumps(cfg.to_dict()), now, now,
-                 json.dumps(test.to_dict()), json.dumps(Totals().to_dict())),
+                 json.dumps(test.to_dict()),
+                 json.dumps(Totals(drift_since=drift_rowid(self.db)).to_dict())),
             )  # fmt: skip
         revisions: dict[str, int] = {}
         try:
@@ -491,7 +492,7 @@ class ExperimentManager:
         update_test(test, totals)
         config = ExperimentConfig.from_dict(exp["config"])
         checked, drifted = challenger_drift(
-            self.db, f"{model}@{exp['challenger']}", exp["devices"], exp["created_at"]
+            self.db, f"{model}@{exp['challenger']}", exp["devices"], totals.drift_since
         )
         ev = evaluate(
             test,
@@ -631,9 +632,7 @@ class ExperimentManager:
         champ, chall = f"{model}@{exp['champion']}", f"{model}@{exp['challenger']}"
         if exp["state"] == "promoting" and "registry" not in exp["pending"]:
             state, kind = "promoted", "ab_promoted"
-            message = f"{exp_id}: {chall} is now the champion of {model} (was {champ})" + (
-                "; staged rollout pending" if "rollout" in exp["pending"] else ""
-            )
+            message = f"{exp_id}: {chall} is now the champion of {model} (was {champ})"
         elif exp["state"] == "rolling_back" and not exp["pending"]:
             state, kind = "rolled_back", "ab_rolled_back"
             moved = [d for d in exp["devices"] if d not in exp["flags"].get("left_alone", [])]

@@ -122,6 +122,9 @@ class Totals:
     """Both arms plus the bookkeeping that makes reading them incremental."""
 
     cursor: int = 0  # last variant_stats rowid folded in
+    # drift_windows rowid when the experiment started: later windows are the experiment's.
+    # (A window's ``end`` is a row count for count windows, so time cannot scope them.)
+    drift_since: int = 0
     first_reports: dict[str, str] = field(default_factory=dict)  # device -> skipped report id
     skipped_rows: int = 0
     rows: int = 0
@@ -180,6 +183,7 @@ class Totals:
     def to_dict(self) -> dict[str, Any]:
         return {
             "cursor": self.cursor,
+            "drift_since": self.drift_since,
             "first_reports": dict(self.first_reports),
             "skipped_rows": self.skipped_rows,
             "rows": self.rows,
@@ -190,6 +194,7 @@ class Totals:
     def from_dict(cls, data: Mapping[str, Any]) -> Totals:
         return cls(
             cursor=int(data["cursor"]),
+            drift_since=int(data["drift_since"]),
             first_reports={str(k): str(v) for k, v in data["first_reports"].items()},
             skipped_rows=int(data["skipped_rows"]),
             rows=int(data["rows"]),
@@ -198,9 +203,9 @@ class Totals:
 
 
 def challenger_drift(
-    db: ControlDB, variant: str, devices: list[str], since: float
+    db: ControlDB, variant: str, devices: list[str], since_rowid: int
 ) -> tuple[int, list[dict[str, Any]]]:
-    """Drift windows of ``variant`` on ``devices`` that ended at or after ``since``.
+    """Drift windows of ``variant`` on ``devices`` stored after row ``since_rowid``.
 
     Returns (windows checked, windows with dataset-level drift as {device, end, features}).
     """
@@ -209,8 +214,8 @@ def challenger_drift(
     marks = ",".join("?" * len(devices))
     rows = db.conn.execute(
         f"SELECT device, end, dataset_drift, drifted FROM drift_windows "
-        f"WHERE variant = ? AND end >= ? AND device IN ({marks}) ORDER BY end",
-        (variant, since, *devices),
+        f"WHERE variant = ? AND rowid > ? AND device IN ({marks}) ORDER BY rowid",
+        (variant, since_rowid, *devices),
     ).fetchall()
     drifted = [
         {"device": r["device"], "end": r["end"], "features": json.loads(r["drifted"] or "[]")}
@@ -218,3 +223,8 @@ def challenger_drift(
         if r["dataset_drift"]
     ]
     return len(rows), drifted
+
+
+def drift_rowid(db: ControlDB) -> int:
+    """The newest drift window's rowid now (0 if none)."""
+    return int(db.conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM drift_windows").fetchone()[0])

@@ -412,8 +412,12 @@ class RolloutManager:
                 verdict.offline.append(dev.device)
                 continue
             if loaded_at is None:
-                reported = status.get("revision") if online else "offline"
-                verdict.waiting.append(f"{dev.device} has not loaded it (reports r{reported})")
+                verdict.waiting.append(
+                    f"{dev.device} has not loaded it (reports r{status.get('revision')})"
+                    if online
+                    else f"{dev.device} went offline ({status.get('reason', 'lost')}) "
+                    "before loading it"
+                )
             elif not soaked(inventory, loaded_at, int(dev.target_revision), config.soak_s):
                 verdict.waiting.append(
                     f"{dev.device} has no telemetry {config.soak_s:g} s after loading yet"

@@ -646,3 +646,22 @@ def test_user_text_is_escaped_everywhere(tmp_path: Path) -> None:
     assert not [e for e in parsed.elements if any(a.startswith("on") for a in e.attrs)]
     title = next(e for e in parsed.elements if e.tag == "h1")
     assert title.text == HOSTILE  # shown as text, exactly as the user wrote it
+
+
+def test_a_single_instant_still_gets_a_readable_time_axis() -> None:
+    data = demo_like_data()
+    data["drift"].update(windows=data["drift"]["windows"][:1], shift_at=None)
+    data["experiment"]["looks"] = data["experiment"]["looks"][-1:]
+    batch = data["rollout"]["batches"][0]
+    batch["finished"] = batch["started"]  # an instant batch
+    data["rollout"]["batches"] = [batch]
+    data["events"] = []
+    page = Page(render_report(data))
+    for svg_id in [f"drift-chart-{FEATURES[0]}", "ab-metric-chart", "rollout-chart"]:
+        ticks = [t.text for t in page.inside(svg_id, "text", "tick")]
+        x_ticks = [t for t in ticks if ":" in t]
+        # About a minute around the instant, in round steps: not five years around it.
+        assert 3 <= len(x_ticks) <= 8, (svg_id, ticks)
+        assert all(len(t) <= 5 for t in x_ticks), (svg_id, ticks)
+    assert page.inside(f"drift-chart-{FEATURES[0]}", "circle", "point")
+    assert [float(b.attrs["width"]) for b in page.inside("rollout-chart", "rect", "bar")] == [3.0]

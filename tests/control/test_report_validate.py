@@ -72,6 +72,8 @@ _DELETE = object()
             "rollout.batches[1].devices: expected a list",
         ),
         (_set("rollout.batches.0.started", "now"), "rollout.batches[0].started"),
+        (_set("rollout.batches.0.index", None), "rollout.batches[0].index: expected a non-neg"),
+        (_set("rollout.batches.0.index", _DELETE), "rollout.batches[0].index is missing"),
         (_set("devices.0.requests", -1), "devices[0].requests: expected a non-negative integer"),
         (_set("devices.0.online", "up"), "devices[0].online: expected true or false"),
         (_set("summary", [("requests", 1)]), "summary: expected a mapping"),
@@ -95,6 +97,7 @@ def test_numpy_values_and_unknown_states_are_fine() -> None:
     window = data["drift"]["windows"][0]
     window.update(t=np.float64(window["t"]), n=np.int64(500), dataset_drift=np.bool_(True))
     window["psi"]["flow_l_min"] = np.float32(0.5)
+    data["drift"]["windows"][1]["n"] = float("nan")  # a count nobody knows is "no value"
     data["rollout"]["batches"][2]["result"] = "aborted"
     data["rollout"]["state"] = "paused"
     data["events"].append({"t": data["generated_at"], "kind": "operator_note"})
@@ -102,6 +105,7 @@ def test_numpy_values_and_unknown_states_are_fine() -> None:
     parsed = parse_report(data)
     assert parsed.drift is not None and parsed.drift.windows[0].n == 500
     assert parsed.drift.windows[0].psi["flow_l_min"] == pytest.approx(0.5)
+    assert parsed.drift.windows[1].n is None
     page = Page(render_report(data))
     badges = {
         e.text: e.attrs["class"] for e in page.elements if "badge" in e.attrs.get("class", "")

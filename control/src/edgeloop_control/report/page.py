@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from .markup import esc
 from .model import ReportData
 from .sections.drift import render_drift
@@ -43,7 +46,7 @@ def render_document(data: ReportData) -> str:
     )
 
 
-def render_report(data: dict[str, object]) -> str:
+def render_report(data: Mapping[str, Any]) -> str:
     """One self-contained HTML document (inline CSS and SVG, no script, no network).
 
     ``data`` follows the contract in docs/report.md; a missing or malformed field raises

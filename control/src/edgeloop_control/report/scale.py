@@ -36,6 +36,15 @@ def decimals_for(step: float) -> int:
     return places
 
 
+# A time axis over a single instant spans this many seconds either side of it.
+TIME_POINT_HALF_WIDTH = 30.0
+
+
+def time_domain(times: Iterable[float | None]) -> tuple[float, float]:
+    """The x domain for a time axis: the times' range with 3% margins, at least a minute."""
+    return pad(*span_of(times), 0.03, point_half_width=TIME_POINT_HALF_WIDTH)
+
+
 def span_of(
     values: Iterable[float | None], *, include: Iterable[float] = ()
 ) -> tuple[float, float]:
@@ -47,10 +56,16 @@ def span_of(
     return (min(pool), max(pool))
 
 
-def pad(lo: float, hi: float, fraction: float = 0.06) -> tuple[float, float]:
-    """Widen a domain a little so lines do not run along the frame; a point becomes a range."""
+def pad(
+    lo: float, hi: float, fraction: float = 0.06, *, point_half_width: float | None = None
+) -> tuple[float, float]:
+    """Widen a domain a little so lines do not run along the frame.
+
+    A single value becomes a range of ``point_half_width`` either side (default: 10% of the
+    value, or 0.5 at zero). Time axes must pass one: 10% of a unix time is five years.
+    """
     if hi <= lo:
-        half = abs(lo) * 0.1 or 0.5
+        half = point_half_width if point_half_width is not None else (abs(lo) * 0.1 or 0.5)
         return (lo - half, hi + half)
     margin = (hi - lo) * fraction
     return (lo - margin, hi + margin)

@@ -128,11 +128,20 @@ def _required_number(value: object, path: str) -> float:
 
 
 def _count(value: object, path: str) -> int | None:
-    if value is _MISSING or value is None:
+    """A count (n, requests, errors): like a measurement, NaN/inf mean "no value"."""
+    number = _measurement(value, path)
+    if number is None:
         return None
-    if not _is_number(value) or float(value) != int(value) or int(value) < 0:  # type: ignore[call-overload, arg-type]
+    if number != int(number) or number < 0:
         raise _bad(path, "a non-negative integer or None", value)
-    return int(value)  # type: ignore[call-overload]
+    return int(number)
+
+
+def _index(value: object, path: str) -> int:
+    index = _count(value, path)
+    if index is None:
+        raise _bad(path, "a non-negative integer", value)
+    return index
 
 
 def _flag(value: object, path: str) -> bool:
@@ -312,10 +321,9 @@ def _experiment(value: object, path: str) -> Experiment | None:
 
 def _batch(value: object, path: str) -> Batch:
     obj = _mapping(value, path)
-    index = _count(_get(obj, "index", path, required=True), f"{path}.index")
     devices = _sequence(_get(obj, "devices", path, required=True), f"{path}.devices")
     return Batch(
-        index=0 if index is None else index,
+        index=_index(_get(obj, "index", path, required=True), f"{path}.index"),
         label=_text(_get(obj, "label", path, required=True), f"{path}.label"),
         devices=tuple(_text(d, f"{path}.devices[{i}]") for i, d in enumerate(devices)),
         result=_text(_get(obj, "result", path, required=True), f"{path}.result"),

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from .page import render_report
 
 
-def write_report(data: dict[str, object], path: Path) -> Path:
+def write_report(data: Mapping[str, Any], path: Path | str) -> Path:
     """Render ``data`` and write it to ``path`` (parents created); returns the absolute path.
 
     The data is validated and rendered before anything touches the disk, so a bad input

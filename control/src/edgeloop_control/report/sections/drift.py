@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from ..markup import Html, LegendItem, empty, esc, legend, num, p_value, unique_slugs
 from ..model import Drift, DriftWindow
 from ..palette import ALARM, MARKER, THRESHOLD, heat, series_color
-from ..scale import pad, span_of
+from ..scale import time_domain
 from ..svg import Point, time_chart
 from ..timefmt import Clock
 
@@ -157,10 +157,7 @@ def render_drift(drift: Drift | None, clock: Clock) -> Html:
         return Html(head + intro + empty("no drift windows completed") + "</section>")
     streams = _streams(drift.windows)
     colors = {s: series_color(i) for i, s in enumerate(streams)}
-    times = [w.t for w in drift.windows]
-    x_domain = pad(
-        *span_of(times, include=[] if drift.shift_at is None else [drift.shift_at]), 0.03
-    )
+    x_domain = time_domain([*(w.t for w in drift.windows), drift.shift_at])
     items = [LegendItem(_stream_name(s), c) for s, c in colors.items()]
     items += [
         LegendItem("dataset drift flagged", ALARM, "ring"),

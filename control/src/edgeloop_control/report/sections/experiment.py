@@ -30,7 +30,7 @@ from ..palette import (
     ZERO,
     tone,
 )
-from ..scale import pad, span_of
+from ..scale import pad, span_of, time_domain
 from ..svg import Chart, Point, time_chart
 from ..timefmt import Clock
 
@@ -282,7 +282,7 @@ def render_experiment(exp: Experiment | None, clock: Clock) -> Html:
             head + intro + verdict + empty("the experiment has no looks yet") + "</section>"
         )
     times = [lk.t for lk in looks] + ([d.t] if d is not None and d.t is not None else [])
-    x_domain = pad(*span_of(times), 0.03)
+    x_domain = time_domain(times)
     srm_warning = ""
     if exp.srm is not None and exp.srm.flag:
         srm_warning = (

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from ..markup import Html, LegendItem, badge, count, empty, esc, legend, num, sig, table
 from ..model import Batch, Device, Event, Rollout
 from ..palette import ALARM, tone, tone_color
-from ..scale import pad, span_of
+from ..scale import time_domain
 from ..svg import Margins, time_chart
 from ..timefmt import Clock, elapsed
 
@@ -32,7 +32,7 @@ def _gantt(
     started = [b for b in batches if b.started is not None]
     ends = [b.finished if b.finished is not None else now for b in started]
     times = [b.started for b in started] + ends + [e.t for e in markers]
-    x_domain = pad(*span_of(times), 0.04)
+    x_domain = time_domain(times)
     margins = Margins(top=22, right=120, bottom=34, left=170)
     height = margins.top + margins.bottom + ROW * len(batches)
     chart = time_chart(

@@ -31,6 +31,8 @@ figcaption { font-size: 12px; }
 figcaption.chart-title { color: var(--fg); font-weight: 600; font-size: 13px;
   overflow-wrap: anywhere; }
 svg.chart { display: block; width: 100%; height: auto; max-width: 980px; font-size: 10px; }
+/* Small multiples stay small on a narrow screen rather than blowing their text up. */
+figure.small svg.chart { max-width: 540px; }
 svg.chart .plot-bg { fill: #fff; stroke: none; }
 svg.chart .gridline { stroke: #eceff2; stroke-width: 1; }
 svg.chart .axis { stroke: #9aa1a9; stroke-width: 1; }

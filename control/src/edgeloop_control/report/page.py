@@ -40,7 +40,7 @@ def render_document(data: ReportData) -> str:
         '<html lang="en"><head><meta charset="utf-8">'
         f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f'<meta name="generator" content="edgeloop report">'
+        '<meta name="generator" content="edgeloop report">'
         f"<title>{esc(data.title)}</title><style>{stylesheet()}</style></head>"
         f"<body><main>{body}</main></body></html>\n"
     )

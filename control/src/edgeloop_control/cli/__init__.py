@@ -49,6 +49,9 @@ def _register() -> None:
     app.add_typer(runs.app, name="runs", help="Experiment tracking runs (MLflow).")
     app.add_typer(rollout.app, name="rollout", help="Staged fleet rollout with automatic rollback.")
     app.add_typer(groups.app, name="group", help="Device groups (for `edgeloop rollout --group`).")
+    from edgeloop_control.cli import ab
+
+    app.add_typer(ab.app, name="ab", help="A/B experiments: champion vs challenger, by statistics.")
 
 
 _register()

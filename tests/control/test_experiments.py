@@ -709,3 +709,22 @@ def test_broker_outage_during_rollback_is_retried(env: Env) -> None:
         assert [m["variant"] for m in retained_desired(env.broker, "d1")["models"]] == [CHAMP]
     finally:
         client.close()
+
+
+def test_actions_run_in_one_process_at_a_time(env: Env) -> None:
+    """While the daemon carries out an experiment's actions, a CLI stop leaves them to it."""
+    exp_id = env.manager().start("sensor", "v1", "v2", ["d1"])["id"]
+    daemon_db = ControlDB(env.ws.state_db)
+    try:
+        daemon, cli = env.manager(db=daemon_db), env.manager()
+        assert daemon._lease(exp_id, time.time())  # the daemon is mid-action
+        st = cli.stop(exp_id, "operator")
+        assert st["state"] == "rolling_back" and st["pending"] == ["desired:d1", "registry"]
+        assert env.db.desired("d1")[1]["experiment"] == exp_id  # nothing published twice
+        daemon.tick(time.time())  # the daemon finishes (and releases) the work
+    finally:
+        daemon_db.close()
+    [st] = env.manager().status(exp_id)
+    assert st["state"] == "rolled_back" and st["pending"] == []
+    assert [m["variant"] for m in retained_desired(env.broker, "d1")["models"]] == [CHAMP]
+    assert len(env.events("ab_rolled_back")) == 1

@@ -21,6 +21,8 @@ import json
 import logging
 import math
 import numbers
+import os
+import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -57,6 +59,9 @@ ENDING = ("promoting", "rolling_back")  # a decision was taken; its actions are 
 FINAL = ("promoted", "rolled_back")
 STATES = ACTIVE + ENDING + FINAL
 RETRY_S = 30.0  # a failed action (broker down, registry locked) is retried this much later
+# Only one process carries out an experiment's actions at a time (the daemon's tick and a CLI
+# `stop` could otherwise publish the same rollback twice); a crashed holder's lease expires.
+LEASE_S = 120.0
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS experiments (
@@ -84,7 +89,9 @@ CREATE TABLE IF NOT EXISTS experiments (
     revisions TEXT NOT NULL DEFAULT '{}',
     rollout TEXT,
     last_error TEXT,
-    retry_at REAL
+    retry_at REAL,
+    lease_owner TEXT,
+    lease_until REAL
 );
 CREATE INDEX IF NOT EXISTS experiments_model ON experiments(model, seq);
 CREATE TABLE IF NOT EXISTS experiment_looks (
@@ -177,6 +184,7 @@ class ExperimentManager:
         self.prefix = ws.topic_prefix
         self.db.conn.executescript(SCHEMA)
         self._registry: Any = None
+        self._owner = f"{os.getpid()}:{secrets.token_hex(4)}"
 
     # -- registry ------------------------------------------------------------------
 
@@ -432,47 +440,66 @@ class ExperimentManager:
         if not (changed or cursor_moved or events or state != exp["state"]):
             return  # nothing new: an idempotent tick writes nothing
         try:
-            with self.db.transaction() as conn:
-                cur = conn.execute(
-                    "UPDATE experiments SET test = ?, totals = ?, report = ?, flags = ?, "
-                    "state = ?, decision = ?, pending = ?, updated_at = ? "
-                    "WHERE id = ? AND state = ?",
-                    (
-                        json.dumps(test.to_dict()),
-                        json.dumps(totals.to_dict()),
-                        json.dumps(ev.report),
-                        json.dumps(flags),
-                        state,
-                        json.dumps(decision) if decision is not None else None,
-                        json.dumps(pending),
-                        now,
-                        exp_id,
-                        exp["state"],
-                    ),
-                )
-                if cur.rowcount != 1:
-                    raise _Conflict
-                if changed:
-                    seq = conn.execute(
-                        "SELECT COALESCE(MAX(seq), 0) + 1 FROM experiment_looks "
-                        "WHERE experiment = ?",
-                        (exp_id,),
-                    ).fetchone()[0]
-                    record = look_record(ev.report, now, ev.action)
-                    conn.execute(
-                        "INSERT INTO experiment_looks(experiment, seq, t, doc) VALUES (?,?,?,?)",
-                        (exp_id, seq, now, json.dumps(record)),
-                    )
-                for kind, message in events:
-                    self.db.add_event(
-                        kind,
-                        message,
-                        subject=exp_id,
-                        data={"model": exp["model"], "decision": decision, "state": state},
-                    )
+            self._save(exp, now, test, totals, ev, changed, state=state, decision=decision,
+                       pending=pending, flags=flags, events=events)  # fmt: skip
         except _Conflict:
             log.info("%s changed state while it was evaluated; skipping this look", exp_id)
-            return
+
+    def _save(
+        self,
+        exp: dict[str, Any],
+        now: float,
+        test: MixtureSPRT,
+        totals: Totals,
+        ev: Evaluation,
+        changed: bool,
+        *,
+        state: str,
+        decision: dict[str, Any] | None,
+        pending: list[str],
+        flags: dict[str, Any],
+        events: list[tuple[str, str]],
+    ) -> None:
+        """Store a look and its consequences in one transaction, if the state is still the
+        one the look started from (else :class:`_Conflict`: another process acted first)."""
+        exp_id = exp["id"]
+        with self.db.transaction() as conn:
+            cur = conn.execute(
+                "UPDATE experiments SET test = ?, totals = ?, report = ?, flags = ?, "
+                "state = ?, decision = ?, pending = ?, updated_at = ? "
+                "WHERE id = ? AND state = ?",
+                (
+                    json.dumps(test.to_dict()),
+                    json.dumps(totals.to_dict()),
+                    json.dumps(ev.report),
+                    json.dumps(flags),
+                    state,
+                    json.dumps(decision) if decision is not None else None,
+                    json.dumps(pending),
+                    now,
+                    exp_id,
+                    exp["state"],
+                ),
+            )
+            if cur.rowcount != 1:
+                raise _Conflict
+            if changed:
+                seq = conn.execute(
+                    "SELECT COALESCE(MAX(seq), 0) + 1 FROM experiment_looks WHERE experiment = ?",
+                    (exp_id,),
+                ).fetchone()[0]
+                record = look_record(ev.report, now, ev.action)
+                conn.execute(
+                    "INSERT INTO experiment_looks(experiment, seq, t, doc) VALUES (?,?,?,?)",
+                    (exp_id, seq, now, json.dumps(record)),
+                )
+            for kind, message in events:
+                self.db.add_event(
+                    kind,
+                    message,
+                    subject=exp_id,
+                    data={"model": exp["model"], "decision": decision, "state": state},
+                )
         for _, message in events:
             log.info(message)
 
@@ -508,13 +535,39 @@ class ExperimentManager:
     # -- acting on a decision --------------------------------------------------------
 
     def _act(self, exp_id: str, now: float, *, force: bool = False) -> None:
-        """Carry out the pending steps of a decided experiment, in order, one at a time."""
+        """Carry out the pending steps of a decided experiment, in order, one at a time.
+
+        ``force`` ignores the retry delay of an earlier failure (an operator is asking now).
+        Another process holding the lease is left to finish its work.
+        """
         exp = self._row(exp_id)
         if not exp["pending"] and exp["state"] not in ENDING:
             return
         if not force and exp["retry_at"] is not None and now < exp["retry_at"]:
             return
+        if not self._lease(exp_id, time.time()):
+            return
+        try:
+            self._steps(exp_id, now)
+        finally:
+            self.db.conn.execute(
+                "UPDATE experiments SET lease_owner = NULL, lease_until = NULL "
+                "WHERE id = ? AND lease_owner = ?",
+                (exp_id, self._owner),
+            )
+
+    def _lease(self, exp_id: str, now: float) -> bool:
+        cur = self.db.conn.execute(
+            "UPDATE experiments SET lease_owner = ?, lease_until = ? WHERE id = ? AND "
+            "(lease_owner IS NULL OR lease_owner = ? OR lease_until < ?)",
+            (self._owner, now + LEASE_S, exp_id, self._owner, now),
+        )
+        return cur.rowcount == 1
+
+    def _steps(self, exp_id: str, now: float) -> None:
+        exp = self._row(exp_id)
         for step in list(exp["pending"]):
+            self._lease(exp_id, time.time())  # renew: a step may wait for the broker
             try:
                 done = self._run_step(exp, step)
             except Exception as exc:
@@ -529,8 +582,10 @@ class ExperimentManager:
                 log.warning(message)
                 return
             if not done:
+                # Steps run in order (devices back on the champion before the registry
+                # says so; the registry before the rollout), so wait here.
                 self._waiting(exp, step)
-                continue
+                break
             with self.db.transaction() as conn:
                 current = self._row(exp_id)
                 pending = [s for s in current["pending"] if s != step]
@@ -699,26 +754,18 @@ class ExperimentManager:
     def _transition(
         self, exp: dict[str, Any], state: str, decision: dict[str, Any], kind: str, message: str
     ) -> None:
-        with self.db.transaction() as conn:
-            cur = conn.execute(
-                "UPDATE experiments SET state = ?, decision = ?, pending = ?, updated_at = ? "
-                "WHERE id = ? AND state = ?",
-                (
-                    state,
-                    json.dumps(decision),
-                    json.dumps(_steps(decision["action"], exp["devices"])),
-                    time.time(),
-                    exp["id"],
-                    exp["state"],
-                ),
-            )
-            if cur.rowcount != 1:
-                raise ExperimentError(
-                    f"{exp['id']} changed state meanwhile (now "
-                    f"{self._row(exp['id'])['state']}); check `edgeloop ab status {exp['id']}`"
-                )
-            self.db.add_event(kind, message, subject=exp["id"], data={"decision": decision})
-        log.info(message)
+        # A last look first, so the stored report is what the operator acted on.
+        now = time.time()
+        test, totals, ev, changed, _ = self._evaluate(exp, now)
+        try:
+            self._save(exp, now, test, totals, ev, changed, state=state, decision=decision,
+                       pending=_steps(decision["action"], exp["devices"]), flags=exp["flags"],
+                       events=[(kind, message)])  # fmt: skip
+        except _Conflict:
+            raise ExperimentError(
+                f"{exp['id']} changed state meanwhile (now {self._row(exp['id'])['state']}); "
+                f"check `edgeloop ab status {exp['id']}`"
+            ) from None
 
     # -- reading -------------------------------------------------------------------
 

@@ -363,6 +363,61 @@ def test_batches_gate_and_resume_without_republishing(ws, db, client, probe, bro
     assert all(db.desired(d)[0] == 2 for d in "abc")
 
 
+def test_two_drivers_take_each_step_once(ws, db, broker) -> None:
+    """The daemon and a `rollout wait` CLI may drive the same rollout at once."""
+    import threading
+
+    seed(ws, db, ["a", "b", "c"])
+    rid = RolloutManager(ws, db, None, config=FAST).start("sensor@v2", canary=0.34, step=0.34)["id"]
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def drive() -> None:
+        own = ControlDB(ws.state_db)  # each driver has its own connection, as in production
+        try:
+            with connected_client(broker.url) as c:
+                manager = RolloutManager(ws, own, c, config=FAST)
+                while not stop.wait(0.005):
+                    manager.tick()
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+        finally:
+            own.close()
+
+    threads = [threading.Thread(target=drive) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        manager = RolloutManager(ws, db, None, config=FAST)
+        deadline = time.monotonic() + 20
+        while manager.status(rid)[0]["state"] == "running" and time.monotonic() < deadline:
+            for device, row in (
+                (d["device"], d) for b in manager.status(rid)[0]["batches"] for d in b["devices"]
+            ):
+                if row["state"] == "pending":
+                    load(db, device, 2)
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+    assert not errors, errors
+    assert manager.status(rid)[0]["state"] == "completed"
+    assert steps(db, rid) == [
+        "started",
+        "artifact_published",
+        "batch_published",
+        "device_loaded",
+        "device_loaded",
+        "batch_passed",
+        "batch_published",
+        "device_loaded",
+        "batch_passed",
+        "completed",
+    ]
+    assert all(db.desired(d)[0] == 2 for d in "abc")
+
+
 # -- failures and rollback -----------------------------------------------------------------------
 
 

@@ -209,6 +209,9 @@ class RolloutManager:
                 self._advance(rollout.id, now)
             except RolloutError as exc:
                 self._note_error(rollout.id, str(exc), now)
+            except Exception as exc:  # one rollout's bug must not stall the others
+                log.exception("rollout %s: unexpected error", rollout.id)
+                self._note_error(rollout.id, f"unexpected error: {exc!r}", now)
 
     def _advance(self, rollout_id: str, now: float) -> None:
         # Each pass either returns or moves the rollout one step on, so this is bounded.
@@ -230,7 +233,7 @@ class RolloutManager:
                     batch = self.store.batch(rollout_id, idx)
                 try:
                     self._publish_batch(r, idx, now)
-                except PUBLISH_ERRORS as exc:
+                except (RolloutError, *PUBLISH_ERRORS) as exc:
                     self._note_error(rollout_id, f"publishing batch {idx + 1}: {exc}", now)
                     if now - batch.started_at > config.batch_timeout_s:
                         self._fail(r, idx, f"batch {idx + 1} could not be published: {exc}", now)
@@ -356,6 +359,7 @@ class RolloutManager:
             status = inventory.get("status") or {}
             online = _online(inventory)
             changes: dict[str, Any] = {}
+            events: list[tuple[str, str, dict[str, Any]]] = []
             if online and not dev.seen_online:
                 changes["seen_online"] = 1
             # Crash loop: every new started_at is a new agent process.
@@ -365,12 +369,12 @@ class RolloutManager:
                 if dev.last_started_at is not None:
                     restarts += 1
                     changes["restarts"] = restarts
-                    self._event(
-                        r.id,
-                        "device_restarted",
-                        f"{dev.device} restarted ({restarts} since its desired state was sent)",
-                        device=dev.device,
-                        restarts=restarts,
+                    events.append(
+                        (
+                            "device_restarted",
+                            f"{dev.device} restarted ({restarts} since its desired state was sent)",
+                            {"device": dev.device, "restarts": restarts},
+                        )
                     )
                 changes["last_started_at"] = started
             failure = None
@@ -384,15 +388,17 @@ class RolloutManager:
                 )
             loaded_at = dev.loaded_at
             if loaded_at is None and serves_target(status, target, dev.target_revision):
+                # The device's own timestamp of the report: the soak is measured on
+                # its clock, like the telemetry that proves it.
                 ts = status.get("ts")
                 loaded_at = float(ts) if isinstance(ts, (int, float)) else now
                 changes["loaded_at"] = loaded_at
-                self._event(
-                    r.id,
-                    "device_loaded",
-                    f"{dev.device} serves {target.variant} (r{status.get('revision')})",
-                    device=dev.device,
-                    revision=status.get("revision"),
+                events.append(
+                    (
+                        "device_loaded",
+                        f"{dev.device} serves {target.variant} (r{status.get('revision')})",
+                        {"device": dev.device, "revision": status.get("revision")},
+                    )
                 )
             health = None
             if loaded_at is not None:
@@ -400,9 +406,21 @@ class RolloutManager:
                 changes["health"] = health.to_dict()
             if failure:
                 changes["failure"] = failure
-                failures.append(failure)
             if changes:
-                self.store.update_device(r.id, dev.device, changes)
+                # Compare-and-set on what was read: with two drivers (daemon and a
+                # CLI --wait) each observation, and its event, is recorded once.
+                guard = {
+                    k: getattr(dev, k)
+                    for k in ("seen_online", "last_started_at", "restarts", "loaded_at")
+                }
+                with self.store.transaction():
+                    if not self.store.update_device(r.id, dev.device, changes, where=guard):
+                        verdict.waiting.append(f"{dev.device} was updated concurrently")
+                        continue
+                    for step, message, data in events:
+                        self._event(r.id, step, message, **data)
+            if failure:
+                failures.append(failure)
             # Offline when its batch came (or shut down cleanly since): not waited
             # for; the retained desired state reaches it when it returns. A device
             # seen online that then vanished ("lost") may be crashing: wait for it.
@@ -596,8 +614,6 @@ class RolloutManager:
         """Best effort: the previous artifacts are normally still retained on the broker
         from their own deployment; republishing them from the registry makes the
         rollback independent of that. A failure here only logs."""
-        from edgeloop_control.registry import RegistryError
-
         wanted: dict[str, str] = {}
         for dev in devices:
             for m in (dev.previous_doc or {}).get("models") or []:
@@ -610,7 +626,7 @@ class RolloutManager:
                     log.warning("rollback: %s in the registry differs from the deployed one", ref)
                     continue
                 publish_artifact(self._client(), self.prefix, mv, registry.artifact_bytes(mv))
-            except (RegistryError, RolloutError, *PUBLISH_ERRORS) as exc:
+            except Exception as exc:  # best effort by design (see above)
                 log.warning("rollback: could not republish artifact %s: %s", ref, exc)
 
     def abort(self, rollout_id: str, reason: str = "aborted by the operator") -> dict[str, Any]:

@@ -22,6 +22,7 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
+from rich.table import Table
 from typer.core import TyperGroup
 
 from edgeloop_control.cli.common import (
@@ -341,9 +342,12 @@ def _detail(info: dict[str, Any]) -> Any:
     )
     parts: list[Any] = [head]
     if info["devices_total"]:
-        parts.append(
-            ProgressBar(total=info["devices_total"], completed=info["devices_loaded"], width=50)
+        bar = Table.grid(padding=(0, 1))
+        bar.add_row(
+            ProgressBar(total=info["devices_total"], completed=info["devices_loaded"], width=50),
+            f"{info['devices_loaded']}/{info['devices_total']} loaded",
         )
+        parts.append(bar)
     if info.get("failure"):
         parts.append(Text(f"failure: {info['failure']}", style="red"))
     if info.get("last_error") and info["state"] not in FINAL:

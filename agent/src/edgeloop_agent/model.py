@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import math
 import os
-from json.encoder import encode_basestring_ascii
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii
 from pathlib import Path
 from typing import Any
 

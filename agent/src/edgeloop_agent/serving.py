@@ -13,9 +13,9 @@ import logging
 import threading
 import time
 from collections import deque
-from json.encoder import encode_basestring_ascii
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 import paho.mqtt.client as mqtt

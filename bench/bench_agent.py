@@ -49,6 +49,7 @@ from common import (
     LOAD_CPU,
     SERVER_CPU,
     Client,
+    CpuMeter,
     Publishers,
     ReplySink,
     Requests,
@@ -63,6 +64,7 @@ from common import (
 )
 
 BENCH_DIR = Path(__file__).resolve().parent
+BROKER_PID = [0]  # set once the broker runs
 VENV_BIN = Path(sys.executable).parent
 DEVICE = "bench"
 N_FEATURES = 32
@@ -240,6 +242,7 @@ def saturation(server: Server, port: int, work: Path, feature_names: list[str], 
     pubs = Publishers(port, server.topic, reply_topic, k=2).start()
     requests = Requests(feature_names, prefix="s")
     cpu0 = cpu_seconds(server.pid)
+    meter = CpuMeter({"broker": BROKER_PID[0]})
     t_send = time.time_ns()
     w0 = time.perf_counter()
     pubs.feed(requests, n, rate=None)
@@ -247,10 +250,12 @@ def saturation(server: Server, port: int, work: Path, feature_names: list[str], 
     sink.wait(n, timeout=max(120.0, n / 500), idle=10.0)
     wall = time.perf_counter() - w0
     cpu1 = cpu_seconds(server.pid)
+    load = meter.stop()
     sink.close()
     res = check_replies(sink, "s", n)
     res.pop("agent_ms")
     recv = np.sort(res.pop("recv"))
+    res.update(load)
     return finish_saturation(res, recv, t_send, cpu0, cpu1, wall)
 
 
@@ -266,6 +271,10 @@ def finish_saturation(
         res["rate"] = res["rate_mid"] = float("nan")
     if cpu0 is not None and cpu1 is not None:
         res["cpu"] = (cpu1 - cpu0) / wall
+        # CPU per answered request: the server's own cost, whatever bounded the wall clock.
+        if recv.size:
+            res["cpu_us"] = (cpu1 - cpu0) / recv.size * 1e6
+            res["cpu_capacity"] = 1e6 / res["cpu_us"] if res["cpu_us"] > 0 else None
     return res
 
 
@@ -314,6 +323,7 @@ def sustained(server: Server, port: int, work: Path, feature_names: list[str], r
     sampler = RssSampler(server.pid, 0.5).start()
     requests = Requests(feature_names, prefix="u")
     cpu0 = cpu_seconds(server.pid)
+    meter = CpuMeter({"broker": BROKER_PID[0]})
     t_send = time.time_ns()
     w0 = time.perf_counter()
     feed_s = pubs.feed(requests, n, rate=rate)
@@ -321,6 +331,7 @@ def sustained(server: Server, port: int, work: Path, feature_names: list[str], r
     sink.wait(n, timeout=120.0, idle=10.0)
     wall = time.perf_counter() - w0
     cpu1 = cpu_seconds(server.pid)
+    load = meter.stop()
     time.sleep(1.0)
     samples = sampler.stop()
     sink.close()
@@ -332,6 +343,7 @@ def sustained(server: Server, port: int, work: Path, feature_names: list[str], r
     lag_ms = np.sort((recv[ok] - scheduled[ok]) / 1e6)
     res["offered_rate"] = n / feed_s
     res.update(finish_saturation({}, np.sort(recv), t_send, cpu0, cpu1, wall))
+    res.update(load)
     res["lag_p99"] = percentile(lag_ms.tolist(), 99)
     res["lag_max"] = float(lag_ms[-1]) if lag_ms.size else float("nan")
     res["rss"] = summarize_rss(samples, w0, w0 + feed_s)
@@ -400,6 +412,11 @@ def report(info: dict, cfg: dict, servers: dict[str, Server]) -> None:
     row("saturation throughput (req/s)", ">=10,000", "rate", "sat")
     row("  mid-burst reply rate (req/s)", "", "rate_mid", "sat")
     row("  server CPU (cores)", "", "cpu", "sat", ".2f")
+    row("  server CPU per request (us)", "", "cpu_us", "sat", ".1f")
+    row("  => req/s at 100% of one core", ">=10,000", "cpu_capacity", "sat")
+    row("  broker CPU (cores)", "", "broker_cpu", "sat", ".2f")
+    row("  core 0 busy (load side)", "", "core0_busy", "sat", ".2f")
+    row("  core 1 busy (server side)", "", "core1_busy", "sat", ".2f")
     row("  lost requests", "0", "lost", "sat", "d")
     row("latency p50 (ms) @ rate", "", "p50", "lat", ".3f")
     row("latency p99 (ms) @ rate", "<=2", "p99", "lat", ".3f")
@@ -414,7 +431,10 @@ def report(info: dict, cfg: dict, servers: dict[str, Server]) -> None:
         print(f"sustained: {sus['sent']:,} requests offered at {sus['offered_rate']:,.0f}/s: "
               f"answered {sus['answered']:,}, lost {sus['lost']}, errors {sus['errors']}, "
               f"duplicates {sus['duplicates']}, reply rate {fmt(sus['rate'])}/s, "
-              f"agent CPU {fmt(sus.get('cpu'), '.2f')} cores, lag p99 {sus['lag_p99']:.1f} ms, "
+              f"agent CPU {fmt(sus.get('cpu'), '.2f')} cores, broker "
+              f"{fmt(sus.get('broker_cpu'), '.2f')}, "
+              f"core0 busy {fmt(sus.get('core0_busy'), '.2f')}, "
+              f"core1 busy {fmt(sus.get('core1_busy'), '.2f')}, lag p99 {sus['lag_p99']:.1f} ms, "
               f"max {sus['lag_max']:.1f} ms")  # fmt: skip
         print(f"  RSS steady state {fmt(rss['steady_mb'], '.1f')} MB (target <= 80), "
               f"growth {fmt(rss['growth_mb'], '+.2f')} MB (target <= 2), "
@@ -486,6 +506,8 @@ def main() -> int:
         pickle.dump({"pipeline": models[0].pipeline, "feature_names": models[0].feature_names}, fh)
     pin(os.getpid(), LOAD_CPU)
     broker = start_broker(work)
+    assert broker.proc is not None
+    BROKER_PID[0] = broker.proc.pid
     setup = Client(broker.port, "bench-setup")
     servers: dict[str, Server] = {}
     names = models[0].feature_names

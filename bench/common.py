@@ -82,6 +82,39 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def core_busy() -> list[tuple[int, int]]:
+    """(busy, total) jiffies per core from /proc/stat."""
+    out = []
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith("cpu") and line[3:4].isdigit():
+            v = [int(x) for x in line.split()[1:]]
+            idle = v[3] + v[4]
+            out.append((sum(v) - idle, sum(v)))
+    return out
+
+
+class CpuMeter:
+    """CPU used by named processes (cores) and how busy each core was, over a phase: tells
+    whether the server or the load side (broker, load generator, other users) bounded it."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self._t0 = time.perf_counter()
+        self._cpu0 = {k: cpu_seconds(p) for k, p in pids.items()}
+        self._cores0 = core_busy()
+
+    def stop(self) -> dict[str, float]:
+        wall = time.perf_counter() - self._t0
+        out: dict[str, float] = {}
+        for k, p in self.pids.items():
+            a, b = self._cpu0[k], cpu_seconds(p)
+            if a is not None and b is not None:
+                out[f"{k}_cpu"] = (b - a) / wall
+        for i, ((b0, t0), (b1, t1)) in enumerate(zip(self._cores0, core_busy(), strict=False)):
+            out[f"core{i}_busy"] = (b1 - b0) / max(t1 - t0, 1)
+        return out
+
+
 class RssSampler:
     """VmRSS of one process every ``interval`` seconds, on a daemon thread."""
 

@@ -567,6 +567,47 @@ def test_abort_rolls_back_switched_devices_only(ws, db, client) -> None:
     assert manager.start("sensor@v2", devices=["a"])["state"] == "running"
 
 
+def test_abort_racing_a_batch_publish_leaves_the_rollback_last(ws, db, broker) -> None:
+    """An abort from the CLI lands while the daemon is publishing a batch: the device
+    the daemon was sending the target to must still end on its rollback document."""
+    seed(ws, db, ["a", "b"])
+    rid = RolloutManager(ws, db, None, config=FAST).start("sensor@v2", canary=1.0)["id"]
+    other = ControlDB(ws.state_db)
+
+    class AbortAfterFirstTarget:
+        """The daemon's publisher, with an operator's abort right after one PUBACK."""
+
+        def __init__(self, client: ControlClient) -> None:
+            self.client = client
+            self.fired = False
+
+        def publish(self, topic: str, payload: bytes, **kw: Any) -> None:
+            self.client.publish(topic, payload, **kw)
+            if topic == "edgeloop/a/desired" and not self.fired:
+                self.fired = True
+                with connected_client(broker.url) as cli_client:
+                    RolloutManager(ws, other, cli_client, config=FAST).abort(rid, "operator")
+
+    try:
+        with connected_client(broker.url) as c:
+            daemon = RolloutManager(ws, db, AbortAfterFirstTarget(c), config=FAST)
+            daemon.tick()
+            daemon.tick()
+            retained = {
+                m.topic.split("/")[1]: json.loads(m.payload)
+                for m in c.retained("edgeloop/+/desired", settle=0.3)
+            }
+    finally:
+        other.close()
+    s = daemon.status(rid)[0]
+    assert s["state"] == "rolled_back"
+    assert retained["a"]["revision"] == 3  # the rollback, not the target (r2)
+    assert retained["a"]["models"][0]["version"] == "v1"
+    assert db.desired("a")[0] == 3
+    # b was never planned: the abort came first, so it was never touched.
+    assert "b" not in retained and db.desired("b")[0] == 1
+
+
 def test_rollback_is_resumable(ws, db, broker) -> None:
     """Rollback documents are planned once, before any is sent: after a broker outage
     (or a control-node restart) mid-rollback the very same documents go out."""

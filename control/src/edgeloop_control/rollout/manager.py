@@ -49,6 +49,10 @@ log = logging.getLogger("edgeloop.control.rollout")
 PUBLISH_ERRORS: tuple[type[Exception], ...] = (RuntimeError, OSError, BrokerError, DeployError)
 
 
+class _NotRunning(Exception):
+    """The rollout left ``running`` (abort, failure seen by another driver) mid-step."""
+
+
 class Publisher(Protocol):
     def publish(
         self, topic: str, payload: bytes, *, retain: bool = False, qos: int = 1, timeout: float = 30
@@ -233,6 +237,8 @@ class RolloutManager:
                     batch = self.store.batch(rollout_id, idx)
                 try:
                     self._publish_batch(r, idx, now)
+                except _NotRunning:
+                    continue  # re-read: now rolling back
                 except (RolloutError, *PUBLISH_ERRORS) as exc:
                     self._note_error(rollout_id, f"publishing batch {idx + 1}: {exc}", now)
                     if now - batch.started_at > config.batch_timeout_s:
@@ -297,6 +303,16 @@ class RolloutManager:
                 continue
             doc = dev.target_doc or self._plan(r.id, dev.device, target)
             publish_desired(self._client(), self.db, self.prefix, dev.device, doc)
+            fresh = self.store.device(r.id, dev.device)
+            if fresh.rollback_doc is not None:
+                # A rollback elsewhere (an abort from the CLI) planned this device's
+                # rollback while we were publishing its target. Rollback documents are
+                # all planned before any is sent, so either it sends after us or we
+                # see its plan here: either way the rollback document is sent last.
+                publish_desired(
+                    self._client(), self.db, self.prefix, dev.device, fresh.rollback_doc
+                )
+                raise _NotRunning
             inventory = self.db.device(dev.device) or {}
             online = _online(inventory)
             started = (inventory.get("status") or {}).get("started_at") if online else None
@@ -335,6 +351,11 @@ class RolloutManager:
             dev = self.store.device(rollout_id, device)
             if dev.target_doc is not None:
                 return cast(dict[str, Any], dev.target_doc)
+            # Checked in the same transaction that records the plan: a device is
+            # either planned before an abort (and so rolled back) or never.
+            rollout = self.store.rollout(rollout_id)
+            if rollout is None or rollout.state != RUNNING:
+                raise _NotRunning
             current = self.db.desired(device)
             # The document actually being replaced is what a rollback restores,
             # even if someone deployed to the device after the rollout started.

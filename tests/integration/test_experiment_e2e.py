@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import subprocess
 import sys
 import threading
@@ -159,24 +160,48 @@ def drive(app: App, ws: Workspace, exp_id: str, until: tuple[str, ...], timeout:
     return experiment_state(ws, exp_id)
 
 
-def serving(probe: Probe, variants: set[str], timeout: float = 30) -> None:
-    for device in DEVICES:
-        probe.wait_for(
-            f"edgeloop/{device}/status",
-            lambda s: s.get("online") and {m["variant"] for m in s.get("models", [])} == variants,
-            timeout,
-        )
+class Fleet:
+    """The devices' retained status documents, kept per device as they arrive."""
+
+    def __init__(self, broker: PrivateBroker) -> None:
+        self.probe = Probe(broker.url)
+        self.latest: dict[str, dict[str, Any]] = {}
+        for device in DEVICES:
+            self.probe.subscribe(f"edgeloop/{device}/status")
+
+    def serving(self, variants: set[str], timeout: float = 30) -> None:
+        """Wait until every device is online and serves exactly ``variants``."""
+
+        def ok(doc: dict[str, Any] | None) -> bool:
+            return (
+                bool(doc and doc.get("online"))
+                and {m["variant"] for m in doc.get("models", [])} == variants
+            )
+
+        deadline = time.monotonic() + timeout
+        while not all(ok(self.latest.get(d)) for d in DEVICES):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"devices do not serve {sorted(variants)}: {self.latest}")
+            try:
+                msg = self.probe.messages.get(timeout=min(remaining, 0.5))
+            except queue.Empty:
+                continue
+            if msg.payload:
+                self.latest[msg.topic.split("/")[1]] = json.loads(msg.payload)
+
+    def close(self) -> None:
+        self.probe.close()
 
 
 def test_daemon_promotes_the_better_model_and_rolls_back_the_worse(
     workspace: Workspace, broker: PrivateBroker, agents: list[AgentProcess], daemon, tmp_path
 ) -> None:
     ws = workspace
-    status = Probe(broker.url)
+    fleet = Fleet(broker)
     app = App(broker)
     try:
         for device in DEVICES:
-            status.subscribe(f"edgeloop/{device}/status")
             agents.append(
                 AgentProcess(
                     broker_url=broker.url,
@@ -190,7 +215,7 @@ def test_daemon_promotes_the_better_model_and_rolls_back_the_worse(
         out = cli(ws, broker, "ab", "start", "sensor@v1", "sensor@v2", *ON_DEVICES, "--json")
         assert out.returncode == 0, out.stderr
         first = json.loads(out.stdout)["id"]
-        serving(status, {"sensor@v1", "sensor@v2"})
+        fleet.serving({"sensor@v1", "sensor@v2"})
         assert drive(app, ws, first, ("promoted",), timeout=30) == "promoted"
         accuracy = {v: sum(r) / len(r) for v, r in app.served.items()}
         assert accuracy["sensor@v2"] > 0.8 > 0.3 > accuracy["sensor@v1"]
@@ -206,7 +231,7 @@ def test_daemon_promotes_the_better_model_and_rolls_back_the_worse(
         finally:
             db.close()
         # The staged rollout (the rollout policy of the same daemon) moves both devices.
-        serving(status, {"sensor@v2"}, timeout=40)
+        fleet.serving({"sensor@v2"}, timeout=40)
 
         # 2. The good model is champion now; a bad challenger (shuffled labels): roll back.
         app.served.clear()
@@ -216,9 +241,9 @@ def test_daemon_promotes_the_better_model_and_rolls_back_the_worse(
         )  # fmt: skip
         assert out.returncode == 0, out.stderr
         second = json.loads(out.stdout)["id"]
-        serving(status, {"sensor@v2", "sensor@v3"})
+        fleet.serving({"sensor@v2", "sensor@v3"})
         assert drive(app, ws, second, ("rolled_back",), timeout=30) == "rolled_back"
-        serving(status, {"sensor@v2"})
+        fleet.serving({"sensor@v2"})
         db = ControlDB(ws.state_db)
         try:
             [decision] = [e for e in db.events(kind="ab_decision") if e["subject"] == second]
@@ -244,4 +269,4 @@ def test_daemon_promotes_the_better_model_and_rolls_back_the_worse(
         assert st["looks"] and st["looks"][-1]["p_value"] == st["sequential"]["p_value"]
     finally:
         app.close()
-        status.close()
+        fleet.close()

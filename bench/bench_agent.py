@@ -299,18 +299,45 @@ def latency(server: Server, port: int, work: Path, feature_names: list[str], rat
         send_ns[i] = time.time_ns()
         publish_with_response(pub, server.topic, payload, reply_topic)
     sink.wait(n, timeout=max(30.0, seconds * 3), idle=10.0)
+    offered = n / (time.perf_counter() - t0)
     client.close()
     sink.close()
     res = check_replies(sink, "L", n)
     recv = res.pop("recv")
     ok = recv >= 0
-    lat_ms = np.sort((recv[ok] - send_ns[ok]) / 1e6)
-    agent_ms = sorted(res.pop("agent_ms"))
-    res["offered_rate"] = n / (time.perf_counter() - t0)
+    res["lat_ms"] = (recv[ok] - send_ns[ok]) / 1e6
+    res["offered_rate"] = offered
+    return res
+
+
+def merge_latency(parts: list[dict]) -> dict:
+    """One summary of several latency rounds (their samples pooled)."""
+    lat = np.sort(np.concatenate([p["lat_ms"] for p in parts])).tolist()
+    agent_ms = sorted(x for p in parts for x in p["agent_ms"])
+    res: dict[str, Any] = {k: sum(p[k] for p in parts) for k in ("sent", "answered", "lost")}
+    res["errors"] = sum(p["errors"] for p in parts)
+    res["offered_rate"] = statistics.mean(p["offered_rate"] for p in parts)
     for q in (50, 99, 99.9):
-        res[f"p{q:g}"] = percentile(lat_ms.tolist(), q)
+        res[f"p{q:g}"] = percentile(lat, q)
         res[f"agent_p{q:g}"] = percentile(agent_ms, q) if agent_ms else None
-    res["max"] = float(lat_ms[-1]) if lat_ms.size else float("nan")
+    res["max"] = lat[-1] if lat else float("nan")
+    res["rounds_p99"] = [round(percentile(sorted(p["lat_ms"].tolist()), 99), 3) for p in parts]
+    return res
+
+
+def merge_saturation(parts: list[dict]) -> dict:
+    """Median of the rounds' rates (the same statistic for every server), summed counts,
+    CPU per request over all rounds."""
+    res: dict[str, Any] = {k: sum(p[k] for p in parts) for k in ("sent", "answered", "lost")}
+    res["errors"] = sum(p["errors"] for p in parts)
+    for key in ("rate", "rate_mid", "cpu", "broker_cpu", "core0_busy", "core1_busy"):
+        vals = [p[key] for p in parts if p.get(key) is not None]
+        res[key] = statistics.median(vals) if vals else None
+    us = [p["cpu_us"] for p in parts if p.get("cpu_us")]
+    if us:
+        res["cpu_us"] = statistics.median(us)
+        res["cpu_capacity"] = 1e6 / res["cpu_us"]
+    res["rounds_rate"] = [round(p["rate"]) for p in parts if p.get("rate") == p.get("rate")]
     return res
 
 
@@ -424,6 +451,10 @@ def report(info: dict, cfg: dict, servers: dict[str, Server]) -> None:
     row("  agent-side ms p99", "", "agent_p99", "lat", ".3f")
     row("  lost requests", "0", "lost", "lat", "d")
     row("RSS steady, idle after load (MB)", "", "rss_mb", "mem", ".1f")
+    for name, res in (("agent", agent), ("echo", echo)):
+        if res.get("sat"):
+            print(f"  {name}: saturation by round {res['sat']['rounds_rate']} req/s, "
+                  f"latency p99 by round {res['lat']['rounds_p99']} ms")  # fmt: skip
     sus = agent.get("sus")
     if sus:
         rss = sus["rss"]
@@ -448,32 +479,60 @@ def report(info: dict, cfg: dict, servers: dict[str, Server]) -> None:
 # -- main ---------------------------------------------------------------------------------------
 
 
-def run_server(server: Server, port: int, work: Path, names: list[str], args: Any,
-               sat_n: int) -> None:  # fmt: skip
-    r = server.results
-    warm = Requests(names, prefix="w")
+def warm_up(server: Server, port: int, work: Path, names: list[str], n: int) -> None:
     sink = ReplySink(port, f"bench/{server.name}/warm", work / f"{server.name}-warm.txt")
     time.sleep(0.3)
     pubs = Publishers(port, server.topic, f"bench/{server.name}/warm", k=1).start()
-    pubs.feed(warm, args.warmup, rate=min(args.rate, 2000.0))
+    pubs.feed(Requests(names, prefix="w"), n, rate=2000.0)
     pubs.close()
-    sink.wait(args.warmup, timeout=60)
+    sink.wait(n, timeout=60)
     sink.close()
-    print(f"[{server.name}] saturation: {sat_n:,} requests", flush=True)
-    r["sat"] = saturation(server, port, work, names, sat_n)
-    print(f"[{server.name}]   {fmt(r['sat']['rate'])} req/s, lost {r['sat']['lost']}", flush=True)
-    time.sleep(1.0)
-    print(f"[{server.name}] latency: {args.latency_rate:g}/s for {args.latency_seconds:g} s",
-          flush=True)  # fmt: skip
-    r["lat"] = latency(server, port, work, names, args.latency_rate, args.latency_seconds)
-    print(f"[{server.name}]   p99 {r['lat']['p99']:.3f} ms, lost {r['lat']['lost']}", flush=True)
-    if server.name == "agent":
+
+
+def run_all(servers: dict[str, Server], port: int, work: Path, names: list[str], args: Any,
+            sat_n: int, skl_n: int) -> None:  # fmt: skip
+    """Agent and echo alternate round by round, so a noisy neighbour hits both alike; the
+    sklearn baseline goes last: at 1,000 req/s it falls behind and keeps its core busy."""
+    fast = [s for name, s in servers.items() if name != "sklearn"]
+    for s in servers.values():
+        warm_up(s, port, work, names, args.warmup if s.name != "sklearn" else 200)
+    sat: dict[str, list[dict]] = {s.name: [] for s in fast}
+    lat: dict[str, list[dict]] = {s.name: [] for s in fast}
+    for rnd in range(args.rounds):
+        for s in fast:
+            r = saturation(s, port, work, names, sat_n)
+            sat[s.name].append(r)
+            print(f"[round {rnd + 1}] {s.name} saturation: {fmt(r['rate'])} req/s, "
+                  f"lost {r['lost']}", flush=True)  # fmt: skip
+            time.sleep(0.5)
+    for rnd in range(args.rounds):
+        for s in fast:
+            r = latency(s, port, work, names, args.latency_rate, args.latency_seconds / args.rounds)
+            lat[s.name].append(r)
+            p99 = percentile(sorted(r["lat_ms"].tolist()), 99)
+            print(f"[round {rnd + 1}] {s.name} latency p99 {p99:.3f} ms, lost {r['lost']}",
+                  flush=True)  # fmt: skip
+    for s in fast:
+        s.results["sat"] = merge_saturation(sat[s.name])
+        s.results["lat"] = merge_latency(lat[s.name])
+    agent = servers.get("agent")
+    if agent is not None:
         print(f"[agent] sustained: {args.requests:,} requests at {args.rate:,.0f}/s", flush=True)
-        r["sus"] = sustained(server, port, work, names, args.rate, args.requests)
-        print(f"[agent]   lost {r['sus']['lost']}, RSS {r['sus']['rss']['steady_mb']} MB",
+        agent.results["sus"] = sustained(agent, port, work, names, args.rate, args.requests)
+        sus = agent.results["sus"]
+        print(f"[agent]   lost {sus['lost']}, RSS {fmt(sus['rss']['steady_mb'], '.1f')} MB",
               flush=True)  # fmt: skip
+    skl = servers.get("sklearn")
+    if skl is not None:
+        skl.results["sat"] = merge_saturation([saturation(skl, port, work, names, skl_n)])
+        print(f"[sklearn] saturation: {fmt(skl.results['sat']['rate'])} req/s", flush=True)
+        seconds = min(args.latency_seconds, 3.0)
+        skl.results["lat"] = merge_latency(
+            [latency(skl, port, work, names, args.latency_rate, seconds)]
+        )
     time.sleep(1.0)
-    r["mem"] = {"rss_mb": (rss_kib(server.pid) or 0) / 1024}
+    for s in servers.values():
+        s.results["mem"] = {"rss_mb": (rss_kib(s.pid) or 0) / 1024}
 
 
 def main() -> int:
@@ -487,15 +546,17 @@ def main() -> int:
     ap.add_argument("--algo", default="hgb", choices=["hgb", "rf", "logreg"])
     ap.add_argument("--only", choices=["agent", "echo", "sklearn"], action="append",
                     help="run only these servers (repeatable); default all three")  # fmt: skip
+    ap.add_argument("--rounds", type=int, help="alternating agent/echo rounds (default 3, quick 1)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     args = ap.parse_args()
     quick = args.quick
     args.requests = args.requests or (60_000 if quick else 600_000)
     args.latency_seconds = args.latency_seconds or (5.0 if quick else 20.0)
     args.warmup = 2000
-    sat_n = args.sat or (30_000 if quick else 200_000)
+    args.rounds = args.rounds or (1 if quick else 3)
+    sat_n = args.sat or (30_000 if quick else 100_000)
     skl_n = max(1000, sat_n // 40)
-    only = args.only or ["echo", "sklearn", "agent"]
+    only = args.only or ["agent", "echo", "sklearn"]
 
     info = machine()
     work = Path(tempfile.mkdtemp(prefix="edgeloop-bench-"))
@@ -514,22 +575,20 @@ def main() -> int:
     try:
         for kind in only:
             if kind == "agent":
-                server = start_agent(broker.port, work, models, setup)
+                servers[kind] = start_agent(broker.port, work, models, setup)
             else:
                 path = model_path if kind == "sklearn" else None
-                server = start_baseline(kind, broker.port, work, path)
-            servers[kind] = server
-            try:
-                run_server(server, broker.port, work, names, args,
-                           skl_n if kind == "sklearn" else sat_n)  # fmt: skip
-            finally:
-                server.stop()
+                servers[kind] = start_baseline(kind, broker.port, work, path)
+        run_all(servers, broker.port, work, names, args, sat_n, skl_n)
     finally:
+        for server in servers.values():
+            server.stop()
         setup.close()
         broker.stop()
     cfg = {
         "model": f"{args.algo} x2 (A/B 50/50)",
         "features": N_FEATURES,
+        "rounds": args.rounds,
         "sat_burst": sat_n,
         "sklearn_burst": skl_n,
         "latency_rate": args.latency_rate,

@@ -562,6 +562,8 @@ def test_auto_promotion_sets_the_champion_and_starts_a_rollout(env: Env) -> None
     assert len(env.events("ab_rollout_started")) == 1
     m.tick(time.time())
     assert len(rollouts.status()) == 1  # never twice
+    with pytest.raises(ExperimentError, match=f"d3 in running rollout {ro['id']}"):
+        m.start("sensor", "v2", "v3", ["d3"])
 
 
 def test_promotion_without_a_rollout_manager_leaves_the_rollout_pending(env: Env) -> None:

@@ -332,6 +332,17 @@ class ExperimentManager:
         return self._summary(self._row(exp_id))
 
     def _check_devices(self, model: str, devices: list[str]) -> None:
+        from edgeloop_control.rollout.store import RolloutStore
+
+        # A rollout also writes these devices' desired state: one owner at a time.
+        rolling = RolloutStore(self.db).active_devices()
+        clash = sorted(d for d in devices if d in rolling)
+        if clash:
+            owners = sorted({rolling[d] for d in clash})
+            raise ExperimentError(
+                f"{', '.join(clash)} in running rollout {', '.join(owners)}; wait for it to "
+                f"finish or stop it with `edgeloop rollout abort {owners[0]}`"
+            )
         for device in devices:
             previous = self.db.desired(device)
             others = sorted(

@@ -2,10 +2,10 @@
 
 Lifecycle (docs/experiments.md)::
 
-    running --decision, auto--> promoting --registry--> promoted (--> staged rollout)
-       |   \\                   rolling_back --desired, registry--> rolled_back
-       |    --decision, manual--> decided --promote()/stop()--> promoting / rolling_back
-       --stop()--> rolling_back
+    running --decision (auto)------------> promoting --registry--> promoted --> staged rollout
+    running --decision (auto) or stop()--> rolling_back --desired, registry--> rolled_back
+    running --decision (manual)----------> decided --promote()--> promoting
+                                                   --stop()-----> rolling_back
 
 Every state, the sequential test, the per-arm totals and the pending actions live in the
 control database (tables ``experiments`` and ``experiment_looks``), and every transition is

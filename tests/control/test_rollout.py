@@ -26,6 +26,7 @@ from edgeloop_control.daemon.ingest import handle_report, handle_status
 from edgeloop_control.deploy import plan_desired
 from edgeloop_control.mqttclient import ControlClient
 from edgeloop_control.registry import Registry
+from edgeloop_control.report import parse_report
 from edgeloop_control.rollout import (
     RolloutConfig,
     RolloutError,
@@ -33,6 +34,7 @@ from edgeloop_control.rollout import (
     batch_sizes,
     parse_gates,
     parse_share,
+    report_view,
     split_batches,
 )
 from edgeloop_control.rollout.plan import rollback_doc
@@ -176,7 +178,11 @@ def load(
 
 
 def steps(db: ControlDB, rollout_id: str) -> list[str]:
-    return [e["data"]["step"] for e in db.events(kind="rollout") if e["subject"] == rollout_id]
+    return [
+        e["data"]["step"]
+        for e in db.events(limit=100_000)
+        if e["kind"].startswith("rollout_") and e["subject"] == rollout_id
+    ]
 
 
 def drain(probe: Probe, wait: float = 0.5) -> list[tuple[str, Any]]:
@@ -469,8 +475,34 @@ def test_load_error_in_a_later_batch_rolls_back_every_switched_device(
         assert doc == {**docs[device], "revision": 3}  # previous models, allocation, settings
         assert db.desired(device) == (3, doc)
     assert steps(db, rid)[-3:] == ["batch_failed", "rolling_back", "rolled_back"]
+    [event] = db.events(kind="rollout_rolled_back")
+    assert event["message"].startswith(f"{rid}: rolled back 3 device(s): a -> r3, b -> r3, c -> r3")
     manager.tick()
     assert drain(probe) == []  # a finished rollback publishes nothing more
+
+    # The HTML report's rollout section, checked by the report's own validator.
+    view = report_view(s)
+    assert view["previous"] == "sensor@v1"
+    assert [(b["index"], b["label"], b["devices"], b["result"]) for b in view["batches"]] == [
+        (0, "canary", ["a", "b"], "passed"),
+        (1, "step 1", ["c"], "failed"),
+    ]
+    report = parse_report(
+        {
+            "title": "t",
+            "generated_at": time.time(),
+            "workspace": None,
+            "timeline": [],
+            "events": [],
+            "drift": None,
+            "experiment": None,
+            "rollout": view,
+            "devices": [],
+            "summary": None,
+        }
+    )
+    assert report.rollout is not None and report.rollout.state == "rolled_back"
+    assert "artifact_too_large" in report.rollout.batches[1].reason
 
 
 @pytest.mark.parametrize(
@@ -542,8 +574,8 @@ def test_offline_devices_are_not_waited_for_but_lost_ones_are(ws, db, client) ->
         "b": "loaded",
         "c": "offline",
     }
-    completed = db.events(kind="rollout")[-1]
-    assert completed["data"]["step"] == "completed" and completed["data"]["offline"] == ["c"]
+    [completed] = db.events(kind="rollout_completed")
+    assert completed["data"]["offline"] == ["c"] and "get it on return: c" in completed["message"]
     handle_status(db, "c", status("c", 2, "v2"))  # back, with the retained desired state
     assert manager.status(rid)[0]["batches"][0]["devices"][2]["state"] == "loaded"
 

@@ -251,7 +251,11 @@ def wait_rollout(
 def steps(ws: Workspace, rollout_id: str) -> list[str]:
     db = ControlDB(ws.state_db)
     try:
-        return [e["data"]["step"] for e in db.events(kind="rollout") if e["subject"] == rollout_id]
+        return [
+            e["data"]["step"]
+            for e in db.events(limit=100_000)
+            if e["kind"].startswith("rollout_") and e["subject"] == rollout_id
+        ]
     finally:
         db.close()
 

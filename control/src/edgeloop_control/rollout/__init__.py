@@ -11,6 +11,7 @@ from edgeloop_control.rollout.store import (
     ROLLING_BACK,
     RUNNING,
 )
+from edgeloop_control.rollout.view import report_view
 
 __all__ = [
     "ACTIVE",
@@ -25,5 +26,6 @@ __all__ = [
     "batch_sizes",
     "parse_gates",
     "parse_share",
+    "report_view",
     "split_batches",
 ]

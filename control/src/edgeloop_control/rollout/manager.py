@@ -735,6 +735,14 @@ class RolloutManager:
             "config": r.config,
             "current_batch": min(r.current_batch + 1, r.n_batches),
             "batch_count": r.n_batches,
+            "previous_models": sorted(
+                {
+                    str(m.get("variant") or f"{m.get('name')}@{m.get('version')}")
+                    for d in devices
+                    for m in (d.previous_doc or {}).get("models") or []
+                    if m.get("role", "serve") == "serve"
+                }
+            ),
             "devices_total": len(devices),
             "devices_loaded": counts.get("loaded", 0),
             "device_states": counts,
@@ -767,8 +775,10 @@ class RolloutManager:
             self.store.update_rollout(rollout_id, {"last_error": message, "updated_at": now})
 
     def _event(self, rollout_id: str, step: str, message: str, **data: Any) -> None:
+        # One kind per step, like the experiments' ab_* events: rollout_started,
+        # rollout_batch_passed, rollout_completed, rollout_rolled_back, ...
         self.db.add_event(
-            "rollout",
+            f"rollout_{step}",
             f"{rollout_id}: {message}",
             subject=rollout_id,
             data={"rollout": rollout_id, "step": step, **data},

@@ -623,6 +623,14 @@ class ExperimentManager:
             if self.rollouts is None:
                 return False
             devices = self.devices_running(model)
+            if not devices:
+                # (An empty list would mean "every device" to the rollout manager.)
+                self.db.add_event(
+                    "ab_pending",
+                    f"{exp['id']}: no device serves {model} any more; nothing to roll out",
+                    subject=exp["id"],
+                )
+                return True
             result = self.rollouts.start(
                 f"{model}@{challenger}",
                 devices=devices,

@@ -30,7 +30,9 @@ SYNCHRONOUS = ("NORMAL", "FULL")
 
 # Higher number = more important. Under "drop_oldest" the oldest messages of the lowest
 # priority go first, and a message never evicts one of a higher priority than its own.
-DEFAULT_KINDS: Mapping[str, int] = {"sample": 0, "report": 1, "event": 2}
+# Labels outrank samples: a few bytes each, and they are what turns captured
+# samples into training data.
+DEFAULT_KINDS: Mapping[str, int] = {"sample": 0, "label": 1, "report": 2, "event": 3}
 
 _SCHEMA_VERSION = 1
 # SQLite's default limit on bound parameters is 999 on older builds.

@@ -19,7 +19,7 @@ import random
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from edgeloop_agent import __version__
@@ -47,6 +47,9 @@ class _VariantState:
     concept: HDDM_A
     numeric_index: list[int] | None  # profile order -> model numeric column order
     profile_error: str | None = None
+    # Wall clock of the last completed window: count windows are numbered in
+    # rows, and the control node needs to know *when* drift began.
+    last_window_at: float = field(default_factory=time.time)
 
 
 class Telemetry(ServingHooks):
@@ -266,6 +269,9 @@ class Telemetry(ServingHooks):
             doc = report.to_dict()
             doc["variant"] = variant
             doc["version"] = model.version
+            doc["t_start"] = state.last_window_at
+            doc["t_end"] = now
+            state.last_window_at = now
             self._windows.append(doc)
             if report.dataset_drift:
                 drifting = [f.name for f in report.features if f.drift]

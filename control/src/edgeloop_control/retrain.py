@@ -68,7 +68,6 @@ class RetrainConfig:
     holdout: float = 0.25
     gate_metric: str = "accuracy"
     gate_margin: float = 0.0
-    challenger_weight: float = 50.0
 
     def __post_init__(self) -> None:
         bad = [s for s in self.signals if s not in SIGNALS]
@@ -341,10 +340,18 @@ class RetrainPolicy:
         )
         self._registry = None  # new tags: re-read
         if outcome.stage == "challenger" and self.experiments is not None:
-            exp = self.experiments.start(
-                model, variant, outcome.version.ref, st["devices"],
-                weight=cfg.challenger_weight, cause=f"drift_event:{st['drift_event']}",
-            )
+            try:
+                exp = self.experiments.start(
+                    model, variant, outcome.version.ref, st["devices"],
+                    weight=None, cause=f"drift_event:{st['drift_event']}",
+                )
+            except ValueError as exc:  # ExperimentError: devices busy, ...
+                self.db.add_event(
+                    "ab_not_started", f"{outcome.version.ref} not A/B tested: {exc}", subject=model
+                )
+                st.update(state="idle", last_retrain=now, note=str(exc))
+                self._save(st)
+                return
             st.update(state="experimenting", last_retrain=now,
                       note=f"experiment {exp.get('id') if isinstance(exp, dict) else exp}")
         else:

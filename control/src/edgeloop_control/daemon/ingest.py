@@ -97,6 +97,10 @@ def handle_report(db: ControlDB, envelope: Any) -> bool:
             output = window.get("output") or {}
             drifted = [f.get("name") for f in features if f.get("drift")]
             bounds = window.get("window") or {}
+            if bounds.get("kind") == "time":
+                start, end = bounds.get("start"), float(bounds.get("end") or ts)
+            else:  # count windows are numbered in rows; the agent adds wall clock
+                start, end = window.get("t_start"), float(window.get("t_end") or ts)
             conn.execute(
                 "INSERT OR IGNORE INTO drift_windows(report_id, idx, device, variant, version, "
                 "start, end, n, enough_data, dataset_drift, output_drift, drifted, doc) "
@@ -107,8 +111,8 @@ def handle_report(db: ControlDB, envelope: Any) -> bool:
                     device,
                     str(window.get("variant")),
                     window.get("version"),
-                    bounds.get("start"),
-                    float(bounds.get("end") or ts),
+                    start,
+                    end,
                     int(bounds.get("n_rows") or 0),
                     1 if window.get("enough_data") else 0,
                     1 if window.get("dataset_drift") else 0,

@@ -176,7 +176,7 @@ def run_demo(
                         f"no {kind!r} event within the time limit; see {daemon_log} and "
                         f"the agent logs in {tmp / 'agents'}"
                     )
-                if kind == "ab_decision" and "promot" not in event["message"]:
+                if kind == "ab_decision" and "promot" not in event["message"].lower():
                     raise DemoError(f"the experiment did not promote the challenger: {event['message']}")
 
         with say.step("Check every device serves the new champion"):

@@ -291,6 +291,8 @@ def test_start_records_without_publishing(ws: Workspace, db: ControlDB) -> None:
         manager.start("sensor@v2", group="nobody")
     with pytest.raises(RolloutError, match="v9"):
         manager.start("sensor@v9", devices=["b"])
+    with pytest.raises(RolloutError, match="without a broker connection"):
+        manager.tick()
 
 
 def test_start_by_group_and_explicit_order(ws: Workspace, db: ControlDB) -> None:

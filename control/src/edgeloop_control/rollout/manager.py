@@ -207,6 +207,10 @@ class RolloutManager:
 
     def tick(self, now: float | None = None) -> None:
         """Advance every running rollout by as much as the fleet's reports allow."""
+        if self.publisher is None:
+            raise RolloutError(
+                "a rollout manager without a broker connection cannot drive rollouts"
+            )
         now = time.time() if now is None else now
         for rollout in self.store.rollouts(states=ACTIVE):
             try:

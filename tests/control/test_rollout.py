@@ -722,3 +722,31 @@ def test_group_cli(ws: Workspace, db: ControlDB) -> None:
     assert [r["id"] for r in json.loads(run("rollout", "status", "--json").stdout)] == [info["id"]]
     typo = run("rollout", "stauts")
     assert typo.exit_code != 0 and "No such command" in typo.output
+
+
+def test_abort_and_wait_cli(ws: Workspace, db: ControlDB, client, broker) -> None:
+    from typer.testing import CliRunner
+
+    from edgeloop_control.cli import app
+
+    env = {"EDGELOOP_WORKSPACE": str(ws.root), "EDGELOOP_BROKER": broker.url, "COLUMNS": "160"}
+    runner = CliRunner()
+    seed(ws, db, ["a", "b"])
+    manager = RolloutManager(ws, db, client, config=FAST)
+    rid = manager.start("sensor@v2", canary=0.5)["id"]
+    manager.tick()
+    out = runner.invoke(
+        app, ["rollout", "abort", rid, "--reason", "pager went off", "--json"], env=env
+    )
+    assert out.exit_code == 0, out.output
+    info = json.loads(out.stdout)
+    assert info["state"] == "rolled_back" and info["failure"] == "aborted: pager went off"
+    assert [db.desired(d)[0] for d in "ab"] == [3, 1]
+    again = runner.invoke(app, ["rollout", "abort", rid], env=env)
+    assert again.exit_code == 1 and f"rollout {rid} is already rolled_back" in again.stderr
+    missing = runner.invoke(app, ["rollout", "wait", "ro-nope"], env=env)
+    assert missing.exit_code == 1 and "no rollout 'ro-nope'" in missing.stderr
+    bad = runner.invoke(app, ["rollout", "start", "sensor@v2", "--canary", "150%"], env=env)
+    assert bad.exit_code == 1 and "canary must be within" in bad.stderr
+    bad = runner.invoke(app, ["rollout", "sensor@v2", "--gate", "latency=3"], env=env)
+    assert bad.exit_code == 1 and "unknown gate 'latency'" in bad.stderr

@@ -287,6 +287,8 @@ def test_start_records_without_publishing(ws: Workspace, db: ControlDB) -> None:
         manager.start("sensor@v2", devices=["newbie"])
     with pytest.raises(RolloutError, match="not both"):
         manager.start("sensor@v2", devices=["b"], group="g")
+    with pytest.raises(RolloutError, match="device list is empty"):
+        manager.start("sensor@v2", devices=[])
     with pytest.raises(RolloutError, match="has no devices"):
         manager.start("sensor@v2", group="nobody")
     with pytest.raises(RolloutError, match="v9"):

@@ -173,9 +173,12 @@ class RolloutManager:
     def _select(
         self, devices: list[str] | None, group: str | None
     ) -> tuple[list[str], dict[str, Any]]:
-        if devices and group:
+        if devices is not None and group:
             raise RolloutError("name devices or a group, not both")
-        if devices:
+        if devices is not None:
+            if not devices:
+                # Never widen an empty selection to the whole fleet.
+                raise RolloutError("the device list is empty; name at least one device")
             try:
                 return check_device_ids(devices), {"devices": list(devices)}
             except DeployError as exc:

@@ -6,8 +6,12 @@ echo     the transport ceiling: a bare paho-mqtt client that subscribes (QoS 1),
 sklearn  the naive agent: the same trained scikit-learn pipeline in process, one message at a
          time: ``json.loads`` -> one-row DataFrame -> ``predict_proba`` -> JSON reply.
 
-Both reply the way the agent does (MQTT 5 response topic, correlation data echoed, QoS 1) and
-print ``ready`` on stdout once their subscription is acknowledged.
+Both reply the way the agent does (MQTT 5 response topic, correlation data echoed, QoS 1), and
+acknowledge a request only once its reply is queued, as the agent does. (With paho's default
+acknowledgement on receipt, the echo lost ~30 % of a 100,000-request burst: Mosquitto streamed
+the whole burst at once, the PUBACKs for the echo's replies queued behind it, and replies beyond
+the broker's in-flight window never reached the subscriber.) They print ``ready`` on stdout
+once their subscription is acknowledged.
 
     python bench/baselines.py echo --port 1883 --topic bench/echo/predict
     python bench/baselines.py sklearn --port 1883 --topic bench/skl/predict --model pipe.pkl
@@ -67,6 +71,7 @@ def serve(port: int, topic: str, handle: Handler) -> None:
         callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
         client_id=f"baseline-{topic.replace('/', '-')}",
         protocol=mqtt.MQTTv5,
+        manual_ack=True,
     )
     client.max_inflight_messages_set(0)
     client.max_queued_messages_set(0)
@@ -87,6 +92,7 @@ def serve(port: int, topic: str, handle: Handler) -> None:
         if corr is not None:
             props.CorrelationData = corr
         c.publish(response or f"{topic}/replies", reply, qos=1, properties=props)
+        c.ack(msg.mid, msg.qos)
 
     client.on_connect = on_connect
     client.on_subscribe = on_subscribe

@@ -124,6 +124,12 @@ class Server:
         assert self.proc is not None
         return self.proc.pid
 
+    def check_alive(self) -> None:
+        """Abort the run when the server died: every later figure would be meaningless."""
+        if self.proc is not None and self.proc.poll() is not None:
+            tail = self.log.read_text(errors="replace")[-1500:] if self.log else ""
+            raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{tail}")
+
     def stop(self) -> None:
         if self.proc is None:
             return
@@ -235,9 +241,21 @@ def check_replies(sink: ReplySink, prefix: str, n: int) -> dict[str, Any]:
     }
 
 
+_PHASE = [0]
+
+
+def phase_id(server: Server, kind: str) -> str:
+    """A fresh reply topic per phase and round: a straggler from an earlier round can
+    never be counted in a later one."""
+    _PHASE[0] += 1
+    server.check_alive()
+    return f"{kind}{_PHASE[0]}"
+
+
 def saturation(server: Server, port: int, work: Path, feature_names: list[str], n: int) -> dict:
-    reply_topic = f"bench/{server.name}/sat"
-    sink = ReplySink(port, reply_topic, work / f"{server.name}-sat.txt")
+    tag = phase_id(server, "sat")
+    reply_topic = f"bench/{server.name}/{tag}"
+    sink = ReplySink(port, reply_topic, work / f"{server.name}-{tag}.txt")
     time.sleep(0.3)  # the subscription must land before the first reply
     pubs = Publishers(port, server.topic, reply_topic, k=2).start()
     requests = Requests(feature_names, prefix="s")
@@ -247,7 +265,7 @@ def saturation(server: Server, port: int, work: Path, feature_names: list[str], 
     w0 = time.perf_counter()
     pubs.feed(requests, n, rate=None)
     pubs.close()
-    sink.wait(n, timeout=max(120.0, n / 500), idle=10.0)
+    sink.wait(n, timeout=max(120.0, n / 500), idle=30.0)
     wall = time.perf_counter() - w0
     cpu1 = cpu_seconds(server.pid)
     load = meter.stop()
@@ -282,8 +300,9 @@ def latency(server: Server, port: int, work: Path, feature_names: list[str], rat
             seconds: float) -> dict:  # fmt: skip
     import paho.mqtt.client as mqtt
 
-    reply_topic = f"bench/{server.name}/lat"
-    sink = ReplySink(port, reply_topic, work / f"{server.name}-lat.txt")
+    tag = phase_id(server, "lat")
+    reply_topic = f"bench/{server.name}/{tag}"
+    sink = ReplySink(port, reply_topic, work / f"{server.name}-{tag}.txt")
     client = Client(port, f"pacer-{server.name}")
     time.sleep(0.3)
     n = int(rate * seconds)
@@ -298,7 +317,7 @@ def latency(server: Server, port: int, work: Path, feature_names: list[str], rat
             time.sleep(delay)
         send_ns[i] = time.time_ns()
         publish_with_response(pub, server.topic, payload, reply_topic)
-    sink.wait(n, timeout=max(30.0, seconds * 3), idle=10.0)
+    sink.wait(n, timeout=max(30.0, seconds * 3), idle=30.0)
     offered = n / (time.perf_counter() - t0)
     client.close()
     sink.close()
@@ -343,8 +362,9 @@ def merge_saturation(parts: list[dict]) -> dict:
 
 def sustained(server: Server, port: int, work: Path, feature_names: list[str], rate: float,
               n: int) -> dict:  # fmt: skip
-    reply_topic = f"bench/{server.name}/sus"
-    sink = ReplySink(port, reply_topic, work / f"{server.name}-sus.txt")
+    tag = phase_id(server, "sus")
+    reply_topic = f"bench/{server.name}/{tag}"
+    sink = ReplySink(port, reply_topic, work / f"{server.name}-{tag}.txt")
     time.sleep(0.3)
     pubs = Publishers(port, server.topic, reply_topic, k=2).start()
     sampler = RssSampler(server.pid, 0.5).start()
@@ -355,7 +375,7 @@ def sustained(server: Server, port: int, work: Path, feature_names: list[str], r
     w0 = time.perf_counter()
     feed_s = pubs.feed(requests, n, rate=rate)
     pubs.close()
-    sink.wait(n, timeout=120.0, idle=10.0)
+    sink.wait(n, timeout=120.0, idle=30.0)
     wall = time.perf_counter() - w0
     cpu1 = cpu_seconds(server.pid)
     load = meter.stop()
@@ -501,6 +521,7 @@ def run_all(servers: dict[str, Server], port: int, work: Path, names: list[str],
     for rnd in range(args.rounds):
         for s in fast:
             r = saturation(s, port, work, names, sat_n)
+            s.check_alive()
             sat[s.name].append(r)
             print(f"[round {rnd + 1}] {s.name} saturation: {fmt(r['rate'])} req/s, "
                   f"lost {r['lost']}", flush=True)  # fmt: skip
@@ -508,6 +529,7 @@ def run_all(servers: dict[str, Server], port: int, work: Path, names: list[str],
     for rnd in range(args.rounds):
         for s in fast:
             r = latency(s, port, work, names, args.latency_rate, args.latency_seconds / args.rounds)
+            s.check_alive()
             lat[s.name].append(r)
             p99 = percentile(sorted(r["lat_ms"].tolist()), 99)
             print(f"[round {rnd + 1}] {s.name} latency p99 {p99:.3f} ms, lost {r['lost']}",
@@ -558,6 +580,8 @@ def main() -> int:
     skl_n = max(1000, sat_n // 40)
     only = args.only or ["agent", "echo", "sklearn"]
 
+    # SIGTERM (timeout, a stopped job) runs the finally blocks: no orphaned servers.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     info = machine()
     work = Path(tempfile.mkdtemp(prefix="edgeloop-bench-"))
     print(f"training 2 x {args.algo} on {N_FEATURES} features ...", flush=True)

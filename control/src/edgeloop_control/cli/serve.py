@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from edgeloop_control.cli.common import state
+from edgeloop_control.cli.common import fail, state
 
 
 def register(app: typer.Typer) -> None:
@@ -26,7 +26,10 @@ def serve(
 
     setup_logging(log_level, identifier="edgeloop-control")
     st = state(ctx)
-    daemon = build_daemon(st.workspace, st.broker, tick_s=tick)
+    try:
+        daemon = build_daemon(st.workspace, st.broker, tick_s=tick)
+    except ValueError as exc:  # a bad [retrain]/[experiment]/[rollout] section
+        fail(f"cannot start the control daemon: {exc}")
     logging.getLogger("edgeloop.control").info(
         "control daemon for %s on %s", st.workspace.root, st.broker
     )

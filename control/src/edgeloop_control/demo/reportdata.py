@@ -105,11 +105,12 @@ def _experiment(ws: Workspace, db: ControlDB) -> dict[str, Any] | None:
 
 def _rollout(ws: Workspace, db: ControlDB) -> dict[str, Any] | None:
     from edgeloop_control.rollout import RolloutManager
+    from edgeloop_control.rollout.view import report_view
 
     rollouts = RolloutManager(ws, db, None).status()
     if not rollouts:
         return None
-    return rollouts[-1]
+    return report_view(rollouts[-1])
 
 
 def _devices(db: ControlDB, client: DemoClient, devices: list[str]) -> list[dict[str, Any]]:

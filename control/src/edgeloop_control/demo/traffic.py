@@ -84,7 +84,10 @@ class Traffic:
             device = self.devices[i % len(self.devices)]
             rid = f"r{i}"
             features = {f: float(row[f]) for f in FEATURES}
-            self.client.request(device, rid, features, key=str(row["pump_id"]))
+            # No routing key: requests are assigned at random by weight, so the
+            # experiment's sample-ratio check is valid on request counts (with 40
+            # pump ids as keys, traffic per arm would cluster by pump).
+            self.client.request(device, rid, features)
             delay = self._rng.uniform(*self.label_delay_s)
             heapq.heappush(self._labels, (now + delay, device, rid, int(row[TARGET])))
             self.sent += 1

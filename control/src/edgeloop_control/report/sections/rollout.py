@@ -14,7 +14,8 @@ from ..timefmt import Clock, elapsed
 ROW = 30.0
 LABEL_CHARS = 30
 # Events drawn on the Gantt chart as vertical markers.
-MARKED_KINDS = {"rollback": ALARM}
+# The rollout manager's event kinds (docs/rollout.md) that deserve a marker.
+MARKED_KINDS = {"rollback": ALARM, "rollout_rolling_back": ALARM, "rollout_rolled_back": ALARM}
 
 
 def _short(text: str, limit: int = LABEL_CHARS) -> str:

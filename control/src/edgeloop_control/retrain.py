@@ -236,13 +236,17 @@ class RetrainPolicy:
                 since = min((r["start"] or r["end"]) for r in rows)
                 return {"signal": "data", "features": features, "since": since}
         if "concept" in signals:
-            concept = self.db.conn.execute(
-                "SELECT ts, drift FROM concept_drift WHERE device = ? AND variant = ? "
-                "ORDER BY ts DESC LIMIT 1",
-                (device, variant),
-            ).fetchone()
-            if concept is not None and concept["drift"]:
-                return {"signal": "concept", "features": [], "since": concept["ts"] - 3600.0}
+            # The detector resets after it fires, so a detection shows as its
+            # counter going up between two reports; the episode starts at the
+            # report that saw it (training on data from before would mix worlds).
+            rows = self.db.conn.execute(
+                "SELECT ts, detections FROM concept_drift WHERE device = ? AND variant = ? "
+                "ORDER BY ts DESC LIMIT ?",
+                (device, variant, max(2, n)),
+            ).fetchall()
+            for newer, older in zip(rows, rows[1:]):
+                if newer["detections"] > older["detections"]:
+                    return {"signal": "concept", "features": [], "since": older["ts"]}
         return None
 
     def scope_devices(self, drifting: list[str], running: list[str]) -> list[str]:

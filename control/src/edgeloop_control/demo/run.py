@@ -181,6 +181,8 @@ def run_demo(
                         f"no {kind!r} event within the time limit; see {daemon_log} and "
                         f"the agent logs in {tmp / 'agents'}"
                     )
+                if kind == "registered" and "stage challenger" not in event["message"]:
+                    raise DemoError(f"the retrained model did not become challenger: {event['message']}")
                 if kind == "ab_decision" and "promot" not in event["message"].lower():
                     raise DemoError(f"the experiment did not promote the challenger: {event['message']}")
 

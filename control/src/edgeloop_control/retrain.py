@@ -170,13 +170,19 @@ class RetrainPolicy:
             if not drifting:
                 return
             start = min(why["since"] for why in drifting.values())
-            features = sorted({f for why in drifting.values() for f in why["features"]})
             scope = self.scope_devices(sorted(drifting), running)
+            reasons = []
+            for device, why in sorted(drifting.items()):
+                if why["signal"] == "concept":
+                    reasons.append(f"{device}: error rate rose (concept-drift detector fired)")
+                else:
+                    feats = ", ".join(why["features"]) or "model output"
+                    reasons.append(
+                        f"{device}: {cfg.consecutive_windows} consecutive drifting windows ({feats})"
+                    )
             message = (
-                f"{variant} drifting on {', '.join(sorted(drifting))} for "
-                f"{cfg.consecutive_windows} consecutive windows"
-                + (f" (features: {', '.join(features)})" if features else "")
-                + f"; retraining scope {cfg.scope}: {', '.join(scope)}"
+                f"{variant} is drifting: " + "; ".join(reasons)
+                + f". Retraining scope {cfg.scope}: {', '.join(scope)}"
             )
             event = self.db.add_event("drift_detected", message, subject=model, data={
                 "variant": variant, "devices": drifting, "scope": scope})

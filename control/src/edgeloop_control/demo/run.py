@@ -157,7 +157,7 @@ def run_demo(
         events = _EventTail(db, say)
 
         with say.step("Stream normal traffic with delayed labels"):
-            _watch(events, 25)
+            _watch(events, 35)
             say.say(f"{traffic.sent} requests, {traffic.labelled} labels so far; no drift flagged")
 
         with say.step("Replace the vibration sensors (x1.41 gain, +0.6 offset) and keep streaming"):
@@ -186,8 +186,9 @@ def run_demo(
                 if kind == "ab_decision" and "promot" not in event["message"].lower():
                     raise DemoError(f"the experiment did not promote the challenger: {event['message']}")
 
-        with say.step("Check every device serves the new champion"):
+        with say.step("Keep streaming: the fleet runs sensor@v2 on the new sensors"):
             _wait_until(lambda: _all_on(db, names, "sensor@v2"), 60, "not every device reports sensor@v2")
+            _watch(events, 20)
             traffic.stop()
             app.wait_replies(20)
             stages = Registry.for_workspace(ws, create=False, sync_remote=False).stages("sensor")

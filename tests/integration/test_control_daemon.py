@@ -24,13 +24,28 @@ EDGELOOP = str(Path(sys.executable).parent / "edgeloop")
 DEVICE = "ctl-1"
 
 
-def start_daemon(ws: Workspace, broker_url: str, log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
+def start_daemon(
+    ws: Workspace, broker_url: str, log: Path
+) -> tuple[subprocess.Popen[bytes], int]:
+    before = log.read_text().count("control daemon connected") if log.exists() else 0
+    proc = subprocess.Popen(
         [EDGELOOP, "-w", str(ws.root), "--broker", broker_url, "serve", "--tick", "0.5"],
         stdout=open(log, "ab"),  # noqa: SIM115
         stderr=subprocess.STDOUT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
+    return proc, before
+
+
+def wait_connected(log: Path, before: int, timeout: float = 30) -> None:
+    # Until its first connection the daemon has no session at the broker, so
+    # nothing published earlier can reach it (later, its session queues for it).
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if log.exists() and log.read_text().count("control daemon connected") > before:
+            return
+        time.sleep(0.1)
+    raise TimeoutError("control daemon did not connect")
 
 
 @pytest.fixture
@@ -46,7 +61,8 @@ def workspace(tmp_path: Path) -> Workspace:
 def test_daemon_ingests_everything_once_across_a_kill_9(workspace, broker, probe, agents, tmp_path):
     ws = workspace
     log = tmp_path / "control.log"
-    daemon = start_daemon(ws, broker.url, log)
+    daemon, before = start_daemon(ws, broker.url, log)
+    wait_connected(log, before)
     probe.subscribe(f"edgeloop/{DEVICE}/status")
     probe.subscribe("replies/#")
     agent = AgentProcess(
@@ -77,11 +93,11 @@ def test_daemon_ingests_everything_once_across_a_kill_9(workspace, broker, probe
             time.sleep(0.004)
 
     burst(150)
-    time.sleep(1.5)
+    time.sleep(0.3)
     daemon.send_signal(signal.SIGKILL)  # mid-stream, no chance to flush or ack
     daemon.wait()
     burst(150)  # telemetry and samples queue at the broker for the daemon's session
-    daemon = start_daemon(ws, broker.url, log)
+    daemon, _ = start_daemon(ws, broker.url, log)
     burst(100)
     assert agent.stop() == 0  # last report and outbox flushed
     db = ControlDB(ws.state_db)

@@ -170,12 +170,13 @@ class Server:
         deployment = self.get_deployment()
         groups: dict[str, _VariantBatch] = {}
         predict_topic = self.topics.predict
+        feedback: list[mqtt.MQTTMessage] = []
         for msg, arrived in batch:
             try:
                 if msg.topic == predict_topic:
                     self._admit(msg, arrived, deployment, groups)
                 else:
-                    self._feedback(msg)
+                    feedback.append(msg)
             except Exception:  # a bug on one message must not stop the others
                 log.exception("unexpected error handling a message on %s", msg.topic)
                 self.hooks.on_error(None, "internal_error")
@@ -187,6 +188,14 @@ class Server:
                 except Exception:
                     log.exception("unexpected error serving variant %s", variant)
                     self.hooks.on_error(variant, "internal_error")
+            # Labels after predictions: a label that arrives in the same
+            # micro-batch as its request must find the prediction recorded.
+            for msg in feedback:
+                try:
+                    self._feedback(msg)
+                except Exception:
+                    log.exception("unexpected error handling feedback")
+                    self.hooks.on_error(None, "internal_error")
             for msg, _ in batch:
                 self.link.ack(msg)
 

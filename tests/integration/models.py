@@ -39,11 +39,19 @@ class Artifact:
         }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def sensor_model(version: str = "v1", algo: str = "logreg", seed: int = 0) -> Artifact:
     frame = generate(1500, seed=seed).drop(columns=["pump_id"])
-    result = train(frame, TrainConfig(target="fault", algo=algo, timestamp="ts", seed=seed,
-                                      params={"n_estimators": 20} if algo == "rf" else {}))
+    result = train(
+        frame,
+        TrainConfig(
+            target="fault",
+            algo=algo,
+            timestamp="ts",
+            seed=seed,
+            params={"n_estimators": 20} if algo == "rf" else {},
+        ),
+    )
     return Artifact("sensor", version, result.onnx_bytes, list(FEATURES))
 
 
@@ -52,11 +60,10 @@ def sample_features(n: int = 1, seed: int = 99) -> list[dict[str, float]]:
     return [{k: float(row[k]) for k in FEATURES} for _, row in frame.iterrows()]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def strict_model(version: str = "v1") -> Artifact:
     """A real logistic regression without an imputer: it must refuse NaN."""
     import numpy as np
-    import onnx
     from skl2onnx import to_onnx
     from skl2onnx.common.data_types import FloatTensorType
     from sklearn.linear_model import LogisticRegression

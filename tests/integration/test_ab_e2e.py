@@ -40,7 +40,9 @@ def ask(probe: Probe, rid: str, key: str | None, features: dict) -> dict:
     body = {"id": rid, "features": features}
     if key is not None:
         body["key"] = key
-    probe.publish(f"edgeloop/{DEVICE}/predict", body, response_topic="ab/replies", correlation=rid.encode())
+    probe.publish(
+        f"edgeloop/{DEVICE}/predict", body, response_topic="ab/replies", correlation=rid.encode()
+    )
     return json.loads(probe.next(10, topic="ab/replies").payload)
 
 
@@ -54,13 +56,28 @@ def test_weighted_routing_shadow_and_weight_change(workspace, broker, probe, age
         extra=["--trusted-key", str(workspace.public_key_path), "--telemetry-interval", "0.5"],
     ).start()
     agents.append(agent)
-    out = cli(workspace, broker.url, "deploy", "sensor@v1=90", "sensor@v2=10", "--shadow", "sensor@v3", "--device", DEVICE, "--json")
+    out = cli(
+        workspace,
+        broker.url,
+        "deploy",
+        "sensor@v1=90",
+        "sensor@v2=10",
+        "--shadow",
+        "sensor@v3",
+        "--device",
+        DEVICE,
+        "--json",
+    )
     assert out.returncode == 0, out.stderr
     desired = json.loads(out.stdout)[0]["desired"]
     experiment = desired["experiment"]
     status = wait_status(probe, DEVICE, lambda s: s.get("revision") == 1)
     roles = {m["variant"]: (m["role"], m["weight"]) for m in status["models"]}
-    assert roles == {"sensor@v1": ("serve", 90.0), "sensor@v2": ("serve", 10.0), "sensor@v3": ("shadow", 0.0)}
+    assert roles == {
+        "sensor@v1": ("serve", 90.0),
+        "sensor@v2": ("serve", 10.0),
+        "sensor@v3": ("shadow", 0.0),
+    }
 
     features = sample_features(1)[0]
     keys = [f"pump-{i}" for i in range(400)]
@@ -79,15 +96,28 @@ def test_weighted_routing_shadow_and_weight_change(workspace, broker, probe, age
 
     # Same keys after a restart of the agent: same variants.
     assert agent.stop() == 0
-    restarted = AgentProcess(broker_url=broker.url, device_id=DEVICE, state_dir=agent.state_dir,
-                             extra=["--trusted-key", str(workspace.public_key_path)]).start()
+    restarted = AgentProcess(
+        broker_url=broker.url,
+        device_id=DEVICE,
+        state_dir=agent.state_dir,
+        extra=["--trusted-key", str(workspace.public_key_path)],
+    ).start()
     agents.append(restarted)
     wait_status(probe, DEVICE, lambda s: s.get("online") and s.get("revision") == 1)
     again = {k: ask(probe, f"b-{k}", k, features)["variant"] for k in keys[:100]}
     assert again == {k: first[k]["variant"] for k in keys[:100]}
 
     # Change weights without restart: only keys whose bucket left v1's range move, all to v2.
-    out = cli(workspace, broker.url, "deploy", "sensor@v1=50", "sensor@v2=50", "--device", DEVICE, "--json")
+    out = cli(
+        workspace,
+        broker.url,
+        "deploy",
+        "sensor@v1=50",
+        "sensor@v2=50",
+        "--device",
+        DEVICE,
+        "--json",
+    )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)[0]["desired"]["experiment"] == experiment
     wait_status(probe, DEVICE, lambda s: s.get("revision") == 2)
@@ -110,7 +140,17 @@ def test_feedback_outcomes_per_variant_reach_telemetry(workspace, broker, probe,
             extra=["--trusted-key", str(workspace.public_key_path), "--telemetry-interval", "0.5"],
         ).start()
     )
-    out = cli(workspace, broker.url, "deploy", "sensor@v1=50", "sensor@v2=50", "--shadow", "sensor@v3", "--device", DEVICE)
+    out = cli(
+        workspace,
+        broker.url,
+        "deploy",
+        "sensor@v1=50",
+        "sensor@v2=50",
+        "--shadow",
+        "sensor@v3",
+        "--device",
+        DEVICE,
+    )
     assert out.returncode == 0, out.stderr
     wait_status(probe, DEVICE, lambda s: s.get("revision") == 1)
     rows = sample_features(60, seed=11)
@@ -134,7 +174,9 @@ def test_feedback_outcomes_per_variant_reach_telemetry(workspace, broker, probe,
             t = totals.setdefault(variant, [0, 0])
             t[0] += n
             t[1] += correct
-        if sum(totals.get(v, [0])[0] for v in expected) == len(rows) and totals.get("sensor@v3", [0])[0] == len(rows):
+        if sum(totals.get(v, [0])[0] for v in expected) == len(rows) and totals.get(
+            "sensor@v3", [0]
+        )[0] == len(rows):
             break
     for _ in range(3):  # the stray feedback may land in a later report
         if unknown:

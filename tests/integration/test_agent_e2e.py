@@ -22,7 +22,9 @@ def publish_deployment(
     probe: Probe, device: str, revision: int, entries: list[tuple[Artifact, dict]]
 ) -> None:
     for artifact, _ in entries:
-        probe.publish(f"edgeloop/models/{artifact.name}/{artifact.version}", artifact.data, retain=True)
+        probe.publish(
+            f"edgeloop/models/{artifact.name}/{artifact.version}", artifact.data, retain=True
+        )
     doc = {"revision": revision, "models": [entry for _, entry in entries]}
     probe.publish(f"edgeloop/{device}/desired", doc, retain=True)
 
@@ -55,7 +57,9 @@ def serving(broker: PrivateBroker, probe: Probe, agents, tmp_path: Path):
 
 def request(probe: Probe, payload, *, response_topic: str = "replies/x", timeout: float = 10.0):
     corr = f"c-{time.monotonic_ns()}".encode()
-    probe.publish(f"edgeloop/{DEVICE}/predict", payload, response_topic=response_topic, correlation=corr)
+    probe.publish(
+        f"edgeloop/{DEVICE}/predict", payload, response_topic=response_topic, correlation=corr
+    )
     while True:
         msg = probe.next(timeout, topic=response_topic)
         if msg.properties.CorrelationData == corr:
@@ -81,8 +85,9 @@ def test_predict_with_mqtt5_response_topic_and_correlation(serving, probe):
 
 
 def test_predictions_match_the_control_side_onnx_evaluation(serving, probe):
-    from edgeloop_control.training import OnnxPredictor
     import pandas as pd
+
+    from edgeloop_control.training import OnnxPredictor
 
     _, v1 = serving
     rows = sample_features(20, seed=5)
@@ -91,7 +96,9 @@ def test_predictions_match_the_control_side_onnx_evaluation(serving, probe):
     expected = OnnxPredictor(v1.data).predict(pd.DataFrame(rows))
     for i, pred in enumerate(reply["predictions"]):
         assert pred["prediction"] == int(expected.label[i])
-        assert pred["probabilities"]["1"] == pytest.approx(float(expected.probabilities[i][1]), abs=1e-6)
+        assert pred["probabilities"]["1"] == pytest.approx(
+            float(expected.probabilities[i][1]), abs=1e-6
+        )
 
 
 def test_reply_to_for_mqtt311_and_default_topic(serving, broker):
@@ -100,7 +107,10 @@ def test_reply_to_for_mqtt311_and_default_topic(serving, broker):
         v311.subscribe("legacy/replies")
         v311.subscribe(f"edgeloop/{DEVICE}/predictions")
         features = sample_features(1)[0]
-        v311.publish(f"edgeloop/{DEVICE}/predict", {"id": "old", "features": features, "reply_to": "legacy/replies"})
+        v311.publish(
+            f"edgeloop/{DEVICE}/predict",
+            {"id": "old", "features": features, "reply_to": "legacy/replies"},
+        )
         reply = json.loads(v311.next(10, topic="legacy/replies").payload)
         assert reply["id"] == "old" and "prediction" in reply
         v311.publish(f"edgeloop/{DEVICE}/predict", {"id": "plain", "features": features})
@@ -128,15 +138,32 @@ def test_mosquitto_command_line_clients_v311_and_v5(serving, broker):
     features = sample_features(1)[0]
     body = json.dumps({"id": "cli-311", "features": features, "reply_to": "cli/311"})
     reply = _mosquitto_request(
-        broker, ["-V", "mqttv311", "-t", f"edgeloop/{DEVICE}/predict", "-m", body], ["-V", "mqttv311"], "cli/311"
+        broker,
+        ["-V", "mqttv311", "-t", f"edgeloop/{DEVICE}/predict", "-m", body],
+        ["-V", "mqttv311"],
+        "cli/311",
     )
     assert reply["id"] == "cli-311" and reply["prediction"] in (0, 1)
 
     body = json.dumps({"id": "cli-5", "features": features})
     reply = _mosquitto_request(
         broker,
-        ["-V", "mqttv5", "-t", f"edgeloop/{DEVICE}/predict", "-m", body,
-         "-D", "publish", "response-topic", "cli/v5", "-D", "publish", "correlation-data", "abc"],
+        [
+            "-V",
+            "mqttv5",
+            "-t",
+            f"edgeloop/{DEVICE}/predict",
+            "-m",
+            body,
+            "-D",
+            "publish",
+            "response-topic",
+            "cli/v5",
+            "-D",
+            "publish",
+            "correlation-data",
+            "abc",
+        ],
         ["-V", "mqttv5"],
         "cli/v5",
     )
@@ -177,10 +204,16 @@ def test_feature_level_errors_name_the_offender(serving, probe):
     cases.append(({"id": "m", "features": missing}, "missing_feature", "vibration_mm_s"))
     cases.append(({"id": "u", "features": {**good, "colour": 3}}, "unknown_feature", "colour"))
     cases.append(({"id": "c", "features": [1.0, 2.0]}, "wrong_feature_count", "expects 8"))
-    cases.append(({"id": "s", "features": {**good, "pressure_bar": "high"}}, "non_numeric", "pressure_bar"))
-    cases.append(({"id": "b", "features": {**good, "pressure_bar": True}}, "non_numeric", "pressure_bar"))
+    cases.append(
+        ({"id": "s", "features": {**good, "pressure_bar": "high"}}, "non_numeric", "pressure_bar")
+    )
+    cases.append(
+        ({"id": "b", "features": {**good, "pressure_bar": True}}, "non_numeric", "pressure_bar")
+    )
     cases.append(({"id": "o", "features": {**good, "flow_m3_h": 1e300}}, "non_finite", "flow_m3_h"))
-    cases.append(({"id": "r", "rows": [good, {**good, "speed_rpm": "x"}]}, "non_numeric", "rows[1]"))
+    cases.append(
+        ({"id": "r", "rows": [good, {**good, "speed_rpm": "x"}]}, "non_numeric", "rows[1]")
+    )
     for payload, code, needle in cases:
         reply = request(probe, payload)
         assert reply["id"] == payload["id"]
@@ -229,18 +262,28 @@ def test_no_model_loaded_yet(broker, probe, agents, tmp_path):
     status = wait_status(probe, "fresh", lambda s: s.get("online"))
     assert status["state"] == "no_model" and status["models"] == []
     corr = b"n1"
-    probe.publish("edgeloop/fresh/predict", {"id": "early", "features": [1]}, response_topic="replies/n", correlation=corr)
+    probe.publish(
+        "edgeloop/fresh/predict",
+        {"id": "early", "features": [1]},
+        response_topic="replies/n",
+        correlation=corr,
+    )
     reply = json.loads(probe.next(10, topic="replies/n").payload)
-    assert reply == {"id": "early", "error": {"code": "no_model", "message": "no model is loaded on this device yet"}}
+    assert reply == {
+        "id": "early",
+        "error": {"code": "no_model", "message": "no model is loaded on this device yet"},
+    }
 
 
 def test_tampered_artifact_is_refused_and_old_model_keeps_serving(serving, probe):
-    agent, v1 = serving
+    agent, _v1 = serving
     v2 = sensor_model("v2", algo="rf")
     tampered = bytearray(v2.data)
     tampered[len(tampered) // 2] ^= 0xFF
     probe.publish("edgeloop/models/sensor/v2", bytes(tampered), retain=True)
-    probe.publish(f"edgeloop/{DEVICE}/desired", {"revision": 2, "models": [v2.entry()]}, retain=True)
+    probe.publish(
+        f"edgeloop/{DEVICE}/desired", {"revision": 2, "models": [v2.entry()]}, retain=True
+    )
     status = wait_status(probe, DEVICE, lambda s: s.get("error") is not None)
     assert status["error"]["code"] == "artifact_sha256_mismatch"
     assert status["revision"] == 1 and status["models"][0]["version"] == "v1"
@@ -263,21 +306,31 @@ def test_invalid_desired_state_is_reported(serving, probe):
     probe.publish(f"edgeloop/{DEVICE}/desired", b"{not json", retain=True)
     status = wait_status(probe, DEVICE, lambda s: s.get("error") is not None)
     assert status["error"]["code"] == "invalid_desired_state"
-    probe.publish(f"edgeloop/{DEVICE}/desired", {"revision": 3, "models": [{"name": "sensor"}]}, retain=True)
-    status = wait_status(probe, DEVICE, lambda s: "models[0].version" in ((s.get("error") or {}).get("message") or ""))
+    probe.publish(
+        f"edgeloop/{DEVICE}/desired", {"revision": 3, "models": [{"name": "sensor"}]}, retain=True
+    )
+    status = wait_status(
+        probe,
+        DEVICE,
+        lambda s: "models[0].version" in ((s.get("error") or {}).get("message") or ""),
+    )
     assert status["revision"] == 1
     assert request(probe, {"id": "x", "features": sample_features(1)[0]})["version"] == "v1"
 
 
 def test_swap_to_new_version_without_failing_requests(serving, probe):
-    _, v1 = serving
+    _, _v1 = serving
     v2 = sensor_model("v2", algo="rf")
     features = sample_features(1)[0]
     # Fire requests continuously while the swap happens; every one must succeed.
     ids = [f"s{i}" for i in range(300)]
     publish_deployment(probe, DEVICE, 2, [(v2, v2.entry())])
     for rid in ids:
-        probe.publish(f"edgeloop/{DEVICE}/predict", {"id": rid, "features": features}, response_topic="replies/swap")
+        probe.publish(
+            f"edgeloop/{DEVICE}/predict",
+            {"id": rid, "features": features},
+            response_topic="replies/swap",
+        )
         time.sleep(0.005)
     seen: dict[str, dict] = {}
     deadline = time.monotonic() + 30
@@ -286,7 +339,9 @@ def test_swap_to_new_version_without_failing_requests(serving, probe):
         body = json.loads(msg.payload)
         seen[body["id"]] = body
     assert set(seen) == set(ids)
-    assert all("prediction" in r for r in seen.values()), [r for r in seen.values() if "error" in r][:3]
+    assert all("prediction" in r for r in seen.values()), [
+        r for r in seen.values() if "error" in r
+    ][:3]
     versions = [seen[rid]["version"] for rid in ids]
     assert versions[-1] == "v2"
     # Once switched, it stays switched: replies are in order, so no v1 after the first v2.
@@ -294,8 +349,10 @@ def test_swap_to_new_version_without_failing_requests(serving, probe):
     assert all(v == "v2" for v in versions[first_v2:])
 
 
-def test_restart_serves_last_good_model_and_loses_no_request(serving, probe, broker, agents, tmp_path):
-    agent, v1 = serving
+def test_restart_serves_last_good_model_and_loses_no_request(
+    serving, probe, broker, agents, tmp_path
+):
+    agent, _v1 = serving
     assert agent.stop() == 0
     status = wait_status(probe, DEVICE, lambda s: s.get("online") is False)
     assert status["reason"] == "stopped"
@@ -303,10 +360,16 @@ def test_restart_serves_last_good_model_and_loses_no_request(serving, probe, bro
     features = sample_features(1)[0]
     ids = [f"down-{i}" for i in range(50)]
     for rid in ids:
-        probe.publish(f"edgeloop/{DEVICE}/predict", {"id": rid, "features": features}, response_topic="replies/down")
+        probe.publish(
+            f"edgeloop/{DEVICE}/predict",
+            {"id": rid, "features": features},
+            response_topic="replies/down",
+        )
     # The broker is gone when the agent comes back: it must still load v1 from disk.
     broker.stop()
-    restarted = AgentProcess(broker_url=broker.url, device_id=DEVICE, state_dir=agent.state_dir).start()
+    restarted = AgentProcess(
+        broker_url=broker.url, device_id=DEVICE, state_dir=agent.state_dir
+    ).start()
     agents.append(restarted)
     deadline = time.monotonic() + 20
     while "restored deployment revision 1" not in restarted.log() and time.monotonic() < deadline:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -18,15 +17,13 @@ from edgeloop_control.registry import Registry
 from edgeloop_control.workspace import Workspace
 from tests.integration.models import sample_features, sensor_model
 from tests.integration.test_agent_e2e import wait_status
-from tests.mqtt_helpers import AgentProcess, Probe
+from tests.mqtt_helpers import AgentProcess
 
 EDGELOOP = str(Path(sys.executable).parent / "edgeloop")
 DEVICE = "ctl-1"
 
 
-def start_daemon(
-    ws: Workspace, broker_url: str, log: Path
-) -> tuple[subprocess.Popen[bytes], int]:
+def start_daemon(ws: Workspace, broker_url: str, log: Path) -> tuple[subprocess.Popen[bytes], int]:
     before = log.read_text().count("control daemon connected") if log.exists() else 0
     proc = subprocess.Popen(
         [EDGELOOP, "-w", str(ws.root), "--broker", broker_url, "serve", "--tick", "0.5"],
@@ -69,13 +66,24 @@ def test_daemon_ingests_everything_once_across_a_kill_9(workspace, broker, probe
         broker_url=broker.url,
         device_id=DEVICE,
         state_dir=tmp_path / "state",
-        extra=["--trusted-key", str(ws.public_key_path), "--telemetry-interval", "0.5",
-               "--capture-rate", "1.0"],
+        extra=[
+            "--trusted-key",
+            str(ws.public_key_path),
+            "--telemetry-interval",
+            "0.5",
+            "--capture-rate",
+            "1.0",
+        ],
     ).start()
     agents.append(agent)
     env = {**os.environ, "EDGELOOP_WORKSPACE": str(ws.root), "EDGELOOP_BROKER": broker.url}
-    out = subprocess.run([EDGELOOP, "deploy", "sensor@v1", "--device", DEVICE], env=env,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [EDGELOOP, "deploy", "sensor@v1", "--device", DEVICE],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     wait_status(probe, DEVICE, lambda s: s.get("revision") == 1)
 
@@ -86,8 +94,11 @@ def test_daemon_ingests_everything_once_across_a_kill_9(workspace, broker, probe
         nonlocal sent
         for _ in range(n):
             rid = f"q{sent}"
-            probe.publish(f"edgeloop/{DEVICE}/predict", {"id": rid, "features": features},
-                          response_topic="replies/q")
+            probe.publish(
+                f"edgeloop/{DEVICE}/predict",
+                {"id": rid, "features": features},
+                response_topic="replies/q",
+            )
             probe.publish(f"edgeloop/{DEVICE}/feedback", {"id": rid, "label": sent % 2})
             sent += 1
             time.sleep(0.004)

@@ -49,8 +49,13 @@ def test_demo_runs_the_whole_loop_and_its_report_renders(tmp_path: Path):
     profile = tempfile.mkdtemp(prefix="chromium-")
     try:
         dom = subprocess.run(
-            [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom",
-             report.as_uri()],
+            [
+                chromium,
+                *CHROMIUM_FLAGS,
+                f"--user-data-dir={profile}",
+                "--dump-dom",
+                report.as_uri(),
+            ],
             capture_output=True,
             text=True,
             timeout=60,

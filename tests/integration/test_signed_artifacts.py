@@ -75,14 +75,20 @@ def test_desired_state_with_bad_variants_or_weights_is_reported(broker, probe, a
     wait_status(probe, DEVICE, lambda s: s.get("revision") == 1)
     probe.publish("edgeloop/models/sensor/v2", v2.data, retain=True)
     cases = [
-        ({"revision": 2, "models": [v1.entry(), {**v2.entry(), "variant": "sensor@v1"}]}, "repeats variants"),
+        (
+            {"revision": 2, "models": [v1.entry(), {**v2.entry(), "variant": "sensor@v1"}]},
+            "repeats variants",
+        ),
         ({"revision": 3, "models": [v1.entry(weight=0), v2.entry(weight=0)]}, "sum to 0"),
         ({"revision": 4, "models": [v1.entry(weight=-5)]}, "non-negative"),
         ({"revision": 5, "models": [v1.entry(role="shadow")]}, "no serving model"),
         ({"revision": 6, "models": [v1.entry(), {**v1.entry(), "variant": "again"}]}, "twice"),
         (
-            {"revision": 7, "models": [v1.entry(weight=50), v2.entry(weight=50)],
-             "allocation": {"experiment_id": "e", "ranges": {"sensor@v1": [[0, 10000]]}}},
+            {
+                "revision": 7,
+                "models": [v1.entry(weight=50), v2.entry(weight=50)],
+                "allocation": {"experiment_id": "e", "ranges": {"sensor@v1": [[0, 10000]]}},
+            },
             "allocation",
         ),
     ]

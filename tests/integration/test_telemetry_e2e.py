@@ -66,7 +66,11 @@ def send(app: Probe, start: int, n: int, features: dict) -> list[str]:
     ids = []
     for i in range(start, start + n):
         rid = f"t-{i}"
-        app.publish(f"edgeloop/{DEVICE}/predict", {"id": rid, "features": features}, response_topic="app/replies")
+        app.publish(
+            f"edgeloop/{DEVICE}/predict",
+            {"id": rid, "features": features},
+            response_topic="app/replies",
+        )
         ids.append(rid)
         time.sleep(0.003)
     return ids

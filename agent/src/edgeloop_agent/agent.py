@@ -7,6 +7,7 @@ thread, which serves requests.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -239,10 +240,8 @@ class Agent:
                 qos=1,
                 retain=True,
             )
-            try:
+            with contextlib.suppress(RuntimeError, ValueError):
                 info.wait_for_publish(timeout=5)
-            except (RuntimeError, ValueError):
-                pass
         self.link.stop()
         self.outbox.sync()
         self.outbox.close()

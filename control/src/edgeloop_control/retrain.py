@@ -25,6 +25,7 @@ State lives in SQLite (``retrain_state``), so a daemon restart resumes.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -78,7 +79,9 @@ class RetrainConfig:
         if self.consecutive_windows < 1 or self.min_samples < 1:
             raise ValueError("retrain.consecutive_windows and min_samples must be >= 1")
         if not 0.0 <= self.reference_share < 1.0:
-            raise ValueError(f"retrain.reference_share must be in [0, 1), got {self.reference_share}")
+            raise ValueError(
+                f"retrain.reference_share must be in [0, 1), got {self.reference_share}"
+            )
         if not 0.0 < self.holdout < 1.0:
             raise ValueError(f"retrain.holdout must be in (0, 1), got {self.holdout}")
 
@@ -117,10 +120,19 @@ class RetrainPolicy:
     # -- state -------------------------------------------------------------------
 
     def state(self, model: str) -> dict[str, Any]:
-        row = self.db.conn.execute("SELECT * FROM retrain_state WHERE model = ?", (model,)).fetchone()
+        row = self.db.conn.execute(
+            "SELECT * FROM retrain_state WHERE model = ?", (model,)
+        ).fetchone()
         if row is None:
-            return {"model": model, "state": "idle", "episode_start": None, "drift_event": None,
-                    "devices": [], "note": None, "last_retrain": None}
+            return {
+                "model": model,
+                "state": "idle",
+                "episode_start": None,
+                "drift_event": None,
+                "devices": [],
+                "note": None,
+                "last_retrain": None,
+            }
         out = dict(row)
         out["devices"] = json.loads(out["devices"] or "[]")
         return out
@@ -132,8 +144,16 @@ class RetrainPolicy:
             "state=excluded.state, episode_start=excluded.episode_start, "
             "drift_event=excluded.drift_event, devices=excluded.devices, note=excluded.note, "
             "last_retrain=excluded.last_retrain, updated_at=excluded.updated_at",
-            (st["model"], st["state"], st["episode_start"], st["drift_event"],
-             json.dumps(st["devices"]), st["note"], st["last_retrain"], time.time()),
+            (
+                st["model"],
+                st["state"],
+                st["episode_start"],
+                st["drift_event"],
+                json.dumps(st["devices"]),
+                st["note"],
+                st["last_retrain"],
+                time.time(),
+            ),
         )
 
     @property
@@ -177,18 +197,23 @@ class RetrainPolicy:
                     reasons.append(f"{device}: error rate rose (concept-drift detector fired)")
                 else:
                     feats = ", ".join(why["features"]) or "model output"
-                    reasons.append(
-                        f"{device}: {cfg.consecutive_windows} consecutive drifting windows ({feats})"
-                    )
+                    n = cfg.consecutive_windows
+                    reasons.append(f"{device}: {n} consecutive drifting windows ({feats})")
             message = (
-                f"{variant} is drifting: " + "; ".join(reasons)
+                f"{variant} is drifting: "
+                + "; ".join(reasons)
                 + f". Retraining scope {cfg.scope}: {', '.join(scope)}"
             )
-            event = self.db.add_event("drift_detected", message, subject=model, data={
-                "variant": variant, "devices": drifting, "scope": scope})
+            event = self.db.add_event(
+                "drift_detected",
+                message,
+                subject=model,
+                data={"variant": variant, "devices": drifting, "scope": scope},
+            )
             log.warning(message)
-            st.update(state="collecting", episode_start=start, drift_event=event, devices=scope,
-                      note=None)
+            st.update(
+                state="collecting", episode_start=start, drift_event=event, devices=scope, note=None
+            )
             self._save(st)
         if st["state"] != "collecting":
             return
@@ -250,7 +275,7 @@ class RetrainPolicy:
                 "ORDER BY ts DESC LIMIT ?",
                 (device, variant, max(2, n)),
             ).fetchall()
-            for newer, older in zip(rows, rows[1:]):
+            for newer, older in itertools.pairwise(rows):
                 if newer["detections"] > older["detections"]:
                     return {"signal": "concept", "features": [], "since": older["ts"]}
         return None
@@ -295,10 +320,12 @@ class RetrainPolicy:
         reference_rows = 0
         view = meta.get("feature_view")
         if view and cfg.reference_share > 0:
-            want = int(math.ceil(len(frame) * cfg.reference_share / (1 - cfg.reference_share)))
+            want = math.ceil(len(frame) * cfg.reference_share / (1 - cfg.reference_share))
             try:
                 vv = self.store.view(view)
-                ref = self.store.read(vv.ref, columns=[c for c in [*features, target] if c != vv.timestamp])
+                ref = self.store.read(
+                    vv.ref, columns=[c for c in [*features, target] if c != vv.timestamp]
+                )
                 ref = ref.tail(want).rename(columns={vv.timestamp: "ts"})[[*features, target, "ts"]]
                 reference_rows = len(ref)
                 frame = pd.concat([ref, frame], ignore_index=True)
@@ -310,7 +337,11 @@ class RetrainPolicy:
             f"retraining {model} like {variant} ({meta.get('algorithm')}) on {len(recent)} recent "
             f"labelled samples + {reference_rows} reference rows",
             subject=model,
-            data={"cause_event": st["drift_event"], "recent": len(recent), "reference": reference_rows},
+            data={
+                "cause_event": st["drift_event"],
+                "recent": len(recent),
+                "reference": reference_rows,
+            },
         )
         config = TrainConfig(
             target=target,
@@ -326,13 +357,19 @@ class RetrainPolicy:
                 name=model,
                 config=config,
                 frame=frame,
-                lineage={"parent": variant, "cause": f"drift_event:{st['drift_event']}",
-                         "devices": st["devices"]},
+                lineage={
+                    "parent": variant,
+                    "cause": f"drift_event:{st['drift_event']}",
+                    "devices": st["devices"],
+                },
                 stage="auto",
                 gate_metric=cfg.gate_metric,
                 gate_margin=cfg.gate_margin,
-                extra_metadata={"trigger": "drift", "drift_event": st["drift_event"],
-                                "feature_view": meta.get("feature_view")},
+                extra_metadata={
+                    "trigger": "drift",
+                    "drift_event": st["drift_event"],
+                    "feature_view": meta.get("feature_view"),
+                },
             )
         except (TrainingError, ValueError) as exc:
             self.db.add_event("retrain_failed", f"{model}: {exc}", subject=model)
@@ -342,8 +379,8 @@ class RetrainPolicy:
         m = outcome.result.metrics
         self.db.add_event(
             "registered",
-            f"{outcome.version.ref} registered ({cfg.gate_metric} {m.get(cfg.gate_metric, float('nan')):.3f} "
-            f"on the recent holdout) stage {outcome.stage or 'none'}; champion gate: "
+            f"{outcome.version.ref} registered ({cfg.gate_metric} "
+            f"{m.get(cfg.gate_metric, float('nan')):.3f} on the recent holdout) stage {outcome.stage or 'none'}; champion gate: "
             f"{(outcome.gate or {}).get('reason', 'n/a')}",
             subject=model,
             data=outcome.to_dict(),
@@ -352,8 +389,12 @@ class RetrainPolicy:
         if outcome.stage == "challenger" and self.experiments is not None:
             try:
                 exp = self.experiments.start(
-                    model, variant, outcome.version.ref, st["devices"],
-                    weight=None, cause=f"drift_event:{st['drift_event']}",
+                    model,
+                    variant,
+                    outcome.version.ref,
+                    st["devices"],
+                    weight=None,
+                    cause=f"drift_event:{st['drift_event']}",
                 )
             except ValueError as exc:  # ExperimentError: devices busy, ...
                 self.db.add_event(
@@ -362,11 +403,17 @@ class RetrainPolicy:
                 st.update(state="idle", last_retrain=now, note=str(exc))
                 self._save(st)
                 return
-            st.update(state="experimenting", last_retrain=now,
-                      note=f"experiment {exp.get('id') if isinstance(exp, dict) else exp}")
+            st.update(
+                state="experimenting",
+                last_retrain=now,
+                note=f"experiment {exp.get('id') if isinstance(exp, dict) else exp}",
+            )
         else:
-            st.update(state="idle", last_retrain=now,
-                      note="challenger not better than the champion on recent data")
+            st.update(
+                state="idle",
+                last_retrain=now,
+                note="challenger not better than the champion on recent data",
+            )
         self._save(st)
 
 

@@ -79,8 +79,14 @@ class ControlDaemon:
         self._queue: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
         self._captured: list[mqtt.MQTTMessage] = []
         self._last_flush = time.monotonic()
-        self.counters = {"status": 0, "telemetry": 0, "duplicates": 0, "samples": 0,
-                         "labels": 0, "rejected": 0}
+        self.counters = {
+            "status": 0,
+            "telemetry": 0,
+            "duplicates": 0,
+            "samples": 0,
+            "labels": 0,
+            "rejected": 0,
+        }
         ident = hashlib.sha256(str(ws.root).encode()).hexdigest()[:10]
         client = mqtt.Client(
             callback_api_version=mqtt.CallbackAPIVersion.VERSION2,

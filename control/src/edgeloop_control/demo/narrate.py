@@ -26,7 +26,9 @@ class Narrator:
         try:
             yield
         except BaseException:
-            self.console.print(f"[bold red]✗ {n}. {title} failed after {time.monotonic() - t0:.1f} s[/]")
+            self.console.print(
+                f"[bold red]✗ {n}. {title} failed after {time.monotonic() - t0:.1f} s[/]"
+            )
             raise
         took = time.monotonic() - t0
         self.steps.append((title, took))

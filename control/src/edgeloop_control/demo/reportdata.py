@@ -29,8 +29,7 @@ def collect_report_data(
         "generated_at": time.time(),
         "workspace": str(ws.root),
         "timeline": [
-            {"t": t, "duration_s": d, "step": title, "detail": ""}
-            for title, t, d in say.history
+            {"t": t, "duration_s": d, "step": title, "detail": ""} for title, t, d in say.history
         ],
         "events": [
             {"t": e["ts"], "kind": e["kind"], "subject": e["subject"], "message": e["message"]}

@@ -27,8 +27,8 @@ from edgeloop_control.demo.fleetsim import AgentHandle, DemoClient, percentile, 
 from edgeloop_control.demo.narrate import Narrator
 from edgeloop_control.demo.reportdata import collect_report_data
 from edgeloop_control.demo.sensors import TARGET, generate
-from edgeloop_control.deploy import plan_desired, publish_artifact, publish_desired
 from edgeloop_control.demo.traffic import Traffic
+from edgeloop_control.deploy import plan_desired, publish_artifact, publish_desired
 from edgeloop_control.featurestore import FeatureStore
 from edgeloop_control.mqttclient import connected
 from edgeloop_control.registry import Registry
@@ -86,7 +86,9 @@ def run_demo(
     summary: dict[str, Any] = {"workdir": str(tmp)}
     names = [f"pump-station-{i + 1}" for i in range(devices)]
     with ExitStack() as stack:
-        with say.step("Start a private Mosquitto broker" if not broker_url else "Use the given broker"):
+        with say.step(
+            "Start a private Mosquitto broker" if not broker_url else "Use the given broker"
+        ):
             if broker_url is None:
                 broker = PrivateBroker(tmp / "broker").start()
                 stack.callback(broker.stop)
@@ -133,7 +135,14 @@ def run_demo(
                     broker_url,
                     tmp,
                     ws.public_key_path,
-                    extra=["--capture-rate", "0.5", "--telemetry-interval", "1", "--drift-window", "400"],
+                    extra=[
+                        "--capture-rate",
+                        "0.5",
+                        "--telemetry-interval",
+                        "1",
+                        "--drift-window",
+                        "400",
+                    ],
                 )
                 handles.append(handle)
                 stack.callback(handle.stop)
@@ -147,7 +156,9 @@ def run_demo(
                     previous = db.desired(name)
                     doc = plan_desired(previous[1] if previous else None, [(mv, 100.0)], [])
                     publish_desired(client, db, ws.topic_prefix, name, doc)
-            _wait_until(lambda: _all_on(db, names, "sensor@v1"), 60, "agents did not load sensor@v1")
+            _wait_until(
+                lambda: _all_on(db, names, "sensor@v1"), 60, "agents did not load sensor@v1"
+            )
             say.say("each agent verified sha256 + Ed25519 signature and reports sensor@v1")
 
         app = DemoClient(broker_url, ws.topic_prefix)
@@ -182,12 +193,18 @@ def run_demo(
                         f"the agent logs in {tmp / 'agents'}"
                     )
                 if kind == "registered" and "stage challenger" not in event["message"]:
-                    raise DemoError(f"the retrained model did not become challenger: {event['message']}")
+                    raise DemoError(
+                        f"the retrained model did not become challenger: {event['message']}"
+                    )
                 if kind == "ab_decision" and "promot" not in event["message"].lower():
-                    raise DemoError(f"the experiment did not promote the challenger: {event['message']}")
+                    raise DemoError(
+                        f"the experiment did not promote the challenger: {event['message']}"
+                    )
 
         with say.step("Keep streaming: the fleet runs sensor@v2 on the new sensors"):
-            _wait_until(lambda: _all_on(db, names, "sensor@v2"), 60, "not every device reports sensor@v2")
+            _wait_until(
+                lambda: _all_on(db, names, "sensor@v2"), 60, "not every device reports sensor@v2"
+            )
             _watch(events, 20)
             traffic.stop()
             app.wait_replies(20)
@@ -195,7 +212,9 @@ def run_demo(
             say.say(f"registry stages now: {stages}")
 
         with say.step("Write the HTML report"):
-            data = collect_report_data(ws, db, say=say, shift_at=shift_at, client=app, devices=names)
+            data = collect_report_data(
+                ws, db, say=say, shift_at=shift_at, client=app, devices=names
+            )
             from edgeloop_control.report import write_report
 
             path = write_report(data, report_path)
@@ -208,7 +227,9 @@ def run_demo(
             for handle in handles:
                 rc = handle.stop()
                 if rc != 0:
-                    raise DemoError(f"agent {handle.device} exited with {rc}; see {handle.log_path}")
+                    raise DemoError(
+                        f"agent {handle.device} exited with {rc}; see {handle.log_path}"
+                    )
             _stop_process(daemon)
     console.print(f"[bold green]demo finished in {say.elapsed:.0f} s[/]; report: {report_path}")
     if not keep and workdir is None and report_path.parent != tmp:
@@ -223,8 +244,16 @@ def _start_daemon(ws: Workspace, broker_url: str, log_path: Path) -> subprocess.
     exe = Path(sys.executable).parent / "edgeloop"
     log = open(log_path, "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen(
-        [str(exe) if exe.exists() else "edgeloop", "-w", str(ws.root), "--broker", broker_url,
-         "serve", "--tick", "0.5"],
+        [
+            str(exe) if exe.exists() else "edgeloop",
+            "-w",
+            str(ws.root),
+            "--broker",
+            broker_url,
+            "serve",
+            "--tick",
+            "0.5",
+        ],
         stdout=log,
         stderr=subprocess.STDOUT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -277,8 +306,10 @@ class _EventTail:
             self.seen.add(e["id"])
             self.history.append(e)
             if e["kind"] not in ("device",):
-                self.say.say(f"[dim]{time.strftime('%H:%M:%S', time.localtime(e['ts']))}[/] "
-                             f"[magenta]{e['kind']}[/] {e['message']}")
+                self.say.say(
+                    f"[dim]{time.strftime('%H:%M:%S', time.localtime(e['ts']))}[/] "
+                    f"[magenta]{e['kind']}[/] {e['message']}"
+                )
         return fresh
 
     def wait_for(self, kind: str, deadline: float) -> dict[str, Any] | None:
@@ -317,6 +348,9 @@ def _print_devices(console: Console, app: DemoClient, names: list[str]) -> None:
             ]
         )
     console.print(
-        table("Per device (as the app saw it)",
-              ["device", "answers by version", "requests", "errors", "p50 ms", "p99 ms"], rows)
+        table(
+            "Per device (as the app saw it)",
+            ["device", "answers by version", "requests", "errors", "p50 ms", "p99 ms"],
+            rows,
+        )
     )

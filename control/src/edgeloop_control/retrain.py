@@ -380,7 +380,8 @@ class RetrainPolicy:
         self.db.add_event(
             "registered",
             f"{outcome.version.ref} registered ({cfg.gate_metric} "
-            f"{m.get(cfg.gate_metric, float('nan')):.3f} on the recent holdout) stage {outcome.stage or 'none'}; champion gate: "
+            f"{m.get(cfg.gate_metric, float('nan')):.3f} on the recent holdout) "
+            f"stage {outcome.stage or 'none'}; champion gate: "
             f"{(outcome.gate or {}).get('reason', 'n/a')}",
             subject=model,
             data=outcome.to_dict(),

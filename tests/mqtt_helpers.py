@@ -51,7 +51,9 @@ class Probe:
         self.client.max_queued_messages_set(0)
         self.messages: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
         self._connected = threading.Event()
-        self.client.on_connect = lambda *a: self._connected.set()
+        self._topics: dict[str, int] = {}
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = lambda *a: self._connected.clear()
         self.client.on_message = lambda _c, _u, m: self.messages.put(m)
         self.client.on_socket_open = no_delay
         if persistent:
@@ -68,7 +70,17 @@ class Probe:
         self.client.loop_start()
         assert self._connected.wait(10), "probe could not connect to the test broker"
 
+    def _on_connect(self, client: mqtt.Client, *_: Any) -> None:
+        # After a broker restart a clean session has lost its subscriptions.
+        for topic, qos in self._topics.items():
+            client.subscribe(topic, qos=qos)
+        self._connected.set()
+
+    def wait_connected(self, timeout: float = 30.0) -> None:
+        assert self._connected.wait(timeout), "probe did not reconnect to the test broker"
+
     def subscribe(self, topic: str, qos: int = 1) -> None:
+        self._topics[topic] = qos
         done = threading.Event()
         self.client.on_subscribe = lambda *a: done.set()
         self.client.subscribe(topic, qos=qos)
@@ -86,6 +98,7 @@ class Probe:
     ) -> None:
         if isinstance(payload, dict):
             payload = json.dumps(payload)
+        self.wait_connected()
         props = None
         if response_topic is not None:
             props = Properties(PacketTypes.PUBLISH)

@@ -694,6 +694,7 @@ class AuthProbe(Probe):
         self.client.max_inflight_messages_set(0)
         self.messages: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
         self._connected = threading.Event()
+        self._topics: dict[str, int] = {}
         self.reason: Any = None
         if user is not None:
             self.client.username_pw_set(user, password)

@@ -353,11 +353,15 @@ class FastClient(mqtt.Client):
             yield
         finally:
             self._quiet_thread = None
-            if self._wake_pending:
-                self._wake_pending = False
-                with suppress(OSError, AttributeError):  # BlockingIOError: a wake is pending
-                    self._sockpairW.send(mqtt.sockpair_data)
-                self._call_socket_register_write()
+            self.wake()
+
+    def wake(self) -> None:
+        """Send what ``coalesced()`` has queued so far, without ending the block."""
+        if self._wake_pending and self._sockpairW is not None:
+            self._wake_pending = False
+            with suppress(OSError, AttributeError):  # BlockingIOError: a wake is pending
+                self._sockpairW.send(mqtt.sockpair_data)
+            self._call_socket_register_write()
 
 
 class MqttLink:
@@ -489,6 +493,10 @@ class MqttLink:
     def coalesced(self) -> Any:
         """A block whose publishes and acks wake paho's network thread once."""
         return self.client.coalesced()
+
+    def flush(self) -> None:
+        """Inside ``coalesced()``: send the replies queued so far now."""
+        self.client.wake()
 
     def ack(self, msg: mqtt.MQTTMessage) -> None:
         if msg.qos > 0:

@@ -286,6 +286,9 @@ class Server:
             reply["ms"] = ms
             self._send(item.msg, req.reply_to, reply)
             self.hooks.on_request(variant, now - item.arrived, len(item.rows))
+        # The replies leave now; telemetry (drift, feedback join, capture) runs after them
+        # (a drift report can take milliseconds).
+        self.link.flush()
         self.hooks.on_predictions(
             variant,
             model,

@@ -162,21 +162,36 @@ def start_baseline(kind: str, port: int, work: Path, model_path: Path | None) ->
     return Server(kind, topic, proc, log)
 
 
-def start_agent(port: int, work: Path, models: list[Model], setup: Client) -> Server:
-    state = work / "agent-state"
+def start_agent(
+    port: int,
+    work: Path,
+    models: list[Model],
+    setup: Client,
+    *,
+    name: str = "agent",
+    source: Path | None = None,
+) -> Server:
+    """The real ``edgeloop-agent``; with ``source`` (another checkout's ``agent/src``) first on
+    its path, to measure a before/after in the same run."""
+    device = DEVICE if name == "agent" else f"{DEVICE}-{name}"
+    state = work / f"{name}-state"
     state.mkdir(exist_ok=True)
-    config = work / "agent.toml"
+    config = work / f"{name}.toml"
     config.write_text(
-        f'device_id = "{DEVICE}"\nbroker = "mqtt://127.0.0.1:{port}"\n'
+        f'device_id = "{device}"\nbroker = "mqtt://127.0.0.1:{port}"\n'
         f'state_dir = "{state}"\nlog_level = "WARNING"\n'
     )
-    log = work / "agent.log"
+    log = work / f"{name}.log"
+    env = dict(os.environ)
+    if source is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(source), env.get("PYTHONPATH", "")])
     proc = subprocess.Popen(
         ["taskset", "-c", str(SERVER_CPU), str(VENV_BIN / "edgeloop-agent"), "-c", str(config)],
         stdout=open(log, "wb"),  # noqa: SIM115 - closed with the process
         stderr=subprocess.STDOUT,
+        env=env,
     )
-    status = f"edgeloop/{DEVICE}/status"
+    status = f"edgeloop/{device}/status"
     setup.subscribe(status)
     for m in models:
         setup.publish(f"edgeloop/models/{m.name}/{m.version}", m.onnx, retain=True)
@@ -195,12 +210,12 @@ def start_agent(port: int, work: Path, models: list[Model], setup: Client) -> Se
             for m in models
         ],
     }
-    setup.publish(f"edgeloop/{DEVICE}/desired", json.dumps(desired).encode(), retain=True)
+    setup.publish(f"edgeloop/{device}/desired", json.dumps(desired).encode(), retain=True)
     try:
         setup.wait_json(status, lambda s: s.get("revision") == 1 and s.get("online"), 60)
     except TimeoutError:
         raise RuntimeError(f"agent did not deploy: {log.read_text()[-2000:]}") from None
-    return Server("agent", f"edgeloop/{DEVICE}/predict", proc, log)
+    return Server(name, f"edgeloop/{device}/predict", proc, log)
 
 
 # -- phases ---------------------------------------------------------------------------------------
@@ -471,7 +486,19 @@ def report(info: dict, cfg: dict, servers: dict[str, Server]) -> None:
     row("  agent-side ms p99", "", "agent_p99", "lat", ".3f")
     row("  lost requests", "0", "lost", "lat", "d")
     row("RSS steady, idle after load (MB)", "", "rss_mb", "mem", ".1f")
-    for name, res in (("agent", agent), ("echo", echo)):
+    before = servers.get("before", Server("before", "")).results
+    if before.get("sat"):
+        b, a = before, agent
+        print()
+        print(f"before/after, same run: saturation {fmt(b['sat']['rate'])} -> "
+              f"{fmt(a['sat']['rate'])} req/s ({ratio(a['sat']['rate'], b['sat']['rate'])}), "
+              f"CPU per request {fmt(b['sat'].get('cpu_us'), '.1f')} -> "
+              f"{fmt(a['sat'].get('cpu_us'), '.1f')} us, latency p99 "
+              f"{fmt(b['lat']['p99'], '.3f')} -> {fmt(a['lat']['p99'], '.3f')} ms, agent-side "
+              f"p99 {fmt(b['lat']['agent_p99'], '.3f')} -> {fmt(a['lat']['agent_p99'], '.3f')} ms, "
+              f"RSS {fmt(b['mem']['rss_mb'], '.1f')} -> "
+              f"{fmt(a['mem']['rss_mb'], '.1f')} MB")  # fmt: skip
+    for name, res in (("before", before), ("agent", agent), ("echo", echo)):
         if res.get("sat"):
             print(f"  {name}: saturation by round {res['sat']['rounds_rate']} req/s, "
                   f"latency p99 by round {res['lat']['rounds_p99']} ms")  # fmt: skip
@@ -569,6 +596,9 @@ def main() -> int:
     ap.add_argument("--only", choices=["agent", "echo", "sklearn"], action="append",
                     help="run only these servers (repeatable); default all three")  # fmt: skip
     ap.add_argument("--rounds", type=int, help="alternating agent/echo rounds (default 3, quick 1)")
+    ap.add_argument("--before", type=Path, metavar="AGENT_SRC",
+                    help="also run the agent from another checkout's agent/src (e.g. a git "
+                    "worktree of an older commit), alternating with this one")  # fmt: skip
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     args = ap.parse_args()
     quick = args.quick
@@ -600,6 +630,10 @@ def main() -> int:
     servers: dict[str, Server] = {}
     names = models[0].feature_names
     try:
+        if args.before is not None:
+            servers["before"] = start_agent(
+                broker.port, work, models, setup, name="before", source=args.before.resolve()
+            )
         for kind in only:
             if kind == "agent":
                 servers[kind] = start_agent(broker.port, work, models, setup)

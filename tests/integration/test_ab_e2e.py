@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -163,8 +164,8 @@ def test_feedback_outcomes_per_variant_reach_telemetry(workspace, broker, probe,
     probe.publish(f"edgeloop/{DEVICE}/feedback", {"id": "never-asked", "label": 1})
     totals: dict[str, list[int]] = {}
     unknown = 0
-    deadline_reports = 20
-    for _ in range(deadline_reports):
+    deadline = time.monotonic() + 60  # a loaded box delays feedback and reports
+    while time.monotonic() < deadline:
         env = probe.next_json(5, topic=f"edgeloop/{DEVICE}/telemetry")
         report = env["payload"]
         unknown = max(unknown, report["feedback"].get("unknown", 0))  # cumulative counter

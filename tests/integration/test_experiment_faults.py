@@ -120,14 +120,18 @@ def test_broker_restart_mid_experiment_loses_no_outcome(
         fleet.serving({"sensor@v2", "sensor@v3"}, timeout=40)
         for device in DEVICES:
             app.batch(device, 40)
-        # Stop the agents cleanly (last report, outbox flushed): every outcome the
-        # app fed back, before and after the restart, is then stored exactly once.
+        # Restart the agents: whatever their outboxes still held (a flush can be cut
+        # short on a loaded box) is sent on start. Every outcome the app fed back,
+        # before and after the broker restart, must then be stored exactly once.
         for agent in agents:
             assert agent.stop() == 0
+        agents.clear()
+        start_agents(ws, broker, agents, tmp_path)
         sent = sum(len(r) for r in app.served.values())
         db = ControlDB(ws.state_db)
         try:
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + 90
+            counted = 0
             while time.monotonic() < deadline:
                 (counted,) = db.conn.execute(
                     "SELECT COALESCE(SUM(cls_n), 0) FROM variant_stats WHERE experiment = ?",
@@ -136,13 +140,14 @@ def test_broker_restart_mid_experiment_loses_no_outcome(
                 if counted >= sent:
                     break
                 time.sleep(0.5)
+            time.sleep(2)  # a late duplicate would now show
+            (counted,) = db.conn.execute(
+                "SELECT COALESCE(SUM(cls_n), 0) FROM variant_stats WHERE experiment = ?", (exp,)
+            ).fetchone()
             assert counted == sent, f"outcomes stored {counted}, fed back {sent}"
         finally:
             db.close()
         assert experiment_state(ws, exp) == "running"  # 80 per arm: below min samples
-        # The agents come back; the experiment goes on to a decision.
-        agents.clear()
-        start_agents(ws, broker, agents, tmp_path)
         fleet.serving({"sensor@v2", "sensor@v3"})
         assert drive(app, ws, exp, ("rolled_back",), timeout=60) == "rolled_back"
     finally:

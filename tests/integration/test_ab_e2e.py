@@ -132,7 +132,10 @@ def test_weighted_routing_shadow_and_weight_change(workspace, broker, probe, age
 def test_feedback_outcomes_per_variant_reach_telemetry(workspace, broker, probe, agents, tmp_path):
     probe.subscribe(f"edgeloop/{DEVICE}/status")
     probe.subscribe("ab/replies")
-    probe.subscribe(f"edgeloop/{DEVICE}/telemetry")
+    # Reports on their own client: Probe.next(topic=...) skips other topics, so
+    # waiting for replies on a shared probe would throw reports away.
+    reports = Probe(broker.url)
+    reports.subscribe(f"edgeloop/{DEVICE}/telemetry")
     agents.append(
         AgentProcess(
             broker_url=broker.url,
@@ -166,7 +169,7 @@ def test_feedback_outcomes_per_variant_reach_telemetry(workspace, broker, probe,
     unknown = 0
     deadline = time.monotonic() + 60  # a loaded box delays feedback and reports
     while time.monotonic() < deadline:
-        env = probe.next_json(5, topic=f"edgeloop/{DEVICE}/telemetry")
+        env = reports.next_json(5, topic=f"edgeloop/{DEVICE}/telemetry")
         report = env["payload"]
         unknown = max(unknown, report["feedback"].get("unknown", 0))  # cumulative counter
         for variant, m in report["metrics"]["variants"].items():
@@ -182,7 +185,7 @@ def test_feedback_outcomes_per_variant_reach_telemetry(workspace, broker, probe,
     for _ in range(3):  # the stray feedback may land in a later report
         if unknown:
             break
-        env = probe.next_json(5, topic=f"edgeloop/{DEVICE}/telemetry")
+        env = reports.next_json(5, topic=f"edgeloop/{DEVICE}/telemetry")
         unknown = max(unknown, env["payload"]["feedback"].get("unknown", 0))
     for variant, outcomes in expected.items():
         assert totals[variant] == [len(outcomes), sum(outcomes)], variant

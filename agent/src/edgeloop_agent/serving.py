@@ -114,6 +114,7 @@ class Server:
         # Event.set() (a lock and a notify, per message, on paho's thread).
         self._idle = False
         self._accepting = True
+        self._reply_failed: set[int] = set()
         self.last_beat = time.monotonic()
 
     # -- intake (paho network thread) ----------------------------------------
@@ -196,8 +197,12 @@ class Server:
                 except Exception:
                     log.exception("unexpected error handling feedback")
                     self.hooks.on_error(None, "internal_error")
+            failed, self._reply_failed = self._reply_failed, set()
             for msg, _ in batch:
-                self.link.ack(msg)
+                # A request whose reply paho refused stays unacknowledged: the
+                # broker redelivers it on the next session instead of losing it.
+                if id(msg) not in failed:
+                    self.link.ack(msg)
 
     def _admit(
         self,
@@ -392,4 +397,6 @@ class Server:
         else:
             correlation = None
             topic = reply_to or default_topic or self.topics.predictions
-        self.link.publish(topic, payload, qos=self.reply_qos, correlation=correlation)
+        info = self.link.publish(topic, payload, qos=self.reply_qos, correlation=correlation)
+        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            self._reply_failed.add(id(msg))

@@ -754,7 +754,12 @@ def load_frame(data: DataSource) -> tuple[pd.DataFrame, str]:
     suffixes = "".join(path.suffixes[-2:]).lower()
     try:
         if suffixes.endswith((".csv", ".csv.gz", ".tsv")):
-            frame = pd.read_csv(path, sep="\t" if suffixes.endswith(".tsv") else ",")
+            # round_trip: pandas < 3 parses floats with a fast, inexact parser by
+            # default, so a CSV and a Parquet file of the same rows would not
+            # de-duplicate (seen on pandas 2.3).
+            frame = pd.read_csv(
+                path, sep="\t" if suffixes.endswith(".tsv") else ",", float_precision="round_trip"
+            )
         elif suffixes.endswith((".parquet", ".pq")):
             frame = pd.read_parquet(path)
         else:

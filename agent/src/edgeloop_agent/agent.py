@@ -22,6 +22,7 @@ from edgeloop_agent.deployment import Deployment
 from edgeloop_agent.drift import DriftConfig, WindowConfig
 from edgeloop_agent.mqttlink import MqttLink
 from edgeloop_agent.outbox import Outbox
+from edgeloop_agent.procstats import release_free_memory
 from edgeloop_agent.protocol import Topics, dumps
 from edgeloop_agent.publisher import OutboxPublisher
 from edgeloop_agent.serving import Server
@@ -225,6 +226,7 @@ class Agent:
             self.telemetry.report()
         except Exception:  # telemetry must never take serving down
             log.exception("telemetry report failed")
+        release_free_memory()
 
     def _shutdown(self) -> None:
         self.notifier.stopping()

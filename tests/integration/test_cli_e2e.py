@@ -47,7 +47,8 @@ def test_ingest_train_deploy_predict_through_the_cli(broker, probe, agents, tmp_
 
     # A bad request to the CLI: one clear line, non-zero exit.
     bad = run("train", "--view", "nope", "--target", "fault", check=False)
-    assert bad.returncode != 0 and "nope" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    assert bad.returncode != 0 and "nope" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
 
     probe.subscribe("edgeloop/cli-1/status")
     probe.subscribe("replies/cli")

@@ -99,6 +99,8 @@ class RequestError(Exception):
         self.code = code
         self.message = message
         self.request_id = request_id
+        # Where the error reply goes for an MQTT 3.1.1 client; set by the parsers.
+        self.reply_to: str | None = None
 
 
 def error_reply(request_id: str | None, code: str, message: str) -> dict[str, Any]:
@@ -168,45 +170,50 @@ def _reply_to(data: dict[str, Any], rid: str | None) -> str | None:
     return reply_to
 
 
-def parse_predict(payload: bytes, *, max_bytes: int, max_rows: int) -> PredictRequest:
-    data = decode_json_object(payload, max_bytes)
-    # reply_to is read before the id check so even a missing-id error reaches
-    # a 3.1.1 client at its own reply topic.
+def _addressed(data: dict[str, Any], parse: Any) -> Any:
+    """Run ``parse(data)``; any RequestError it raises carries the payload's reply_to.
+
+    reply_to is read before everything else, so even a missing-id error reaches a
+    3.1.1 client at its own reply topic (an invalid reply_to cannot be used, though).
+    """
     try:
         reply_to = _reply_to(data, None)
     except RequestError:
         reply_to = None
     try:
-        rid = _request_id(data)
+        return parse(data)
     except RequestError as exc:
-        exc.reply_to = reply_to  # type: ignore[attr-defined]
+        exc.reply_to = reply_to
         raise
-    try:
-        reply_to = _reply_to(data, rid)
-        key = data.get("key")
-        if key is not None and (not isinstance(key, str) or len(key) > 1024):
-            raise RequestError(Code.INVALID_KEY, f"'key' must be a string, got {key!r}", rid)
-        if "rows" in data:
-            rows = data["rows"]
-            if not isinstance(rows, list) or not rows:
-                raise RequestError(
-                    Code.INVALID_FEATURES, "'rows' must be a non-empty list of feature sets", rid
-                )
-            if len(rows) > max_rows:
-                raise RequestError(
-                    Code.BATCH_TOO_LARGE,
-                    f"'rows' has {len(rows)} entries, over the limit of {max_rows}",
-                    rid,
-                )
-            return PredictRequest(rid, rows, True, key, reply_to)
-        if "features" not in data:
+
+
+def parse_predict(payload: bytes, *, max_bytes: int, max_rows: int) -> PredictRequest:
+    data = decode_json_object(payload, max_bytes)
+    return _addressed(data, lambda d: _predict(d, max_rows))
+
+
+def _predict(data: dict[str, Any], max_rows: int) -> PredictRequest:
+    rid = _request_id(data)
+    reply_to = _reply_to(data, rid)
+    key = data.get("key")
+    if key is not None and (not isinstance(key, str) or len(key) > 1024):
+        raise RequestError(Code.INVALID_KEY, f"'key' must be a string, got {key!r}", rid)
+    if "rows" in data:
+        rows = data["rows"]
+        if not isinstance(rows, list) or not rows:
             raise RequestError(
-                Code.MISSING_FEATURES, "request has neither 'features' nor 'rows'", rid
+                Code.INVALID_FEATURES, "'rows' must be a non-empty list of feature sets", rid
             )
-        return PredictRequest(rid, [data["features"]], False, key, reply_to)
-    except RequestError as exc:
-        exc.reply_to = reply_to  # type: ignore[attr-defined]
-        raise
+        if len(rows) > max_rows:
+            raise RequestError(
+                Code.BATCH_TOO_LARGE,
+                f"'rows' has {len(rows)} entries, over the limit of {max_rows}",
+                rid,
+            )
+        return PredictRequest(rid, rows, True, key, reply_to)
+    if "features" not in data:
+        raise RequestError(Code.MISSING_FEATURES, "request has neither 'features' nor 'rows'", rid)
+    return PredictRequest(rid, [data["features"]], False, key, reply_to)
 
 
 @dataclass(slots=True)
@@ -217,7 +224,10 @@ class Feedback:
 
 
 def parse_feedback(payload: bytes, *, max_bytes: int) -> Feedback:
-    data = decode_json_object(payload, max_bytes)
+    return _addressed(decode_json_object(payload, max_bytes), _feedback)
+
+
+def _feedback(data: dict[str, Any]) -> Feedback:
     rid = _request_id(data)
     reply_to = _reply_to(data, rid)
     if "label" not in data:

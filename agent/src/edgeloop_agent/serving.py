@@ -69,18 +69,10 @@ class ServingHooks:
         feeds: dict[str, Any],
         outputs: Any,
         starts: list[int],
-    ) -> None: ...
-
-    def on_shadow(
-        self,
-        variant: str,
-        model: OnnxModel,
-        request_ids: list[str],
-        rows: list[list[Any]],
-        feeds: dict[str, Any],
-        outputs: Any,
-        starts: list[int],
-    ) -> None: ...
+        *,
+        shadow: bool = False,
+    ) -> None:
+        """A variant's batch was predicted (``shadow``: by a shadow, never answered)."""
 
     def on_feedback(self, request_id: str, label: Any) -> str | None:
         """Join a label to its prediction; return an error code or None."""
@@ -214,7 +206,7 @@ class Server:
         try:
             request = parse_predict(msg.payload, max_bytes=self.max_payload, max_rows=self.max_rows)
         except RequestError as exc:
-            self._reply_error(msg, getattr(exc, "reply_to", None), exc.request_id, exc, None)
+            self._reply_error(msg, exc.reply_to, exc.request_id, exc, None)
             return
         if deployment is None:
             err = RequestError(Code.NO_MODEL, "no model is loaded on this device yet")
@@ -322,7 +314,7 @@ class Server:
                 code = exc.code if isinstance(exc, RequestError) else Code.INFERENCE_FAILED
                 self.hooks.on_error(variant, code)
                 continue
-            self.hooks.on_shadow(
+            self.hooks.on_predictions(
                 variant,
                 shadow,
                 [item.request.id for item in group.items],
@@ -330,6 +322,7 @@ class Server:
                 feeds,
                 outputs,
                 [item.start for item in group.items],
+                shadow=True,
             )
 
     def _feedback(self, msg: mqtt.MQTTMessage) -> None:
@@ -337,10 +330,12 @@ class Server:
             feedback = parse_feedback(msg.payload, max_bytes=self.max_payload)
         except RequestError as exc:
             self.hooks.on_error(None, exc.code)
-            self._publish_error(msg, None, exc.request_id, exc, self.topics.errors)
+            self._publish_error(msg, exc.reply_to, exc.request_id, exc, self.topics.errors)
             return
         code = self.hooks.on_feedback(feedback.id, feedback.label)
-        if code is not None and feedback.reply_to:
+        # An unjoinable label is only worth a reply to a sender that gave an address.
+        response_topic = getattr(getattr(msg, "properties", None), "ResponseTopic", None)
+        if code is not None and (feedback.reply_to or response_topic):
             err = RequestError(code, f"feedback for request {feedback.id!r} was not joined: {code}")
             self._publish_error(msg, feedback.reply_to, feedback.id, err, self.topics.errors)
 

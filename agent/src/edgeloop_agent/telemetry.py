@@ -45,7 +45,7 @@ class _VariantState:
     role: str
     monitor: DriftMonitor | None
     concept: HDDM_A
-    numeric_index: list[int] | None  # profile order -> model numeric column order
+    numeric_index: list[int] | None  # profile order -> model numeric columns; None: same
     profile_error: str | None = None
     # Wall clock of the last completed window: count windows are numbered in
     # rows, and the control node needs to know *when* drift began.
@@ -122,6 +122,8 @@ class Telemetry(ServingHooks):
                         f"profile features {missing} are not numeric inputs of {model.ref}"
                     )
                 index = [numeric.index(f) for f in profile.feature_names]
+                if index == list(range(len(numeric))):
+                    index = None  # the usual case: no column gather per batch
                 monitor = DriftMonitor(profile, self.drift_config)
             except ValueError as exc:
                 error = f"reference profile does not match {model.ref}: {exc}"
@@ -146,47 +148,34 @@ class Telemetry(ServingHooks):
         feeds: dict[str, Any],
         outputs: Any,
         starts: list[int],
+        *,
+        shadow: bool = False,
     ) -> None:
-        state = self._variants.get(variant)
         now = time.time()
-        self._monitor(variant, state, model, feeds, outputs, now)
+        if shadow:  # a shadow's requests are not counted by on_request: it never answers
+            self.metrics.record_request(variant, None, predictions=len(rows))
+        self._monitor(variant, self._variants.get(variant), model, feeds, outputs, now)
         joiner = self._joiner
-        capture = self.capture_rate
-        ends = [*starts[1:], len(rows)]
+        capture = 0.0 if shadow else self.capture_rate
+        if joiner is None and not capture:
+            return
         predictions = model.predictions(outputs)  # one conversion per batch, not per row
+        ends = [*starts[1:], len(rows)]
         for rid, start, end in zip(request_ids, starts, ends, strict=True):
             if end - start != 1:
                 continue  # feedback joins single-row requests only (docs/telemetry.md)
             prediction = predictions[start]
+            if shadow:
+                # Shadow predictions join the same labels under a derived id, so the
+                # shadow's accuracy is measured on exactly the traffic the server saw.
+                assert joiner is not None
+                joiner.record(shadow_id(rid, variant), variant, prediction, now)
+                continue
             sample_id = None
             if capture and self._rng.random() < capture:
                 sample_id = self._capture(variant, model, rid, rows[start], prediction, now)
             if joiner is not None:
                 joiner.record(rid, variant, prediction, now, extra=sample_id)
-
-    def on_shadow(
-        self,
-        variant: str,
-        model: OnnxModel,
-        request_ids: list[str],
-        rows: list[list[Any]],
-        feeds: dict[str, Any],
-        outputs: Any,
-        starts: list[int],
-    ) -> None:
-        self.metrics.record_request(variant, None, predictions=len(rows))
-        now = time.time()
-        self._monitor(variant, self._variants.get(variant), model, feeds, outputs, now)
-        joiner = self._joiner
-        if joiner is None:
-            return
-        # Shadow predictions join the same labels under a derived id, so the
-        # shadow's accuracy is measured on exactly the traffic the server saw.
-        ends = [*starts[1:], len(rows)]
-        predictions = model.predictions(outputs)
-        for rid, start, end in zip(request_ids, starts, ends, strict=True):
-            if end - start == 1:
-                joiner.record(shadow_id(rid, variant), variant, predictions[start], now)
 
     def on_feedback(self, request_id: str, label: Any) -> str | None:
         joiner = self._joiner
@@ -256,7 +245,7 @@ class Telemetry(ServingHooks):
         X = model.numeric_matrix(feeds)
         if X is None:
             return
-        if state.numeric_index is not None and state.numeric_index != list(range(X.shape[1])):
+        if state.numeric_index is not None:
             X = X[:, state.numeric_index]
         try:
             reports = state.monitor.update(X, model.score(outputs), now=now)

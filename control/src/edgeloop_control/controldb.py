@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from edgeloop_agent.metrics import LatencyHistogram
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS desired (
@@ -206,6 +208,28 @@ class ControlDB:
             "INSERT OR IGNORE INTO seen_messages(msg_id, ts) VALUES (?, ?)", (msg_id, time.time())
         )
         return cur.rowcount == 1
+
+
+def merged_p99_ms(latencies: Iterable[str | None]) -> float | None:
+    """p99 in ms of the latency histograms stored in ``variant_stats.latency`` (JSON).
+
+    Histograms merge exactly (fixed buckets); a malformed one is skipped: it is
+    not evidence either way.
+    """
+    merged: LatencyHistogram | None = None
+    for raw in latencies:
+        if not raw:
+            continue
+        try:
+            hist = LatencyHistogram.from_dict(json.loads(raw))
+        except ValueError:
+            continue
+        if merged is None:
+            merged = hist
+        else:
+            merged.merge(hist)
+    p99 = merged.quantile(0.99) if merged is not None and merged.count else None
+    return None if p99 is None else p99 * 1000.0
 
 
 _JSON_FIELDS = {"groups", "labels", "status", "telemetry", "drift"}

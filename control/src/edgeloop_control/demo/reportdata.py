@@ -6,8 +6,7 @@ import json
 import time
 from typing import Any
 
-from edgeloop_agent.metrics import LatencyHistogram
-from edgeloop_control.controldb import ControlDB
+from edgeloop_control.controldb import ControlDB, merged_p99_ms
 from edgeloop_control.demo.fleetsim import DemoClient
 from edgeloop_control.demo.narrate import Narrator
 from edgeloop_control.demo.sensors import FEATURES
@@ -119,12 +118,12 @@ def _devices(db: ControlDB, client: DemoClient, devices: list[str]) -> list[dict
         status = row.get("status") or {}
         telemetry = row.get("telemetry") or {}
         served = [m.get("variant") for m in status.get("models", []) if m.get("role") == "serve"]
-        hist = LatencyHistogram()
-        for (lat,) in db.conn.execute(
-            "SELECT latency FROM variant_stats WHERE device = ? AND latency IS NOT NULL", (name,)
-        ):
-            hist.merge(LatencyHistogram.from_dict(json.loads(lat)))
-        p99 = hist.quantile(0.99)
+        p99_ms = merged_p99_ms(
+            lat
+            for (lat,) in db.conn.execute(
+                "SELECT latency FROM variant_stats WHERE device = ?", (name,)
+            )
+        )
         st = client.stats.get(name)
         rss = telemetry.get("rss_bytes")
         out.append(
@@ -134,7 +133,7 @@ def _devices(db: ControlDB, client: DemoClient, devices: list[str]) -> list[dict
                 "model": ", ".join(served),
                 "requests": st.sent if st else 0,
                 "errors": st.errors if st else 0,
-                "p99_ms": round(p99 * 1000, 3) if p99 is not None else None,
+                "p99_ms": round(p99_ms, 3) if p99_ms is not None else None,
                 "rss_mb": round(rss / 2**20, 1) if rss else None,
             }
         )

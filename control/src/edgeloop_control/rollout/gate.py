@@ -8,12 +8,10 @@ so traffic a version saw earlier, e.g. as an A/B challenger, does not.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from edgeloop_agent.metrics import LatencyHistogram
-from edgeloop_control.controldb import ControlDB
+from edgeloop_control.controldb import ControlDB, merged_p99_ms
 from edgeloop_control.rollout.config import RolloutConfig
 from edgeloop_control.rollout.plan import Target
 
@@ -40,22 +38,10 @@ def measure(db: ControlDB, device: str, target: Target, revision: int) -> Health
         "WHERE device = ? AND variant = ? AND revision >= ?",
         (device, target.variant, revision),
     ).fetchall()
-    merged: LatencyHistogram | None = None
-    requests = errors = 0
-    for row in rows:
-        requests += int(row["requests"])
-        errors += int(row["errors"])
-        if row["latency"]:
-            try:
-                hist = LatencyHistogram.from_dict(json.loads(row["latency"]))
-                if merged is None:
-                    merged = hist
-                else:
-                    merged.merge(hist)
-            except ValueError:
-                continue  # a malformed histogram is not evidence either way
-    p99 = merged.quantile(0.99) if merged is not None and merged.count else None
-    return Health(requests, errors, None if p99 is None else p99 * 1000.0, len(rows))
+    requests = sum(int(row["requests"]) for row in rows)
+    errors = sum(int(row["errors"]) for row in rows)
+    p99_ms = merged_p99_ms(row["latency"] for row in rows)
+    return Health(requests, errors, p99_ms, len(rows))
 
 
 def unhealthy(health: Health, config: RolloutConfig) -> str | None:

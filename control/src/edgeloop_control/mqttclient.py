@@ -76,13 +76,7 @@ class ControlClient:
     def publish(
         self, topic: str, payload: bytes, *, retain: bool = False, qos: int = 1, timeout: float = 30
     ) -> None:
-        info = self.client.publish(topic, payload, qos=qos, retain=retain)
-        try:
-            info.wait_for_publish(timeout)
-        except (RuntimeError, ValueError) as exc:
-            raise BrokerError(f"publish to {topic} failed: {exc}") from None
-        if not info.is_published():
-            raise BrokerError(f"the broker did not acknowledge {topic} within {timeout} s")
+        publish_and_wait(self.client, topic, payload, retain=retain, qos=qos, timeout=timeout)
 
     def retained(
         self, topic_filter: str, *, settle: float = 0.5, timeout: float = 5.0
@@ -105,6 +99,25 @@ class ControlClient:
         self.client.unsubscribe(topic_filter)
         with self._lock:
             return [m for m in self._inbox if m.retain]
+
+
+def publish_and_wait(
+    client: mqtt.Client,
+    topic: str,
+    payload: bytes,
+    *,
+    retain: bool = False,
+    qos: int = 1,
+    timeout: float = 30,
+) -> None:
+    """Publish and block until the broker acknowledged it (QoS 1), or raise BrokerError."""
+    info = client.publish(topic, payload, qos=qos, retain=retain)
+    try:
+        info.wait_for_publish(timeout)
+    except (RuntimeError, ValueError) as exc:
+        raise BrokerError(f"publish to {topic} failed: {exc}") from None
+    if not info.is_published():
+        raise BrokerError(f"the broker did not acknowledge {topic} within {timeout} s")
 
 
 @contextmanager

@@ -29,6 +29,7 @@ from edgeloop_agent.mqttlink import no_delay
 from edgeloop_control.controldb import ControlDB
 from edgeloop_control.daemon.ingest import IngestError, handle_report, handle_status
 from edgeloop_control.featurestore import FeatureStore
+from edgeloop_control.mqttclient import publish_and_wait
 from edgeloop_control.workspace import Workspace
 
 log = logging.getLogger("edgeloop.control.daemon")
@@ -49,10 +50,7 @@ class DaemonPublisher:
     def publish(
         self, topic: str, payload: bytes, *, retain: bool = False, qos: int = 1, timeout: float = 30
     ) -> None:
-        info = self.client.publish(topic, payload, qos=qos, retain=retain)
-        info.wait_for_publish(timeout)
-        if not info.is_published():
-            raise RuntimeError(f"the broker did not acknowledge {topic} within {timeout} s")
+        publish_and_wait(self.client, topic, payload, retain=retain, qos=qos, timeout=timeout)
 
 
 class ControlDaemon:

@@ -44,8 +44,8 @@ from edgeloop_control.workspace import Workspace
 
 log = logging.getLogger("edgeloop.control.rollout")
 
-# What a publish can raise: the daemon's publisher (RuntimeError), the CLI's
-# client (BrokerError), a vanished socket (OSError), a bad artifact (DeployError).
+# What a publish can raise: a publisher (BrokerError; RuntimeError from paho itself),
+# a vanished socket (OSError), a bad artifact (DeployError).
 PUBLISH_ERRORS: tuple[type[Exception], ...] = (RuntimeError, OSError, BrokerError, DeployError)
 
 

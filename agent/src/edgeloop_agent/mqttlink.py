@@ -72,19 +72,29 @@ class PublishProperties:
     packetType = PacketTypes.PUBLISH
 
 
+def _varint(buf: Any, pos: int, end: int) -> tuple[int, int] | None:
+    """The MQTT variable byte integer at ``pos``: (value, next position), or None when
+    it is cut off before ``end`` or longer than the protocol's four bytes."""
+    value, mult = 0, 1
+    for _ in range(4):
+        if pos >= end:
+            return None
+        byte = buf[pos]
+        pos += 1
+        value += (byte & 0x7F) * mult
+        if byte < 0x80:
+            return value, pos
+        mult <<= 7
+    return None
+
+
 def _parse_publish_properties(packet: bytes, pos: int) -> tuple[PublishProperties | None, int]:
     """Decode the properties at ``pos``; ``None`` when any property other than the
     response topic or correlation data is present (paho's full decoder handles it)."""
-    length, mult = 0, 1
-    for _ in range(4):
-        byte = packet[pos]
-        pos += 1
-        length += (byte & 0x7F) * mult
-        if byte < 0x80:
-            break
-        mult <<= 7
-    else:
+    decoded = _varint(packet, pos, len(packet))
+    if decoded is None:
         return None, pos
+    length, pos = decoded
     props = PublishProperties()
     end = pos + length
     if end > len(packet):
@@ -190,18 +200,11 @@ class FastClient(mqtt.Client):
             return super()._packet_read()
         buf, start = self._rbuf, self._rpos
         end = len(buf)
-        pos, length, mult = start + 1, 0, 1
-        for _ in range(4):
-            if pos >= end:
-                return super()._packet_read()  # header incomplete: paho keeps the state
-            byte = buf[pos]
-            pos += 1
-            length += (byte & 0x7F) * mult
-            if byte < 0x80:
-                break
-            mult <<= 7
-        else:
-            return super()._packet_read()  # over 4 length bytes: paho reports it
+        decoded = _varint(buf, start + 1, end)
+        if decoded is None:
+            # Header cut off (paho keeps the state) or over four bytes (paho reports it).
+            return super()._packet_read()
+        length, pos = decoded
         if pos + length > end:
             return super()._packet_read()  # body incomplete
         inp["command"] = buf[start]

@@ -47,7 +47,8 @@ def deploy(
     try:
         specs = parse_variant_specs(versions)
         devices = check_device_ids(device)
-        registry = Registry.open(ws.registry_dir)
+        # The workspace's key paths, so artifact_bytes() checks the signature too.
+        registry = Registry.for_workspace(ws, create=False, sync_remote=False)
         serving = [(registry.get(s.ref), float(s.weight or 0)) for s in specs]
         shadows = [registry.get(ref) for ref in (shadow or [])]
     except (DeployError, RegistryError) as exc:

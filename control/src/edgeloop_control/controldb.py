@@ -209,6 +209,17 @@ class ControlDB:
         )
         return cur.rowcount == 1
 
+    def forget_seen(self, older_than_s: float) -> int:
+        """Drop de-duplication ids older than ``older_than_s``; the table stays bounded.
+
+        Safe once no redelivery can be that old: duplicates come from a lost PUBACK
+        (resent at once) or the daemon's broker session (expires after 7 days).
+        """
+        cur = self.conn.execute(
+            "DELETE FROM seen_messages WHERE ts < ?", (time.time() - older_than_s,)
+        )
+        return cur.rowcount
+
 
 def merged_p99_ms(latencies: Iterable[str | None]) -> float | None:
     """p99 in ms of the latency histograms stored in ``variant_stats.latency`` (JSON).

@@ -34,6 +34,9 @@ from edgeloop_control.workspace import Workspace
 
 log = logging.getLogger("edgeloop.control.daemon")
 
+# De-duplication ids are kept well past the broker session's 7-day expiry.
+SEEN_RETENTION_S = 30 * 24 * 3600
+
 
 class Policy(Protocol):
     name: str
@@ -77,6 +80,7 @@ class ControlDaemon:
         self._queue: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
         self._captured: list[mqtt.MQTTMessage] = []
         self._last_flush = time.monotonic()
+        self._last_forget = 0.0
         self.counters = {
             "status": 0,
             "telemetry": 0,
@@ -217,6 +221,9 @@ class ControlDaemon:
 
     def _tick(self) -> None:
         now = time.time()
+        if now - self._last_forget >= 3600:
+            self._last_forget = now
+            self.db.forget_seen(SEEN_RETENTION_S)
         for policy in self.policies:
             try:
                 policy.tick(now)

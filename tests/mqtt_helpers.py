@@ -39,6 +39,9 @@ class Probe:
         protocol: int = mqtt.MQTTv5,
         client_id: str | None = None,
         persistent: bool = False,
+        username: str | None = None,
+        password: str | None = None,
+        require_accept: bool = True,
     ):
         addr = BrokerAddress.parse(url)
         self.protocol = protocol
@@ -51,7 +54,11 @@ class Probe:
         self.client.max_queued_messages_set(0)
         self.messages: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
         self._connected = threading.Event()
+        self._connack = threading.Event()  # any CONNACK, refused ones included
+        self.reason: Any = None  # the last CONNACK's reason code
         self._topics: dict[str, int] = {}
+        if username is not None:
+            self.client.username_pw_set(username, password)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = lambda *a: self._connected.clear()
         self.client.on_message = lambda _c, _u, m: self.messages.put(m)
@@ -68,9 +75,19 @@ class Probe:
         else:
             self.client.connect(addr.host, addr.port, keepalive=30)
         self.client.loop_start()
-        assert self._connected.wait(10), "probe could not connect to the test broker"
+        assert self._connack.wait(10), "probe got no CONNACK from the test broker"
+        if require_accept:
+            assert self.accepted, f"the test broker refused the probe: {self.reason}"
 
-    def _on_connect(self, client: mqtt.Client, *_: Any) -> None:
+    @property
+    def accepted(self) -> bool:
+        return self.reason is not None and not self.reason.is_failure
+
+    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        self.reason = reason
+        self._connack.set()
+        if reason.is_failure:
+            return
         # After a broker restart a clean session has lost its subscriptions.
         for topic, qos in self._topics.items():
             client.subscribe(topic, qos=qos)

@@ -38,7 +38,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -682,36 +682,16 @@ def test_agent_serves_inside_the_units_seccomp_sandbox(broker, probe, agents, tm
 
 
 class AuthProbe(Probe):
-    """A Probe that logs in with a user name and password, and remembers the CONNACK."""
+    """A Probe that logs in with a user name and password; ``accepted`` says how it went."""
 
     def __init__(self, port: int, user: str | None, password: str | None = None) -> None:
-        self.protocol = mqtt.MQTTv5
-        self.client = mqtt.Client(
-            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+        super().__init__(
+            f"mqtt://127.0.0.1:{port}",
             client_id=f"{user or 'anon'}-{uuid.uuid4().hex[:6]}",
-            protocol=mqtt.MQTTv5,
+            username=user,
+            password=password,
+            require_accept=False,
         )
-        self.client.max_inflight_messages_set(0)
-        self.messages: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
-        self._connected = threading.Event()
-        self._topics: dict[str, int] = {}
-        self.reason: Any = None
-        if user is not None:
-            self.client.username_pw_set(user, password)
-
-        def on_connect(_c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
-            self.reason = reason
-            self._connected.set()
-
-        self.client.on_connect = on_connect
-        self.client.on_message = lambda _c, _u, m: self.messages.put(m)
-        self.client.connect("127.0.0.1", port, keepalive=30)
-        self.client.loop_start()
-        assert self._connected.wait(10), "no CONNACK"
-
-    @property
-    def accepted(self) -> bool:
-        return not self.reason.is_failure
 
 
 @dataclass

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 DEPLOYMENT_FILE = "deployment.json"
+
+log = logging.getLogger("edgeloop.agent.state")
 
 
 class ArtifactError(Exception):
@@ -98,7 +101,10 @@ class StateDir:
             return json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return None
-        except (OSError, ValueError):
+        except (OSError, ValueError) as exc:
+            # Written atomically, so this is disk damage or a hand edit: say so, and
+            # start without a model rather than not at all.
+            log.error("ignoring unreadable %s: %s", path, exc)
             return None
 
     def save_deployment(self, doc: dict[str, Any]) -> None:

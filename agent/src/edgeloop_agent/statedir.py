@@ -36,9 +36,16 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes, *, mode: int = 0o640) -> None:
+    """Write ``data`` to ``path`` so a crash leaves the old file or the new one.
+
+    The temporary file is created with ``mode`` from the start: a chmod after
+    writing would leave a window in which, say, a private key is readable.
+    """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+    tmp.unlink(missing_ok=True)  # a leftover would keep its old permissions
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    os.fchmod(fd, mode)  # exactly ``mode``, whatever the umask; the file is still empty
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)

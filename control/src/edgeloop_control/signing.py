@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from edgeloop_agent.signature import SignatureError, key_id, load_public_key_pem, verify
+from edgeloop_agent.statedir import atomic_write
 
 __all__ = [
     "SigningError",
@@ -128,20 +129,7 @@ def sign(data: bytes, key: Ed25519PrivateKey) -> str:
 
 def _write_private(path: Path, pem: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    # Created 0600 from the start: a chmod after writing would leave a window in
-    # which the key is readable by others.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(pem)
-            fh.flush()
-            os.fsync(fh.fileno())
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
+    atomic_write(path, pem, mode=0o600)
 
 
 def _write_public(path: Path, key: Ed25519PublicKey) -> None:
@@ -149,7 +137,4 @@ def _write_public(path: Path, key: Ed25519PublicKey) -> None:
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(pem)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    atomic_write(path, pem, mode=0o644)

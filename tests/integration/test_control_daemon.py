@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -73,6 +74,8 @@ def test_daemon_ingests_everything_once_across_a_kill_9(workspace, broker, probe
             "0.5",
             "--capture-rate",
             "1.0",
+            "--drift-window",
+            "200",
         ],
     ).start()
     agents.append(agent)
@@ -130,12 +133,23 @@ def test_daemon_ingests_everything_once_across_a_kill_9(workspace, broker, probe
         device = db.device(DEVICE)
         assert device["status"]["online"] is False and device["status"]["reason"] == "stopped"
         assert device["telemetry"]["rss_bytes"] > 0
+        # The inventory holds the drift verdict of the newest window per variant.
+        assert isinstance(device["drift"]["sensor@v1"]["data_drift"], bool)
         kinds = [e["kind"] for e in db.events(limit=1000)]
         assert "deploy" in kinds and "device" in kinds
     finally:
         db.close()
         daemon.terminate()
         daemon.wait(20)
+    fleet = json.loads(
+        subprocess.run(
+            [EDGELOOP, "-w", str(ws.root), "--broker", broker.url, "fleet", "--json"],
+            capture_output=True, text=True, timeout=60, check=True,
+        ).stdout
+    )  # fmt: skip
+    [row] = fleet
+    # Depth as of the last report, made just before the final flush.
+    assert row["rss_mb"] > 10 and row["outbox_depth"] >= 0 and isinstance(row["drifting"], list)
     frame = FeatureStore(ws.feature_store_dir).captured_training_frame("sensor")
     assert len(frame) == sent, "every captured sample (all labelled) is in the feature store once"
     assert frame["sample_id"].is_unique

@@ -137,6 +137,18 @@ def fleet(
                 "reported_revision": have.get("revision"),
                 "reported": _summary(have.get("models") or []),
                 "in_sync": bool(want) and have.get("revision") == want["revision"],
+                "drifting": sorted(
+                    v
+                    for v, d in ((inventory.get(dev) or {}).get("drift") or {}).items()
+                    if d.get("data_drift")
+                ),
+                "rss_mb": _mb(((inventory.get(dev) or {}).get("telemetry") or {}).get("rss_bytes")),
+                "cpu_percent": ((inventory.get(dev) or {}).get("telemetry") or {}).get(
+                    "cpu_percent"
+                ),
+                "outbox_depth": ((inventory.get(dev) or {}).get("telemetry") or {}).get(
+                    "outbox_depth"
+                ),
                 "error": (have.get("error") or {}).get("code"),
                 "last_seen": have.get("ts"),
             }
@@ -155,14 +167,36 @@ def fleet(
             f"r{r['desired_revision']} {r['desired']}" if r["desired_revision"] else "-",
             f"r{r['reported_revision']} {r['reported']}" if r["reported_revision"] else "-",
             "yes" if r["in_sync"] else "[yellow]no[/]",
+            ", ".join(r["drifting"]) or "-",
+            "" if r["rss_mb"] is None else f"{r['rss_mb']:.0f} MB",
+            "" if r["outbox_depth"] is None else str(r["outbox_depth"]),
             r["error"] or "",
             f"{now - r['last_seen']:.0f}s ago" if r["last_seen"] else "",
         ]
         for r in out
     ]
     console.print(
-        table("Fleet", ["device", "state", "desired", "reported", "in sync", "error", "seen"], rows)
+        table(
+            "Fleet",
+            [
+                "device",
+                "state",
+                "desired",
+                "reported",
+                "in sync",
+                "drift",
+                "memory",
+                "outbox",
+                "error",
+                "seen",
+            ],
+            rows,
+        )
     )
+
+
+def _mb(value: Any) -> float | None:
+    return value / 2**20 if isinstance(value, (int, float)) else None
 
 
 def _summary(models: list[dict[str, Any]]) -> str:

@@ -138,9 +138,11 @@ def handle_report(db: ControlDB, envelope: Any) -> bool:
             )
         process = report.get("process") or {}
         outbox = report.get("outbox") or {}
+        drift_state = _drift_state(db, device, report)
         db.upsert_device(
             device,
             last_seen=ts,
+            drift=drift_state,
             telemetry={
                 "ts": ts,
                 "rss_bytes": process.get("rss_bytes"),
@@ -152,3 +154,23 @@ def handle_report(db: ControlDB, envelope: Any) -> bool:
             },
         )
     return True
+
+
+def _drift_state(db: ControlDB, device: str, report: dict[str, Any]) -> dict[str, Any] | None:
+    """Per variant, the verdict of the newest drift window (this report's or an earlier
+    one's) and the concept detector's state: the inventory's "drift" column."""
+    previous = (db.device(device) or {}).get("drift") or {}
+    state = {v: dict(s) for v, s in previous.items() if v in (report.get("variants") or {})}
+    for window in report.get("drift") or []:
+        variant = str(window.get("variant"))
+        if not window.get("enough_data"):
+            continue
+        state[variant] = {
+            **state.get(variant, {}),
+            "data_drift": bool(window.get("dataset_drift")),
+            "drifted": [f.get("name") for f in window.get("features") or [] if f.get("drift")],
+            "window_end": window.get("t_end") or (window.get("window") or {}).get("end"),
+        }
+    for variant, concept in (report.get("concept_drift") or {}).items():
+        state.setdefault(variant, {})["concept_error_rate"] = concept.get("error_rate")
+    return state or None

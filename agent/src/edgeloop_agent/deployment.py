@@ -7,10 +7,10 @@ finish on the snapshot they started with, so a swap never drops or fails one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from edgeloop_agent.desired import DesiredState, ModelEntry
+from edgeloop_agent.desired import DesiredState
 from edgeloop_agent.model import OnnxModel
 from edgeloop_agent.router import Allocation, Router, allocate
 
@@ -22,7 +22,6 @@ class Deployment:
     shadows: dict[str, OnnxModel]  # variant -> model (shadow variants)
     router: Router
     allocation: Allocation
-    entries: dict[str, ModelEntry] = field(default_factory=dict)
 
     @classmethod
     def build(cls, desired: DesiredState, loaded: dict[str, OnnxModel]) -> Deployment:
@@ -49,7 +48,6 @@ class Deployment:
             shadows=shadows,
             router=router,
             allocation=allocation,
-            entries={m.variant: m for m in desired.models},
         )
 
     @property

@@ -7,13 +7,9 @@ prove the page paints charts, not a blank or broken page.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 import re
-import signal
 import struct
-import subprocess
 import zlib
 from html.parser import HTMLParser
 from pathlib import Path
@@ -24,6 +20,7 @@ import pytest
 
 from edgeloop_control.report import render_report, write_report
 from edgeloop_control.stats import BinaryStats, MixtureSPRT, experiment_report
+from tests.chromium import run_chromium
 
 T0 = 1764160000.0
 FEATURES = ("bearing_temp_c", "vibration_mm_s", "flow_l_min", "pressure_bar", "motor_current_a")
@@ -364,44 +361,6 @@ def test_file_structure(demo_report: tuple[dict[str, Any], Path]) -> None:
 
 
 # --- real Chromium ---------------------------------------------------------------------
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_TIMEOUT = 30.0
-
-
-def run_chromium(args: list[str], workdir: Path) -> str:
-    """Run headless Chromium with a fresh profile; stdout. The whole process group is
-    killed afterwards (and on timeout): the browser's helpers must not outlive the test."""
-    assert os.path.exists(CHROMIUM), "chromium is installed by the project's setup"
-    profile = workdir / f"profile-{len(list(workdir.glob('profile-*')))}"
-    command = [
-        CHROMIUM,
-        "--headless",
-        # Root in a container has no usable sandbox; the page is our own local file.
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={profile}",
-        *args,
-    ]
-    proc = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
-    )
-    try:
-        out, err = proc.communicate(timeout=CHROMIUM_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        pytest.fail(f"chromium did not finish in {CHROMIUM_TIMEOUT:.0f} s: {command}")
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 0, err.decode(errors="replace")[-2000:]
-    return out.decode("utf-8")
 
 
 def decode_png(data: bytes) -> np.ndarray:

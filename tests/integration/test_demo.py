@@ -3,23 +3,13 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
+from tests.chromium import run_chromium
+
 EDGELOOP = str(Path(sys.executable).parent / "edgeloop")
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 def test_demo_runs_the_whole_loop_and_its_report_renders(tmp_path: Path):
@@ -44,24 +34,7 @@ def test_demo_runs_the_whole_loop_and_its_report_renders(tmp_path: Path):
     html = report.read_text()
     assert "http://" not in html and "https://" not in html
 
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert chromium, "chromium is installed by packaging/install-system-deps.sh"
-    profile = tempfile.mkdtemp(prefix="chromium-")
-    try:
-        dom = subprocess.run(
-            [
-                chromium,
-                *CHROMIUM_FLAGS,
-                f"--user-data-dir={profile}",
-                "--dump-dom",
-                report.as_uri(),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        ).stdout
-    finally:
-        shutil.rmtree(profile, ignore_errors=True)
+    dom = run_chromium(["--dump-dom", report.as_uri()], tmp_path)
     # Drift per feature, the A/B metric with its confidence sequence, the rollout timeline.
     for chart in (
         'id="drift-chart-vibration_mm_s"',

@@ -61,6 +61,6 @@ def test_good_device_ids(value: str) -> None:
 
 
 def test_model_names_match_whole_string() -> None:
-    with pytest.raises(InvalidName, match="trailing|letters"):
+    with pytest.raises(InvalidName, match="letters, digits"):
         check_model_name("model name", "m\n")
     assert check_model_name("model name", "models") == "models"

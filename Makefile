@@ -38,6 +38,7 @@ test: setup
 lint: setup
 	$(BIN)/ruff check agent control tests bench
 	$(BIN)/ruff format --check agent control tests bench
+	$(BIN)/lint-imports
 
 bench: setup
 	$(BIN)/python bench/run_all.py

@@ -54,7 +54,18 @@ CREATE TABLE IF NOT EXISTS retrain_state (
 );
 """
 
+# Added after the first release: ALTER TABLE brings an older database along.
+_LATER_COLUMNS = {
+    "failures": "INTEGER NOT NULL DEFAULT 0",
+    "retry_at": "REAL",
+    "last_error": "TEXT",
+}
+
 SIGNALS = ("features", "output", "concept")
+
+
+class RetrainFailed(ValueError):
+    """Training refused the episode's data (reported once, retried with back-off)."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +80,10 @@ class RetrainConfig:
     holdout: float = 0.25
     gate_metric: str = "accuracy"
     gate_margin: float = 0.0
+    # A failing step is retried after retry_base_s, doubling per failure up to
+    # retry_max_s: a broken episode must not retrain (and log) every tick.
+    retry_base_s: float = 30.0
+    retry_max_s: float = 3600.0
 
     def __post_init__(self) -> None:
         bad = [s for s in self.signals if s not in SIGNALS]
@@ -84,6 +99,11 @@ class RetrainConfig:
             )
         if not 0.0 < self.holdout < 1.0:
             raise ValueError(f"retrain.holdout must be in (0, 1), got {self.holdout}")
+        if not 0.0 < self.retry_base_s <= self.retry_max_s:
+            raise ValueError(
+                "retrain.retry_base_s must be positive and at most retry_max_s, got "
+                f"{self.retry_base_s} and {self.retry_max_s}"
+            )
 
     @classmethod
     def from_workspace(cls, ws: Workspace) -> RetrainConfig:
@@ -115,6 +135,10 @@ class RetrainPolicy:
         self.experiments = experiments
         self.config = config or RetrainConfig.from_workspace(ws)
         self.db.conn.executescript(SCHEMA)
+        have = {r[1] for r in self.db.conn.execute("PRAGMA table_info(retrain_state)")}
+        for column, decl in _LATER_COLUMNS.items():
+            if column not in have:
+                self.db.conn.execute(f"ALTER TABLE retrain_state ADD COLUMN {column} {decl}")
         self._registry: Any = None
 
     # -- state -------------------------------------------------------------------
@@ -132,6 +156,9 @@ class RetrainPolicy:
                 "devices": [],
                 "note": None,
                 "last_retrain": None,
+                "failures": 0,
+                "retry_at": None,
+                "last_error": None,
             }
         out = dict(row)
         out["devices"] = json.loads(out["devices"] or "[]")
@@ -140,10 +167,13 @@ class RetrainPolicy:
     def _save(self, st: dict[str, Any]) -> None:
         self.db.conn.execute(
             "INSERT INTO retrain_state(model, state, episode_start, drift_event, devices, note, "
-            "last_retrain, updated_at) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(model) DO UPDATE SET "
+            "last_retrain, failures, retry_at, last_error, updated_at) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(model) DO UPDATE SET "
             "state=excluded.state, episode_start=excluded.episode_start, "
             "drift_event=excluded.drift_event, devices=excluded.devices, note=excluded.note, "
-            "last_retrain=excluded.last_retrain, updated_at=excluded.updated_at",
+            "last_retrain=excluded.last_retrain, failures=excluded.failures, "
+            "retry_at=excluded.retry_at, last_error=excluded.last_error, "
+            "updated_at=excluded.updated_at",
             (
                 st["model"],
                 st["state"],
@@ -152,6 +182,9 @@ class RetrainPolicy:
                 json.dumps(st["devices"]),
                 st["note"],
                 st["last_retrain"],
+                st.get("failures") or 0,
+                st.get("retry_at"),
+                st.get("last_error"),
                 time.time(),
             ),
         )
@@ -171,8 +204,39 @@ class RetrainPolicy:
             return
         for model in self.registry.names():
             champion = self.registry.stages(model).get("champion")
-            if champion:
+            if not champion:
+                continue
+            retry_at = self.state(model)["retry_at"]
+            if retry_at is not None and now < retry_at:
+                continue
+            try:
                 self._tick_model(model, f"{model}@{champion}", now)
+            except Exception as exc:  # a bad episode must not stop the other models
+                self._failed(model, exc, now)
+
+    def _failed(self, model: str, exc: BaseException, now: float) -> None:
+        """Back off exponentially; record one event per distinct failure."""
+        st = self.state(model)
+        failures = int(st["failures"] or 0) + 1
+        delay = min(self.config.retry_max_s, self.config.retry_base_s * 2 ** (failures - 1))
+        expected = isinstance(exc, RetrainFailed)  # the data, not a bug
+        reason = str(exc) if expected else f"{type(exc).__name__}: {exc}"
+        if reason != st["last_error"]:
+            message = (
+                f"{model}: retraining failed ({reason}); "
+                f"retrying with back-off, next try in {delay:.0f} s"
+            )
+            self.db.add_event(
+                "retrain_failed",
+                message,
+                subject=model,
+                data={"reason": reason, "failures": failures, "retry_in_s": delay},
+            )
+            log.error(message, exc_info=not expected)
+        else:
+            log.debug("%s: retraining failed again (%d times): %s", model, failures, reason)
+        st.update(failures=failures, retry_at=now + delay, last_error=reason, note=reason)
+        self._save(st)
 
     def _tick_model(self, model: str, variant: str, now: float) -> None:
         st = self.state(model)
@@ -309,6 +373,7 @@ class RetrainPolicy:
         self, model: str, variant: str, st: dict[str, Any], recent: pd.DataFrame, now: float
     ) -> None:
         from edgeloop_control.training import TrainConfig, TrainingError
+        from edgeloop_control.training.columns import FeatureKind, coerce_to_kinds
         from edgeloop_control.trainrun import train_and_register
 
         cfg = self.config
@@ -316,7 +381,16 @@ class RetrainPolicy:
         meta = champion.metadata
         target = meta.get("target") or "label"
         features = list(meta.get("features") or [])
-        frame = recent[[*features, "label", "ts"]].rename(columns={"label": target})
+        categorical = set(meta.get("categorical_features") or [])
+        # Captured samples arrive as JSON (a bool feature as 0.0/1.0, a category
+        # code as a number): each source is brought to the champion's schema
+        # before the join, so the columns keep one kind.
+        kinds: dict[str, FeatureKind] = {
+            f: "string" if f in categorical else "float" for f in features
+        }
+        frame = coerce_to_kinds(
+            recent[[*features, "label", "ts"]].rename(columns={"label": target}), kinds
+        )
         reference_rows = 0
         view = meta.get("feature_view")
         if view and cfg.reference_share > 0:
@@ -327,22 +401,25 @@ class RetrainPolicy:
                     vv.ref, columns=[c for c in [*features, target] if c != vv.timestamp]
                 )
                 ref = ref.tail(want).rename(columns={vv.timestamp: "ts"})[[*features, target, "ts"]]
+                ref = coerce_to_kinds(ref, kinds)
                 reference_rows = len(ref)
                 frame = pd.concat([ref, frame], ignore_index=True)
             except (FeatureStoreError, KeyError) as exc:
                 log.warning("no reference rows from %s: %s", view, exc)
         frame[target] = _coerce_labels(frame[target])
-        self.db.add_event(
-            "retrain",
-            f"retraining {model} like {variant} ({meta.get('algorithm')}) on {len(recent)} recent "
-            f"labelled samples + {reference_rows} reference rows",
-            subject=model,
-            data={
-                "cause_event": st["drift_event"],
-                "recent": len(recent),
-                "reference": reference_rows,
-            },
-        )
+        if not st["failures"]:  # a retry after a failure is not news
+            self.db.add_event(
+                "retrain",
+                f"retraining {model} like {variant} ({meta.get('algorithm')}) on "
+                f"{len(recent)} recent "
+                f"labelled samples + {reference_rows} reference rows",
+                subject=model,
+                data={
+                    "cause_event": st["drift_event"],
+                    "recent": len(recent),
+                    "reference": reference_rows,
+                },
+            )
         config = TrainConfig(
             target=target,
             features=features,
@@ -372,10 +449,10 @@ class RetrainPolicy:
                 },
             )
         except (TrainingError, ValueError) as exc:
-            self.db.add_event("retrain_failed", f"{model}: {exc}", subject=model)
-            st.update(state="idle", last_retrain=now, note=str(exc))
-            self._save(st)
-            return
+            # Not enough or unusable data: the episode stays open and is retried
+            # with back-off (more labels may arrive), see _failed().
+            raise RetrainFailed(str(exc)) from exc
+        st.update(failures=0, retry_at=None, last_error=None)
         m = outcome.result.metrics
         self.db.add_event(
             "registered",

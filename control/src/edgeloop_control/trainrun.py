@@ -14,10 +14,18 @@ from typing import Any
 
 import pandas as pd
 
+from edgeloop_agent.names import check_model_name
 from edgeloop_control.featurestore import FeatureStore
+from edgeloop_control.featurestore.store import INGESTED_AT
 from edgeloop_control.registry import ModelVersion, Registry
 from edgeloop_control.tracking import Tracker
-from edgeloop_control.training import TrainConfig, TrainResult, compare_to_champion, train
+from edgeloop_control.training import (
+    TrainConfig,
+    TrainResult,
+    compare_to_champion,
+    fit,
+    prepare,
+)
 from edgeloop_control.workspace import Workspace
 
 
@@ -76,6 +84,7 @@ def registry_metadata(
         "rows": result.n_rows,
         "rows_train": result.n_train,
         "rows_holdout": result.n_holdout,
+        "split": "time" if result.time_based_holdout else "random",
         "data_hash": result.data_hash,
         "holdout_hash": result.holdout_hash,
         "metrics": result.metrics,
@@ -105,6 +114,7 @@ def train_and_register(
     challenger when it passes the champion gate; "none" assigns nothing;
     "champion"/"challenger" force that stage (the gate still runs and is recorded).
     """
+    check_model_name("model name", name)
     view_ref = None
     if frame is None:
         if view is None:
@@ -114,12 +124,18 @@ def train_and_register(
         view_ref = vv.ref
         frame = store.read(vv.ref)
         exclude = [c for c in vv.entity if c != config.target]
-        if config.timestamp is None or exclude:
+        split = config.split
+        if split == "auto" and vv.timestamp == INGESTED_AT and config.timestamp is None:
+            # No event time: the ingest time says when rows were loaded, not when
+            # they happened, so a "most recent" holdout would be meaningless.
+            split = "random"
+        if config.timestamp is None or exclude or split != config.split:
             config = TrainConfig(
                 **{
                     **config.__dict__,
                     "timestamp": config.timestamp or vv.timestamp,
                     "exclude": sorted(set(config.exclude) | set(exclude)),
+                    "split": split,
                 }
             )
     registry = Registry.for_workspace(ws)
@@ -130,8 +146,11 @@ def train_and_register(
         "edgeloop.feature_view": view_ref or "(frame)",
         "edgeloop.registry_commit": registry.head_commit(),
     }
+    # Every input error a user can fix is raised here, before a tracking run
+    # exists: a wrong --target must not leave a FAILED run behind.
+    prepared = prepare(frame, config)
     with tracker.start_run(experiment=name, run_name=f"train-{name}", tags=tags) as run:
-        result = train(frame, config)
+        result = fit(prepared)
         run.log_params(
             {
                 "algo": result.algo,
@@ -139,6 +158,7 @@ def train_and_register(
                 "target": config.target,
                 "seed": config.seed,
                 "holdout": config.holdout,
+                "split": "time" if result.time_based_holdout else "random",
                 **_flat(result.params),
             }
         )

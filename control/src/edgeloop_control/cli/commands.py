@@ -103,7 +103,14 @@ def train_cmd(
         str | None, typer.Option(help="comma-separated columns to leave out")
     ] = None,
     task: Annotated[str, typer.Option(help="auto | classification | regression")] = "auto",
-    holdout: Annotated[float, typer.Option(help="fraction held out (the most recent rows)")] = 0.2,
+    holdout: Annotated[float, typer.Option(help="fraction of rows held out for evaluation")] = 0.2,
+    split: Annotated[
+        str,
+        typer.Option(
+            help="time (the most recent rows held out) | random (seeded) | auto: time when "
+            "the view has an event timestamp, random otherwise"
+        ),
+    ] = "auto",
     seed: Annotated[int, typer.Option()] = 0,
     stage: Annotated[
         str, typer.Option(help="auto | none | champion | challenger (auto: gate vs champion)")
@@ -131,6 +138,7 @@ def train_cmd(
             task=task,
             seed=seed,
             holdout=holdout,
+            split=split,
             exclude=_split(exclude) or [],
         )
         with (

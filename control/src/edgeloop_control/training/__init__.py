@@ -21,7 +21,7 @@ from edgeloop_control.training.metrics import evaluate
 from edgeloop_control.training.parity import ParityReport, check_parity
 from edgeloop_control.training.pipelines import build_pipeline
 from edgeloop_control.training.predictor import OnnxPredictor, Prediction, build_inputs
-from edgeloop_control.training.train import TrainResult, train
+from edgeloop_control.training.train import PreparedData, TrainResult, fit, prepare, train
 
 __all__ = [
     "ALGORITHMS",
@@ -34,6 +34,7 @@ __all__ = [
     "ParityError",
     "ParityReport",
     "Prediction",
+    "PreparedData",
     "TrainConfig",
     "TrainResult",
     "TrainingError",
@@ -43,6 +44,8 @@ __all__ = [
     "compare_to_champion",
     "evaluate",
     "export_onnx",
+    "fit",
     "frame_hash",
+    "prepare",
     "train",
 ]

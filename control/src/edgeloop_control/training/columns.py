@@ -51,14 +51,19 @@ def infer_feature_kind(series: pd.Series, name: str) -> FeatureKind:
             return "string"
         if inferred in _NUMERIC_INFERRED:
             return "float"
-        odd = next((v for v in series.dropna() if not _is_plain_scalar(v)), None)
+        values = series.dropna()
+        odd = next((v for v in values if not _is_plain_scalar(v)), None)
         if odd is not None:
             raise TrainingError(
                 f"feature {name!r} holds {type(odd).__name__} values (e.g. {odd!r}), which "
                 "are neither numbers nor strings; convert it or list it in exclude"
             )
-        text = next(v for v in series.dropna() if isinstance(v, str))
-        number = next(v for v in series.dropna() if not isinstance(v, str))
+        if _all_numbers(values):
+            # Booleans mixed with numbers (a bool column beside captured 0.0/1.0
+            # values): every value is a number.
+            return "float"
+        text = next(v for v in values if isinstance(v, str))
+        number = next(v for v in values if not isinstance(v, str))
         raise TrainingError(
             f"feature {name!r} mixes strings and numbers (e.g. {text!r} and {number!r}); "
             "cast it to str to treat it as categorical or to float to treat it as numeric"
@@ -74,7 +79,7 @@ def numeric_values(series: pd.Series, name: str) -> np.ndarray:
     if pd.api.types.is_bool_dtype(dtype) or pd.api.types.is_numeric_dtype(dtype):
         values = series.to_numpy(dtype=np.float64, na_value=np.nan)
     elif pd.api.types.is_object_dtype(dtype) and (
-        pd.api.types.infer_dtype(series, skipna=True) in _NUMERIC_INFERRED
+        pd.api.types.infer_dtype(series, skipna=True) in _NUMERIC_INFERRED or _all_numbers(series)
     ):
         missing = series.isna().to_numpy()
         values = np.array(
@@ -134,6 +139,11 @@ def _is_plain_scalar(value: Any) -> bool:
     return isinstance(value, (str, int, float, np.integer, np.floating))
 
 
+def _all_numbers(series: pd.Series) -> bool:
+    """True when every non-missing value is a bool, int or float (mixed freely)."""
+    return all(_is_plain_scalar(v) and not isinstance(v, str) for v in series.dropna())
+
+
 def _first_offending(series: pd.Series) -> Any:
     values = series.dropna()
     for value in values:
@@ -156,3 +166,30 @@ def feature_frame(
     for name in categorical:
         columns[name] = string_values(frame[name], name)
     return pd.DataFrame(columns, index=pd.RangeIndex(len(frame)))
+
+
+def coerce_to_kinds(frame: pd.DataFrame, kinds: dict[str, FeatureKind]) -> pd.DataFrame:
+    """``frame`` with each listed column converted to its feature kind.
+
+    Rows from different sources (a feature view, samples captured on devices as
+    JSON) carry the same feature as bool, int, float or str; concatenated as
+    they are, pandas falls back to object columns whose kind is ambiguous. So
+    every source is brought to the model's schema first: a "float" feature
+    becomes float64 (True/False as 1.0/0.0, missing as NaN), a "string" feature
+    ``str`` values with integer codes written as integers (missing stays NaN).
+    A value that fits neither raises :class:`InputError` naming the column.
+    """
+    out = frame.copy()
+    for name, kind in kinds.items():
+        if name not in out.columns:
+            continue
+        series = out[name]
+        if kind == "float":
+            out[name] = numeric_values(series, name).astype(np.float64)
+        else:
+            missing = series.isna().to_numpy()
+            strings = string_values(series, name)
+            out[name] = pd.Series(
+                np.where(missing, None, strings), index=series.index, dtype=object
+            )
+    return out

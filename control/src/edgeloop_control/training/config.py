@@ -13,6 +13,7 @@ TaskChoice = Literal["auto", "classification", "regression"]
 
 ALGORITHMS: tuple[str, ...] = ("logreg", "rf", "hgb")
 TASK_CHOICES: tuple[str, ...] = ("auto", "classification", "regression")
+SPLIT_CHOICES: tuple[str, ...] = ("auto", "time", "random")
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class TrainConfig:
     seed: int = 0
     holdout: float = 0.2
     timestamp: str | None = None
+    split: str = "auto"
     params: dict[str, Any] = field(default_factory=dict)
     exclude: list[str] = field(default_factory=list)
     # A string column with more distinct values than this is almost always an
@@ -65,6 +67,14 @@ class TrainConfig:
             raise TrainingError(
                 f"holdout must be a fraction strictly between 0 and 1, got {self.holdout!r} "
                 "(the parity gate and the evaluation both need held-out rows)"
+            )
+        if self.split not in SPLIT_CHOICES:
+            raise TrainingError(
+                f"unknown split {self.split!r}; choose one of {', '.join(SPLIT_CHOICES)}"
+            )
+        if self.split == "time" and self.timestamp is None:
+            raise TrainingError(
+                "split 'time' needs an event timestamp column; give one or use split 'random'"
             )
         if self.timestamp is not None and (
             not isinstance(self.timestamp, str) or not self.timestamp

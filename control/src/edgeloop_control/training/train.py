@@ -116,11 +116,36 @@ def train(df: pd.DataFrame, config: TrainConfig) -> TrainResult:
 
     scikit-learn's thread pools are capped at ``config.n_threads`` for the whole run.
     """
-    with threadpool_limits(limits=config.n_threads):
-        return _train(df, config)
+    return fit(prepare(df, config))
 
 
-def _train(df: pd.DataFrame, config: TrainConfig) -> TrainResult:
+@dataclass(frozen=True, eq=False)
+class PreparedData:
+    """A frame that passed every check that needs no fitting, split and typed.
+
+    :func:`prepare` raises every input error a user can fix (unknown columns,
+    a single class, bad timestamps, non-finite values...) before anything is
+    fitted, so callers can refuse bad input before opening a tracking run.
+    """
+
+    config: TrainConfig
+    features: list[str]
+    numeric: list[str]
+    categorical: list[str]
+    task: str
+    labelled: pd.DataFrame
+    n_dropped: int
+    data_hash: str
+    split: Any
+    holdout_frame: pd.DataFrame
+    x_train: pd.DataFrame
+    y_train: np.ndarray
+    x_holdout: pd.DataFrame
+    started: float
+
+
+def prepare(df: pd.DataFrame, config: TrainConfig) -> PreparedData:
+    """Validate, order and split ``df``; raises :class:`TrainingError`."""
     started = time.perf_counter()
     _check_frame(df)
     features = _resolve_features(df, config)
@@ -166,7 +191,7 @@ def _train(df: pd.DataFrame, config: TrainConfig) -> TrainResult:
         len(labelled),
         float(config.holdout),
         seed=config.seed,
-        timestamps=timestamps,
+        timestamps=None if config.split == "random" else timestamps,
         labels=y if task == "classification" else None,
     )
     train_rows = labelled.iloc[split.train]
@@ -181,6 +206,45 @@ def _train(df: pd.DataFrame, config: TrainConfig) -> TrainResult:
     _check_training_features(x_train, numeric, categorical, config.max_categories)
     x_holdout = feature_frame(holdout_frame, numeric, categorical)
     _check_finite(x_holdout, numeric, "held-out")
+    return PreparedData(
+        config=config,
+        features=features,
+        numeric=numeric,
+        categorical=categorical,
+        task=task,
+        labelled=labelled,
+        n_dropped=n_dropped,
+        data_hash=data_hash,
+        split=split,
+        holdout_frame=holdout_frame,
+        x_train=x_train,
+        y_train=y_train,
+        x_holdout=x_holdout,
+        started=started,
+    )
+
+
+def fit(prepared: PreparedData) -> TrainResult:
+    """Fit, export, verify and evaluate a :func:`prepare`-d frame."""
+    with threadpool_limits(limits=prepared.config.n_threads):
+        return _fit(prepared)
+
+
+def _fit(p: PreparedData) -> TrainResult:
+    config = p.config
+    features = p.features
+    numeric = p.numeric
+    categorical = p.categorical
+    task = p.task
+    labelled = p.labelled
+    n_dropped = p.n_dropped
+    data_hash = p.data_hash
+    split = p.split
+    holdout_frame = p.holdout_frame
+    x_train = p.x_train
+    y_train = p.y_train
+    x_holdout = p.x_holdout
+    started = p.started
 
     pipeline = build_pipeline(
         config.algo, task, len(numeric), len(categorical), seed=config.seed, params=config.params

@@ -338,3 +338,47 @@ def test_cli_push_failure_is_one_line(ws: Workspace, monkeypatch: pytest.MonkeyP
     assert result.exit_code == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "not reachable" in lines[0]
+
+
+def test_documented_tags_find_a_trained_model_on_the_server(
+    server: MlflowServer, client: Any, ws: Workspace
+) -> None:
+    """Every tag docs/tracking.md lists is set, and MLflow finds the run by it."""
+    import numpy as np
+    import pandas as pd
+
+    from edgeloop_control.featurestore import FeatureStore
+    from edgeloop_control.registry import Registry
+    from edgeloop_control.signing import ensure_keypair
+    from edgeloop_control.training import TrainConfig
+    from edgeloop_control.trainrun import train_and_register
+
+    ensure_keypair(ws.signing_key_path, ws.public_key_path)
+    Registry.for_workspace(ws)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=200)
+    frame = pd.DataFrame({"id": range(200), "x": x, "y": (x > 0).astype(int)})
+    FeatureStore(ws.feature_store_dir).ingest(frame, "tagged", entity="id")
+    outcome = train_and_register(
+        ws, name="tagged-model", config=TrainConfig(target="y", algo="logreg"), view="tagged"
+    )
+    push_local_runs(ws, server.uri)
+    experiment = client.get_experiment_by_name("tagged-model")
+    documented = {
+        "edgeloop.model": "tagged-model",
+        "edgeloop.model_version": "tagged-model@v1",
+        "edgeloop.feature_view": "tagged",
+        "edgeloop.feature_view_version": "tagged@v1",
+        "edgeloop.data_hash": outcome.result.data_hash,
+        "edgeloop.sha256": outcome.version.sha256,
+        "edgeloop.registry_commit": None,  # any value: checked for presence
+        "edgeloop.rows": "200",
+    }
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "tracking.md").read_text()
+    for tag, value in documented.items():
+        assert f"`{tag}`" in docs, f"{tag} is set but not documented"
+        if value is None:
+            found = client.search_runs([experiment.experiment_id], f"tags.`{tag}` != ''")
+        else:
+            found = client.search_runs([experiment.experiment_id], f"tags.`{tag}` = '{value}'")
+        assert len(found) == 1, tag

@@ -18,7 +18,17 @@ from edgeloop_agent.names import check_model_name
 from edgeloop_control.featurestore import FeatureStore
 from edgeloop_control.featurestore.store import INGESTED_AT
 from edgeloop_control.registry import ModelVersion, Registry
-from edgeloop_control.tracking import Tracker
+from edgeloop_control.tracking import (
+    TAG_DATA_HASH,
+    TAG_FEATURE_VIEW,
+    TAG_FEATURE_VIEW_VERSION,
+    TAG_MODEL,
+    TAG_MODEL_VERSION,
+    TAG_REGISTRY_COMMIT,
+    TAG_ROWS,
+    TAG_SHA256,
+    Tracker,
+)
 from edgeloop_control.training import (
     TrainConfig,
     TrainResult,
@@ -116,12 +126,13 @@ def train_and_register(
     """
     check_model_name("model name", name)
     view_ref = None
+    view_name = None
     if frame is None:
         if view is None:
             raise ValueError("give a feature view or a data frame to train on")
         store = FeatureStore(ws.feature_store_dir)
         vv = store.view(view)
-        view_ref = vv.ref
+        view_ref, view_name = vv.ref, vv.name
         frame = store.read(vv.ref)
         exclude = [c for c in vv.entity if c != config.target]
         split = config.split
@@ -141,10 +152,12 @@ def train_and_register(
     registry = Registry.for_workspace(ws)
     tracker = Tracker.for_workspace(ws)
     notes: list[str] = []
+    # The tag names docs/tracking.md lists: users search MLflow by them.
     tags = {
-        "edgeloop.model": name,
-        "edgeloop.feature_view": view_ref or "(frame)",
-        "edgeloop.registry_commit": registry.head_commit(),
+        TAG_MODEL: name,
+        TAG_FEATURE_VIEW: view_name or "(frame)",
+        TAG_FEATURE_VIEW_VERSION: view_ref or "(frame)",
+        TAG_REGISTRY_COMMIT: registry.head_commit(),
     }
     # Every input error a user can fix is raised here, before a tracking run
     # exists: a wrong --target must not leave a FAILED run behind.
@@ -166,7 +179,7 @@ def train_and_register(
         run.log_metrics(
             {f"parity_{k}": float(v) for k, v in result.parity.items() if _is_number(v)}
         )
-        run.set_tags({"edgeloop.data_hash": result.data_hash, "edgeloop.rows": result.n_rows})
+        run.set_tags({TAG_DATA_HASH: result.data_hash, TAG_ROWS: result.n_rows})
         run.log_artifact(result.onnx_bytes, "model.onnx")
         if result.meta.profile is not None:
             run.log_dict(result.meta.profile, "reference_profile.json")
@@ -195,7 +208,7 @@ def train_and_register(
             result, view=view_ref, extra={"champion_gate": gate, **(extra_metadata or {})}
         )
         version = registry.register(name, result.onnx_bytes, metadata, lineage=lineage_doc)
-        run.set_tags({"edgeloop.version": version.ref, "edgeloop.sha256": version.sha256})
+        run.set_tags({TAG_MODEL_VERSION: version.ref, TAG_SHA256: version.sha256})
 
     assigned: str | None = None
     if stage == "auto":

@@ -49,9 +49,10 @@ def _register() -> None:
     app.add_typer(runs.app, name="runs", help="Experiment tracking runs (MLflow).")
     app.add_typer(rollout.app, name="rollout", help="Staged fleet rollout with automatic rollback.")
     app.add_typer(groups.app, name="group", help="Device groups (for `edgeloop rollout --group`).")
-    from edgeloop_control.cli import ab
+    from edgeloop_control.cli import ab, broker
 
     app.add_typer(ab.app, name="ab", help="A/B experiments: champion vs challenger, by statistics.")
+    app.add_typer(broker.app, name="broker", help="Broker configuration (site bridges).")
 
 
 _register()

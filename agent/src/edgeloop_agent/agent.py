@@ -23,6 +23,12 @@ from edgeloop_agent.drift import DriftConfig, WindowConfig
 from edgeloop_agent.mqttlink import MqttLink
 from edgeloop_agent.outbox import Outbox
 from edgeloop_agent.procstats import release_free_memory
+from edgeloop_agent.prometheus import (
+    MetricsServer,
+    PrometheusExporter,
+    parse_listen,
+    write_textfile,
+)
 from edgeloop_agent.protocol import Topics, dumps
 from edgeloop_agent.publisher import OutboxPublisher
 from edgeloop_agent.serving import Server
@@ -60,6 +66,18 @@ class Agent:
             feedback_max_age_s=config.feedback_max_age_s,
         )
         self.hooks = self.telemetry
+        self.exporter: PrometheusExporter | None = None
+        self.metrics_server: MetricsServer | None = None
+        if config.metrics_listen or config.metrics_textfile_dir:
+            self.exporter = PrometheusExporter(config.device_id, __version__)
+            self.telemetry.exporter = self.exporter
+        if config.metrics_listen:
+            host, port = parse_listen(config.metrics_listen)
+            exporter, metrics = self.exporter, self.telemetry.metrics
+            assert exporter is not None
+            self.metrics_server = MetricsServer(
+                host, port, lambda: exporter.render(metrics.snapshot())
+            )
         self.deployment: Deployment | None = None
         self.last_error: dict[str, Any] | None = None
         self.started_at = time.time()
@@ -186,6 +204,9 @@ class Agent:
             thread.daemon = True
             thread.start()
         self._publisher_thread = threads[2]
+        if self.metrics_server is not None:
+            self.metrics_server.start()
+            log.info("Prometheus metrics on http://%s:%d/metrics", *self.metrics_server.address[:2])
         log.info(
             "agent %s for device %s, broker %s, state %s",
             __version__,
@@ -226,6 +247,11 @@ class Agent:
             self.telemetry.report()
         except Exception:  # telemetry must never take serving down
             log.exception("telemetry report failed")
+        if self.exporter is not None and self.config.metrics_textfile_dir is not None:
+            try:
+                write_textfile(self.config.metrics_textfile_dir, self.exporter.render())
+            except OSError as exc:
+                log.warning("cannot write the Prometheus textfile: %s", exc)
         release_free_memory()
 
     def _shutdown(self) -> None:
@@ -245,5 +271,7 @@ class Agent:
             with contextlib.suppress(RuntimeError, ValueError):
                 info.wait_for_publish(timeout=5)
         self.link.stop()
+        if self.metrics_server is not None:
+            self.metrics_server.close()
         self.outbox.sync()
         self.outbox.close()

@@ -34,6 +34,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--telemetry-interval", type=float, dest="telemetry_interval_s")
     p.add_argument("--drift-window", type=int, help="rows per drift window (count windows)")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
+    p.add_argument(
+        "--metrics",
+        dest="metrics_listen",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics on http://HOST:PORT/metrics (off by default)",
+    )
+    p.add_argument(
+        "--metrics-textfile",
+        dest="metrics_textfile_dir",
+        type=Path,
+        metavar="DIR",
+        help="write Prometheus metrics to DIR/edgeloop_agent.prom for node_exporter",
+    )
     p.add_argument("--version", action="version", version=f"edgeloop-agent {__version__}")
     return p.parse_args(argv)
 
@@ -51,6 +64,8 @@ def build_config(args: argparse.Namespace) -> AgentConfig:
         telemetry_interval_s=args.telemetry_interval_s,
         drift_window=args.drift_window,
         log_level=args.log_level,
+        metrics_listen=args.metrics_listen,
+        metrics_textfile_dir=args.metrics_textfile_dir,
     )
     if not config.device_id:
         raise ConfigError("a device id is required (--device-id or device_id in the config)")

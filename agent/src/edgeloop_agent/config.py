@@ -88,6 +88,10 @@ class AgentConfig:
     drift_window_kind: str = "count"
     drift_slide: int | None = None
     log_level: str = "INFO"
+    # Prometheus, opt-in (docs/operations.md): a local /metrics endpoint
+    # ("127.0.0.1:9108") and/or node_exporter's textfile collector directory.
+    metrics_listen: str | None = None
+    metrics_textfile_dir: Path | None = None
 
     def validate(self) -> AgentConfig:
         try:
@@ -116,6 +120,17 @@ class AgentConfig:
             raise ConfigError(f"capture_rate must be within [0, 1], got {self.capture_rate!r}")
         if self.require_signature and not self.trusted_keys:
             raise ConfigError("require_signature is set but no trusted_keys are configured")
+        if self.metrics_listen is not None:
+            from edgeloop_agent.prometheus import parse_listen
+
+            try:
+                parse_listen(self.metrics_listen)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+        if self.metrics_textfile_dir is not None and not self.metrics_textfile_dir.is_dir():
+            raise ConfigError(
+                f"metrics_textfile_dir {self.metrics_textfile_dir} is not a directory"
+            )
         if self.drift_window_kind not in ("count", "time"):
             raise ConfigError(
                 f"drift_window_kind must be 'count' or 'time', got {self.drift_window_kind!r}"
@@ -175,6 +190,14 @@ def _coerce(key: str, value: Any, default: Any, source: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{source}: {key} must be a number, got {value!r}")
         return float(value)
+    if key == "metrics_textfile_dir":
+        if not isinstance(value, (str, Path)):
+            raise ConfigError(f"{source}: {key} must be a directory path, got {value!r}")
+        return Path(value).expanduser()
+    if key == "metrics_listen":
+        if not isinstance(value, str):
+            raise ConfigError(f"{source}: {key} must be host:port, got {value!r}")
+        return value
     if key == "drift_slide":
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             raise ConfigError(f"{source}: drift_slide must be an integer, got {value!r}")

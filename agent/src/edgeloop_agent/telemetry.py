@@ -85,6 +85,8 @@ class Telemetry(ServingHooks):
         self._last_report = time.time()
         self.captured = 0
         self.capture_failures = 0
+        # Set by the agent when Prometheus output is on; sees every report.
+        self.exporter: Any = None
 
     # -- deployment ------------------------------------------------------------
 
@@ -357,7 +359,10 @@ class Telemetry(ServingHooks):
         if status:
             doc["status"] = status
         self._last_report = now
-        return self.outbox.put(self.topics.telemetry, json_safe(doc), "report")
+        doc = json_safe(doc)
+        if self.exporter is not None:
+            self.exporter.close_interval(doc)
+        return self.outbox.put(self.topics.telemetry, doc, "report")
 
 
 def json_safe(value: Any) -> Any:

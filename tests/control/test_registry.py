@@ -446,3 +446,22 @@ def test_cli_failure_is_one_clear_line(cli: Any) -> None:
     assert len(lines) == 1 and "no version v9" in lines[0]
     bad = cli("promote", "sensor@v1", "not a stage")
     assert bad.exit_code == 1 and "invalid stage" in bad.stderr
+
+
+def test_diff_says_whether_metrics_share_a_holdout() -> None:
+    from edgeloop_control.registry.diff import metrics_comparable
+
+    same, note = metrics_comparable({"holdout_hash": "h1"}, {"holdout_hash": "h1"})
+    assert same is True and "same holdout" in note
+    other, note = metrics_comparable(
+        {"metrics": {"holdout_hash": "h1"}}, {"metrics": {"holdout_hash": "h2"}}
+    )
+    assert other is False and "different holdouts" in note
+    unknown, note = metrics_comparable({}, {"holdout_hash": "h2"})
+    assert unknown is None and "unknown" in note
+
+
+def test_cli_diff_warns_about_different_holdouts(cli: Any, registry: Registry) -> None:
+    out = cli("diff", "sensor@v1", "sensor@v2")
+    assert "metrics.auc" in out.stdout
+    assert "whether the metrics compare is unknown" in out.stderr

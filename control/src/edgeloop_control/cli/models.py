@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from edgeloop_control.cli.common import console, fail, print_json, state, table
+from edgeloop_control.cli.common import console, err_console, fail, print_json, state, table
 
 app = typer.Typer(
     help="Model registry (git + DVC, GTO tags). Without a command: list versions.",
@@ -219,6 +219,8 @@ def diff(
     console.print(
         table(f"{result['a']} -> {result['b']}", ["section", "field", "a", "b", "delta"], rows)
     )
+    if result["metrics"] and result["metrics_comparable"] is not True:
+        err_console.print(f"note: {result['metrics_note']}", highlight=False)
 
 
 @app.command("verify")

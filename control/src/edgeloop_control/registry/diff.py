@@ -65,6 +65,7 @@ def diff_versions(a: ModelVersion, b: ModelVersion) -> dict[str, Any]:
         {"sha256": b.sha256, "size": b.size, "key_id": b.key_id},
     )
     lineage = _changes(flatten(a.lineage), flatten(b.lineage))
+    comparable, note = metrics_comparable(a.metadata, b.metadata)
     return {
         "a": a.ref,
         "b": b.ref,
@@ -74,4 +75,25 @@ def diff_versions(a: ModelVersion, b: ModelVersion) -> dict[str, Any]:
         "artifact": artifact,
         "lineage": lineage,
         "stages": {"a": list(a.stages), "b": list(b.stages)},
+        "metrics_comparable": comparable,
+        "metrics_note": note,
     }
+
+
+def metrics_comparable(a: dict[str, Any], b: dict[str, Any]) -> tuple[bool | None, str]:
+    """Whether two versions' metrics were measured on the same rows, and in words.
+
+    A metric difference between two holdouts mixes the models' difference with
+    the data's; the champion gate and A/B tests compare on the same rows.
+    """
+    ha = a.get("holdout_hash") or (a.get("metrics") or {}).get("holdout_hash")
+    hb = b.get("holdout_hash") or (b.get("metrics") or {}).get("holdout_hash")
+    if not ha or not hb:
+        return None, "a version records no holdout hash: whether the metrics compare is unknown"
+    if ha == hb:
+        return True, "both versions were evaluated on the same holdout rows"
+    return False, (
+        "the versions were evaluated on different holdouts, so their metric deltas mix the "
+        "models' difference with the data's; the champion gate (recorded in metadata."
+        "champion_gate) and an A/B test compare on the same rows"
+    )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -169,13 +169,8 @@ def train_cmd(
             [[k, f"{v:.4f}"] for k, v in metrics.items()],
         )
     )
-    parity = res.parity
-    console.print(
-        f"ONNX parity on {parity['n_rows']} held-out rows: "
-        f"label mismatches {parity.get('label_mismatches', 0)}, "
-        f"max prob diff {parity.get('max_prob_diff') or 0:.2e}"
-        + (f", max rel diff {parity['max_rel_diff']:.2e}" if parity.get("max_rel_diff") else "")
-    )
+    console.print(parity_line(res.parity))
+    console.print(size_line(len(res.onnx_bytes), res.algo, ws))
     if outcome.gate:
         console.print(f"champion gate vs {outcome.gate['champion']}: {outcome.gate['reason']}")
     for note in outcome.notes:
@@ -184,6 +179,37 @@ def train_cmd(
     console.print(
         f"registered [bold green]{outcome.version.ref}[/]{stage_txt} (run {outcome.run_id})"
     )
+
+
+def parity_line(parity: dict[str, Any]) -> str:
+    """What the parity gate checked, in the terms of the model's task."""
+    head = f"ONNX matches scikit-learn on {parity['n_rows']} held-out rows: "
+    if parity.get("task") == "regression":
+        return head + f"max relative difference {parity.get('max_rel_diff') or 0:.2e}"
+    return head + (
+        f"{parity.get('label_mismatches') or 0} label mismatches, "
+        f"max probability difference {parity.get('max_prob_diff') or 0:.2e}"
+    )
+
+
+def size_line(size: int, algo: str, ws: Any) -> str:
+    """The artifact's size and the agent memory it will need, with a warning past budget."""
+    from edgeloop_control.training.footprint import agent_memory_estimate
+
+    estimate = agent_memory_estimate(size, algo)
+    budget = int(ws.section("train").get("agent_memory_budget_mb", 200))
+    line = (
+        f"artifact {size / 2**20:.2f} MB; an agent serving it needs about "
+        f"{estimate / 2**20:.0f} MB resident (two versions during a swap or an A/B test: "
+        f"{agent_memory_estimate(size, algo, models=2) / 2**20:.0f} MB)"
+    )
+    if estimate > budget * 2**20:
+        line += (
+            f"\n[bold yellow]warning:[/] over the {budget} MB agent memory budget "
+            "([train] agent_memory_budget_mb); the shipped unit's MemoryMax is 256M. "
+            "Try --algo hgb or fewer/shallower trees."
+        )
+    return line
 
 
 def _split(value: str | None) -> list[str] | None:

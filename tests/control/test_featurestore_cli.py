@@ -60,6 +60,7 @@ def test_ingest_reingest_and_new_version(ws: Workspace, csv: Path, tmp_path: Pat
     assert code == 1 and out == ""
     assert len(err.strip().splitlines()) == 1
     assert "new columns ['hum']" in err and "--new-version" in err
+    assert "evolve=True" not in err  # the Python API's wording stays out of the CLI
     second = ingest(ws, changed, "--new-version")
     assert (second["ref"], second["created_version"]) == ("sensors@v2", True)
 
@@ -86,6 +87,8 @@ def test_ls_and_show(ws: Workspace, csv: Path) -> None:
 
 def test_materialize_and_get(ws: Workspace, csv: Path) -> None:
     ingest(ws, csv, "-e", "device", "-t", "ts", "--ttl", "1d")
+    code, out, _ = run(ws, "get", "sensors", "a")
+    assert code == 0 and "1 key(s) not materialised yet: run `edgeloop features materialize" in out
     code, out, _ = run(ws, "materialize", "sensors", "--json")
     assert code == 0 and json.loads(out)["written"] == 3
     code, out, _ = run(ws, "get", "sensors", "a", "b", "zz", "--json")
@@ -95,7 +98,9 @@ def test_materialize_and_get(ws: Workspace, csv: Path) -> None:
     assert got["b"]["temp"] == 2.5
     assert got["zz"]["ts"] is None and got["zz"]["temp"] is None
     code, out, _ = run(ws, "get", "sensors", "a", "zz")
-    assert code == 0 and "1 key(s) not materialised" in out
+    # Right after materialising, a missing key is an unknown entity, not "run materialize".
+    assert code == 0 and "1 key(s) not among the materialised entities" in out
+    assert "materialize" not in out
 
     start = (NOW - pd.Timedelta("90min")).isoformat()
     code, out, _ = run(ws, "materialize", "sensors", "--start", start, "--json")

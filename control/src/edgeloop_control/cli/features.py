@@ -18,6 +18,7 @@ from edgeloop_control.featurestore import (
     FeatureStore,
     FeatureStoreError,
     IngestResult,
+    SchemaMismatchError,
     ViewVersion,
 )
 from edgeloop_control.featurestore.offline import day_label
@@ -64,6 +65,8 @@ def ingest_file(
             evolve=new_version,
             key=_names(key),
         )
+    except SchemaMismatchError as exc:
+        fail(f"{path} does not match {view}: {exc.cli_message()}")
     except FeatureStoreError as exc:
         fail(str(exc))
     if as_json:
@@ -208,13 +211,19 @@ def get_cmd(
     columns = [*found.entity, found.timestamp, *found.features]
     rows = [[_plain(r[c]) for c in columns] for r in records]
     console.print(table(f"{found.ref} (online)", columns, rows))
-    missing = sum(r[found.timestamp] is None for r in records)
+    missing = [key for key, r in zip(keys, records, strict=True) if r[found.timestamp] is None]
     if missing:
-        console.print(
-            f"{missing} key(s) not materialised or older than the TTL; "
-            f"run `edgeloop features materialize {found.name}`",
-            highlight=False,
-        )
+        why = store.online_misses(found.ref, missing)
+        notes = {
+            "unknown": "not among the materialised entities (check the key, or ingest it)",
+            "expired": f"older than the view's TTL ({found.ttl})",
+            "not_materialised": (
+                f"not materialised yet: run `edgeloop features materialize {found.name}`"
+            ),
+        }
+        for reason, n in why.items():
+            if n:
+                console.print(f"{n} key(s) {notes[reason]}", highlight=False)
 
 
 @app.command("materialize")

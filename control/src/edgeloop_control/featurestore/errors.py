@@ -22,6 +22,15 @@ class TimestampError(InvalidInputError):
 class SchemaMismatchError(InvalidInputError):
     """Ingested data does not match the latest version of its view."""
 
+    def __init__(self, message: str, *, problems: list[str], next_ref: str) -> None:
+        super().__init__(message)
+        self.problems = problems
+        self.next_ref = next_ref
+
+    def cli_message(self) -> str:
+        """The same, in the command line's terms."""
+        return f"{'; '.join(self.problems)}. Rerun with --new-version to create {self.next_ref}"
+
 
 class MissingColumnError(InvalidInputError):
     """A column the operation needs (entity, timestamp, feature) is absent."""

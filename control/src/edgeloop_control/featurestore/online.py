@@ -89,6 +89,16 @@ class OnlineStore:
                 raise
             return conn.total_changes - before
 
+    def has_table(self, view: ViewVersion) -> bool:
+        """Whether ``view`` was ever materialised."""
+        with self._connect() as conn:
+            return (
+                conn.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (view.ref,)
+                ).fetchone()
+                is not None
+            )
+
     def get(
         self, view: ViewVersion, keys: Sequence[tuple[Any, ...]]
     ) -> list[dict[str, Any] | None]:

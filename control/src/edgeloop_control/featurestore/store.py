@@ -318,8 +318,10 @@ class FeatureStore:
             if not evolve:
                 raise SchemaMismatchError(
                     f"data for view {view!r} does not match {latest.ref}: "
-                    f"{'; '.join(problems)}. Pass evolve=True (CLI: --new-version) to create "
-                    f"{view}@v{latest.version + 1}"
+                    f"{'; '.join(problems)}. Pass evolve=True to create "
+                    f"{view}@v{latest.version + 1}",
+                    problems=problems,
+                    next_ref=f"{view}@v{latest.version + 1}",
                 )
         known = latest.types if latest else {}
         types: dict[str, ColumnType] = {}
@@ -690,6 +692,26 @@ class FeatureStore:
             else:
                 record.update(row)
             out.append(record)
+        return out
+
+    def online_misses(self, ref: str | ViewRef, keys: Sequence[Any] | Any) -> dict[str, int]:
+        """Why keys have no online values: counts of ``expired`` (older than the TTL),
+        ``unknown`` (not in the materialised rows) and ``not_materialised`` (the view
+        never was)."""
+        found = self.view(ref)
+        _require_entity(found, "read online")
+        if isinstance(keys, (str, bytes, Mapping)) or not isinstance(keys, Sequence):
+            keys = [keys]
+        normalized = [_entity_key(found, key) for key in keys]
+        if not self._online.has_table(found):
+            return {"not_materialised": len(normalized)}
+        now = pd.Timestamp.now(tz="UTC")
+        out = {"expired": 0, "unknown": 0}
+        for row in self._online.get(found, normalized):
+            if row is None:
+                out["unknown"] += 1
+            elif found.ttl is not None and now - row[found.timestamp] > found.ttl:
+                out["expired"] += 1
         return out
 
     # -- captured samples (see captured.py) ----------------------------------------

@@ -76,7 +76,7 @@ class PrometheusExporter:
         for variant, data in ((live or {}).get("variants") or {}).items():
             with contextlib.suppress(ValueError):
                 totals.setdefault(variant, VariantMetrics()).merge(VariantMetrics.from_dict(data))
-        out = _Writer()
+        out = TextWriter(PREFIX)
         out.metric("info", "gauge", "The agent: 1, labelled with its device and version.")
         out.sample("info", {"device": self.device, "version": self.agent_version}, 1)
         self._serving(out, totals)
@@ -84,7 +84,7 @@ class PrometheusExporter:
         self._process(out, last)
         return out.text()
 
-    def _serving(self, out: _Writer, totals: Mapping[str, VariantMetrics]) -> None:
+    def _serving(self, out: TextWriter, totals: Mapping[str, VariantMetrics]) -> None:
         out.metric("requests_total", "counter", "Requests answered, per variant.")
         for v, m in totals.items():
             out.sample("requests_total", {"variant": v}, m.requests)
@@ -99,7 +99,7 @@ class PrometheusExporter:
             "request_duration_seconds", "histogram", "Time from arrival to reply, per variant."
         )
         for v, m in totals.items():
-            _histogram(out, "request_duration_seconds", {"variant": v}, m.latency)
+            write_histogram(out, "request_duration_seconds", {"variant": v}, m.latency)
         out.metric("outcomes_total", "counter", "Labelled classification outcomes, per variant.")
         for v, m in totals.items():
             if m.cls_n:
@@ -116,7 +116,7 @@ class PrometheusExporter:
                 out.sample("regression_abs_error_count", {"variant": v}, m.reg_n)
 
     def _models(
-        self, out: _Writer, last: Mapping[str, Any], windows: Mapping[str, list[int]]
+        self, out: TextWriter, last: Mapping[str, Any], windows: Mapping[str, list[int]]
     ) -> None:
         out.metric("model_info", "gauge", "Models loaded: 1 per variant, with name/version/role.")
         for v, info in (last.get("variants") or {}).items():
@@ -154,7 +154,7 @@ class PrometheusExporter:
             if isinstance(c, Mapping) and _number(c.get("detections")):
                 out.sample("concept_drift_detections_total", {"variant": v}, c["detections"])
 
-    def _process(self, out: _Writer, last: Mapping[str, Any]) -> None:
+    def _process(self, out: TextWriter, last: Mapping[str, Any]) -> None:
         proc = last.get("process") or {}
         outbox = last.get("outbox") or {}
         gauges = (
@@ -208,7 +208,9 @@ def _le_indexes(h: LatencyHistogram) -> list[int]:
     return picked
 
 
-def _histogram(out: _Writer, name: str, labels: dict[str, str], h: LatencyHistogram) -> None:
+def write_histogram(
+    out: TextWriter, name: str, labels: dict[str, str], h: LatencyHistogram
+) -> None:
     counts = h.to_dict()["counts"]
     dense = [0] * (h.n_log + 2)
     for i, c in counts:
@@ -225,20 +227,22 @@ def _histogram(out: _Writer, name: str, labels: dict[str, str], h: LatencyHistog
     out.sample(f"{name}_count", labels, h.count)
 
 
-class _Writer:
-    def __init__(self) -> None:
+class TextWriter:
+    """Lines of the text format under one metric-name prefix (shared with the control node)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
         self.lines: list[str] = []
 
     def metric(self, name: str, kind: str, text: str) -> None:
-        self.lines.append(f"# HELP {PREFIX}_{name} {text}")
-        self.lines.append(f"# TYPE {PREFIX}_{name} {kind}")
+        self.lines.append(f"# HELP {self.prefix}_{name} {text}")
+        self.lines.append(f"# TYPE {self.prefix}_{name} {kind}")
 
     def sample(self, name: str, labels: Mapping[str, str], value: float) -> None:
         inner = ",".join(f'{k}="{_escape(str(v))}"' for k, v in labels.items())
         text = repr(float(value)) if isinstance(value, float) else str(int(value))
-        self.lines.append(
-            f"{PREFIX}_{name}{{{inner}}} {text}" if inner else f"{PREFIX}_{name} {text}"
-        )
+        full = f"{self.prefix}_{name}"
+        self.lines.append(f"{full}{{{inner}}} {text}" if inner else f"{full} {text}")
 
     def text(self) -> str:
         return "\n".join(self.lines) + "\n"

@@ -19,6 +19,14 @@ def serve(
     ctx: typer.Context,
     tick: Annotated[float, typer.Option(help="seconds between policy evaluations")] = 1.0,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING")] = "INFO",
+    http: Annotated[
+        str | None,
+        typer.Option(
+            "--http",
+            metavar="HOST:PORT",
+            help="serve /metrics (Prometheus) and /healthz, e.g. 127.0.0.1:8765 (default: off)",
+        ),
+    ] = None,
 ) -> None:
     """Ingest fleet telemetry, keep the inventory, run retraining/A-B/rollout policies."""
     from edgeloop_agent.systemd import setup_logging
@@ -30,7 +38,20 @@ def serve(
         daemon = build_daemon(st.workspace, st.broker, tick_s=tick)
     except ValueError as exc:  # a bad [retrain]/[experiment]/[rollout] section
         fail(f"cannot start the control daemon: {exc}")
+    server = None
+    if http:
+        from edgeloop_control.web.server import HttpServer
+
+        try:
+            server = HttpServer(st.workspace.state_db, http).start()
+        except (ValueError, OSError) as exc:
+            fail(f"cannot start the HTTP server: {exc}")
     logging.getLogger("edgeloop.control").info(
         "control daemon for %s on %s", st.workspace.root, st.broker
     )
-    sys.exit(daemon.run())
+    try:
+        code = daemon.run()
+    finally:
+        if server is not None:
+            server.stop()
+    sys.exit(code)

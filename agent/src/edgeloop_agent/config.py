@@ -61,16 +61,24 @@ class AgentConfig:
     # Request limits: a payload over max_payload_bytes is refused unparsed.
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD
     max_batch_rows: int = DEFAULT_MAX_ROWS
-    max_artifact_bytes: int = 256 * 1024 * 1024
+    # Update path limits (see docs/protocol.md, desired state): a desired-state
+    # message over max_desired_bytes is refused unparsed; an artifact whose
+    # declared size is over max_artifact_bytes is never subscribed to. 64 MB
+    # leaves room under the unit's MemoryMax=256M for paho's copy plus the
+    # onnxruntime session built from it.
+    max_desired_bytes: int = 256 * 1024
+    max_artifact_bytes: int = 64 * 1024 * 1024
     # MQTT session: requests queued by the broker while the agent is away
     # survive for this long (MQTT 5 session expiry).
     session_expiry_s: int = 7 * 24 * 3600
     keepalive_s: int = 30
     reply_qos: int = 1
-    # Ed25519 public keys (PEM) that may sign model artifacts. Empty means
-    # signatures are not checked, which `require_signature` forbids.
+    # Ed25519 public keys (PEM) that may sign desired state and artifacts. With
+    # none, nothing is applied unless allow_unsigned is true (development only;
+    # logged as a warning at every start and shown on status).
     trusted_keys: list[Path] = field(default_factory=list)
     require_signature: bool = False
+    allow_unsigned: bool = False
     artifact_timeout_s: float = 120.0
     # Seconds to wait for the broker before telling systemd READY anyway.
     ready_grace_s: float = 5.0
@@ -100,6 +108,7 @@ class AgentConfig:
             "max_payload_bytes",
             "max_batch_rows",
             "max_artifact_bytes",
+            "max_desired_bytes",
             "keepalive_s",
             "max_micro_batch",
             "inference_threads",
@@ -116,6 +125,11 @@ class AgentConfig:
             raise ConfigError(f"capture_rate must be within [0, 1], got {self.capture_rate!r}")
         if self.require_signature and not self.trusted_keys:
             raise ConfigError("require_signature is set but no trusted_keys are configured")
+        if self.allow_unsigned and (self.trusted_keys or self.require_signature):
+            raise ConfigError(
+                "allow_unsigned contradicts trusted_keys/require_signature: "
+                "with a trusted key every document must be signed"
+            )
         if self.drift_window_kind not in ("count", "time"):
             raise ConfigError(
                 f"drift_window_kind must be 'count' or 'time', got {self.drift_window_kind!r}"

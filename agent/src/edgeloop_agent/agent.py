@@ -69,6 +69,7 @@ class Agent:
         self._ready_sent = False
         self.liveness = Liveness()
         self._liveness_reported: list[str] = []
+        self._expired_reported = False
 
         self.updater = Updater(
             prefix=config.topic_prefix,
@@ -168,6 +169,12 @@ class Agent:
             "ts": time.time(),
         }
 
+    def _publish_status_safely(self) -> None:
+        try:
+            self.publish_status()
+        except Exception:  # offline or shutting down: the next change reports again
+            log.debug("status not published", exc_info=True)
+
     def publish_status(self) -> mqtt.MQTTMessageInfo:
         with self._status_lock:
             return self.link.publish(
@@ -248,11 +255,19 @@ class Agent:
             # progress: a dead updater or a wedged serving loop then gets the
             # service restarted (this loop itself dying stops the pings too).
             problems = self.liveness.problems()
-            if problems != self._liveness_reported:
-                self._liveness_reported = problems
+            expired = self.updater.expired()
+            if problems != self._liveness_reported or expired != self._expired_reported:
+                self._liveness_reported, self._expired_reported = problems, expired
                 if problems:
                     log.error("not pinging the watchdog: %s", "; ".join(problems))
                     self.notifier.status("unhealthy: " + "; ".join(problems))
+                if expired:
+                    log.warning(
+                        "desired state revision %s has expired; serving it until a fresh "
+                        "signed document arrives",
+                        self.updater.applied_revision,
+                    )
+                self._publish_status_safely()
             if interval is not None and not problems:
                 self.notifier.watchdog()
 

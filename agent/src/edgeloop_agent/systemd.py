@@ -64,6 +64,9 @@ class Notifier:
         if address.startswith("@"):
             address = "\0" + address[1:]  # abstract namespace socket
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            # A receiver that stops reading fills the socket queue; a blocking send
+            # would then hang whichever thread reported a status (the updater).
+            sock.settimeout(1.0)
             sock.connect(address)
             # Status text carries names from the network; a lone surrogate must not
             # raise here (it killed the updater thread once).

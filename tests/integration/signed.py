@@ -10,6 +10,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edgeloop_control.signing import sign_artifact_statement, sign_desired
 
 
+def unsealed(doc: dict[str, Any]) -> dict[str, Any]:
+    """A published document without what signing adds (device, expires, statement signatures)."""
+    out = {k: v for k, v in doc.items() if k not in ("device", "expires")}
+    out["models"] = [{k: v for k, v in m.items() if k != "signature"} for m in doc["models"]]
+    return out
+
+
 def sign_entry(entry: dict[str, Any], key: Ed25519PrivateKey) -> dict[str, Any]:
     sig = sign_artifact_statement(
         entry["name"], entry["version"], entry["sha256"], entry["size"], key

@@ -8,6 +8,7 @@ rotation, and an updater that survives every document it is sent.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import threading
@@ -19,6 +20,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edgeloop_control.signing import generate_keypair, load_signing_key
+from edgeloop_control.workspace import Workspace
 from tests.integration.models import Artifact, sample_features, sensor_model
 from tests.integration.signed import envelope, sign_entry
 from tests.mqtt_helpers import VENV_BIN, AgentProcess, Probe
@@ -122,6 +124,20 @@ def test_allow_unsigned_is_explicit_warned_and_on_status(broker, probe, agents, 
     probe.publish(DESIRED, {"revision": 1, "models": [v1.entry()]}, retain=True)
     status = wait_revision(probe, 1)
     assert status["allow_unsigned"] is True
+    # The operator sees it in `edgeloop fleet`, in JSON and in the table.
+    edgeloop = str(VENV_BIN / "edgeloop")
+    env = {**os.environ, "EDGELOOP_BROKER": broker.url, "COLUMNS": "200"}
+    ws = tmp_path / "ws"
+    Workspace.init(ws)  # a config file is all `edgeloop fleet` needs
+    out = subprocess.run(
+        [edgeloop, "-w", str(ws), "fleet", "--json"], env=env, capture_output=True, text=True
+    )
+    [row] = [r for r in json.loads(out.stdout) if r["device"] == DEVICE]
+    assert row["allow_unsigned"] is True
+    out = subprocess.run(
+        [edgeloop, "-w", str(ws), "fleet"], env=env, capture_output=True, text=True
+    )
+    assert "UNSIGNED ALLOWED" in out.stdout, out.stdout
     agent.stop()
     assert "--allow-unsigned: desired state and models are applied WITHOUT" in (
         agent.log_path.read_text()

@@ -309,6 +309,12 @@ def test_oversize_documents_and_artifacts_are_refused_before_memory(
     # A received payload whose length differs from the declared size is not hashed.
     short = {**v1.entry(), "size": v1.size - 1}
     send_and_expect(probe, envelope(DEVICE, 3, [short], [key]), "artifact_size_mismatch")
+    # Bigger than the agent's MQTT 5 Maximum Packet Size: the broker never sends it.
+    probe.publish(DESIRED, b"{" + b" " * 2_000_000 + b"}")
+    deadline = time.monotonic() + 10
+    while "Dropping too large outgoing PUBLISH" not in broker.log_path.read_text():
+        assert time.monotonic() < deadline, "the broker delivered a 2 MB message"
+        time.sleep(0.1)
     probe.publish(DESIRED, envelope(DEVICE, 4, [v1.entry()], [key]), retain=True)
     wait_revision(probe, 4)
 

@@ -96,6 +96,12 @@ class Agent:
             subscriptions=[(t.predict, 1), (t.feedback, 1), (t.desired, 1)],
             on_message=self._on_message,
             on_connected=self.publish_status,
+            # The largest thing the agent accepts (an artifact at its size limit)
+            # plus room for the topic and properties.
+            max_packet_bytes=max(
+                config.max_artifact_bytes, config.max_desired_bytes, config.max_payload_bytes
+            )
+            + 64 * 1024,
         )
         self.updater.link = self.link
         self.publisher = OutboxPublisher(self.outbox, self.link)

@@ -63,11 +63,14 @@ class AgentConfig:
     max_batch_rows: int = DEFAULT_MAX_ROWS
     # Update path limits (see docs/protocol.md, desired state): a desired-state
     # message over max_desired_bytes is refused unparsed; an artifact whose
-    # declared size is over max_artifact_bytes is never subscribed to. 64 MB
-    # leaves room under the unit's MemoryMax=256M for paho's copy plus the
-    # onnxruntime session built from it.
+    # declared size is over max_artifact_bytes is never subscribed to, and the
+    # broker is told (MQTT 5 Maximum Packet Size) to send nothing bigger. Measured
+    # (bench/update_path_memory.py): receiving one N MB message costs the agent
+    # about 3.1 x N MB at peak (paho's buffers and copies) on top of ~81 MB, so
+    # 64 MB would pass the unit's MemoryMax=256M before onnxruntime saw a byte;
+    # 32 MB peaks near 185 MB.
     max_desired_bytes: int = 256 * 1024
-    max_artifact_bytes: int = 64 * 1024 * 1024
+    max_artifact_bytes: int = 32 * 1024 * 1024
     # MQTT session: requests queued by the broker while the agent is away
     # survive for this long (MQTT 5 session expiry).
     session_expiry_s: int = 7 * 24 * 3600

@@ -180,6 +180,9 @@ def start_agent(
     config.write_text(
         f'device_id = "{device}"\nbroker = "mqtt://127.0.0.1:{port}"\n'
         f'state_dir = "{state}"\nlog_level = "WARNING"\n'
+        # This checkout's agent refuses unsigned desired state unless told; the
+        # benchmark measures serving, not the update path.
+        + ("allow_unsigned = true\n" if source is None else "")
     )
     log = work / f"{name}.log"
     env = dict(os.environ)

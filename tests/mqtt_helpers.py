@@ -181,7 +181,14 @@ class AgentProcess:
         state_dir: Path,
         extra: list[str] | None = None,
         env: dict[str, str] | None = None,
+        unsigned_by_default: bool = True,
     ) -> None:
+        extra = list(extra or [])
+        if unsigned_by_default and not {"--trusted-key", "--config", "-c"} & set(extra):
+            # Tests that publish hand-made desired state run the agent in its
+            # explicit development mode; the signed path has its own tests
+            # (tests/integration/test_update_path.py) and every --trusted-key test.
+            extra.append("--allow-unsigned")
         self.args = [
             str(VENV_BIN / "edgeloop-agent"),
             "--broker",

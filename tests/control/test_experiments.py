@@ -207,8 +207,13 @@ def warm_up(db: ControlDB, exp_id: str, *devices: Device) -> None:
 
 
 def desired(probe: Probe, device: str) -> dict[str, Any]:
+    from edgeloop_control.signing import open_desired
+
     probe.subscribe(f"edgeloop/{device}/desired")
-    return probe.wait_for(f"edgeloop/{device}/desired", lambda d: True, timeout=5)
+    while True:
+        msg = probe.next(5, topic=f"edgeloop/{device}/desired")
+        if msg.payload:
+            return open_desired(msg.payload)
 
 
 def retained_desired(broker: PrivateBroker, device: str) -> dict[str, Any]:
@@ -640,10 +645,13 @@ def test_stop_leaves_devices_whose_desired_state_changed_alone(env: Env) -> None
     exp_id = m.start("sensor", "v1", "v2", ["d1", "d2"])["id"]
     # Someone deploys v3 to d2 by hand during the experiment.
     from edgeloop_control.deploy import plan_desired, publish_desired
+    from edgeloop_control.signing import DesiredSigner
 
     v3 = env.registry.get("sensor@v3")
     doc = plan_desired(env.db.desired("d2")[1], [(v3, 100.0)], [])
-    publish_desired(env.client, env.db, "edgeloop", "d2", doc)
+    publish_desired(
+        env.client, env.db, "edgeloop", "d2", doc, signer=DesiredSigner.for_workspace(env.ws)
+    )
     st = m.stop(exp_id, "manual deploy happened")
     assert st["state"] == "rolled_back"
     assert [m["variant"] for m in retained_desired(env.broker, "d1")["models"]] == [CHAMP]

@@ -38,8 +38,10 @@ from edgeloop_control.rollout import (
     split_batches,
 )
 from edgeloop_control.rollout.plan import rollback_doc
+from edgeloop_control.signing import open_desired
 from edgeloop_control.workspace import Workspace
 from tests.integration.models import sensor_model
+from tests.integration.signed import unsealed
 from tests.mqtt_helpers import Probe
 
 FAST = RolloutConfig(soak_s=1.0, batch_timeout_s=30.0)
@@ -193,7 +195,7 @@ def drain(probe: Probe, wait: float = 0.5) -> list[tuple[str, Any]]:
             msg = probe.messages.get(timeout=max(0.01, deadline - time.monotonic()))
         except queue.Empty:
             return out
-        payload = json.loads(msg.payload) if "/models/" not in msg.topic else len(msg.payload)
+        payload = open_desired(msg.payload) if "/models/" not in msg.topic else len(msg.payload)
         out.append((msg.topic, payload))
 
 
@@ -476,7 +478,9 @@ def test_load_error_in_a_later_batch_rolls_back_every_switched_device(
     sent = dict(drain(probe))
     for device in "abc":
         doc = sent[f"edgeloop/{device}/desired"]
-        assert doc == {**docs[device], "revision": 3}  # previous models, allocation, settings
+        # previous models, allocation, settings (signed for the device)
+        assert unsealed(doc) == unsealed({**docs[device], "revision": 3})
+        assert doc["device"] == device
         assert db.desired(device) == (3, doc)
     assert steps(db, rid)[-3:] == ["batch_failed", "rolling_back", "rolled_back"]
     [event] = db.events(kind="rollout_rolled_back")
@@ -630,7 +634,7 @@ def test_abort_racing_a_batch_publish_leaves_the_rollback_last(ws, db, broker) -
             daemon.tick()
             daemon.tick()
             retained = {
-                m.topic.split("/")[1]: json.loads(m.payload)
+                m.topic.split("/")[1]: open_desired(m.payload)
                 for m in c.retained("edgeloop/+/desired", settle=0.3)
             }
     finally:

@@ -22,6 +22,7 @@ from edgeloop_control.deploy import plan_desired, publish_artifact, publish_desi
 from edgeloop_control.mqttclient import connected
 from edgeloop_control.registry import Registry
 from edgeloop_control.rollout import RolloutConfig, RolloutManager
+from edgeloop_control.signing import DesiredSigner, open_desired
 from edgeloop_control.workspace import Workspace
 from tests.control.test_rollout import build_template, copy_workspace
 from tests.integration.models import sample_features, sensor_model
@@ -57,7 +58,7 @@ class Watch:
             if parts[-1] == "status" and msg.payload:
                 self.status[parts[1]] = json.loads(msg.payload)
             elif parts[-1] == "desired" and msg.payload and not msg.retain:
-                self.desired.append((parts[1], json.loads(msg.payload)["revision"]))
+                self.desired.append((parts[1], open_desired(msg.payload)["revision"]))
 
     def wait(
         self, devices: list[str], predicate: Callable[[dict[str, Any]], bool], timeout: float = 30
@@ -143,7 +144,14 @@ def fleet(ws, broker, watch, agents, tmp_path) -> Callable[..., dict[str, AgentP
                 publish_artifact(client, ws.topic_prefix, v1, registry.artifact_bytes(v1))
                 for device in DEVICES:
                     doc = plan_desired(None, [(v1, 100.0)], [])
-                    publish_desired(client, db, ws.topic_prefix, device, doc)
+                    publish_desired(
+                        client,
+                        db,
+                        ws.topic_prefix,
+                        device,
+                        doc,
+                        signer=DesiredSigner.for_workspace(ws),
+                    )
         finally:
             db.close()
         watch.wait(DEVICES, lambda s: s.get("revision") == 1, timeout=60)

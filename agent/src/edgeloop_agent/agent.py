@@ -20,6 +20,7 @@ from edgeloop_agent import __version__
 from edgeloop_agent.config import AgentConfig
 from edgeloop_agent.deployment import Deployment
 from edgeloop_agent.drift import DriftConfig, WindowConfig
+from edgeloop_agent.liveness import Liveness
 from edgeloop_agent.mqttlink import MqttLink
 from edgeloop_agent.outbox import Outbox
 from edgeloop_agent.procstats import release_free_memory
@@ -84,6 +85,9 @@ class Agent:
         self.stop_event = threading.Event()
         self._status_lock = threading.Lock()
         self._ready_sent = False
+        self.liveness = Liveness()
+        self._liveness_reported: list[str] = []
+        self._expired_reported = False
 
         self.updater = Updater(
             prefix=config.topic_prefix,
@@ -95,6 +99,9 @@ class Agent:
             inference_threads=config.inference_threads,
             on_deployed=self._deployed,
             on_failed=self._update_failed,
+            device_id=config.device_id,
+            allow_unsigned=config.allow_unsigned,
+            max_desired_bytes=config.max_desired_bytes,
         )
         t = self.topics
         self.link = MqttLink(
@@ -107,6 +114,12 @@ class Agent:
             subscriptions=[(t.predict, 1), (t.feedback, 1), (t.desired, 1)],
             on_message=self._on_message,
             on_connected=self.publish_status,
+            # The largest thing the agent accepts (an artifact at its size limit)
+            # plus room for the topic and properties.
+            max_packet_bytes=max(
+                config.max_artifact_bytes, config.max_desired_bytes, config.max_payload_bytes
+            )
+            + 64 * 1024,
         )
         self.updater.link = self.link
         self.publisher = OutboxPublisher(self.outbox, self.link)
@@ -167,10 +180,24 @@ class Agent:
             "desired_revision": self.updater.last_seen_revision,
             "models": dep.describe() if dep is not None else [],
             "error": self.last_error,
+            # The same, under the name the update path documents (docs/protocol.md).
+            "last_update_error": self.last_error,
+            "applied_revision": self.updater.applied_revision,
+            # The document being served is past its expiry: the control node has
+            # not refreshed it (or is being kept from us). Serving continues.
+            "desired_expired": self.updater.expired(),
+            "allow_unsigned": self.updater.allow_unsigned,
+            "threads": self.liveness.problems(),
             "agent_version": __version__,
             "started_at": self.started_at,
             "ts": time.time(),
         }
+
+    def _publish_status_safely(self) -> None:
+        try:
+            self.publish_status()
+        except Exception:  # offline or shutting down: the next change reports again
+            log.debug("status not published", exc_info=True)
 
     def publish_status(self) -> mqtt.MQTTMessageInfo:
         with self._status_lock:
@@ -204,6 +231,20 @@ class Agent:
             thread.daemon = True
             thread.start()
         self._publisher_thread = threads[2]
+        interval = watchdog_interval() or 15.0
+        self.liveness.watch(
+            threading.current_thread(),
+            last_beat=lambda: self.server.last_beat,
+            max_silence_s=interval * 2,
+        )
+        # The updater beats every 0.5 s when idle and every second while it waits
+        # for an artifact; loading a big model may take longer than that.
+        self.liveness.watch(
+            threads[0],
+            last_beat=lambda: self.updater.last_beat,
+            max_silence_s=max(interval * 2, 120.0),
+        )
+        self.liveness.watch(threads[2])
         if self.metrics_server is not None:
             self.metrics_server.start()
             log.info("Prometheus metrics on http://%s:%d/metrics", *self.metrics_server.address[:2])
@@ -237,9 +278,24 @@ class Agent:
                     what = "serving" if self.deployment is not None else "waiting for a model"
                     link = "connected" if connected else "broker unreachable"
                     self.notifier.ready(f"{what}, {link}")
-            # Ping the watchdog only while the serving loop is alive: a wedged
-            # loop then gets the service restarted.
-            if interval is not None and now - self.server.last_beat < interval * 2:
+            # Ping the watchdog only while every thread is alive and making
+            # progress: a dead updater or a wedged serving loop then gets the
+            # service restarted (this loop itself dying stops the pings too).
+            problems = self.liveness.problems()
+            expired = self.updater.expired()
+            if problems != self._liveness_reported or expired != self._expired_reported:
+                self._liveness_reported, self._expired_reported = problems, expired
+                if problems:
+                    log.error("not pinging the watchdog: %s", "; ".join(problems))
+                    self.notifier.status("unhealthy: " + "; ".join(problems))
+                if expired:
+                    log.warning(
+                        "desired state revision %s has expired; serving it until a fresh "
+                        "signed document arrives",
+                        self.updater.applied_revision,
+                    )
+                self._publish_status_safely()
+            if interval is not None and not problems:
                 self.notifier.watchdog()
 
     def _report(self) -> None:

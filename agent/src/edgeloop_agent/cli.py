@@ -27,8 +27,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="append",
         type=Path,
         dest="trusted_keys",
-        help="Ed25519 public key (PEM) allowed to sign models; repeatable",
+        help="Ed25519 public key (PEM) allowed to sign desired state and models; repeatable "
+        "(several during a key rotation)",
     )
+    p.add_argument(
+        "--allow-unsigned",
+        action="store_true",
+        default=None,
+        help="development only: apply unsigned desired state and models when no "
+        "--trusted-key is given (warned at every start, shown on status)",
+    )
+    p.add_argument("--max-artifact-bytes", type=int)
+    p.add_argument("--max-desired-bytes", type=int)
     p.add_argument("--max-payload-bytes", type=int)
     p.add_argument("--capture-rate", type=float)
     p.add_argument("--telemetry-interval", type=float, dest="telemetry_interval_s")
@@ -59,6 +69,9 @@ def build_config(args: argparse.Namespace) -> AgentConfig:
         state_dir=args.state_dir,
         topic_prefix=args.topic_prefix,
         trusted_keys=args.trusted_keys,
+        allow_unsigned=args.allow_unsigned,
+        max_artifact_bytes=args.max_artifact_bytes,
+        max_desired_bytes=args.max_desired_bytes,
         max_payload_bytes=args.max_payload_bytes,
         capture_rate=args.capture_rate,
         telemetry_interval_s=args.telemetry_interval_s,
@@ -79,7 +92,27 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"edgeloop-agent: error: {exc}", file=sys.stderr)
         return 2
+    if config.trusted_keys:
+        # A wrong path, a garbage file or a private key: one line, exit 2, no traceback.
+        from edgeloop_agent.signature import SignatureError, load_public_keys
+
+        try:
+            load_public_keys(config.trusted_keys)
+        except SignatureError as exc:
+            print(f"edgeloop-agent: error: --trusted-key: {exc}", file=sys.stderr)
+            return 2
     setup_logging(config.log_level)
+    log = logging.getLogger("edgeloop.agent")
+    if config.allow_unsigned:
+        log.warning(
+            "--allow-unsigned: desired state and models are applied WITHOUT signature "
+            "checks; anyone who can publish to this device's desired topic controls it"
+        )
+    elif not config.trusted_keys:
+        log.warning(
+            "no --trusted-key: every desired state will be refused until one is configured "
+            "(or --allow-unsigned is given, for development only)"
+        )
     from edgeloop_agent.agent import Agent  # heavy imports only once arguments are valid
 
     try:

@@ -61,16 +61,27 @@ class AgentConfig:
     # Request limits: a payload over max_payload_bytes is refused unparsed.
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD
     max_batch_rows: int = DEFAULT_MAX_ROWS
-    max_artifact_bytes: int = 256 * 1024 * 1024
+    # Update path limits (see docs/protocol.md, desired state): a desired-state
+    # message over max_desired_bytes is refused unparsed; an artifact whose
+    # declared size is over max_artifact_bytes is never subscribed to, and the
+    # broker is told (MQTT 5 Maximum Packet Size) to send nothing bigger. Measured
+    # (bench/update_path_memory.py): receiving one N MB message costs the agent
+    # about 3.1 x N MB at peak (paho's buffers and copies) on top of ~81 MB, so
+    # 64 MB would pass the unit's MemoryMax=256M before onnxruntime saw a byte;
+    # 32 MB peaks near 185 MB.
+    max_desired_bytes: int = 256 * 1024
+    max_artifact_bytes: int = 32 * 1024 * 1024
     # MQTT session: requests queued by the broker while the agent is away
     # survive for this long (MQTT 5 session expiry).
     session_expiry_s: int = 7 * 24 * 3600
     keepalive_s: int = 30
     reply_qos: int = 1
-    # Ed25519 public keys (PEM) that may sign model artifacts. Empty means
-    # signatures are not checked, which `require_signature` forbids.
+    # Ed25519 public keys (PEM) that may sign desired state and artifacts. With
+    # none, nothing is applied unless allow_unsigned is true (development only;
+    # logged as a warning at every start and shown on status).
     trusted_keys: list[Path] = field(default_factory=list)
     require_signature: bool = False
+    allow_unsigned: bool = False
     artifact_timeout_s: float = 120.0
     # Seconds to wait for the broker before telling systemd READY anyway.
     ready_grace_s: float = 5.0
@@ -104,6 +115,7 @@ class AgentConfig:
             "max_payload_bytes",
             "max_batch_rows",
             "max_artifact_bytes",
+            "max_desired_bytes",
             "keepalive_s",
             "max_micro_batch",
             "inference_threads",
@@ -130,6 +142,11 @@ class AgentConfig:
         if self.metrics_textfile_dir is not None and not self.metrics_textfile_dir.is_dir():
             raise ConfigError(
                 f"metrics_textfile_dir {self.metrics_textfile_dir} is not a directory"
+            )
+        if self.allow_unsigned and (self.trusted_keys or self.require_signature):
+            raise ConfigError(
+                "allow_unsigned contradicts trusted_keys/require_signature: "
+                "with a trusted key every document must be signed"
             )
         if self.drift_window_kind not in ("count", "time"):
             raise ConfigError(

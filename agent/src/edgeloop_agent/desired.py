@@ -1,24 +1,136 @@
 """Desired state: which model versions a device should run, and how.
 
 The control node publishes one retained document per device on
-``{prefix}/{device}/desired``; see docs/protocol.md for the schema.
+``{prefix}/{device}/desired``: a signed envelope around the document (see
+``signature.py`` and docs/protocol.md for the schema). Everything here is
+hostile input until proven otherwise: every defect is a :class:`DesiredStateError`
+with a code and a message, never another exception type.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
+import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+from edgeloop_agent.names import check_model_name, id_problem, utf8_problem
+from edgeloop_agent.signature import (
+    DESIRED_PAYLOAD_TYPE,
+    SignatureError,
+    desired_message,
+    verify_any,
+)
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+# A weight is a share of traffic; anything beyond this is a typo or an attack
+# (float() of a 401-digit integer raises OverflowError).
+MAX_WEIGHT = 1e9
+MAX_MODELS = 64
+MAX_TEXT = 200
+DEFAULT_MAX_DESIRED_BYTES = 256 * 1024
 
 
 class DesiredStateError(ValueError):
     """A desired-state document the agent refuses (reported on status)."""
 
-    code = "invalid_desired_state"
+    def __init__(self, message: str, code: str = "invalid_desired_state") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Opened:
+    """The verified payload of an envelope; ``keyid`` is None when it was not signed."""
+
+    payload: bytes
+    keyid: str | None
+
+
+def open_envelope(
+    raw: bytes,
+    *,
+    keys: Sequence[Ed25519PublicKey],
+    allow_unsigned: bool,
+    max_bytes: int = DEFAULT_MAX_DESIRED_BYTES,
+) -> Opened:
+    """Check size and signature of a desired-state message; return the signed bytes.
+
+    Nothing of the document is parsed before its signature checks out, except
+    the envelope itself (three fields). An unsigned document (a bare JSON
+    object, or an envelope without a valid signature) is accepted only with
+    ``allow_unsigned``, and then only when no trusted key is configured.
+    """
+    if len(raw) > max_bytes:
+        raise DesiredStateError(
+            f"desired state is {len(raw)} bytes, over the {max_bytes}-byte limit",
+            "desired_too_large",
+        )
+    data = _loads(raw)
+    if not isinstance(data, dict):
+        raise DesiredStateError("desired state must be a JSON object")
+    if "payload" not in data:
+        if keys or not allow_unsigned:
+            raise DesiredStateError(
+                "desired state is not signed; this agent only applies documents signed by "
+                "the control node" + ("" if keys else " (no --trusted-key, no --allow-unsigned)"),
+                "desired_unsigned",
+            )
+        return Opened(raw, None)
+    payload_type, payload_b64 = data.get("payloadType"), data.get("payload")
+    if payload_type != DESIRED_PAYLOAD_TYPE:
+        raise DesiredStateError(
+            f"envelope payloadType must be {DESIRED_PAYLOAD_TYPE!r}, got {_clip(payload_type)}"
+        )
+    if not isinstance(payload_b64, str):
+        raise DesiredStateError("envelope payload must be base64 text")
+    try:
+        payload = base64.b64decode(payload_b64, validate=True)
+    except (binascii.Error, ValueError):
+        raise DesiredStateError("envelope payload is not valid base64") from None
+    sigs = data.get("signatures")
+    pairs: list[tuple[str | None, str]] = []
+    if isinstance(sigs, list):
+        for item in sigs:
+            if isinstance(item, dict) and isinstance(item.get("sig"), str):
+                kid = item.get("keyid")
+                pairs.append((kid if isinstance(kid, str) else None, item["sig"]))
+    if not keys:
+        if not allow_unsigned:
+            raise DesiredStateError(
+                "no trusted key configured and --allow-unsigned not given: refusing every "
+                "desired state",
+                "desired_unsigned",
+            )
+        return Opened(payload, None)
+    try:
+        keyid = verify_any(desired_message(payload), pairs, keys)
+    except SignatureError as exc:
+        raise DesiredStateError(
+            f"desired state signature invalid: {exc}", "desired_signature_invalid"
+        ) from None
+    return Opened(payload, keyid)
+
+
+def _loads(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise DesiredStateError("desired state is nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DesiredStateError(f"desired state is not valid JSON: {_clip(str(exc))}") from None
+
+
+def _clip(value: object, limit: int = 80) -> str:
+    text = ascii(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @dataclass(frozen=True)
@@ -56,6 +168,11 @@ class DesiredState:
     models: tuple[ModelEntry, ...]
     allocation: dict[str, Any] | None
     settings: dict[str, Any]
+    # The device this document is for (mix-and-match: another device's signed
+    # document is refused) and when it stops being valid (freeze attack),
+    # in Unix seconds. Both are required in signed documents.
+    device: str | None = None
+    expires: float | None = None
 
     @property
     def serving(self) -> list[ModelEntry]:
@@ -72,31 +189,50 @@ class DesiredState:
             "models": [m.to_dict() for m in self.models],
             "allocation": self.allocation,
             "settings": self.settings,
+            "device": self.device,
+            "expires": self.expires,
         }
 
     @classmethod
     def from_payload(cls, payload: bytes) -> DesiredState:
-        try:
-            data = json.loads(payload)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise DesiredStateError(f"desired state is not valid JSON: {exc}") from None
-        return cls.from_dict(data)
+        return cls.from_dict(_loads(payload))
 
     @classmethod
     def from_dict(cls, data: Any) -> DesiredState:
         if not isinstance(data, dict):
             raise DesiredStateError("desired state must be a JSON object")
         revision = data.get("revision")
-        if isinstance(revision, bool) or not isinstance(revision, int) or revision < 0:
+        if isinstance(revision, bool) or not isinstance(revision, int) or not 0 <= revision < 2**63:
             raise DesiredStateError(
-                f"desired state 'revision' must be a non-negative integer, got {revision!r}"
+                f"desired state 'revision' must be a non-negative integer, got {_clip(revision)}"
             )
+        device = data.get("device")
+        if device is not None and id_problem(device, reserved=False):
+            raise DesiredStateError(f"'device' {_clip(device)} {id_problem(device)}")
+        expires = data.get("expires")
+        if expires is not None and (
+            isinstance(expires, bool)
+            or not isinstance(expires, (int, float))
+            or not 0 <= expires < 1e11
+        ):
+            raise DesiredStateError(f"'expires' must be Unix seconds, got {_clip(expires)}")
         experiment = data.get("experiment")
-        if experiment is not None and (not isinstance(experiment, str) or not experiment):
-            raise DesiredStateError(f"'experiment' must be a non-empty string, got {experiment!r}")
+        if experiment is not None and (
+            not isinstance(experiment, str)
+            or not experiment
+            or len(experiment) > MAX_TEXT
+            or utf8_problem(experiment)
+        ):
+            raise DesiredStateError(
+                f"'experiment' must be a non-empty string, got {_clip(experiment)}"
+            )
         raw_models = data.get("models")
         if not isinstance(raw_models, list) or not raw_models:
             raise DesiredStateError("desired state 'models' must be a non-empty list")
+        if len(raw_models) > MAX_MODELS:
+            raise DesiredStateError(
+                f"desired state lists {len(raw_models)} models; at most {MAX_MODELS}"
+            )
         models = tuple(_entry(i, m) for i, m in enumerate(raw_models))
         variants = [m.variant for m in models]
         dupes = sorted({v for v in variants if variants.count(v) > 1})
@@ -120,7 +256,15 @@ class DesiredState:
         settings = data.get("settings") or {}
         if not isinstance(settings, dict):
             raise DesiredStateError("'settings' must be an object")
-        return cls(revision, experiment, models, allocation, settings)
+        return cls(
+            revision,
+            experiment,
+            models,
+            allocation,
+            settings,
+            device,
+            float(expires) if expires is not None else None,
+        )
 
 
 def _entry(index: int, item: Any) -> ModelEntry:
@@ -128,29 +272,49 @@ def _entry(index: int, item: Any) -> ModelEntry:
     if not isinstance(item, dict):
         raise DesiredStateError(f"{where} must be an object")
     name, version = item.get("name"), item.get("version")
-    for field_name, value in (("name", name), ("version", version)):
-        if not isinstance(value, str) or not _NAME.match(value):
-            raise DesiredStateError(
-                f"{where}.{field_name} must be letters, digits, '_', '.' or '-', got {value!r}"
-            )
+    try:
+        # fullmatch, shared with the control node: a trailing newline is refused.
+        check_model_name(f"{where}.name", name)
+        check_model_name(f"{where}.version", version)
+    except ValueError as exc:
+        raise DesiredStateError(str(exc)) from None
     sha = item.get("sha256")
-    if not isinstance(sha, str) or not _SHA256.match(sha):
-        raise DesiredStateError(f"{where}.sha256 must be 64 lowercase hex digits, got {sha!r}")
+    if not isinstance(sha, str) or not _SHA256.fullmatch(sha):
+        raise DesiredStateError(f"{where}.sha256 must be 64 lowercase hex digits, got {_clip(sha)}")
     size = item.get("size")
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size <= 0):
-        raise DesiredStateError(f"{where}.size must be a positive integer, got {size!r}")
+    if size is not None and (
+        isinstance(size, bool) or not isinstance(size, int) or not 0 < size < 2**63
+    ):
+        raise DesiredStateError(f"{where}.size must be a positive integer, got {_clip(size)}")
     signature = item.get("signature")
-    if signature is not None and not isinstance(signature, str):
-        raise DesiredStateError(f"{where}.signature must be a base64 string, got {signature!r}")
+    if signature is not None and (not isinstance(signature, str) or len(signature) > 1000):
+        raise DesiredStateError(
+            f"{where}.signature must be a base64 string, got {_clip(signature)}"
+        )
     role = item.get("role", "serve")
     if role not in ("serve", "shadow"):
-        raise DesiredStateError(f"{where}.role must be 'serve' or 'shadow', got {role!r}")
+        raise DesiredStateError(f"{where}.role must be 'serve' or 'shadow', got {_clip(role)}")
     weight = item.get("weight", 100 if role == "serve" else 0)
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
-        raise DesiredStateError(f"{where}.weight must be a non-negative number, got {weight!r}")
+    if (
+        isinstance(weight, bool)
+        or not isinstance(weight, (int, float))
+        or (isinstance(weight, int) and not 0 <= weight <= MAX_WEIGHT)
+        or not (math.isfinite(weight) and 0 <= weight <= MAX_WEIGHT)
+    ):
+        raise DesiredStateError(
+            f"{where}.weight must be a non-negative number up to {MAX_WEIGHT:g}, "
+            f"got {_clip(weight)}"
+        )
     if role == "shadow" and weight:
         raise DesiredStateError(f"{where} is a shadow and cannot take traffic (weight {weight})")
     variant = item.get("variant", f"{name}@{version}")
-    if not isinstance(variant, str) or not variant or len(variant) > 200:
-        raise DesiredStateError(f"{where}.variant must be a non-empty string, got {variant!r}")
+    if (
+        not isinstance(variant, str)
+        or not variant
+        or len(variant) > MAX_TEXT
+        or utf8_problem(variant)  # goes into status, logs and sd_notify text
+    ):
+        raise DesiredStateError(
+            f"{where}.variant must be a non-empty printable string, got {_clip(variant)}"
+        )
     return ModelEntry(name, version, sha, size, signature, role, float(weight), variant)

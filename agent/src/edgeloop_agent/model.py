@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
+import onnxruntime as ort  # ORT_DISABLE_TELEMETRY is set by edgeloop_agent/__init__.py
 
 from edgeloop_agent.modelmeta import META_KEY, ModelMeta, ModelMetaError
 from edgeloop_agent.protocol import Code, RequestError
+
+ort.disable_telemetry_events()  # belt and braces: no event is ever queued for upload
 
 # Largest finite float32: bigger finite inputs would silently become inf in the graph.
 _F32_MAX = float(np.finfo(np.float32).max)

@@ -381,9 +381,11 @@ class MqttLink:
         on_message: MessageHandler,
         on_connected: Callable[[], None] | None = None,
         receive_maximum: int = RECEIVE_MAXIMUM,
+        max_packet_bytes: int | None = None,
     ) -> None:
         self.broker = broker
         self._receive_maximum = receive_maximum
+        self._max_packet_bytes = max_packet_bytes
         self._subscriptions = list(subscriptions)
         self._on_message = on_message
         self._on_connected = on_connected
@@ -421,6 +423,12 @@ class MqttLink:
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self._session_expiry
         props.ReceiveMaximum = self._receive_maximum
+        if self._max_packet_bytes is not None:
+            # MQTT 5 Maximum Packet Size: the broker must not send this client
+            # anything larger (it drops it instead). paho reads a whole packet into
+            # memory before any check of ours can run, so this is the only bound on
+            # what a hostile publisher can make the agent allocate.
+            props.MaximumPacketSize = self._max_packet_bytes
         # connect_async never raises for an unreachable broker: the network
         # thread keeps retrying, and the agent serves its last good model meanwhile.
         self.client.connect_async(

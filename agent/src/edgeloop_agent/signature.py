@@ -1,9 +1,17 @@
-"""Ed25519 verification of model artifacts before the agent loads them.
+"""Ed25519 verification of desired-state documents and model artifacts.
 
-The control node signs the raw ONNX bytes of every registered version (see
-``edgeloop_control.signing``); an agent refuses any artifact whose signature does
-not match one of its trusted public keys. Several keys may be trusted at once so
-a fleet can roll over to a new signing key without downtime.
+Two things are signed by the control node (see ``edgeloop_control.signing``):
+
+* the whole desired-state document, as an envelope
+  ``{"payloadType", "payload": base64(canonical JSON), "signatures": [{"keyid", "sig"}]}``;
+  the agent verifies the exact payload bytes and only then parses them, so no
+  re-serialisation can change what was signed;
+* each artifact, as a small statement ``{name, version, sha256, size}``, so the
+  signed bytes of ``m@v1`` cannot be presented as ``other@v999``.
+
+Each message is prefixed with its own domain tag, so a signature made for one
+kind of message can never verify as the other. Several keys may be trusted at
+once so a fleet can roll over to a new signing key without downtime.
 
 ``cryptography`` is imported inside the functions: most agent start-ups that never
 receive a model (or run with verification off) should not pay for it.
@@ -22,6 +30,11 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 SIGNATURE_LENGTH = 64
+
+DESIRED_PAYLOAD_TYPE = "application/vnd.edgeloop.desired.v1+json"
+# Domain separation: what is actually signed is TAG + bytes.
+DESIRED_TAG = b"edgeloop-desired-v1\0"
+ARTIFACT_TAG = b"edgeloop-artifact-v1\0"
 
 
 class SignatureError(Exception):
@@ -88,6 +101,60 @@ def verify(data: bytes, signature_b64: str | None, keys: Sequence[Ed25519PublicK
     raise SignatureError(
         f"signature does not match the artifact ({len(data)} bytes) for any of "
         f"{len(keys)} trusted key(s): the artifact was altered or signed by another key"
+    )
+
+
+def canonical_json(value: object) -> bytes:
+    """The one byte form of a JSON value that edgeloop signs (sorted keys, ASCII, no spaces)."""
+    import json
+
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+    ).encode("ascii")
+
+
+def artifact_statement(name: str, version: str, sha256: str, size: int) -> bytes:
+    """The bytes an artifact signature covers: the artifact's identity, not just its content."""
+    body = {"name": name, "version": version, "sha256": sha256, "size": size}
+    return ARTIFACT_TAG + canonical_json(body)
+
+
+def desired_message(payload: bytes) -> bytes:
+    return DESIRED_TAG + payload
+
+
+def verify_any(
+    message: bytes, signatures: Sequence[tuple[str | None, str]], keys: Sequence[Ed25519PublicKey]
+) -> str:
+    """Key id of the first trusted key that signed ``message``; SignatureError if none did.
+
+    ``signatures`` are (keyid, base64 signature) pairs; the key id is only a hint
+    (every trusted key is tried against every signature), so a wrong or missing
+    key id never makes a good signature fail.
+    """
+    from cryptography.exceptions import InvalidSignature
+
+    if not keys:
+        raise SignatureError("no trusted public keys configured; cannot verify")
+    if not signatures:
+        raise SignatureError("no signatures")
+    problems: list[str] = []
+    for _, sig in signatures[:8]:  # a hostile document may carry thousands
+        try:
+            raw = decode_signature(sig)
+        except SignatureError as exc:
+            problems.append(str(exc))
+            continue
+        for key in keys:
+            try:
+                key.verify(raw, message)
+            except InvalidSignature:
+                continue
+            return key_id(key)
+    detail = f" ({'; '.join(problems[:2])})" if problems else ""
+    raise SignatureError(
+        f"no signature matches any of {len(keys)} trusted key(s){detail}: altered, "
+        "or signed by a key this device does not trust"
     )
 
 

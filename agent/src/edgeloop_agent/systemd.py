@@ -55,7 +55,7 @@ class Notifier:
                 self._sd_notify(message)
             else:
                 self._send(message)
-        except OSError as exc:  # the manager going away must not kill the agent
+        except Exception as exc:  # the manager going away must not kill the agent
             log.debug("sd_notify failed: %s", exc)
 
     def _send(self, message: str) -> None:
@@ -64,8 +64,13 @@ class Notifier:
         if address.startswith("@"):
             address = "\0" + address[1:]  # abstract namespace socket
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            # A receiver that stops reading fills the socket queue; a blocking send
+            # would then hang whichever thread reported a status (the updater).
+            sock.settimeout(1.0)
             sock.connect(address)
-            sock.sendall(message.encode())
+            # Status text carries names from the network; a lone surrogate must not
+            # raise here (it killed the updater thread once).
+            sock.sendall(message.encode("utf-8", "backslashreplace"))
 
     def ready(self, status: str) -> None:
         self.notify(f"READY=1\nSTATUS={_one_line(status)}")
@@ -87,7 +92,8 @@ class Notifier:
 def _one_line(status: str) -> str:
     # Status text carries model names from the desired-state document: a newline
     # in it would start a new notify field (READY=1, WATCHDOG=trigger, ...).
-    return " ".join(status.splitlines())
+    text = " ".join(status.splitlines())
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def watchdog_interval() -> float | None:

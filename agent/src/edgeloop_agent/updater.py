@@ -1,14 +1,32 @@
 """Desired state -> verified artifacts on disk -> a new deployment, swapped in.
 
 Runs on its own thread so a slow download or a big model load never blocks the
-serving loop. Any failure is reported on status and the current deployment
-keeps serving.
+serving loop. Any failure, of any kind, is reported on status and the current
+deployment keeps serving; the next revision is still applied.
+
+The checks, in order (the update framework's threat model: arbitrary software,
+rollback, replay, freeze, mix-and-match, endless data):
+
+1. the message is no bigger than ``max_desired_bytes`` (before parsing);
+2. the envelope's signature verifies against a trusted key, over the exact
+   payload bytes (unsigned only with ``allow_unsigned`` and no trusted key);
+3. the document names this device;
+4. its revision is greater than the last one applied (persisted in the state
+   directory, so a restart does not reopen the door to replays);
+5. it has not expired;
+6. every artifact's declared size is within ``max_artifact_bytes`` before its
+   topic is subscribed, its received length equals the declared size before it
+   is hashed, its sha256 matches, and its signed statement
+   ``{name, version, sha256, size}`` verifies before onnxruntime sees a byte.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,13 +34,23 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from edgeloop_agent.deployment import Deployment
-from edgeloop_agent.desired import DesiredState, DesiredStateError, ModelEntry
+from edgeloop_agent.desired import (
+    DEFAULT_MAX_DESIRED_BYTES,
+    DesiredState,
+    DesiredStateError,
+    ModelEntry,
+    open_envelope,
+)
 from edgeloop_agent.model import ModelLoadError, OnnxModel
 from edgeloop_agent.mqttlink import MqttLink
 from edgeloop_agent.protocol import artifact_topic
-from edgeloop_agent.statedir import ArtifactError, StateDir, sha256_hex
+from edgeloop_agent.statedir import ArtifactError, StateDir, atomic_write, sha256_hex
 
 log = logging.getLogger("edgeloop.agent.updater")
+
+# The highest revision applied and the digest of its payload, so a restart keeps
+# refusing replays and a re-delivered retained copy is recognised as a no-op.
+APPLIED_FILE = "applied.json"
 
 
 class UpdateError(Exception):
@@ -45,29 +73,42 @@ class Updater:
         inference_threads: int,
         on_deployed: Callable[[Deployment], None],
         on_failed: Callable[[int | None, UpdateError], None],
+        device_id: str | None = None,
+        allow_unsigned: bool = False,
+        max_desired_bytes: int = DEFAULT_MAX_DESIRED_BYTES,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.prefix = prefix
         self.state = state
-        self.require_signature = require_signature or bool(trusted_keys)
+        self.device_id = device_id
         self._keys: list[Any] = []
         if trusted_keys:
             from edgeloop_agent.signature import load_public_keys
 
             self._keys = load_public_keys(trusted_keys)
+        # Secure by default: without a trusted key nothing is applied unless the
+        # operator said --allow-unsigned.
+        self.allow_unsigned = allow_unsigned and not self._keys and not require_signature
+        self.require_signature = not self.allow_unsigned
         self.artifact_timeout_s = artifact_timeout_s
         self.max_artifact_bytes = max_artifact_bytes
+        self.max_desired_bytes = max_desired_bytes
         self.inference_threads = inference_threads
         self.on_deployed = on_deployed
         self.on_failed = on_failed
+        self.clock = clock
         self.link: MqttLink | None = None
         self.current: Deployment | None = None
         self.last_seen_revision: int | None = None
+        self.last_beat = time.monotonic()
         self._latest: bytes | None = None
         self._wakeup = threading.Event()
         self._lock = threading.Lock()
-        self._artifacts: dict[str, bytes] = {}
+        self._artifacts: dict[str, bytes | None] = {}
+        self._artifact_sizes: dict[str, int | None] = {}
         self._artifact_events: dict[str, threading.Event] = {}
         self._loaded: dict[str, OnnxModel] = {}  # sha256 -> model, reused across swaps
+        self.applied_revision, self._applied_digest = self._load_applied()
 
     # -- intake (paho network thread) ----------------------------------------
 
@@ -83,7 +124,13 @@ class Updater:
             event = self._artifact_events.get(msg.topic)
             if event is None:
                 return  # not waiting for it (a retained copy after we got it)
-            self._artifacts[msg.topic] = msg.payload
+            expected = self._artifact_sizes.get(msg.topic)
+            # Keep no reference to a payload of the wrong length: paho already
+            # holds it once, the updater need not hold it twice.
+            ok = expected is None or len(msg.payload) == expected
+            self._artifacts[msg.topic] = msg.payload if ok else None
+            if not ok:
+                self._artifact_sizes[msg.topic] = -len(msg.payload)
         event.set()
 
     def is_artifact_topic(self, topic: str) -> bool:
@@ -99,9 +146,11 @@ class Updater:
         try:
             desired = DesiredState.from_dict(doc)
             deployment = self._deploy(desired, fetch=False)
-        except (DesiredStateError, UpdateError, ValueError) as exc:
+        except Exception as exc:  # a bad file on disk must never stop the agent
             log.error("cannot restore the last deployment from %s: %s", self.state.root, exc)
             return None
+        if self.applied_revision is None or deployment.revision > self.applied_revision:
+            self.applied_revision = deployment.revision  # older state dirs lack applied.json
         log.info("restored deployment revision %d from disk", deployment.revision)
         return deployment
 
@@ -109,30 +158,127 @@ class Updater:
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
+            self.last_beat = time.monotonic()
             self._wakeup.wait(0.5)
             self._wakeup.clear()
             with self._lock:
                 payload, self._latest = self._latest, None
-            if payload is not None:
+            if payload is None:
+                continue
+            try:
                 self.apply(payload)
+            except Exception as exc:  # one document must never end the update path
+                log.exception("desired state could not be processed")
+                self._fail(None, UpdateError("update_failed", f"{type(exc).__name__}: {exc}"))
 
     def apply(self, payload: bytes) -> Deployment | None:
         try:
-            desired = DesiredState.from_payload(payload)
+            desired, digest = self._check(payload)
         except DesiredStateError as exc:
             log.error("refused desired state: %s", exc)
-            self.on_failed(None, UpdateError(exc.code, str(exc)))
+            self._fail(getattr(exc, "revision", None), UpdateError(exc.code, str(exc)))
             return None
+        if desired is None:
+            return self.current  # a re-delivered copy of what is already applied
         self.last_seen_revision = desired.revision
-        if self.current is not None and self.current.desired.to_dict() == desired.to_dict():
-            return self.current  # already running exactly this
         try:
             deployment = self._deploy(desired, fetch=True)
         except UpdateError as exc:
             log.error("desired revision %d not applied: %s", desired.revision, exc.message)
-            self.on_failed(desired.revision, exc)
+            self._fail(desired.revision, exc)
             return None
+        except Exception as exc:  # onnxruntime, the router, the disk: report, keep serving
+            log.exception("desired revision %d not applied", desired.revision)
+            self._fail(
+                desired.revision, UpdateError("update_failed", f"{type(exc).__name__}: {exc}")
+            )
+            return None
+        self._save_applied(desired.revision, digest)
         return deployment
+
+    def _check(self, raw: bytes) -> tuple[DesiredState | None, str]:
+        opened = open_envelope(
+            raw,
+            keys=self._keys,
+            allow_unsigned=self.allow_unsigned,
+            max_bytes=self.max_desired_bytes,
+        )
+        digest = hashlib.sha256(opened.payload).hexdigest()
+        desired = DesiredState.from_payload(opened.payload)
+        signed = opened.keyid is not None
+
+        def refuse(message: str, code: str) -> DesiredStateError:
+            exc = DesiredStateError(message, code)
+            exc.revision = desired.revision  # type: ignore[attr-defined]
+            return exc
+
+        if desired.device != self.device_id and (signed or desired.device is not None):
+            raise refuse(
+                f"desired state is for device {desired.device!r}, this is {self.device_id!r}",
+                "desired_wrong_device",
+            )
+        applied = self.applied_revision
+        if applied is not None:
+            if desired.revision == applied and digest == self._applied_digest:
+                return None, digest
+            if desired.revision <= applied:
+                raise refuse(
+                    f"desired revision {desired.revision} is not newer than revision {applied} "
+                    "already applied: a replayed or rolled-back document",
+                    "desired_replayed",
+                )
+        if signed and desired.expires is None:
+            raise refuse("signed desired state has no 'expires'", "invalid_desired_state")
+        if desired.expires is not None and desired.expires <= self.clock():
+            raise refuse(
+                f"desired revision {desired.revision} expired at {desired.expires:.0f} "
+                "(Unix time); the last good deployment keeps serving",
+                "desired_expired",
+            )
+        for entry in desired.models:
+            if self.require_signature and entry.size is None:
+                raise refuse(f"{entry.ref} has no declared size", "invalid_desired_state")
+            if entry.size is not None and entry.size > self.max_artifact_bytes:
+                raise refuse(
+                    f"{entry.ref} declares {entry.size} bytes, over the "
+                    f"{self.max_artifact_bytes}-byte artifact limit",
+                    "artifact_too_large",
+                )
+        return desired, digest
+
+    def _fail(self, revision: int | None, exc: UpdateError) -> None:
+        try:
+            self.on_failed(revision, exc)
+        except Exception:
+            log.exception("could not report the failed update")
+
+    def expired(self) -> bool:
+        """True when the deployment being served has passed its document's expiry."""
+        dep = self.current
+        return bool(dep and dep.desired.expires is not None and dep.desired.expires <= self.clock())
+
+    # -- applied revision ------------------------------------------------------
+
+    def _load_applied(self) -> tuple[int | None, str | None]:
+        path = self.state.root / APPLIED_FILE
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            revision, digest = doc["revision"], doc.get("sha256")
+            if isinstance(revision, int) and not isinstance(revision, bool):
+                return revision, digest if isinstance(digest, str) else None
+            log.error("ignoring %s: revision is not an integer", path)
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.error("ignoring unreadable %s: %s", path, exc)
+        return None, None
+
+    def _save_applied(self, revision: int, digest: str) -> None:
+        self.applied_revision, self._applied_digest = revision, digest
+        data = json.dumps({"revision": revision, "sha256": digest}).encode()
+        atomic_write(self.state.root / APPLIED_FILE, data)
+
+    # -- deployment -------------------------------------------------------------
 
     def _deploy(self, desired: DesiredState, *, fetch: bool) -> Deployment:
         loaded: dict[str, OnnxModel] = {}
@@ -142,7 +288,7 @@ class Updater:
             paths.add(self.state.artifact_path(entry.name, entry.version, entry.sha256))
         try:
             deployment = Deployment.build(desired, loaded)
-        except (ValueError, KeyError) as exc:
+        except (ValueError, KeyError, TypeError) as exc:
             raise UpdateError(
                 "invalid_allocation", f"cannot route this deployment: {exc}"
             ) from None
@@ -156,6 +302,7 @@ class Updater:
     def _obtain(self, entry: ModelEntry, *, fetch: bool) -> OnnxModel:
         cached = self._loaded.get(entry.sha256)
         if cached is not None and cached.name == entry.name and cached.version == entry.version:
+            self._verify_signature(entry)
             return cached
         fetched = False
         if self.state.has_artifact(entry.name, entry.version, entry.sha256):
@@ -169,7 +316,12 @@ class Updater:
             data, fetched = self._fetch(entry), True
         else:
             raise UpdateError("artifact_missing", f"{entry.ref} is not in the state directory")
-        self._verify_signature(entry, data)
+        if entry.size is not None and len(data) != entry.size:
+            raise UpdateError(
+                "artifact_size_mismatch",
+                f"{entry.ref} is {len(data)} bytes, desired state says {entry.size}",
+            )
+        self._verify_signature(entry)
         try:
             model = OnnxModel(
                 data,
@@ -188,24 +340,44 @@ class Updater:
     def _fetch(self, entry: ModelEntry) -> bytes:
         if self.link is None:
             raise UpdateError("no_broker", f"cannot fetch {entry.ref}: no broker connection")
+        if entry.size is not None and entry.size > self.max_artifact_bytes:
+            raise UpdateError(  # checked before subscribing: never receive it at all
+                "artifact_too_large",
+                f"{entry.ref} declares {entry.size} bytes, over the "
+                f"{self.max_artifact_bytes}-byte limit",
+            )
         topic = artifact_topic(self.prefix, entry.name, entry.version)
         event = threading.Event()
         with self._lock:
             self._artifact_events[topic] = event
+            self._artifact_sizes[topic] = entry.size
             self._artifacts.pop(topic, None)
         self.link.subscribe(topic, qos=1)
         try:
-            if not event.wait(self.artifact_timeout_s):
-                raise UpdateError(
-                    "artifact_timeout",
-                    f"no artifact for {entry.ref} on {topic} within {self.artifact_timeout_s:g} s",
-                )
+            deadline = time.monotonic() + self.artifact_timeout_s
+            # Waiting in slices keeps the heartbeat going: a slow download is not a
+            # stuck thread, but a thread that never returns from here would be.
+            while not event.wait(min(1.0, max(0.0, deadline - time.monotonic()))):
+                self.last_beat = time.monotonic()
+                if time.monotonic() >= deadline:
+                    raise UpdateError(
+                        "artifact_timeout",
+                        f"no artifact for {entry.ref} on {topic} within "
+                        f"{self.artifact_timeout_s:g} s",
+                    )
             with self._lock:
                 data = self._artifacts.pop(topic)
+                received = self._artifact_sizes.get(topic)
         finally:
             with self._lock:
                 self._artifact_events.pop(topic, None)
+                self._artifact_sizes.pop(topic, None)
             self.link.unsubscribe(topic)
+        if data is None:
+            raise UpdateError(
+                "artifact_size_mismatch",
+                f"{entry.ref} is {-(received or 0)} bytes, desired state says {entry.size}",
+            )
         if len(data) > self.max_artifact_bytes:
             raise UpdateError(
                 "artifact_too_large",
@@ -224,12 +396,28 @@ class Updater:
             )
         return data
 
-    def _verify_signature(self, entry: ModelEntry, data: bytes) -> None:
+    def _verify_signature(self, entry: ModelEntry) -> None:
+        """The signed statement binds name, version, sha256 and size together.
+
+        The bytes themselves were already matched against ``entry.sha256`` and
+        ``entry.size``, so verifying the statement verifies the artifact.
+        """
         if not self.require_signature:
             return
-        from edgeloop_agent.signature import SignatureError, verify
+        from edgeloop_agent.signature import SignatureError, artifact_statement, verify_any
 
+        if entry.size is None:
+            raise UpdateError("artifact_signature_invalid", f"{entry.ref}: no declared size")
+        if not entry.signature:
+            raise UpdateError(
+                "artifact_signature_invalid",
+                f"{entry.ref}: artifact has no signature; refusing to load an unsigned model",
+            )
+        statement = artifact_statement(entry.name, entry.version, entry.sha256, entry.size)
         try:
-            verify(data, entry.signature, self._keys)
+            verify_any(statement, [(None, entry.signature)], self._keys)
         except SignatureError as exc:
-            raise UpdateError("artifact_signature_invalid", f"{entry.ref}: {exc}") from None
+            raise UpdateError(
+                "artifact_signature_invalid",
+                f"{entry.ref}: signature does not cover this name, version and content: {exc}",
+            ) from None

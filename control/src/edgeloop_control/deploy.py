@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from edgeloop_agent.protocol import artifact_topic, dumps, validate_topic_part
+from edgeloop_agent.protocol import artifact_topic, validate_topic_part
 from edgeloop_agent.router import Allocation, allocate
 from edgeloop_control.controldb import ControlDB
 from edgeloop_control.mqttclient import ControlClient
+from edgeloop_control.signing import DesiredSigner
 
-_SPEC = re.compile(r"^(?P<ref>[^=\s]+?)(?:=(?P<weight>\d+(?:\.\d+)?)%?)?$")
+_SPEC = re.compile(r"(?P<ref>[^=\s]+?)(?:=(?P<weight>\d+(?:\.\d+)?)%?)?")
 
 
 class DeployError(ValueError):
@@ -46,7 +48,7 @@ def parse_variant_specs(specs: list[str]) -> list[VariantSpec]:
         raise DeployError("name at least one model version, e.g. sensor@v1 or sensor@v1=90")
     out = []
     for spec in specs:
-        match = _SPEC.match(spec.strip())
+        match = _SPEC.fullmatch(spec.strip())
         if not match or "@" not in match.group("ref"):
             raise DeployError(f"{spec!r} is not MODEL@vN or MODEL@vN=WEIGHT")
         weight = match.group("weight")
@@ -129,10 +131,24 @@ def publish_artifact(client: ControlClient, prefix: str, mv: VersionLike, data: 
 
 
 def publish_desired(
-    client: ControlClient, db: ControlDB, prefix: str, device: str, doc: dict[str, Any]
-) -> None:
-    client.publish(f"{prefix}/{device}/desired", dumps(doc), retain=True)
-    db.set_desired(device, doc)
+    client: ControlClient,
+    db: ControlDB,
+    prefix: str,
+    device: str,
+    doc: dict[str, Any],
+    *,
+    signer: DesiredSigner,
+) -> dict[str, Any]:
+    """The one way desired state leaves the control node: signed for this device.
+
+    Returns the document as signed (with ``device``, ``expires`` and each
+    artifact's statement signature), which is also what the desired table keeps.
+    """
+    validate_topic_part("device id", device)
+    sealed, envelope = signer.seal(device, doc, time.time())
+    client.publish(f"{prefix}/{device}/desired", envelope, retain=True)
+    db.set_desired(device, sealed)
+    return sealed
 
 
 def check_device_ids(devices: list[str]) -> list[str]:

@@ -1,8 +1,15 @@
-"""Ed25519 signing of model artifacts on the control node.
+"""Ed25519 signing on the control node: artifacts, artifact statements, desired state.
 
-The private key never leaves the control node; agents get the public key and
-check every artifact with ``edgeloop_agent.signature.verify``. Keys are PEM files:
-PKCS8 for the private key (mode 0600), SubjectPublicKeyInfo for the public key.
+The private key never leaves the control node; agents get the public key. Keys
+are PEM files: PKCS8 for the private key (mode 0600), SubjectPublicKeyInfo for
+the public key. What agents verify (``edgeloop_agent.signature``):
+
+* the desired-state envelope (:func:`sign_desired`), over the exact payload bytes;
+* each artifact's statement ``{name, version, sha256, size}``
+  (:func:`sign_artifact_statement`), which binds the bytes to their identity.
+
+The registry also keeps a signature over the raw ONNX bytes of each version
+(:func:`sign`), checked on the control node only.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 import base64
 import os
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -17,7 +25,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from edgeloop_agent.signature import SignatureError, key_id, load_public_key_pem, verify
+from edgeloop_agent.signature import (
+    DESIRED_PAYLOAD_TYPE,
+    SignatureError,
+    artifact_statement,
+    canonical_json,
+    desired_message,
+    key_id,
+    load_public_key_pem,
+    verify,
+)
 from edgeloop_agent.statedir import atomic_write
 
 __all__ = [
@@ -28,6 +45,8 @@ __all__ = [
     "load_public_key",
     "load_signing_key",
     "sign",
+    "sign_artifact_statement",
+    "sign_desired",
     "verify",
 ]
 
@@ -125,6 +144,103 @@ def sign(data: bytes, key: Ed25519PrivateKey) -> str:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise SigningError(f"can only sign bytes, got {type(data).__name__}")
     return base64.b64encode(key.sign(bytes(data))).decode("ascii")
+
+
+def sign_artifact_statement(
+    name: str, version: str, sha256: str, size: int, key: Ed25519PrivateKey
+) -> str:
+    """Base64 signature over the artifact's identity: its bytes only count under this name."""
+    return base64.b64encode(key.sign(artifact_statement(name, version, sha256, size))).decode()
+
+
+def sign_desired(doc: dict[str, Any], keys: list[Ed25519PrivateKey]) -> bytes:
+    """The envelope agents accept: base64 canonical JSON plus one signature per key.
+
+    Several keys sign during a rotation's overlap, so devices trusting either
+    the old or the new public key accept the document.
+    """
+    if not keys:
+        raise SigningError("no signing key given")
+    payload = canonical_json(doc)
+    message = desired_message(payload)
+    envelope = {
+        "payloadType": DESIRED_PAYLOAD_TYPE,
+        "payload": base64.b64encode(payload).decode("ascii"),
+        "signatures": [
+            {"keyid": key_id(k.public_key()), "sig": base64.b64encode(k.sign(message)).decode()}
+            for k in keys
+        ],
+    }
+    return canonical_json(envelope)
+
+
+DEFAULT_DESIRED_TTL_DAYS = 30.0
+
+
+class DesiredSigner:
+    """What every publish of desired state signs with: the workspace key and a lifetime.
+
+    ``ttl_s`` bounds a freeze attack (a device kept on an old document by someone
+    replaying or withholding messages): past ``expires`` the agent applies no
+    such document and reports ``desired_expired``. The control daemon re-signs
+    before that (see docs/operations.md).
+    """
+
+    def __init__(self, keys: list[Ed25519PrivateKey], ttl_s: float) -> None:
+        if not keys:
+            raise SigningError("no signing key given")
+        if not ttl_s > 0:
+            raise SigningError(f"desired-state lifetime must be positive, got {ttl_s!r}")
+        self.keys = keys
+        self.ttl_s = ttl_s
+
+    @classmethod
+    def for_workspace(cls, ws: Any) -> DesiredSigner:
+        """``[signing] private_key`` and ``desired_ttl_days`` of a workspace."""
+        section = ws.section("signing")
+        ttl_days = section.get("desired_ttl_days", DEFAULT_DESIRED_TTL_DAYS)
+        if isinstance(ttl_days, bool) or not isinstance(ttl_days, (int, float)) or ttl_days <= 0:
+            raise SigningError(
+                f"signing.desired_ttl_days must be a positive number, got {ttl_days!r}"
+            )
+        return cls([load_signing_key(ws.signing_key_path)], float(ttl_days) * 86400)
+
+    def seal(self, device: str, doc: dict[str, Any], now: float) -> tuple[dict[str, Any], bytes]:
+        """(the document as signed, the envelope to publish) for one device.
+
+        Re-sealing an unchanged document gives the same bytes while its expiry
+        is more than half a lifetime away (Ed25519 is deterministic), so an
+        idempotent retry of a publish is not a different document.
+        """
+        expires = doc.get("expires")
+        if not isinstance(expires, (int, float)) or expires < now + self.ttl_s / 2:
+            expires = int(now + self.ttl_s)
+        key = self.keys[0]
+        models = []
+        for m in doc["models"]:
+            size = m.get("size")
+            if not isinstance(size, int) or isinstance(size, bool):
+                raise SigningError(f"{m.get('name')}@{m.get('version')} has no size to sign")
+            models.append(
+                {
+                    **m,
+                    "signature": sign_artifact_statement(
+                        m["name"], m["version"], m["sha256"], size, key
+                    ),
+                }
+            )
+        sealed = {**doc, "device": device, "expires": expires, "models": models}
+        return sealed, sign_desired(sealed, self.keys)
+
+
+def open_desired(raw: bytes) -> dict[str, Any]:
+    """The document inside an envelope, unverified (for display and tests on the control side)."""
+    import json
+
+    data = json.loads(raw)
+    if isinstance(data, dict) and "payload" in data:
+        return json.loads(base64.b64decode(data["payload"]))
+    return data
 
 
 def _write_private(path: Path, pem: bytes) -> None:

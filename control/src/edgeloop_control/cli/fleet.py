@@ -19,6 +19,7 @@ from edgeloop_control.deploy import (
     publish_desired,
 )
 from edgeloop_control.mqttclient import BrokerError, connected
+from edgeloop_control.signing import DesiredSigner, SigningError
 
 
 def register(app: typer.Typer) -> None:
@@ -51,7 +52,8 @@ def deploy(
         registry = Registry.for_workspace(ws, create=False, sync_remote=False)
         serving = [(registry.get(s.ref), float(s.weight or 0)) for s in specs]
         shadows = [registry.get(ref) for ref in (shadow or [])]
-    except (DeployError, RegistryError) as exc:
+        signer = DesiredSigner.for_workspace(ws)
+    except (DeployError, RegistryError, SigningError) as exc:
         fail(str(exc))
     db = ControlDB(ws.state_db)
     results: list[dict[str, Any]] = []
@@ -64,7 +66,7 @@ def deploy(
                 doc = plan_desired(
                     previous[1] if previous else None, serving, shadows, experiment=experiment
                 )
-                publish_desired(client, db, ws.topic_prefix, dev, doc)
+                doc = publish_desired(client, db, ws.topic_prefix, dev, doc, signer=signer)
                 db.add_event(
                     "deploy",
                     f"{dev}: revision {doc['revision']} -> "
@@ -150,6 +152,9 @@ def fleet(
                     "outbox_depth"
                 ),
                 "error": (have.get("error") or {}).get("code"),
+                # An agent applying unsigned documents is a security hole; say so.
+                "allow_unsigned": bool(have.get("allow_unsigned")),
+                "desired_expired": bool(have.get("desired_expired")),
                 "last_seen": have.get("ts"),
             }
         )
@@ -170,7 +175,7 @@ def fleet(
             ", ".join(r["drifting"]) or "-",
             "" if r["rss_mb"] is None else f"{r['rss_mb']:.0f} MB",
             "" if r["outbox_depth"] is None else str(r["outbox_depth"]),
-            r["error"] or "",
+            _flags(r),
             f"{now - r['last_seen']:.0f}s ago" if r["last_seen"] else "",
         ]
         for r in out
@@ -187,12 +192,21 @@ def fleet(
                 "drift",
                 "memory",
                 "outbox",
-                "error",
+                "error / flags",
                 "seen",
             ],
             rows,
         )
     )
+
+
+def _flags(r: dict[str, Any]) -> str:
+    parts = [r["error"]] if r["error"] else []
+    if r["allow_unsigned"]:
+        parts.append("[red]UNSIGNED ALLOWED[/]")
+    if r["desired_expired"]:
+        parts.append("[yellow]desired expired[/]")
+    return ", ".join(parts)
 
 
 def _mb(value: Any) -> float | None:

@@ -32,6 +32,7 @@ from edgeloop_control.deploy import plan_desired, publish_artifact, publish_desi
 from edgeloop_control.featurestore import FeatureStore
 from edgeloop_control.mqttclient import connected
 from edgeloop_control.registry import Registry
+from edgeloop_control.signing import DesiredSigner
 from edgeloop_control.training import TrainConfig
 from edgeloop_control.trainrun import train_and_register
 from edgeloop_control.workspace import Workspace
@@ -155,7 +156,14 @@ def run_demo(
                 for name in names:
                     previous = db.desired(name)
                     doc = plan_desired(previous[1] if previous else None, [(mv, 100.0)], [])
-                    publish_desired(client, db, ws.topic_prefix, name, doc)
+                    publish_desired(
+                        client,
+                        db,
+                        ws.topic_prefix,
+                        name,
+                        doc,
+                        signer=DesiredSigner.for_workspace(ws),
+                    )
             _wait_until(
                 lambda: _all_on(db, names, "sensor@v1"), 60, "agents did not load sensor@v1"
             )

@@ -36,6 +36,7 @@ from edgeloop_control.deploy import (
     publish_artifact,
     publish_desired,
 )
+from edgeloop_control.signing import DesiredSigner
 from edgeloop_control.stats import MixtureSPRT
 from edgeloop_control.workspace import Workspace
 
@@ -182,9 +183,15 @@ class ExperimentManager:
         self.rollouts = rollouts
         self.config = config if config is not None else ExperimentConfig.from_workspace(ws)
         self.prefix = ws.topic_prefix
+        self._desired_signer: DesiredSigner | None = None
         self.db.conn.executescript(SCHEMA)
         self._registry: Any = None
         self._owner = f"{os.getpid()}:{secrets.token_hex(4)}"
+
+    def _signer(self) -> DesiredSigner:
+        if self._desired_signer is None:
+            self._desired_signer = DesiredSigner.for_workspace(self.ws)
+        return self._desired_signer
 
     # -- registry ------------------------------------------------------------------
 
@@ -301,7 +308,14 @@ class ExperimentManager:
                     _shadows(prev_doc, {champ.version, chall.version}),
                     experiment=exp_id,
                 )
-                publish_desired(self.publisher, self.db, self.prefix, device, doc)  # type: ignore[arg-type]
+                publish_desired(
+                    self.publisher,  # type: ignore[arg-type]
+                    self.db,
+                    self.prefix,
+                    device,
+                    doc,
+                    signer=self._signer(),
+                )
                 revisions[device] = doc["revision"]
         except Exception as exc:
             self._abort_start(exp_id, devices, revisions, exc)
@@ -669,7 +683,14 @@ class ExperimentManager:
             new_doc = plan_desired(
                 doc, [(_Entry.from_entry(entry), 100.0)], _shadows(doc, {champion, challenger})
             )
-            publish_desired(self.publisher, self.db, self.prefix, device, new_doc)  # type: ignore[arg-type]
+            publish_desired(
+                self.publisher,  # type: ignore[arg-type]
+                self.db,
+                self.prefix,
+                device,
+                new_doc,
+                signer=self._signer(),
+            )
             return True
         raise ExperimentError(f"unknown pending step {step!r}")  # pragma: no cover
 

@@ -9,16 +9,18 @@ from edgeloop_control.registry.errors import RegistryError
 
 # GTO's artifact-name rule minus '/' and ':' (GTO uses those for monorepo folders;
 # here a name is also a directory name and ':' introduces a stage in a ref).
-NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_-]{0,62}[A-Za-z0-9])?$")
+# Always used with fullmatch: `$` with re.match accepts a trailing newline, and
+# a name ending in one became an invalid MQTT topic on the agent.
+NAME_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_-]{0,62}[A-Za-z0-9])?")
 # GTO's stage-name rule (tag ``NAME#STAGE#N``), without '/'.
-STAGE_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_-]{0,62}[A-Za-z0-9])?$")
+STAGE_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_-]{0,62}[A-Za-z0-9])?")
 # Accepts 3, v3, v3.1, 3.1.2; the registry itself only assigns whole majors.
-VERSION_RE = re.compile(r"^v?(0|[1-9]\d*)(?:\.(0|[1-9]\d*))?(?:\.(0|[1-9]\d*))?$")
+VERSION_RE = re.compile(r"v?(0|[1-9]\d*)(?:\.(0|[1-9]\d*))?(?:\.(0|[1-9]\d*))?")
 LATEST = frozenset({"latest", "greatest"})
 
 
 def check_name(name: object) -> str:
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise RegistryError(
             f"invalid model name {name!r}: use letters, digits, '-' and '_', "
             "starting and ending with a letter or digit (at most 64 characters)"
@@ -27,7 +29,7 @@ def check_name(name: object) -> str:
 
 
 def check_stage(stage: object) -> str:
-    if not isinstance(stage, str) or not STAGE_RE.match(stage):
+    if not isinstance(stage, str) or not STAGE_RE.fullmatch(stage):
         raise RegistryError(
             f"invalid stage {stage!r}: use letters, digits, '-' and '_', "
             "starting and ending with a letter or digit (e.g. champion, challenger)"
@@ -37,7 +39,7 @@ def check_stage(stage: object) -> str:
 
 def parse_semver(text: str) -> tuple[int, int, int]:
     """``v3`` / ``3`` / ``v3.0.0`` -> (3, 0, 0)."""
-    m = VERSION_RE.match(text.strip())
+    m = VERSION_RE.fullmatch(text.strip())  # the parsed numbers are what is kept
     if not m:
         raise RegistryError(f"invalid version {text!r}: expected e.g. v3 or v3.0.0")
     return int(m[1]), int(m[2] or 0), int(m[3] or 0)

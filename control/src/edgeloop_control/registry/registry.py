@@ -399,7 +399,7 @@ class Registry:
         events: builtins.list[TagEvent] = []
         for ref in self.git.annotated_tags():
             event = parse_tag(ref.name, ref.commit, ref.timestamp)
-            if event is not None and NAME_RE.match(event.name):
+            if event is not None and NAME_RE.fullmatch(event.name):
                 events.append(event)
         # GTO orders by tagger time; the per-artifact counter breaks ties the way
         # the tags were created.

@@ -40,6 +40,7 @@ from edgeloop_control.rollout.store import (
     RolloutStore,
     Row,
 )
+from edgeloop_control.signing import DesiredSigner
 from edgeloop_control.workspace import Workspace
 
 log = logging.getLogger("edgeloop.control.rollout")
@@ -86,6 +87,7 @@ class RolloutManager:
         self.publisher = publisher
         self.config = (config or RolloutConfig.from_workspace(ws)).validate()
         self.prefix = ws.topic_prefix
+        self._desired_signer: DesiredSigner | None = None
         self.store = RolloutStore(db)
         self._registry: Any = None
 
@@ -309,7 +311,9 @@ class RolloutManager:
             if dev.published_at is not None:
                 continue
             doc = dev.target_doc or self._plan(r.id, dev.device, target)
-            publish_desired(self._client(), self.db, self.prefix, dev.device, doc)
+            publish_desired(
+                self._client(), self.db, self.prefix, dev.device, doc, signer=self._signer()
+            )
             fresh = self.store.device(r.id, dev.device)
             if fresh.rollback_doc is not None:
                 # A rollback elsewhere (an abort from the CLI) planned this device's
@@ -317,7 +321,12 @@ class RolloutManager:
                 # all planned before any is sent, so either it sends after us or we
                 # see its plan here: either way the rollback document is sent last.
                 publish_desired(
-                    self._client(), self.db, self.prefix, dev.device, fresh.rollback_doc
+                    self._client(),
+                    self.db,
+                    self.prefix,
+                    dev.device,
+                    fresh.rollback_doc,
+                    signer=self._signer(),
                 )
                 raise _NotRunning
             inventory = self.db.device(dev.device) or {}
@@ -595,7 +604,12 @@ class RolloutManager:
             if dev.rollback_doc is not None:
                 try:
                     publish_desired(
-                        self._client(), self.db, self.prefix, dev.device, dev.rollback_doc
+                        self._client(),
+                        self.db,
+                        self.prefix,
+                        dev.device,
+                        dev.rollback_doc,
+                        signer=self._signer(),
                     )
                 except PUBLISH_ERRORS as exc:
                     self._note_error(r.id, f"rolling back {dev.device}: {exc}", now)
@@ -767,6 +781,11 @@ class RolloutManager:
         # deploy's helpers are typed for the CLI's client; the daemon's publisher
         # has the same publish() signature.
         return cast(ControlClient, self.publisher)
+
+    def _signer(self) -> DesiredSigner:
+        if self._desired_signer is None:
+            self._desired_signer = DesiredSigner.for_workspace(self.ws)
+        return self._desired_signer
 
     def _open_registry(self) -> Any:
         if self._registry is None:

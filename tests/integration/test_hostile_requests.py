@@ -23,6 +23,8 @@ from edgeloop_control.broker import PrivateBroker
 from tests.agent.hostile_payloads import Harness, request_cases
 from tests.integration.models import Artifact, sample_features, sensor_model
 from tests.integration.test_agent_e2e import publish_deployment, wait_status
+from tests.integration.test_systemd import AuthProbe, site_broker  # noqa: F401 - a fixture
+from tests.integration.test_systemd import drain as drain_for
 from tests.mqtt_helpers import AgentProcess, Probe
 
 DEVICE = "d1"
@@ -385,3 +387,60 @@ def test_reply_policy_from_the_agent_config(tmp_path):
         assert proc.proc.wait(30) == 2
         proc.stop()
         assert needle in proc.log(), proc.log()
+
+
+def test_under_the_shipped_acl_an_app_cannot_make_a_device_write_its_own_topics(
+    site_broker,  # noqa: F811 - the fixture imported from test_systemd
+    agents,
+    tmp_path,
+):
+    """The issue's reproduction: an app that may only write edgeloop/+/predict made
+    pump-1 publish on its own desired, status and telemetry (the ACL lets a device
+    write its whole subtree). Now each such request gets an error on the device's
+    predictions topic and nothing else is published."""
+    port = site_broker.port
+    control = AuthProbe(port, "edgeloop-control", "pw-edgeloop-control")
+    app = AuthProbe(port, "app-dashboard", "pw-app-dashboard")
+    try:
+        agent = AgentProcess(
+            broker_url=f"mqtt://pump-1:pw-pump-1@127.0.0.1:{port}",
+            device_id="pump-1",
+            state_dir=tmp_path / "state",
+        )
+        agents.append(agent.start())
+        control.subscribe("edgeloop/pump-1/status")
+        v1 = sensor_model("v1")
+        publish_deployment(control, "pump-1", 1, [(v1, v1.entry())])
+        control.wait_for("edgeloop/pump-1/status", lambda s: s.get("revision") == 1, 30)
+        control.subscribe("edgeloop/pump-1/#")
+        drain_for(control, 1.0)  # retained status/desired
+
+        targets = ["desired", "status", "telemetry", "samples", "feedback", "predict"]
+        for leaf in targets:
+            body = {"id": f"acl-{leaf}", "features": features()}
+            app.publish("edgeloop/pump-1/predict", body, response_topic=f"edgeloop/pump-1/{leaf}")
+            app.publish(
+                "edgeloop/pump-1/predict",
+                dict(body, id=f"acl311-{leaf}", reply_to=f"edgeloop/pump-1/{leaf}"),
+            )
+        seen = drain_for(control, 3.0)
+        errors = [json.loads(m.payload) for m in seen if m.topic == "edgeloop/pump-1/predictions"]
+        assert sorted(e["id"] for e in errors) == sorted(
+            f"{p}-{leaf}" for p in ("acl", "acl311") for leaf in targets
+        )
+        assert {e["error"]["code"] for e in errors} == {"reply_to_refused"}
+        for m in seen:
+            if m.topic.rsplit("/", 1)[-1] in targets:
+                assert not is_reply(m.payload), (m.topic, m.payload)
+        # The route the ACL gives apps still works.
+        reply_topic = "edgeloop/pump-1/replies/app-dashboard/1"
+        app.subscribe(reply_topic)
+        app.publish(
+            "edgeloop/pump-1/predict",
+            {"id": "ok", "features": features()},
+            response_topic=reply_topic,
+        )
+        assert json.loads(app.next(10, topic=reply_topic).payload)["id"] == "ok"
+    finally:
+        control.close()
+        app.close()

@@ -308,33 +308,42 @@ class Server:
             f'{encode_basestring_ascii(version)},"variant":{encode_basestring_ascii(variant)},'
         )
         for item in group.items:
-            req = item.request
-            ms = round((now - item.arrived) * 1000.0, 3)
-            if frags is not None:
-                if req.batch:
-                    end = item.start + len(item.rows)
-                    body = '"predictions":[{' + "},{".join(frags[item.start : end]) + "}]"
+            # One request's trouble (a bug, a reply paho refuses by raising) stays its own.
+            try:
+                req = item.request
+                ms = round((now - item.arrived) * 1000.0, 3)
+                if frags is not None:
+                    if req.batch:
+                        end = item.start + len(item.rows)
+                        body = '"predictions":[{' + "},{".join(frags[item.start : end]) + "}]"
+                    else:
+                        body = frags[item.start]
+                    payload = f'{{"id":{encode_basestring_ascii(req.id)}{head}{body},"ms":{ms!r}}}'
+                    self._deliver(item.msg, item.topic, item.correlation, payload.encode(), req.id)
                 else:
-                    body = frags[item.start]
-                payload = f'{{"id":{encode_basestring_ascii(req.id)}{head}{body},"ms":{ms!r}}}'
-                self._deliver(item.msg, item.topic, item.correlation, payload.encode(), req.id)
-            else:
-                reply: dict[str, Any] = {
-                    "id": req.id,
-                    "model": name,
-                    "version": version,
-                    "variant": variant,
-                }
-                if req.batch:
-                    reply["predictions"] = [
-                        model.row_result(outputs, item.start + j) for j in range(len(item.rows))
-                    ]
-                else:
-                    reply.update(model.row_result(outputs, item.start))
-                reply["ms"] = ms
-                self._deliver(item.msg, item.topic, item.correlation, _encode(reply), req.id)
-            item.answered = True
-            self.hooks.on_request(variant, now - item.arrived, len(item.rows))
+                    reply: dict[str, Any] = {
+                        "id": req.id,
+                        "model": name,
+                        "version": version,
+                        "variant": variant,
+                    }
+                    if req.batch:
+                        reply["predictions"] = [
+                            model.row_result(outputs, item.start + j) for j in range(len(item.rows))
+                        ]
+                    else:
+                        reply.update(model.row_result(outputs, item.start))
+                    reply["ms"] = ms
+                    self._deliver(item.msg, item.topic, item.correlation, _encode(reply), req.id)
+                item.answered = True
+                self.hooks.on_request(variant, now - item.arrived, len(item.rows))
+            except Exception:
+                log.exception("unexpected error answering request %r", item.request.id)
+                if not item.answered:
+                    item.answered = True
+                    self._internal_error(
+                        item.msg, item.request.id, self.topics.predictions, variant, item.topic
+                    )
         return feeds, outputs
 
     def _run_shadows(self, deployment: Deployment, group: _VariantBatch, served: OnnxModel) -> None:
@@ -377,7 +386,12 @@ class Server:
             refused.request_id = feedback.id
             self._refuse(msg, topic, correlation, refused, None)
             return
-        code = self.hooks.on_feedback(feedback.id, feedback.label)
+        try:
+            code = self.hooks.on_feedback(feedback.id, feedback.label)
+        except Exception:
+            log.exception("unexpected error joining feedback %r", feedback.id)
+            self._internal_error(msg, feedback.id, errors, None, topic)
+            return
         # An unjoinable label is only worth a reply to a sender that gave an address
         # (the joiner has counted it already).
         if code is not None and topic != errors:

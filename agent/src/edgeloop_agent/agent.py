@@ -132,6 +132,7 @@ class Agent:
             max_micro_batch=config.max_micro_batch,
             reply_qos=config.reply_qos,
             get_deployment=lambda: self.deployment,
+            policy=config.reply_policy(),
         )
 
     # -- message dispatch (paho network thread) ------------------------------

@@ -15,6 +15,7 @@ from edgeloop_agent.protocol import (
     validate_prefix,
     validate_topic_part,
 )
+from edgeloop_agent.replypolicy import DEFAULT_REPLY_TOPICS, PolicyError, ReplyPolicy
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -103,6 +104,22 @@ class AgentConfig:
     # ("127.0.0.1:9108") and/or node_exporter's textfile collector directory.
     metrics_listen: str | None = None
     metrics_textfile_dir: Path | None = None
+    # Where replies may go (see replypolicy.py and docs/protocol.md): topic filters
+    # under the prefix, with {prefix} and {device} placeholders; topics outside the
+    # prefix (never $-topics) are allowed while reply_outside_prefix is true.
+    reply_topics: list[str] = field(default_factory=lambda: list(DEFAULT_REPLY_TOPICS))
+    reply_outside_prefix: bool = True
+
+    def reply_policy(self) -> ReplyPolicy:
+        try:
+            return ReplyPolicy(
+                prefix=self.topic_prefix,
+                device=self.device_id,
+                allowed=self.reply_topics,
+                outside_prefix=self.reply_outside_prefix,
+            )
+        except PolicyError as exc:
+            raise ConfigError(str(exc)) from None
 
     def validate(self) -> AgentConfig:
         try:
@@ -152,6 +169,7 @@ class AgentConfig:
             raise ConfigError(
                 f"drift_window_kind must be 'count' or 'time', got {self.drift_window_kind!r}"
             )
+        self.reply_policy()  # one clear error for a bad reply policy, at start
         return self
 
     @property
@@ -193,6 +211,10 @@ def _coerce(key: str, value: Any, default: Any, source: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{source}: trusted_keys must be a list of paths")
         return [Path(v).expanduser() for v in value]
+    if key == "reply_topics":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{source}: reply_topics must be a list of topic filters")
+        return list(value)
     if isinstance(default, Path):
         return Path(value).expanduser()
     if isinstance(default, bool):

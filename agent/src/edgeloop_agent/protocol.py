@@ -8,12 +8,18 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Final
+
+import numpy as np
 
 DEFAULT_PREFIX: Final = "edgeloop"
 DEFAULT_MAX_PAYLOAD: Final = 64 * 1024
 DEFAULT_MAX_ROWS: Final = 1024
+# No request needs more than 3 levels ({"rows": [{...}]}); 32 leaves room, and
+# stays far below what makes the json module recurse out of the stack (~1,000).
+MAX_JSON_DEPTH: Final = 32
 
 
 class Topics:
@@ -68,6 +74,8 @@ class Code:
     """Machine-readable error codes sent in ``{"error": {"code": ...}}``."""
 
     INVALID_JSON = "invalid_json"
+    INVALID_ENCODING = "invalid_encoding"
+    TOO_DEEP = "too_deep"
     NOT_AN_OBJECT = "not_an_object"
     MISSING_ID = "missing_id"
     INVALID_ID = "invalid_id"
@@ -83,12 +91,14 @@ class Code:
     BATCH_TOO_LARGE = "batch_too_large"
     INVALID_KEY = "invalid_key"
     INVALID_REPLY_TO = "invalid_reply_to"
+    REPLY_TO_REFUSED = "reply_to_refused"
     NO_MODEL = "no_model"
     INFERENCE_FAILED = "inference_failed"
     INVALID_LABEL = "invalid_label"
     UNKNOWN_REQUEST = "unknown_request"
     DUPLICATE_FEEDBACK = "duplicate_feedback"
     SHUTTING_DOWN = "shutting_down"
+    INTERNAL_ERROR = "internal_error"
 
 
 class RequestError(Exception):
@@ -121,17 +131,82 @@ class PredictRequest:
     reply_to: str | None
 
 
+_BOMS: Final = (
+    (b"\x00\x00\xfe\xff", "a UTF-32 byte-order mark"),
+    (b"\xff\xfe\x00\x00", "a UTF-32 byte-order mark"),
+    (b"\xef\xbb\xbf", "a UTF-8 byte-order mark"),
+    (b"\xfe\xff", "a UTF-16 byte-order mark"),
+    (b"\xff\xfe", "a UTF-16 byte-order mark"),
+)
+_ESCAPE: Final = re.compile(rb"\\.", re.DOTALL)
+_STRING: Final = re.compile(rb'"[^"]*"')
+_NOT_BRACKET: Final = bytes(b for b in range(256) if b not in b"[]{}")
+_STEP: Final = np.zeros(256, dtype=np.int32)
+_STEP[list(b"[{")] = 1
+_STEP[list(b"]}")] = -1
+
+
+def json_depth(payload: bytes) -> int:
+    """The deepest nesting of arrays/objects in ``payload``, without parsing it.
+
+    Escape pairs go first, so every quote left delimits a string (linear, whatever
+    the input: a string regex that handled escapes itself could rescan the rest of
+    the payload from every escaped quote); then strings go, then everything but
+    brackets. For text that is not JSON the count can be off after the first
+    syntax error, which is where the parser stops anyway.
+    """
+    text = _STRING.sub(b"", _ESCAPE.sub(b"", payload)).translate(None, _NOT_BRACKET)
+    if not text:
+        return 0
+    return int(np.cumsum(_STEP[np.frombuffer(text, dtype=np.uint8)]).max())
+
+
 def decode_json_object(payload: bytes, max_bytes: int) -> dict[str, Any]:
-    """Parse one payload into a dict, or raise RequestError naming the problem."""
+    """Parse one payload into a dict, or raise RequestError naming the problem.
+
+    Size, encoding and nesting depth are checked before the parser runs: the
+    contract is UTF-8 (``json.loads`` on bytes would also guess UTF-16/32 and
+    accept encoded surrogates), and ~1,000 nested brackets make it raise
+    RecursionError.
+    """
     if len(payload) > max_bytes:
         raise RequestError(
             Code.PAYLOAD_TOO_LARGE,
             f"payload is {len(payload)} bytes, over the {max_bytes}-byte limit",
         )
+    if payload[:1] in (b"\xef", b"\xfe", b"\xff", b"\x00"):
+        for bom, what in _BOMS:
+            if payload.startswith(bom):
+                raise RequestError(
+                    Code.INVALID_ENCODING, f"payload starts with {what}; send UTF-8 without one"
+                )
+    if b"\x00" in payload:
+        # Never in JSON text (even inside strings it must be escaped); UTF-16/32 is full of it.
+        raise RequestError(
+            Code.INVALID_ENCODING,
+            "payload contains NUL bytes: it must be UTF-8 JSON (UTF-16/32 are refused)",
+        )
     try:
-        data = json.loads(payload)
-    except (ValueError, UnicodeDecodeError) as exc:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RequestError(
+            Code.INVALID_ENCODING,
+            f"payload is not valid UTF-8 at byte {exc.start}: {exc.reason}",
+        ) from None
+    # Counting is cheap (C); the scan runs only when there are enough brackets.
+    if payload.count(b"[") + payload.count(b"{") > MAX_JSON_DEPTH:
+        depth = json_depth(payload)
+        if depth > MAX_JSON_DEPTH:
+            raise RequestError(
+                Code.TOO_DEEP,
+                f"payload nests {depth} levels of arrays/objects; the limit is {MAX_JSON_DEPTH}",
+            )
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
         raise RequestError(Code.INVALID_JSON, f"payload is not valid JSON: {exc}") from None
+    except RecursionError:  # the depth check should make this unreachable
+        raise RequestError(Code.TOO_DEEP, "payload nests too deeply to parse") from None
     if not isinstance(data, dict):
         raise RequestError(
             Code.NOT_AN_OBJECT, f"payload must be a JSON object, got {type(data).__name__}"
@@ -152,22 +227,24 @@ def _request_id(data: dict[str, Any]) -> str:
 
 
 def _reply_to(data: dict[str, Any], rid: str | None) -> str | None:
+    """The payload's ``reply_to`` as given. Whether it may be used (MQTT 5 topic
+    rules and the device's reply policy) is the server's decision: see
+    ``replypolicy.py``."""
     reply_to = data.get("reply_to")
     if reply_to is None:
         return None
-    if (
-        not isinstance(reply_to, str)
-        or not reply_to
-        or "+" in reply_to
-        or "#" in reply_to
-        or len(reply_to) > 1024
-    ):
+    if not isinstance(reply_to, str) or not reply_to:
         raise RequestError(
             Code.INVALID_REPLY_TO,
-            f"'reply_to' must be a topic name without wildcards, got {reply_to!r}",
+            f"'reply_to' must be a non-empty topic name, got {_clip(reply_to)}",
             rid,
         )
     return reply_to
+
+
+def _clip(value: Any) -> str:
+    text = ascii(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _addressed(data: dict[str, Any], parse: Any) -> Any:

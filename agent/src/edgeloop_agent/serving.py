@@ -5,6 +5,12 @@ thread drains up to ``max_micro_batch`` of them, validates each request, runs
 one inference per variant for the whole batch, publishes the replies and only
 then acknowledges the requests (manual QoS 1 acks), so a crash means
 redelivery, never a lost request.
+
+Each message stands alone: whatever goes wrong with one (a refused reply topic,
+a payload that is not UTF-8 JSON, a bug) ends in an error reply for that one, or,
+when not even an error can be published, in a counted drop; the other messages
+of the micro-batch are served as usual. Every reply topic a request names passes
+the reply policy (``replypolicy.py``) before paho sees it.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from edgeloop_agent.protocol import (
     parse_feedback,
     parse_predict,
 )
+from edgeloop_agent.replypolicy import ReplyPolicy
 
 log = logging.getLogger("edgeloop.agent.serving")
 
@@ -43,7 +50,10 @@ class _Pending:
     arrived: float
     request: PredictRequest
     rows: list[list[Any]]
+    topic: str  # where the reply goes, already checked by the reply policy
+    correlation: bytes | None
     start: int = 0  # offset of this request's rows in its variant's batch
+    answered: bool = False
 
 
 @dataclass
@@ -91,8 +101,10 @@ class Server:
         max_micro_batch: int,
         reply_qos: int,
         get_deployment: Callable[[], Deployment | None],
+        policy: ReplyPolicy | None = None,
     ) -> None:
         self.topics = topics
+        self.policy = policy or ReplyPolicy(prefix=topics.prefix, device=topics.device)
         self.link = link
         self.hooks = hooks
         self.max_payload = max_payload
@@ -164,23 +176,19 @@ class Server:
         groups: dict[str, _VariantBatch] = {}
         predict_topic = self.topics.predict
         feedback: list[mqtt.MQTTMessage] = []
-        for msg, arrived in batch:
-            try:
-                if msg.topic == predict_topic:
-                    self._admit(msg, arrived, deployment, groups)
-                else:
-                    feedback.append(msg)
-            except Exception:  # a bug on one message must not stop the others
-                log.exception("unexpected error handling a message on %s", msg.topic)
-                self.hooks.on_error(None, "internal_error")
         # Replies and acks of the whole batch wake paho's network thread once.
         with self.link.coalesced():
-            for variant, group in groups.items():
+            for msg, arrived in batch:
                 try:
-                    self._run_group(variant, group, deployment)
-                except Exception:
-                    log.exception("unexpected error serving variant %s", variant)
-                    self.hooks.on_error(variant, "internal_error")
+                    if msg.topic == predict_topic:
+                        self._admit(msg, arrived, deployment, groups)
+                    else:
+                        feedback.append(msg)
+                except Exception:  # a bug on one message must not stop the others
+                    log.exception("unexpected error handling a message on %s", msg.topic)
+                    self._internal_error(msg, None, self.topics.predictions, None)
+            for variant, group in groups.items():
+                self._run_group(variant, group, deployment)
             # Labels after predictions: a label that arrives in the same
             # micro-batch as its request must find the prediction recorded.
             for msg in feedback:
@@ -188,8 +196,10 @@ class Server:
                     self._feedback(msg)
                 except Exception:
                     log.exception("unexpected error handling feedback")
-                    self.hooks.on_error(None, "internal_error")
+                    self._internal_error(msg, None, self.topics.errors, None)
             failed, self._reply_failed = self._reply_failed, set()
+            # Every message of the batch has had its reply or error queued by now (or
+            # was counted as undeliverable): only now is it acknowledged.
             for msg, _ in batch:
                 # A request whose reply paho refused stays unacknowledged: the
                 # broker redelivers it on the next session instead of losing it.
@@ -203,14 +213,20 @@ class Server:
         deployment: Deployment | None,
         groups: dict[str, _VariantBatch],
     ) -> None:
+        predictions = self.topics.predictions
         try:
             request = parse_predict(msg.payload, max_bytes=self.max_payload, max_rows=self.max_rows)
         except RequestError as exc:
-            self._reply_error(msg, exc.reply_to, exc.request_id, exc, None)
+            self._reply_error(msg, exc.reply_to, exc.request_id, exc, None, predictions)
+            return
+        topic, correlation, refused = self._route(msg, request.reply_to, predictions)
+        if refused is not None:
+            refused.request_id = request.id
+            self._refuse(msg, topic, correlation, refused, None)
             return
         if deployment is None:
             err = RequestError(Code.NO_MODEL, "no model is loaded on this device yet")
-            self._reply_error(msg, request.reply_to, request.id, err, None)
+            self._refuse(msg, topic, correlation, err, None, request.id)
             return
         variant = deployment.route(request.key)
         model = deployment.models[variant]
@@ -226,25 +242,61 @@ class Server:
             else:
                 rows = [model.validate_row(request.rows[0])]
         except RequestError as exc:
-            self._reply_error(msg, request.reply_to, request.id, exc, variant)
+            self._refuse(msg, topic, correlation, exc, variant, request.id)
             return
         group = groups.get(variant)
         if group is None:
             group = groups[variant] = _VariantBatch(model)
-        group.items.append(_Pending(msg, arrived, request, rows, len(group.rows)))
+        start = len(group.rows)
+        group.items.append(_Pending(msg, arrived, request, rows, topic, correlation, start))
         group.rows.extend(rows)
 
     def _run_group(self, variant: str, group: _VariantBatch, deployment: Deployment | None) -> None:
+        try:
+            feeds, outputs = self._answer_group(variant, group)
+        except Exception:  # a bug here must still leave every request answered
+            log.exception("unexpected error serving variant %s", variant)
+            for item in group.items:
+                if not item.answered:
+                    self._internal_error(
+                        item.msg, item.request.id, self.topics.predictions, variant, item.topic
+                    )
+            return
+        if feeds is None:
+            return  # inference failed; every request got its error
+        # The replies leave now; telemetry (drift, feedback join, capture) runs after them
+        # (a drift report can take milliseconds).
+        self.link.flush()
+        try:
+            self.hooks.on_predictions(
+                variant,
+                group.model,
+                [item.request.id for item in group.items],
+                group.rows,
+                feeds,
+                outputs,
+                [item.start for item in group.items],
+            )
+            if deployment is not None and deployment.shadows:
+                self._run_shadows(deployment, group, group.model)
+        except Exception:  # the replies are out: telemetry trouble is only counted
+            log.exception("telemetry failed after serving variant %s", variant)
+            self.hooks.on_error(variant, Code.INTERNAL_ERROR)
+
+    def _answer_group(self, variant: str, group: _VariantBatch) -> tuple[Any, Any]:
+        """Run one variant's batch and queue every reply; ``(None, None)`` when the
+        inference failed (each request then got an ``inference_failed`` error)."""
         model = group.model
         try:
             feeds = model.build(group.rows)
             outputs = model.run(feeds)
         except Exception as exc:  # onnxruntime errors must not stop the loop
             log.warning("inference failed on %s: %s", model.ref, exc)
-            err = RequestError(Code.INFERENCE_FAILED, f"model {model.ref} failed: {exc}")
             for item in group.items:
-                self._reply_error(item.msg, item.request.reply_to, item.request.id, err, variant)
-            return
+                err = RequestError(Code.INFERENCE_FAILED, f"model {model.ref} failed: {exc}")
+                self._refuse(item.msg, item.topic, item.correlation, err, variant, item.request.id)
+                item.answered = True
+            return None, None
         now = time.perf_counter()
         version = model.version
         name = model.name
@@ -256,47 +308,43 @@ class Server:
             f'{encode_basestring_ascii(version)},"variant":{encode_basestring_ascii(variant)},'
         )
         for item in group.items:
-            req = item.request
-            ms = round((now - item.arrived) * 1000.0, 3)
-            if frags is not None:
-                if req.batch:
-                    end = item.start + len(item.rows)
-                    body = '"predictions":[{' + "},{".join(frags[item.start : end]) + "}]"
+            # One request's trouble (a bug, a reply paho refuses by raising) stays its own.
+            try:
+                req = item.request
+                ms = round((now - item.arrived) * 1000.0, 3)
+                if frags is not None:
+                    if req.batch:
+                        end = item.start + len(item.rows)
+                        body = '"predictions":[{' + "},{".join(frags[item.start : end]) + "}]"
+                    else:
+                        body = frags[item.start]
+                    payload = f'{{"id":{encode_basestring_ascii(req.id)}{head}{body},"ms":{ms!r}}}'
+                    self._deliver(item.msg, item.topic, item.correlation, payload.encode(), req.id)
                 else:
-                    body = frags[item.start]
-                payload = f'{{"id":{encode_basestring_ascii(req.id)}{head}{body},"ms":{ms!r}}}'
-                self._publish(item.msg, req.reply_to, payload.encode())
+                    reply: dict[str, Any] = {
+                        "id": req.id,
+                        "model": name,
+                        "version": version,
+                        "variant": variant,
+                    }
+                    if req.batch:
+                        reply["predictions"] = [
+                            model.row_result(outputs, item.start + j) for j in range(len(item.rows))
+                        ]
+                    else:
+                        reply.update(model.row_result(outputs, item.start))
+                    reply["ms"] = ms
+                    self._deliver(item.msg, item.topic, item.correlation, _encode(reply), req.id)
+                item.answered = True
                 self.hooks.on_request(variant, now - item.arrived, len(item.rows))
-                continue
-            reply: dict[str, Any] = {
-                "id": req.id,
-                "model": name,
-                "version": version,
-                "variant": variant,
-            }
-            if req.batch:
-                reply["predictions"] = [
-                    model.row_result(outputs, item.start + j) for j in range(len(item.rows))
-                ]
-            else:
-                reply.update(model.row_result(outputs, item.start))
-            reply["ms"] = ms
-            self._send(item.msg, req.reply_to, reply)
-            self.hooks.on_request(variant, now - item.arrived, len(item.rows))
-        # The replies leave now; telemetry (drift, feedback join, capture) runs after them
-        # (a drift report can take milliseconds).
-        self.link.flush()
-        self.hooks.on_predictions(
-            variant,
-            model,
-            [item.request.id for item in group.items],
-            group.rows,
-            feeds,
-            outputs,
-            [item.start for item in group.items],
-        )
-        if deployment is not None and deployment.shadows:
-            self._run_shadows(deployment, group, model)
+            except Exception:
+                log.exception("unexpected error answering request %r", item.request.id)
+                if not item.answered:
+                    item.answered = True
+                    self._internal_error(
+                        item.msg, item.request.id, self.topics.predictions, variant, item.topic
+                    )
+        return feeds, outputs
 
     def _run_shadows(self, deployment: Deployment, group: _VariantBatch, served: OnnxModel) -> None:
         rows = group.rows
@@ -326,20 +374,52 @@ class Server:
             )
 
     def _feedback(self, msg: mqtt.MQTTMessage) -> None:
+        errors = self.topics.errors
         try:
             feedback = parse_feedback(msg.payload, max_bytes=self.max_payload)
         except RequestError as exc:
-            self.hooks.on_error(None, exc.code)
-            self._publish_error(msg, exc.reply_to, exc.request_id, exc, self.topics.errors)
+            self._reply_error(msg, exc.reply_to, exc.request_id, exc, None, errors)
             return
-        code = self.hooks.on_feedback(feedback.id, feedback.label)
-        # An unjoinable label is only worth a reply to a sender that gave an address.
-        response_topic = getattr(getattr(msg, "properties", None), "ResponseTopic", None)
-        if code is not None and (feedback.reply_to or response_topic):
+        topic, correlation, refused = self._route(msg, feedback.reply_to, errors)
+        if refused is not None:
+            # Not joined either: the sender learns its label was refused and can resend it.
+            refused.request_id = feedback.id
+            self._refuse(msg, topic, correlation, refused, None)
+            return
+        try:
+            code = self.hooks.on_feedback(feedback.id, feedback.label)
+        except Exception:
+            log.exception("unexpected error joining feedback %r", feedback.id)
+            self._internal_error(msg, feedback.id, errors, None, topic)
+            return
+        # An unjoinable label is only worth a reply to a sender that gave an address
+        # (the joiner has counted it already).
+        if code is not None and topic != errors:
             err = RequestError(code, f"feedback for request {feedback.id!r} was not joined: {code}")
-            self._publish_error(msg, feedback.reply_to, feedback.id, err, self.topics.errors)
+            self._deliver(msg, topic, correlation, _encode(_error_body(feedback.id, err)))
 
     # -- replies ---------------------------------------------------------------
+
+    def _route(
+        self, msg: mqtt.MQTTMessage, reply_to: str | None, default_topic: str
+    ) -> tuple[str, bytes | None, RequestError | None]:
+        """Where this message's reply goes: ``(topic, correlation data, None)``, or
+        ``(default_topic, correlation data, error)`` when the topic the request
+        names (MQTT 5 Response Topic first, else ``reply_to``) may not be used."""
+        props = getattr(msg, "properties", None)
+        response_topic = getattr(props, "ResponseTopic", None) if props is not None else None
+        if response_topic:
+            topic = response_topic
+            correlation = getattr(props, "CorrelationData", None)
+        elif reply_to is not None:
+            topic, correlation = reply_to, None
+        else:
+            return default_topic, None, None
+        verdict = self.policy.problem(topic)
+        if verdict is None:
+            return topic, correlation, None
+        code, message = verdict
+        return default_topic, correlation, RequestError(code, message)
 
     def _reply_error(
         self,
@@ -348,50 +428,94 @@ class Server:
         request_id: str | None,
         exc: RequestError,
         variant: str | None,
-    ) -> None:
-        self.hooks.on_error(variant, exc.code)
-        self._publish_error(msg, reply_to, request_id, exc, self.topics.predictions)
-
-    def _publish_error(
-        self,
-        msg: mqtt.MQTTMessage,
-        reply_to: str | None,
-        request_id: str | None,
-        exc: RequestError,
         default_topic: str,
     ) -> None:
-        body = error_reply(request_id, exc.code, exc.message)
-        self._send(msg, reply_to, body, default_topic)
+        """Answer a refused request on its own route, or on ``default_topic`` with the
+        route's error when the route is refused too (both are counted)."""
+        topic, correlation, refused = self._route(msg, reply_to, default_topic)
+        if refused is not None:
+            self.hooks.on_error(variant, exc.code)
+            refused.request_id = request_id
+            refused.message = f"{refused.message} (the request was refused too: {exc.code})"
+            exc = refused
+        self._refuse(msg, topic, correlation, exc, variant, request_id)
 
-    def _send(
+    def _refuse(
         self,
         msg: mqtt.MQTTMessage,
-        reply_to: str | None,
-        body: dict[str, Any],
-        default_topic: str | None = None,
+        topic: str,
+        correlation: bytes | None,
+        exc: RequestError,
+        variant: str | None,
+        request_id: str | None = None,
     ) -> None:
+        self.hooks.on_error(variant, exc.code)
+        rid = request_id if request_id is not None else exc.request_id
+        self._deliver(msg, topic, correlation, _encode(_error_body(rid, exc)), rid)
+
+    def _internal_error(
+        self,
+        msg: mqtt.MQTTMessage,
+        request_id: str | None,
+        default_topic: str,
+        variant: str | None,
+        topic: str | None = None,
+    ) -> None:
+        """Answer a message the agent failed on (a bug), or count it as undeliverable."""
+        err = RequestError(Code.INTERNAL_ERROR, "the agent failed on this request")
         try:
-            payload = dumps(body)
-        except ValueError:  # a NaN/inf model output cannot be encoded as JSON
-            err = error_reply(body.get("id"), Code.INFERENCE_FAILED, "model output is not finite")
-            payload = dumps(err)
-        self._publish(msg, reply_to, payload, default_topic)
+            if topic is None:
+                topic, correlation, _ = self._route(msg, None, default_topic)
+            else:
+                correlation = getattr(getattr(msg, "properties", None), "CorrelationData", None)
+            self._refuse(msg, topic, correlation, err, variant, request_id)
+        except Exception:
+            log.exception("cannot answer a message on %s", default_topic)
+            self.hooks.on_error(variant, UNDELIVERABLE)
 
-    def _publish(
+    def _deliver(
         self,
         msg: mqtt.MQTTMessage,
-        reply_to: str | None,
+        topic: str,
+        correlation: bytes | None,
         payload: bytes,
-        default_topic: str | None = None,
+        request_id: str | None = None,
     ) -> None:
-        props = getattr(msg, "properties", None)
-        response_topic = getattr(props, "ResponseTopic", None) if props is not None else None
-        if response_topic:
-            correlation = getattr(props, "CorrelationData", None)
-            topic = response_topic
-        else:
-            correlation = None
-            topic = reply_to or default_topic or self.topics.predictions
-        info = self.link.publish(topic, payload, qos=self.reply_qos, correlation=correlation)
+        """Queue one reply. The topic has passed the reply policy; should paho refuse
+        it anyway by raising, an error goes to the default topic instead, and when
+        even that fails the message is counted as undeliverable and acknowledged (a
+        redelivery would fail the same way, for ever)."""
+        try:
+            info = self.link.publish(topic, payload, qos=self.reply_qos, correlation=correlation)
+        except Exception as exc:
+            log.warning("cannot publish a reply on %r: %s", topic, exc)
+            fallback = self.topics.errors if msg.topic == self.topics.feedback else None
+            fallback = fallback or self.topics.predictions
+            body = _error_body(
+                request_id, RequestError(Code.INVALID_REPLY_TO, f"reply topic refused: {exc}")
+            )
+            self.hooks.on_error(None, Code.INVALID_REPLY_TO)
+            try:
+                info = self.link.publish(fallback, _encode(body), qos=self.reply_qos)
+            except Exception:
+                log.exception("cannot publish an error reply on %s", fallback)
+                self.hooks.on_error(None, UNDELIVERABLE)
+                return
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             self._reply_failed.add(id(msg))
+
+
+# Counted when not even an error reply could be queued for a message.
+UNDELIVERABLE = "reply_undeliverable"
+
+
+def _error_body(request_id: str | None, exc: RequestError) -> dict[str, Any]:
+    return error_reply(request_id, exc.code, exc.message)
+
+
+def _encode(body: dict[str, Any]) -> bytes:
+    try:
+        return dumps(body)
+    except ValueError:  # a NaN/inf model output cannot be encoded as JSON
+        err = error_reply(body.get("id"), Code.INFERENCE_FAILED, "model output is not finite")
+        return dumps(err)

@@ -331,6 +331,29 @@ def test_message_size_limit_sits_above_the_agents_artifact_limit(tmp_path: Path)
             control.close()
 
 
+def test_private_broker_uses_the_shipped_delivery_settings():
+    """The tests' and the demo's broker must behave like the operators' one."""
+    from edgeloop_control.broker import BROKER_SETTINGS
+
+    def settings(text: str) -> dict[str, str]:
+        lines = (ln.split(None, 1) for ln in text.splitlines() if ln and ln[0] != "#")
+        return {k: v for k, v in lines}
+
+    shipped = settings((SHIPPED_ACL.parent / "mosquitto-edgeloop.conf").read_text())
+    private = settings(BROKER_SETTINGS)
+    delivery = [
+        "max_inflight_messages",
+        "max_queued_messages",
+        "max_queued_bytes",
+        "message_size_limit",
+        "set_tcp_nodelay",
+        "persistence",
+        "autosave_interval",
+        "persistent_client_expiration",
+    ]
+    assert {k: private.get(k) for k in delivery} == {k: shipped[k] for k in delivery}
+
+
 # -- TLS failures, as the agent reports them -----------------------------------------------
 
 

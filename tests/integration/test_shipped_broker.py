@@ -354,6 +354,29 @@ def test_private_broker_uses_the_shipped_delivery_settings():
     assert {k: private.get(k) for k in delivery} == {k: shipped[k] for k in delivery}
 
 
+def test_control_client_names_the_tls_failure(tmp_path: Path):
+    from edgeloop_control.mqttclient import BrokerError, ControlClient
+
+    other = CertificateAuthority(tmp_path / "other", "some other CA")
+    with ShippedBroker(tmp_path / "broker", ["edgeloop-control"]) as broker:
+        url = broker.tls_url("edgeloop-control")
+        with pytest.raises(BrokerError) as err:
+            ControlClient(f"{url}?ca_file={other.cert}").connect(timeout=5)
+        assert str(err.value) == (
+            f"cannot reach the broker at mqtts://localhost:{broker.tls_port}: "
+            # Mosquitto sends its CA along with its certificate: a chain ending in a CA
+            # the client does not trust.
+            "TLS certificate verify failed: self-signed certificate in certificate chain "
+            f"(the broker's certificate is not signed by a CA in CA file {other.cert})"
+        )
+        # With the broker's CA in the URL the same client gets in and publishes.
+        client = ControlClient(f"{url}?ca_file={broker.ca.cert}").connect(timeout=5)
+        try:
+            client.publish("edgeloop/d1/desired", b"{}", retain=True)
+        finally:
+            client.close()
+
+
 # -- TLS failures, as the agent reports them -----------------------------------------------
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import queue
 import re
+import subprocess
 import threading
 import time
 import uuid
@@ -299,6 +300,66 @@ def test_shipped_acl_refuses_hostile_and_curious_clients(site, agents, tmp_path:
 # The agent's default max_artifact_bytes once the update-path work of issue 8 lands
 # (it was 256 MiB before); then this should read AgentConfig().max_artifact_bytes.
 AGENT_MAX_ARTIFACT = 64 * 1024 * 1024
+
+
+def test_user_names_the_patterns_must_never_see(tmp_path: Path):
+    """Mosquitto refuses every pattern to a user name with '+' or '#', but not one with
+    '/': such a name escapes its subtree. Device ids therefore only come through
+    check_device_id, which refuses all three (and the reserved levels)."""
+    from edgeloop_agent.names import InvalidName, check_device_id
+
+    forger, wild = "d1/replies/app-dashboard", "d+1"
+    for name in (forger, wild, "d#1", "models"):
+        with pytest.raises(InvalidName):
+            check_device_id(name)
+    users = ["edgeloop-control", "app-dashboard", "d2", forger, wild]
+    with ShippedBroker(tmp_path / "broker", users) as broker:
+        control = Client(broker, "edgeloop-control")
+        dashboard = Client(broker, "app-dashboard")
+        bad = Client(broker, forger)
+        plus = Client(broker, wild)
+        device = Client(broker, "d2")
+        try:
+            assert control.publish("edgeloop/models/m/v1", b"onnx", retain=True) in (0, 0x10)
+            dashboard.subscribe("edgeloop/+/replies/app-dashboard/#")
+            # edgeloop/%u/status with this %u lies inside the dashboard's replies.
+            topic = f"edgeloop/{forger}/status"
+            assert bad.publish(topic, {"id": "forged", "prediction": 1}) == 0
+            assert [m.topic for m in dashboard.drain(1.0)] == [topic]
+            # A '+' in the name: Mosquitto applies no pattern to that user at all, not
+            # even the one without %u that gives every device the artifacts.
+            plus.subscribe("edgeloop/models/#")
+            device.subscribe("edgeloop/models/#")
+            assert [m.topic for m in device.drain(1.0)] == ["edgeloop/models/m/v1"]
+            assert plus.drain(0.1) == []
+        finally:
+            for c in (control, dashboard, bad, plus, device):
+                c.close()
+
+
+def test_a_new_device_needs_only_mosquitto_passwd_and_a_reload(tmp_path: Path):
+    import signal
+
+    with ShippedBroker(tmp_path / "broker", ["edgeloop-control"]) as broker:
+        assert not Client(broker, "d9", ok=False).accepted
+        passwd = broker.workdir / "edgeloop.passwd"
+        subprocess.run(
+            ["mosquitto_passwd", "-b", str(passwd), "d9", password("d9")],
+            check=True,
+            capture_output=True,
+        )
+        assert broker.proc is not None
+        broker.proc.send_signal(signal.SIGHUP)  # what `systemctl reload mosquitto` sends
+        deadline = time.monotonic() + 10
+        while not (device := Client(broker, "d9", ok=False)).accepted:
+            device.close()
+            assert time.monotonic() < deadline, broker.log()
+            time.sleep(0.2)
+        try:  # the device patterns apply at once: no ACL edit for a device
+            assert device.publish("edgeloop/d9/status", b"{}") in (0x00, 0x10)
+            assert device.publish("edgeloop/d9/desired", b"{}") == NOT_AUTHORIZED
+        finally:
+            device.close()
 
 
 def test_message_size_limit_sits_above_the_agents_artifact_limit(tmp_path: Path):

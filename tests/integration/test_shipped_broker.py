@@ -292,6 +292,7 @@ def test_shipped_acl_refuses_hostile_and_curious_clients(site, agents, tmp_path:
         assert dashboard.publish("edgeloop/d1/predict", request, response_topic=third) == 0
         assert dashboard.reply(third)["id"] == "ok-3"
         assert agent.alive()
+        assert "Traceback" not in agent.log()
     finally:
         for c in clients:
             c.close()
@@ -479,6 +480,8 @@ def test_agent_names_each_tls_failure_once_and_keeps_retrying(
         assert "pw-d1" not in agent.log()  # the password never reaches the log
         assert agent.alive()
 
+        if kind != "untrusted CA":
+            return  # the recovery is the same for all three; once is enough
         # Fixed on the broker's side: the agent, still retrying, gets in.
         broker.stop()
         broker.server = ca.server("good", ["localhost"])

@@ -20,7 +20,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
-import getpass
 import itertools
 import json
 import mmap
@@ -36,7 +35,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import NoReturn
 
@@ -45,6 +44,7 @@ import pytest
 
 from edgeloop_agent.systemd import JOURNAL_SOCKET, journal_available
 from tests.mqtt_helpers import VENV_BIN, AgentProcess, Probe
+from tests.shipped_broker import ShippedBroker
 
 REPO = Path(__file__).resolve().parents[2]
 UNITS = REPO / "systemd"
@@ -694,61 +694,15 @@ class AuthProbe(Probe):
         )
 
 
-@dataclass
-class SiteBroker:
-    port: int
-    proc: subprocess.Popen[bytes] = field(repr=False)
-
-
 @pytest.fixture
-def site_broker(tmp_path: Path) -> Iterator[SiteBroker]:
-    """Mosquitto with packaging/mosquitto-edgeloop.conf: paths and port moved into tmp."""
-    from edgeloop_control.broker import find_mosquitto, free_port
-
-    port = free_port()
-    conf = (PACKAGING / "mosquitto-edgeloop.conf").read_text()
-    acl = re.search(r"^# --- begin edgeloop\.acl.*?\n(.*?)^# --- end", conf, re.M | re.S)
-    assert acl
-    (tmp_path / "edgeloop.acl").write_text(re.sub(r"^# ?", "", acl.group(1), flags=re.M))
-    passwd = tmp_path / "edgeloop.passwd"
-    for i, user in enumerate(["pump-1", "pump-2", "edgeloop-control", "app-dashboard"]):
-        create = ["-c"] if i == 0 else []
-        subprocess.run(
-            ["mosquitto_passwd", *create, "-b", str(passwd), user, f"pw-{user}"], check=True
-        )
-    replacements = {
-        r"^listener 1883$": f"listener {port} 127.0.0.1",
-        r"^password_file .*$": f"password_file {passwd}",
-        r"^acl_file .*$": f"acl_file {tmp_path / 'edgeloop.acl'}",
-        r"^#persistence_location .*$": f"persistence_location {tmp_path}/",
-    }
-    for pattern, value in replacements.items():
-        conf, n = re.subn(pattern, value, conf, flags=re.M)
-        assert n == 1, pattern
-    # As root, Mosquitto would switch to the `mosquitto` user, who cannot read tmp_path.
-    conf = f"user {getpass.getuser()}\nlog_dest file {tmp_path / 'mosquitto.log'}\n" + conf
-    (tmp_path / "mosquitto.conf").write_text(conf)
-    proc = subprocess.Popen(
-        [find_mosquitto(), "-c", str(tmp_path / "mosquitto.conf")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+def site_broker(tmp_path: Path) -> Iterator[ShippedBroker]:
+    """Mosquitto with packaging/mosquitto-edgeloop.conf and packaging/edgeloop.acl."""
+    users = ["pump-1", "pump-2", "edgeloop-control", "app-dashboard"]
+    broker = ShippedBroker(tmp_path / "site-broker", users).start()
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "mosquitto did not listen"
-                time.sleep(0.05)
-        yield SiteBroker(port, proc)
+        yield broker
     finally:
-        proc.terminate()
-        proc.wait(10)
-        if proc.stderr:
-            proc.stderr.close()
+        broker.stop()
 
 
 def test_broker_config_authenticates_and_confines_devices(site_broker, agents, tmp_path: Path):

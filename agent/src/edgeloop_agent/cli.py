@@ -19,6 +19,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--config", "-c", type=Path, help="TOML config file (flags override it)")
     p.add_argument("--broker", help="broker URL, e.g. mqtt://host:1883")
+    p.add_argument(
+        "--ca-file", help="with mqtts://: PEM file of the CA that signed the broker's certificate"
+    )
     p.add_argument("--device-id", help="this device's id (topic segment)")
     p.add_argument("--state-dir", type=Path, help="directory for models and the outbox")
     p.add_argument("--topic-prefix", help="topic prefix (default edgeloop)")
@@ -65,6 +68,7 @@ def build_config(args: argparse.Namespace) -> AgentConfig:
     config = AgentConfig.from_file(args.config) if args.config else AgentConfig()
     config.override(
         broker=args.broker,
+        ca_file=args.ca_file,
         device_id=args.device_id,
         state_dir=args.state_dir,
         topic_prefix=args.topic_prefix,

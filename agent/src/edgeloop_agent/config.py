@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from edgeloop_agent.protocol import (
     DEFAULT_MAX_PAYLOAD,
@@ -34,29 +34,65 @@ class BrokerAddress:
     tls: bool = False
     username: str | None = None
     password: str | None = None
+    # PEM file of the CA(s) that may sign the broker's certificate; None: the system
+    # store. From the agent's ca_file setting, or the URL's ?ca_file=/path (which is
+    # how the control node's [broker] url carries it).
+    ca_file: str | None = None
 
     @classmethod
     def parse(cls, url: str) -> BrokerAddress:
         parts = urlsplit(url if "://" in url else f"mqtt://{url}")
         if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
-            raise ConfigError(f"broker URL {url!r} must start with mqtt:// or mqtts://")
+            raise ConfigError(f"broker URL {_redact(url)!r} must start with mqtt:// or mqtts://")
         if not parts.hostname:
-            raise ConfigError(f"broker URL {url!r} has no host")
+            raise ConfigError(f"broker URL {_redact(url)!r} has no host")
         tls = parts.scheme in ("mqtts", "ssl")
         try:
             port = parts.port or (8883 if tls else 1883)
         except ValueError:
-            raise ConfigError(f"broker URL {url!r} has an invalid port") from None
-        return cls(parts.hostname, port, tls, parts.username, parts.password)
+            raise ConfigError(f"broker URL {_redact(url)!r} has an invalid port") from None
+        query = parse_qs(parts.query, keep_blank_values=True)
+        unknown = sorted(set(query) - {"ca_file"})
+        if unknown:
+            raise ConfigError(
+                f"broker URL {_redact(url)!r}: unknown option {', '.join(unknown)} (known: ca_file)"
+            )
+        ca_file = query["ca_file"][-1] if "ca_file" in query else None
+        address = cls(parts.hostname, port, tls, parts.username, parts.password)
+        return address.with_ca_file(ca_file)
+
+    def with_ca_file(self, ca_file: str | None) -> BrokerAddress:
+        """This address verifying the broker against ``ca_file`` (None/"": unchanged)."""
+        if not ca_file:
+            return self
+        if not self.tls:
+            raise ConfigError(
+                f"a CA file ({ca_file}) is set but the broker {self} is not mqtts://: "
+                "the connection would not be encrypted"
+            )
+        if not Path(ca_file).is_file():
+            raise ConfigError(f"CA file {ca_file} does not exist or is not a file")
+        return replace(self, ca_file=ca_file)
 
     def __str__(self) -> str:
+        # Never the credentials: this string goes into logs.
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return url.replace(f":{parts.password}@", ":***@", 1)
 
 
 @dataclass
 class AgentConfig:
     device_id: str = ""
     broker: str = "mqtt://127.0.0.1:1883"
+    # With mqtts://: PEM file of the CA that signed the broker's certificate
+    # ("": the system's CA store).
+    ca_file: str = ""
     state_dir: Path = Path("/var/lib/edgeloop-agent")
     topic_prefix: str = DEFAULT_PREFIX
     # Request limits: a payload over max_payload_bytes is refused unparsed.
@@ -127,7 +163,7 @@ class AgentConfig:
             validate_prefix(self.topic_prefix)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-        BrokerAddress.parse(self.broker)
+        self.broker_address  # noqa: B018 - parses the URL and checks ca_file
         positive = (
             "max_payload_bytes",
             "max_batch_rows",
@@ -174,7 +210,7 @@ class AgentConfig:
 
     @property
     def broker_address(self) -> BrokerAddress:
-        return BrokerAddress.parse(self.broker)
+        return BrokerAddress.parse(self.broker).with_ca_file(self.ca_file)
 
     @classmethod
     def from_file(cls, path: Path) -> AgentConfig:

@@ -35,6 +35,12 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edgeloop_agent.config import BrokerAddress
+from edgeloop_agent.connectlog import (
+    ConnectFailureLog,
+    describe_connect_error,
+    is_config_error,
+    tls_options,
+)
 
 log = logging.getLogger("edgeloop.agent.mqtt")
 
@@ -152,6 +158,17 @@ class FastClient(mqtt.Client):
         self._puback_reason = ReasonCode(PacketTypes.PUBACK)
         self._puback_props = Properties(PacketTypes.PUBACK)
         self._filtered_callbacks = False
+        self.connect_error: OSError | None = None  # why the last attempt failed
+
+    def reconnect(self) -> MQTTErrorCode:
+        # paho's on_connect_fail is told nothing; keep the reason for it to read.
+        try:
+            rc = super().reconnect()
+        except OSError as exc:
+            self.connect_error = exc
+            raise
+        self.connect_error = None
+        return rc
 
     def message_callback_add(self, sub: str, callback: Any) -> None:
         self._filtered_callbacks = True
@@ -396,6 +413,7 @@ class MqttLink:
         self._lock = threading.Lock()
         self._extra_subs: dict[str, int] = {}
         self.publish_failures = 0
+        self.connect_failures = ConnectFailureLog(str(broker), log)
 
         client = FastClient(
             callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
@@ -410,9 +428,10 @@ class MqttLink:
         if broker.username:
             client.username_pw_set(broker.username, broker.password)
         if broker.tls:
-            client.tls_set()
+            client.tls_set(**tls_options(broker.ca_file))
         client.on_socket_open = no_delay
         client.on_connect = self._handle_connect
+        client.on_connect_fail = self._handle_connect_fail
         client.on_disconnect = self._handle_disconnect
         client.on_message = self._handle_message
         self.client = client
@@ -450,8 +469,9 @@ class MqttLink:
 
     def _handle_connect(self, client: mqtt.Client, _ud: Any, flags: Any, rc: Any, _p: Any) -> None:
         if rc.is_failure:
-            log.warning("broker %s refused the connection: %s", self.broker, rc)
+            self.connect_failures.failed(f"the broker refused the connection: {rc}")
             return
+        self.connect_failures.connected()
         subs = list(self._subscriptions)
         with self._lock:
             subs += list(self._extra_subs.items())
@@ -469,9 +489,22 @@ class MqttLink:
         if self._on_connected is not None:
             self._on_connected()
 
+    def _handle_connect_fail(self, client: Any, _ud: Any) -> None:
+        exc = getattr(client, "connect_error", None)
+        if exc is None:
+            self.connect_failures.failed("connection failed")
+            return
+        level = logging.ERROR if is_config_error(exc) else logging.WARNING
+        self.connect_failures.failed(describe_connect_error(exc, self.broker.ca_file), level=level)
+
     def _handle_disconnect(self, _c: Any, _ud: Any, _flags: Any, rc: Any, _p: Any) -> None:
+        was_connected = self.connected.is_set()
         self.connected.clear()
-        log.warning("disconnected from %s: %s", self.broker, rc)
+        # A refused CONNACK ends in a disconnect too; connect_failures has said it.
+        if was_connected:
+            log.warning("disconnected from %s: %s", self.broker, rc)
+        else:
+            log.debug("disconnected from %s before connecting: %s", self.broker, rc)
 
     def _handle_message(self, _c: Any, _ud: Any, msg: mqtt.MQTTMessage) -> None:
         try:

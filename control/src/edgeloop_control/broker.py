@@ -1,6 +1,9 @@
 """A private Mosquitto broker with edgeloop's settings (demo and tests).
 
-The settings are those docs/operations.md asks operators to use, and why:
+The delivery and persistence settings are those of the shipped
+packaging/mosquitto-edgeloop.conf (a test keeps them equal); it has no TLS, no
+password file and no ACL, which tests/shipped_broker.py adds for the tests that
+need them. Why the settings matter:
 Mosquitto's default ``max_inflight_messages 20`` caps QoS 1 delivery to one
 subscriber at a few hundred messages/s; ``max_queued_messages`` (default 1000)
 silently drops QoS 1 messages beyond it for a slow or offline client.
@@ -24,6 +27,8 @@ max_inflight_messages 0
 max_queued_messages 200000
 # ... but bounded, so a few offline devices cannot exhaust the broker's memory.
 max_queued_bytes 67108864
+# Artifacts up to the agent's limit (64 MiB) plus headroom; larger ones are refused.
+message_size_limit 83886080
 # Persistent sessions and retained desired state survive a broker restart.
 persistence true
 # Small request/reply messages must not wait for Nagle + delayed ACK (~40 ms).

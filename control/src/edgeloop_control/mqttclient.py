@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import paho.mqtt.client as mqtt
 
 from edgeloop_agent.config import BrokerAddress
+from edgeloop_agent.connectlog import describe_connect_error, tls_options
 from edgeloop_agent.mqttlink import no_delay
 
 
@@ -44,7 +45,8 @@ class ControlClient:
         if self.address.username:
             self.client.username_pw_set(self.address.username, self.address.password)
         if self.address.tls:
-            self.client.tls_set()
+            # The broker URL may carry ?ca_file=/path (docs/operations.md).
+            self.client.tls_set(**tls_options(self.address.ca_file))
         self._connected = threading.Event()
         self._lock = threading.Lock()
         self._inbox: list[Message] = []
@@ -60,7 +62,9 @@ class ControlClient:
         try:
             self.client.connect(self.address.host, self.address.port, keepalive=30)
         except OSError as exc:
-            raise BrokerError(f"cannot reach the broker at {self.address}: {exc}") from None
+            # One line naming the cause: "TLS certificate verify failed: Hostname mismatch...".
+            reason = describe_connect_error(exc, self.address.ca_file)
+            raise BrokerError(f"cannot reach the broker at {self.address}: {reason}") from None
         self.client.loop_start()
         if not self._connected.wait(timeout):
             self.close()

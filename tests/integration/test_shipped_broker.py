@@ -33,6 +33,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from edgeloop_agent.config import AgentConfig
 from edgeloop_agent.connectlog import tls_options
 from tests.integration.models import sample_features, sensor_model
 from tests.mqtt_helpers import AgentProcess
@@ -298,9 +299,8 @@ def test_shipped_acl_refuses_hostile_and_curious_clients(site, agents, tmp_path:
             c.close()
 
 
-# The agent's default max_artifact_bytes once the update-path work of issue 8 lands
-# (it was 256 MiB before); then this should read AgentConfig().max_artifact_bytes.
-AGENT_MAX_ARTIFACT = 64 * 1024 * 1024
+# The largest artifact an agent with default settings accepts.
+AGENT_MAX_ARTIFACT = AgentConfig().max_artifact_bytes
 
 
 def test_user_names_the_patterns_must_never_see(tmp_path: Path):
@@ -384,7 +384,7 @@ def test_message_size_limit_sits_above_the_agents_artifact_limit(tmp_path: Path)
             time.sleep(3)
             big.close()
             control.subscribe("edgeloop/models/big/#")
-            got = [control.messages.get(timeout=60), *control.drain(2.0)]  # 64 MiB over TLS
+            got = [control.messages.get(timeout=60), *control.drain(2.0)]  # 32 MiB over TLS
             assert [(m.topic, len(m.payload)) for m in got] == [
                 ("edgeloop/models/big/v1", agent_limit)
             ]

@@ -28,7 +28,7 @@ max_queued_messages 200000
 # ... but bounded, so a few offline devices cannot exhaust the broker's memory.
 max_queued_bytes 67108864
 # Artifacts up to the agent's limit (64 MiB) plus headroom; larger ones are refused.
-message_size_limit 83886080
+message_size_limit 41943040
 # Persistent sessions and retained desired state survive a broker restart.
 persistence true
 # Small request/reply messages must not wait for Nagle + delayed ACK (~40 ms).

@@ -43,7 +43,7 @@ _DELETE = object()
     ("mutate", "message"),
     [
         (_set("title", _DELETE), "title is missing"),
-        (_set("experiment", _DELETE), "experiment is missing"),
+        (_set("experiment", _DELETE), "experiments is missing"),
         (_set("generated_at", "yesterday"), "generated_at: expected a finite number"),
         (_set("generated_at", float("nan")), "generated_at: expected a finite number"),
         (_set("title", 42), "title: expected a string, got int 42"),

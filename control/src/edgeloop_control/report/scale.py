@@ -6,7 +6,7 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from .timefmt import elapsed, time_step
+from .timefmt import date_step, date_tick, elapsed, time_step
 
 
 def nice_step(span: float, max_ticks: int = 5) -> float:
@@ -93,15 +93,21 @@ class LinearScale:
 
 @dataclass(frozen=True)
 class TimeScale(LinearScale):
-    """A linear scale over unix seconds whose ticks fall on round elapsed times."""
+    """A linear scale over unix seconds whose ticks fall on round elapsed times (or dates)."""
 
     origin: float = 0.0
+    # Long spans: ticks on whole UTC hours/days, labelled as dates (see timefmt.Clock).
+    dates: bool = False
 
     def ticks(self, max_ticks: int = 6) -> list[float]:
+        if self.dates:
+            return _ticks(self.lo, self.hi, date_step(self.hi - self.lo, max_ticks))
         step = time_step(self.hi - self.lo, max_ticks)
         return [self.origin + v for v in _ticks(self.lo - self.origin, self.hi - self.origin, step)]
 
     def tick_formatter(self, max_ticks: int = 6) -> Callable[[float], str]:
+        if self.dates:
+            return date_tick
         return lambda v: elapsed(v - self.origin)
 
 

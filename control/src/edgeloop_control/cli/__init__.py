@@ -52,6 +52,10 @@ def _register() -> None:
     from edgeloop_control.cli import ab
 
     app.add_typer(ab.app, name="ab", help="A/B experiments: champion vs challenger, by statistics.")
+    from edgeloop_control.cli import drift, report
+
+    report.register(app)
+    drift.register(app)
 
 
 _register()

@@ -51,6 +51,8 @@ class Drift:
     windows: tuple[DriftWindow, ...]
     alpha: float | None = None
     shift_at: float | None = None
+    # Why a feature has no values (e.g. the agent does not monitor categorical features).
+    feature_notes: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

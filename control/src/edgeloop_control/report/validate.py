@@ -239,6 +239,16 @@ def _drift(value: object, path: str) -> Drift | None:
         windows=tuple(_window(w, f"{path}.windows[{i}]") for i, w in enumerate(windows)),
         alpha=_measurement(_get(obj, "alpha", path, required=False), f"{path}.alpha"),
         shift_at=_optional_time(_get(obj, "shift_at", path, required=False), f"{path}.shift_at"),
+        feature_notes=_notes(_get(obj, "feature_notes", path, required=False), path),
+    )
+
+
+def _notes(value: object, path: str) -> tuple[tuple[str, str], ...]:
+    if value is _MISSING or value is None:
+        return ()
+    return tuple(
+        (_text(k, f"{path}.feature_notes key"), _text(v, f"{path}.feature_notes[{k!r}]"))
+        for k, v in _mapping(value, f"{path}.feature_notes").items()
     )
 
 

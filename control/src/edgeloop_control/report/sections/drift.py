@@ -66,7 +66,7 @@ def _chart(
             f"{worst:.3f} ({_stream_name(worst_w.stream)} at {clock.rel(worst_w.t)})"
         )
     else:
-        summary = "no PSI values for this feature"
+        summary = dict(drift.feature_notes).get(name, "no PSI values for this feature")
     chart = time_chart(
         chart_id,
         f"PSI of {name} over time",

@@ -41,8 +41,13 @@ TIME_POINT_HALF_WIDTH = 30.0
 
 
 def time_domain(times: Iterable[float | None]) -> tuple[float, float]:
-    """The x domain for a time axis: the times' range with 3% margins, at least a minute."""
-    return pad(*span_of(times), 0.03, point_half_width=TIME_POINT_HALF_WIDTH)
+    """The x domain for a time axis: the times' range with 3% margins, at least a minute
+    (looks a fraction of a second apart would otherwise get an axis without a tick)."""
+    lo, hi = span_of(times)
+    if hi - lo < 2 * TIME_POINT_HALF_WIDTH:
+        mid = (lo + hi) / 2
+        return (mid - TIME_POINT_HALF_WIDTH, mid + TIME_POINT_HALF_WIDTH)
+    return pad(lo, hi, 0.03)
 
 
 def span_of(
@@ -107,7 +112,8 @@ class TimeScale(LinearScale):
 
     def tick_formatter(self, max_ticks: int = 6) -> Callable[[float], str]:
         if self.dates:
-            return date_tick
+            step = date_step(self.hi - self.lo, max_ticks)
+            return lambda v: date_tick(v, step)
         return lambda v: elapsed(v - self.origin)
 
 

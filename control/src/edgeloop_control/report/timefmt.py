@@ -16,8 +16,8 @@ _TIME_STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10
 DAY = 86400
 # Spacings for date axes, aligned on UTC midnight (the epoch is one): hours, then days.
 _DATE_STEPS = (
-    60, 300, 900, 1800, 3600, 7200, 3 * 3600, 6 * 3600, 12 * 3600, DAY, 2 * DAY, 7 * DAY,
-    14 * DAY, 28 * DAY, 56 * DAY, 91 * DAY, 182 * DAY, 364 * DAY,
+    1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 3 * 3600, 6 * 3600,
+    12 * 3600, DAY, 2 * DAY, 7 * DAY, 14 * DAY, 28 * DAY, 56 * DAY, 91 * DAY, 182 * DAY, 364 * DAY,
 )  # fmt: skip
 # Longer than this, elapsed times stop being readable: the page shows UTC dates.
 DATE_SPAN_S = DAY
@@ -78,9 +78,12 @@ def date_step(span: float, max_ticks: int = 6) -> float:
     return float(years)
 
 
-def date_tick(t: float) -> str:
-    """``Dec 02`` at midnight, ``06:00`` within a day: short enough for a small chart."""
+def date_tick(t: float, step: float = 3600.0) -> str:
+    """``Dec 02`` at midnight, ``06:00`` within a day, ``06:00:15`` for steps under a
+    minute (a chart of one short experiment on a page spanning weeks)."""
     tm = time.gmtime(t)
+    if step < 60:
+        return time.strftime("%H:%M:%S", tm)
     if tm.tm_hour == tm.tm_min == tm.tm_sec == 0:
         return time.strftime("%b %d", tm)
     return time.strftime("%H:%M", tm)

@@ -29,18 +29,17 @@ def render_events(
         return Html(head + empty(why_empty) + "</section>")
     # sorted() is stable: events with the same timestamp keep the order they were logged in.
     ordered = sorted(events, key=lambda e: e.t)
+    # A long page shows dates already: one UTC column instead of elapsed + clock time.
+    when = (
+        (lambda e: [clock.utc(e.t)])
+        if clock.dates
+        else (lambda e: [clock.rel(e.t), clock.utc(e.t)])
+    )
     rows = [
-        [
-            clock.rel(e.t),
-            clock.utc(e.t),
-            badge(e.kind, KIND_TONES.get(e.kind, "other")),
-            e.subject,
-            e.message,
-        ]
+        [*when(e), badge(e.kind, KIND_TONES.get(e.kind, "other")), e.subject, e.message]
         for e in ordered
     ]
+    heads = ["time (UTC)"] if clock.dates else ["time", "UTC"]
     return Html(
-        head
-        + table(["time", "UTC", "kind", "subject", "message"], rows, cls="data events")
-        + "</section>"
+        head + table([*heads, "kind", "subject", "message"], rows, cls="data events") + "</section>"
     )

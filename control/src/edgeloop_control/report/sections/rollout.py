@@ -172,6 +172,7 @@ def render_devices(devices: Sequence[Device], clock: Clock) -> Html:
             [name for name, _, _ in shown],
             rows,
             numeric=[i for i, (_, right, _) in enumerate(shown) if right],
+            cls="data fleet",
         )
         + "</section>"
     )

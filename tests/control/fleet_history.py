@@ -39,7 +39,9 @@ LONG_FEATURES = [
     "vibration_rms_mm_s",
 ]
 CATEGORICAL = "pump_model"
-MODEL_FEATURES = [*FEATURES, CATEGORICAL]
+# In the model's feature list, but no window ever reports it (not monitored).
+UNMONITORED = "site_region"
+MODEL_FEATURES = [*FEATURES, CATEGORICAL, UNMONITORED]
 DAY = 86400.0
 DAYS = 5
 SHIFT_DAY = 3
@@ -120,7 +122,11 @@ def build(root: Path, broker: PrivateBroker) -> History:
         registry.register(
             "sensor",
             sensor_model(version, algo=algo).data,
-            {"algorithm": algo, "features": MODEL_FEATURES, "categorical_features": [CATEGORICAL]},
+            {
+                "algorithm": algo,
+                "features": MODEL_FEATURES,
+                "categorical_features": [CATEGORICAL, UNMONITORED],
+            },
         )
     db = ControlDB(ws.state_db)
     client = ControlClient(broker.url).connect()

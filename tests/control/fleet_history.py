@@ -74,8 +74,9 @@ def _drift_reports(
     X_ref = train[FEATURES[: len(names)]].to_numpy(float)
     profile = build_reference_profile(X_ref, names, None)
     monitor = DriftMonitor(profile, DriftConfig(window=WindowConfig("count", 200)))
-    stored, seq = 0, 0
+    stored = 0
     for half_day in range(DAYS * 2):
+        seq = half_day + 1
         ts = t0 + half_day * DAY / 2 + 3600
         shift = SensorShift.replaced_vibration_sensor() if ts >= shift_at else None
         live = generate(400, seed=seed + 100 + half_day, shift=shift)
@@ -91,7 +92,6 @@ def _drift_reports(
                 )  # fmt: skip
             doc.update(variant="sensor@v1", version="v1", t_start=ts - 1800 + k, t_end=ts + k)
             docs.append(doc)
-        seq += 1
         payload = {
             "revision": 1,
             "variants": {"sensor@v1": {"name": "sensor", "version": "v1", "role": "serve"}},

@@ -168,3 +168,37 @@ def test_chromium_renders_the_workspace_report(fleet_history: History, tmp_path:
     assert near(image, "#d62728") > 200  # drift-flagged points after the shift
     # The fleet table wraps long ids instead of running off the right edge.
     assert np.all(image[:, -24:].min(axis=2) > 200)
+
+
+def test_damaged_records_do_not_cost_the_page(tmp_path: Path) -> None:
+    """An agent's nonsense (negative counts, text for numbers, markup in names) and a broken
+    [experiment] section: the page is still written, and says what it could not read."""
+    from edgeloop_control.daemon.ingest import handle_report
+    from edgeloop_control.experiments import ExperimentManager
+    from tests.control.fleet_history import _envelope
+
+    ws = Workspace.init(tmp_path / "ws")
+    db = ControlDB(ws.state_db)
+    try:
+        ExperimentManager(ws, db, None)  # its tables exist, as in any workspace that ran one
+        window = {
+            "window": {"kind": "count", "start": 0, "end": 100, "n_rows": -5},
+            "enough_data": True, "dataset_drift": True, "variant": "m@v1", "version": "v1",
+            "t_end": 1_796_000_000.0,
+            "features": [{"name": "<b>x</b>", "psi": "high", "ks_p": None, "drift": True},
+                         {"name": "ok", "psi": 0.4, "ks_p_adjusted": 0.001, "drift": True}],
+        }  # fmt: skip
+        payload = {"drift": [window], "metrics": {"variants": {"m@v1": {"requests": -3}}}}
+        assert handle_report(db, _envelope("dev-1", 1, 1_796_000_000.0, payload))
+        with open(ws.root / "edgeloop.toml", "a", encoding="utf-8") as fh:
+            fh.write("\n[experiment]\nalpha = 7\n")
+        data = collect_report(Workspace.open(ws.root), db, Selection())
+    finally:
+        db.close()
+    document = render_report(data)
+    page = Page(document)
+    text = text_of(page)
+    assert "the experiments could not be read" in text and "alpha" in text
+    assert data["drift"]["features"] == ["<b>x</b>", "ok"]
+    assert "<b>x</b>" not in document and "&lt;b&gt;x&lt;/b&gt;" in document
+    assert page.inside("drift-chart-ok", "circle", "point")

@@ -23,6 +23,12 @@ from .timefmt import elapsed
 DEFAULT_PSI_THRESHOLD = 0.2
 
 
+def _count(value: Any) -> int | None:
+    """A count as stored (an agent's report is not trusted to be sane): else no value."""
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return value if ok else None
+
+
 def _number(value: Any) -> float | None:
     ok = isinstance(value, int | float) and not isinstance(value, bool)
     return float(value) if ok and math.isfinite(value) else None
@@ -59,7 +65,7 @@ def drift_section(
                 "t": w["end"],
                 "device": w["device"],
                 "variant": w["variant"],
-                "n": w["n"],
+                "n": _count(w["n"]),
                 "dataset_drift": w["dataset_drift"],
                 "psi": {str(f["name"]): _number(f.get("psi")) for f in w["features"]},
                 "ks_p": {str(f["name"]): history.feature_p(f) for f in w["features"]},
@@ -113,8 +119,17 @@ def collect_report(
     rollouts, events; each empty section says why it is empty."""
     now = time.time() if now is None else now
     windows = history.drift_windows(db, sel)
-    exps = history.experiments(ws, db, sel)
-    outs = history.rollouts(ws, db, sel)
+    unreadable: dict[str, str] = {}
+    # A damaged experiment or rollout record (or a broken [experiment]/[rollout] section in
+    # edgeloop.toml) must not cost the rest of the page: that section says what went wrong.
+    try:
+        exps = history.experiments(ws, db, sel)
+    except ValueError as exc:
+        exps, unreadable["experiments"] = [], f"the experiments could not be read: {exc}"
+    try:
+        outs = history.rollouts(ws, db, sel)
+    except ValueError as exc:
+        outs, unreadable["rollouts"] = [], f"the rollouts could not be read: {exc}"
     devices = history.fleet(db, sel)
     related = {str(e["id"]) for e in exps} | {str(r["id"]) for r in outs}
     related |= {d["device"] for d in devices} if sel.models else set()
@@ -143,8 +158,8 @@ def collect_report(
                 "model": d["serving"] or None,
                 "desired": d["desired"] or None,
                 "drift": d["drift"] or None,
-                "requests": d["requests"],
-                "errors": d["errors"],
+                "requests": _count(d["requests"]),
+                "errors": _count(d["errors"]),
                 "p99_ms": d["p99_ms"],
                 "rss_mb": d["rss_mb"],
                 "outbox_depth": d["outbox_depth"]
@@ -159,6 +174,7 @@ def collect_report(
             "experiments": f"no experiment ran{suffix}",
             "rollouts": f"no rollout ran{suffix}",
             "events": f"no control-node events were recorded{suffix}",
+            **unreadable,
         },
     }
     data["summary"] = summary(data, sel)

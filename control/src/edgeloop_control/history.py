@@ -15,7 +15,7 @@ import math
 import re
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from edgeloop_control.controldb import ControlDB, merged_p99_ms
@@ -39,15 +39,17 @@ def parse_when(text: str, *, now: float | None = None, option: str = "--since") 
     match = _RELATIVE.fullmatch(raw.lower())
     if match:
         return now - float(match.group(1)) * _UNITS[match.group(2)]
+    # Python 3.10's fromisoformat does not read a "Z" suffix.
+    iso = raw[:-1] + "+00:00" if raw[-1:] in ("Z", "z") else raw
     try:
-        parsed = datetime.fromisoformat(raw)
+        parsed = datetime.fromisoformat(iso)
     except ValueError:
         raise HistoryError(
             f"{option} {text!r}: not a date/time (ISO 8601 such as 2026-12-01 or "
             "2026-12-01T14:00Z) nor a time ago such as 90s, 30m, 2h, 7d or 2w"
         ) from None
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
+        parsed = parsed.replace(tzinfo=timezone.utc)
     return parsed.timestamp()
 
 
@@ -302,6 +304,10 @@ def events(
     return out
 
 
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def _models_text(models: list[dict[str, Any]]) -> str:
     parts = []
     for m in models:
@@ -325,8 +331,8 @@ def fleet(db: ControlDB, sel: Selection) -> list[dict[str, Any]]:
         if not sel.device_ok(name):
             continue
         row = inventory.get(name) or {}
-        status = row.get("status") if isinstance(row.get("status"), dict) else {}
-        telemetry = row.get("telemetry") if isinstance(row.get("telemetry"), dict) else {}
+        status: dict[str, Any] = _dict(row.get("status"))
+        telemetry: dict[str, Any] = _dict(row.get("telemetry"))
         want = desired.get(name) or {}
         served = [m for m in status.get("models") or [] if isinstance(m, dict)]
         wanted = [m for m in want.get("models") or [] if isinstance(m, dict)]
@@ -344,7 +350,7 @@ def fleet(db: ControlDB, sel: Selection) -> list[dict[str, Any]]:
             query += " AND ts <= ?"
             args.append(sel.until)
         stats = db.conn.execute(query, args).fetchall()  # every variant the device served
-        drift = row.get("drift") if isinstance(row.get("drift"), dict) else {}
+        drift: dict[str, Any] = _dict(row.get("drift"))
         drifting = [
             f"{v}: {', '.join(d.get('drifted') or []) or 'dataset'}"
             for v, d in sorted(drift.items())

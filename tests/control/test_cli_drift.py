@@ -95,3 +95,34 @@ def test_layout_fits_then_drops_then_goes_vertical() -> None:
         assert "pump-station-1" in text and "a-rather-long-feature-name" in text
         assert all(len(line) <= console_width for line in text.splitlines() if "│" in line)
         assert ("sensor@v12" in text) == (layout != "narrow")
+
+
+def test_terminal_control_characters_from_devices_are_shown_not_obeyed(tmp_path: Path) -> None:
+    """A feature name or variant carrying ESC sequences (set the window title, recolour, clear
+    the screen) or a right-to-left override is printed escaped, in the table and the heading."""
+    from edgeloop_control.controldb import ControlDB
+    from edgeloop_control.daemon.ingest import handle_report
+    from edgeloop_control.workspace import Workspace
+    from tests.control.fleet_history import _envelope
+
+    hostile = "temp\x1b]0;pwned\x07\x1b[2J\u202eevil"
+    ws = Workspace.init(tmp_path / "ws")
+    db = ControlDB(ws.state_db)
+    try:
+        window = {
+            "window": {"kind": "count", "start": 0, "end": 300, "n_rows": 300},
+            "enough_data": True, "dataset_drift": True, "variant": f"m@v1{hostile}",
+            "version": "v1", "t_end": 1_796_000_000.0,
+            "features": [{"name": hostile, "psi": 0.5, "ks_p_adjusted": 1e-6, "drift": True,
+                          "reasons": ["psi", "ks"]}],
+        }  # fmt: skip
+        assert handle_report(db, _envelope("dev-1", 1, 1_796_000_000.0, {"drift": [window]}))
+    finally:
+        db.close()
+    for columns in (80, 200):
+        code, stdout, stderr = run(ws.root, "drift", columns=columns)
+        assert code == 0, stderr
+        assert "\x1b" not in stdout and "\x07" not in stdout and "\u202e" not in stdout
+        assert "temp\\x1b]0;pwned\\x07\\x1b[2J\\u202eevil" in stdout
+    code, stdout, _ = run(ws.root, "drift", "--json")
+    assert json.loads(stdout)[0]["features"][0]["name"] == hostile  # JSON keeps the exact name

@@ -115,11 +115,11 @@ def print_drift(console: Any, found: list[dict[str, Any]], scope: str) -> None:
     from rich.text import Text
 
     from edgeloop_control import history
-    from edgeloop_control.cli.layout import print_rows
+    from edgeloop_control.cli.layout import print_rows, safe_text
 
     if not found:
         console.print(
-            Text(f"no drift windows ({scope}); agents report them with their telemetry"),
+            safe_text(f"no drift windows ({scope}); agents report them with their telemetry"),
             soft_wrap=True,
         )
         return
@@ -130,8 +130,8 @@ def print_drift(console: Any, found: list[dict[str, Any]], scope: str) -> None:
         for w in ws:
             verdict = _window_verdict(w)
             when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(w["end"]))
-            head = Text(f"{device} · {variant} · window ending {when} · n={w['n']:,} · ")
-            head.append(verdict, style="bold red" if w["dataset_drift"] else "green")
+            head = safe_text(f"{device} · {variant} · window ending {when} · n={w['n']:,} · ")
+            head.append(safe_text(verdict, "bold red" if w["dataset_drift"] else "green"))
             console.print(head, soft_wrap=True)
             rows: list[list[Any]] = []
             judged = [*w["features"], *([w["output"]] if w["output"] else [])]

@@ -9,6 +9,7 @@ marked as low-value, and if it still does not fit it prints each row vertically 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from rich.cells import cell_len
@@ -18,9 +19,33 @@ from rich.text import Text
 
 Cell = str | Text
 
+# Control characters (an ESC starts a terminal command: colours, the window title, ...) and
+# the bidirectional overrides that make text display in another order than it reads. Names
+# and messages come from devices; in a terminal they are shown, never obeyed.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` with control and bidi-override characters shown as ``\\x1b``/``\\u202e``."""
+    return _UNSAFE.sub(
+        lambda m: (
+            f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}"
+        ),
+        text,
+    )
+
+
+def safe_text(value: Cell, style: str = "") -> Text:
+    """A rich Text of ``value`` (never read as markup) with unsafe characters escaped."""
+    if isinstance(value, Text):
+        out = value.copy()
+        out.plain = terminal_safe(value.plain)
+        return out
+    return Text(terminal_safe(value), style=style)
+
 
 def _plain(value: Cell) -> str:
-    return value.plain if isinstance(value, Text) else value
+    return terminal_safe(value.plain if isinstance(value, Text) else value)
 
 
 def table_width(columns: Sequence[str], rows: Sequence[Sequence[Cell]]) -> int:
@@ -64,7 +89,7 @@ def _print_table(
         width = max([cell_len(name)] + [cell_len(_plain(r[i])) for r in rows])
         table.add_column(name, no_wrap=True, overflow="fold", min_width=width)
     for row in rows:
-        table.add_row(*[c if isinstance(c, Text) else Text(c) for c in row])
+        table.add_row(*[safe_text(c) for c in row])
     console.print(table)
 
 
@@ -72,12 +97,12 @@ def _print_vertical(
     console: Console, title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Cell]]
 ) -> None:
     if title:
-        console.print(Text(title, style="bold"), soft_wrap=True)
+        console.print(safe_text(title, "bold"), soft_wrap=True)
     label = max((cell_len(c) for c in columns), default=0)
     for n, row in enumerate(rows):
         console.print(Text(f"-- {n + 1} of {len(rows)} --", style="dim"), soft_wrap=True)
         for name, value in zip(columns, row, strict=True):
             line = Text(f"{name.ljust(label)} : ")
-            line.append(value if isinstance(value, Text) else Text(value))
+            line.append(safe_text(value))
             # soft_wrap: the terminal folds a long line, rich inserts no break and cuts nothing.
             console.print(line, soft_wrap=True)

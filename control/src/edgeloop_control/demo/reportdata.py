@@ -11,6 +11,7 @@ from edgeloop_control.demo.fleetsim import DemoClient
 from edgeloop_control.demo.narrate import Narrator
 from edgeloop_control.history import Selection
 from edgeloop_control.report.collect import collect_report
+from edgeloop_control.report.timefmt import elapsed
 from edgeloop_control.workspace import Workspace
 
 
@@ -36,7 +37,7 @@ def collect_report_data(
         data["drift"]["shift_at"] = shift_at
     # What the demo's app saw, beside the control node's own counts in the fleet table.
     traffic = {
-        "duration_s": round(say.elapsed, 1),  # monotonic: the run's real length
+        "duration": elapsed(say.elapsed),  # monotonic: the run's real length
         "requests sent": sum(s.sent for s in client.stats.values()),
         "request errors": sum(s.errors for s in client.stats.values()),
         "demo devices": len(devices),

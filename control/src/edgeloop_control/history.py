@@ -114,6 +114,21 @@ def _has_table(db: ControlDB, name: str) -> bool:
     return row is not None
 
 
+def _overlapping(db: ControlDB, table: str, start: str, end: str, sel: Selection) -> bool:
+    """Does ``table`` exist and hold a row whose [start, end] meets the selected range?"""
+    if not _has_table(db, table):
+        return False
+    # Table and column names are this module's constants, never user input.
+    query, args = f"SELECT 1 FROM {table} WHERE 1=1", []
+    if sel.until is not None:
+        query += f" AND {start} <= ?"
+        args.append(sel.until)
+    if sel.since is not None:
+        query += f" AND ({end} IS NULL OR {end} >= ?)"
+        args.append(sel.since)
+    return db.conn.execute(query + " LIMIT 1", args).fetchone() is not None
+
+
 # -- drift -----------------------------------------------------------------------------
 
 
@@ -228,8 +243,9 @@ def feature_order(windows: list[dict[str, Any]], known: dict[str, list[str]]) ->
 def experiments(ws: Workspace, db: ControlDB, sel: Selection) -> list[dict[str, Any]]:
     """Every experiment that ran in the selected range (created before its end, not ended
     before its start) on the selected devices/models, oldest first, as ``ab status`` has it."""
-    if not _has_table(db, "experiments"):
+    if not _overlapping(db, "experiments", "created_at", "ended_at", sel):
         return []
+    # Imported only when there is something to show: it pulls in scipy.stats (seconds).
     from edgeloop_control.experiments import ExperimentManager
 
     out = []
@@ -248,7 +264,7 @@ def experiments(ws: Workspace, db: ControlDB, sel: Selection) -> list[dict[str, 
 
 def rollouts(ws: Workspace, db: ControlDB, sel: Selection) -> list[dict[str, Any]]:
     """Every rollout that ran in the selected range on the selected devices/models."""
-    if not _has_table(db, "rollouts"):
+    if not _overlapping(db, "rollouts", "created_at", "finished_at", sel):
         return []
     from edgeloop_control.rollout import RolloutManager
 

@@ -57,3 +57,42 @@ def test_heat_ramp() -> None:
     assert heat(0.0, 0.2) == ("#ffffff", "#1a1a1a")
     assert heat(0.2, 0.2)[0] == "#fc8d59"
     assert heat(10.0, 0.2) == ("#7f0000", "#ffffff")  # beyond the ramp stays at its end
+
+
+def test_long_spans_switch_to_dates() -> None:
+    from edgeloop_control.report.scale import time_domain
+    from edgeloop_control.report.timefmt import date_step, date_tick, duration
+
+    day = 86400
+    origin = 1796083200.0  # 2026-12-01 00:00:00 UTC
+    assert elapsed(720 * 3600) == "30d 00:00:00" and duration(5 * day + 7261) == "5d 02:01:01"
+    short, long_ = Clock(origin, origin + day), Clock(origin, origin + 30 * day)
+    assert not short.dates and short.rel(origin + 3600) == "+1:00:00"
+    assert long_.dates and long_.rel(origin + 3600 * 14.5) == "2026-12-01 14:30"
+    assert long_.both(origin) == "2026-12-01 00:00:00 UTC" and "UTC" in long_.axis_label
+    scale = TimeScale(origin - 3600, origin + 30 * day, 50, 350, origin=origin, dates=True)
+    ticks = scale.ticks(6)
+    assert all(t % (7 * day) == 0 or t % day == 0 for t in ticks)  # whole UTC days
+    labels = [scale.tick_formatter(6)(t) for t in ticks]
+    assert all(len(label) == 6 and label[:3].isalpha() for label in labels), labels
+    assert date_step(2 * day, 6) == 12 * 3600 and date_tick(origin + 6 * 3600) == "06:00"
+    assert date_tick(origin + 15, 5) == "00:00:15"
+    # A short chart on a long page: ticks every few seconds, never an empty axis.
+    lo, hi = time_domain([origin, origin + 0.2])
+    assert hi - lo == 60.0
+    fine = TimeScale(lo, hi, 50, 350, origin=origin - 30 * day, dates=True)
+    assert 3 <= len(fine.ticks(6)) <= 7
+
+
+def test_a_month_long_report_shows_no_elapsed_hours() -> None:
+    import re
+
+    from edgeloop_control.report import render_report
+    from tests.control.test_report_render import Page, demo_like_data
+
+    data = demo_like_data()
+    for w in data["drift"]["windows"]:
+        w["t"] += 30 * 86400 * (w["t"] - data["drift"]["windows"][0]["t"]) / 300
+    text = " ".join(Page(render_report(data)).text)
+    assert not re.search(r"\d{3,}:\d\d:\d\d", text)
+    assert re.search(r"\d+d \d\d:\d\d:\d\d long", text)

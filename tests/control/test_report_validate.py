@@ -43,7 +43,7 @@ _DELETE = object()
     ("mutate", "message"),
     [
         (_set("title", _DELETE), "title is missing"),
-        (_set("experiment", _DELETE), "experiment is missing"),
+        (_set("experiment", _DELETE), "experiments is missing"),
         (_set("generated_at", "yesterday"), "generated_at: expected a finite number"),
         (_set("generated_at", float("nan")), "generated_at: expected a finite number"),
         (_set("title", 42), "title: expected a string, got int 42"),
@@ -152,3 +152,38 @@ def test_write_report_is_atomic_and_readable(tmp_path: Path) -> None:
         write_report(bad, target)
     assert target.read_bytes() == good  # the earlier report survives a failed one
     assert sorted(p.name for p in target.parent.iterdir()) == ["report.html"]  # no temp left
+
+
+def _plural() -> dict[str, Any]:
+    data = demo_like_data()
+    data["experiments"] = [data.pop("experiment")]
+    data["rollouts"] = [data.pop("rollout")]
+    return data
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (_set("experiments.0", None), "experiments[0]: expected a mapping"),
+        (_set("rollouts", {"model": "x"}), "rollouts: expected a list"),
+        (_set("experiments.0.looks.1.t", None), "experiments[0].looks[1].t"),
+        (_set("rollouts.0.batches.0.result", 3), "rollouts[0].batches[0].result"),
+        (_set("devices.0.outbox_depth", -2), "devices[0].outbox_depth"),
+        (_set("drift.feature_notes", ["x"]), "drift.feature_notes: expected a mapping"),
+        (_set("empty_reasons", {"drift": 1}), "empty_reasons['drift']: expected a string"),
+    ],
+)
+def test_the_lists_of_experiments_and_rollouts_are_checked(mutate: Mutation, message: str) -> None:
+    data = _plural()
+    mutate(data)
+    with pytest.raises(ReportDataError) as caught:
+        render_report(data)
+    assert message in str(caught.value)
+
+
+def test_both_spellings_give_the_same_page() -> None:
+    data = demo_like_data()
+    assert render_report(_plural()).replace("\n", "") == render_report(data).replace("\n", "")
+    del data["rollout"]
+    with pytest.raises(ReportDataError, match="rollouts is missing"):
+        render_report(data)

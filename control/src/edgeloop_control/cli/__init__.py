@@ -53,6 +53,10 @@ def _register() -> None:
 
     app.add_typer(ab.app, name="ab", help="A/B experiments: champion vs challenger, by statistics.")
     app.add_typer(broker.app, name="broker", help="Broker configuration (site bridges).")
+    from edgeloop_control.cli import drift, report
+
+    report.register(app)
+    drift.register(app)
 
 
 _register()

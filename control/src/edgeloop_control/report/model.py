@@ -51,6 +51,8 @@ class Drift:
     windows: tuple[DriftWindow, ...]
     alpha: float | None = None
     shift_at: float | None = None
+    # Why a feature has no values (e.g. the agent does not monitor categorical features).
+    feature_notes: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,7 @@ class Experiment:
     tau: float | None = None
     srm: Srm | None = None
     decision: Decision | None = None
+    state: str = ""
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,7 @@ class Rollout:
     state: str
     batches: tuple[Batch, ...]
     previous: str | None = None
+    id: str = ""
 
 
 @dataclass(frozen=True)
@@ -124,6 +128,10 @@ class Device:
     errors: int | None = None
     p99_ms: float | None = None
     rss_mb: float | None = None
+    desired: str | None = None
+    outbox_depth: int | None = None
+    last_seen: float | None = None
+    drift: str | None = None
 
 
 @dataclass(frozen=True)
@@ -135,9 +143,15 @@ class ReportData:
     devices: tuple[Device, ...]
     summary: tuple[tuple[str, object], ...]
     drift: Drift | None = None
-    experiment: Experiment | None = None
-    rollout: Rollout | None = None
+    experiments: tuple[Experiment, ...] = ()
+    rollouts: tuple[Rollout, ...] = ()
     workspace: str | None = None
+    # Why the experiment/rollout sections are empty, when the caller knows better than
+    # "none ran" (e.g. "no experiment in the selected time range").
+    empty_reasons: tuple[tuple[str, str], ...] = ()
+
+    def empty_reason(self, section: str, default: str) -> str:
+        return dict(self.empty_reasons).get(section, default)
 
     def all_times(self) -> list[float]:
         """Every timestamp in the data: the report's clock starts at the earliest one."""
@@ -146,11 +160,11 @@ class ReportData:
             times += [w.t for w in self.drift.windows]
             if self.drift.shift_at is not None:
                 times.append(self.drift.shift_at)
-        if self.experiment is not None:
-            times += [look.t for look in self.experiment.looks]
-            if self.experiment.decision is not None and self.experiment.decision.t is not None:
-                times.append(self.experiment.decision.t)
-        if self.rollout is not None:
-            for b in self.rollout.batches:
+        for exp in self.experiments:
+            times += [look.t for look in exp.looks]
+            if exp.decision is not None and exp.decision.t is not None:
+                times.append(exp.decision.t)
+        for rollout in self.rollouts:
+            for b in rollout.batches:
                 times += [t for t in (b.started, b.finished) if t is not None]
         return times

@@ -9,9 +9,9 @@ from .markup import esc
 from .model import ReportData
 from .sections.drift import render_drift
 from .sections.events import render_events
-from .sections.experiment import render_experiment
+from .sections.experiment import render_experiments
 from .sections.header import render_header
-from .sections.rollout import render_rollout
+from .sections.rollout import render_devices, render_rollouts
 from .style import stylesheet
 from .timefmt import Clock
 from .validate import parse_report
@@ -25,15 +25,27 @@ def render_document(data: ReportData) -> str:
     times = data.all_times()
     origin = min(times) if times else data.generated_at
     end = max([*times, origin])
-    clock = Clock(origin)
+    clock = Clock(origin, end)
     # A batch still running is drawn up to when the report was written.
     now = max(end, data.generated_at)
     body = (
         render_header(data, clock, end)
-        + render_drift(data.drift, clock)
-        + render_experiment(data.experiment, clock)
-        + render_rollout(data.rollout, data.events, data.devices, now, clock)
-        + render_events(data.events, clock)
+        + render_devices(data.devices, clock)
+        + render_drift(
+            data.drift,
+            clock,
+            data.empty_reason("drift", "drift monitoring was not part of this run"),
+            data.empty_reason("drift_windows", "no drift windows completed"),
+        )
+        + render_experiments(
+            data.experiments, clock, data.empty_reason("experiments", "no experiment ran")
+        )
+        + render_rollouts(
+            data.rollouts, data.events, now, clock, data.empty_reason("rollouts", "no rollout ran")
+        )
+        + render_events(
+            data.events, clock, data.empty_reason("events", "no control-node events were recorded")
+        )
     )
     return (
         "<!DOCTYPE html>\n"

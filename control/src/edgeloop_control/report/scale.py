@@ -6,7 +6,7 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from .timefmt import elapsed, time_step
+from .timefmt import date_step, date_tick, elapsed, time_step
 
 
 def nice_step(span: float, max_ticks: int = 5) -> float:
@@ -41,8 +41,13 @@ TIME_POINT_HALF_WIDTH = 30.0
 
 
 def time_domain(times: Iterable[float | None]) -> tuple[float, float]:
-    """The x domain for a time axis: the times' range with 3% margins, at least a minute."""
-    return pad(*span_of(times), 0.03, point_half_width=TIME_POINT_HALF_WIDTH)
+    """The x domain for a time axis: the times' range with 3% margins, at least a minute
+    (looks a fraction of a second apart would otherwise get an axis without a tick)."""
+    lo, hi = span_of(times)
+    if hi - lo < 2 * TIME_POINT_HALF_WIDTH:
+        mid = (lo + hi) / 2
+        return (mid - TIME_POINT_HALF_WIDTH, mid + TIME_POINT_HALF_WIDTH)
+    return pad(lo, hi, 0.03)
 
 
 def span_of(
@@ -93,15 +98,22 @@ class LinearScale:
 
 @dataclass(frozen=True)
 class TimeScale(LinearScale):
-    """A linear scale over unix seconds whose ticks fall on round elapsed times."""
+    """A linear scale over unix seconds whose ticks fall on round elapsed times (or dates)."""
 
     origin: float = 0.0
+    # Long spans: ticks on whole UTC hours/days, labelled as dates (see timefmt.Clock).
+    dates: bool = False
 
     def ticks(self, max_ticks: int = 6) -> list[float]:
+        if self.dates:
+            return _ticks(self.lo, self.hi, date_step(self.hi - self.lo, max_ticks))
         step = time_step(self.hi - self.lo, max_ticks)
         return [self.origin + v for v in _ticks(self.lo - self.origin, self.hi - self.origin, step)]
 
     def tick_formatter(self, max_ticks: int = 6) -> Callable[[float], str]:
+        if self.dates:
+            step = date_step(self.hi - self.lo, max_ticks)
+            return lambda v: date_tick(v, step)
         return lambda v: elapsed(v - self.origin)
 
 

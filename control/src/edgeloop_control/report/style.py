@@ -51,6 +51,9 @@ caption { text-align: left; font-weight: 600; padding: 4px 0; caption-side: top;
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 table.events td:nth-child(-n+2) { white-space: nowrap; font-variant-numeric: tabular-nums; }
 table.events td:last-child, table.steps td:last-child { overflow-wrap: anywhere; }
+/* Long device ids and version lists wrap inside the page instead of widening it. */
+table.fleet { width: 100%; }
+table.fleet td { overflow-wrap: anywhere; }
 .tables { display: flex; flex-wrap: wrap; gap: 0 32px; align-items: flex-start; }
 .badge { display: inline-block; padding: 0 8px; border-radius: 10px; color: #fff;
   font-size: 12px; font-weight: 600; line-height: 19px; white-space: nowrap; }

@@ -13,6 +13,7 @@ from typing import Protocol
 
 from .markup import Html, esc
 from .scale import LinearScale, LogScale, TimeScale
+from .timefmt import Clock
 
 
 class Scale(Protocol):
@@ -281,16 +282,20 @@ def time_chart(
     *,
     x_domain: tuple[float, float],
     y_domain: tuple[float, float],
-    origin: float,
+    clock: Clock,
     width: float = 380,
     height: float = 200,
     log_y: bool = False,
     margins: Margins | None = None,
     **options: object,
 ) -> Chart:
-    """A chart whose x axis is time (ticks as elapsed ``m:ss`` since ``origin``)."""
+    """A chart whose x axis is time: elapsed ``m:ss`` since the clock's origin, or UTC dates
+    when the page spans more than a day (``x_label`` defaults to say which)."""
     m = margins or Margins()
-    x = TimeScale(x_domain[0], x_domain[1], m.left, width - m.right, origin=origin)
+    x = TimeScale(
+        x_domain[0], x_domain[1], m.left, width - m.right, origin=clock.origin, dates=clock.dates
+    )
+    options.setdefault("x_label", clock.axis_label)
     y_cls = LogScale if log_y else LinearScale
     y = y_cls(y_domain[0], y_domain[1], height - m.bottom, m.top)
     return Chart(chart_id, title, width, height, x, y, margins=m, **options)  # type: ignore[arg-type]

@@ -44,8 +44,8 @@ _SECTIONS = (
     "timeline",
     "events",
     "drift",
-    "experiment",
-    "rollout",
+    "experiments",
+    "rollouts",
     "devices",
     "summary",
 )
@@ -239,6 +239,16 @@ def _drift(value: object, path: str) -> Drift | None:
         windows=tuple(_window(w, f"{path}.windows[{i}]") for i, w in enumerate(windows)),
         alpha=_measurement(_get(obj, "alpha", path, required=False), f"{path}.alpha"),
         shift_at=_optional_time(_get(obj, "shift_at", path, required=False), f"{path}.shift_at"),
+        feature_notes=_notes(_get(obj, "feature_notes", path, required=False), path),
+    )
+
+
+def _notes(value: object, path: str) -> tuple[tuple[str, str], ...]:
+    if value is _MISSING or value is None:
+        return ()
+    return tuple(
+        (_text(k, f"{path}.feature_notes key"), _text(v, f"{path}.feature_notes[{k!r}]"))
+        for k, v in _mapping(value, f"{path}.feature_notes").items()
     )
 
 
@@ -316,6 +326,7 @@ def _experiment(value: object, path: str) -> Experiment | None:
         tau=_measurement(opt("tau"), f"{path}.tau"),
         srm=_srm(opt("srm"), f"{path}.srm"),
         decision=_decision(opt("decision"), f"{path}.decision"),
+        state=_optional_text(opt("state"), f"{path}.state"),
     )
 
 
@@ -346,6 +357,7 @@ def _rollout(value: object, path: str) -> Rollout | None:
         previous=None
         if previous is _MISSING or previous is None
         else _text(previous, f"{path}.previous"),
+        id=_optional_text(_get(obj, "id", path, required=False), f"{path}.id"),
     )
 
 
@@ -356,6 +368,11 @@ def _device(value: object, path: str) -> Device:
         return _get(obj, key, path, required=False)
 
     model = opt("model")
+
+    def opt_text(key: str) -> str | None:
+        value = opt(key)
+        return None if value is _MISSING or value is None else _text(value, f"{path}.{key}")
+
     return Device(
         device=_text(_get(obj, "device", path, required=True), f"{path}.device"),
         online=_optional_flag(opt("online"), f"{path}.online"),
@@ -364,6 +381,10 @@ def _device(value: object, path: str) -> Device:
         errors=_count(opt("errors"), f"{path}.errors"),
         p99_ms=_measurement(opt("p99_ms"), f"{path}.p99_ms"),
         rss_mb=_measurement(opt("rss_mb"), f"{path}.rss_mb"),
+        desired=opt_text("desired"),
+        outbox_depth=_count(opt("outbox_depth"), f"{path}.outbox_depth"),
+        last_seen=_optional_time(opt("last_seen"), f"{path}.last_seen"),
+        drift=opt_text("drift"),
     )
 
 
@@ -377,6 +398,32 @@ def _items(value: object, path: str) -> Sequence[Any]:
     return () if value is None else _sequence(value, path)
 
 
+def _plural(obj: Mapping[str, Any], plural: str, singular: str) -> Sequence[Any]:
+    """``experiments``/``rollouts`` are lists; the older single ``experiment``/``rollout``
+    key (a mapping or None) is still read, as a list of at most one."""
+    if plural in obj:
+        return _items(obj[plural], plural)
+    if singular in obj:
+        return () if obj[singular] is None else (obj[singular],)
+    raise ReportDataError(f"{plural} is missing")
+
+
+def _each(items: Sequence[Any], parse: Any, name: str, single: bool) -> tuple[Any, ...]:
+    if single:
+        return tuple(parse(v, name) for v in items)
+    # Inside a list an item is never None: that would be a caller's bug, not "none ran".
+    return tuple(parse(_mapping(v, f"{name}s[{i}]"), f"{name}s[{i}]") for i, v in enumerate(items))
+
+
+def _empty_reasons(value: object) -> tuple[tuple[str, str], ...]:
+    if value is _MISSING or value is None:
+        return ()
+    return tuple(
+        (_text(k, "empty_reasons key"), _text(v, f"empty_reasons[{k!r}]"))
+        for k, v in _mapping(value, "empty_reasons").items()
+    )
+
+
 def parse_report(data: object) -> ReportData:
     """Validate ``data`` (the contract in docs/report.md) into a :class:`ReportData`.
 
@@ -384,7 +431,11 @@ def parse_report(data: object) -> ReportData:
     """
     obj = _mapping(data, "data")
     for key in _SECTIONS:
-        _get(obj, key, "", required=True)
+        if key not in ("experiments", "rollouts"):  # checked by _plural
+            _get(obj, key, "", required=True)
+    experiments = _plural(obj, "experiments", "experiment")
+    rollouts = _plural(obj, "rollouts", "rollout")
+    single = "experiments" not in obj
     workspace = obj["workspace"]
     return ReportData(
         title=_text(obj["title"], "title"),
@@ -397,10 +448,11 @@ def parse_report(data: object) -> ReportData:
             _event(e, f"events[{i}]") for i, e in enumerate(_items(obj["events"], "events"))
         ),
         drift=_drift(obj["drift"], "drift"),
-        experiment=_experiment(obj["experiment"], "experiment"),
-        rollout=_rollout(obj["rollout"], "rollout"),
+        experiments=_each(experiments, _experiment, "experiment", single),
+        rollouts=_each(rollouts, _rollout, "rollout", "rollouts" not in obj),
         devices=tuple(
             _device(d, f"devices[{i}]") for i, d in enumerate(_items(obj["devices"], "devices"))
         ),
         summary=_summary(obj["summary"], "summary"),
+        empty_reasons=_empty_reasons(obj.get("empty_reasons", _MISSING)),
     )

@@ -66,14 +66,13 @@ def _chart(
             f"{worst:.3f} ({_stream_name(worst_w.stream)} at {clock.rel(worst_w.t)})"
         )
     else:
-        summary = "no PSI values for this feature"
+        summary = dict(drift.feature_notes).get(name, "no PSI values for this feature")
     chart = time_chart(
         chart_id,
         f"PSI of {name} over time",
         x_domain=x_domain,
         y_domain=(0.0, top * 1.08),
-        origin=clock.origin,
-        x_label="time since start (m:ss)",
+        clock=clock,
         y_label="PSI",
         desc=summary,
     )
@@ -142,10 +141,15 @@ def _heat_legend(threshold: float) -> Html:
     return Html(f'<p class="heat-legend">PSI colour scale: {cells}</p>')
 
 
-def render_drift(drift: Drift | None, clock: Clock) -> Html:
+def render_drift(
+    drift: Drift | None,
+    clock: Clock,
+    why_none: str = "drift monitoring was not part of this run",
+    why_empty: str = "no drift windows completed",
+) -> Html:
     head = '<section id="drift"><h2>Drift per feature over time</h2>'
     if drift is None:
-        return Html(head + empty("drift monitoring was not part of this run") + "</section>")
+        return Html(head + empty(why_none) + "</section>")
     alpha = f", KS tests at α = {drift.alpha:g}" if drift.alpha is not None else ""
     intro = (
         f'<p class="lead">Population stability index (PSI) of each feature in each completed '
@@ -154,7 +158,7 @@ def render_drift(drift: Drift | None, clock: Clock) -> Html:
         f"dataset drift.</p>"
     )
     if not drift.windows:
-        return Html(head + intro + empty("no drift windows completed") + "</section>")
+        return Html(head + intro + empty(why_empty) + "</section>")
     streams = _streams(drift.windows)
     colors = {s: series_color(i) for i, s in enumerate(streams)}
     x_domain = time_domain([*(w.t for w in drift.windows), drift.shift_at])

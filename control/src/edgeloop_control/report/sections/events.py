@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from ..markup import Html, badge, empty, table
 from ..model import Event
-from ..timefmt import Clock, utc_clock
+from ..timefmt import Clock
 
 # Event kinds drawn in a state colour; any other kind is shown neutral.
 KIND_TONES = {
@@ -21,24 +21,25 @@ KIND_TONES = {
 }
 
 
-def render_events(events: Sequence[Event], clock: Clock) -> Html:
+def render_events(
+    events: Sequence[Event], clock: Clock, why_empty: str = "no control-node events were recorded"
+) -> Html:
     head = '<section id="events"><h2>Events</h2>'
     if not events:
-        return Html(head + empty("no control-node events were recorded") + "</section>")
+        return Html(head + empty(why_empty) + "</section>")
     # sorted() is stable: events with the same timestamp keep the order they were logged in.
     ordered = sorted(events, key=lambda e: e.t)
+    # A long page shows dates already: one UTC column instead of elapsed + clock time.
+    when = (
+        (lambda e: [clock.utc(e.t)])
+        if clock.dates
+        else (lambda e: [clock.rel(e.t), clock.utc(e.t)])
+    )
     rows = [
-        [
-            clock.rel(e.t),
-            utc_clock(e.t),
-            badge(e.kind, KIND_TONES.get(e.kind, "other")),
-            e.subject,
-            e.message,
-        ]
+        [*when(e), badge(e.kind, KIND_TONES.get(e.kind, "other")), e.subject, e.message]
         for e in ordered
     ]
+    heads = ["time (UTC)"] if clock.dates else ["time", "UTC"]
     return Html(
-        head
-        + table(["time", "UTC", "kind", "subject", "message"], rows, cls="data events")
-        + "</section>"
+        head + table([*heads, "kind", "subject", "message"], rows, cls="data events") + "</section>"
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 from ..markup import (
     Html,
@@ -46,7 +47,7 @@ def _mark_decision(chart: Chart, exp: Experiment) -> None:
 
 
 def _metric_chart(
-    exp: Experiment, looks: list[Look], x_domain: tuple[float, float], clock: Clock
+    exp: Experiment, looks: list[Look], x_domain: tuple[float, float], clock: Clock, suffix: str
 ) -> Html:
     ts = [lk.t for lk in looks]
     values = [
@@ -55,12 +56,11 @@ def _metric_chart(
         for v in (lk.champion_metric, lk.challenger_metric, *lk.champion_ci, *lk.challenger_ci)
     ]
     chart = time_chart(
-        "ab-metric-chart",
+        f"ab-metric-chart{suffix}",
         f"{exp.metric} per arm over looks, with confidence intervals",
         x_domain=x_domain,
         y_domain=pad(*span_of(values)),
-        origin=clock.origin,
-        x_label="time since start (m:ss)",
+        clock=clock,
         y_label=exp.metric,
         desc=(
             f"{exp.metric} of champion {exp.champion} and challenger {exp.challenger} at each "
@@ -101,19 +101,18 @@ def _metric_chart(
 
 
 def _cs_chart(
-    exp: Experiment, looks: list[Look], x_domain: tuple[float, float], clock: Clock
+    exp: Experiment, looks: list[Look], x_domain: tuple[float, float], clock: Clock, suffix: str
 ) -> Html:
     ts = [lk.t for lk in looks]
     values = [v for lk in looks for v in (lk.estimate, lk.cs_low, lk.cs_high)]
     lo, hi = pad(*span_of(values, include=[0.0]), 0.08)
     chart = time_chart(
-        "ab-cs-chart",
+        f"ab-cs-chart{suffix}",
         f"Difference in {exp.metric} (challenger − champion) with its always-valid "
         "confidence sequence",
         x_domain=x_domain,
         y_domain=(lo, hi),
-        origin=clock.origin,
-        x_label="time since start (m:ss)",
+        clock=clock,
         y_label=f"Δ {exp.metric}",
         desc=(
             "The band is valid at every look at once (it may be checked after every batch); "
@@ -156,7 +155,7 @@ def _cs_chart(
 
 
 def _p_chart(
-    exp: Experiment, looks: list[Look], x_domain: tuple[float, float], clock: Clock
+    exp: Experiment, looks: list[Look], x_domain: tuple[float, float], clock: Clock, suffix: str
 ) -> Html:
     ts = [lk.t for lk in looks]
     alpha = exp.alpha
@@ -166,13 +165,12 @@ def _p_chart(
     smallest = min([*positive, *([alpha / 10] if alpha else [0.01])])
     floor = max(P_FLOOR, 10.0 ** math.floor(math.log10(smallest)))
     chart = time_chart(
-        "ab-pvalue-chart",
+        f"ab-pvalue-chart{suffix}",
         "Sequential (always-valid) and fixed-horizon p-values over looks",
         x_domain=x_domain,
         y_domain=(floor, 1.0),
-        origin=clock.origin,
+        clock=clock,
         log_y=True,
-        x_label="time since start (m:ss)",
         y_label="p-value (log)",
         desc=(
             "The sequential p-value decides; the fixed-horizon p-value is for reference only "
@@ -251,10 +249,43 @@ def _last_look(exp: Experiment, look: Look, clock: Clock) -> Html:
     return Html(f'<div class="tables">{arms}{facts}</div>')
 
 
-def render_experiment(exp: Experiment | None, clock: Clock) -> Html:
-    head = '<section id="experiment"><h2>A/B experiment</h2>'
-    if exp is None:
-        return Html(head + empty("no experiment ran") + "</section>")
+def chart_suffix(i: int) -> str:
+    """Chart ids of the first item stay as they always were (``ab-metric-chart``); later
+    ones get ``-2``, ``-3``: stable for a given list, unique on the page."""
+    return "" if i == 0 else f"-{i + 1}"
+
+
+def render_experiments(
+    experiments: Sequence[Experiment], clock: Clock, why_empty: str = "no experiment ran"
+) -> Html:
+    head = '<section id="experiment"><h2>A/B experiments</h2>'
+    if not experiments:
+        return Html(head + empty(why_empty) + "</section>")
+    ordered = sorted(experiments, key=_start)
+    if len(ordered) > 1:
+        head += f'<p class="facts">{len(ordered)} experiments, oldest first.</p>'
+    return Html(
+        head
+        + "".join(_render_one(e, clock, i, len(ordered)) for i, e in enumerate(ordered))
+        + "</section>"
+    )
+
+
+def _start(exp: Experiment) -> float:
+    times = [lk.t for lk in exp.looks] + (
+        [exp.decision.t] if exp.decision and exp.decision.t else []
+    )
+    return min(times) if times else math.inf
+
+
+def _render_one(exp: Experiment, clock: Clock, i: int, total: int) -> Html:
+    suffix = chart_suffix(i)
+    state = f" {badge(exp.state, tone(exp.state))}" if exp.state else ""
+    head = (
+        f'<article class="item" id="experiment{suffix}"><h3 class="item-title">'
+        f"{esc(exp.challenger)} vs {esc(exp.champion)}"
+        f"{f' ({i + 1} of {total})' if total > 1 else ''}{state}</h3>"
+    )
     direction = "higher is better" if exp.higher_is_better else "lower is better"
     settings = [f"metric {exp.metric} ({direction})"]
     if exp.alpha is not None:
@@ -279,7 +310,7 @@ def render_experiment(exp: Experiment | None, clock: Clock) -> Html:
     looks = sorted(exp.looks, key=lambda lk: lk.t)
     if not looks:
         return Html(
-            head + intro + verdict + empty("the experiment has no looks yet") + "</section>"
+            head + intro + verdict + empty("the experiment has no looks yet") + "</article>"
         )
     times = [lk.t for lk in looks] + ([d.t] if d is not None and d.t is not None else [])
     x_domain = time_domain(times)
@@ -295,12 +326,12 @@ def render_experiment(exp: Experiment | None, clock: Clock) -> Html:
         + intro
         + verdict
         + srm_warning
-        + "<h3>Metric per arm</h3>"
-        + _metric_chart(exp, looks, x_domain, clock)
-        + "<h3>Difference with its always-valid confidence sequence</h3>"
-        + _cs_chart(exp, looks, x_domain, clock)
-        + "<h3>p-values over looks</h3>"
-        + _p_chart(exp, looks, x_domain, clock)
+        + "<h4>Metric per arm</h4>"
+        + _metric_chart(exp, looks, x_domain, clock, suffix)
+        + "<h4>Difference with its always-valid confidence sequence</h4>"
+        + _cs_chart(exp, looks, x_domain, clock, suffix)
+        + "<h4>p-values over looks</h4>"
+        + _p_chart(exp, looks, x_domain, clock, suffix)
         + _last_look(exp, looks[-1], clock)
-        + "</section>"
+        + "</article>"
     )

@@ -8,10 +8,10 @@ from ..palette import tone
 from ..timefmt import Clock, duration, elapsed, utc_datetime
 
 NAV = (
+    ("devices", "Fleet"),
     ("drift", "Drift"),
-    ("experiment", "A/B experiment"),
-    ("rollout", "Rollout"),
-    ("devices", "Devices"),
+    ("experiment", "A/B experiments"),
+    ("rollout", "Rollouts"),
     ("events", "Events"),
 )
 
@@ -23,16 +23,14 @@ def _glance(data: ReportData) -> Html:
     if drift is not None and drift.windows:
         flagged = sum(w.dataset_drift for w in drift.windows)
         items.append(f"<li>Drift: {flagged} of {len(drift.windows)} windows flagged</li>")
-    exp = data.experiment
-    if exp is not None:
+    for exp in data.experiments:
         action = (
             badge(exp.decision.action, tone(exp.decision.action))
             if exp.decision is not None
             else "no decision yet"
         )
         items.append(f"<li>A/B: {esc(exp.challenger)} vs {esc(exp.champion)} → {action}</li>")
-    if data.rollout is not None:
-        r = data.rollout
+    for r in data.rollouts:
         items.append(f"<li>Rollout of {esc(r.model)}: {badge(r.state, tone(r.state))}</li>")
     if data.devices:
         online = sum(1 for d in data.devices if d.online)

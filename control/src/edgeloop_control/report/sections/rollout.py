@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from ..markup import Html, LegendItem, badge, count, empty, esc, legend, num, sig, table
@@ -28,7 +29,12 @@ def _batch_label(b: Batch) -> str:
 
 
 def _gantt(
-    rollout: Rollout, batches: list[Batch], markers: list[Event], now: float, clock: Clock
+    rollout: Rollout,
+    batches: list[Batch],
+    markers: list[Event],
+    now: float,
+    clock: Clock,
+    suffix: str,
 ) -> Html:
     started = [b for b in batches if b.started is not None]
     ends = [b.finished if b.finished is not None else now for b in started]
@@ -37,15 +43,14 @@ def _gantt(
     margins = Margins(top=22, right=120, bottom=34, left=170)
     height = margins.top + margins.bottom + ROW * len(batches)
     chart = time_chart(
-        "rollout-chart",
+        f"rollout-chart{suffix}",
         f"Rollout of {rollout.model}: batches over time",
         x_domain=x_domain,
         y_domain=(len(batches), 0.0),  # row 0 at the top
-        origin=clock.origin,
+        clock=clock,
         width=900.0,
         height=height,
         margins=margins,
-        x_label="time since start (m:ss)",
         desc=f"{len(batches)} batches; each bar runs from start to end, coloured by result.",
         y_labels=[(i + 0.5, _short(_batch_label(b), 30)) for i, b in enumerate(batches)],
     )
@@ -129,51 +134,104 @@ def _batch_table(batches: list[Batch], clock: Clock) -> Html:
     )
 
 
-def render_devices(devices: Sequence[Device]) -> Html:
-    head = '<h3 id="devices">Devices</h3>'
+def render_devices(devices: Sequence[Device], clock: Clock) -> Html:
+    """The fleet: one row per device, its state, versions, traffic, memory and outbox.
+    Columns nobody reported anything for are left out rather than shown as dashes."""
+    head = '<section id="devices"><h2>Fleet</h2>'
     if not devices:
-        return Html(head + empty("no devices reported"))
-    rows = []
-    for d in sorted(devices, key=lambda d: d.device):
-        online = {True: badge("online", "passed"), False: badge("offline", "failed")}.get(
-            d.online, "–"
-        )
-        rate = f" ({d.errors / d.requests:.1%})" if d.errors is not None and d.requests else ""
-        rows.append(
-            [
-                d.device,
-                online,
-                d.model or "–",
-                count(d.requests),
-                count(d.errors) + rate,
-                sig(d.p99_ms),
-                num(d.rss_mb, 1),
-            ]
-        )
+        return Html(head + empty("no devices reported") + "</section>")
+    columns: list[tuple[str, bool, object]] = [
+        ("device", False, lambda d: d.device),
+        ("status", False, lambda d: {True: badge("online", "passed"),
+                                     False: badge("offline", "failed")}.get(d.online, "–")),
+        ("serving", False, lambda d: d.model or "–"),
+        ("desired", False, lambda d: d.desired or "–"),
+        ("drift", False, lambda d: d.drift or "–"),
+        ("requests", True, lambda d: count(d.requests)),
+        ("errors", True, lambda d: count(d.errors) + (
+            f" ({d.errors / d.requests:.1%})" if d.errors is not None and d.requests else "")),
+        ("p99 ms", True, lambda d: sig(d.p99_ms)),
+        ("RSS MB", True, lambda d: num(d.rss_mb, 1)),
+        ("outbox", True, lambda d: count(d.outbox_depth)),
+        ("last seen", False, lambda d: clock.utc(d.last_seen) if d.last_seen else "–"),
+    ]  # fmt: skip
+    fields = {"serving": "model", "desired": "desired", "drift": "drift", "requests": "requests",
+              "errors": "errors", "p99 ms": "p99_ms", "RSS MB": "rss_mb",
+              "outbox": "outbox_depth", "last seen": "last_seen"}  # fmt: skip
+    shown = [
+        c
+        for c in columns
+        if c[0] not in fields or any(getattr(d, fields[c[0]]) is not None for d in devices)
+    ]
+    rows = [[fn(d) for _, _, fn in shown] for d in sorted(devices, key=lambda d: d.device)]  # type: ignore[operator]
+    online = sum(1 for d in devices if d.online)
     return Html(
         head
+        + f'<p class="facts">{len(devices)} devices, {online} online.</p>'
         + table(
-            ["device", "status", "model", "requests", "errors", "p99 ms", "RSS MB"],
+            [name for name, _, _ in shown],
             rows,
-            numeric=(3, 4, 5, 6),
+            numeric=[i for i, (_, right, _) in enumerate(shown) if right],
+            cls="data fleet",
         )
+        + "</section>"
     )
 
 
-def render_rollout(
-    rollout: Rollout | None,
+def _span(rollout: Rollout, now: float) -> tuple[float, float] | None:
+    starts = [b.started for b in rollout.batches if b.started is not None]
+    if not starts:
+        return None
+    ends = [b.finished if b.finished is not None else now for b in rollout.batches
+            if b.started is not None]  # fmt: skip
+    return (min(starts), max(ends))
+
+
+def _markers(rollout: Rollout, events: Sequence[Event], ids: set[str], now: float) -> list[Event]:
+    """Rollback events of this rollout: those naming it, or (older events that name a
+    device) those inside its time span and naming no other rollout."""
+    span = _span(rollout, now)
+    out = []
+    for e in events:
+        if e.kind not in MARKED_KINDS:
+            continue
+        named = bool(rollout.id) and e.subject == rollout.id
+        during = span is not None and span[0] - 1 <= e.t <= span[1] + 1
+        if named or (e.subject not in ids and during):
+            out.append(e)
+    return out
+
+
+def render_rollouts(
+    rollouts: Sequence[Rollout],
     events: Sequence[Event],
-    devices: Sequence[Device],
     now: float,
     clock: Clock,
+    why_empty: str = "no rollout ran",
 ) -> Html:
-    head = '<section id="rollout"><h2>Rollout</h2>'
-    if rollout is None:
-        return Html(head + empty("no rollout ran") + render_devices(devices) + "</section>")
+    head = '<section id="rollout"><h2>Rollouts</h2>'
+    if not rollouts:
+        return Html(head + empty(why_empty) + "</section>")
+    ordered = sorted(rollouts, key=lambda r: (_span(r, now) or (math.inf, 0.0))[0])
+    ids = {r.id for r in ordered if r.id}
+    if len(ordered) > 1:
+        head += f'<p class="facts">{len(ordered)} rollouts, oldest first.</p>'
+    parts = []
+    for i, rollout in enumerate(ordered):
+        suffix = "" if i == 0 else f"-{i + 1}"
+        parts.append(_render_one(rollout, _markers(rollout, events, ids, now), now, clock, suffix))
+    return Html(head + "".join(parts) + "</section>")
+
+
+def _render_one(
+    rollout: Rollout, markers: list[Event], now: float, clock: Clock, suffix: str
+) -> Html:
     previous = f" replacing <strong>{esc(rollout.previous)}</strong>" if rollout.previous else ""
+    ident = f" <code>{esc(rollout.id)}</code>" if rollout.id else ""
     intro = (
-        f'<p class="lead">Staged rollout of <strong>{esc(rollout.model)}</strong>{previous}: '
-        f"{badge(rollout.state, tone(rollout.state))}</p>"
+        f'<h3 class="item-title">{esc(rollout.model)} {badge(rollout.state, tone(rollout.state))}'
+        f'</h3><p class="lead">Staged rollout{ident} of <strong>{esc(rollout.model)}</strong>'
+        f"{previous}: {badge(rollout.state, tone(rollout.state))}</p>"
     )
     batches = sorted(rollout.batches, key=lambda b: b.index)
     if not batches:
@@ -181,6 +239,7 @@ def render_rollout(
     elif all(b.started is None for b in batches):
         body = Html(empty("no batch has started yet") + _batch_table(batches, clock))
     else:
-        markers = [e for e in events if e.kind in MARKED_KINDS]
-        body = Html(_gantt(rollout, batches, markers, now, clock) + _batch_table(batches, clock))
-    return Html(head + intro + body + render_devices(devices) + "</section>")
+        body = Html(
+            _gantt(rollout, batches, markers, now, clock, suffix) + _batch_table(batches, clock)
+        )
+    return Html(f'<article class="item" id="rollout{suffix}">{intro}{body}</article>')

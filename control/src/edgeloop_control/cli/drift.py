@@ -1,0 +1,149 @@
+"""``edgeloop drift``: PSI, KS p-value and the verdict per feature for recent windows."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Annotated, Any
+
+import typer
+
+from edgeloop_control.cli.common import print_json, state
+
+MODEL_OUTPUT = "(model output)"
+
+
+def register(app: typer.Typer) -> None:
+    app.command("drift")(drift)
+
+
+def drift(
+    ctx: typer.Context,
+    device: Annotated[
+        list[str] | None, typer.Option("--device", "-d", help="only this device; repeatable")
+    ] = None,
+    model: Annotated[
+        list[str] | None,
+        typer.Option("--model", "-m", help="only this model (NAME or NAME@vN); repeatable"),
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option(help="windows ending after this: ISO date/time or 2h, 7d ago")
+    ] = None,
+    until: Annotated[str | None, typer.Option(help="windows ending before this")] = None,
+    windows: Annotated[
+        int, typer.Option("--windows", "-n", min=1, help="newest windows per device and variant")
+    ] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """Per-feature drift of recent windows: PSI, KS p-value and the agent's verdict."""
+    from edgeloop_control import history
+    from edgeloop_control.cli.filters import selection
+    from edgeloop_control.controldb import ControlDB
+
+    ws = state(ctx).workspace
+    sel = selection(since, until, device, model)
+    db = ControlDB(ws.state_db)
+    try:
+        found = history.drift_windows(db, sel, last=windows)
+    finally:
+        db.close()
+    if as_json:
+        print_json([_json_window(w) for w in found])
+        return
+    from rich.console import Console
+
+    # Made here, not at import: the width follows COLUMNS at the time of the call.
+    console = Console(highlight=False)
+    print_drift(console, found, sel.describe())
+
+
+def _json_window(w: dict[str, Any]) -> dict[str, Any]:
+    return {
+        **{k: w[k] for k in ("device", "variant", "version", "start", "end", "n")},
+        "enough_data": w["enough_data"],
+        "dataset_drift": w["dataset_drift"],
+        "output_drift": w["output_drift"],
+        "verdict": _window_verdict(w),
+        "thresholds": w["thresholds"],
+        "features": [
+            {
+                "name": str(f["name"]),
+                "psi": f.get("psi"),
+                "ks_p": f.get("ks_p"),
+                "ks_p_adjusted": f.get("ks_p_adjusted"),
+                "drift": bool(f.get("drift")),
+                "reasons": list(f.get("reasons") or []),
+                "verdict": _verdict(f, w["enough_data"]),
+            }
+            for f in w["features"]
+        ],
+        "output": w["output"],
+    }
+
+
+def _verdict(feature: dict[str, Any], enough_data: bool) -> str:
+    if feature.get("drift"):
+        reasons = ", ".join(str(r) for r in feature.get("reasons") or [])
+        return f"drift ({reasons})" if reasons else "drift"
+    return "ok" if enough_data else "not judged (too few rows)"
+
+
+def _window_verdict(w: dict[str, Any]) -> str:
+    if not w["enough_data"]:
+        return "too few rows to judge"
+    if w["dataset_drift"]:
+        drifted = [str(f["name"]) for f in w["features"] if f.get("drift")]
+        return "DATASET DRIFT: " + ", ".join(drifted) if drifted else "DATASET DRIFT"
+    return "no drift"
+
+
+def _num(value: Any, fmt: str) -> str:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    return format(value, fmt) if ok else "-"
+
+
+def _p(value: Any) -> str:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok:
+        return "-"
+    return f"{value:.4f}" if value >= 1e-4 else f"{value:.1e}"
+
+
+def print_drift(console: Any, found: list[dict[str, Any]], scope: str) -> None:
+    """One block per window, newest windows of each device/variant: a heading line with
+    the window's verdict, then a feature table (or vertical rows when it would not fit)."""
+    from rich.text import Text
+
+    from edgeloop_control import history
+    from edgeloop_control.cli.layout import print_rows, safe_text
+
+    if not found:
+        console.print(
+            safe_text(f"no drift windows ({scope}); agents report them with their telemetry"),
+            soft_wrap=True,
+        )
+        return
+    streams: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for w in found:
+        streams.setdefault((w["device"], w["variant"]), []).append(w)
+    for (device, variant), ws in sorted(streams.items()):
+        for w in ws:
+            verdict = _window_verdict(w)
+            when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(w["end"]))
+            head = safe_text(f"{device} · {variant} · window ending {when} · n={w['n']:,} · ")
+            head.append(safe_text(verdict, "bold red" if w["dataset_drift"] else "green"))
+            console.print(head, soft_wrap=True)
+            rows: list[list[Any]] = []
+            judged = [*w["features"], *([w["output"]] if w["output"] else [])]
+            for f in judged:
+                is_output = f is w["output"]
+                text = _verdict(f, w["enough_data"])
+                rows.append(
+                    [
+                        MODEL_OUTPUT if is_output else str(f["name"]),
+                        _num(f.get("psi"), ".3f"),
+                        _p(history.feature_p(f)),
+                        Text(text, style="red" if f.get("drift") else ""),
+                    ]
+                )
+            print_rows(console, None, ["feature", "PSI", "KS p (adj.)", "verdict"], rows)

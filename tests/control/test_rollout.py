@@ -509,8 +509,9 @@ def test_load_error_in_a_later_batch_rolls_back_every_switched_device(
             "summary": None,
         }
     )
-    assert report.rollout is not None and report.rollout.state == "rolled_back"
-    assert "artifact_too_large" in report.rollout.batches[1].reason
+    (rollout,) = report.rollouts
+    assert rollout.state == "rolled_back"
+    assert "artifact_too_large" in rollout.batches[1].reason
 
 
 @pytest.mark.parametrize(

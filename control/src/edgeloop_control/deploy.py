@@ -14,7 +14,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from edgeloop_agent.protocol import artifact_topic, dumps, validate_topic_part
+from edgeloop_agent.names import InvalidName, check_device_id
+from edgeloop_agent.protocol import artifact_topic, dumps
 from edgeloop_agent.router import Allocation, allocate
 from edgeloop_control.controldb import ControlDB
 from edgeloop_control.mqttclient import ControlClient
@@ -131,6 +132,12 @@ def publish_artifact(client: ControlClient, prefix: str, mv: VersionLike, data: 
 def publish_desired(
     client: ControlClient, db: ControlDB, prefix: str, device: str, doc: dict[str, Any]
 ) -> None:
+    # Every path that writes desired state ends here: a device id that is not
+    # one (newline, '$SYS', 'models', 5,000 characters ...) never reaches a topic.
+    try:
+        check_device_id(device)
+    except InvalidName as exc:
+        raise DeployError(str(exc)) from None
     client.publish(f"{prefix}/{device}/desired", dumps(doc), retain=True)
     db.set_desired(device, doc)
 
@@ -140,7 +147,7 @@ def check_device_ids(devices: list[str]) -> list[str]:
         raise DeployError("name at least one --device")
     for device in devices:
         try:
-            validate_topic_part("device id", device)
-        except ValueError as exc:
+            check_device_id(device)  # the agent's own rule: MQTT, reserved levels, length
+        except InvalidName as exc:
             raise DeployError(str(exc)) from None
     return list(dict.fromkeys(devices))

@@ -30,7 +30,8 @@ def serve(
         daemon = build_daemon(st.workspace, st.broker, tick_s=tick)
     except ValueError as exc:  # a bad [retrain]/[experiment]/[rollout] section
         fail(f"cannot start the control daemon: {exc}")
+    # The address, not the URL: the URL may carry the broker password.
     logging.getLogger("edgeloop.control").info(
-        "control daemon for %s on %s", st.workspace.root, st.broker
+        "control daemon for %s on %s", st.workspace.root, daemon.address
     )
     sys.exit(daemon.run())

@@ -205,7 +205,7 @@ def fleet_messages(draw: st.DrawFn) -> tuple[str, str, bytes]:
                     b"1e999",
                     b'"\\ud800"',
                     b"\xff\xfe",
-                    b"x" * 2_000_000,
+                    b"x" * 300_000,  # over the samples/labels/status limits
                 ]
             )
         )

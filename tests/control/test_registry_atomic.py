@@ -44,7 +44,7 @@ def _snapshot(reg: Registry) -> tuple[str, str, str, list[str]]:
 @pytest.mark.parametrize("name", ["m\n", "m\x01", "m/../x", "a" * 200, "", "m@v1"], ids=ascii)
 def test_names_that_cannot_be_tags_are_refused_before_git(registry, name):
     before = _snapshot(registry)
-    with pytest.raises(RegistryError, match="model name"):
+    with pytest.raises(RegistryError, match="invalid model name"):
         registry.register(name, tiny_onnx(1.0), {"algorithm": "x"})
     assert _snapshot(registry) == before
 

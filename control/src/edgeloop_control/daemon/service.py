@@ -185,7 +185,8 @@ class ControlDaemon:
         self.db.close()
 
     def _handle(self, msg: mqtt.MQTTMessage) -> None:
-        leaf, device = "?", "?"
+        leaf, device = _leaf_device(msg.topic)  # for the counters until the topic is checked
+        device = device[:80]
         try:
             device, leaf = topic_device(msg.topic, self.prefix)
             if leaf not in MAX_PAYLOAD:

@@ -666,12 +666,12 @@ class Registry:
 
 
 def _check_model_name(name: object) -> str:
-    """The shared rule (fullmatch, so no trailing newline), then the registry's own."""
+    """The registry's own rule, then the shared one (fullmatch: no trailing newline)."""
+    check_name(name)
     try:
-        check_model_name("model name", name)
+        return check_model_name("invalid model name:", name)
     except InvalidName as exc:
         raise RegistryError(str(exc)) from None
-    return check_name(name)
 
 
 def _remote_url(remote: str) -> str:

@@ -229,6 +229,7 @@ class RunningDaemon:
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="daemon", daemon=True)
         self.reader = ControlDB(ws.state_db)
+        self.sent = 0  # fuzzed messages published at it so far
 
     def _run(self) -> None:
         try:

@@ -193,6 +193,12 @@ def _bool(value: Any, what: str) -> bool:
     return value
 
 
+def _check_device(device: Any) -> None:
+    problem = id_problem(device)
+    if problem:
+        raise PoisonMessage(f"device id {_short(device)} {problem}")
+
+
 def _same_device(value: Any, device: str, what: str) -> None:
     if value is not None and value != device:
         raise PoisonMessage(f"{what} {_short(value)} is not the topic's device {device!r}")
@@ -203,6 +209,7 @@ def _same_device(value: Any, device: str, what: str) -> None:
 
 def parse_status(device: str, doc: Any) -> dict[str, Any]:
     """A status document (docs/protocol.md, Status), checked field by field."""
+    _check_device(device)
     doc = _obj(doc, "status", optional=False)
     _same_device(doc.get("device"), device, "status.device")
     _bool(doc.get("online"), "status.online")
@@ -240,9 +247,7 @@ def parse_report(device: str | None, envelope: Any) -> dict[str, Any]:
         raise PoisonMessage("telemetry message is not an outbox envelope (no payload object)")
     if device is None:
         device = report.get("device") or envelope.get("device_id")
-        problem = id_problem(device)
-        if problem:
-            raise PoisonMessage(f"telemetry report's device {_short(device)} {problem}")
+    _check_device(device)
     _same_device(envelope.get("device_id"), device, "envelope.device_id")
     _same_device(report.get("device"), device, "report.device")
     envelope_id = _str(envelope.get("id"), "envelope.id")

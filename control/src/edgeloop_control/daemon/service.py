@@ -90,6 +90,7 @@ class ControlDaemon:
         self._retry: list[mqtt.MQTTMessage] = []
         self._last_retry = 0.0
         self.poison = PoisonTally(self.db)
+        self._traced: set[tuple[str, str]] = set()
         self._last_flush = time.monotonic()
         self._last_forget = 0.0
         self.counters = {
@@ -216,7 +217,12 @@ class ControlDaemon:
         except (PoisonMessage, IngestError) as exc:
             self._poison(msg, leaf, device, str(exc))
         except Exception as exc:  # the last line: no message may stop the daemon
-            log.exception("unexpected failure on a %s message from %s", leaf, device)
+            # A parser gap: the traceback once per kind of failure (a flood of the
+            # same junk must not flood the journal); the tally counts every one.
+            key = (leaf, type(exc).__name__)
+            if key not in self._traced:
+                self._traced.add(key)
+                log.exception("unexpected failure on a %s message from %s", leaf, device)
             self._poison(msg, leaf, device, f"{type(exc).__name__}: {exc}")
         self._ack(msg)
 

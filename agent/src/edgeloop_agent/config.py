@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from edgeloop_agent.names import check_device_id
 from edgeloop_agent.protocol import (
     DEFAULT_MAX_PAYLOAD,
     DEFAULT_MAX_ROWS,
     DEFAULT_PREFIX,
     validate_prefix,
-    validate_topic_part,
 )
 from edgeloop_agent.replypolicy import DEFAULT_REPLY_TOPICS, PolicyError, ReplyPolicy
 
@@ -159,7 +159,7 @@ class AgentConfig:
 
     def validate(self) -> AgentConfig:
         try:
-            validate_topic_part("device_id", self.device_id)
+            check_device_id(self.device_id)
             validate_prefix(self.topic_prefix)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None

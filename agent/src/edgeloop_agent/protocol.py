@@ -14,6 +14,8 @@ from typing import Any, Final
 
 import numpy as np
 
+from edgeloop_agent.names import check_device_id
+
 DEFAULT_PREFIX: Final = "edgeloop"
 DEFAULT_MAX_PAYLOAD: Final = 64 * 1024
 DEFAULT_MAX_ROWS: Final = 1024
@@ -26,7 +28,8 @@ class Topics:
     """Topic names for one device under a prefix (``{prefix}/{device}/...``)."""
 
     def __init__(self, device_id: str, prefix: str = DEFAULT_PREFIX) -> None:
-        validate_topic_part("device id", device_id)
+        # The one device-id rule of agent and control node (MQTT rules, reserved levels).
+        check_device_id(device_id)
         validate_prefix(prefix)
         self.prefix = prefix
         self.device = device_id

@@ -93,6 +93,10 @@ CREATE TABLE IF NOT EXISTS concept_drift (
     detections INTEGER NOT NULL,
     PRIMARY KEY (report_id, variant)
 );
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS seen_messages (
     msg_id TEXT PRIMARY KEY,
     ts REAL NOT NULL
@@ -199,6 +203,19 @@ class ControlDB:
             {**dict(r), "data": json.loads(r["data"]) if r["data"] else None}
             for r in reversed(rows)
         ]
+
+    # -- counters (e.g. poison messages the daemon dropped) ---------------------------
+
+    def bump_counter(self, name: str, n: int = 1) -> None:
+        self.conn.execute(
+            "INSERT INTO counters(name, value) VALUES (?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+            (name, n),
+        )
+
+    def counters(self) -> dict[str, int]:
+        rows = self.conn.execute("SELECT name, value FROM counters ORDER BY name")
+        return {r["name"]: int(r["value"]) for r in rows}
 
     # -- de-duplication of at-least-once messages ------------------------------------
 

@@ -15,7 +15,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from edgeloop_agent.protocol import artifact_topic, validate_topic_part
+from edgeloop_agent.names import InvalidName, check_device_id
+from edgeloop_agent.protocol import artifact_topic
 from edgeloop_agent.router import Allocation, allocate
 from edgeloop_control.controldb import ControlDB
 from edgeloop_control.mqttclient import ControlClient
@@ -144,7 +145,12 @@ def publish_desired(
     Returns the document as signed (with ``device``, ``expires`` and each
     artifact's statement signature), which is also what the desired table keeps.
     """
-    validate_topic_part("device id", device)
+    # Every path that writes desired state ends here: a device id that is not
+    # one (newline, '$SYS', 'models', 5,000 characters ...) never reaches a topic.
+    try:
+        check_device_id(device)
+    except InvalidName as exc:
+        raise DeployError(str(exc)) from None
     sealed, envelope = signer.seal(device, doc, time.time())
     client.publish(f"{prefix}/{device}/desired", envelope, retain=True)
     db.set_desired(device, sealed)
@@ -156,7 +162,7 @@ def check_device_ids(devices: list[str]) -> list[str]:
         raise DeployError("name at least one --device")
     for device in devices:
         try:
-            validate_topic_part("device id", device)
-        except ValueError as exc:
+            check_device_id(device)  # the agent's own rule: MQTT, reserved levels, length
+        except InvalidName as exc:
             raise DeployError(str(exc)) from None
     return list(dict.fromkeys(devices))

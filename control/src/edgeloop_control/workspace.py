@@ -8,11 +8,14 @@ be moved or copied as a whole.
 
 from __future__ import annotations
 
+import logging
 import os
+import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -23,6 +26,14 @@ CONFIG_NAME = "edgeloop.toml"
 ENV_WORKSPACE = "EDGELOOP_WORKSPACE"
 ENV_BROKER = "EDGELOOP_BROKER"
 DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
+# The broker password never sits in edgeloop.toml (0644, often copied around):
+# it comes from the environment, a systemd credential (LoadCredential=
+# broker.password), or a 0600 file the config points to, in that order.
+ENV_BROKER_PASSWORD = "EDGELOOP_BROKER_PASSWORD"
+CREDENTIAL_NAME = "broker.password"
+SECRETS_DIR = ".edgeloop"
+
+log = logging.getLogger("edgeloop.workspace")
 
 CONFIG_TEMPLATE = """\
 # edgeloop workspace configuration. Relative paths are relative to this file.
@@ -30,6 +41,9 @@ CONFIG_TEMPLATE = """\
 [broker]
 url = "{broker}"
 topic_prefix = "edgeloop"
+# The password (for a user in the URL) is read from ${env}, else the systemd
+# credential {cred}, else this file (mode 0600).
+{password_line}
 
 [feature_store]
 # A directory (Parquet offline store + SQLite catalogue and online store).
@@ -95,7 +109,21 @@ class Workspace:
         path = root / CONFIG_NAME
         if path.exists():
             raise WorkspaceError(f"{root} is already an edgeloop workspace")
-        path.write_text(CONFIG_TEMPLATE.format(broker=broker or DEFAULT_BROKER), encoding="utf-8")
+        url, password = split_password(broker or DEFAULT_BROKER)
+        password_line = f'# password_file = "{SECRETS_DIR}/{CREDENTIAL_NAME}"'
+        if password is not None:
+            secret = root / SECRETS_DIR / CREDENTIAL_NAME
+            write_secret(secret, password)
+            password_line = f'password_file = "{SECRETS_DIR}/{CREDENTIAL_NAME}"'
+        path.write_text(
+            CONFIG_TEMPLATE.format(
+                broker=url,
+                password_line=password_line,
+                env=ENV_BROKER_PASSWORD,
+                cred=CREDENTIAL_NAME,
+            ),
+            encoding="utf-8",
+        )
         return cls.open(root)
 
     # -- settings ----------------------------------------------------------
@@ -114,12 +142,41 @@ class Workspace:
         return path if path.is_absolute() else self.root / path
 
     def broker_url(self, override: str | None = None) -> str:
-        return (
-            override
-            or os.environ.get(ENV_BROKER)
-            or self.section("broker").get("url")
-            or DEFAULT_BROKER
-        )
+        """The broker URL to connect with, password included when the URL names a user.
+
+        Never log it: ``BrokerAddress.parse(url)`` prints without credentials.
+        """
+        configured = self.section("broker").get("url")
+        url = override or os.environ.get(ENV_BROKER) or configured or DEFAULT_BROKER
+        if url is configured and split_password(url)[1] is not None:
+            _warn_once(
+                f"{self.root / CONFIG_NAME} holds the broker password in [broker] url; "
+                f"move it to a 0600 file named by [broker] password_file, "
+                f"${ENV_BROKER_PASSWORD} or the systemd credential {CREDENTIAL_NAME}"
+            )
+            return url
+        parts = urlsplit(url)
+        if parts.username is None or parts.password is not None:
+            return url
+        password = self.broker_password()
+        return url if password is None else with_password(url, password)
+
+    def broker_password(self) -> str | None:
+        env = os.environ.get(ENV_BROKER_PASSWORD)
+        if env:
+            return env
+        creds = os.environ.get("CREDENTIALS_DIRECTORY")
+        if creds and (Path(creds) / CREDENTIAL_NAME).is_file():
+            return _read_secret(Path(creds) / CREDENTIAL_NAME, check_mode=False)
+        raw = self.section("broker").get("password_file")
+        if not raw:
+            return None
+        if not isinstance(raw, str):
+            raise WorkspaceError(f"broker.password_file in {CONFIG_NAME} must be a path")
+        path = self.path_setting("broker", "password_file", raw)
+        if not path.is_file():
+            raise WorkspaceError(f"broker.password_file {path} does not exist")
+        return _read_secret(path, check_mode=True)
 
     @property
     def topic_prefix(self) -> str:
@@ -163,3 +220,54 @@ class Workspace:
     def state_db(self) -> Path:
         """SQLite database of the control daemon (fleet, events, experiments, rollouts)."""
         return self.root / "control.sqlite"
+
+
+# -- secrets --------------------------------------------------------------------
+
+
+def split_password(url: str) -> tuple[str, str | None]:
+    """``url`` without its password, and the password (None if it has none)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url, None
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.netloc.rsplit("@", 1)[0].split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{user}@{netloc}")), parts.password
+
+
+def with_password(url: str, password: str) -> str:
+    parts = urlsplit(url)
+    user, host = parts.netloc.rsplit("@", 1)
+    return urlunsplit(parts._replace(netloc=f"{user}:{password}@{host}"))
+
+
+def write_secret(path: Path, value: str) -> None:
+    """Create ``path`` readable by its owner only, from the first byte on (no
+    window in which a umask-default file holds the secret)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # O_CREAT's mode does not apply to an existing file
+        os.write(fd, value.encode("utf-8") + b"\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _read_secret(path: Path, *, check_mode: bool) -> str:
+    if check_mode and stat.S_IMODE(path.stat().st_mode) & 0o077:
+        _warn_once(f"{path} is readable by other users; chmod 600 it")
+    try:
+        return path.read_text(encoding="utf-8").rstrip("\r\n")
+    except OSError as exc:
+        raise WorkspaceError(f"cannot read the broker password from {path}: {exc}") from None
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        log.warning("%s", message)

@@ -15,6 +15,7 @@ import typer
 
 from edgeloop_control.cli.common import console, fail, print_json, state, table
 from edgeloop_control.controldb import ControlDB
+from edgeloop_control.deploy import DeployError, check_device_ids
 from edgeloop_control.mqttclient import BrokerError, connected
 from edgeloop_control.workspace import WorkspaceError
 
@@ -75,6 +76,10 @@ def start(
     model = _model_of(champion)
     if _model_of(challenger) != model:
         fail(f"{champion} and {challenger} are versions of different models")
+    try:
+        check_device_ids(device)  # before connecting: a bad id is not a broker error
+    except DeployError as exc:
+        fail(str(exc))
     db = ControlDB(ws.state_db)
     try:
         with connected(st.broker) as client:

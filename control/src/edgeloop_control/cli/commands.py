@@ -128,8 +128,14 @@ def train_cmd(
 
     if stage not in ("auto", "none", "champion", "challenger"):
         fail(f"--stage must be auto, none, champion or challenger, got {stage!r}")
+    from edgeloop_agent.names import InvalidName, check_model_name
+
     ws = state(ctx).workspace
     model_name = name or view.split("@")[0]
+    try:
+        check_model_name("model name", model_name)  # before minutes of training, not after
+    except InvalidName as exc:
+        fail(str(exc))
     try:
         config = TrainConfig(
             target=target,

@@ -35,6 +35,7 @@ from edgeloop_control.cli.common import (
     table,
 )
 from edgeloop_control.controldb import ControlDB
+from edgeloop_control.deploy import DeployError, check_device_ids
 from edgeloop_control.mqttclient import BrokerError, connected
 from edgeloop_control.rollout import (
     FINAL,
@@ -124,6 +125,11 @@ def start(
     Without --device or --group: every device that has desired state.
     """
     st = state(ctx)
+    if device:
+        try:
+            check_device_ids(device)  # before the registry is opened: the user's typo first
+        except DeployError as exc:
+            fail(str(exc))
     db = ControlDB(st.workspace.state_db)
     try:
         manager = _manager(st, db, None)

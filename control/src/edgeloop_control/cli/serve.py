@@ -46,8 +46,9 @@ def serve(
             server = HttpServer(st.workspace.state_db, http).start()
         except (ValueError, OSError) as exc:
             fail(f"cannot start the HTTP server: {exc}")
+    # The address, not the URL: the URL may carry the broker password.
     logging.getLogger("edgeloop.control").info(
-        "control daemon for %s on %s", st.workspace.root, st.broker
+        "control daemon for %s on %s", st.workspace.root, daemon.address
     )
     try:
         code = daemon.run()

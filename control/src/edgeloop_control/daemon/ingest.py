@@ -13,17 +13,18 @@ import time
 from typing import Any
 
 from edgeloop_control.controldb import ControlDB
+from edgeloop_control.daemon.messages import PoisonMessage, parse_report, parse_status
 
 log = logging.getLogger("edgeloop.control.ingest")
 
-
-class IngestError(ValueError):
-    """A fleet message the control node cannot use; counted and logged."""
+# A fleet message the control node cannot use; counted and logged. The typed
+# parsers of daemon/messages.py raise it, so every caller of these handlers
+# (the daemon, the rollout command's own feed) gets the same checks.
+IngestError = PoisonMessage
 
 
 def handle_status(db: ControlDB, device: str, doc: Any) -> None:
-    if not isinstance(doc, dict):
-        raise IngestError(f"status of {device} is not a JSON object")
+    doc = parse_status(device, doc)
     online = bool(doc.get("online"))
     fields: dict[str, Any] = {"online": 1 if online else 0, "status": doc}
     if online:
@@ -47,13 +48,13 @@ def handle_status(db: ControlDB, device: str, doc: Any) -> None:
             )
 
 
-def handle_report(db: ControlDB, envelope: Any) -> bool:
-    """Store one telemetry report; False if it was already stored."""
-    if not isinstance(envelope, dict) or not isinstance(envelope.get("payload"), dict):
-        raise IngestError("telemetry message is not an outbox envelope")
+def handle_report(db: ControlDB, envelope: Any, device: str | None = None) -> bool:
+    """Store one telemetry report (from ``device``, the topic's); False if it was
+    already stored."""
+    envelope = parse_report(device, envelope)
     report = envelope["payload"]
     report_id = str(envelope.get("id") or report.get("report_id") or "")
-    device = report.get("device") or envelope.get("device_id")
+    device = device or report.get("device") or envelope.get("device_id")
     if not report_id or not isinstance(device, str):
         raise IngestError("telemetry report has no id or device")
     ts = float(report.get("ts") or envelope.get("ts") or time.time())

@@ -11,10 +11,10 @@ policies (retraining, experiments, rollouts) on a fixed tick.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import queue
 import signal
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -28,6 +28,14 @@ from edgeloop_agent.config import BrokerAddress
 from edgeloop_agent.mqttlink import no_delay
 from edgeloop_control.controldb import ControlDB
 from edgeloop_control.daemon.ingest import IngestError, handle_report, handle_status
+from edgeloop_control.daemon.messages import (
+    MAX_PAYLOAD,
+    PoisonMessage,
+    load_json,
+    parse_captured,
+    topic_device,
+)
+from edgeloop_control.daemon.poison import PoisonTally
 from edgeloop_control.featurestore import FeatureStore
 from edgeloop_control.mqttclient import publish_and_wait
 from edgeloop_control.workspace import Workspace
@@ -78,7 +86,11 @@ class ControlDaemon:
         self.connected = threading.Event()
         self.policies: list[Policy] = []
         self._queue: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
-        self._captured: list[mqtt.MQTTMessage] = []
+        self._captured: list[tuple[mqtt.MQTTMessage, Any]] = []
+        self._retry: list[mqtt.MQTTMessage] = []
+        self._last_retry = 0.0
+        self.poison = PoisonTally(self.db)
+        self._traced: set[tuple[str, str]] = set()
         self._last_flush = time.monotonic()
         self._last_forget = 0.0
         self.counters = {
@@ -88,6 +100,7 @@ class ControlDaemon:
             "samples": 0,
             "labels": 0,
             "rejected": 0,
+            "poison": 0,
         }
         ident = hashlib.sha256(str(ws.root).encode()).hexdigest()[:10]
         client = mqtt.Client(
@@ -146,6 +159,9 @@ class ControlDaemon:
                 if msg is not None:
                     self._handle(msg)
                 now = time.monotonic()
+                if self._retry and now - self._last_retry >= 1.0:
+                    self._last_retry = now
+                    self._queue_retries()
                 if self._captured and (
                     len(self._captured) >= self.flush_max or now - self._last_flush >= self.flush_s
                 ):
@@ -158,6 +174,7 @@ class ControlDaemon:
         return 0
 
     def _drain_and_stop(self) -> None:
+        self._queue_retries()
         while True:
             try:
                 self._handle(self._queue.get_nowait())
@@ -169,51 +186,109 @@ class ControlDaemon:
         self.db.close()
 
     def _handle(self, msg: mqtt.MQTTMessage) -> None:
-        parts = msg.topic.split("/")
-        leaf = parts[-1]
-        device = parts[-2] if len(parts) >= 2 else "?"
-        if leaf in ("samples", "labels"):
-            self._captured.append(msg)  # acknowledged once stored, in _flush_captured
-            return
+        leaf, device = _leaf_device(msg.topic)  # for the counters until the topic is checked
+        device = device[:80]
         try:
+            device, leaf = topic_device(msg.topic, self.prefix)
+            if leaf not in MAX_PAYLOAD:
+                raise PoisonMessage(f"the daemon does not consume {leaf!r} messages")
+            if not msg.payload:
+                # An empty retained status is how a device's status is cleared.
+                self._ack(msg)
+                return
+            doc = load_json(msg.payload, leaf)
+            if leaf in ("samples", "labels"):
+                # Acknowledged once stored, in _flush_captured.
+                self._captured.append((msg, parse_captured(device, leaf, doc)))
+                return
             if leaf == "status":
-                if msg.payload:
-                    handle_status(self.db, device, json.loads(msg.payload))
-                    self.counters["status"] += 1
-            elif leaf == "telemetry":
-                if handle_report(self.db, json.loads(msg.payload)):
-                    self.counters["telemetry"] += 1
-                else:
-                    self.counters["duplicates"] += 1
-        except (IngestError, ValueError, TypeError, KeyError) as exc:
-            self.counters["rejected"] += 1
-            log.warning("dropped a %s message from %s: %s", leaf, device, exc)
+                handle_status(self.db, device, doc)
+                self.counters["status"] += 1
+            elif handle_report(self.db, doc, device):
+                self.counters["telemetry"] += 1
+            else:
+                self.counters["duplicates"] += 1
+        except sqlite3.OperationalError as exc:
+            # The database, not the message (locked, disk full, I/O): keep it
+            # unacknowledged and try again shortly rather than drop it.
+            log.error("cannot store a %s message from %s, will retry: %s", leaf, device, exc)
+            self._retry.append(msg)
+            return
+        except (PoisonMessage, IngestError) as exc:
+            self._poison(msg, leaf, device, str(exc))
+        except Exception as exc:  # the last line: no message may stop the daemon
+            # A parser gap: the traceback once per kind of failure (a flood of the
+            # same junk must not flood the journal); the tally counts every one.
+            key = (leaf, type(exc).__name__)
+            if key not in self._traced:
+                self._traced.add(key)
+                log.exception("unexpected failure on a %s message from %s", leaf, device)
+            self._poison(msg, leaf, device, f"{type(exc).__name__}: {exc}")
         self._ack(msg)
+
+    def _poison(self, msg: mqtt.MQTTMessage, leaf: str, device: str, reason: str) -> None:
+        self.counters["rejected"] += 1
+        self.counters["poison"] += 1
+        try:
+            self.poison.record(leaf, device, reason, len(msg.payload or b""))
+        except sqlite3.Error:
+            log.exception("cannot record a poison message")
 
     def _flush_captured(self) -> None:
         batch, self._captured = self._captured, []
         self._last_flush = time.monotonic()
         if not batch:
             return
-        rejected: list[str] = []
         try:
-            result = self.store.ingest_messages(
-                [(m.topic, m.payload) for m in batch],
-                on_reject=lambda _i, _record, reason: rejected.append(str(reason)),
-            )
+            self._store_captured(batch)
         except Exception:
-            # Storage failed: do not acknowledge; the broker redelivers after a
-            # restart, and the store's sample ids make that harmless.
+            if len(batch) == 1:
+                self._captured_failed(batch)
+                return
+            # One message may be what breaks the batch: store them one by one so
+            # it alone is set aside and the others are kept.
             log.exception("feature store ingestion failed for %d messages", len(batch))
-            self._captured = batch + self._captured
-            return
+            failed = []
+            for item in batch:
+                try:
+                    self._store_captured([item])
+                except Exception:
+                    failed.append(item)
+            if len(failed) == len(batch):
+                self._captured_failed(batch)  # every one failed: the store, not the data
+            else:
+                for msg, _ in failed:
+                    leaf, device = _leaf_device(msg.topic)
+                    self._poison(msg, leaf, device, "the feature store could not store it")
+                    self._ack(msg)
+
+    def _captured_failed(self, batch: list[tuple[mqtt.MQTTMessage, Any]]) -> None:
+        # Storage failed: do not acknowledge; they are retried at the next flush
+        # (and redelivered after a restart); the store's sample ids make that harmless.
+        log.error("feature store ingestion failed for %d messages; will retry", len(batch))
+        self._captured = batch + self._captured
+
+    def _store_captured(self, batch: list[tuple[mqtt.MQTTMessage, Any]]) -> None:
+        rejected: list[tuple[int, str]] = []
+        result = self.store.ingest_messages(
+            [(m.topic, doc) for m, doc in batch],
+            on_reject=lambda i, _record, reason: rejected.append((i, str(reason))),
+        )
         self.counters["samples"] += result.get("samples", (0, 0))[0]
         self.counters["labels"] += result.get("labels", (0, 0))[0]
-        self.counters["rejected"] += len(rejected)
-        for reason in rejected[:3]:
-            log.warning("rejected captured record: %s", reason)
-        for m in batch:
+        refused = {}
+        for i, reason in rejected:
+            refused.setdefault(i, reason)
+        for i, (m, _) in enumerate(batch):
+            if i in refused:
+                leaf, device = _leaf_device(m.topic)
+                self._poison(m, leaf, device, refused[i])
             self._ack(m)
+
+    def _queue_retries(self) -> None:
+        retry, self._retry = self._retry, []
+        for msg in retry:
+            self._queue.put(msg)
 
     def _ack(self, msg: mqtt.MQTTMessage) -> None:
         if msg.qos > 0:
@@ -229,3 +304,8 @@ class ControlDaemon:
                 policy.tick(now)
             except Exception:  # one policy's bug must not stop ingestion or the others
                 log.exception("policy %s failed", policy.name)
+
+
+def _leaf_device(topic: str) -> tuple[str, str]:
+    parts = topic.split("/")
+    return parts[-1], parts[-2] if len(parts) >= 2 else "?"

@@ -193,7 +193,13 @@ def _typed_row(row: dict[str, Any], types: Mapping[str, ColumnType]) -> dict[str
         else:
             if isinstance(value, str):
                 raise _Rejected(f"feature {name!r} is a numeric feature, got {value!r}")
-            out[name] = np.nan if value is None else float(value)
+            try:
+                number = np.nan if value is None else float(value)
+            except OverflowError:  # an int beyond float range, e.g. 10**400
+                raise _Rejected(f"feature {name!r} is out of range: {value!r}") from None
+            if not (number != number or math.isfinite(number)):
+                raise _Rejected(f"feature {name!r} must be finite, got {value!r}")
+            out[name] = number
     return out
 
 

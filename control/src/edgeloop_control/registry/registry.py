@@ -31,6 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edgeloop_agent.names import InvalidName, check_model_name
 from edgeloop_agent.signature import SignatureError
 from edgeloop_control import signing
 from edgeloop_control.registry import dvcstore
@@ -217,8 +218,13 @@ class Registry:
         *,
         lineage: dict[str, Any] | None = None,
     ) -> ModelVersion:
-        """Store, sign, commit, push and tag a new version (the next major: v1, v2, ...)."""
-        name = check_name(name)
+        """Store, sign, commit, push and tag a new version (the next major: v1, v2, ...).
+
+        All or nothing: if any step after the first write fails (dvc add/push,
+        commit, tag), the repository is put back where it was (working tree,
+        index, branch, tags), so no half-registered model remains.
+        """
+        name = _check_model_name(name)
         if not isinstance(onnx_bytes, (bytes, bytearray, memoryview)):
             raise RegistryError(f"onnx_bytes must be bytes, got {type(onnx_bytes).__name__}")
         data = bytes(onnx_bytes)
@@ -259,6 +265,7 @@ class Registry:
                 "metadata": meta,
             }
             target = self.root / vdir
+            before = self.git.head()
             target.mkdir(parents=True)
             try:
                 (target / ARTIFACT_NAME).write_bytes(data)
@@ -282,11 +289,11 @@ class Registry:
                     f"(sha256 {record['artifact']['sha256'][:12]})",
                     paths,
                 )
+                tag, message = register_tag(name, semver)
+                self.git.tag(tag, commit, message, timestamp=self._tag_time(model))
             except BaseException:
-                self._discard(vdir)
+                self._rollback(before, vdir)
                 raise
-            tag, message = register_tag(name, semver)
-            self.git.tag(tag, commit, message, timestamp=self._tag_time(model))
         return self.get(f"{name}@{short_version(semver)}")
 
     def promote(self, name: str, version: str, stage: str) -> ModelVersion:
@@ -296,10 +303,11 @@ class Registry:
         Promoting the challenger to champion also ends its challenger stage: an A/B
         comparison of a version with itself is never what anyone wants.
         """
-        name, stage = check_name(name), check_stage(stage)
+        name, stage = _check_model_name(name), check_stage(stage)
         with self._lock():
             model = self._model(name)
             semver = self._resolve(name, model, _version_ref(name, version))
+            made: builtins.list[str] = []
             if model.stages.get(stage) == semver:
                 return self.get(f"{name}@{short_version(semver)}")
             counter, stamp = model.max_counter, self._tag_time(model)
@@ -309,15 +317,23 @@ class Registry:
                 counter += 1
                 name_, message = make(name, stage, target, counter)
                 self.git.tag(name_, model.versions[target].commit, message, timestamp=stamp)
+                made.append(name_)
                 stamp += 1
 
-            current = model.stages.get(stage)
-            if current is not None:
-                tag(unassign_tag, stage, current)
-            tag(assign_tag, stage, semver)
-            for other in EXCLUSIVE_STAGES.get(stage, ()):
-                if model.stages.get(other) == semver:
-                    tag(unassign_tag, other, semver)
+            # Up to three tags: all of them or none (a lone unassign would leave
+            # the stage on no version).
+            try:
+                current = model.stages.get(stage)
+                if current is not None:
+                    tag(unassign_tag, stage, current)
+                tag(assign_tag, stage, semver)
+                for other in EXCLUSIVE_STAGES.get(stage, ()):
+                    if model.stages.get(other) == semver:
+                        tag(unassign_tag, other, semver)
+            except BaseException:
+                for made_tag in made:
+                    self.git.run("tag", "-d", made_tag, check=False)
+                raise
         return self.get(f"{name}@{short_version(semver)}")
 
     def demote(self, name: str, stage: str) -> ModelVersion | None:
@@ -590,9 +606,24 @@ class Registry:
                 "commit or discard them (git status) before registering"
             )
 
+    def _rollback(self, before: str | None, vdir: str) -> None:
+        """Undo a registration that failed part-way: a commit it made is dropped
+        (the branch goes back to ``before``; _ensure_clean guaranteed there were
+        no local changes to lose), then its files are removed. The artifact may
+        stay in the DVC cache and remote: content-addressed, unreferenced, and
+        collected by ``dvc gc``; it registers nothing."""
+        try:
+            if before is not None and self.git.head() != before:
+                self.git.run("reset", "-q", "--hard", before)
+        finally:
+            self._discard(vdir)
+
     def _discard(self, vdir: str) -> None:
         self.git.reset_index()
         shutil.rmtree(self.root / vdir, ignore_errors=True)
+        model_dir = (self.root / vdir).parent
+        if model_dir.is_dir() and not any(model_dir.iterdir()):
+            model_dir.rmdir()  # a first version's failure leaves no empty models/NAME
         if self.git.tracked("dvc.yaml"):
             self.git.run("checkout", "-q", "--", "dvc.yaml", check=False)
         else:
@@ -632,6 +663,15 @@ class Registry:
                 yield
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _check_model_name(name: object) -> str:
+    """The registry's own rule, then the shared one (fullmatch: no trailing newline)."""
+    check_name(name)
+    try:
+        return check_model_name("invalid model name:", name)
+    except InvalidName as exc:
+        raise RegistryError(str(exc)) from None
 
 
 def _remote_url(remote: str) -> str:

@@ -25,6 +25,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edgeloop_agent.config import BrokerAddress
+from edgeloop_agent.connectlog import tls_options
 from edgeloop_agent.mqttlink import no_delay
 from edgeloop_control.controldb import ControlDB
 from edgeloop_control.daemon.ingest import IngestError, handle_report, handle_status
@@ -119,7 +120,8 @@ class ControlDaemon:
         if self.address.username:
             client.username_pw_set(self.address.username, self.address.password)
         if self.address.tls:
-            client.tls_set()
+            # The CA named in the broker URL (?ca_file=...), as the CLI's client does.
+            client.tls_set(**tls_options(self.address.ca_file))
         self.client = client
         self.publisher = DaemonPublisher(client)
 

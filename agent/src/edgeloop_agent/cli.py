@@ -66,10 +66,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     setup_logging(config.log_level)
     from edgeloop_agent.agent import Agent  # heavy imports only once arguments are valid
+    from edgeloop_agent.outbox import OutboxError
 
     try:
         agent = Agent(config)
-    except (ConfigError, OSError, ValueError) as exc:
+    except (ConfigError, OSError, ValueError, OutboxError) as exc:
         logging.getLogger("edgeloop.agent").error("cannot start: %s", exc)
         return 1
     return agent.run()

@@ -766,6 +766,8 @@ class Outbox:
         state, free = fs_condition(os.path.dirname(self.path) or ".")
         if state == READ_ONLY:
             self._set_state(READ_ONLY)
+        elif self.disk_state == DISK_OK and state == DISK_FULL:
+            self._set_state(DISK_FULL)  # filled by someone else; the reserve is kept for now
         elif self.disk_state != DISK_OK or not os.path.exists(self.reserve_path):
             # Space is back once the reserve can be allocated again with room to spare for
             # the WAL; until then the learned capacity stays.
@@ -780,8 +782,6 @@ class Outbox:
                     log.warning("outbox %s: the disk has room again", self.path)
                 self._disk_cap = None
                 self._set_state(DISK_OK)
-            elif self.disk_state == DISK_OK and state == DISK_FULL:
-                self._set_state(DISK_FULL)
 
     def _truncate_wal(self, op: str) -> None:
         self._last_truncate = time.monotonic()

@@ -223,10 +223,18 @@ class StateDir:
         """Delete old artifacts, keeping those in use plus the newest few others."""
         others = sorted(
             (p for p in self.models.glob("*.onnx") if p not in keep),
-            key=lambda p: p.stat().st_mtime,
+            key=_mtime,
             reverse=True,
         )
         removed = others[keep_extra:]
         for path in removed:
-            path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # read-only disk: pruned another time
+                path.unlink(missing_ok=True)
         return removed
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0

@@ -190,7 +190,9 @@ class Outbox:
         # Capacity learned from a full disk: stored bytes must stay under it (evicting by
         # priority, like max_bytes) until maintain() sees space again. None: no limit learned.
         self._disk_cap: int | None = None
+        self._full_floor = 0  # bytes of rows the released reserve may take (see below)
         self._last_truncate = time.monotonic()
+        self._last_warned: dict[str, float] = {}
         # A fresh random token per open makes ids unique across restarts and across a
         # re-created database file without having to persist a counter.
         self.boot_id = secrets.token_hex(8)
@@ -239,6 +241,8 @@ class Outbox:
             log.error("%s; keeping the outbox in memory until the disk can take it", exc)
             return self._connect(":memory:")
         self._ensure_reserve()
+        if self.disk_state == DISK_OK:  # not already known full from opening
+            self.disk_state, _free = fs_condition(os.path.dirname(self.path) or ".")
         return conn
 
     def _open_disk(self) -> sqlite3.Connection:
@@ -254,6 +258,7 @@ class Outbox:
                 state, _free = fs_condition(os.path.dirname(self.path) or ".")
                 if state != DISK_FULL or not self._release_reserve():
                     raise
+                self.disk_state = DISK_FULL
             # Opening a WAL database creates its -shm and -wal files: on a full disk that
             # fails, which the reserve file is there for.
             return self._connect(self.path)
@@ -779,8 +784,14 @@ class Outbox:
             wanted = reserve + max(0, self._wal_room() - wal) + headroom
             if free is not None and free >= wanted and self._ensure_reserve():
                 if self._disk_cap is not None or self.disk_state != DISK_OK:
-                    log.warning("outbox %s: the disk has room again", self.path)
+                    log.warning(
+                        "outbox %s: the disk has room again (%d bytes free, %d wanted)",
+                        self.path,
+                        free,
+                        wanted,
+                    )
                 self._disk_cap = None
+                self._full_floor = 0
                 self._set_state(DISK_OK)
 
     def _truncate_wal(self, op: str) -> None:
@@ -836,9 +847,18 @@ class Outbox:
         return state if state != DISK_OK else "error"
 
     def _set_state(self, state: str) -> None:
-        if state != self.disk_state:
-            log.warning("outbox %s: disk state %s -> %s", self.path, self.disk_state, state)
-            self.disk_state = state
+        if state == self.disk_state:
+            return
+        log.warning("outbox %s: disk state %s -> %s", self.path, self.disk_state, state)
+        self.disk_state = state
+        if self.storage == "disk":
+            # While the disk is full every commit's pages must fit in what the reserve gave
+            # back: checkpoint four times as often, so the WAL needs a quarter of the room.
+            pages = (
+                _WAL_AUTOCHECKPOINT_PAGES // 4 if state == DISK_FULL else _WAL_AUTOCHECKPOINT_PAGES
+            )
+            with contextlib.suppress(sqlite3.DatabaseError):
+                self._conn.execute(f"PRAGMA wal_autocheckpoint={pages}")
 
     def _enter_disk_full(self, *, put_attempt: int | None) -> None:
         """React to SQLITE_FULL (lock held, no transaction open).
@@ -851,25 +871,27 @@ class Outbox:
         """
         self._counters["disk_full_errors"] += 1  # every SQLITE_FULL met, retried or not
         self._set_state(DISK_FULL)
-        released = self._release_reserve()
+        self._release_reserve()
         with contextlib.suppress(sqlite3.DatabaseError):
             self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         if put_attempt is None:
             return
         used = sum(v[1] for v in self._acc.values())
-        if put_attempt == 0 and released:
-            # The reserve's room is mostly for the WAL; a little of it may take new rows.
-            self._disk_cap = used + self._reserve_sizes()[0] // 4
-        elif put_attempt == 0:
-            self._disk_cap = used
+        # New rows take the pages of the ones they evict. The reserve's room is mostly for
+        # the WAL; an eighth of it may take rows, so that an outbox that was empty when the
+        # disk filled can still carry telemetry reports.
+        if put_attempt == 0:
+            self._disk_cap = max(used, self._full_floor)
         else:
             self._disk_cap = used * 9 // 10
 
     def _release_reserve(self) -> bool:
+        size = _size(self.reserve_path) or 0
         try:
             os.unlink(self.reserve_path)
         except OSError:
             return False
+        self._full_floor = max(self._full_floor, size // 8)
         log.warning("outbox %s: disk full, released the %s reserve", self.path, self.reserve_path)
         return True
 
@@ -957,8 +979,14 @@ class Outbox:
         refused = self._counters["refused_storage"]
         for kind in kinds:
             refused[kind] = refused.get(kind, 0) + 1
-        self.last_error = f"{op}: {text}"
-        log.warning("outbox %s: %s failed: %s", self.path, op, text)
+        # On a disk that stays full the same failure repeats every second: log it once a
+        # minute, it is counted and on status anyway.
+        message = f"{op}: {text}"
+        now = time.monotonic()
+        if now - self._last_warned.get(message, float("-inf")) >= 60.0:
+            self._last_warned[message] = now
+            log.warning("outbox %s: %s failed: %s", self.path, op, text)
+        self.last_error = message
         with contextlib.suppress(sqlite3.DatabaseError):
             self._reload_accounting(self._conn)
 

@@ -6,6 +6,7 @@ test is skipped with the reason. Nothing is simulated: ENOSPC and EROFS come fro
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from collections.abc import Iterator
@@ -13,14 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from edgeloop_agent import statedir
 from edgeloop_agent.outbox import Outbox
-from edgeloop_agent.statedir import (
-    DiskFullError,
-    ReadOnlyError,
-    StateDir,
-    StorageError,
-    atomic_write,
-)
+from edgeloop_agent.statedir import StateDir, atomic_write
 from tests.tmpfs import fill, remount, tmpfs
 
 PAD = "q" * 250  # ~300-byte envelopes, like a small report
@@ -138,9 +134,11 @@ def test_atomic_write_names_a_full_or_read_only_disk(fs3m: Path) -> None:
     state.save_deployment({"revision": 1})
     target = fs3m / "state" / "deployment.json"
     fill(fs3m / "filler")
+    # Looked up here so that each test fails on its own against an agent without them.
+    DiskFullError, ReadOnlyError = statedir.DiskFullError, statedir.ReadOnlyError
     with pytest.raises(DiskFullError) as err:
         atomic_write(target, b"new" * 10_000)
-    assert isinstance(err.value, StorageError) and isinstance(err.value, OSError)
+    assert isinstance(err.value, statedir.StorageError) and isinstance(err.value, OSError)
     assert err.value.code == "disk_full" and "deployment.json" in str(err.value)
     assert state.load_deployment() == {"revision": 1}
     assert [p.name for p in target.parent.iterdir() if p.name.endswith(".tmp")] == []
@@ -164,7 +162,7 @@ def test_saving_an_unchanged_deployment_writes_nothing(fs3m: Path) -> None:
     state.save_deployment({"revision": 1})
     fill(fs3m / "filler")
     state.save_deployment({"revision": 1})  # a restart on the full disk: no error
-    with pytest.raises(DiskFullError):
+    with pytest.raises(statedir.DiskFullError):
         state.save_deployment({"revision": 2})
     assert state.load_deployment() == {"revision": 1}
 
@@ -177,8 +175,6 @@ def test_state_is_private_whatever_the_umask(tmp_path: Path, umask: int) -> None
         root = tmp_path / "state"
         state = StateDir(root)
         data = b"onnx"
-        import hashlib
-
         sha = hashlib.sha256(data).hexdigest()
         artifact = state.store_artifact("m", "v1", sha, data)
         state.save_deployment({"revision": 1})

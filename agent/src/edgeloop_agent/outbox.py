@@ -953,6 +953,14 @@ class Outbox:
         with self._lock:
             if not self._closed:
                 self._closed = True
+                depth = sum(v[0] for v in self._acc.values())
+                if self.storage == "memory" and depth:
+                    log.error(
+                        "outbox %s: %d undelivered messages were only in memory and are lost "
+                        "(the disk never took them)",
+                        self.path,
+                        depth,
+                    )
                 self._conn.close()
 
     def __enter__(self) -> Outbox:

@@ -218,3 +218,26 @@ def test_state_left_world_readable_by_an_older_agent_is_tightened(tmp_path: Path
         root / "outbox.sqlite",
     ):
         assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+
+
+def test_a_filesystem_grown_under_the_outbox_is_used_without_reopening(fs3m: Path) -> None:
+    """The issue's case: after the filesystem grew, nothing was delivered until a restart."""
+    path = fs3m / "outbox.sqlite"
+    ob = _outbox(path)
+    for i in range(12_000):
+        ob.put("t", {"i": i, "pad": PAD}, "sample")
+    assert ob.maintain() == "disk_full"
+    evicted = ob.stats()["dropped_oldest"]["sample"]
+    assert evicted > 0  # the full disk made room by evicting, and counted it
+    remount(fs3m, "size=12m")
+    assert ob.maintain() == "ok"
+    depth = ob.depth()
+    ids = [ob.put("t", {"more": i, "pad": PAD}, "sample") for i in range(2000)]
+    assert None not in ids
+    # With room again nothing more is evicted: the outbox grows into the new space.
+    assert ob.stats()["dropped_oldest"]["sample"] == evicted
+    assert ob.depth() == depth + 2000
+    batch = [m.id for m in ob.peek(500)]
+    ob.mark_inflight(batch)
+    assert ob.ack(batch) == 500
+    ob.close()

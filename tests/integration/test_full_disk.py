@@ -183,7 +183,7 @@ def test_full_disk_keeps_serving_reports_drops_and_recovers_without_restart(
     assert wal_max <= 300 * 1024, f"the WAL reached {wal_max} bytes"
 
 
-def test_restart_on_a_full_disk_serves_the_last_good_model(broker, probe, agents, fs):
+def test_restart_on_a_full_disk_serves_the_last_good_model(broker, probe, agents, tmp_path, fs):
     probe.subscribe(STATUS)
     probe.subscribe("app/replies")
     state = fs / "state"
@@ -193,13 +193,17 @@ def test_restart_on_a_full_disk_serves_the_last_good_model(broker, probe, agents
     wait_status(probe, DEVICE, lambda s: s.get("revision") == 1)
     assert agent.stop() == 0
     fill(fs / "filler")
-    again = start(broker, agents, state)
-    status = wait_status(
-        probe, DEVICE, lambda s: s.get("online") and s.get("revision") == 1, timeout=20
-    )
-    assert again.alive(), again.log()[-2000:]
-    assert status["storage"]["state"] == "disk_full"
-    assert ask(probe, "after-restart", sample_features(1)[0])["version"] == "v1"
+    with NotifyListener(tmp_path / "notify.sock") as pid1:
+        again = start(broker, agents, state, env={"NOTIFY_SOCKET": str(pid1.path)})
+        status = wait_status(
+            probe, DEVICE, lambda s: s.get("online") and s.get("revision") == 1, timeout=20
+        )
+        assert again.alive(), again.log()[-2000:]
+        assert status["storage"]["state"] == "disk_full"
+        assert ask(probe, "after-restart", sample_features(1)[0])["version"] == "v1"
+        # systemd hears it with READY=1: a full disk is not a crash loop, and says so.
+        ready = pid1.wait_for(lambda n: "READY" in n.fields, 20)
+        assert ready.fields["STATUS"].startswith("serving, connected (state filesystem full")
 
 
 def test_model_swap_on_a_full_disk_is_refused_and_later_deploys_apply(broker, probe, agents, fs):

@@ -178,8 +178,11 @@ class Agent:
         """systemd's STATUS=: what the agent serves, plus the state filesystem's trouble."""
         if text is not None:
             self._service_text = text
+        self.notifier.status(self._with_storage_note(self._service_text))
+
+    def _with_storage_note(self, text: str) -> str:
         note = self._storage_note()
-        self.notifier.status(f"{self._service_text} ({note})" if note else self._service_text)
+        return f"{text} ({note})" if note else text
 
     def _check_storage(self, *, report: bool) -> None:
         """Housekeeping: let the outbox notice space coming back or running out; say so on
@@ -264,7 +267,7 @@ class Agent:
                     self._ready_sent = True
                     what = "serving" if self.deployment is not None else "waiting for a model"
                     link = "connected" if connected else "broker unreachable"
-                    self.notifier.ready(f"{what}, {link}")
+                    self.notifier.ready(self._with_storage_note(f"{what}, {link}"))
             # Ping the watchdog only while the serving loop is alive: a wedged
             # loop then gets the service restarted.
             if interval is not None and now - self.server.last_beat < interval * 2:

@@ -22,7 +22,7 @@ from edgeloop_agent.deployment import Deployment
 from edgeloop_agent.drift import DriftConfig, WindowConfig
 from edgeloop_agent.liveness import Liveness
 from edgeloop_agent.mqttlink import MqttLink
-from edgeloop_agent.outbox import Outbox
+from edgeloop_agent.outbox import DISK_OK, Outbox
 from edgeloop_agent.procstats import release_free_memory
 from edgeloop_agent.prometheus import (
     MetricsServer,
@@ -88,6 +88,8 @@ class Agent:
         self.liveness = Liveness()
         self._liveness_reported: list[str] = []
         self._expired_reported = False
+        self._service_text = "loading last good model"
+        self._storage_seen = (DISK_OK, "disk")
 
         self.updater = Updater(
             prefix=config.topic_prefix,
@@ -156,7 +158,7 @@ class Agent:
         self.last_error = None
         refs = ", ".join(f"{v}={m.ref}" for v, m in deployment.models.items())
         log.info("serving revision %d: %s", deployment.revision, refs)
-        self.notifier.status(f"serving revision {deployment.revision}: {refs}")
+        self._notify_status(f"serving revision {deployment.revision}: {refs}")
         self.publish_status()
 
     def _update_failed(self, revision: int | None, exc: UpdateError) -> None:
@@ -166,7 +168,7 @@ class Agent:
             "revision": revision,
             "ts": time.time(),
         }
-        self.notifier.status(f"update failed: {exc.code}")
+        self._notify_status(f"update failed: {exc.code}")
         self.publish_status()
 
     # -- status ----------------------------------------------------------------
@@ -189,6 +191,7 @@ class Agent:
             "desired_expired": self.updater.expired(),
             "allow_unsigned": self.updater.allow_unsigned,
             "threads": self.liveness.problems(),
+            "storage": self.storage_status(),
             "agent_version": __version__,
             "started_at": self.started_at,
             "ts": time.time(),
@@ -199,6 +202,50 @@ class Agent:
             self.publish_status()
         except Exception:  # offline or shutting down: the next change reports again
             log.debug("status not published", exc_info=True)
+
+    def storage_status(self) -> dict[str, Any]:
+        """The state filesystem as the status document reports it: ``state`` (ok, disk_full,
+        read_only), where the outbox lives (disk, or memory when the disk cannot take it),
+        free bytes, and the items dropped since start by kind."""
+        return {**self.outbox.disk_info(), "dropped": self.telemetry.dropped()}
+
+    def _storage_note(self) -> str:
+        state, storage = self.outbox.disk_state, self.outbox.storage
+        if state == DISK_OK and storage == "disk":
+            return ""
+        what = {"disk_full": "state filesystem full", "read_only": "state filesystem read-only"}
+        note = what.get(state, f"state filesystem {state}")
+        if storage == "memory":
+            note += ", outbox in memory"
+        dropped = ", ".join(f"{k}={v}" for k, v in self.telemetry.dropped().items() if v)
+        return f"{note}; dropped {dropped or 'nothing yet'}"
+
+    def _notify_status(self, text: str | None = None) -> None:
+        """systemd's STATUS=: what the agent serves, plus the state filesystem's trouble."""
+        if text is not None:
+            self._service_text = text
+        self.notifier.status(self._with_storage_note(self._service_text))
+
+    def _with_storage_note(self, text: str) -> str:
+        note = self._storage_note()
+        return f"{text} ({note})" if note else text
+
+    def _check_storage(self, *, report: bool) -> None:
+        """Housekeeping: let the outbox notice space coming back or running out; say so on
+        status and STATUS= when that changes, and refresh the drop counts with each report."""
+        try:
+            self.outbox.maintain()
+        except Exception:  # the disk must never take serving down
+            log.exception("outbox maintenance failed")
+        seen = (self.outbox.disk_state, self.outbox.storage)
+        changed = seen != self._storage_seen
+        self._storage_seen = seen
+        if changed:
+            log.warning("state storage: %s, outbox on %s", *seen)
+        if changed or (report and seen != (DISK_OK, "disk")):
+            self._notify_status()
+            if self.link.connected.is_set():
+                self.publish_status()
 
     def publish_status(self) -> mqtt.MQTTMessageInfo:
         with self._status_lock:
@@ -217,7 +264,7 @@ class Agent:
         if install_signals:
             signal.signal(signal.SIGTERM, self.request_stop)
             signal.signal(signal.SIGINT, self.request_stop)
-        self.notifier.status("loading last good model")
+        self._notify_status("loading last good model")
         restored = self.updater.restore()
         if restored is not None:
             self.telemetry.on_deployed(restored)
@@ -264,11 +311,16 @@ class Agent:
         started = time.monotonic()
         interval = watchdog_interval()
         next_report = started + self.config.telemetry_interval_s
+        next_storage_check = started
         while not self.stop_event.wait(0.2):
             now = time.monotonic()
-            if now >= next_report:
+            report = now >= next_report
+            if report:
                 next_report = now + self.config.telemetry_interval_s
                 self._report()
+            if report or now >= next_storage_check:
+                next_storage_check = now + 1.0
+                self._check_storage(report=report)
             if not self._ready_sent:
                 connected = self.link.connected.is_set()
                 # Without a broker, READY still comes after the grace period: with the
@@ -278,7 +330,7 @@ class Agent:
                     self._ready_sent = True
                     what = "serving" if self.deployment is not None else "waiting for a model"
                     link = "connected" if connected else "broker unreachable"
-                    self.notifier.ready(f"{what}, {link}")
+                    self.notifier.ready(self._with_storage_note(f"{what}, {link}"))
             # Ping the watchdog only while every thread is alive and making
             # progress: a dead updater or a wedged serving loop then gets the
             # service restarted (this loop itself dying stops the pings too).

@@ -118,10 +118,11 @@ def main(argv: list[str] | None = None) -> int:
             "(or --allow-unsigned is given, for development only)"
         )
     from edgeloop_agent.agent import Agent  # heavy imports only once arguments are valid
+    from edgeloop_agent.outbox import OutboxError
 
     try:
         agent = Agent(config)
-    except (ConfigError, OSError, ValueError) as exc:
+    except (ConfigError, OSError, ValueError, OutboxError) as exc:
         logging.getLogger("edgeloop.agent").error("cannot start: %s", exc)
         return 1
     return agent.run()

@@ -87,6 +87,8 @@ class Telemetry(ServingHooks):
         self.capture_failures = 0
         # Set by the agent when Prometheus output is on; sees every report.
         self.exporter: Any = None
+        self.labels_sent = 0
+        self.label_failures = 0  # labels the outbox refused (full or read-only disk, ...)
 
     # -- deployment ------------------------------------------------------------
 
@@ -198,7 +200,7 @@ class Telemetry(ServingHooks):
         variant = result.variant or UNROUTED
         self._outcome(variant, result)
         if result.extra is not None:
-            self.outbox.put(
+            stored = self.outbox.put(
                 self.topics.labels,
                 {
                     "sample_id": result.extra,
@@ -210,6 +212,10 @@ class Telemetry(ServingHooks):
                 },
                 "label",
             )
+            if stored is None:
+                self.label_failures += 1
+            else:
+                self.labels_sent += 1
         return None
 
     # -- helpers -------------------------------------------------------------------
@@ -300,6 +306,19 @@ class Telemetry(ServingHooks):
 
     # -- periodic report (housekeeping thread) ------------------------------------
 
+    def dropped(self) -> dict[str, int]:
+        """Items lost on the way to the control node since start, by kind: telemetry reports,
+        captured samples, labels and events the outbox refused or evicted (full or read-only
+        disk, capacity), and drift windows that overflowed between two reports."""
+        by_kind = self.outbox.dropped()
+        return {
+            "telemetry": by_kind.get("report", 0),
+            "samples": by_kind.get("sample", 0),
+            "labels": by_kind.get("label", 0),
+            "events": by_kind.get("event", 0),
+            "drift_windows": self._windows_dropped,
+        }
+
     def report(self, *, status: dict[str, Any] | None = None) -> str | None:
         now = time.time()
         windows = []
@@ -348,6 +367,8 @@ class Telemetry(ServingHooks):
                 "captured": self.captured,
                 "failures": self.capture_failures,
             },
+            "labels": {"sent": self.labels_sent, "failures": self.label_failures},
+            "dropped": self.dropped(),
             "outbox": self.outbox.stats(),
             "process": {
                 "rss_bytes": proc.rss_bytes,

@@ -44,7 +44,13 @@ from edgeloop_agent.desired import (
 from edgeloop_agent.model import ModelLoadError, OnnxModel
 from edgeloop_agent.mqttlink import MqttLink
 from edgeloop_agent.protocol import artifact_topic
-from edgeloop_agent.statedir import ArtifactError, StateDir, atomic_write, sha256_hex
+from edgeloop_agent.statedir import (
+    ArtifactError,
+    StateDir,
+    StorageError,
+    atomic_write,
+    sha256_hex,
+)
 
 log = logging.getLogger("edgeloop.agent.updater")
 
@@ -183,6 +189,12 @@ class Updater:
         self.last_seen_revision = desired.revision
         try:
             deployment = self._deploy(desired, fetch=True)
+        except StorageError as exc:
+            # A full or read-only state disk: the swap is refused (the new model would not
+            # survive a restart) and the current deployment keeps serving.
+            log.error("desired revision %d not applied: %s", desired.revision, exc)
+            self.on_failed(desired.revision, UpdateError(exc.code, str(exc)))
+            return None
         except UpdateError as exc:
             log.error("desired revision %d not applied: %s", desired.revision, exc.message)
             self._fail(desired.revision, exc)

@@ -218,3 +218,18 @@ def test_monitor_sized_exact_pvalue_on_raw_data_matches_scipy() -> None:
     assert ks_pvalue(d, 5000, 3000) == pytest.approx(p_ref, abs=LARGE_ATOL)
     d0, p0 = _scipy_2samp(x, rng.normal(size=3000))
     assert ks_pvalue(d0, 5000, 3000) == pytest.approx(p0, abs=LARGE_ATOL)
+
+
+def test_monitor_with_a_raised_exact_limit_reports_the_exact_pvalue() -> None:
+    # The monitor: n_ref = 5,000, a 3,000-row window, a 0.2 sd shift, with
+    # ks_exact_max_nm raised as docs/drift.md suggests for exact fidelity. It reported p = 1.
+    from edgeloop_agent.drift import DriftConfig, DriftMonitor, WindowConfig
+
+    rng = np.random.default_rng(77)
+    profile = build_reference_profile(rng.normal(size=(5000, 1)), ["x"], None)
+    cfg = DriftConfig(window=WindowConfig("count", 3000), ks_exact_max_nm=10**8)
+    (report,) = DriftMonitor(profile, cfg).update(rng.normal(0.2, 1.0, size=(3000, 1)))
+    f = report.features[0]
+    ok, _, ref = _attempt_exact_2kssamp(5000, 3000, math.gcd(5000, 3000), f.ks_d, "two-sided")
+    assert ok and ref < 1e-6
+    assert f.ks_p == pytest.approx(ref, abs=LARGE_ATOL) and "ks" in f.reasons

@@ -140,6 +140,8 @@ class DriftMonitor:
                 self._psi_ref,
                 self._psi_col,
                 self._psi_col_starts,
+                self._psi_judged,
+                self._psi_ref_n,
             )
         )
         raw = self._rows.nbytes if self._rows is not None else 0

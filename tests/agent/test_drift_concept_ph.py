@@ -37,7 +37,7 @@ class _RiverTranscript:
 
     def __init__(
         self, min_instances=30, delta=0.005, threshold=50.0, alpha=1 - 0.0001, mode="both"
-    ):  # type: ignore[no-untyped-def]  # noqa: E501
+    ):  # type: ignore[no-untyped-def]
         self.min_instances, self.delta, self.threshold = min_instances, delta, threshold
         self.alpha, self.mode = alpha, mode
         self.drift_detected = False

@@ -114,3 +114,43 @@ def test_real_monitors_no_drift_no_rollback_input_drift_excused_broken_caught() 
 @pytest.mark.parametrize("alpha", [0.01, 0.05, 0.2])
 def test_nothing_to_judge_passes(alpha: float) -> None:
     assert drift_guardrail([], alpha).passed
+
+
+def test_output_windows_pairs_the_arms_by_report_and_skips_what_it_cannot_read(
+    tmp_path,  # type: ignore[no-untyped-def]
+) -> None:
+    import json
+
+    from edgeloop_control.controldb import ControlDB
+    from edgeloop_control.experiments.totals import output_windows
+
+    db = ControlDB(tmp_path / "control.db")
+
+    def window(report: str, idx: int, device: str, variant: str, doc: str, enough: int = 1) -> None:
+        db.conn.execute(
+            "INSERT INTO drift_windows(report_id, idx, device, variant, version, start, end, n, "
+            "enough_data, dataset_drift, output_drift, drifted, doc) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (report, idx, device, variant, "v", 0, 1, 200, enough, 0, 0, "[]", doc),
+        )
+
+    def doc(p: object) -> str:
+        return json.dumps({"output": {"ks_p": p}})
+
+    window("r1", 0, "d1", "m@v1", doc(1e-6))  # champion moved in r1
+    window("r1", 1, "d1", "m@v2", doc(1e-9))
+    window("r2", 0, "d1", "m@v2", doc(0.3))  # no champion window in r2
+    window("r3", 0, "d1", "m@v2", "{not json")  # unreadable: skipped, nothing raised
+    window("r4", 0, "d1", "m@v2", json.dumps({"output": None}))
+    window("r5", 0, "d1", "m@v2", doc(0.01), enough=0)  # too few rows: not judged
+    window("r6", 0, "d9", "m@v2", doc(1e-12))  # a device outside the experiment
+    window("r7", 0, "d1", "m@v2", doc("0.5"))  # a string is not a p-value
+    db.conn.commit()
+    got = output_windows(db, "m@v1", "m@v2", ["d1"], 0)
+    assert got == [
+        OutputWindow("d1", "r1", 1e-9, 1e-6),
+        OutputWindow("d1", "r2", 0.3, None),
+    ]
+    check = drift_guardrail(got, ALPHA)
+    assert check.passed and "1 window(s); 1 more excused" in check.reason
+    assert output_windows(db, "m@v1", "m@v2", [], 0) == []

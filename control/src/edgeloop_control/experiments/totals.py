@@ -231,18 +231,19 @@ def output_windows(
     if not devices:
         return []
     marks = ",".join("?" * len(devices))
+    # json_extract in SQLite, not json.loads per row in Python: this runs every tick over
+    # every window since the start. A malformed doc yields NULL (json_valid guards it).
     rows = db.conn.execute(
-        f"SELECT report_id, device, variant, enough_data, doc FROM drift_windows "
+        f"SELECT report_id, device, variant, enough_data, "
+        f"CASE WHEN json_valid(doc) THEN json_extract(doc, '$.output.ks_p') END AS p "
+        f"FROM drift_windows "
         f"WHERE variant IN (?, ?) AND rowid > ? AND device IN ({marks}) ORDER BY rowid",
         (champion, challenger, since_rowid, *devices),
     ).fetchall()
 
     def output_p(row: Any) -> float | None:
-        if not row["enough_data"]:
-            return None
-        try:
-            p = (json.loads(row["doc"]).get("output") or {}).get("ks_p")
-        except (ValueError, AttributeError):
+        p = row["p"]
+        if not row["enough_data"] or isinstance(p, (bool, str)) or p is None:
             return None
         return float(p) if isinstance(p, (int, float)) and 0.0 <= p <= 1.0 else None
 

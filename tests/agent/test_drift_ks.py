@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
 import pytest
 from scipy import special, stats
-from scipy.stats._stats_py import _compute_prob_outside_square
+from scipy.stats._stats_py import _attempt_exact_2kssamp, _compute_prob_outside_square
 
 from edgeloop_agent.drift import ReferenceProfile, build_reference_profile
 from edgeloop_agent.drift.ks import (
@@ -181,3 +182,54 @@ def test_binned_statistic_equals_scipy_on_bin_representatives() -> None:
 def test_bad_arguments_raise_clear_errors(call, message: str) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ValueError, match=message):
         call()
+
+
+# Sizes where the lattice-path ratios leave a double's range (C(a+b, b) > 1e304). Before
+# the log-space path, every one of these returned p = 1.0 (e.g. n = m = 3000, D = 0.0303:
+# scipy 0.051). The grid runs up to scipy's exact limit, max(n, m) = 10 000, which is what
+# docs/drift.md promises; D is chosen to put scipy's p near each target.
+LARGE_EXACT = [(300, 400), (2000, 2000), (3000, 3000), (5000, 3000), (2500, 7000),
+               (4000, 10_000), (9999, 10_000), (10_000, 10_000)]  # fmt: skip
+LARGE_ATOL = 1e-9
+
+
+@pytest.mark.parametrize(("n", "m"), LARGE_EXACT)
+def test_exact_pvalue_matches_scipy_at_large_sizes(n: int, m: int) -> None:
+    g = math.gcd(n, m)
+    lcm = n // g * m
+    en = round(n * m / (n + m))
+    targets = (0.9, 0.3, 0.05, 1e-3, 1e-6, 1e-10)
+    ds = np.array([round(float(stats.kstwo.isf(p, en)) * lcm) / lcm for p in targets])
+    ours = ks_2samp_exact_sf(ds, n, m)
+    for d, p in zip(ds, ours, strict=True):
+        ok, _, ref = _attempt_exact_2kssamp(n, m, g, float(d), "two-sided")
+        assert ok
+        assert p == pytest.approx(ref, abs=LARGE_ATOL), (n, m, d, ref)
+        assert ks_pvalue(float(d), n, m, method="exact") == pytest.approx(ref, abs=LARGE_ATOL)
+
+
+def test_monitor_sized_exact_pvalue_on_raw_data_matches_scipy() -> None:
+    # The case: a 5 000-row reference, a 3 000-row window, a 0.2 sd shift. It
+    # reported p = 1; scipy says ~1e-13.
+    rng = np.random.default_rng(2026)
+    x, y = rng.normal(size=5000), rng.normal(0.2, 1.0, size=3000)
+    d, p_ref = _scipy_2samp(x, y)
+    assert p_ref < 1e-6
+    assert ks_pvalue(d, 5000, 3000) == pytest.approx(p_ref, abs=LARGE_ATOL)
+    d0, p0 = _scipy_2samp(x, rng.normal(size=3000))
+    assert ks_pvalue(d0, 5000, 3000) == pytest.approx(p0, abs=LARGE_ATOL)
+
+
+def test_monitor_with_a_raised_exact_limit_reports_the_exact_pvalue() -> None:
+    # The monitor: n_ref = 5,000, a 3,000-row window, a 0.2 sd shift, with
+    # ks_exact_max_nm raised as docs/drift.md suggests for exact fidelity. It reported p = 1.
+    from edgeloop_agent.drift import DriftConfig, DriftMonitor, WindowConfig
+
+    rng = np.random.default_rng(77)
+    profile = build_reference_profile(rng.normal(size=(5000, 1)), ["x"], None)
+    cfg = DriftConfig(window=WindowConfig("count", 3000), ks_exact_max_nm=10**8)
+    (report,) = DriftMonitor(profile, cfg).update(rng.normal(0.2, 1.0, size=(3000, 1)))
+    f = report.features[0]
+    ok, _, ref = _attempt_exact_2kssamp(5000, 3000, math.gcd(5000, 3000), f.ks_d, "two-sided")
+    assert ok and ref < 1e-6
+    assert f.ks_p == pytest.approx(ref, abs=LARGE_ATOL) and "ks" in f.reasons

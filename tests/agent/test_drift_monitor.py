@@ -121,14 +121,18 @@ def test_adjusted_pvalues_follow_the_configured_correction() -> None:
     profile = _profile(ref)
     for correction in ("bh", "bonferroni"):
         rep = _one_window(profile, live, correction=correction)
-        p = np.array([f.ks_p for f in rep.features])
-        adj = np.array([f.ks_p_adjusted for f in rep.features])
+        # One family: every feature's KS p-value and PSI p-value, adjusted together.
+        p = np.array([f.ks_p for f in rep.features] + [f.psi_p for f in rep.features])
+        adj = np.array(
+            [f.ks_p_adjusted for f in rep.features] + [f.psi_p_adjusted for f in rep.features]
+        )
         if correction == "bh":
             np.testing.assert_allclose(adj, stats.false_discovery_control(p), rtol=1e-12)
         else:
             np.testing.assert_allclose(adj, np.minimum(p * p.size, 1.0), rtol=1e-12)
         for f in rep.features:
             assert ("ks" in f.reasons) == (f.ks_p_adjusted < 0.05)
+            assert ("psi" in f.reasons) == (f.psi >= 0.2 and f.psi_p_adjusted < 0.05)
 
 
 def test_mean_shift_of_half_a_standard_deviation_is_detected() -> None:

@@ -178,7 +178,9 @@ class Device:
         return handle_report(db, json.loads(json.dumps(envelope)))
 
 
-def drift_window(variant: str, *, drifted: bool, end: float = 1000.0) -> dict[str, Any]:
+def drift_window(
+    variant: str, *, drifted: bool, end: float = 1000.0, output_p: float = 0.5
+) -> dict[str, Any]:
     """A count window as the agent's DriftReport.to_dict() lays it out."""
     features = [
         {"name": "vibration_mm_s", "n": 500, "psi": 0.41 if drifted else 0.01, "ks_p": 1e-9,
@@ -192,7 +194,14 @@ def drift_window(variant: str, *, drifted: bool, end: float = 1000.0) -> dict[st
         "dataset_drift": drifted,
         "drifted_features": ["vibration_mm_s"] if drifted else [],
         "features": features,
-        "output": {"name": "score", "drift": False},
+        "output": {
+            "name": "score",
+            "n": 500,
+            "ks_p": output_p,
+            "ks_p_adjusted": output_p,
+            "drift": output_p < 0.05,
+            "reasons": ["ks"] if output_p < 0.05 else [],
+        },
         "variant": variant,
         "version": variant.split("@")[1],
     }
@@ -508,13 +517,40 @@ def test_latency_and_drift_guardrails(env: Env) -> None:
     d2.report(env.db, drifty, drift=[drift_window("sensor@v1", drifted=True)])
     m.tick(time.time())
     assert m.status(drifty)[0]["state"] == "running"  # the champion's drift is not a guardrail
+    # Input drift on the challenger is not the challenger's fault: both arms see the same
+    # inputs (it used to roll back every long experiment; docs/experiments.md).
     windows = [drift_window("sensor@v3", drifted=False), drift_window("sensor@v3", drifted=True)]
     d2.report(env.db, drifty, drift=windows)
     m.tick(time.time())
+    assert m.status(drifty)[0]["state"] == "running"
+    # Both outputs moved in the same report: the inputs changed, excused.
+    d2.report(
+        env.db,
+        drifty,
+        drift=[
+            drift_window("sensor@v1", drifted=True, output_p=1e-12),
+            drift_window("sensor@v3", drifted=True, output_p=1e-12),
+        ],
+    )
+    m.tick(time.time())
+    [st] = m.status(drifty)
+    assert st["state"] == "running"
+    drift_check = next(g for g in st["guardrails"] if g["name"] == "drift")
+    assert "1 more excused" in drift_check["reason"], drift_check
+    # Only the challenger's output left its reference, on the same inputs: unfit.
+    d2.report(
+        env.db,
+        drifty,
+        drift=[
+            drift_window("sensor@v1", drifted=False, output_p=0.4),
+            drift_window("sensor@v3", drifted=False, output_p=1e-9),
+        ],
+    )
+    m.tick(time.time())
     [st] = m.status(drifty)
     assert st["state"] == "rolled_back"
-    assert "drift (data drift on the challenger in 1 of 2 windows since the start (first on d2: " \
-        "vibration_mm_s))" in st["decision"]["reason"]  # fmt: skip
+    assert "drift (the challenger's output drifted from its own reference on d2 (KS p=1e-09" \
+        in st["decision"]["reason"]  # fmt: skip
 
 
 def test_sample_ratio_mismatch_rolls_back(env: Env) -> None:

@@ -114,7 +114,9 @@ def _reference_path(
         xa, xb = np.concatenate(chunks_a[:k]), np.concatenate(chunks_b[:k])
         if min(xa.size, xb.size) >= min_n:
             ddof = 0 if kind == "binary" else 1  # p(1-p) is the ddof=0 variance of 0/1 data
-            v = xa.var(ddof=ddof) / xa.size + xb.var(ddof=ddof) / xb.size
+            unpooled = xa.var(ddof=ddof) / xa.size + xb.var(ddof=ddof) / xb.size
+            pooled = np.concatenate([xa, xb]).var(ddof=ddof) * (1 / xa.size + 1 / xb.size)
+            v = max(pooled, unpooled)
             diff = xb.mean() - xa.mean()
             p = min(p, 1 / lr_by_marginals(diff, v, tau))
             args = (diff, v, tau, alpha)

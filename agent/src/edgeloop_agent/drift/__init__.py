@@ -3,12 +3,13 @@
 * :func:`build_reference_profile` / :class:`ReferenceProfile` — training-time reference.
 * :class:`DriftMonitor` with :class:`DriftConfig` / :class:`WindowConfig` — data and
   prediction drift per window: PSI, binned two-sample KS, missing rates.
-* :class:`HDDM_A`, :class:`DDM` — concept drift from the labelled error stream.
+* :class:`HDDM_A`, :class:`PageHinkley`, :class:`DDM` — concept drift from the labelled
+  error stream.
 
 See ``docs/drift.md`` for formulas, defaults, error bounds and costs.
 """
 
-from edgeloop_agent.drift.concept import DDM, HDDM_A
+from edgeloop_agent.drift.concept import DDM, HDDM_A, PageHinkley
 from edgeloop_agent.drift.ks import ks_from_histograms, ks_pvalue, ks_statistic
 from edgeloop_agent.drift.monitor import DriftConfig, DriftMonitor
 from edgeloop_agent.drift.multitest import adjust_pvalues
@@ -31,6 +32,7 @@ __all__ = [
     "DriftConfig",
     "DriftMonitor",
     "DriftReport",
+    "PageHinkley",
     "ReferenceProfile",
     "WindowConfig",
     "adjust_pvalues",

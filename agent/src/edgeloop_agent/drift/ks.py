@@ -42,6 +42,8 @@ _MIN_LOG = -708
 _SCALE_EXP = 128
 _SCALE_UP = 2.0**_SCALE_EXP
 _SCALE_DOWN = 2.0**-_SCALE_EXP
+# ks_2samp_exact_sf stays in plain floats while log C(a+b, b) is below this (1e-304).
+_LINEAR_MAX_LOG = 700.0
 
 # Stirling coefficients B_{2j}/(2j)/(2j-1), j = 8..1 (as in scipy's _ksstats).
 _STIRLING_COEFFS = [
@@ -120,8 +122,19 @@ def ks_2samp_exact_sf(d: float | np.ndarray, n: int, m: int) -> float | np.ndarr
     ``|x*b/g - y*a/g| < h`` where ``h = round(d * lcm(n, m))`` (scipy rounds the same
     way). Column ``x`` is the running sum of column ``x-1`` over its band; multiplying
     by ``x/(x+b)`` each step keeps the column equal to counts / C(x+b, b), so the last
-    entry is the probability of staying inside and nothing overflows. Cost:
-    ``min(n, m)`` steps of a few numpy calls on (features x band width) arrays.
+    entry is the probability of staying inside.
+
+    Those ratios span far more than a double's range once C(a+b, b) passes ~1e304:
+    across columns (~1e-377 at x = 1000 for n = m = 4000) and within one band (a band
+    1 000 points wide spans ~2**1000). In plain floats they underflowed and the result
+    collapsed to p = 1 for every min(n, m) above ~2 000. So: plain floats (every entry
+    is a count >= 1 over C(x+b, b) >= 1e-304, nothing underflows) while
+    log C(a+b, b) < 700, which covers every size the monitor's default
+    ``ks_exact_max_nm`` sends here; beyond that the same recursion in log space
+    (``np.logaddexp.accumulate``), about 10x slower. A per-column rescaling is not
+    enough: the low entries of a wide band are tiny in their column yet carry the most
+    continuations to (a, b). Cost: ``min(n, m)`` steps of a few numpy calls on
+    (features x band width) arrays.
     """
     n = _check_size(n, "n")
     m = _check_size(m, "m")
@@ -143,7 +156,21 @@ def ks_2samp_exact_sf(d: float | np.ndarray, n: int, m: int) -> float | np.ndarr
     if not live.any():
         return float(out[0]) if scalar else out
     lo, hi = lo[live], hi[live]
+    if math.lgamma(a + b + 1.0) - math.lgamma(a + 1.0) - math.lgamma(b + 1.0) < _LINEAR_MAX_LOG:
+        # Every entry is a count >= 1 divided by C(x+b, b) >= 1e-304: plain floats hold it.
+        inside = _inside_linear(lo, hi, a, b)
+        out[live] = np.clip(1.0 - inside, 0.0, 1.0)
+    else:
+        log_inside = _log_inside(lo, hi, a, b)
+        # 1 - exp(log inside), without losing the small p-values near log inside = 0.
+        out[live] = np.clip(-np.expm1(log_inside), 0.0, 1.0)
+    return float(out[0]) if scalar else out
+
+
+def _inside_linear(lo: np.ndarray, hi: np.ndarray, a: int, b: int) -> np.ndarray:
+    """P(path stays inside) per band, in plain floats (fast; for C(a+b, b) < 1e304)."""
     k = lo.shape[0]
+    x = np.arange(a + 1, dtype=np.int64)
     col = np.zeros((k, b + 1))
     col[np.arange(b + 1)[None, :] <= hi[:, :1]] = 1.0  # column 0: one path to each point
     y = np.arange(b + 1)
@@ -163,8 +190,35 @@ def ks_2samp_exact_sf(d: float | np.ndarray, n: int, m: int) -> float | np.ndarr
         seg *= band  # points that left the band no longer carry paths
         np.add.accumulate(seg, axis=1, out=seg)
         seg *= band * scale[i]
-    out[live] = np.clip(1.0 - col[:, b], 0.0, 1.0)
-    return float(out[0]) if scalar else out
+    return col[:, b]
+
+
+def _log_inside(lo: np.ndarray, hi: np.ndarray, a: int, b: int) -> np.ndarray:
+    """log P(path stays inside) per band, in log space (any size; ~10x slower)."""
+    k = lo.shape[0]
+    x = np.arange(a + 1, dtype=np.int64)
+    col = np.full((k, b + 1), -np.inf)
+    # Column 0: one path to each point, divided by C(0 + b, b) = 1.
+    col[np.arange(b + 1)[None, :] <= hi[:, :1]] = 0.0
+    y = np.arange(b + 1)
+    log_scale = np.log(x[1:] / (x[1:] + float(b)))
+    for i in range(1, a + 1):
+        lo_i, hi_i = lo[:, i], hi[:, i]
+        ulo, uhi = int(lo_i.min()), int(hi_i.max()) + 1
+        seg = col[:, ulo:uhi]
+        if k == 1:
+            # Below the band: stale values never read again; above: still -inf (no paths).
+            seg = seg[:, lo_i[0] - ulo :]
+            np.logaddexp.accumulate(seg, axis=1, out=seg)
+            seg += log_scale[i - 1]
+            continue
+        yy = y[ulo:uhi]
+        outside = (yy < lo_i[:, None]) | (yy > hi_i[:, None])
+        seg[outside] = -np.inf  # points that left the band no longer carry paths
+        np.logaddexp.accumulate(seg, axis=1, out=seg)
+        seg += log_scale[i - 1]
+        seg[outside] = -np.inf
+    return col[:, b]
 
 
 def kolmogorov_sf(d: float, n: int) -> float:

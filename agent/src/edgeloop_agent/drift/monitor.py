@@ -18,9 +18,10 @@ from typing import Any, Literal
 import numpy as np
 
 from edgeloop_agent.drift.binning import FlatBinner
+from edgeloop_agent.drift.chi2 import chi2_sf
 from edgeloop_agent.drift.ks import MAX_AUTO_N, KsMethod, ks_pvalue, ks_statistic
 from edgeloop_agent.drift.multitest import Correction, adjust_pvalues
-from edgeloop_agent.drift.profile import ReferenceProfile
+from edgeloop_agent.drift.profile import MIN_PSI_REFERENCE, ReferenceProfile
 from edgeloop_agent.drift.psi import DEFAULT_EPS, psi_segments
 from edgeloop_agent.drift.report import ColumnDrift, DriftReport
 from edgeloop_agent.drift.window import PaneRing, RowRing, WindowConfig
@@ -139,6 +140,8 @@ class DriftMonitor:
                 self._psi_ref,
                 self._psi_col,
                 self._psi_col_starts,
+                self._psi_judged,
+                self._psi_ref_n,
             )
         )
         raw = self._rows.nbytes if self._rows is not None else 0
@@ -306,6 +309,10 @@ class DriftMonitor:
             psi_col.append(np.full(col.psi_starts.size, c))
             n_coarse += col.psi_starts.size
         self._testable = np.array([c.n > 0 for c in cols])
+        # PSI is judged only against references big enough for its null distribution to
+        # be what the p-value assumes (profile.MIN_PSI_REFERENCE; docs/drift.md, 4.1).
+        self._psi_judged = np.array([c.n >= MIN_PSI_REFERENCE for c in cols])
+        self._psi_ref_n = np.array([c.n for c in cols], dtype=np.int64)
         self._ref_cdf = _cat(ref_cdf, np.float64)
         self._edge_slot = _cat(edge_slot, np.int64)
         self._edge_base = _cat(edge_base, np.int64)
@@ -362,23 +369,36 @@ class DriftMonitor:
 
         nf = self._n_features
         judged = self._testable & (m >= cfg.min_samples)
-        p_feat = np.where(judged[:nf], p[:nf], math.nan)
+        psi_judged = judged & self._psi_judged
+        psi_p = self._psi_pvalues(coarse, m, psi_judged)
+        # One family for the dataset decision: every feature's KS and PSI p-values,
+        # adjusted together, so "some feature drifted" keeps its rate <= alpha with both
+        # tests in play (an uncorrected PSI rule flagged 54 % of null windows on a
+        # 100-row reference with 20 features).
+        ks_family = np.where(judged[:nf], p[:nf], math.nan)
+        psi_family = np.where(psi_judged[:nf], psi_p[:nf], math.nan)
+        family = np.concatenate([ks_family, psi_family])
+        family_adj = adjust_pvalues(family, cfg.correction)
         p_adj = np.full(self._n_cols, math.nan)
-        p_adj[:nf] = adjust_pvalues(p_feat, cfg.correction)
+        psi_adj = np.full(self._n_cols, math.nan)
+        p_adj[:nf], psi_adj[:nf] = family_adj[:nf], family_adj[nf:]
         if self.profile.output is not None:
             p_adj[nf] = p[nf] if judged[nf] else math.nan
+            psi_adj[nf] = psi_p[nf]
         enough = rows >= cfg.min_samples
 
         # Flags as whole-array comparisons, then plain Python values for the dataclasses:
-        # per-element numpy scalar access would dominate the report's cost.
-        flag_psi = (judged & (psi >= cfg.psi_threshold)).tolist()
+        # per-element numpy scalar access would dominate the report's cost. PSI flags need
+        # both the size (PSI >= threshold) and significance within the family.
+        with np.errstate(invalid="ignore"):
+            flag_psi = (psi_judged & (psi >= cfg.psi_threshold) & (psi_adj < cfg.alpha)).tolist()
         flag_ks = (judged & (p_adj < cfg.alpha)).tolist()
         if enough and cfg.missing_rate_delta is not None:
             flag_missing = (missing_rate - self._ref_missing >= cfg.missing_rate_delta).tolist()
         else:
             flag_missing = [False] * self._n_cols
         columns: list[ColumnDrift] = []
-        for c, (name, n_c, mr, ref_mr, ps, dc, bound, pc, pa) in enumerate(
+        for c, (name, n_c, mr, ref_mr, ps, dc, bound, pc, pa, pp, ppa) in enumerate(
             zip(
                 self._names,
                 m.tolist(),
@@ -389,6 +409,8 @@ class DriftMonitor:
                 self._ks_bound.tolist(),
                 p.tolist(),
                 p_adj.tolist(),
+                psi_p.tolist(),
+                psi_adj.tolist(),
                 strict=True,
             )
         ):
@@ -402,7 +424,9 @@ class DriftMonitor:
                 if hit
             )
             columns.append(
-                ColumnDrift(name, n_c, mr, ref_mr, ps, dc, bound, pc, pa, bool(reasons), reasons)
+                ColumnDrift(
+                    name, n_c, mr, ref_mr, ps, dc, bound, pc, pa, bool(reasons), reasons, pp, ppa
+                )
             )
         features = tuple(columns[:nf])
         return DriftReport(
@@ -421,6 +445,37 @@ class DriftMonitor:
             missing_rate_delta=cfg.missing_rate_delta,
             min_samples=cfg.min_samples,
         )
+
+    def _psi_pvalues(self, coarse: np.ndarray, m: np.ndarray, judged: np.ndarray) -> np.ndarray:
+        """p-value behind each PSI: Pearson's chi-square homogeneity test on the PSI bins.
+
+        Reference counts (exact, from the profile) against live counts, a 2 x bins table,
+        chi2(bins - 1) (bins with no value on either side dropped). Not the PSI's own
+        approximate null, (1/n + 1/m) chi2(bins - 1): PSI's log terms give it a heavier
+        upper tail than that (simulated P(p <= 1e-3) was 1.8-2x nominal, P(p <= 1e-4)
+        3.2-3.5x), while Pearson's statistic on the same bins stayed at or below nominal
+        (bench/sim_drift_null.py; docs/drift.md, 4.1).
+        """
+        out = np.full(self._n_cols, math.nan)
+        if not judged.any():
+            return out
+        n_ref = self._psi_ref_n[self._psi_col].astype(np.float64)
+        n_live = m[self._psi_col].astype(np.float64)
+        ref = self._psi_ref * n_ref
+        live = coarse.astype(np.float64)
+        total = ref + live
+        with np.errstate(divide="ignore", invalid="ignore"):
+            share = total / (n_ref + n_live)
+            e_ref, e_live = share * n_ref, share * n_live
+            terms = np.where(
+                total > 0, (ref - e_ref) ** 2 / e_ref + (live - e_live) ** 2 / e_live, 0.0
+            )
+        x2 = np.add.reduceat(terms, self._psi_col_starts)
+        used = np.add.reduceat((total > 0).astype(np.int64), self._psi_col_starts)
+        for c in np.flatnonzero(judged):
+            dof = int(used[c]) - 1
+            out[c] = chi2_sf(float(x2[c]), dof) if dof >= 1 else 1.0
+        return out
 
     def _exact_statistics(self) -> np.ndarray:
         assert self._rows is not None

@@ -11,10 +11,13 @@ from typing import Any
 class ColumnDrift:
     """Drift statistics of one feature (or the model output) over one window.
 
-    ``ks_p_adjusted`` is the multiple-testing adjusted p-value for features and equals
-    ``ks_p`` for the output. Statistics that cannot be computed (no reference values,
-    no live values) are NaN. ``reasons`` lists the triggered tests: ``"psi"``,
-    ``"ks"``, ``"missing"``.
+    ``ks_p_adjusted`` and ``psi_p_adjusted`` are adjusted in one multiple-testing family
+    (every judged feature's KS and PSI p-values) for features, and equal ``ks_p`` /
+    ``psi_p`` for the output. ``psi_p`` is the chi-square approximation of PSI's null
+    distribution; NaN where PSI is not judged (reference below ``MIN_PSI_REFERENCE``
+    values, or fewer than ``min_samples`` live ones). Statistics that cannot be computed
+    (no reference values, no live values) are NaN. ``reasons`` lists the triggered tests:
+    ``"psi"``, ``"ks"``, ``"missing"``.
     """
 
     name: str
@@ -28,6 +31,8 @@ class ColumnDrift:
     ks_p_adjusted: float
     drift: bool
     reasons: tuple[str, ...]
+    psi_p: float = math.nan
+    psi_p_adjusted: float = math.nan
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -40,6 +45,8 @@ class ColumnDrift:
             "ks_d_bound": _num(self.ks_d_bound),
             "ks_p": _num(self.ks_p),
             "ks_p_adjusted": _num(self.ks_p_adjusted),
+            "psi_p": _num(self.psi_p),
+            "psi_p_adjusted": _num(self.psi_p_adjusted),
             "drift": self.drift,
             "reasons": list(self.reasons),
         }

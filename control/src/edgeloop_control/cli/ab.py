@@ -192,6 +192,76 @@ def promote(
     _acted(exp, as_json)
 
 
+@app.command("plan")
+def plan_cmd(
+    baseline: Annotated[
+        float,
+        typer.Option(help="champion's metric: accuracy (binary) or mean loss (continuous)"),
+    ],
+    effect: Annotated[
+        float, typer.Option(help="smallest difference worth detecting, challenger - champion")
+    ],
+    kind: Annotated[str, typer.Option(help="binary (accuracy) or continuous (loss)")] = "binary",
+    sd: Annotated[
+        float | None, typer.Option(help="per-outcome standard deviation (continuous only)")
+    ] = None,
+    weight: Annotated[float, typer.Option(help="challenger's share of traffic, percent")] = 50.0,
+    alpha: Annotated[float, typer.Option(help="significance level of the test")] = 0.05,
+    power: Annotated[float, typer.Option(help="wanted chance of detecting the effect")] = 0.8,
+    tau: Annotated[
+        float | None, typer.Option(help="mixing sd in metric units [automatic: 0.1 sd]")
+    ] = None,
+    labels_per_day: Annotated[
+        float | None, typer.Option(help="labelled outcomes per day over both arms")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """How many labelled outcomes (and days) the always-valid test needs for an effect."""
+    from edgeloop_control.stats.planning import plan
+
+    if not 0.0 < weight < 100.0:
+        fail(f"--weight must be a percentage strictly between 0 and 100, got {weight:g}")
+    try:
+        p = plan(
+            kind=kind,
+            baseline=baseline,
+            effect=effect,
+            weights=(100.0 - weight, weight),
+            alpha=alpha,
+            power=power,
+            tau=tau,
+            sd=sd,
+        )
+        days = None if labels_per_day is None else p.days(labels_per_day)
+    except ValueError as exc:
+        fail(str(exc))
+    if as_json:
+        print_json(
+            {
+                "kind": p.kind,
+                "baseline": p.baseline,
+                "effect": p.effect,
+                "alpha": p.alpha,
+                "power": p.power,
+                "tau": p.tau,
+                "weights": list(p.weights),
+                "total": p.total,
+                "champion": p.per_arm[0],
+                "challenger": p.per_arm[1],
+                "days": days,
+            }
+        )
+        return
+    console.print(
+        f"{p.total:,} labelled outcomes ({p.per_arm[0]:,} champion, {p.per_arm[1]:,} "
+        f"challenger) give at least {p.power:.0%} power to detect {p.effect:+g} from "
+        f"{p.baseline:g} at alpha {p.alpha:g} with the always-valid test (tau {p.tau:.3g})"
+        + ("" if days is None else f"; about {days:.1f} days at {labels_per_day:g} labels/day")
+        + ". A lower bound on power at that horizon, whenever you look (docs/ab-statistics.md).",
+        highlight=False,
+    )
+
+
 # -- output --------------------------------------------------------------------------------
 
 

@@ -51,7 +51,7 @@ from .evaluate import (
     new_test,
     update_test,
 )
-from .totals import Totals, challenger_drift, drift_rowid
+from .totals import Totals, drift_rowid, output_windows
 
 log = logging.getLogger("edgeloop.control.experiments")
 
@@ -543,15 +543,19 @@ class ExperimentManager:
         totals.advance(self.db, exp["id"], variants, exp["devices"])
         update_test(test, totals)
         config = ExperimentConfig.from_dict(exp["config"])
-        checked, drifted = challenger_drift(
-            self.db, f"{model}@{exp['challenger']}", exp["devices"], totals.drift_since
+        windows = output_windows(
+            self.db,
+            f"{model}@{exp['champion']}",
+            f"{model}@{exp['challenger']}",
+            exp["devices"],
+            totals.drift_since,
         )
         ev = evaluate(
             test,
             totals,
             weight=exp["weight"],
             config=config,
-            checks=guardrails(config, totals.challenger, checked, drifted),
+            checks=guardrails(config, totals.challenger, windows),
             started_at=exp["created_at"],
             now=now,
         )

@@ -202,27 +202,64 @@ class Totals:
         )
 
 
-def challenger_drift(
-    db: ControlDB, variant: str, devices: list[str], since_rowid: int
-) -> tuple[int, list[dict[str, Any]]]:
-    """Drift windows of ``variant`` on ``devices`` stored after row ``since_rowid``.
+@dataclass(frozen=True)
+class OutputWindow:
+    """One completed drift window of the challenger, as the drift guardrail reads it."""
 
-    Returns (windows checked, windows with dataset-level drift as {device, end, features}).
+    device: str
+    report_id: str
+    # KS p-value of the challenger's output against the challenger's own reference profile.
+    p_value: float
+    # The champion's output p-value in the same report from the same device (the same
+    # inputs, give or take the routing), or None if it had no window there.
+    champion_p_value: float | None
+
+
+def output_windows(
+    db: ControlDB,
+    champion: str,
+    challenger: str,
+    devices: list[str],
+    since_rowid: int,
+) -> list[OutputWindow]:
+    """The challenger's drift windows on ``devices`` stored after row ``since_rowid``.
+
+    Each with the challenger's output p-value and the champion's in the same report from
+    the same device (the drift guardrail compares them; see ``evaluate.drift_guardrail``).
+    Windows without enough data or without an output p-value are left out.
     """
     if not devices:
-        return 0, []
+        return []
     marks = ",".join("?" * len(devices))
+    # json_extract in SQLite, not json.loads per row in Python: this runs every tick over
+    # every window since the start. A malformed doc yields NULL (json_valid guards it).
     rows = db.conn.execute(
-        f"SELECT device, end, dataset_drift, drifted FROM drift_windows "
-        f"WHERE variant = ? AND rowid > ? AND device IN ({marks}) ORDER BY rowid",
-        (variant, since_rowid, *devices),
+        f"SELECT report_id, device, variant, enough_data, "
+        f"CASE WHEN json_valid(doc) THEN json_extract(doc, '$.output.ks_p') END AS p "
+        f"FROM drift_windows "
+        f"WHERE variant IN (?, ?) AND rowid > ? AND device IN ({marks}) ORDER BY rowid",
+        (champion, challenger, since_rowid, *devices),
     ).fetchall()
-    drifted = [
-        {"device": r["device"], "end": r["end"], "features": json.loads(r["drifted"] or "[]")}
-        for r in rows
-        if r["dataset_drift"]
-    ]
-    return len(rows), drifted
+
+    def output_p(row: Any) -> float | None:
+        p = row["p"]
+        if not row["enough_data"] or isinstance(p, (bool, str)) or p is None:
+            return None
+        return float(p) if isinstance(p, (int, float)) and 0.0 <= p <= 1.0 else None
+
+    champion_p: dict[tuple[str, str], float] = {}
+    for r in rows:
+        p = output_p(r) if r["variant"] == champion else None
+        if p is not None:
+            key = (str(r["report_id"]), str(r["device"]))
+            champion_p[key] = min(p, champion_p.get(key, 1.0))
+    out = []
+    for r in rows:
+        p = output_p(r) if r["variant"] == challenger else None
+        if p is not None:
+            key = (str(r["report_id"]), str(r["device"]))
+            out.append(OutputWindow(key[1], key[0], p, champion_p.get(key)))
+    return out
 
 
 def drift_rowid(db: ControlDB) -> int:

@@ -22,8 +22,9 @@ the paper's formula.
 
 The always-valid p-value is p_n = min(p_{n−1}, 1/Lambda_n) and the confidence sequence is
 {theta0 : Lambda_n(theta0) < 1/alpha}, intersected over looks (so 0 is outside it exactly
-when p_n <= alpha). Variances are plug-in estimates at each look, as in the paper's
-implementation (binary: p̂(1 − p̂) per arm, continuous: the sample variance).
+when p_n <= alpha). Variances are estimated at each look: the larger of the pooled (null)
+estimate and the paper's per-arm plug-in (see :func:`difference_variance` for why the
+plug-in alone is not enough).
 """
 
 from __future__ import annotations
@@ -83,6 +84,35 @@ def mixture_half_width(variance: float, tau: float, alpha: float) -> float:
     alpha = check_open_unit("alpha", alpha)
     r = tau * tau / variance
     return math.sqrt(variance * (1.0 + r) / r * (2.0 * math.log(1.0 / alpha) + math.log1p(r)))
+
+
+def difference_variance(champion: Stats, challenger: Stats) -> float:
+    """Estimated variance of the difference of the two arms' means, for the mixture ratio.
+
+    The larger of two consistent estimates:
+
+    * pooled, (1/n_A + 1/n_B) · s², with s² the variance of all outcomes of both arms taken
+      together (p̄(1 − p̄) for binary outcomes). Under H0 both arms share one distribution,
+      so this is the null variance, estimated from all the data;
+    * unpooled, s_A²/n_A + s_B²/n_B, the per-arm plug-in of the paper's implementation.
+      It stays right when the arms differ in spread but not in mean, and under the
+      alternative.
+
+    Why not the plug-in alone: a small arm whose outcomes are all alike so far (no error
+    yet at 99 % accuracy, a run of zero losses) reports variance 0, the difference looks
+    far more precise than it is, and the running-minimum p-value locks in a false
+    rejection (A/A at p = 0.99, 90/10 split, a look every batch: 29 % false decisions at
+    alpha = 5 %; docs/ab-statistics.md). The pooled estimate has no such hole: it reads
+    the rare failures from the big arm. Taking the larger is never less conservative than
+    either: the rejection boundary |Delta| >= h(v) and the confidence-sequence half-width
+    h(v) both grow with v (h² = v(v + tau²)/tau² · (2 ln(1/alpha) + ln(1 + tau²/v)) has
+    derivative (2v + tau²)(2 ln(1/alpha) + ln(1 + tau²/v))/tau² − 1 > 0), so the
+    always-valid guarantee of the estimate that is right under H0 carries over, and the
+    confidence sequence is never narrower than the paper's.
+    """
+    pooled = (champion + challenger).variance  # type: ignore[operator]
+    unpooled = champion.variance / champion.n + challenger.variance / challenger.n
+    return max(pooled * (1.0 / champion.n + 1.0 / challenger.n), unpooled)
 
 
 class MixtureSPRT:
@@ -208,7 +238,7 @@ class MixtureSPRT:
         if a.n < needed or b.n < needed:
             return
         var_a, var_b = a.variance, b.variance
-        variance = var_a / a.n + var_b / b.n
+        variance = difference_variance(a, b)
         if not variance > 0.0:
             # No variation in either arm yet (e.g. both 100 % accurate): the normal model
             # has nothing to say, so this look is not counted.

@@ -6,12 +6,14 @@ for content with the stdlib HTML parser and rendered once in headless Chromium.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from edgeloop_control.controldb import ControlDB
 from edgeloop_control.history import Selection, feature_order
@@ -173,6 +175,7 @@ def test_chromium_renders_the_workspace_report(fleet_history: History, tmp_path:
 def test_nonsense_from_an_agent_does_not_cost_the_page(tmp_path: Path) -> None:
     """Negative counts, text for numbers, markup in names: the page is still written."""
     from edgeloop_control.daemon.ingest import handle_report
+    from edgeloop_control.daemon.messages import PoisonMessage
     from tests.control.fleet_history import _envelope
 
     ws = Workspace.init(tmp_path / "ws")
@@ -186,7 +189,21 @@ def test_nonsense_from_an_agent_does_not_cost_the_page(tmp_path: Path) -> None:
                          {"name": "ok", "psi": 0.4, "ks_p_adjusted": 0.001, "drift": True}],
         }  # fmt: skip
         payload = {"drift": [window], "metrics": {"variants": {"m@v1": {"requests": -3}}}}
-        assert handle_report(db, _envelope("dev-1", 1, 1_796_000_000.0, payload))
+        # The daemon refuses such a report at the boundary now...
+        with pytest.raises(PoisonMessage):
+            handle_report(db, _envelope("dev-1", 1, 1_796_000_000.0, payload))
+        # ...but a database written before that (or by hand) may still hold one.
+        db.conn.execute(
+            "INSERT INTO drift_windows(report_id, idx, device, variant, version, start, end, "
+            "n, enough_data, dataset_drift, output_drift, drifted, doc) "
+            "VALUES ('r1', 0, 'dev-1', 'm@v1', 'v1', NULL, ?, -5, 1, 1, 0, ?, ?)",
+            (1_796_000_000.0, json.dumps(["<b>x</b>", "ok"]), json.dumps(window)),
+        )
+        db.conn.execute(
+            "INSERT INTO variant_stats(report_id, variant, device, ts, requests) "
+            "VALUES ('r1', 'm@v1', 'dev-1', ?, -3)",
+            (1_796_000_000.0,),
+        )
         data = collect_report(ws, db, Selection())
     finally:
         db.close()

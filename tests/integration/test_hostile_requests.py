@@ -342,6 +342,8 @@ def test_reply_policy_from_the_agent_config(tmp_path):
     config = (
         'reply_topics = ["{prefix}/{device}/predictions", "{prefix}/{device}/errors", '
         '"{prefix}/shared/+/replies"]\nreply_outside_prefix = false\n'
+        # This test publishes hand-made desired state (the signed path has its own).
+        "allow_unsigned = true\n"
     )
     broker, agent = start(tmp_path, config=config)
     try:

@@ -263,8 +263,14 @@ def test_shipped_acl_refuses_hostile_and_curious_clients(site, agents, tmp_path:
 
         # The observer saw no forged message land anywhere (mallory's request itself
         # on d1/predict is allowed; its reply must not reach d1/desired).
-        landed = [m.topic for m in seen if b"FORGED" in m.payload]
-        assert landed == ["edgeloop/d1/predict"]
+        landed = [m for m in seen if b"FORGED" in m.payload]
+        assert [m.topic for m in landed if m.topic != "edgeloop/d1/predictions"] == [
+            "edgeloop/d1/predict"
+        ]
+        # The agent refused the reply topic itself: the error went to its default topic.
+        for m in landed:
+            if m.topic == "edgeloop/d1/predictions":
+                assert json.loads(m.payload)["error"]["code"] == "reply_to_refused"
         seen_topics = {m.topic for m in seen}
         assert "edgeloop/d1/telemetry" in seen_topics  # it does see what flows
         assert second in seen_topics

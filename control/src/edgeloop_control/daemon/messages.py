@@ -308,7 +308,16 @@ def parse_report(device: str | None, envelope: Any) -> dict[str, Any]:
     _num(process.get("cpu_percent"), "report.process.cpu_percent")
     outbox = _obj(report.get("outbox"), "report.outbox")
     _int(outbox.get("depth"), "report.outbox.depth")
-    _int(outbox.get("dropped"), "report.outbox.dropped")
+    # Items dropped since start: one count, or counts by kind (telemetry, samples,
+    # labels, ...) since agents report a full disk's losses per kind.
+    dropped = outbox.get("dropped")
+    if isinstance(dropped, dict):
+        if len(dropped) > 64:
+            raise PoisonMessage("report.outbox.dropped has more than 64 kinds")
+        for kind, n in dropped.items():
+            _int(n, f"report.outbox.dropped[{kind!r}]", optional=False)
+    else:
+        _int(dropped, "report.outbox.dropped")
     return envelope
 
 

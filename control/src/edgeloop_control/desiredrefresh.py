@@ -1,0 +1,85 @@
+"""Re-sign desired state before it expires, so no device is left on an expired document.
+
+Every desired document carries an ``expires`` (``[signing] desired_ttl_days``,
+30 days by default): past it an agent applies nothing more from it and reports
+``desired_expired``, which bounds a freeze attack (someone withholding or
+replaying old messages). A fleet that is not redeployed for a month must not
+trip over its own defence, so this daemon policy re-publishes each document
+once half its lifetime has passed: same content, the next revision (a
+re-signed document under the old revision would be refused as a replay), a
+fresh expiry.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from edgeloop_control.controldb import ControlDB
+from edgeloop_control.deploy import publish_desired
+from edgeloop_control.signing import DesiredSigner
+from edgeloop_control.workspace import Workspace
+
+log = logging.getLogger("edgeloop.control.desired")
+
+# Fields the signer adds; the rest is the document as planned.
+_SEALED_FIELDS = ("expires", "device")
+
+
+class DesiredRefresh:
+    name = "desired_refresh"
+
+    def __init__(
+        self,
+        ws: Workspace,
+        db: ControlDB,
+        client: Any,
+        *,
+        signer: DesiredSigner | None = None,
+        check_every_s: float = 60.0,
+    ) -> None:
+        self.ws = ws
+        self.db = db
+        self.client = client
+        self.prefix = ws.topic_prefix
+        self._signer = signer
+        self.check_every_s = check_every_s
+        self._next_check = 0.0
+
+    @property
+    def signer(self) -> DesiredSigner:
+        if self._signer is None:
+            self._signer = DesiredSigner.for_workspace(self.ws)
+        return self._signer
+
+    def due(self, now: float) -> list[str]:
+        """Devices whose document is past half its lifetime (or has no expiry at all)."""
+        half = self.signer.ttl_s / 2
+        return [
+            device
+            for device, doc in self.db.all_desired().items()
+            if not isinstance(doc.get("expires"), (int, float)) or doc["expires"] < now + half
+        ]
+
+    def tick(self, now: float) -> None:
+        if now < self._next_check:
+            return
+        self._next_check = now + self.check_every_s
+        refreshed = []
+        for device in self.due(now):
+            current = self.db.desired(device)
+            if current is None:
+                continue
+            revision, doc = current
+            fresh = {k: v for k, v in doc.items() if k not in _SEALED_FIELDS}
+            fresh["revision"] = revision + 1
+            publish_desired(self.client, self.db, self.prefix, device, fresh, signer=self.signer)
+            refreshed.append(device)
+        if refreshed:
+            message = (
+                f"re-signed the desired state of {len(refreshed)} device(s) before it expires: "
+                + ", ".join(refreshed[:20])
+                + (" ..." if len(refreshed) > 20 else "")
+            )
+            log.info(message)
+            self.db.add_event("desired_refreshed", message, data={"devices": refreshed})

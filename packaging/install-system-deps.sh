@@ -17,6 +17,17 @@ py_inc=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
 [ -f "$py_inc/Python.h" ] || need+=(python3-dev)
 # Headless Chromium renders the demo report in a test.
 have_cmd chromium || need+=(chromium)
+# The package tests (tests/system/): build the .debs (dpkg-deb, lintian), boot a
+# Debian container under a real systemd (debootstrap, systemd-nspawn) and run the
+# arm64 package under emulation (qemu-user-static, binfmt-support).
+have_cmd dpkg-deb || need+=(dpkg)
+have_cmd dpkg-architecture || need+=(dpkg-dev)
+have_cmd lintian || need+=(lintian)
+have_cmd fakeroot || need+=(fakeroot)
+have_cmd debootstrap || need+=(debootstrap)
+have_cmd systemd-nspawn || need+=(systemd-container)
+[ -x /usr/bin/qemu-aarch64-static ] || need+=(qemu-user-static)
+have_cmd update-binfmts || need+=(binfmt-support)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

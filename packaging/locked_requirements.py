@@ -44,7 +44,9 @@ def target_environment(arch: str) -> dict[str, str]:
 
 def logical_lines(text: str) -> list[str]:
     joined = text.replace("\\\n", " ")
-    return [ln.strip() for ln in joined.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+    return [
+        ln.strip() for ln in joined.splitlines() if ln.strip() and not ln.strip().startswith("#")
+    ]
 
 
 def sdist_only(lock_path: str) -> list[str]:

@@ -29,3 +29,8 @@ def agent_deb_amd64(deb_dir: Path) -> Path:
 def agent_deb_amd64_upgrade(deb_dir: Path, agent_deb_amd64: Path) -> Path:
     version = agent_deb_amd64.name.split("_")[1] + UPGRADE_SUFFIX
     return build_deb("edgeloop-agent", "amd64", deb_dir, version=version)
+
+
+@pytest.fixture(scope="session")
+def agent_deb_arm64(deb_dir: Path) -> Path:
+    return build_deb("edgeloop-agent", "arm64", deb_dir)

@@ -53,7 +53,12 @@ trap 'rm -rf "$work"' EXIT
 key=$(sha256sum "$work/locked.txt" | cut -c1-16)
 wheels="$cache/wheels/$arch-$key"
 if [ ! -e "$wheels/.complete" ]; then
-  rm -rf "$wheels" && mkdir -p "$wheels"
+  # Filled under a private name and renamed when complete: two builds at once
+  # (parallel test runs on one machine) never see each other's half-filled cache.
+  final=$wheels
+  mkdir -p "$cache/wheels"
+  wheels=$(mktemp -d "$final.tmp.XXXXXX")
+  trap 'rm -rf "$work" "$wheels"' EXIT
   platforms=()
   for minor in 36 35 34 33 32 31 28 27 26 24 17; do
     platforms+=(--platform "manylinux_2_${minor}_$machine")
@@ -91,6 +96,12 @@ if [ ! -e "$wheels/.complete" ]; then
     done
   fi
   touch "$wheels/.complete"
+  chmod 0755 "$wheels"
+  if ! mv -T "$wheels" "$final" 2>/dev/null; then
+    rm -rf "$wheels" # another build finished first: use its copy
+  fi
+  wheels=$final
+  trap 'rm -rf "$work"' EXIT
 fi
 
 # 3. Our own wheels (pure Python): the agent, and for the control node both.

@@ -12,6 +12,15 @@ from tests.system.debian import build_deb, skip_reason_system
 UPGRADE_SUFFIX = "+upgrade1"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # A cold cache (debootstrap, wheel downloads) takes minutes in the first
+    # test's fixtures; warm, each test takes seconds to about a minute.
+    here = Path(__file__).parent
+    for item in items:
+        if item.path.is_relative_to(here):
+            item.add_marker(pytest.mark.timeout(1800))
+
+
 @pytest.fixture(scope="session")
 def deb_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     reason = skip_reason_system()

@@ -11,8 +11,9 @@
 # offline (pip --no-index --require-hashes). See docs/packaging.md for why.
 #
 # Environment: DEB_VERSION (default: the Python version, e.g. 0.1.0), DEB_COMPRESS
-# (dpkg-deb -Z: xz by default; the tests use gzip, the wheels are compressed
-# already), EDGELOOP_TEST_CACHE (where downloaded wheels are kept between builds).
+# (dpkg-deb -Z, default gzip: the wheels are zip files already, and xz made the
+# agent .deb 0.03% smaller in 30x the time: 49.98 vs 49.99 MB, ~90 s vs ~3 s),
+# EDGELOOP_TEST_CACHE (where downloaded wheels are kept between builds).
 set -euo pipefail
 
 pkg=${1:?usage: build-deb.sh edgeloop-agent|edgeloop-control amd64|arm64 OUTDIR}
@@ -25,7 +26,7 @@ uv=${UV:-$repo/.tools/bin/uv}
 py=${PYTHON_BIN:-$repo/.venv/bin/python}
 # .venv is made by uv and has no pip; the uv bootstrap venv (.tools) has one.
 pip=${PIP:-$repo/.tools/bin/pip}
-compress=${DEB_COMPRESS:-xz}
+compress=${DEB_COMPRESS:-gzip}
 
 case "$pkg" in
   edgeloop-agent | edgeloop-control) ;;

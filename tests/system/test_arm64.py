@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -33,11 +34,15 @@ AMD = "amd64-pump-1"
 
 
 @pytest.fixture(scope="module")
-def arm64_tree(tmp_path_factory: pytest.TempPathFactory) -> Arm64Chroot:
+def arm64_tree(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Arm64Chroot]:
     reason = skip_reason_arm64()
     if reason:
         pytest.skip(reason)
-    return Arm64Chroot(unpack_rootfs("arm64", tmp_path_factory.mktemp("arm64") / "root"))
+    root = unpack_rootfs("arm64", tmp_path_factory.mktemp("arm64") / "root")
+    try:
+        yield Arm64Chroot(root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

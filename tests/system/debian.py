@@ -10,6 +10,7 @@ fresh clone on the same machine reuses them.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
@@ -117,6 +118,15 @@ class BootedContainer:
         self.pid1 = 0
 
     def boot(self, timeout: float = 60.0) -> BootedContainer:
+        try:
+            return self._boot(timeout)
+        except BaseException:
+            # A container that did not come up must not outlive the test (the
+            # tree it runs from is deleted with the test's temporary directory).
+            self.kill()
+            raise
+
+    def _boot(self, timeout: float) -> BootedContainer:
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - lives as long as the container
         self.proc = subprocess.Popen(
             ["systemd-nspawn", "-q", "--register=no", "--keep-unit", "-D", self.root, "-b"],
@@ -181,6 +191,21 @@ class BootedContainer:
         out = self.run("systemctl", "show", unit, "-p", ",".join(props)).stdout
         return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
+    def kill(self) -> None:
+        """Ends the container at once: SIGKILL to its PID 1 ends its namespace."""
+        if self.proc is None:
+            return
+        if self.pid1:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid1, signal.SIGKILL)
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self._log.close()
+        self.proc = None
+
     def poweroff(self) -> None:
         if self.proc is None:
             return
@@ -189,8 +214,8 @@ class BootedContainer:
             try:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+                self.kill()
+                return
         self._log.close()
         self.proc = None
 

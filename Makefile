@@ -12,7 +12,7 @@ export UV_PYTHON := $(shell command -v $(PYTHON))
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: all setup sysdeps demo test lint bench clean
+.PHONY: all setup sysdeps demo test lint bench clean deb
 
 all: test
 
@@ -42,6 +42,17 @@ lint: setup
 
 bench: setup
 	$(BIN)/python bench/run_all.py
+
+# Debian packages of the agent and the control node for amd64 and arm64, in
+# dist/deb/ (docs/packaging.md). Downloaded wheels are cached in
+# /var/cache/edgeloop-tests (EDGELOOP_TEST_CACHE) between builds.
+DEB_ARCHS ?= amd64 arm64
+DEB_PACKAGES ?= edgeloop-agent edgeloop-control
+deb: setup
+	@for pkg in $(DEB_PACKAGES); do for arch in $(DEB_ARCHS); do \
+	  packaging/build-deb.sh $$pkg $$arch dist/deb || exit 1; \
+	done; done
+	lintian --fail-on error,warning dist/deb/*.deb
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .pytest_cache

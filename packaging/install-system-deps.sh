@@ -20,6 +20,17 @@ have_cmd chromium || need+=(chromium)
 # A real Prometheus and node_exporter scrape the agent in a test.
 [ -x /usr/bin/prometheus ] || need+=(prometheus)
 [ -x /usr/bin/prometheus-node-exporter ] || need+=(prometheus-node-exporter)
+# The package tests (tests/system/): build the .debs (dpkg-deb, lintian), boot a
+# Debian container under a real systemd (debootstrap, systemd-nspawn) and run the
+# arm64 package under emulation (qemu-user-static, binfmt-support).
+have_cmd dpkg-deb || need+=(dpkg)
+have_cmd dpkg-architecture || need+=(dpkg-dev)
+have_cmd lintian || need+=(lintian)
+have_cmd fakeroot || need+=(fakeroot)
+have_cmd debootstrap || need+=(debootstrap)
+have_cmd systemd-nspawn || need+=(systemd-container)
+[ -x /usr/bin/qemu-aarch64-static ] || need+=(qemu-user-static)
+have_cmd update-binfmts || need+=(binfmt-support)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

@@ -89,6 +89,9 @@ class _HTTPServer(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: every response has a Content-Length
+    # Headers and body leave in two writes: with Nagle on, the second waits for the
+    # client's delayed ACK (measured: 44 ms per request instead of under 1 ms).
+    disable_nagle_algorithm = True
     timeout = SOCKET_TIMEOUT_S
     server_version = f"edgeloop-agent/{__version__}"
     server: _HTTPServer

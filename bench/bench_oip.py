@@ -43,6 +43,7 @@ from common import (
     LOAD_CPU,
     SERVER_CPU,
     Client,
+    cpu_seconds,
     machine,
     percentile,
     pin,
@@ -260,9 +261,17 @@ def main() -> int:
         plain.send_signal(signal.SIGTERM)  # the loops below measure the http agent alone
         plain.wait(30)
         results: dict[str, Any] = {}
+        pid = withhttp.pid
         for conc in concs:
+            c0 = cpu_seconds(pid)
             m = mqtt_loop(broker.port, "oip-http", rows, conc, seconds)
+            c1 = cpu_seconds(pid)
             h = http_loop(http_port, rows, conc, seconds)
+            c2 = cpu_seconds(pid)
+            # The agent's own CPU per answered request: its cost, whatever bounded the rate.
+            if None not in (c0, c1, c2):
+                m["cpu_us"] = (c1 - c0) / max(m["requests"], 1) * 1e6
+                h["cpu_us"] = (c2 - c1) / max(h["requests"], 1) * 1e6
             results[conc] = {"mqtt": m, "http": h}
         rss2 = rss_kib(withhttp.pid)
     finally:
@@ -288,16 +297,21 @@ def main() -> int:
         f"\nclosed loop, {seconds:.0f} s per phase, one row per request "
         "(client-side latency, Python clients on core 0)"
     )
-    print("  in flight  path   req/s    p50 ms   p99 ms  errors   http/mqtt rate  p99 ratio")
+    print(
+        "  in flight  path   req/s    p50 ms   p99 ms  errors  agent CPU us/req"
+        "   http/mqtt rate  p99 ratio  CPU ratio"
+    )
     for conc, r in results.items():
         m, h = r["mqtt"], r["http"]
         for name, x in (("mqtt", m), ("http", h)):
             extra = ""
             if name == "http":
                 extra = f"   {h['rate'] / m['rate']:13.2f}  {h['p99_ms'] / m['p99_ms']:9.2f}"
+                if "cpu_us" in h:
+                    extra += f"  {h['cpu_us'] / m['cpu_us']:9.2f}"
             print(
                 f"  {conc:9d}  {name:<5} {x['rate']:7.0f}  {x['p50_ms']:7.2f}  {x['p99_ms']:7.2f}"
-                f"  {x['errors']:6d}{extra}"
+                f"  {x['errors']:6d}  {x.get('cpu_us', float('nan')):16.0f}{extra}"
             )
     return 0
 

@@ -380,6 +380,8 @@ def test_hostile_bodies_get_the_error_form_and_the_agent_keeps_serving(http_agen
     # Routes and methods the protocol does not have.
     status, doc, _ = http.request("GET", "/v2/nothing")
     assert status == 404 and doc["error"].startswith("not_found: ")
+    status, doc, _ = http.request("DELETE", "/v2/models/strict")
+    assert status == 405 and doc["error"].startswith("method_not_allowed: ")
     # Counted like MQTT refusals (per code), and the agent still answers both paths.
     after = http.counters()
     assert errors_of(after, "non_finite") - errors_of(before, "non_finite") == 4

@@ -160,6 +160,12 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._error(oip.NOT_FOUND, f"no such resource: {self.path[:200]}")
 
+    def _not_allowed(self) -> None:
+        self.close_connection = True  # a body, if any, is not read
+        self._error(oip.METHOD_NOT_ALLOWED, f"{self.command} is not served here (GET, POST)")
+
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed
+
     # -- POST ------------------------------------------------------------------
 
     def do_POST(self) -> None:

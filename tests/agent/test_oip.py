@@ -210,3 +210,13 @@ def test_error_form_and_statuses():
     assert oip.http_status(Code.NO_MODEL) == 503
     assert oip.http_status("unknown_model") == 404
     assert oip.http_status(Code.INFERENCE_FAILED) == 500
+
+
+def test_http_listen_setting_is_checked_at_start():
+    from edgeloop_agent.config import AgentConfig, ConfigError
+
+    AgentConfig(device_id="d", http_listen="127.0.0.1:8000").validate()
+    with pytest.raises(ConfigError, match="http_listen"):
+        AgentConfig(device_id="d", http_listen="8000").validate()
+    with pytest.raises(ConfigError, match="http_listen"):
+        AgentConfig.from_mapping({"device_id": "d", "http_listen": 8000})

@@ -233,3 +233,16 @@ def test_a_local_request_is_never_acknowledged_on_the_link(front: Front):
     assert front.srv.submit_local(item)
     front.srv.process_available()
     assert json.loads(got[0])["error"]["code"] == "internal_error"
+
+
+def test_a_stalled_connection_is_closed_and_frees_its_slot(front: Front, monkeypatch):
+    # A client that sends half a request and stalls (slow loris) is dropped after
+    # the socket timeout instead of holding a connection slot for ever.
+    monkeypatch.setattr(oip_http._Handler, "timeout", 0.5)
+    s = socket.create_connection(("127.0.0.1", front.port), timeout=10)
+    s.sendall(b"POST /v2/models/sensor/infer HTTP/1.1\r\nContent-Length: 100\r\n\r\n{")
+    t0 = time.monotonic()
+    assert s.recv(1024) == b""  # closed by the agent, no answer to half a body
+    assert time.monotonic() - t0 < 5
+    s.close()
+    assert front.http.http._slots._value == oip_http.MAX_CONNECTIONS

@@ -392,3 +392,22 @@ def test_hostile_bodies_get_the_error_form_and_the_agent_keeps_serving(http_agen
     assert "predictions" in mqtt_batch(probe, rows)
     assert http.agent.alive()
     assert math.isfinite(sum(doc["outputs"][1]["data"]))
+
+
+def test_a_taken_port_stops_the_start_with_one_clear_line(broker, tmp_path: Path, keys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        agent = AgentProcess(
+            broker_url=broker.url,
+            device_id=DEVICE,
+            state_dir=tmp_path / "state",
+            extra=["--trusted-key", str(keys[1]), "--http", f"127.0.0.1:{port}"],
+        ).start()
+        assert agent.proc is not None
+        assert agent.proc.wait(30) == 1
+        agent.stop()
+    log = agent.log_path.read_text()
+    assert f"http_listen 127.0.0.1:{port}: cannot listen: Address already in use" in log
+    assert "Traceback" not in log

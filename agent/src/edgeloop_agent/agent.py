@@ -17,7 +17,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from edgeloop_agent import __version__
-from edgeloop_agent.config import AgentConfig
+from edgeloop_agent.config import AgentConfig, ConfigError
 from edgeloop_agent.deployment import Deployment
 from edgeloop_agent.drift import DriftConfig, WindowConfig
 from edgeloop_agent.liveness import Liveness
@@ -138,14 +138,19 @@ class Agent:
         self.http: OipHttpServer | None = None
         if config.http_listen:
             host, port = parse_listen(config.http_listen)
-            self.http = OipHttpServer(
-                host,
-                port,
-                server=self.server,
-                get_deployment=lambda: self.deployment,
-                max_payload=config.max_payload_bytes,
-                max_rows=config.max_batch_rows,
-            )
+            try:
+                self.http = OipHttpServer(
+                    host,
+                    port,
+                    server=self.server,
+                    get_deployment=lambda: self.deployment,
+                    max_payload=config.max_payload_bytes,
+                    max_rows=config.max_batch_rows,
+                )
+            except OSError as exc:  # port taken, address not local: one line, exit 1
+                raise ConfigError(
+                    f"http_listen {config.http_listen}: cannot listen: {exc.strerror or exc}"
+                ) from None
 
     # -- message dispatch (paho network thread) ------------------------------
 

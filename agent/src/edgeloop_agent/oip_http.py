@@ -171,6 +171,10 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         try:
             self._post(self._route())
+        except (TimeoutError, ConnectionError):
+            # A client that stalls mid-body (or goes away) gets no answer: its slot is freed.
+            log.debug("HTTP client %s stalled or left", self.client_address)
+            self.close_connection = True
         except Exception:
             log.exception("HTTP POST %s failed", self.path[:200])
             self.close_connection = True

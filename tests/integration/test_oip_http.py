@@ -392,6 +392,7 @@ def test_hostile_bodies_get_the_error_form_and_the_agent_keeps_serving(http_agen
     assert "predictions" in mqtt_batch(probe, rows)
     assert http.agent.alive()
     assert math.isfinite(sum(doc["outputs"][1]["data"]))
+    assert http.agent.stop() == 0  # a clean stop with the HTTP server running
 
 
 def test_a_taken_port_stops_the_start_with_one_clear_line(broker, tmp_path: Path, keys):

@@ -224,7 +224,7 @@ class Server:
                 try:
                     if msg.topic == predict_topic:
                         self._admit(msg, arrived, deployment, groups)
-                    else:
+                    elif not isinstance(msg, LocalRequest):
                         feedback.append(msg)
                 except Exception:  # a bug on one message must not stop the others
                     log.exception("unexpected error handling a message on %s", msg.topic)
@@ -258,14 +258,14 @@ class Server:
         predictions = self.topics.predictions
         local = msg if isinstance(msg, LocalRequest) else None
         try:
-            if local is None:
+            if isinstance(msg, LocalRequest):
+                if msg.error is not None or msg.request is None:
+                    raise msg.error or RequestError(Code.INTERNAL_ERROR, "empty local request")
+                request = msg.request
+            else:
                 request = parse_predict(
                     msg.payload, max_bytes=self.max_payload, max_rows=self.max_rows
                 )
-            elif local.error is not None or local.request is None:
-                raise local.error or RequestError(Code.INTERNAL_ERROR, "empty local request")
-            else:
-                request = local.request
         except RequestError as exc:
             self._reply_error(msg, exc.reply_to, exc.request_id, exc, None, predictions)
             return
@@ -280,9 +280,9 @@ class Server:
             return
         if local is not None and (local.model_name is not None or local.version is not None):
             # Decided on this batch's snapshot: a swap since the HTTP thread looked is seen.
-            forced, err = _named_variant(deployment, local.model_name, local.version)
-            if err is not None:
-                self._refuse(msg, topic, correlation, err, None, request.id)
+            forced, unserved = _named_variant(deployment, local.model_name, local.version)
+            if unserved is not None:
+                self._refuse(msg, topic, correlation, unserved, None, request.id)
                 return
             variant = forced or deployment.route(request.key)
         else:

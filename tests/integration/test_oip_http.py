@@ -380,6 +380,11 @@ def test_hostile_bodies_get_the_error_form_and_the_agent_keeps_serving(http_agen
     # Routes and methods the protocol does not have.
     status, doc, _ = http.request("GET", "/v2/nothing")
     assert status == 404 and doc["error"].startswith("not_found: ")
+    # A web page (cross-site, or same-site after DNS rebinding) cannot drive it.
+    status, doc, _ = http.request("POST", url, _rows_body(rows), {"Origin": "http://evil.example"})
+    assert status == 403 and doc["error"].startswith("origin_refused: ")
+    status, doc, _ = http.request("GET", "/v2/models/strict", None, {"Origin": "null"})
+    assert status == 403 and doc["error"].startswith("origin_refused: ")
     status, doc, _ = http.request("DELETE", "/v2/models/strict")
     assert status == 405 and doc["error"].startswith("method_not_allowed: ")
     # Counted like MQTT refusals (per code), and the agent still answers both paths.
@@ -387,6 +392,7 @@ def test_hostile_bodies_get_the_error_form_and_the_agent_keeps_serving(http_agen
     assert errors_of(after, "non_finite") - errors_of(before, "non_finite") == 4
     assert errors_of(after, "too_deep") - errors_of(before, "too_deep") == 1
     assert errors_of(after, "payload_too_large") - errors_of(before, "payload_too_large") == 1
+    assert errors_of(after, "origin_refused") - errors_of(before, "origin_refused") == 1
     status, doc, _ = http.request("POST", url, _rows_body(rows))
     assert status == 200 and len(doc["outputs"][0]["data"]) == 2
     assert "predictions" in mqtt_batch(probe, rows)

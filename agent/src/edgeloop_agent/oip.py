@@ -39,6 +39,7 @@ METHOD_NOT_ALLOWED: Final = "method_not_allowed"
 LENGTH_REQUIRED: Final = "length_required"
 TIMEOUT: Final = "timeout"
 BUSY: Final = "busy"
+ORIGIN_REFUSED: Final = "origin_refused"
 
 _INTS: Final = frozenset({"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"})
 _FLOATS: Final = frozenset({"FP16", "FP32", "FP64"})
@@ -54,6 +55,7 @@ _STATUS: Final = {
     "unknown_version": 404,
     NOT_FOUND: 404,
     METHOD_NOT_ALLOWED: 405,
+    ORIGIN_REFUSED: 403,
     LENGTH_REQUIRED: 411,
     Code.INFERENCE_FAILED: 500,
     Code.INTERNAL_ERROR: 500,

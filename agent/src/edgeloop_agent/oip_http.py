@@ -133,6 +133,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _get(self, parts: list[str]) -> None:
         front = self.server.front
+        if self.headers.get("Origin") is not None:
+            self._error(oip.ORIGIN_REFUSED, _ORIGIN_MESSAGE)
+            return
         if parts == ["v2"]:
             self._json(200, {"name": "edgeloop-agent", "version": __version__, "extensions": []})
         elif parts == ["v2", "health", "live"]:
@@ -191,6 +194,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             self._error(oip.NOT_FOUND, f"no such resource: {self.path[:200]}")
             return
+        if self.headers.get("Origin") is not None:
+            # Browsers send Origin with every POST (cross-site, and same-site after a
+            # DNS rebinding); OIP clients never do. Refused unread, counted.
+            self.close_connection = True
+            refused: RequestError | None = RequestError(oip.ORIGIN_REFUSED, _ORIGIN_MESSAGE)
+            self._answer(front.submit(None, refused, name, version, None))
+            return
         body, refused = self._read_body(front.max_payload)
         if refused is not None:
             # Counted by the serving loop like any refusal; the connection closes
@@ -230,6 +240,12 @@ class _Handler(BaseHTTPRequestHandler):
     def _answer(self, outcome: tuple[int, bytes, str | None]) -> None:
         status, body, code = outcome
         self._send(status, body, code)
+
+
+_ORIGIN_MESSAGE = (
+    "requests from web pages (with an Origin header) are refused: this endpoint has no "
+    "authentication, and a page the device's browser opens must not reach it"
+)
 
 
 def _model_path(parts: list[str]) -> tuple[str, str | None, list[str]]:

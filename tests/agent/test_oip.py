@@ -6,6 +6,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from edgeloop_agent import oip
 from edgeloop_agent.model import OnnxModel
@@ -220,3 +222,50 @@ def test_http_listen_setting_is_checked_at_start():
         AgentConfig(device_id="d", http_listen="8000").validate()
     with pytest.raises(ConfigError, match="http_listen"):
         AgentConfig.from_mapping({"device_id": "d", "http_listen": 8000})
+
+
+# -- property: whatever the body, a RequestError or rows the model can judge -------------
+
+
+_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=5),
+)
+_data = st.recursive(
+    st.lists(_scalars, max_size=6), lambda kids: st.lists(kids, max_size=3), max_leaves=12
+)
+_tensor = st.fixed_dictionaries(
+    {},
+    optional={
+        "name": st.one_of(st.sampled_from(["a", "b", "c", "features", "zz"]), _scalars),
+        "shape": st.one_of(st.lists(st.integers(-2, 6), max_size=3), _scalars),
+        "datatype": st.one_of(st.sampled_from(sorted(oip.DATATYPES)), _scalars),
+        "data": st.one_of(_data, _scalars),
+    },
+)
+_body = st.fixed_dictionaries(
+    {},
+    optional={
+        "id": st.one_of(st.text(max_size=3), _scalars),
+        "inputs": st.one_of(st.lists(_tensor, max_size=4), _scalars),
+        "parameters": st.one_of(st.fixed_dictionaries({}, optional={"key": _scalars}), _scalars),
+        "outputs": st.one_of(
+            st.lists(st.fixed_dictionaries({"name": st.text(max_size=3)})), _scalars
+        ),
+    },
+)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(doc=_body)
+def test_any_body_ends_in_rows_or_a_request_error(doc: dict[str, Any], strict: OnnxModel):
+    try:
+        raw = json.dumps(doc).encode()  # NaN/Infinity as Python's JSON writes them
+        req = oip.parse_infer(raw, max_bytes=65536, max_rows=16)
+        for row in req.predict.rows:
+            strict.validate_row(row)
+    except RequestError as exc:
+        assert exc.code and exc.message

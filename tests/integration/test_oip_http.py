@@ -385,6 +385,13 @@ def test_hostile_bodies_get_the_error_form_and_the_agent_keeps_serving(http_agen
     assert status == 403 and doc["error"].startswith("origin_refused: ")
     status, doc, _ = http.request("GET", "/v2/models/strict", None, {"Origin": "null"})
     assert status == 403 and doc["error"].startswith("origin_refused: ")
+    # What http.server itself refuses comes in the error form too.
+    with socket.create_connection(("127.0.0.1", http.port), timeout=10) as raw:
+        raw.sendall(b"GET /v2 HTTP/1.1\r\nX-Long: " + b"a" * 70_000 + b"\r\n\r\n")
+        answer = raw.makefile("rb").read()
+    head, _, rest = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 431") and b"X-Edgeloop-Error: bad_request" in head
+    assert json.loads(rest)["error"].startswith("bad_request: ")
     status, doc, _ = http.request("DELETE", "/v2/models/strict")
     assert status == 405 and doc["error"].startswith("method_not_allowed: ")
     # Counted like MQTT refusals (per code), and the agent still answers both paths.

@@ -268,6 +268,7 @@ class Agent:
             log.info("Prometheus metrics on http://%s:%d/metrics", *self.metrics_server.address[:2])
         if self.http is not None:
             self.http.start()
+            self.liveness.watch(self.http.thread)  # a dead HTTP server stops the watchdog
             log.info("Open Inference Protocol v2 on http://%s:%d/v2", *self.http.address[:2])
         log.info(
             "agent %s for device %s, broker %s, state %s",

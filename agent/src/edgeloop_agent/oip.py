@@ -40,6 +40,7 @@ LENGTH_REQUIRED: Final = "length_required"
 TIMEOUT: Final = "timeout"
 BUSY: Final = "busy"
 ORIGIN_REFUSED: Final = "origin_refused"
+BAD_REQUEST: Final = "bad_request"  # not HTTP the server can read (request line, headers)
 
 _INTS: Final = frozenset({"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"})
 _FLOATS: Final = frozenset({"FP16", "FP32", "FP64"})

@@ -99,6 +99,23 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass  # one journal line per request would flood a small device
 
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own refusals (bad request line, headers too long, unknown
+        method) in the protocol's error form instead of its HTML page."""
+        self.close_connection = True
+        body = oip.error_body(oip.BAD_REQUEST, message or explain or f"HTTP {code}")
+        try:
+            self.send_response(code, message)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("X-Edgeloop-Error", oip.BAD_REQUEST)
+            self.send_header("Connection", "close")
+            self.end_headers()
+            if self.command != "HEAD" and code >= 200 and code not in (204, 304):
+                self.wfile.write(body)
+        except OSError:
+            pass  # the client is gone
+
     # -- plumbing ------------------------------------------------------------
 
     def _send(self, status: int, body: bytes, code: str | None = None) -> None:

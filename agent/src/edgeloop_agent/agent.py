@@ -17,11 +17,12 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from edgeloop_agent import __version__
-from edgeloop_agent.config import AgentConfig
+from edgeloop_agent.config import AgentConfig, ConfigError
 from edgeloop_agent.deployment import Deployment
 from edgeloop_agent.drift import DriftConfig, WindowConfig
 from edgeloop_agent.liveness import Liveness
 from edgeloop_agent.mqttlink import MqttLink
+from edgeloop_agent.oip_http import OipHttpServer
 from edgeloop_agent.outbox import DISK_OK, Outbox
 from edgeloop_agent.procstats import release_free_memory
 from edgeloop_agent.prometheus import (
@@ -136,6 +137,22 @@ class Agent:
             get_deployment=lambda: self.deployment,
             policy=config.reply_policy(),
         )
+        self.http: OipHttpServer | None = None
+        if config.http_listen:
+            host, port = parse_listen(config.http_listen)
+            try:
+                self.http = OipHttpServer(
+                    host,
+                    port,
+                    server=self.server,
+                    get_deployment=lambda: self.deployment,
+                    max_payload=config.max_payload_bytes,
+                    max_rows=config.max_batch_rows,
+                )
+            except OSError as exc:  # port taken, address not local: one line, exit 1
+                raise ConfigError(
+                    f"http_listen {config.http_listen}: cannot listen: {exc.strerror or exc}"
+                ) from None
 
     # -- message dispatch (paho network thread) ------------------------------
 
@@ -296,6 +313,10 @@ class Agent:
         if self.metrics_server is not None:
             self.metrics_server.start()
             log.info("Prometheus metrics on http://%s:%d/metrics", *self.metrics_server.address[:2])
+        if self.http is not None:
+            self.http.start()
+            self.liveness.watch(self.http.thread)  # a dead HTTP server stops the watchdog
+            log.info("Open Inference Protocol v2 on http://%s:%d/v2", *self.http.address[:2])
         log.info(
             "agent %s for device %s, broker %s, state %s",
             __version__,
@@ -365,6 +386,10 @@ class Agent:
 
     def _shutdown(self) -> None:
         self.notifier.stopping()
+        if self.http is not None:
+            # The loop has drained and answers nothing more: waiting handlers got
+            # their replies, new ones got 503 shutting_down.
+            self.http.close()
         log.info("stopping: in-flight requests answered; flushing the outbox")
         self._report()  # the last partial interval is not lost
         self._publisher_thread.join(timeout=15)

@@ -60,6 +60,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="DIR",
         help="write Prometheus metrics to DIR/edgeloop_agent.prom for node_exporter",
     )
+    p.add_argument(
+        "--http",
+        dest="http_listen",
+        metavar="HOST:PORT",
+        help="serve the Open Inference Protocol v2 on http://HOST:PORT/v2 (off by default; "
+        "no authentication: keep it on loopback)",
+    )
     p.add_argument("--version", action="version", version=f"edgeloop-agent {__version__}")
     return p.parse_args(argv)
 
@@ -83,6 +90,7 @@ def build_config(args: argparse.Namespace) -> AgentConfig:
         log_level=args.log_level,
         metrics_listen=args.metrics_listen,
         metrics_textfile_dir=args.metrics_textfile_dir,
+        http_listen=args.http_listen,
     )
     if not config.device_id:
         raise ConfigError("a device id is required (--device-id or device_id in the config)")

@@ -140,6 +140,9 @@ class AgentConfig:
     # ("127.0.0.1:9108") and/or node_exporter's textfile collector directory.
     metrics_listen: str | None = None
     metrics_textfile_dir: Path | None = None
+    # Open Inference Protocol v2 over HTTP, opt-in ("127.0.0.1:8000"): no
+    # authentication, so keep it on loopback (docs/protocol.md, docs/security.md).
+    http_listen: str | None = None
     # Where replies may go (see replypolicy.py and docs/protocol.md): topic filters
     # under the prefix, with {prefix} and {device} placeholders; topics outside the
     # prefix (never $-topics) are allowed while reply_outside_prefix is true.
@@ -192,6 +195,13 @@ class AgentConfig:
                 parse_listen(self.metrics_listen)
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
+        if self.http_listen is not None:
+            from edgeloop_agent.prometheus import parse_listen
+
+            try:
+                parse_listen(self.http_listen)
+            except ValueError as exc:
+                raise ConfigError(f"http_listen: {exc}") from None
         if self.metrics_textfile_dir is not None and not self.metrics_textfile_dir.is_dir():
             raise ConfigError(
                 f"metrics_textfile_dir {self.metrics_textfile_dir} is not a directory"
@@ -269,7 +279,7 @@ def _coerce(key: str, value: Any, default: Any, source: str) -> Any:
         if not isinstance(value, (str, Path)):
             raise ConfigError(f"{source}: {key} must be a directory path, got {value!r}")
         return Path(value).expanduser()
-    if key == "metrics_listen":
+    if key in ("metrics_listen", "http_listen"):
         if not isinstance(value, str):
             raise ConfigError(f"{source}: {key} must be host:port, got {value!r}")
         return value

@@ -11,6 +11,11 @@ a payload that is not UTF-8 JSON, a bug) ends in an error reply for that one, or
 when not even an error can be published, in a counted drop; the other messages
 of the micro-batch are served as usual. Every reply topic a request names passes
 the reply policy (``replypolicy.py``) before paho sees it.
+
+Requests that arrive another way (the Open Inference Protocol endpoint, ``oip.py``)
+enter the same queue as :class:`LocalRequest` items: same micro-batches, router,
+telemetry and error codes; their reply goes to a callback instead of the broker and
+there is nothing to acknowledge.
 """
 
 from __future__ import annotations
@@ -43,10 +48,33 @@ from edgeloop_agent.replypolicy import ReplyPolicy
 
 log = logging.getLogger("edgeloop.agent.serving")
 
+# Codes only a request naming its model (HTTP) can earn.
+UNKNOWN_MODEL = "unknown_model"
+UNKNOWN_VERSION = "unknown_version"
+
+
+@dataclass(slots=True, eq=False)
+class LocalRequest:
+    """A predict request parsed outside the MQTT intake (the HTTP endpoint).
+
+    ``deliver`` receives the reply exactly as it would have been published (the
+    JSON of docs/protocol.md, or its error form), on the serving thread; it must
+    not block. ``error``: the request was refused while being decoded; it still
+    goes through the loop so that it is counted like an MQTT refusal.
+    """
+
+    request: PredictRequest | None
+    deliver: Callable[[bytes], None]
+    model_name: str | None = None  # the model the request names; None: any
+    version: str | None = None  # a version forced by the request; None: the router decides
+    error: RequestError | None = None
+    topic: str = ""  # set by Server.submit_local to the predict topic
+    properties: None = None  # no MQTT 5 properties: replies never go to a topic
+
 
 @dataclass(slots=True)
 class _Pending:
-    msg: mqtt.MQTTMessage
+    msg: mqtt.MQTTMessage | LocalRequest
     arrived: float
     request: PredictRequest
     rows: list[list[Any]]
@@ -112,7 +140,7 @@ class Server:
         self.max_micro_batch = max_micro_batch
         self.reply_qos = reply_qos
         self.get_deployment = get_deployment
-        self._queue: deque[tuple[mqtt.MQTTMessage, float]] = deque()
+        self._queue: deque[tuple[mqtt.MQTTMessage | LocalRequest, float]] = deque()
         self._wakeup = threading.Event()
         # Set by the serving thread while it waits: only then does an arrival need
         # Event.set() (a lock and a notify, per message, on paho's thread).
@@ -131,6 +159,20 @@ class Server:
         self._queue.append((msg, time.perf_counter()))
         if self._idle:
             self._wakeup.set()
+
+    def submit_local(self, item: LocalRequest) -> bool:
+        """Queue a request from another front end; False once shutting down."""
+        if not self._accepting:
+            return False
+        item.topic = self.topics.predict
+        self._queue.append((item, time.perf_counter()))
+        if self._idle:
+            self._wakeup.set()
+        return True
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
 
     def stop_accepting(self) -> None:
         self._accepting = False
@@ -160,7 +202,7 @@ class Server:
             self.process_available()
 
     def process_available(self) -> int:
-        batch: list[tuple[mqtt.MQTTMessage, float]] = []
+        batch: list[tuple[mqtt.MQTTMessage | LocalRequest, float]] = []
         queue = self._queue
         for _ in range(self.max_micro_batch):
             try:
@@ -171,7 +213,7 @@ class Server:
             self.process(batch)
         return len(batch)
 
-    def process(self, batch: list[tuple[mqtt.MQTTMessage, float]]) -> None:
+    def process(self, batch: list[tuple[mqtt.MQTTMessage | LocalRequest, float]]) -> None:
         deployment = self.get_deployment()
         groups: dict[str, _VariantBatch] = {}
         predict_topic = self.topics.predict
@@ -182,7 +224,7 @@ class Server:
                 try:
                     if msg.topic == predict_topic:
                         self._admit(msg, arrived, deployment, groups)
-                    else:
+                    elif not isinstance(msg, LocalRequest):
                         feedback.append(msg)
                 except Exception:  # a bug on one message must not stop the others
                     log.exception("unexpected error handling a message on %s", msg.topic)
@@ -203,19 +245,27 @@ class Server:
             for msg, _ in batch:
                 # A request whose reply paho refused stays unacknowledged: the
                 # broker redelivers it on the next session instead of losing it.
-                if id(msg) not in failed:
+                if id(msg) not in failed and not isinstance(msg, LocalRequest):
                     self.link.ack(msg)
 
     def _admit(
         self,
-        msg: mqtt.MQTTMessage,
+        msg: mqtt.MQTTMessage | LocalRequest,
         arrived: float,
         deployment: Deployment | None,
         groups: dict[str, _VariantBatch],
     ) -> None:
         predictions = self.topics.predictions
+        local = msg if isinstance(msg, LocalRequest) else None
         try:
-            request = parse_predict(msg.payload, max_bytes=self.max_payload, max_rows=self.max_rows)
+            if isinstance(msg, LocalRequest):
+                if msg.error is not None or msg.request is None:
+                    raise msg.error or RequestError(Code.INTERNAL_ERROR, "empty local request")
+                request = msg.request
+            else:
+                request = parse_predict(
+                    msg.payload, max_bytes=self.max_payload, max_rows=self.max_rows
+                )
         except RequestError as exc:
             self._reply_error(msg, exc.reply_to, exc.request_id, exc, None, predictions)
             return
@@ -228,7 +278,15 @@ class Server:
             err = RequestError(Code.NO_MODEL, "no model is loaded on this device yet")
             self._refuse(msg, topic, correlation, err, None, request.id)
             return
-        variant = deployment.route(request.key)
+        if local is not None and (local.model_name is not None or local.version is not None):
+            # Decided on this batch's snapshot: a swap since the HTTP thread looked is seen.
+            forced, unserved = _named_variant(deployment, local.model_name, local.version)
+            if unserved is not None:
+                self._refuse(msg, topic, correlation, unserved, None, request.id)
+                return
+            variant = forced or deployment.route(request.key)
+        else:
+            variant = deployment.route(request.key)
         model = deployment.models[variant]
         try:
             if request.batch:
@@ -401,7 +459,7 @@ class Server:
     # -- replies ---------------------------------------------------------------
 
     def _route(
-        self, msg: mqtt.MQTTMessage, reply_to: str | None, default_topic: str
+        self, msg: mqtt.MQTTMessage | LocalRequest, reply_to: str | None, default_topic: str
     ) -> tuple[str, bytes | None, RequestError | None]:
         """Where this message's reply goes: ``(topic, correlation data, None)``, or
         ``(default_topic, correlation data, error)`` when the topic the request
@@ -423,7 +481,7 @@ class Server:
 
     def _reply_error(
         self,
-        msg: mqtt.MQTTMessage,
+        msg: mqtt.MQTTMessage | LocalRequest,
         reply_to: str | None,
         request_id: str | None,
         exc: RequestError,
@@ -442,7 +500,7 @@ class Server:
 
     def _refuse(
         self,
-        msg: mqtt.MQTTMessage,
+        msg: mqtt.MQTTMessage | LocalRequest,
         topic: str,
         correlation: bytes | None,
         exc: RequestError,
@@ -455,7 +513,7 @@ class Server:
 
     def _internal_error(
         self,
-        msg: mqtt.MQTTMessage,
+        msg: mqtt.MQTTMessage | LocalRequest,
         request_id: str | None,
         default_topic: str,
         variant: str | None,
@@ -475,7 +533,7 @@ class Server:
 
     def _deliver(
         self,
-        msg: mqtt.MQTTMessage,
+        msg: mqtt.MQTTMessage | LocalRequest,
         topic: str,
         correlation: bytes | None,
         payload: bytes,
@@ -485,6 +543,9 @@ class Server:
         it anyway by raising, an error goes to the default topic instead, and when
         even that fails the message is counted as undeliverable and acknowledged (a
         redelivery would fail the same way, for ever)."""
+        if isinstance(msg, LocalRequest):
+            msg.deliver(payload)
+            return
         try:
             info = self.link.publish(topic, payload, qos=self.reply_qos, correlation=correlation)
         except Exception as exc:
@@ -503,6 +564,28 @@ class Server:
                 return
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             self._reply_failed.add(id(msg))
+
+
+def _named_variant(
+    deployment: Deployment, name: str | None, version: str | None
+) -> tuple[str | None, RequestError | None]:
+    """The variant a request naming a model (and maybe a version) must get: ``(variant,
+    None)`` for a forced version, ``(None, None)`` when the router decides, or an error."""
+    models = deployment.models
+    if name is not None and all(m.name != name for m in models.values()):
+        served = ", ".join(sorted({m.name for m in models.values()}))
+        return None, RequestError(
+            UNKNOWN_MODEL, f"model {name!r} is not served here (serving: {served})"
+        )
+    if version is None:
+        return None, None
+    for variant, model in models.items():
+        if model.version == version and (name is None or model.name == name):
+            return variant, None
+    versions = ", ".join(sorted(m.version for m in models.values() if m.name == name))
+    return None, RequestError(
+        UNKNOWN_VERSION, f"model {name!r} has no version {version!r} here (serving: {versions})"
+    )
 
 
 # Counted when not even an error reply could be queued for a message.

@@ -59,14 +59,22 @@ _POLL_JS = """
 (function () {
   var main = document.querySelector('main[data-live]');
   if (!main) return;
+  function busy() {
+    // Never swap a form out from under an operator who is filling it in.
+    var a = document.activeElement;
+    if (a && main.contains(a) && a.closest('form')) return true;
+    var typed = main.querySelectorAll('form input[type=text]');
+    for (var i = 0; i < typed.length; i++) { if (typed[i].value) return true; }
+    return false;
+  }
   setInterval(function () {
-    if (document.hidden) return;
+    if (document.hidden || busy()) return;
     var url = new URL(window.location.href);
     url.searchParams.set('fragment', '1');
     fetch(url, {credentials: 'same-origin'}).then(function (r) {
       return r.ok ? r.text() : null;
     }).then(function (html) {
-      if (html !== null) { main.innerHTML = html; }
+      if (html !== null && !busy()) { main.innerHTML = html; }
     }).catch(function () {});
   }, %d);
 })();

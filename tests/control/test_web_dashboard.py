@@ -202,6 +202,9 @@ def test_actions_need_login_and_the_sessions_csrf_token(
     assert bob.post("/models/sensor/v1/promote", {"csrf": csrf}).status == 403
     assert counters.get("csrf_refused", 0) >= 4
     assert _snapshot(db_path) == before  # nothing refused changed anything
+    metrics = web.get("/metrics").text
+    assert 'edgeloop_dashboard_events_total{what="csrf_refused"}' in metrics
+    assert 'edgeloop_dashboard_events_total{what="login_failed"}' in metrics
     # GET on an action URL is not an action.
     assert alice.get("/models/sensor/v1/promote").status in (404, 405)
 

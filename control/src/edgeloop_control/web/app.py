@@ -57,12 +57,15 @@ def create_app(
         # Read-only: a scrape can never write to (or lock) the control database.
         return sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
 
-    def metrics(_: Request) -> Response:
+    def metrics(request: Request) -> Response:
         conn = connect()
         try:
             body = fleet.render(conn)
         finally:
             conn.close()
+        dashboard = getattr(request.app.state, "dashboard", None)
+        if dashboard is not None:
+            body += dashboard.counters.render()
         return Response(body, media_type=CONTENT_TYPE)
 
     def healthz(_: Request) -> Response:

@@ -62,6 +62,21 @@ class Counters:
         with self.lock:
             self.values[name] = self.values.get(name, 0) + 1
 
+    def render(self) -> str:
+        """``edgeloop_dashboard_events_total{what}`` for /metrics: refusals show up there."""
+        from edgeloop_agent.prometheus import TextWriter
+
+        out = TextWriter("edgeloop")
+        out.metric(
+            "dashboard_events_total",
+            "counter",
+            "Dashboard outcomes: actions, refusals (csrf_refused, login_failed, ...), errors.",
+        )
+        with self.lock:
+            for name, n in sorted(self.values.items()):
+                out.sample("dashboard_events_total", {"what": name}, n)
+        return out.text()
+
 
 class Dashboard:
     def __init__(self, ws: Workspace, token: str | None, broker: str | None = None) -> None:

@@ -40,7 +40,7 @@ from edgeloop_control.web.auth import (
     same_secret,
 )
 from edgeloop_control.web.pages import Viewer, device_link, link, path_part
-from edgeloop_control.web.readdb import open_readonly
+from edgeloop_control.web.readdb import ReadOnlyDB, open_readonly
 from edgeloop_control.workspace import Workspace
 
 log = logging.getLogger("edgeloop.control.http")
@@ -356,7 +356,7 @@ class Dashboard:
             "SELECT COUNT(*), COALESCE(SUM(online), 0) FROM devices"
         ).fetchone()
         shown = names[:PAGE_ROWS]
-        rows = history.fleet(db, Selection(devices=tuple(shown))) if shown else []
+        rows = _fleet(db, shown) if shown else []
         clk = pages.clock()
         body = (
             "<h1>Fleet</h1>"
@@ -371,7 +371,7 @@ class Dashboard:
         self, request: Request, db: ControlDB, viewer: Viewer
     ) -> tuple[str, str, str, bool]:
         device = request.path_params["device"]
-        rows = history.fleet(db, Selection(devices=(device,)))
+        rows = _fleet(db, [device])
         if not rows:
             raise NotFound(f"no device {device!r} in the inventory")
         d, clk = rows[0], pages.clock()
@@ -752,6 +752,14 @@ def _events(db: ControlDB, *, subject: str, like: str, limit: int) -> list[dict[
             (subject, pattern, limit),
         )
     ]
+
+
+def _fleet(db: ControlDB, devices: list[str]) -> list[dict[str, Any]]:
+    """``history.fleet`` for just these devices (their inventory rows only)."""
+    if isinstance(db, ReadOnlyDB):
+        with db.scoped(devices):
+            return history.fleet(db, Selection(devices=tuple(devices)))
+    return history.fleet(db, Selection(devices=tuple(devices)))
 
 
 def _model_link(ref: str) -> Html:

@@ -12,8 +12,9 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -24,11 +25,13 @@ from tests.control.fleet_history import LONG_DEVICE, History
 from tests.control.web_client import copy_workspace, start
 
 webdriver = pytest.importorskip("selenium.webdriver")
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 CHROMEDRIVER = "/usr/bin/chromedriver"
 TOKEN = "browser-test-operator-token-42"
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
@@ -74,12 +77,23 @@ def _shots(tmp_path: Path) -> Path:
     return out
 
 
+def _retry(fn: Callable[[], T]) -> T:
+    """Live pages swap their <main> every few seconds: an element found just before a
+    swap is stale by the time it is used, so find it again (as a person would)."""
+    for _ in range(4):
+        try:
+            return fn()
+        except StaleElementReferenceException:
+            time.sleep(0.2)
+    return fn()
+
+
 def _text(driver: object) -> str:
-    return driver.find_element(By.TAG_NAME, "main").text  # type: ignore[attr-defined]
+    return _retry(lambda: driver.find_element(By.TAG_NAME, "main").text)  # type: ignore[attr-defined]
 
 
 def _click(driver: object, text: str) -> None:
-    driver.find_element(By.LINK_TEXT, text).click()  # type: ignore[attr-defined]
+    _retry(lambda: driver.find_element(By.LINK_TEXT, text).click())  # type: ignore[attr-defined]
 
 
 def test_click_through_every_page(
@@ -155,10 +169,11 @@ def test_sign_in_act_and_see_it_live(
     d.find_element(By.TAG_NAME, "form").submit()  # type: ignore[attr-defined]
     WebDriverWait(d, 10).until(lambda drv: "signed in as dana" in drv.page_source)
     d.get(f"{base}/experiments/{history.experiments[1]}")  # type: ignore[attr-defined]
-    form = d.find_element(By.CSS_SELECTOR, "form.action")  # type: ignore[attr-defined]
-    form.find_element(By.NAME, "reason").send_keys("seen enough")
+    # Once the reason holds text the page stops swapping itself (the operator is typing).
+    _retry(lambda: d.find_element(By.CSS_SELECTOR, "form.action input[name=reason]").send_keys(  # type: ignore[attr-defined]
+        "seen enough"))  # fmt: skip
     d.save_screenshot(str(_shots(tmp_path) / "dashboard-action.png"))  # type: ignore[attr-defined]
-    form.find_element(By.TAG_NAME, "button").click()
+    _retry(lambda: d.find_element(By.CSS_SELECTOR, "form.action button").click())  # type: ignore[attr-defined]
     WebDriverWait(d, 15).until(lambda drv: "stopped" in _text(drv))
     _click(d, "Events")
     WebDriverWait(d, 10).until(

@@ -19,7 +19,13 @@ from edgeloop_control.registry import Registry
 from edgeloop_control.web.auth import load_token, read_or_create_token
 from edgeloop_control.web.server import HttpServer, parse_listen
 from tests.control.fleet_history import LONG_DEVICE, History, _envelope, _status
-from tests.control.web_client import Browser, copy_workspace, hidden, start
+from tests.control.web_client import (
+    Browser,
+    copy_workspace,
+    hidden,
+    register_with_lineage,
+    start,
+)
 
 TOKEN = "test-operator-token-0123456789"
 HOSTILE_DEVICE = '<script>alert("d")</script>'
@@ -147,6 +153,7 @@ def acting(
         assert handle_report(db, _envelope(HOSTILE_DEVICE, 1, time.time(), payload))
     finally:
         db.close()
+    register_with_lineage(ws)
     history = History(ws, fleet_history.t0, fleet_history.shift_at, fleet_history.experiments,
                       fleet_history.rollouts, fleet_history.windows)  # fmt: skip
     server = start(ws, TOKEN, broker=ws.broker_url())
@@ -168,6 +175,14 @@ def test_hostile_device_id_and_feature_name_are_escaped(
     assert "&lt;script&gt;alert(&quot;d&quot;)&lt;/script&gt;" in web.get("/").text
     device = web.get(f"/devices/{quote(HOSTILE_DEVICE, safe='')}").text
     assert "&lt;img src=x onerror=alert(1)&gt;" in device
+
+
+def test_a_version_shows_its_lineage(acting: tuple[Browser, History, HttpServer]) -> None:
+    web, _, _ = acting
+    page = web.get("/models/sensor/v3").text
+    for text in ("pumps@4", "12,000 rows", "3c1f9a7e0b5d4e2f", "retrain: drift on vibration_mm_s",
+                 'href="/models/sensor/v2"', "sensor@v3.0.0"):  # fmt: skip
+        assert text in page, text
 
 
 def test_actions_need_login_and_the_sessions_csrf_token(

@@ -69,6 +69,25 @@ def copy_workspace(src: Workspace, dest: Path) -> Workspace:
     return Workspace.open(dest)
 
 
+def register_with_lineage(ws: Workspace) -> str:
+    """sensor@v3 as a retraining run registers it: feature view, data, run, parent, cause."""
+    from edgeloop_control.registry import Registry
+    from tests.control.fleet_history import MODEL_FEATURES
+    from tests.integration.models import sensor_model
+
+    registry = Registry.for_workspace(ws, create=False, sync_remote=False)
+    mv = registry.register(
+        "sensor",
+        sensor_model("v3", algo="hgb").data,
+        {"algorithm": "hgb", "features": MODEL_FEATURES, "feature_view": "pumps@4",
+         "rows": 12000, "training_range": ["2026-11-20T00:00:00Z", "2026-12-01T00:00:00Z"],
+         "data_hash": "9f2c4e1ab37d5f08c6e2"},
+        lineage={"tracking_run_id": "3c1f9a7e0b5d4e2f", "tracking_uri": "workspace",
+                 "parent": "sensor@v2", "cause": "retrain: drift on vibration_mm_s"},
+    )  # fmt: skip
+    return mv.ref
+
+
 def start(ws: Workspace, token: str | None, broker: str | None = None) -> HttpServer:
     return HttpServer(
         ws.state_db, f"127.0.0.1:{free_port()}", ws=ws, token=token, broker=broker

@@ -22,7 +22,7 @@ from edgeloop_control.controldb import ControlDB
 from edgeloop_control.web.server import HttpServer
 from tests.control.conftest import fleet_history  # noqa: F401 (the shared fixture)
 from tests.control.fleet_history import LONG_DEVICE, History
-from tests.control.web_client import copy_workspace, start
+from tests.control.web_client import copy_workspace, register_with_lineage, start
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
@@ -40,6 +40,7 @@ def served(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[str, History]]:
     ws = copy_workspace(fleet_history.ws, tmp_path_factory.mktemp("browser") / "ws")
+    register_with_lineage(ws)
     history = History(ws, fleet_history.t0, fleet_history.shift_at, fleet_history.experiments,
                       fleet_history.rollouts, fleet_history.windows)  # fmt: skip
     server: HttpServer = start(ws, TOKEN, broker=ws.broker_url())
@@ -121,6 +122,15 @@ def test_click_through_every_page(
     assert "winner of the A/B test" in _text(d)  # who deployed it, and why
     d.save_screenshot(str(shots / "dashboard-model.png"))  # type: ignore[attr-defined]
 
+    _click(d, "Models")
+    _click(d, "sensor")
+    _click(d, "sensor@v3")
+    assert "pumps@4" in _text(d) and "retrain: drift on vibration_mm_s" in _text(d)
+    _click(d, "sensor@v2")  # its parent, linked from the lineage
+    assert "winner of the A/B test" in _text(d)
+    d.back()  # type: ignore[attr-defined]
+    d.save_screenshot(str(shots / "dashboard-lineage.png"))  # type: ignore[attr-defined]
+
     _click(d, "Drift")
     assert "Drift" in _text(d) and "vibration" in _text(d)
     assert len(d.find_elements(By.CSS_SELECTOR, "main svg")) >= 3  # type: ignore[attr-defined]
@@ -144,7 +154,7 @@ def test_click_through_every_page(
     _click(d, "Events")
     assert f"history built for {LONG_DEVICE}" in _text(d)
     d.save_screenshot(str(shots / "dashboard-events.png"))  # type: ignore[attr-defined]
-    for name in ("fleet", "device", "model", "drift", "experiment", "rollout", "events"):
+    for name in ("fleet", "device", "model", "lineage", "drift", "experiment", "rollout", "events"):
         assert (shots / f"dashboard-{name}.png").stat().st_size > 10_000
 
 

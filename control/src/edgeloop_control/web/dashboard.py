@@ -457,22 +457,17 @@ class Dashboard:
         if mv is None:
             raise NotFound(f"no version {name}@{version} in the registry")
         lineage = mv.lineage or {}
+        meta = mv.metadata
         facts = pages.kv(
             [
                 ("stages", ", ".join(mv.stages) or "–"),
                 ("registered", mv.created_at),
-                ("registry tag", Html(f"<code>{esc(mv.tag or '–')}</code>")),
-                ("registry commit", Html(f"<code>{esc(mv.commit or '–')}</code>")),
                 ("sha256", Html(f"<code>{esc(mv.sha256)}</code>")),
                 ("size", f"{mv.size:,} bytes"),
                 ("signing key", mv.key_id),
             ]
         )
-        lineage_html = (
-            pages.kv([(str(k), _plain(v)) for k, v in sorted(lineage.items())])
-            if lineage
-            else empty("no lineage recorded (registered without a training run)")
-        )
+        lineage_html = pages.kv(_lineage(name, mv, meta, lineage))
         metadata = pages.kv([(str(k), _plain(v)) for k, v in sorted(mv.metadata.items())])
         rollouts = [
             r for r in history.rollouts(self.ws, db, Selection()) if r.get("model") == mv.ref
@@ -669,7 +664,7 @@ class Dashboard:
                     ("failure", r.get("failure") or "–"),
                 ]
             )
-            + render_rollouts(data.rollouts, data.events, time.time(), clk)
+            + render_rollouts(data.rollouts, data.events, _ended(r), clk)
             + "<h2>Events</h2>"
             + pages.events_table(events, clk)
         )
@@ -760,6 +755,45 @@ def _fleet(db: ControlDB, devices: list[str]) -> list[dict[str, Any]]:
         with db.scoped(devices):
             return history.fleet(db, Selection(devices=tuple(devices)))
     return history.fleet(db, Selection(devices=tuple(devices)))
+
+
+def _ended(rollout: dict[str, Any]) -> float:
+    """Where the timeline stops: when a finished rollout finished, else now (still going)."""
+    end = rollout.get("finished_at")
+    return float(end) if isinstance(end, int | float) else time.time()
+
+
+def _lineage(
+    name: str, mv: Any, meta: dict[str, Any], lineage: dict[str, Any]
+) -> list[tuple[str, object]]:
+    """Where a version came from: data, training run, parent, cause, registry tag."""
+    run = lineage.get("tracking_run_id") or lineage.get("run_id")
+    where = lineage.get("tracking_uri") or lineage.get("run_uri")
+    parent = lineage.get("parent")
+    rows: list[tuple[str, object]] = [
+        ("feature view", meta.get("feature_view") or "– (not trained from the feature store)"),
+        ("training data", _data_text(meta)),
+        ("tracking run", f"{run} ({where})" if run and where else run or "– (no run recorded)"),
+        ("parent version", _model_link(str(parent)) if parent else "–"),
+        ("cause", lineage.get("cause") or "–"),
+        ("registry tag", Html(f"<code>{esc(mv.tag or '–')}</code>")),
+        ("registry commit", Html(f"<code>{esc(mv.commit or '–')}</code>")),
+    ]
+    known = {"tracking_run_id", "run_id", "tracking_uri", "run_uri", "parent", "cause"}
+    rows += [(str(k), _plain(v)) for k, v in sorted(lineage.items()) if k not in known]
+    return rows
+
+
+def _data_text(meta: dict[str, Any]) -> str:
+    parts = []
+    if isinstance(meta.get("rows"), int):
+        parts.append(f"{meta['rows']:,} rows")
+    span = meta.get("training_range")
+    if isinstance(span, list) and len(span) == 2:
+        parts.append(f"{span[0]} to {span[1]}")
+    if meta.get("data_hash"):
+        parts.append(f"hash {str(meta['data_hash'])[:16]}")
+    return ", ".join(parts) or "–"
 
 
 def _model_link(ref: str) -> Html:

@@ -135,6 +135,9 @@ class Dashboard:
             except NotFound as exc:
                 self.counters.bump("not_found")
                 return self.problem(viewer, nonce, 404, str(exc))
+            except BadRequest as exc:
+                self.counters.bump("bad_request")
+                return self.problem(viewer, nonce, 400, str(exc))
             except Exception as exc:  # a damaged record costs one page, never the server
                 self.counters.bump("page_errors")
                 log.exception("dashboard page %s failed", request.url.path)
@@ -196,7 +199,7 @@ class Dashboard:
         request.state.nonce = nonce
         viewer, _ = self.viewer(request)
         if self.token is None:
-            body = pages.notice(
+            body: str = pages.notice(
                 "This dashboard is read-only: the workspace configures no "
                 "[http] token, so there is nothing to sign in to."
             )
@@ -204,11 +207,9 @@ class Dashboard:
         # Login CSRF: the form's hidden value must match this cookie (double submit), so
         # another site cannot sign a browser in to an account of its choosing.
         pre = secrets.token_urlsafe(24)
-        error = request.query_params.get("error")
         body = (
             "<h1>Operator sign-in</h1>"
-            + pages.notice(error, problem=True)
-            + '<form class="action" method="post" action="/login">'
+            '<form class="action" method="post" action="/login">'
             f'<input type="hidden" name="login_csrf" value="{esc(pre)}">'
             '<p><label>your name (recorded with every action) <input type="text" name="user" '
             'maxlength="64" required></label></p>'
@@ -514,7 +515,7 @@ class Dashboard:
         try:
             since = history.parse_when(since_text, option="since")
         except history.HistoryError as exc:
-            raise NotFound(str(exc)) from None
+            raise BadRequest(str(exc)) from None
         devices = [
             r[0]
             for r in db.conn.execute(
@@ -706,6 +707,10 @@ class Dashboard:
 
 
 class NotFound(LookupError):
+    pass
+
+
+class BadRequest(ValueError):
     pass
 
 

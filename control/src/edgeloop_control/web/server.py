@@ -50,7 +50,7 @@ class HttpServer:
         )
         self.server = uvicorn.Server(config)
         # Signals belong to the daemon's main thread.
-        self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self.server.install_signal_handlers = lambda: None  # type: ignore[attr-defined]
         self.thread = threading.Thread(target=self.server.run, name="http", daemon=True)
         self.listen = f"{host}:{port}"
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
@@ -126,12 +127,14 @@ class Dashboard:
             nonce = secrets.token_urlsafe(16)
             request.state.nonce = nonce
             try:
-                db = open_readonly(self.ws.state_db)
+                db = await run_in_threadpool(open_readonly, self.ws.state_db)
             except Exception as exc:  # sqlite3.Error, missing file
                 self.counters.bump("db_unreadable")
                 return self.problem(viewer, nonce, 503, f"control database unreadable: {exc}")
             try:
-                title, here, body_html, live = body(request, db, viewer)
+                # Pages read SQLite and git: off the event loop, so a slow page never
+                # holds up /metrics scrapes or other browsers.
+                title, here, body_html, live = await run_in_threadpool(body, request, db, viewer)
             except NotFound as exc:
                 self.counters.bump("not_found")
                 return self.problem(viewer, nonce, 404, str(exc))
@@ -183,7 +186,7 @@ class Dashboard:
                     viewer, nonce, 403, "missing or wrong CSRF token; reload the page and try again"
                 )
             try:
-                target = do(request, session, form)
+                target = await run_in_threadpool(do, request, session, form)
             except ActionError as exc:
                 self.counters.bump("action_failed")
                 return self.problem(viewer, nonce, 409, str(exc))

@@ -24,6 +24,18 @@ def _serve(ws: Workspace, broker: PrivateBroker, listen: str) -> subprocess.Pope
     )
 
 
+def _refused(proc: subprocess.Popen[bytes]) -> str:
+    """stderr of a start that must fail fast; a daemon that starts anyway is killed."""
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise AssertionError("edgeloop serve started instead of refusing") from None
+    assert proc.returncode != 0
+    return err.decode()
+
+
 def _config(ws: Workspace, text: str) -> Workspace:
     path = Path(ws.root) / "edgeloop.toml"
     path.write_text(path.read_text() + "\n[retrain]\nenabled = false\n" + text)
@@ -34,19 +46,15 @@ def test_non_loopback_without_a_token_is_refused_in_one_line(
     tmp_path: Path, broker: PrivateBroker
 ) -> None:
     ws = _config(Workspace.init(tmp_path / "ws", broker=broker.url), "")
-    proc = _serve(ws, broker, f"0.0.0.0:{free_port()}")
-    _, err = proc.communicate(timeout=60)
-    lines = [line for line in err.decode().splitlines() if line.strip()]
-    assert proc.returncode != 0
-    assert "requires an operator token" in lines[-1] and "Traceback" not in err.decode()
+    err = _refused(_serve(ws, broker, f"0.0.0.0:{free_port()}"))
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert "requires an operator token" in lines[-1] and "Traceback" not in err
 
 
 def test_a_too_short_token_is_refused(tmp_path: Path, broker: PrivateBroker) -> None:
     ws = _config(Workspace.init(tmp_path / "ws", broker=broker.url), '[http]\ntoken = "abc"\n')
-    proc = _serve(ws, broker, f"127.0.0.1:{free_port()}")
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode != 0 and "at least 16 characters" in err.decode()
-    assert "Traceback" not in err.decode()
+    err = _refused(_serve(ws, broker, f"127.0.0.1:{free_port()}"))
+    assert "at least 16 characters" in err and "Traceback" not in err
 
 
 def test_with_a_token_file_it_serves_beyond_loopback(tmp_path: Path, broker: PrivateBroker) -> None:

@@ -152,6 +152,7 @@ def acting(
             "outbox": {"depth": 1, "dropped": 0}, "process": {"rss_bytes": 1, "cpu_percent": 1},
         }  # fmt: skip
         assert handle_report(db, _envelope(HOSTILE_DEVICE, 1, time.time(), payload))
+        db.add_event("note", f"message naming {HOSTILE_FEATURE}", subject=HOSTILE_DEVICE)
     finally:
         db.close()
     register_with_lineage(ws)
@@ -168,12 +169,13 @@ def test_hostile_device_id_and_feature_name_are_escaped(
     acting: tuple[Browser, History, HttpServer],
 ) -> None:
     web, _, _ = acting
-    for path in ("/", f"/devices/{quote(HOSTILE_DEVICE, safe='')}", "/drift?device="
+    for path in ("/", "/events", f"/devices/{quote(HOSTILE_DEVICE, safe='')}", "/drift?device="
                  + quote(HOSTILE_DEVICE, safe="")):  # fmt: skip
         page = web.get(path)
         assert page.status == 200, path
         assert "<script>alert" not in page.text and "<img src=x" not in page.text, path
     assert "&lt;script&gt;alert(&quot;d&quot;)&lt;/script&gt;" in web.get("/").text
+    assert "message naming &lt;img src=x onerror=alert(1)&gt;" in web.get("/events").text
     device = web.get(f"/devices/{quote(HOSTILE_DEVICE, safe='')}").text
     assert "&lt;img src=x onerror=alert(1)&gt;" in device
 

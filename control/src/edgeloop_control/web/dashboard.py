@@ -250,6 +250,9 @@ class Dashboard:
         response.set_cookie(
             SESSION_COOKIE,
             sid,
+            # Behind a TLS reverse proxy (X-Forwarded-Proto from loopback, which uvicorn
+            # trusts) the cookie is never sent over plain HTTP.
+            secure=request.url.scheme == "https",
             httponly=True,
             samesite="strict",
             max_age=int(self.sessions.ttl_s),

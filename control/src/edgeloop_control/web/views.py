@@ -271,7 +271,7 @@ class Views:
                 ", ".join(e.get("devices") or []),
                 (e.get("decision") or {}).get("action") or "–",
             ]
-            for e in reversed(exps)
+            for e in list(reversed(exps))[:PAGE_ROWS]
         ]
         body = "<h1>A/B experiments</h1>" + (
             table(["experiment", "state", "champion", "challenger", "devices", "decision"], rows)
@@ -322,7 +322,7 @@ class Views:
                 f"{r.get('devices_loaded', 0)}/{r.get('devices_total', 0)}",
                 clk.utc(r["created_at"]) if isinstance(r.get("created_at"), int | float) else "–",
             ]
-            for r in reversed(outs)
+            for r in list(reversed(outs))[:PAGE_ROWS]
         ]
         body = "<h1>Rollouts</h1>" + (
             table(["rollout", "model", "state", "why", "devices loaded", "started (UTC)"], rows)

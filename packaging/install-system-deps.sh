@@ -17,6 +17,7 @@ py_inc=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
 [ -f "$py_inc/Python.h" ] || need+=(python3-dev)
 # Headless Chromium renders the demo report in a test.
 have_cmd chromium || need+=(chromium)
+have_cmd chromedriver || need+=(chromium-driver)
 # A real Prometheus and node_exporter scrape the agent in a test.
 [ -x /usr/bin/prometheus ] || need+=(prometheus)
 [ -x /usr/bin/prometheus-node-exporter ] || need+=(prometheus-node-exporter)

@@ -24,7 +24,8 @@ def serve(
         typer.Option(
             "--http",
             metavar="HOST:PORT",
-            help="serve /metrics (Prometheus) and /healthz, e.g. 127.0.0.1:8765 (default: off)",
+            help="serve the live dashboard, /metrics (Prometheus) and /healthz, e.g. "
+            "127.0.0.1:8765 (default: off); beyond loopback only with an [http] token",
         ),
     ] = None,
 ) -> None:
@@ -40,11 +41,16 @@ def serve(
         fail(f"cannot start the control daemon: {exc}")
     server = None
     if http:
+        from edgeloop_control.web.auth import load_token
         from edgeloop_control.web.server import HttpServer
+        from edgeloop_control.workspace import WorkspaceError
 
         try:
-            server = HttpServer(st.workspace.state_db, http).start()
-        except (ValueError, OSError) as exc:
+            token = load_token(st.workspace)
+            server = HttpServer(
+                st.workspace.state_db, http, ws=st.workspace, token=token, broker=st.broker
+            ).start()
+        except (ValueError, OSError, WorkspaceError) as exc:
             fail(f"cannot start the HTTP server: {exc}")
     # The address, not the URL: the URL may carry the broker password.
     logging.getLogger("edgeloop.control").info(

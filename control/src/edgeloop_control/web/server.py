@@ -10,12 +10,13 @@ from pathlib import Path
 import uvicorn
 
 from edgeloop_control.web.app import create_app
+from edgeloop_control.workspace import Workspace
 
 log = logging.getLogger("edgeloop.control.http")
 
 
-def parse_listen(value: str) -> tuple[str, int]:
-    """``127.0.0.1:8765`` -> (host, port); only loopback until the dashboard has auth."""
+def parse_listen(value: str, *, token: bool = False) -> tuple[str, int]:
+    """``127.0.0.1:8765`` -> (host, port); a non-loopback address only with a token."""
     host, sep, port = value.rpartition(":")
     host = host.strip("[]")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -24,23 +25,32 @@ def parse_listen(value: str) -> tuple[str, int]:
         loopback = ipaddress.ip_address(host).is_loopback
     except ValueError:
         loopback = host == "localhost"
-    if not loopback:
+    if not loopback and not token:
         raise ValueError(
-            f"--http {value!r}: only a loopback address is allowed (it has no authentication); "
-            "put a reverse proxy with TLS and authentication in front to reach it remotely"
+            f"--http {value!r}: a non-loopback address requires an operator token "
+            "([http] token or token_file in edgeloop.toml; see docs/operations.md)"
         )
     return host, int(port)
 
 
 class HttpServer:
-    def __init__(self, db_path: Path, listen: str) -> None:
-        host, port = parse_listen(listen)
+    def __init__(
+        self,
+        db_path: Path,
+        listen: str,
+        *,
+        ws: Workspace | None = None,
+        token: str | None = None,
+        broker: str | None = None,
+    ) -> None:
+        host, port = parse_listen(listen, token=token is not None)
+        self.app = create_app(db_path, ws=ws, token=token, broker=broker)
         config = uvicorn.Config(
-            create_app(db_path), host=host, port=port, log_level="warning", access_log=False
+            self.app, host=host, port=port, log_level="warning", access_log=False
         )
         self.server = uvicorn.Server(config)
         # Signals belong to the daemon's main thread.
-        self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self.server.install_signal_handlers = lambda: None  # type: ignore[attr-defined]
         self.thread = threading.Thread(target=self.server.run, name="http", daemon=True)
         self.listen = f"{host}:{port}"
 
@@ -52,7 +62,7 @@ class HttpServer:
             waited += 0.05
         if not self.server.started:
             raise OSError(f"the HTTP server did not start on {self.listen} (port in use?)")
-        log.info("HTTP on http://%s (/metrics, /healthz)", self.listen)
+        log.info("HTTP on http://%s (dashboard, /metrics, /healthz)", self.listen)
         return self
 
     def stop(self) -> None:

@@ -1,0 +1,512 @@
+"""The dashboard's pages: fleet -> device -> model version -> drift, experiments, rollouts,
+events. Each takes the request and a read-only database and returns (title, nav entry,
+body HTML, live?); :class:`~edgeloop_control.web.dashboard.Dashboard` wraps them in the
+layout. Reads go through :mod:`edgeloop_control.history` and the report's sections.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlencode
+
+from starlette.requests import Request
+
+from edgeloop_control import history
+from edgeloop_control.controldb import ControlDB
+from edgeloop_control.history import Selection
+from edgeloop_control.report.collect import drift_section, experiment_section, rollout_section
+from edgeloop_control.report.markup import Html, empty, esc, table
+from edgeloop_control.report.sections.drift import render_drift
+from edgeloop_control.report.sections.experiment import render_experiments
+from edgeloop_control.report.sections.rollout import render_rollouts
+from edgeloop_control.report.validate import parse_report
+from edgeloop_control.web import pages
+from edgeloop_control.web.pages import Viewer, link, path_part
+from edgeloop_control.web.readdb import ReadOnlyDB
+from edgeloop_control.workspace import Workspace
+
+PAGE_ROWS = 200
+# Drift charts per stream: the newest windows only, so a year of history costs the same.
+DRIFT_WINDOWS = 60
+
+
+class NotFound(LookupError):
+    pass
+
+
+class BadRequest(ValueError):
+    pass
+
+
+class Views:
+    def __init__(self, ws: Workspace) -> None:
+        self.ws = ws
+
+    def fleet_page(
+        self, request: Request, db: ControlDB, viewer: Viewer
+    ) -> tuple[str, str, str, bool]:
+        page = _page(request)
+        names = [
+            r[0]
+            for r in db.conn.execute(
+                "SELECT device FROM devices UNION SELECT device FROM desired ORDER BY 1 "
+                "LIMIT ? OFFSET ?",
+                (PAGE_ROWS + 1, (page - 1) * PAGE_ROWS),
+            )
+        ]
+        total, online = db.conn.execute(
+            "SELECT COUNT(*), COALESCE(SUM(online), 0) FROM devices"
+        ).fetchone()
+        shown = names[:PAGE_ROWS]
+        rows = _fleet(db, shown) if shown else []
+        clk = pages.clock()
+        body = (
+            "<h1>Fleet</h1>"
+            f'<p class="facts">{total:,} devices, {online:,} online. '
+            f'<span class="live">updated {esc(clk.utc(time.time()))} UTC</span></p>'
+            + pages.fleet_table(rows, clk)
+            + pages.pager("/", {}, page, len(names) > PAGE_ROWS)
+        )
+        return "Fleet", "/", body, True
+
+    def device_page(
+        self, request: Request, db: ControlDB, viewer: Viewer
+    ) -> tuple[str, str, str, bool]:
+        device = request.path_params["device"]
+        rows = _fleet(db, [device])
+        if not rows:
+            raise NotFound(f"no device {device!r} in the inventory")
+        d, clk = rows[0], pages.clock()
+        served = [m.strip() for m in (d["serving"] or "").split(",") if m.strip()]
+        models = [_model_link(m.split(" ")[0]) for m in served]
+        facts = pages.kv(
+            [
+                ("status", "online" if d["online"] else "offline"),
+                ("serving", Html(", ".join(models)) if models else "–"),
+                ("desired", d["desired"] or "–"),
+                (
+                    "desired / reported revision",
+                    f"{d['desired_revision']} / {d['reported_revision']}",
+                ),
+                ("drift", d["drift"] or "none flagged"),
+                ("requests / errors", f"{d['requests'] or 0:,} / {d['errors'] or 0:,}"),
+                ("p99 latency ms", d["p99_ms"] if d["p99_ms"] is not None else "–"),
+                ("RSS MB", d["rss_mb"] if d["rss_mb"] is not None else "–"),
+                ("outbox depth", d["outbox_depth"] if d["outbox_depth"] is not None else "–"),
+                ("last seen", clk.utc(d["last_seen"]) if d["last_seen"] else "–"),
+            ]
+        )
+        windows = history.drift_windows(db, Selection(devices=(device,)), last=DRIFT_WINDOWS)
+        drift = self._drift_html(windows, clk, f"no drift windows from {device}")
+        events = _events(db, subject=device, like=device, limit=50)
+        body = (
+            f"<h1>Device <code>{esc(device)}</code></h1>{facts}{drift}"
+            f"<h2>Events</h2>{pages.events_table(events, clk)}"
+        )
+        return f"Device {device}", "/", body, True
+
+    def models_page(
+        self, request: Request, db: ControlDB, viewer: Viewer
+    ) -> tuple[str, str, str, bool]:
+        registry = self._registry()
+        rows = []
+        for name in registry.names() if registry is not None else []:
+            stages = registry.stages(name)
+            versions = registry.list(name)
+            rows.append(
+                [
+                    link(f"/models/{path_part(name)}", name),
+                    len(versions),
+                    ", ".join(f"{s}: {v}" for s, v in sorted(stages.items())) or "–",
+                ]
+            )
+        body = "<h1>Models</h1>" + (
+            table(["model", "versions", "stages"], rows, numeric=[1])
+            if rows
+            else empty("the registry holds no model")
+        )
+        return "Models", "/models", body, False
+
+    def model_page(
+        self, request: Request, db: ControlDB, viewer: Viewer
+    ) -> tuple[str, str, str, bool]:
+        name = request.path_params["name"]
+        registry = self._registry()
+        versions = _registry_call(lambda: registry.list(name)) if registry else []
+        if not versions:
+            raise NotFound(f"no model {name!r} in the registry")
+        rows = [
+            [
+                link(f"/models/{path_part(name)}/{path_part(v.version)}", v.ref),
+                v.created_at,
+                ", ".join(v.stages) or "–",
+                str(v.metadata.get("algorithm") or "–"),
+                v.sha256[:12],
+            ]
+            for v in versions
+        ]
+        body = f"<h1>Model <code>{esc(name)}</code></h1>" + table(
+            ["version", "registered (UTC)", "stages", "algorithm", "sha256"], rows
+        )
+        return f"Model {name}", "/models", body, False
+
+    def version_page(
+        self, request: Request, db: ControlDB, viewer: Viewer
+    ) -> tuple[str, str, str, bool]:
+        name, version = request.path_params["name"], request.path_params["version"]
+        registry = self._registry()
+        mv = _registry_call(lambda: registry.get(f"{name}@{version}")) if registry else None
+        if mv is None:
+            raise NotFound(f"no version {name}@{version} in the registry")
+        lineage = mv.lineage or {}
+        meta = mv.metadata
+        facts = pages.kv(
+            [
+                ("stages", ", ".join(mv.stages) or "–"),
+                ("registered", mv.created_at),
+                ("sha256", Html(f"<code>{esc(mv.sha256)}</code>")),
+                ("size", f"{mv.size:,} bytes"),
+                ("signing key", mv.key_id),
+            ]
+        )
+        lineage_html = pages.kv(_lineage(name, mv, meta, lineage))
+        metadata = pages.kv([(str(k), _plain(v)) for k, v in sorted(mv.metadata.items())])
+        rollouts = [
+            r for r in history.rollouts(self.ws, db, Selection()) if r.get("model") == mv.ref
+        ]
+        clk = pages.clock()
+        deploy_rows = [
+            [
+                link(f"/rollouts/{path_part(str(r['id']))}", r["id"]),
+                pages.state_badge(str(r["state"])),
+                r.get("reason") or "–",
+                clk.utc(r["created_at"]) if isinstance(r.get("created_at"), int | float) else "–",
+            ]
+            for r in rollouts
+        ]
+        deploys = (
+            table(["rollout", "state", "why", "started (UTC)"], deploy_rows)
+            if deploy_rows
+            else empty("never rolled out")
+        )
+        events = _events(db, subject=mv.ref, like=mv.ref, limit=100)
+        body = (
+            f"<h1>{esc(mv.ref)}</h1>"
+            + pages.action_form(
+                viewer,
+                f"/models/{path_part(name)}/{path_part(mv.version)}/promote",
+                f"promote {mv.ref} to champion",
+            )
+            + facts
+            + "<h2>Lineage</h2>"
+            + lineage_html
+            + "<h2>Deployments (who and why)</h2>"
+            + deploys
+            + "<h2>Metadata</h2>"
+            + metadata
+            + "<h2>Events</h2>"
+            + pages.events_table(events, clk)
+        )
+        return mv.ref, "/models", body, False
+
+    def drift_page(
+        self, request: Request, db: ControlDB, viewer: Viewer
+    ) -> tuple[str, str, str, bool]:
+        since_text = request.query_params.get("since") or "7d"
+        try:
+            since = history.parse_when(since_text, option="since")
+        except history.HistoryError as exc:
+            raise BadRequest(str(exc)) from None
+        devices = [
+            r[0]
+            for r in db.conn.execute(
+                "SELECT device, MAX(dataset_drift) FROM drift_windows WHERE end >= ? "
+                "GROUP BY device ORDER BY MAX(dataset_drift) DESC, device LIMIT ?",
+                (since, PAGE_ROWS),
+            )
+        ]
+        device = request.query_params.get("device") or (devices[0] if devices else None)
+        picker = " ".join(
+            (
+                f"<strong>{esc(d)}</strong>"
+                if d == device
+                else link("/drift?" + urlencode({"device": d, "since": since_text}), d)
+            )
+            for d in devices
+        )
+        clk = pages.clock()
+        if device is None:
+            charts = empty(f"no drift windows since {since_text}")
+        else:
+            windows = history.drift_windows(
+                db, Selection(since=since, devices=(device,)), last=DRIFT_WINDOWS
+            )
+            charts = self._drift_html(windows, clk, f"no drift windows from {device}")
+        body = (
+            f'<h1>Drift</h1><p class="facts">Devices with drift windows since {esc(since_text)}'
+            f" (flagged first): {picker or '–'}</p>"
+            + (
+                f"<p>Showing <code>{esc(device)}</code>, newest {DRIFT_WINDOWS} windows per "
+                "model variant.</p>"
+                if device
+                else ""
+            )
+            + charts
+        )
+        return "Drift", "/drift", body, False
+
+    def experiments_page(
+        self, request: Request, db: ControlDB, viewer: Viewer
+    ) -> tuple[str, str, str, bool]:
+        exps = history.experiments(self.ws, db, Selection())
+        rows = [
+            [
+                link(f"/experiments/{path_part(str(e['id']))}", e["id"]),
+                pages.state_badge(str(e["state"])),
+                e.get("champion"),
+                e.get("challenger"),
+                ", ".join(e.get("devices") or []),
+                (e.get("decision") or {}).get("action") or "–",
+            ]
+            for e in list(reversed(exps))[:PAGE_ROWS]
+        ]
+        body = "<h1>A/B experiments</h1>" + (
+            table(["experiment", "state", "champion", "challenger", "devices", "decision"], rows)
+            if rows
+            else empty("no experiment ran")
+        )
+        return "Experiments", "/experiments", body, True
+
+    def experiment_page(
+        self, request: Request, db: ControlDB, viewer: Viewer
+    ) -> tuple[str, str, str, bool]:
+        exp_id = request.path_params["exp_id"]
+        found = [e for e in history.experiments(self.ws, db, Selection()) if str(e["id"]) == exp_id]
+        if not found:
+            raise NotFound(f"no experiment {exp_id!r}")
+        exp = found[0]
+        data = parse_report(_report_data(experiments=[experiment_section(exp)]))
+        action = ""
+        if exp.get("state") in ("running", "decided"):
+            action = pages.action_form(
+                viewer,
+                f"/experiments/{path_part(exp_id)}/stop",
+                "stop the experiment (keep the champion)",
+            )
+        body = (
+            f"<h1>Experiment <code>{esc(exp_id)}</code></h1>{action}"
+            + pages.kv(
+                [
+                    ("devices", ", ".join(exp.get("devices") or []) or "–"),
+                    ("state", str(exp.get("state"))),
+                ]
+            )
+            + render_experiments(data.experiments, pages.clock())
+        )
+        return f"Experiment {exp_id}", "/experiments", body, True
+
+    def rollouts_page(
+        self, request: Request, db: ControlDB, viewer: Viewer
+    ) -> tuple[str, str, str, bool]:
+        outs = history.rollouts(self.ws, db, Selection())
+        clk = pages.clock()
+        rows = [
+            [
+                link(f"/rollouts/{path_part(str(r['id']))}", r["id"]),
+                r.get("model"),
+                pages.state_badge(str(r["state"])),
+                r.get("reason") or "–",
+                f"{r.get('devices_loaded', 0)}/{r.get('devices_total', 0)}",
+                clk.utc(r["created_at"]) if isinstance(r.get("created_at"), int | float) else "–",
+            ]
+            for r in list(reversed(outs))[:PAGE_ROWS]
+        ]
+        body = "<h1>Rollouts</h1>" + (
+            table(["rollout", "model", "state", "why", "devices loaded", "started (UTC)"], rows)
+            if rows
+            else empty("no rollout ran")
+        )
+        return "Rollouts", "/rollouts", body, True
+
+    def rollout_page(
+        self, request: Request, db: ControlDB, viewer: Viewer
+    ) -> tuple[str, str, str, bool]:
+        rid = request.path_params["rid"]
+        found = [r for r in history.rollouts(self.ws, db, Selection()) if str(r["id"]) == rid]
+        if not found:
+            raise NotFound(f"no rollout {rid!r}")
+        r = found[0]
+        events = _events(db, subject=rid, like=rid, limit=PAGE_ROWS)
+        data = parse_report(
+            _report_data(
+                rollouts=[rollout_section(r)],
+                events=[
+                    {
+                        "t": e["ts"],
+                        "kind": e["kind"],
+                        "subject": e["subject"],
+                        "message": e["message"],
+                    }
+                    for e in events
+                ],
+            )
+        )
+        action = ""
+        if r.get("state") in ("running", "pending"):
+            action = pages.action_form(
+                viewer, f"/rollouts/{path_part(rid)}/abort", "abort and roll back"
+            )
+        clk = pages.clock()
+        body = (
+            f"<h1>Rollout <code>{esc(rid)}</code></h1>{action}"
+            + pages.kv(
+                [
+                    ("model", str(r.get("model"))),
+                    ("why", r.get("reason") or "–"),
+                    ("failure", r.get("failure") or "–"),
+                ]
+            )
+            + render_rollouts(data.rollouts, data.events, _ended(r), clk)
+            + "<h2>Events</h2>"
+            + pages.events_table(events, clk)
+        )
+        return f"Rollout {rid}", "/rollouts", body, True
+
+    def events_page(
+        self, request: Request, db: ControlDB, viewer: Viewer
+    ) -> tuple[str, str, str, bool]:
+        page = _page(request)
+        rows = [
+            dict(r)
+            for r in db.conn.execute(
+                "SELECT ts, kind, subject, message FROM events ORDER BY ts DESC, id DESC "
+                "LIMIT ? OFFSET ?",
+                (PAGE_ROWS + 1, (page - 1) * PAGE_ROWS),
+            )
+        ]
+        body = (
+            '<h1>Events</h1><p class="facts">Newest first.</p>'
+            + pages.events_table(rows[:PAGE_ROWS], pages.clock())
+            + pages.pager("/events", {}, page, len(rows) > PAGE_ROWS)
+        )
+        return "Events", "/events", body, True
+
+    # -- helpers -------------------------------------------------------------------
+
+    def _registry(self) -> Any:
+        from edgeloop_control.registry import Registry, RegistryError
+
+        try:
+            return Registry.for_workspace(self.ws, create=False, sync_remote=False)
+        except (RegistryError, OSError):
+            return None
+
+    def _drift_html(self, windows: list[dict[str, Any]], clk: Any, why_empty: str) -> Html:
+        section = drift_section(self.ws, windows)
+        data = parse_report(_report_data(drift=section))
+        return render_drift(data.drift, clk, why_empty=why_empty)
+
+
+def _page(request: Request) -> int:
+    raw = request.query_params.get("page") or "1"
+    return max(1, min(int(raw), 10**6)) if raw.isdigit() else 1
+
+
+def _events(db: ControlDB, *, subject: str, like: str, limit: int) -> list[dict[str, Any]]:
+    """Events about one thing, newest first: its subject, or its name in the message."""
+    pattern = "%" + like.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    return [
+        dict(r)
+        for r in db.conn.execute(
+            "SELECT ts, kind, subject, message FROM events WHERE subject = ? "
+            "OR message LIKE ? ESCAPE '\\' ORDER BY ts DESC, id DESC LIMIT ?",
+            (subject, pattern, limit),
+        )
+    ]
+
+
+def _fleet(db: ControlDB, devices: list[str]) -> list[dict[str, Any]]:
+    """``history.fleet`` for just these devices (their inventory rows only)."""
+    if isinstance(db, ReadOnlyDB):
+        with db.scoped(devices):
+            return history.fleet(db, Selection(devices=tuple(devices)))
+    return history.fleet(db, Selection(devices=tuple(devices)))
+
+
+def _ended(rollout: dict[str, Any]) -> float:
+    """Where the timeline stops: when a finished rollout finished, else now (still going)."""
+    end = rollout.get("finished_at")
+    return float(end) if isinstance(end, int | float) else time.time()
+
+
+def _lineage(
+    name: str, mv: Any, meta: dict[str, Any], lineage: dict[str, Any]
+) -> list[tuple[str, object]]:
+    """Where a version came from: data, training run, parent, cause, registry tag."""
+    run = lineage.get("tracking_run_id") or lineage.get("run_id")
+    where = lineage.get("tracking_uri") or lineage.get("run_uri")
+    parent = lineage.get("parent")
+    rows: list[tuple[str, object]] = [
+        ("feature view", meta.get("feature_view") or "– (not trained from the feature store)"),
+        ("training data", _data_text(meta)),
+        ("tracking run", f"{run} ({where})" if run and where else run or "– (no run recorded)"),
+        ("parent version", _model_link(str(parent)) if parent else "–"),
+        ("cause", lineage.get("cause") or "–"),
+        ("registry tag", Html(f"<code>{esc(mv.tag or '–')}</code>")),
+        ("registry commit", Html(f"<code>{esc(mv.commit or '–')}</code>")),
+    ]
+    known = {"tracking_run_id", "run_id", "tracking_uri", "run_uri", "parent", "cause"}
+    rows += [(str(k), _plain(v)) for k, v in sorted(lineage.items()) if k not in known]
+    return rows
+
+
+def _data_text(meta: dict[str, Any]) -> str:
+    parts = []
+    if isinstance(meta.get("rows"), int):
+        parts.append(f"{meta['rows']:,} rows")
+    span = meta.get("training_range")
+    if isinstance(span, list) and len(span) == 2:
+        parts.append(f"{span[0]} to {span[1]}")
+    if meta.get("data_hash"):
+        parts.append(f"hash {str(meta['data_hash'])[:16]}")
+    return ", ".join(parts) or "–"
+
+
+def _model_link(ref: str) -> Html:
+    name, _, version = ref.partition("@")
+    if not version:
+        return Html(esc(ref))
+    return link(f"/models/{path_part(name)}/{path_part(version)}", ref)
+
+
+def _registry_call(fn: Callable[[], Any]) -> Any:
+    from edgeloop_control.registry import RegistryError
+
+    try:
+        return fn()
+    except (RegistryError, ValueError, OSError):
+        return None
+
+
+def _plain(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+
+
+def _report_data(**sections: Any) -> dict[str, Any]:
+    """The report's input contract with only the given sections filled in."""
+    return {
+        "title": "dashboard",
+        "generated_at": time.time(),
+        "workspace": None,
+        "timeline": None,
+        "events": [],
+        "drift": None,
+        "experiments": [],
+        "rollouts": [],
+        "devices": [],
+        "summary": None,
+        **sections,
+    }

@@ -140,7 +140,10 @@ def acting(
     ws = copy_workspace(fleet_history.ws, tmp_path_factory.mktemp("acting") / "ws")
     db = ControlDB(ws.state_db)
     try:
-        handle_status(db, HOSTILE_DEVICE, _status(HOSTILE_DEVICE, 1, "v1"))
+        # The daemon refuses such a device id at its boundary (tests/control/
+        # test_daemon_poison.py), so the hostile id arrives as rows an older control
+        # node (or a hand edit) could have left; a hostile feature name still arrives
+        # through ingestion, from a device with a valid id.
         doc = json.loads(db.conn.execute("SELECT doc FROM drift_windows LIMIT 1").fetchone()[0])
         doc["features"][0]["name"] = HOSTILE_FEATURE
         doc.update(variant="sensor@v1", version="v1", t_start=time.time() - 60,
@@ -151,7 +154,18 @@ def acting(
             "metrics": {"variants": {}}, "drift": [doc], "concept_drift": {},
             "outbox": {"depth": 1, "dropped": 0}, "process": {"rss_bytes": 1, "cpu_percent": 1},
         }  # fmt: skip
-        assert handle_report(db, _envelope(HOSTILE_DEVICE, 1, time.time(), payload))
+        handle_status(db, "dev-odd-feature", _status("dev-odd-feature", 1, "v1"))
+        assert handle_report(db, _envelope("dev-odd-feature", 1, time.time(), payload))
+        status = _status(HOSTILE_DEVICE, 1, "v1")
+        db.upsert_device(HOSTILE_DEVICE, online=1, last_seen=time.time(), status=status)
+        db.conn.execute(
+            "INSERT INTO drift_windows(report_id, idx, device, variant, version, start, end, "
+            "n, enough_data, dataset_drift, output_drift, drifted, doc) "
+            "SELECT 'hostile', idx, ?, variant, version, start, end, n, enough_data, "
+            "dataset_drift, output_drift, drifted, doc FROM drift_windows "
+            "WHERE device = 'dev-odd-feature'",
+            (HOSTILE_DEVICE,),
+        )
         db.add_event("note", f"message naming {HOSTILE_FEATURE}", subject=HOSTILE_DEVICE)
     finally:
         db.close()

@@ -7,6 +7,7 @@ from edgeloop_control.workspace import Workspace
 
 
 def build_daemon(ws: Workspace, broker_url: str, *, tick_s: float = 1.0) -> ControlDaemon:
+    from edgeloop_control.desiredrefresh import DesiredRefresh
     from edgeloop_control.experiments import ExperimentManager
     from edgeloop_control.retrain import RetrainPolicy
     from edgeloop_control.rollout import RolloutManager
@@ -17,5 +18,7 @@ def build_daemon(ws: Workspace, broker_url: str, *, tick_s: float = 1.0) -> Cont
     retrain = RetrainPolicy(ws, daemon.db, daemon.store, experiments=experiments)
     # Order matters within one tick: fresh drift can start an experiment, a
     # decided experiment can start a rollout, and the rollout moves first.
-    daemon.policies = [retrain, experiments, rollouts]
+    # Last: it re-signs documents no policy touched for half their lifetime.
+    refresh = DesiredRefresh(ws, daemon.db, daemon.publisher)
+    daemon.policies = [retrain, experiments, rollouts, refresh]
     return daemon

@@ -297,6 +297,20 @@ def test_ready_with_the_last_good_model_while_the_broker_is_down(
         # The serving loop is alive without a broker: the watchdog keeps being fed.
         time.sleep(1.5)
         assert any(t > ready.at for t in pid1.watchdog_pings())
+        # When the broker comes back, STATUS= says so (it used to keep saying
+        # "broker unreachable" until the next model swap).
+        broker.start()
+        back = pid1.wait_for(
+            lambda n: (
+                n.at > ready.at and "STATUS" in n.fields and "unreachable" not in n.fields["STATUS"]
+            ),
+            30,
+        )
+        assert back.fields["STATUS"].startswith("serving")
+        broker.stop()
+        pid1.wait_for(
+            lambda n: n.at > back.at and "broker unreachable" in n.fields.get("STATUS", ""), 60
+        )
         stopped_at = time.monotonic()
         assert agent.stop(timeout=30) == 0
         assert time.monotonic() - stopped_at < unit_seconds(

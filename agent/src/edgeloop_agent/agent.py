@@ -91,6 +91,7 @@ class Agent:
         self._expired_reported = False
         self._service_text = "loading last good model"
         self._storage_seen = (DISK_OK, "disk")
+        self._link_seen = False
 
         self.updater = Updater(
             prefix=config.topic_prefix,
@@ -244,8 +245,15 @@ class Agent:
         self.notifier.status(self._with_storage_note(self._service_text))
 
     def _with_storage_note(self, text: str) -> str:
-        note = self._storage_note()
-        return f"{text} ({note})" if note else text
+        notes = [n for n in (self._storage_note(), self._link_note()) if n]
+        return f"{text} ({'; '.join(notes)})" if notes else text
+
+    def _link_note(self) -> str:
+        # After READY, STATUS= must follow the broker link both ways: a line that
+        # still says "broker unreachable" an hour after the link came back misleads.
+        if self._ready_sent and not self.link.connected.is_set():
+            return "broker unreachable"
+        return ""
 
     def _check_storage(self, *, report: bool) -> None:
         """Housekeeping: let the outbox notice space coming back or running out; say so on
@@ -342,16 +350,21 @@ class Agent:
             if report or now >= next_storage_check:
                 next_storage_check = now + 1.0
                 self._check_storage(report=report)
-            if not self._ready_sent:
-                connected = self.link.connected.is_set()
-                # Without a broker, READY still comes after the grace period: with the
-                # last good model it is serving; without one it waits for a model,
-                # and systemd's start timeout must not kill a device that is offline.
-                if connected or now - started > ready_grace_s:
-                    self._ready_sent = True
-                    what = "serving" if self.deployment is not None else "waiting for a model"
-                    link = "connected" if connected else "broker unreachable"
-                    self.notifier.ready(self._with_storage_note(f"{what}, {link}"))
+            connected = self.link.connected.is_set()
+            if self._ready_sent and connected != self._link_seen:
+                self._notify_status()
+            self._link_seen = connected
+            # Without a broker, READY still comes after the grace period: with the
+            # last good model it is serving; without one it waits for a model,
+            # and systemd's start timeout must not kill a device that is offline.
+            if not self._ready_sent and (connected or now - started > ready_grace_s):
+                what = "serving" if self.deployment is not None else "waiting for a model"
+                link = "connected" if connected else "broker unreachable"
+                self.notifier.ready(self._with_storage_note(f"{what}, {link}"))
+                self._ready_sent = True
+                # Later STATUS= lines carry the link state as a note of their own.
+                if self._service_text == "loading last good model":
+                    self._service_text = what
             # Ping the watchdog only while every thread is alive and making
             # progress: a dead updater or a wedged serving loop then gets the
             # service restarted (this loop itself dying stops the pings too).

@@ -90,6 +90,7 @@ class SimConfig:
     churn_period_s: float = 60.0  # each churning device is offline once per period ...
     churn_offline_s: float = 10.0  # ... for this long
     fail_load_share: float = 0.0  # share of devices whose model "does not load"
+    drift_window_rows: int = 500  # a drift window is reported every this many requests
     features: tuple[str, ...] = DEFAULT_FEATURES
     trusted_keys: tuple[str, ...] = ()
     connect_rate: float = 400.0  # new connections per second per process
@@ -168,6 +169,8 @@ class VirtualDevice:
         self.next_churn = time.monotonic() + rng.uniform(0, cfg.churn_period_s)
         self.req_carry = 0.0
         self.req_seq = 0
+        self.window_rows: dict[str, int] = {}
+        self.window_start = time.time()
         self.report_seq = 0
         self.pending_labels: list[tuple[float, str, str]] = []
         # Deployment state, as the agent keeps it.
@@ -409,6 +412,7 @@ class VirtualDevice:
                 self.metrics.record_request("-", None, error="no_model", predictions=0)
                 continue
             self.metrics.record_request(variant, self.rng.lognormvariate(-7.5, 0.4))
+            self.window_rows[variant] = self.window_rows.get(variant, 0) + 1
             # A/B: treatment "v2"-like variants (alphabetically later) are a bit better, so
             # an experiment has a known effect to find.
             variants = sorted(m.variant for m in dep.serving) if dep else []
@@ -513,10 +517,14 @@ class VirtualDevice:
         self.report_seq += 1
         dep = self.deployment
         snapshot = self.metrics.snapshot(reset=True)
+        # Like the agent's count windows: a window is reported when it is full, so most
+        # reports carry none.
         windows = []
-        if dep is not None and self.deployment is not None:
-            for m in dep.serving:
-                windows.append(self._drift_window(m.variant, self.last_report, now))
+        for variant, rows in list(self.window_rows.items()):
+            if rows >= self.cfg.drift_window_rows and self._model_of(variant) is not None:
+                windows.append(self._drift_window(variant, self.window_start, now))
+                self.window_rows[variant] = 0
+                self.window_start = now
         doc = {
             "report_id": f"{self.id}:{self.env.boot_id}:r{self.report_seq}",
             "device": self.id,
@@ -727,6 +735,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--churn-period", type=float, default=60.0)
     ap.add_argument("--churn-offline", type=float, default=10.0)
     ap.add_argument("--fail-load-share", type=float, default=0.0)
+    ap.add_argument("--drift-window-rows", type=int, default=500)
     ap.add_argument("--connect-rate", type=float, default=400.0)
     ap.add_argument("--trusted-key", action="append", default=[])
     ap.add_argument("--features", default=",".join(DEFAULT_FEATURES))
@@ -744,6 +753,7 @@ def main(argv: list[str] | None = None) -> int:
         churn_period_s=a.churn_period,
         churn_offline_s=a.churn_offline,
         fail_load_share=a.fail_load_share,
+        drift_window_rows=a.drift_window_rows,
         connect_rate=a.connect_rate,
         trusted_keys=tuple(a.trusted_key),
         features=tuple(f for f in a.features.split(",") if f),

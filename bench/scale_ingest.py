@@ -128,6 +128,34 @@ def dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+def db_sizes(ws: Workspace) -> dict[str, int]:
+    """Bytes of data, not of files: the WAL holds pages until a checkpoint, so the file
+    sizes jump; page_count (seen through the WAL) minus free pages is what is stored."""
+    db = ControlDB(ws.state_db)
+    try:
+        c = db.conn
+        page = c.execute("PRAGMA page_size").fetchone()[0]
+        used = (
+            c.execute("PRAGMA page_count").fetchone()[0]
+            - c.execute("PRAGMA freelist_count").fetchone()[0]
+        )
+        rows = {
+            t: c.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+            for t in ("variant_stats", "drift_windows", "seen_messages", "events", "devices")
+        }
+        doc_bytes = c.execute("SELECT coalesce(sum(length(doc)), 0) FROM drift_windows").fetchone()[
+            0
+        ]
+    finally:
+        db.close()
+    return {
+        "control_db": used * page,
+        "feature_store": dir_bytes(ws.feature_store_dir),
+        "drift_doc_bytes": doc_bytes,
+        **{f"rows_{t}": n for t, n in rows.items()},
+    }
+
+
 def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -196,7 +224,7 @@ def measure(n: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
         d_peak = PeakRss(daemon.pid)
         b_peak = PeakRss(broker.proc.pid)
         reports0 = count_reports(ws)
-        db0 = dir_bytes(ws.state_db.parent) + dir_bytes(ws.feature_store_dir)
+        db0 = db_sizes(ws)
         t0 = time.monotonic()
         sims = run_fleet(cfg, n, args.procs, args.duration)
         wall = time.monotonic() - t0
@@ -215,7 +243,9 @@ def measure(n: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
         b_cpu1, b_rss1 = proc_cpu_rss(broker.proc.pid)
         lags = ingest_lags(ws)
         reports = count_reports(ws) - reports0
-        db1 = dir_bytes(ws.state_db.parent) + dir_bytes(ws.feature_store_dir)
+        db1 = db_sizes(ws)
+        grown = {k: db1[k] - db0[k] for k in db1}
+        per_day = 86400 / wall
         sent = {k: sum(s.get(k, 0) for s in sims) for k in ("reports", "samples", "labels")}
         messages = sum(sent.values()) + sum(s["status"] for s in sims)
         result.update(
@@ -243,9 +273,10 @@ def measure(n: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
             broker_peak_rss_mb=round(b_peak.stop(), 1),
             sim_cpu_s=round(sum(s["cpu_s"] for s in sims), 1),
             sim_rss_mb_per_proc=round(max(s["rss_mb"] for s in sims), 1),
-            db_growth_bytes=db1 - db0,
-            db_bytes_per_day=int((db1 - db0) * 86400 / wall),
-            db_bytes_per_device_day=int((db1 - db0) * 86400 / wall / n),
+            db_growth=grown,
+            control_db_mb_per_day=round(grown["control_db"] * per_day / 1e6, 1),
+            feature_store_mb_per_day=round(grown["feature_store"] * per_day / 1e6, 1),
+            control_db_kb_per_device_day=round(grown["control_db"] * per_day / n / 1e3, 1),
         )
         # The CLI, answering from the database this fleet left behind.
         result["cli_s"] = {

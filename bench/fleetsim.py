@@ -36,6 +36,7 @@ import hashlib
 import itertools
 import json
 import multiprocessing as mp
+import os
 import random
 import resource
 import select
@@ -95,6 +96,7 @@ class SimConfig:
     trusted_keys: tuple[str, ...] = ()
     connect_rate: float = 400.0  # new connections per second per process
     keepalive_s: int = 60
+    stop_file: str | None = None  # workers end early once this file exists
     seed: int = 0
 
 
@@ -661,6 +663,8 @@ def run_worker(device_ids: list[str], cfg: SimConfig, duration_s: float, seed: i
                     dev.offline_until = time.monotonic() + 2.0  # reconnect after a pause
         if now - last_misc >= 1.0:
             last_misc = now
+            if cfg.stop_file and os.path.exists(cfg.stop_file):
+                break
             for dev in devices:
                 if dev.client.socket() is not None:
                     dev.client.loop_misc()

@@ -310,13 +310,17 @@ def main() -> int:
     ap.add_argument("--fail-load-share", type=float, default=0.0)
     ap.add_argument("--connect-rate", type=float, default=300.0)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--keep", type=Path, default=None, help="keep each workspace under DIR/N")
     args = ap.parse_args()
     # Mosquitto inherits this limit from us: one descriptor per connection.
     fds = raise_fd_limit(max(args.devices) + 1024)
     print(f"RLIMIT_NOFILE {fds}", file=sys.stderr)
     for n in args.devices:
-        with tempfile.TemporaryDirectory(prefix=f"scale-{n}-") as tmp:
-            result = measure(n, args, Path(tmp))
+        if args.keep:
+            result = measure(n, args, args.keep / str(n))
+        else:
+            with tempfile.TemporaryDirectory(prefix=f"scale-{n}-") as tmp:
+                result = measure(n, args, Path(tmp))
         result["self_max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         line = json.dumps(result)
         print(line, flush=True)

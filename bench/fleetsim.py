@@ -91,7 +91,7 @@ class SimConfig:
     churn_period_s: float = 60.0  # each churning device is offline once per period ...
     churn_offline_s: float = 10.0  # ... for this long
     fail_load_share: float = 0.0  # share of devices whose model "does not load"
-    drift_window_rows: int = 500  # a drift window is reported every this many requests
+    drift_window_rows: int = 1000  # the agent's default count window (drift_window)
     features: tuple[str, ...] = DEFAULT_FEATURES
     trusted_keys: tuple[str, ...] = ()
     connect_rate: float = 400.0  # new connections per second per process
@@ -739,7 +739,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--churn-period", type=float, default=60.0)
     ap.add_argument("--churn-offline", type=float, default=10.0)
     ap.add_argument("--fail-load-share", type=float, default=0.0)
-    ap.add_argument("--drift-window-rows", type=int, default=500)
+    ap.add_argument("--drift-window-rows", type=int, default=1000)
     ap.add_argument("--connect-rate", type=float, default=400.0)
     ap.add_argument("--trusted-key", action="append", default=[])
     ap.add_argument("--features", default=",".join(DEFAULT_FEATURES))

@@ -215,6 +215,7 @@ def measure(n: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
             drift_share=args.drift_share,
             churn_share=args.churn_share,
             fail_load_share=args.fail_load_share,
+            drift_window_rows=args.drift_window_rows,
             trusted_keys=(str(ws.public_key_path),),
             connect_rate=args.connect_rate,
         )
@@ -309,6 +310,9 @@ def main() -> int:
     ap.add_argument("--churn-share", type=float, default=0.0)
     ap.add_argument("--fail-load-share", type=float, default=0.0)
     ap.add_argument("--connect-rate", type=float, default=300.0)
+    # The agent's default is 1,000 rows; at 1 request/s that is one window per ~17 min,
+    # so a short run would store none. 100 makes `edgeloop drift` have something to show.
+    ap.add_argument("--drift-window-rows", type=int, default=100)
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--keep", type=Path, default=None, help="keep each workspace under DIR/N")
     args = ap.parse_args()

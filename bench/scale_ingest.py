@@ -54,6 +54,18 @@ def proc_cpu_rss(pid: int) -> tuple[float, float]:
     return cpu, rss
 
 
+def run_delay_s(pid: int) -> float:
+    """Seconds the process's threads spent runnable but waiting for a CPU (schedstat):
+    how much of a lag is the box's load rather than our code."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / 1e9
+
+
 class PeakRss:
     """Samples a process's RSS every 0.5 s; keeps the peak."""
 
@@ -222,6 +234,7 @@ def measure(n: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
         assert broker.proc is not None
         b_cpu0, _ = proc_cpu_rss(broker.proc.pid)
         d_cpu0, d_rss0 = proc_cpu_rss(daemon.pid)
+        d_wait0 = run_delay_s(daemon.pid)
         d_peak = PeakRss(daemon.pid)
         b_peak = PeakRss(broker.proc.pid)
         reports0 = count_reports(ws)
@@ -241,6 +254,7 @@ def measure(n: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
             time.sleep(0.5)
         drain = time.monotonic() - t0 - wall
         d_cpu1, d_rss1 = proc_cpu_rss(daemon.pid)
+        d_wait1 = run_delay_s(daemon.pid)
         b_cpu1, b_rss1 = proc_cpu_rss(broker.proc.pid)
         lags = ingest_lags(ws)
         reports = count_reports(ws) - reports0
@@ -265,6 +279,8 @@ def measure(n: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
             lag_p99_s=percentile(lags, 0.99),
             lag_max_s=max(lags) if lags else None,
             daemon_cpu_s=round(d_cpu1 - d_cpu0, 2),
+            daemon_run_delay_s=round(d_wait1 - d_wait0, 2),
+            loadavg=os.getloadavg()[0],
             daemon_cpu_ms_per_msg=round(1000 * (d_cpu1 - d_cpu0) / max(messages, 1), 3),
             daemon_rss_mb=round(d_rss1, 1),
             daemon_rss_start_mb=round(d_rss0, 1),

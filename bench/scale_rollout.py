@@ -56,7 +56,10 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
     n = args.devices
     ws = make_workspace(work / "ws")
-    Registry.for_workspace(ws).register("sensor", sensor_model("v2").data, {"algorithm": "logreg"})
+    # Another seed: other bytes, so the rollout fans out a new artifact (an identical one
+    # is reused by sha256 and never fetched, as the agent does).
+    v2 = sensor_model("v2", seed=1).data
+    Registry.for_workspace(ws).register("sensor", v2, {"algorithm": "logreg"})
     broker = PrivateBroker(work / "broker").start()
     daemon = start_daemon(ws, broker.url, work / "control.log")
     stop_file = work / "stop"
@@ -83,6 +86,9 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         assert broker.proc is not None
         b_cpu0, _ = proc_cpu_rss(broker.proc.pid)
         d_cpu0, _ = proc_cpu_rss(daemon.pid)
+        db = ControlDB(ws.state_db)
+        v1_size = db.desired(devices[0])[1]["models"][0]["size"]  # type: ignore[index]
+        db.close()
         b_peak, d_peak = PeakRss(broker.proc.pid), PeakRss(daemon.pid)
         env_args = ["rollout", "start", "sensor@v2", "--canary", "1%", "--step", args.step]
         env_args += ["--json"]
@@ -141,6 +147,8 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         sim.join(timeout=120)
         result["artifact_bytes_received"] = sum(s["artifact_bytes"] for s in sims)
         result["artifacts_fetched"] = sum(s["artifacts_fetched"] for s in sims)
+        # What the rollout itself fanned out: all received minus the first deployment's.
+        result["rollout_artifact_bytes"] = result["artifact_bytes_received"] - n * v1_size
         result["swaps"] = sum(s["swaps"] for s in sims)
     finally:
         stop_file.touch()

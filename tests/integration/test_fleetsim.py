@@ -74,7 +74,7 @@ def test_simulated_fleet_against_real_daemon(workspace, broker, tmp_path):  # no
             trusted_keys=(str(ws.public_key_path),),
             seed=3,
         )
-        (sim,) = run_fleet(cfg, N, 1, 8.0)
+        (sim,) = run_fleet(cfg, N, 1, 6.0)
         assert sim["connected"] >= N and sim["connect_failures"] == 0
         assert sim["desired_refused"] == 0
         # Every device verified the signed document and the artifact; the load-failure

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgeloop_control.signing import load_signing_key, sign
+from edgeloop_control.signing import load_signing_key
 from tests.integration.models import Artifact
-from tests.integration.test_agent_e2e import publish_deployment
+from tests.integration.signed import envelope
 from tests.mqtt_helpers import Probe
 
 TRUSTED_KEY = "/etc/edgeloop/signing.pub"
@@ -37,6 +37,12 @@ def enrolment_files(
 def deploy_signed(
     probe: Probe, device: str, revision: int, artifact: Artifact, signing_key: Path
 ) -> None:
-    """Publishes `artifact`, signed with the control node's key, as the device's desired state."""
-    signature = sign(artifact.data, load_signing_key(signing_key))
-    publish_deployment(probe, device, revision, [(artifact, artifact.entry(signature=signature))])
+    """Publishes `artifact` and the device's desired state, both signed the way the
+    control node signs them (the document whole, the artifact as a statement)."""
+    key = load_signing_key(signing_key)
+    probe.publish(f"edgeloop/models/{artifact.name}/{artifact.version}", artifact.data, retain=True)
+    entry = artifact.entry()
+    entry["signature"] = None  # envelope() signs the statement {name, version, sha256, size}
+    probe.publish(
+        f"edgeloop/{device}/desired", envelope(device, revision, [entry], [key]), retain=True
+    )

@@ -17,7 +17,7 @@ from typing import Any
 
 from edgeloop_control.controldb import ControlDB
 from edgeloop_control.deploy import publish_desired
-from edgeloop_control.signing import DesiredSigner
+from edgeloop_control.signing import DesiredSigner, SigningError
 from edgeloop_control.workspace import Workspace
 
 log = logging.getLogger("edgeloop.control.desired")
@@ -45,6 +45,7 @@ class DesiredRefresh:
         self._signer = signer
         self.check_every_s = check_every_s
         self._next_check = 0.0
+        self._key_problem: str | None = None
 
     @property
     def signer(self) -> DesiredSigner:
@@ -54,10 +55,13 @@ class DesiredRefresh:
 
     def due(self, now: float) -> list[str]:
         """Devices whose document is past half its lifetime (or has no expiry at all)."""
+        docs = self.db.all_desired()
+        if not docs:
+            return []  # nothing deployed: no need for the signing key either
         half = self.signer.ttl_s / 2
         return [
             device
-            for device, doc in self.db.all_desired().items()
+            for device, doc in docs.items()
             if not isinstance(doc.get("expires"), (int, float)) or doc["expires"] < now + half
         ]
 
@@ -65,8 +69,17 @@ class DesiredRefresh:
         if now < self._next_check:
             return
         self._next_check = now + self.check_every_s
+        try:
+            due = self.due(now)
+        except SigningError as exc:
+            # No usable key: say so once (deploys fail the same way, loudly), not every tick.
+            if str(exc) != self._key_problem:
+                self._key_problem = str(exc)
+                log.warning("cannot re-sign desired state: %s", exc)
+            return
+        self._key_problem = None
         refreshed = []
-        for device in self.due(now):
+        for device in due:
             current = self.db.desired(device)
             if current is None:
                 continue

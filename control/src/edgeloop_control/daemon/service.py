@@ -115,6 +115,7 @@ class ControlDaemon:
         client.reconnect_delay_set(1, 15)
         client.on_socket_open = no_delay
         client.on_connect = self._on_connect
+        client.on_subscribe = self._on_subscribe
         client.on_disconnect = lambda *a: self.connected.clear()
         client.on_message = lambda _c, _u, msg: self._queue.put(msg)
         if self.address.username:
@@ -131,8 +132,19 @@ class ControlDaemon:
         if rc.is_failure:
             log.error("broker refused the control daemon: %s", rc)
             return
-        for leaf in ("status", "telemetry", "samples", "labels"):
-            client.subscribe(f"{self.prefix}/+/{leaf}", qos=1)
+        # One SUBSCRIBE for every topic, and "connected" only once the broker has
+        # acknowledged it: a message published between a CONNACK and the broker
+        # processing a subscription is not delivered to a new session.
+        topics = [
+            (f"{self.prefix}/+/{leaf}", 1) for leaf in ("status", "telemetry", "samples", "labels")
+        ]
+        client.subscribe(topics)
+
+    def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, codes: Any, _p: Any) -> None:
+        refused = [c for c in codes if getattr(c, "is_failure", False)]
+        if refused:
+            log.error("the broker refused the control daemon's subscriptions: %s", refused)
+            return
         self.connected.set()
         log.info("control daemon connected to %s", self.address)
 

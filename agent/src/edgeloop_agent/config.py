@@ -188,20 +188,15 @@ class AgentConfig:
             raise ConfigError(f"capture_rate must be within [0, 1], got {self.capture_rate!r}")
         if self.require_signature and not self.trusted_keys:
             raise ConfigError("require_signature is set but no trusted_keys are configured")
-        if self.metrics_listen is not None:
-            from edgeloop_agent.prometheus import parse_listen
+        from edgeloop_agent.prometheus import parse_listen
 
-            try:
-                parse_listen(self.metrics_listen)
-            except ValueError as exc:
-                raise ConfigError(str(exc)) from None
-        if self.http_listen is not None:
-            from edgeloop_agent.prometheus import parse_listen
-
-            try:
-                parse_listen(self.http_listen)
-            except ValueError as exc:
-                raise ConfigError(f"http_listen: {exc}") from None
+        for what in ("metrics_listen", "http_listen"):
+            listen = getattr(self, what)
+            if listen is not None:
+                try:
+                    parse_listen(listen, what)
+                except ValueError as exc:
+                    raise ConfigError(str(exc)) from None
         if self.metrics_textfile_dir is not None and not self.metrics_textfile_dir.is_dir():
             raise ConfigError(
                 f"metrics_textfile_dir {self.metrics_textfile_dir} is not a directory"

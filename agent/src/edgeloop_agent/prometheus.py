@@ -315,9 +315,10 @@ class MetricsServer:
         self.server.server_close()
 
 
-def parse_listen(value: str) -> tuple[str, int]:
-    """``host:port`` (``[::1]:9108`` for IPv6) -> (host, port); raises ValueError."""
+def parse_listen(value: str, what: str = "metrics_listen") -> tuple[str, int]:
+    """``host:port`` (``[::1]:9108`` for IPv6) -> (host, port); raises ValueError naming
+    ``what`` (the setting or flag). Shared by every listener the product opens."""
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"metrics address {value!r} must be host:port, e.g. 127.0.0.1:9108")
+        raise ValueError(f"{what} {value!r} must be host:port, e.g. 127.0.0.1:9108")
     return host.strip("[]"), int(port)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import uvicorn
 
+from edgeloop_agent.prometheus import parse_listen as listen_address
 from edgeloop_control.web.app import create_app
 from edgeloop_control.workspace import Workspace
 
@@ -17,10 +18,7 @@ log = logging.getLogger("edgeloop.control.http")
 
 def parse_listen(value: str, *, token: bool = False) -> tuple[str, int]:
     """``127.0.0.1:8765`` -> (host, port); a non-loopback address only with a token."""
-    host, sep, port = value.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"--http {value!r} must be HOST:PORT, e.g. 127.0.0.1:8765")
+    host, port = listen_address(value, "--http")
     try:
         loopback = ipaddress.ip_address(host).is_loopback
     except ValueError:
@@ -30,7 +28,7 @@ def parse_listen(value: str, *, token: bool = False) -> tuple[str, int]:
             f"--http {value!r}: a non-loopback address requires an operator token "
             "([http] token or token_file in edgeloop.toml; see docs/operations.md)"
         )
-    return host, int(port)
+    return host, port
 
 
 class HttpServer:

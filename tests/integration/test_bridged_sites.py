@@ -223,6 +223,8 @@ def test_site_bridges_survive_a_cut_link(workspace: Workspace, tmp_path: Path, a
         (dict(site="s", central="ftp://h"), "mqtt://"),
         (dict(site="s", central="mqtt://h", password="pw\nconnection evil"), "one line"),
         (dict(site="s", central="mqtt://h", ca_file=Path("/ca.pem")), "plain text"),
+        (dict(site="s", central="mqtt://a b:1883"), "plain name"),
+        (dict(site="s", central="mqtt://h", username="u v"), "one line"),
     ],
 )
 def test_bridge_settings_refuse_what_mosquitto_would_misread(settings, message) -> None:

@@ -63,7 +63,9 @@ class BridgeSettings:
         except ValueError as exc:
             raise BridgeConfigError(str(exc).replace("device id", "site name")) from None
         for what, value in (("user name", self.username), ("password", self.password)):
-            if value is not None and (not value or utf8_problem(value) or value != value.strip()):
+            if value is not None and (
+                not value or utf8_problem(value) or any(c.isspace() for c in value)
+            ):
                 raise BridgeConfigError(f"bridge {what} must be printable text on one line")
         if (self.cert_file is None) != (self.key_file is None):
             raise BridgeConfigError("a client certificate needs both --cert-file and --key-file")
@@ -73,9 +75,15 @@ class BridgeSettings:
     @property
     def address(self) -> BrokerAddress:
         try:
-            return BrokerAddress.parse(self.central)
+            addr = BrokerAddress.parse(self.central)
         except ValueError as exc:
             raise BridgeConfigError(str(exc)) from None
+        # Mosquitto reads `address` as a space-separated list and every option as one
+        # line: a host or user name with blanks or control characters would change it.
+        for what, value in (("host", addr.host), ("user name", addr.username)):
+            if value is not None and (utf8_problem(value) or any(c.isspace() for c in value)):
+                raise BridgeConfigError(f"central broker {what} {value!r} is not a plain name")
+        return addr
 
 
 def bridge_config(settings: BridgeSettings) -> str:

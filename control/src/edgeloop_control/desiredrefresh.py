@@ -46,6 +46,7 @@ class DesiredRefresh:
         self.check_every_s = check_every_s
         self._next_check = 0.0
         self._key_problem: str | None = None
+        self._publish_problem: str | None = None
 
     @property
     def signer(self) -> DesiredSigner:
@@ -86,7 +87,17 @@ class DesiredRefresh:
             revision, doc = current
             fresh = {k: v for k, v in doc.items() if k not in _SEALED_FIELDS}
             fresh["revision"] = revision + 1
-            publish_desired(self.client, self.db, self.prefix, device, fresh, signer=self.signer)
+            try:
+                publish_desired(
+                    self.client, self.db, self.prefix, device, fresh, signer=self.signer
+                )
+            except (OSError, RuntimeError, TimeoutError, ValueError) as exc:
+                # Broker away: the next check retries; one line, not one per minute.
+                if str(exc) != self._publish_problem:
+                    self._publish_problem = str(exc)
+                    log.warning("cannot re-publish desired state (will retry): %s", exc)
+                break
+            self._publish_problem = None
             refreshed.append(device)
         if refreshed:
             message = (

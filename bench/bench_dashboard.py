@@ -20,11 +20,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from edgeloop_control.broker import free_port
-from edgeloop_control.controldb import ControlDB
-from edgeloop_control.daemon.ingest import handle_report, handle_status
+from edgeloop_control.fleet.ingest import handle_report, handle_status
+from edgeloop_control.infra.db import ControlDB
+from edgeloop_control.infra.mosquitto import free_port
+from edgeloop_control.infra.workspace import Workspace
 from edgeloop_control.web.server import HttpServer
-from edgeloop_control.workspace import Workspace
 
 
 def _status(device: str) -> dict[str, Any]:

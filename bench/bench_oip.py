@@ -52,7 +52,7 @@ from common import (
     start_broker,
 )
 from edgeloop_agent.mqttlink import no_delay
-from edgeloop_control.broker import free_port
+from edgeloop_control.infra.mosquitto import free_port
 
 VENV_BIN = Path(sys.executable).parent
 

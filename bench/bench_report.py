@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeloop_control.controldb import ControlDB
-from edgeloop_control.daemon.ingest import handle_report
-from edgeloop_control.history import Selection
+from edgeloop_control.fleet.ingest import handle_report
+from edgeloop_control.infra.db import ControlDB
+from edgeloop_control.infra.workspace import Workspace
 from edgeloop_control.report import render_report
 from edgeloop_control.report.collect import collect_report
-from edgeloop_control.workspace import Workspace
+from edgeloop_control.report.history import Selection
 
 FEATURES = [f"feature_{i}" for i in range(8)]
 

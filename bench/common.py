@@ -27,7 +27,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edgeloop_agent.mqttlink import no_delay
-from edgeloop_control.broker import PrivateBroker
+from edgeloop_control.infra.mosquitto import PrivateBroker
 
 # The agent (or a baseline server) gets core 1; broker, load and reply capture share core 0.
 SERVER_CPU = 1

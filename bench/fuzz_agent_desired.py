@@ -28,7 +28,7 @@ from tests.integration.desired_strategies import hostile_message  # noqa: E402
 from tests.integration.models import sensor_model  # noqa: E402
 from tests.mqtt_helpers import AgentProcess, Probe  # noqa: E402
 
-from edgeloop_control.broker import PrivateBroker  # noqa: E402
+from edgeloop_control.infra.mosquitto import PrivateBroker  # noqa: E402
 
 DEVICE = "fuzz-bench"
 

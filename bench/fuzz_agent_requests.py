@@ -30,7 +30,7 @@ from tests.integration.models import sample_features, sensor_model  # noqa: E402
 from tests.integration.test_agent_e2e import publish_deployment, wait_status  # noqa: E402
 from tests.mqtt_helpers import AgentProcess, Probe  # noqa: E402
 
-from edgeloop_control.broker import PrivateBroker  # noqa: E402
+from edgeloop_control.infra.mosquitto import PrivateBroker  # noqa: E402
 
 DEVICE = "d1"
 

@@ -43,10 +43,10 @@ from tests.control.daemon_fuzz import (
 )
 
 from edgeloop_agent.config import BrokerAddress
-from edgeloop_control.broker import PrivateBroker
-from edgeloop_control.controldb import ControlDB
 from edgeloop_control.featurestore import FeatureStore
-from edgeloop_control.workspace import Workspace
+from edgeloop_control.infra.db import ControlDB
+from edgeloop_control.infra.mosquitto import PrivateBroker
+from edgeloop_control.infra.workspace import Workspace
 
 EDGELOOP = str(Path(sys.executable).parent / "edgeloop")
 

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_agent import train_models
 from bench_oip import Rows, start_agent
 from common import Client, rss_kib, start_broker
-from edgeloop_control.broker import free_port
+from edgeloop_control.infra.mosquitto import free_port
 
 _VALUES: list[Any] = [None, True, 0, -1, 2**63, 1e308, "x", "", [], {}, [[1]], float("nan")]
 _TYPES = ["FP32", "FP64", "INT64", "UINT8", "BOOL", "BYTES", "FP8", "", None, 3]

@@ -34,9 +34,9 @@ from bench.scale_ingest import (  # noqa: E402
     synced,
 )
 
-from edgeloop_control.broker import PrivateBroker  # noqa: E402
-from edgeloop_control.controldb import ControlDB  # noqa: E402
-from edgeloop_control.experiments import ExperimentManager  # noqa: E402
+from edgeloop_control.infra.db import ControlDB  # noqa: E402
+from edgeloop_control.infra.mosquitto import PrivateBroker  # noqa: E402
+from edgeloop_control.policies.experiments import ExperimentManager  # noqa: E402
 from edgeloop_control.registry import Registry  # noqa: E402
 
 

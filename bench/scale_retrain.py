@@ -27,10 +27,10 @@ sys.path.insert(0, str(REPO))
 from bench.fleetsim import SimConfig, raise_fd_limit, run_fleet  # noqa: E402
 from bench.scale_ingest import deploy_all, proc_cpu_rss, start_daemon  # noqa: E402
 
-from edgeloop_control.broker import PrivateBroker  # noqa: E402
-from edgeloop_control.controldb import ControlDB  # noqa: E402
+from edgeloop_control.infra.db import ControlDB  # noqa: E402
+from edgeloop_control.infra.mosquitto import PrivateBroker  # noqa: E402
+from edgeloop_control.infra.workspace import Workspace  # noqa: E402
 from edgeloop_control.registry import Registry  # noqa: E402
-from edgeloop_control.workspace import Workspace  # noqa: E402
 
 RETRAIN = """
 [retrain]

@@ -37,10 +37,10 @@ from bench.scale_ingest import (  # noqa: E402
     synced,
 )
 
-from edgeloop_control.broker import PrivateBroker  # noqa: E402
-from edgeloop_control.controldb import ControlDB  # noqa: E402
+from edgeloop_control.infra.db import ControlDB  # noqa: E402
+from edgeloop_control.infra.mosquitto import PrivateBroker  # noqa: E402
+from edgeloop_control.policies.rollout import RolloutManager  # noqa: E402
 from edgeloop_control.registry import Registry  # noqa: E402
-from edgeloop_control.rollout import RolloutManager  # noqa: E402
 
 
 def rollout_status(ws: Any, rid: str) -> dict[str, Any]:

@@ -34,8 +34,8 @@ from edgeloop_agent.drift import (
     WindowConfig,
     build_reference_profile,
 )
-from edgeloop_control.experiments.evaluate import drift_guardrail
-from edgeloop_control.experiments.totals import OutputWindow
+from edgeloop_control.policies.experiments.evaluate import drift_guardrail
+from edgeloop_control.policies.experiments.totals import OutputWindow
 
 FEATURES, WINDOW, CHANGE_AT, ALPHA = 5, 200, 10, 0.05
 W_CHAMPION = np.array([1.0, -0.5, 0.8, 0.3, -0.2])

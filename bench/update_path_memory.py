@@ -25,8 +25,8 @@ from tests.integration.models import sensor_model  # noqa: E402
 from tests.integration.signed import envelope  # noqa: E402
 from tests.mqtt_helpers import AgentProcess, Probe  # noqa: E402
 
-from edgeloop_control.broker import PrivateBroker  # noqa: E402
-from edgeloop_control.signing import generate_keypair, load_signing_key  # noqa: E402
+from edgeloop_control.infra.mosquitto import PrivateBroker  # noqa: E402
+from edgeloop_control.infra.signing import generate_keypair, load_signing_key  # noqa: E402
 
 DEVICE = "mem-1"
 

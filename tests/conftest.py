@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeloop_control.broker import PrivateBroker
+from edgeloop_control.infra.mosquitto import PrivateBroker
 from tests.mqtt_helpers import AgentProcess, Probe
 
 

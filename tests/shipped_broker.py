@@ -12,7 +12,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from edgeloop_control.broker import PrivateBroker, free_port
+from edgeloop_control.infra.mosquitto import PrivateBroker, free_port
 from tests.pki import CertificateAuthority, CertPair
 
 REPO = Path(__file__).resolve().parents[1]

@@ -23,7 +23,7 @@ from edgeloop_agent.mqttlink import MqttLink
 from edgeloop_agent.oip_http import OipHttpServer
 from edgeloop_agent.protocol import Topics, dumps
 from edgeloop_agent.serving import LocalRequest, Server, ServingHooks
-from edgeloop_control.broker import PrivateBroker
+from edgeloop_control.infra.mosquitto import PrivateBroker
 from tests.integration.models import sample_features, sensor_model
 
 

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from edgeloop_control.broker import PrivateBroker
+from edgeloop_control.infra.mosquitto import PrivateBroker
 from tests.control.fleet_history import History, build
 
 

@@ -18,9 +18,9 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from edgeloop_control.controldb import ControlDB
 from edgeloop_control.daemon.service import ControlDaemon
-from edgeloop_control.workspace import Workspace
+from edgeloop_control.infra.db import ControlDB
+from edgeloop_control.infra.workspace import Workspace
 
 LEAVES = ("status", "telemetry", "samples", "labels")
 SENTINEL = "sentinel-1"

@@ -19,16 +19,16 @@ from typing import Any
 from edgeloop_agent.drift import DriftConfig, DriftMonitor, WindowConfig, build_reference_profile
 from edgeloop_agent.metrics import Metrics
 from edgeloop_agent.telemetry import json_safe
-from edgeloop_control.broker import PrivateBroker
-from edgeloop_control.controldb import ControlDB
-from edgeloop_control.daemon.ingest import handle_report, handle_status
 from edgeloop_control.demo.sensors import FEATURES, SensorShift, generate
-from edgeloop_control.deploy import plan_desired
-from edgeloop_control.experiments import ExperimentConfig, ExperimentManager
-from edgeloop_control.mqttclient import ControlClient
+from edgeloop_control.fleet.desired import plan_desired
+from edgeloop_control.fleet.ingest import handle_report, handle_status
+from edgeloop_control.infra.db import ControlDB
+from edgeloop_control.infra.mosquitto import PrivateBroker
+from edgeloop_control.infra.mqtt import ControlClient
+from edgeloop_control.infra.workspace import Workspace
+from edgeloop_control.policies.experiments import ExperimentConfig, ExperimentManager
+from edgeloop_control.policies.rollout import RolloutConfig, RolloutManager
 from edgeloop_control.registry import Registry
-from edgeloop_control.rollout import RolloutConfig, RolloutManager
-from edgeloop_control.workspace import Workspace
 from tests.integration.models import sensor_model
 
 DEVICES = ["pump-1", "pump-2", "pump-3"]

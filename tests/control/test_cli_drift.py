@@ -100,9 +100,9 @@ def test_layout_fits_then_drops_then_goes_vertical() -> None:
 def test_terminal_control_characters_from_devices_are_shown_not_obeyed(tmp_path: Path) -> None:
     """A feature name or variant carrying ESC sequences (set the window title, recolour, clear
     the screen) or a right-to-left override is printed escaped, in the table and the heading."""
-    from edgeloop_control.controldb import ControlDB
-    from edgeloop_control.daemon.ingest import handle_report
-    from edgeloop_control.workspace import Workspace
+    from edgeloop_control.fleet.ingest import handle_report
+    from edgeloop_control.infra.db import ControlDB
+    from edgeloop_control.infra.workspace import Workspace
     from tests.control.fleet_history import _envelope
 
     hostile = "temp\x1b]0;pwned\x07\x1b[2J\u202eevil"

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from edgeloop_control.cli import app
-from edgeloop_control.history import HistoryError, parse_when
+from edgeloop_control.report.history import HistoryError, parse_when
 from tests.control.fleet_history import DEVICES, History
 from tests.control.test_report_render import Page
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from edgeloop_control.controldb import ControlDB
+from edgeloop_control.infra.db import ControlDB
 
 
 def test_first_sighting_once_and_old_ids_are_forgotten(tmp_path: Path) -> None:

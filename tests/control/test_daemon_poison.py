@@ -20,9 +20,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgeloop_control.controldb import ControlDB
-from edgeloop_control.daemon.messages import PoisonMessage, load_json, parse_status
 from edgeloop_control.featurestore import FeatureStore
+from edgeloop_control.fleet.messages import PoisonMessage, load_json, parse_status
+from edgeloop_control.infra.db import ControlDB
 from tests.control.daemon_fuzz import (
     GOOD_DEVICES,
     SENTINEL,

@@ -9,13 +9,13 @@ from pathlib import Path
 
 from edgeloop_agent.desired import DesiredState, open_envelope
 from edgeloop_agent.signature import load_public_keys
-from edgeloop_control.broker import PrivateBroker
-from edgeloop_control.controldb import ControlDB
-from edgeloop_control.deploy import publish_desired
-from edgeloop_control.desiredrefresh import DesiredRefresh
-from edgeloop_control.mqttclient import ControlClient
-from edgeloop_control.signing import DesiredSigner, ensure_keypair, load_signing_key
-from edgeloop_control.workspace import Workspace
+from edgeloop_control.fleet.desired import publish_desired
+from edgeloop_control.fleet.refresh import DesiredRefresh
+from edgeloop_control.infra.db import ControlDB
+from edgeloop_control.infra.mosquitto import PrivateBroker
+from edgeloop_control.infra.mqtt import ControlClient
+from edgeloop_control.infra.signing import DesiredSigner, ensure_keypair, load_signing_key
+from edgeloop_control.infra.workspace import Workspace
 
 DOC = {
     "revision": 4,

@@ -17,8 +17,8 @@ import pytest
 from typer.testing import CliRunner
 
 from edgeloop_control.cli import app
-from edgeloop_control.controldb import ControlDB
-from edgeloop_control.workspace import Workspace
+from edgeloop_control.infra.db import ControlDB
+from edgeloop_control.infra.workspace import Workspace
 
 BAD_IDS = ["d\n", "d\x01", "..", "$SYS", "x" * 5000, "models", "Control", "a/b", "a+", "#", ""]
 AGENT = str(Path(sys.executable).parent / "edgeloop-agent")

@@ -20,12 +20,17 @@ import pytest
 
 from edgeloop_agent.metrics import Metrics
 from edgeloop_agent.telemetry import json_safe
-from edgeloop_control.broker import PrivateBroker
-from edgeloop_control.controldb import ControlDB
-from edgeloop_control.daemon.ingest import handle_report
 from edgeloop_control.demo.sensors import generate
-from edgeloop_control.experiments import ExperimentConfig, ExperimentError, ExperimentManager
-from edgeloop_control.mqttclient import ControlClient
+from edgeloop_control.fleet.ingest import handle_report
+from edgeloop_control.infra.db import ControlDB
+from edgeloop_control.infra.mosquitto import PrivateBroker
+from edgeloop_control.infra.mqtt import ControlClient
+from edgeloop_control.infra.workspace import Workspace
+from edgeloop_control.policies.experiments import (
+    ExperimentConfig,
+    ExperimentError,
+    ExperimentManager,
+)
 from edgeloop_control.registry import Registry
 from edgeloop_control.stats import (
     BinaryStats,
@@ -38,7 +43,6 @@ from edgeloop_control.stats import (
     wilson_interval,
 )
 from edgeloop_control.training import TrainConfig, train
-from edgeloop_control.workspace import Workspace
 from tests.integration.models import sensor_model
 from tests.mqtt_helpers import Probe
 
@@ -216,7 +220,7 @@ def warm_up(db: ControlDB, exp_id: str, *devices: Device) -> None:
 
 
 def desired(probe: Probe, device: str) -> dict[str, Any]:
-    from edgeloop_control.signing import open_desired
+    from edgeloop_control.infra.signing import open_desired
 
     probe.subscribe(f"edgeloop/{device}/desired")
     while True:
@@ -572,7 +576,7 @@ def test_sample_ratio_mismatch_rolls_back(env: Env) -> None:
 
 
 def test_auto_promotion_sets_the_champion_and_starts_a_rollout(env: Env) -> None:
-    from edgeloop_control.rollout import RolloutManager
+    from edgeloop_control.policies.rollout import RolloutManager
 
     rollouts = RolloutManager(env.ws, env.db, env.client)
     m = env.manager(rollouts=rollouts)
@@ -680,8 +684,8 @@ def test_stop_leaves_devices_whose_desired_state_changed_alone(env: Env) -> None
     m = env.manager()
     exp_id = m.start("sensor", "v1", "v2", ["d1", "d2"])["id"]
     # Someone deploys v3 to d2 by hand during the experiment.
-    from edgeloop_control.deploy import plan_desired, publish_desired
-    from edgeloop_control.signing import DesiredSigner
+    from edgeloop_control.fleet.desired import plan_desired, publish_desired
+    from edgeloop_control.infra.signing import DesiredSigner
 
     v3 = env.registry.get("sensor@v3")
     doc = plan_desired(env.db.desired("d2")[1], [(v3, 100.0)], [])

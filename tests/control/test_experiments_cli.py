@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeloop_control.broker import free_port
+from edgeloop_control.infra.mosquitto import free_port
 from tests.control import test_experiments as base
 from tests.control.test_experiments import CHALL, CHAMP, Device, Env, retained_desired, warm_up
 

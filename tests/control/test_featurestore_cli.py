@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from edgeloop_control.cli.features import app, ingest_file
 from edgeloop_control.featurestore import FeatureStore
-from edgeloop_control.workspace import Workspace
+from edgeloop_control.infra.workspace import Workspace
 
 NOW = pd.Timestamp.now(tz="UTC").floor("s")
 

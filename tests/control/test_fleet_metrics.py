@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from edgeloop_agent.metrics import LatencyHistogram
-from edgeloop_control.broker import free_port
-from edgeloop_control.controldb import ControlDB
+from edgeloop_control.infra.db import ControlDB
+from edgeloop_control.infra.mosquitto import free_port
 from edgeloop_control.web.fleetmetrics import FleetMetrics
 from edgeloop_control.web.server import HttpServer, parse_listen
 

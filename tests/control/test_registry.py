@@ -15,8 +15,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeloop_agent.signature import load_public_keys, verify
+from edgeloop_control.infra.workspace import Workspace
 from edgeloop_control.registry import ModelVersion, Registry, RegistryError, parse_ref
-from edgeloop_control.workspace import Workspace
 
 # DVC's own code triggers these in pygtrie; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:dvc.*")

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from edgeloop_control.infra.workspace import Workspace
 from edgeloop_control.registry import Registry, RegistryError
-from edgeloop_control.workspace import Workspace
 from tests.control.test_registry import tiny_onnx
 
 

@@ -15,12 +15,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edgeloop_control.controldb import ControlDB
-from edgeloop_control.history import Selection, feature_order
+from edgeloop_control.infra.db import ControlDB
+from edgeloop_control.infra.workspace import Workspace
 from edgeloop_control.report import render_report, write_report
 from edgeloop_control.report.collect import collect_report
+from edgeloop_control.report.history import Selection, feature_order
 from edgeloop_control.report.markup import unique_slugs
-from edgeloop_control.workspace import Workspace
 from tests.chromium import run_chromium
 from tests.control.fleet_history import (
     CATEGORICAL,
@@ -174,8 +174,8 @@ def test_chromium_renders_the_workspace_report(fleet_history: History, tmp_path:
 
 def test_nonsense_from_an_agent_does_not_cost_the_page(tmp_path: Path) -> None:
     """Negative counts, text for numbers, markup in names: the page is still written."""
-    from edgeloop_control.daemon.ingest import handle_report
-    from edgeloop_control.daemon.messages import PoisonMessage
+    from edgeloop_control.fleet.ingest import handle_report
+    from edgeloop_control.fleet.messages import PoisonMessage
     from tests.control.fleet_history import _envelope
 
     ws = Workspace.init(tmp_path / "ws")

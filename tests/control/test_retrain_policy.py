@@ -19,14 +19,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from edgeloop_control.controldb import ControlDB
 from edgeloop_control.featurestore import FeatureStore
+from edgeloop_control.infra.db import ControlDB
+from edgeloop_control.infra.signing import ensure_keypair
+from edgeloop_control.infra.workspace import Workspace
+from edgeloop_control.jobs.train_and_register import train_and_register
+from edgeloop_control.policies.retrain.policy import RetrainConfig, RetrainPolicy
 from edgeloop_control.registry import Registry
-from edgeloop_control.retrain import RetrainConfig, RetrainPolicy
-from edgeloop_control.signing import ensure_keypair
 from edgeloop_control.training import TrainConfig
-from edgeloop_control.trainrun import train_and_register
-from edgeloop_control.workspace import Workspace
 
 DEVICE = "loan-1"
 T0 = 1_764_000_000.0

@@ -21,13 +21,13 @@ from typing import Any
 import pytest
 
 from edgeloop_agent.metrics import LatencyHistogram
-from edgeloop_control.controldb import ControlDB
-from edgeloop_control.daemon.ingest import handle_report, handle_status
-from edgeloop_control.deploy import plan_desired
-from edgeloop_control.mqttclient import ControlClient
-from edgeloop_control.registry import Registry
-from edgeloop_control.report import parse_report
-from edgeloop_control.rollout import (
+from edgeloop_control.fleet.desired import plan_desired
+from edgeloop_control.fleet.ingest import handle_report, handle_status
+from edgeloop_control.infra.db import ControlDB
+from edgeloop_control.infra.mqtt import ControlClient
+from edgeloop_control.infra.signing import open_desired
+from edgeloop_control.infra.workspace import Workspace
+from edgeloop_control.policies.rollout import (
     RolloutConfig,
     RolloutError,
     RolloutManager,
@@ -37,9 +37,9 @@ from edgeloop_control.rollout import (
     report_view,
     split_batches,
 )
-from edgeloop_control.rollout.plan import rollback_doc
-from edgeloop_control.signing import open_desired
-from edgeloop_control.workspace import Workspace
+from edgeloop_control.policies.rollout.plan import rollback_doc
+from edgeloop_control.registry import Registry
+from edgeloop_control.report import parse_report
 from tests.integration.models import sensor_model
 from tests.integration.signed import unsealed
 from tests.mqtt_helpers import Probe

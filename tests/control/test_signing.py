@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edgeloop_agent.signature import SignatureError, load_public_keys, verify
-from edgeloop_control.signing import (
+from edgeloop_control.infra.signing import (
     SigningError,
     ensure_keypair,
     generate_keypair,

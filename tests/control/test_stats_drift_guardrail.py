@@ -20,8 +20,8 @@ from edgeloop_agent.drift import (
     WindowConfig,
     build_reference_profile,
 )
-from edgeloop_control.experiments.evaluate import drift_guardrail
-from edgeloop_control.experiments.totals import OutputWindow
+from edgeloop_control.policies.experiments.evaluate import drift_guardrail
+from edgeloop_control.policies.experiments.totals import OutputWindow
 
 ALPHA = 0.05
 
@@ -121,8 +121,8 @@ def test_output_windows_pairs_the_arms_by_report_and_skips_what_it_cannot_read(
 ) -> None:
     import json
 
-    from edgeloop_control.controldb import ControlDB
-    from edgeloop_control.experiments.totals import output_windows
+    from edgeloop_control.infra.db import ControlDB
+    from edgeloop_control.policies.experiments.totals import output_windows
 
     db = ControlDB(tmp_path / "control.db")
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from edgeloop_control.infra.workspace import Workspace
 from edgeloop_control.tracking import (
     TAG_DATA_HASH,
     TAG_FEATURE_VIEW_VERSION,
@@ -23,7 +24,6 @@ from edgeloop_control.tracking import (
     TrackingError,
     push_local_runs,
 )
-from edgeloop_control.workspace import Workspace
 from tests.control.mlflow_server import MlflowServer, free_port, start_mlflow_server
 
 ONNX = b"\x08\x07onnx-bytes" * 50
@@ -348,10 +348,10 @@ def test_documented_tags_find_a_trained_model_on_the_server(
     import pandas as pd
 
     from edgeloop_control.featurestore import FeatureStore
+    from edgeloop_control.infra.signing import ensure_keypair
+    from edgeloop_control.jobs.train_and_register import train_and_register
     from edgeloop_control.registry import Registry
-    from edgeloop_control.signing import ensure_keypair
     from edgeloop_control.training import TrainConfig
-    from edgeloop_control.trainrun import train_and_register
 
     ensure_keypair(ws.signing_key_path, ws.public_key_path)
     Registry.for_workspace(ws)

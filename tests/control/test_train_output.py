@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgeloop_control.cli.commands import parity_line, size_line
+from edgeloop_control.infra.workspace import Workspace
 from edgeloop_control.training.footprint import agent_memory_estimate
-from edgeloop_control.workspace import Workspace
 
 
 def test_parity_line_speaks_the_task() -> None:

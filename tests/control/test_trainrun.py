@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 
 from edgeloop_control.featurestore import FeatureStore
+from edgeloop_control.infra.signing import ensure_keypair
+from edgeloop_control.infra.workspace import Workspace
+from edgeloop_control.jobs.train_and_register import train_and_register
 from edgeloop_control.registry import Registry
-from edgeloop_control.signing import ensure_keypair
 from edgeloop_control.training import TrainConfig, TrainingError
-from edgeloop_control.trainrun import train_and_register
-from edgeloop_control.workspace import Workspace
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ from urllib.parse import quote
 
 import pytest
 
-from edgeloop_control.controldb import ControlDB
-from edgeloop_control.daemon.ingest import handle_report, handle_status
+from edgeloop_control.fleet.ingest import handle_report, handle_status
+from edgeloop_control.infra.db import ControlDB
 from edgeloop_control.registry import Registry
 from edgeloop_control.web.auth import load_token, read_or_create_token
 from edgeloop_control.web.server import HttpServer, parse_listen
@@ -123,7 +123,7 @@ def test_token_file_is_generated_0600_and_read_back(tmp_path: Path, fleet_histor
     ws = copy_workspace(fleet_history.ws, tmp_path / "ws")
     config = Path(ws.root) / "edgeloop.toml"
     config.write_text(config.read_text() + '\n[http]\ntoken_file = "http-token"\n')
-    from edgeloop_control.workspace import Workspace
+    from edgeloop_control.infra.workspace import Workspace
 
     ws = Workspace.open(ws.root)
     token = load_token(ws)

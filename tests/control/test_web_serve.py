@@ -9,8 +9,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from edgeloop_control.broker import PrivateBroker, free_port
-from edgeloop_control.workspace import Workspace
+from edgeloop_control.infra.mosquitto import PrivateBroker, free_port
+from edgeloop_control.infra.workspace import Workspace
 from tests.control.web_client import Browser
 
 EDGELOOP = str(Path(sys.executable).parent / "edgeloop")

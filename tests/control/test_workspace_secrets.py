@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from edgeloop_agent.config import BrokerAddress
 from edgeloop_control.cli import app
 from edgeloop_control.daemon.service import ControlDaemon
-from edgeloop_control.workspace import CONFIG_NAME, Workspace
+from edgeloop_control.infra.workspace import CONFIG_NAME, Workspace
 
 URL = "mqtt://alice:s3cr%40t-pw@127.0.0.1:1883"
 

@@ -11,9 +11,9 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeloop_control.broker import free_port
+from edgeloop_control.infra.mosquitto import free_port
+from edgeloop_control.infra.workspace import Workspace
 from edgeloop_control.web.server import HttpServer
-from edgeloop_control.workspace import Workspace
 
 
 @dataclass

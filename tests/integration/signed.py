@@ -7,7 +7,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edgeloop_control.signing import sign_artifact_statement, sign_desired
+from edgeloop_control.infra.signing import sign_artifact_statement, sign_desired
 
 
 def unsealed(doc: dict[str, Any]) -> dict[str, Any]:

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from edgeloop_agent.router import bucket_of
+from edgeloop_control.infra.workspace import Workspace
 from edgeloop_control.registry import Registry
-from edgeloop_control.workspace import Workspace
 from tests.integration.models import sample_features, sensor_model
 from tests.integration.test_agent_e2e import wait_status
 from tests.mqtt_helpers import AgentProcess, Probe

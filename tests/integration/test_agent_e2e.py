@@ -11,7 +11,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from edgeloop_control.broker import PrivateBroker
+from edgeloop_control.infra.mosquitto import PrivateBroker
 from tests.integration.models import Artifact, sample_features, sensor_model, strict_model
 from tests.mqtt_helpers import AgentProcess, Probe
 

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pytest
 
-from edgeloop_control.broker import PrivateBroker
-from edgeloop_control.controldb import ControlDB
 from edgeloop_control.featurestore import FeatureStore
+from edgeloop_control.infra.db import ControlDB
+from edgeloop_control.infra.mosquitto import PrivateBroker
+from edgeloop_control.infra.sitebridge import BridgeConfigError, BridgeSettings, bridge_config
+from edgeloop_control.infra.workspace import Workspace
 from edgeloop_control.registry import Registry
-from edgeloop_control.sitebridge import BridgeConfigError, BridgeSettings, bridge_config
-from edgeloop_control.workspace import Workspace
 from tests.integration.models import sample_features, sensor_model
 from tests.integration.test_control_daemon import EDGELOOP, start_daemon, wait_connected
 from tests.mqtt_helpers import AgentProcess, Probe

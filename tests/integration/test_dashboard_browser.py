@@ -18,7 +18,7 @@ from typing import TypeVar
 
 import pytest
 
-from edgeloop_control.controldb import ControlDB
+from edgeloop_control.infra.db import ControlDB
 from edgeloop_control.web.server import HttpServer
 from tests.control.conftest import fleet_history  # noqa: F401 (the shared fixture)
 from tests.control.fleet_history import LONG_DEVICE, History

@@ -27,12 +27,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edgeloop_control.broker import PrivateBroker
-from edgeloop_control.controldb import ControlDB
 from edgeloop_control.demo.sensors import FEATURES, generate
+from edgeloop_control.infra.db import ControlDB
+from edgeloop_control.infra.mosquitto import PrivateBroker
+from edgeloop_control.infra.workspace import Workspace
 from edgeloop_control.registry import Registry
 from edgeloop_control.training import TrainConfig, train
-from edgeloop_control.workspace import Workspace
 from tests.mqtt_helpers import AgentProcess, Probe
 
 EDGELOOP = str(Path(sys.executable).parent / "edgeloop")

@@ -7,9 +7,9 @@ import json
 import time
 from pathlib import Path
 
-from edgeloop_control.broker import PrivateBroker
-from edgeloop_control.controldb import ControlDB
-from edgeloop_control.workspace import Workspace
+from edgeloop_control.infra.db import ControlDB
+from edgeloop_control.infra.mosquitto import PrivateBroker
+from edgeloop_control.infra.workspace import Workspace
 from tests.integration.test_experiment_e2e import (  # noqa: F401 - fixtures
     DEVICES,
     ON_DEVICES,

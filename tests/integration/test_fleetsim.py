@@ -17,7 +17,7 @@ from pathlib import Path
 from bench.fleetsim import EnvelopeMaker, SimConfig, run_fleet
 
 from edgeloop_agent.outbox import Outbox
-from edgeloop_control.controldb import ControlDB
+from edgeloop_control.infra.db import ControlDB
 from tests.integration.test_control_daemon import (  # noqa: F401 (fixture)
     EDGELOOP,
     start_daemon,

@@ -19,7 +19,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 
-from edgeloop_control.broker import PrivateBroker
+from edgeloop_control.infra.mosquitto import PrivateBroker
 from tests.agent.hostile_payloads import Harness, request_cases
 from tests.integration.models import Artifact, sample_features, sensor_model
 from tests.integration.test_agent_e2e import publish_deployment, wait_status

@@ -23,8 +23,8 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from edgeloop_control.broker import PrivateBroker, free_port
-from edgeloop_control.signing import generate_keypair, load_signing_key
+from edgeloop_control.infra.mosquitto import PrivateBroker, free_port
+from edgeloop_control.infra.signing import generate_keypair, load_signing_key
 from tests.integration.models import Artifact, sample_features, sensor_model, strict_model
 from tests.integration.signed import envelope
 from tests.mqtt_helpers import AgentProcess, Probe

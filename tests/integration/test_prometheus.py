@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from edgeloop_control.broker import PrivateBroker
+from edgeloop_control.infra.mosquitto import PrivateBroker
 from tests.integration.models import sample_features, sensor_model
 from tests.integration.test_agent_e2e import (
     DEVICE,
@@ -94,8 +94,8 @@ def test_prometheus_reads_the_fleet_from_the_control_node(
     import os
     import subprocess
 
+    from edgeloop_control.infra.workspace import Workspace
     from edgeloop_control.registry import Registry
-    from edgeloop_control.workspace import Workspace
     from tests.integration.test_control_daemon import EDGELOOP, wait_connected
 
     ws = Workspace.init(tmp_path / "ws")

@@ -16,14 +16,14 @@ from typing import Any
 
 import pytest
 
-from edgeloop_control.controldb import ControlDB
 from edgeloop_control.daemon.service import ControlDaemon
-from edgeloop_control.deploy import plan_desired, publish_artifact, publish_desired
-from edgeloop_control.mqttclient import connected
+from edgeloop_control.fleet.desired import plan_desired, publish_artifact, publish_desired
+from edgeloop_control.infra.db import ControlDB
+from edgeloop_control.infra.mqtt import connected
+from edgeloop_control.infra.signing import DesiredSigner, open_desired
+from edgeloop_control.infra.workspace import Workspace
+from edgeloop_control.policies.rollout import RolloutConfig, RolloutManager
 from edgeloop_control.registry import Registry
-from edgeloop_control.rollout import RolloutConfig, RolloutManager
-from edgeloop_control.signing import DesiredSigner, open_desired
-from edgeloop_control.workspace import Workspace
 from tests.control.test_rollout import build_template, copy_workspace
 from tests.integration.models import sample_features, sensor_model
 from tests.mqtt_helpers import AgentProcess, Probe

@@ -401,7 +401,7 @@ def test_message_size_limit_sits_above_the_agents_artifact_limit(tmp_path: Path)
 
 def test_private_broker_uses_the_shipped_delivery_settings():
     """The tests' and the demo's broker must behave like the operators' one."""
-    from edgeloop_control.broker import BROKER_SETTINGS
+    from edgeloop_control.infra.mosquitto import BROKER_SETTINGS
 
     def settings(text: str) -> dict[str, str]:
         lines = (ln.split(None, 1) for ln in text.splitlines() if ln and ln[0] != "#")
@@ -423,7 +423,7 @@ def test_private_broker_uses_the_shipped_delivery_settings():
 
 
 def test_control_client_names_the_tls_failure(tmp_path: Path):
-    from edgeloop_control.mqttclient import BrokerError, ControlClient
+    from edgeloop_control.infra.mqtt import BrokerError, ControlClient
 
     other = CertificateAuthority(tmp_path / "other", "some other CA")
     with ShippedBroker(tmp_path / "broker", ["edgeloop-control"]) as broker:

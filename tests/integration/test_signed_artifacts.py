@@ -5,8 +5,8 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 
-from edgeloop_control.signing import ensure_keypair, generate_keypair, load_signing_key, sign
-from edgeloop_control.workspace import Workspace
+from edgeloop_control.infra.signing import ensure_keypair, generate_keypair, load_signing_key, sign
+from edgeloop_control.infra.workspace import Workspace
 from tests.integration.models import sample_features, sensor_model
 from tests.integration.signed import envelope, sign_entry
 from tests.integration.test_agent_e2e import publish_deployment, wait_status

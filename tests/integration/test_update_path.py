@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edgeloop_control.signing import generate_keypair, load_signing_key
-from edgeloop_control.workspace import Workspace
+from edgeloop_control.infra.signing import generate_keypair, load_signing_key
+from edgeloop_control.infra.workspace import Workspace
 from tests.integration.models import Artifact, sample_features, sensor_model
 from tests.integration.signed import envelope, sign_entry
 from tests.mqtt_helpers import VENV_BIN, AgentProcess, Probe

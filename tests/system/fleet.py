@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgeloop_control.signing import load_signing_key
+from edgeloop_control.infra.signing import load_signing_key
 from tests.integration.models import Artifact
 from tests.integration.signed import envelope
 from tests.mqtt_helpers import Probe

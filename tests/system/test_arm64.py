@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeloop_control.signing import generate_keypair
+from edgeloop_control.infra.signing import generate_keypair
 from tests.integration.models import sample_features, sensor_model
 from tests.mqtt_helpers import AgentProcess
 from tests.system.debian import Arm64Chroot, skip_reason_arm64, unpack_rootfs

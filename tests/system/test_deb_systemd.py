@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from edgeloop_control.broker import PrivateBroker
-from edgeloop_control.signing import generate_keypair
+from edgeloop_control.infra.mosquitto import PrivateBroker
+from edgeloop_control.infra.signing import generate_keypair
 from tests.integration.models import sample_features, sensor_model
 from tests.mqtt_helpers import Probe
 from tests.system.debian import BootedContainer, unpack_rootfs, wait_until

@@ -1,6 +1,6 @@
 """Ed25519 verification of desired-state documents and model artifacts.
 
-Two things are signed by the control node (see ``edgeloop_control.signing``):
+Two things are signed by the control node (see ``edgeloop_control.infra.signing``):
 
 * the whole desired-state document, as an envelope
   ``{"payloadType", "payload": base64(canonical JSON), "signatures": [{"keyid", "sig"}]}``;

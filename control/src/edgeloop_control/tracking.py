@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
-    from edgeloop_control.workspace import Workspace
+    from edgeloop_control.infra.workspace import Workspace
 
 # Tags the training code sets on its runs (see docs/tracking.md).
 TAG_REGISTRY_COMMIT = "edgeloop.registry_commit"

@@ -14,13 +14,13 @@ from typing import Annotated, Any
 import typer
 
 from edgeloop_control.cli.common import console, fail, print_json, state, table
-from edgeloop_control.controldb import ControlDB
-from edgeloop_control.deploy import DeployError, check_device_ids
-from edgeloop_control.mqttclient import BrokerError, connected
-from edgeloop_control.workspace import WorkspaceError
+from edgeloop_control.fleet.desired import DeployError, check_device_ids
+from edgeloop_control.infra.db import ControlDB
+from edgeloop_control.infra.mqtt import BrokerError, connected
+from edgeloop_control.infra.workspace import WorkspaceError
 
-# edgeloop_control.experiments pulls in scipy (seconds on a small box): it is imported inside
-# the commands, so `edgeloop --help` and unrelated commands do not pay for it.
+# edgeloop_control.policies.experiments pulls in scipy (seconds on a small box): it is
+# imported inside the commands, so `edgeloop --help` and unrelated commands do not pay for it.
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -69,7 +69,7 @@ def start(
     as_json: JsonOpt = False,
 ) -> None:
     """Split the devices' traffic between champion and challenger and start measuring."""
-    from edgeloop_control.experiments import ExperimentError, ExperimentManager
+    from edgeloop_control.policies.experiments import ExperimentError, ExperimentManager
 
     st = state(ctx)
     ws = st.workspace
@@ -119,7 +119,7 @@ def status(
     as_json: JsonOpt = False,
 ) -> None:
     """Experiments with their statistics, guardrails and decision (no broker needed)."""
-    from edgeloop_control.experiments import ExperimentError, ExperimentManager
+    from edgeloop_control.policies.experiments import ExperimentError, ExperimentManager
 
     ws = state(ctx).workspace
     db = ControlDB(ws.state_db)
@@ -151,7 +151,7 @@ def stop(
     as_json: JsonOpt = False,
 ) -> None:
     """End an experiment keeping the champion: its devices go back to it at 100%."""
-    from edgeloop_control.experiments import ExperimentError, ExperimentManager
+    from edgeloop_control.policies.experiments import ExperimentError, ExperimentManager
 
     st = state(ctx)
     ws = st.workspace
@@ -177,7 +177,7 @@ def promote(
     as_json: JsonOpt = False,
 ) -> None:
     """Make the challenger the champion; `edgeloop serve` then rolls it out to the fleet."""
-    from edgeloop_control.experiments import ExperimentError, ExperimentManager
+    from edgeloop_control.policies.experiments import ExperimentError, ExperimentManager
 
     ws = state(ctx).workspace
     db = ControlDB(ws.state_db)

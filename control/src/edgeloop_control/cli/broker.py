@@ -41,7 +41,7 @@ def config(
     ] = None,
 ) -> None:
     """The Mosquitto bridge section for a site broker (docs/operations.md, "Sites")."""
-    from edgeloop_control.sitebridge import BridgeConfigError, BridgeSettings, bridge_config
+    from edgeloop_control.infra.sitebridge import BridgeConfigError, BridgeSettings, bridge_config
 
     password = None
     if password_env:

@@ -26,9 +26,9 @@ def init(
 ) -> None:
     """Create a workspace: config, feature store, registry and signing key."""
     from edgeloop_control.featurestore import FeatureStore
+    from edgeloop_control.infra.signing import SigningError, ensure_keypair
+    from edgeloop_control.infra.workspace import Workspace, WorkspaceError
     from edgeloop_control.registry import Registry, RegistryError
-    from edgeloop_control.signing import SigningError, ensure_keypair
-    from edgeloop_control.workspace import Workspace, WorkspaceError
 
     st = state(ctx)
     target = directory or Path(st.workspace_arg or ".")
@@ -121,10 +121,10 @@ def train_cmd(
 ) -> None:
     """Train, export to ONNX, verify parity, register MODEL@vN and track the run."""
     from edgeloop_control.featurestore import FeatureStoreError
+    from edgeloop_control.jobs.train_and_register import train_and_register
     from edgeloop_control.registry import RegistryError
     from edgeloop_control.tracking import TrackingError
     from edgeloop_control.training import TrainConfig, TrainingError
-    from edgeloop_control.trainrun import train_and_register
 
     if stage not in ("auto", "none", "champion", "challenger"):
         fail(f"--stage must be auto, none, champion or challenger, got {stage!r}")

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from edgeloop_control.workspace import Workspace, WorkspaceError
+from edgeloop_control.infra.workspace import Workspace, WorkspaceError
 
 console = Console()
 err_console = Console(stderr=True)

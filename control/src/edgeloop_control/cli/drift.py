@@ -36,9 +36,9 @@ def drift(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
     """Per-feature drift of recent windows: PSI, KS p-value and the agent's verdict."""
-    from edgeloop_control import history
     from edgeloop_control.cli.filters import selection
-    from edgeloop_control.controldb import ControlDB
+    from edgeloop_control.infra.db import ControlDB
+    from edgeloop_control.report import history
 
     ws = state(ctx).workspace
     sel = selection(since, until, device, model)
@@ -114,8 +114,8 @@ def print_drift(console: Any, found: list[dict[str, Any]], scope: str) -> None:
     the window's verdict, then a feature table (or vertical rows when it would not fit)."""
     from rich.text import Text
 
-    from edgeloop_control import history
     from edgeloop_control.cli.layout import print_rows, safe_text
+    from edgeloop_control.report import history
 
     if not found:
         console.print(

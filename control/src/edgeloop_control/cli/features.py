@@ -23,7 +23,7 @@ from edgeloop_control.featurestore import (
 )
 from edgeloop_control.featurestore.offline import day_label
 from edgeloop_control.featurestore.timestamps import format_ttl, from_micros
-from edgeloop_control.workspace import Workspace
+from edgeloop_control.infra.workspace import Workspace
 
 app = typer.Typer(no_args_is_help=True, help="Versioned feature store.")
 

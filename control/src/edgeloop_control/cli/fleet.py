@@ -9,8 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from edgeloop_control.cli.common import console, fail, print_json, state, table
-from edgeloop_control.controldb import ControlDB
-from edgeloop_control.deploy import (
+from edgeloop_control.fleet.desired import (
     DeployError,
     check_device_ids,
     parse_variant_specs,
@@ -18,8 +17,9 @@ from edgeloop_control.deploy import (
     publish_artifact,
     publish_desired,
 )
-from edgeloop_control.mqttclient import BrokerError, connected
-from edgeloop_control.signing import DesiredSigner, SigningError
+from edgeloop_control.infra.db import ControlDB
+from edgeloop_control.infra.mqtt import BrokerError, connected
+from edgeloop_control.infra.signing import DesiredSigner, SigningError
 
 
 def register(app: typer.Typer) -> None:

@@ -14,8 +14,8 @@ from typing import Annotated
 import typer
 
 from edgeloop_control.cli.common import console, fail, print_json, state, table
-from edgeloop_control.controldb import ControlDB
-from edgeloop_control.deploy import DeployError, check_device_ids
+from edgeloop_control.fleet.desired import DeployError, check_device_ids
+from edgeloop_control.infra.db import ControlDB
 
 app = typer.Typer(no_args_is_help=True, help="Device groups (for `edgeloop rollout --group`).")
 

@@ -38,7 +38,7 @@ def report(
 
     Self-contained: it opens from disk with no network."""
     from edgeloop_control.cli.filters import selection
-    from edgeloop_control.controldb import ControlDB
+    from edgeloop_control.infra.db import ControlDB
     from edgeloop_control.report import ReportDataError, write_report
     from edgeloop_control.report.collect import collect_report
 

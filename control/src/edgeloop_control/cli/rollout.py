@@ -34,10 +34,10 @@ from edgeloop_control.cli.common import (
     state,
     table,
 )
-from edgeloop_control.controldb import ControlDB
-from edgeloop_control.deploy import DeployError, check_device_ids
-from edgeloop_control.mqttclient import BrokerError, connected
-from edgeloop_control.rollout import (
+from edgeloop_control.fleet.desired import DeployError, check_device_ids
+from edgeloop_control.infra.db import ControlDB
+from edgeloop_control.infra.mqtt import BrokerError, connected
+from edgeloop_control.policies.rollout import (
     FINAL,
     ROLLED_BACK,
     RolloutError,
@@ -275,7 +275,7 @@ def _manager(st: CLIState, db: ControlDB, client: Any) -> RolloutManager:
 
 def _drive(st: CLIState, db: ControlDB, rollout_id: str, as_json: bool) -> None:
     """Ingest the fleet's reports and tick the rollout until it ends, with a progress bar."""
-    from edgeloop_control.rollout.feed import BrokerFeed
+    from edgeloop_control.policies.rollout.feed import BrokerFeed
 
     info: dict[str, Any] = {}
     try:

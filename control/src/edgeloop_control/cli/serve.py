@@ -41,9 +41,9 @@ def serve(
         fail(f"cannot start the control daemon: {exc}")
     server = None
     if http:
+        from edgeloop_control.infra.workspace import WorkspaceError
         from edgeloop_control.web.auth import load_token
         from edgeloop_control.web.server import HttpServer
-        from edgeloop_control.workspace import WorkspaceError
 
         try:
             token = load_token(st.workspace)

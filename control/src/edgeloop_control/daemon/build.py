@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from edgeloop_control.daemon.service import ControlDaemon
-from edgeloop_control.workspace import Workspace
+from edgeloop_control.infra.workspace import Workspace
 
 
 def build_daemon(ws: Workspace, broker_url: str, *, tick_s: float = 1.0) -> ControlDaemon:
-    from edgeloop_control.desiredrefresh import DesiredRefresh
-    from edgeloop_control.experiments import ExperimentManager
-    from edgeloop_control.retrain import RetrainPolicy
-    from edgeloop_control.rollout import RolloutManager
+    from edgeloop_control.fleet.refresh import DesiredRefresh
+    from edgeloop_control.policies.experiments import ExperimentManager
+    from edgeloop_control.policies.retrain.policy import RetrainPolicy
+    from edgeloop_control.policies.rollout import RolloutManager
 
     daemon = ControlDaemon(ws, broker_url, tick_s=tick_s)
     rollouts = RolloutManager(ws, daemon.db, daemon.publisher)

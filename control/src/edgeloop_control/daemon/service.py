@@ -27,19 +27,19 @@ from paho.mqtt.properties import Properties
 from edgeloop_agent.config import BrokerAddress
 from edgeloop_agent.connectlog import tls_options
 from edgeloop_agent.mqttlink import no_delay
-from edgeloop_control.controldb import ControlDB
-from edgeloop_control.daemon.ingest import IngestError, handle_report, handle_status
-from edgeloop_control.daemon.messages import (
+from edgeloop_control.featurestore import FeatureStore
+from edgeloop_control.fleet.ingest import IngestError, handle_report, handle_status
+from edgeloop_control.fleet.messages import (
     MAX_PAYLOAD,
     PoisonMessage,
     load_json,
     parse_captured,
     topic_device,
 )
-from edgeloop_control.daemon.poison import PoisonTally
-from edgeloop_control.featurestore import FeatureStore
-from edgeloop_control.mqttclient import publish_and_wait
-from edgeloop_control.workspace import Workspace
+from edgeloop_control.fleet.poison import PoisonTally
+from edgeloop_control.infra.db import ControlDB
+from edgeloop_control.infra.mqtt import publish_and_wait
+from edgeloop_control.infra.workspace import Workspace
 
 log = logging.getLogger("edgeloop.control.daemon")
 

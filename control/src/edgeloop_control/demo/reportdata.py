@@ -6,13 +6,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from edgeloop_control.controldb import ControlDB
 from edgeloop_control.demo.fleetsim import DemoClient
 from edgeloop_control.demo.narrate import Narrator
-from edgeloop_control.history import Selection
+from edgeloop_control.infra.db import ControlDB
+from edgeloop_control.infra.workspace import Workspace
 from edgeloop_control.report.collect import collect_report
+from edgeloop_control.report.history import Selection
 from edgeloop_control.report.timefmt import elapsed
-from edgeloop_control.workspace import Workspace
 
 
 def collect_report_data(

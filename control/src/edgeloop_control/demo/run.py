@@ -20,22 +20,22 @@ from typing import Any
 
 from rich.console import Console
 
-from edgeloop_control.broker import PrivateBroker
 from edgeloop_control.cli.common import table
-from edgeloop_control.controldb import ControlDB
 from edgeloop_control.demo.fleetsim import AgentHandle, DemoClient, percentile, start_agent
 from edgeloop_control.demo.narrate import Narrator
 from edgeloop_control.demo.reportdata import collect_report_data
 from edgeloop_control.demo.sensors import TARGET, generate
 from edgeloop_control.demo.traffic import Traffic
-from edgeloop_control.deploy import plan_desired, publish_artifact, publish_desired
 from edgeloop_control.featurestore import FeatureStore
-from edgeloop_control.mqttclient import connected
+from edgeloop_control.fleet.desired import plan_desired, publish_artifact, publish_desired
+from edgeloop_control.infra.db import ControlDB
+from edgeloop_control.infra.mosquitto import PrivateBroker
+from edgeloop_control.infra.mqtt import connected
+from edgeloop_control.infra.signing import DesiredSigner
+from edgeloop_control.infra.workspace import Workspace
+from edgeloop_control.jobs.train_and_register import train_and_register
 from edgeloop_control.registry import Registry
-from edgeloop_control.signing import DesiredSigner
 from edgeloop_control.training import TrainConfig
-from edgeloop_control.trainrun import train_and_register
-from edgeloop_control.workspace import Workspace
 
 # Policy settings tuned so the loop completes in minutes rather than days; a
 # real site keeps the defaults (docs/retraining.md). The latency gates are

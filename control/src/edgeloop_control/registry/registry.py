@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgeloop_agent.names import InvalidName, check_model_name
 from edgeloop_agent.signature import SignatureError
-from edgeloop_control import signing
+from edgeloop_control.infra import signing
 from edgeloop_control.registry import dvcstore
 from edgeloop_control.registry.diff import diff_versions
 from edgeloop_control.registry.errors import RegistryError
@@ -65,7 +65,7 @@ from edgeloop_control.registry.tags import (
 )
 
 if TYPE_CHECKING:
-    from edgeloop_control.workspace import Workspace
+    from edgeloop_control.infra.workspace import Workspace
 
 Semver = tuple[int, int, int]
 

@@ -2,7 +2,7 @@
 
 ``collect_report(ws, db, selection)`` reads what the control node recorded (drift windows,
 every experiment and rollout, events, the fleet inventory) through
-:mod:`edgeloop_control.history` and returns the dict :func:`render_report` takes. The demo
+:mod:`edgeloop_control.report.history` and returns the dict :func:`render_report` takes. The demo
 calls it too, adding its narrated timeline and traffic summary.
 """
 
@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edgeloop_control import history
-from edgeloop_control.controldb import ControlDB
-from edgeloop_control.history import Selection
-from edgeloop_control.workspace import Workspace
+from edgeloop_control.infra.db import ControlDB
+from edgeloop_control.infra.workspace import Workspace
+from edgeloop_control.report import history
+from edgeloop_control.report.history import Selection
 
 from .timefmt import elapsed
 
@@ -102,7 +102,7 @@ def experiment_section(exp: dict[str, Any]) -> dict[str, Any]:
 
 
 def rollout_section(status: dict[str, Any]) -> dict[str, Any]:
-    from edgeloop_control.rollout.view import report_view
+    from edgeloop_control.policies.rollout.view import report_view
 
     return {**report_view(status), "id": str(status.get("id") or "")}
 

@@ -10,10 +10,10 @@ from urllib.parse import urlencode
 
 from starlette.requests import Request
 
-from edgeloop_control.controldb import ControlDB
+from edgeloop_control.infra.db import ControlDB
+from edgeloop_control.infra.workspace import Workspace
 from edgeloop_control.web.auth import Session, clean_user
 from edgeloop_control.web.pages import path_part
-from edgeloop_control.workspace import Workspace
 
 
 class ActionError(RuntimeError):
@@ -29,7 +29,7 @@ class Actions:
         return ControlDB(self.ws.state_db)
 
     def abort(self, request: Request, session: Session, form: dict[str, str]) -> str:
-        from edgeloop_control.rollout import RolloutError, RolloutManager
+        from edgeloop_control.policies.rollout import RolloutError, RolloutManager
 
         rid = request.path_params["rid"]
         reason = _reason(form, session, "aborted from the dashboard")
@@ -51,8 +51,8 @@ class Actions:
         return f"/rollouts/{path_part(rid)}?" + urlencode({"done": f"rollout {rid} aborted"})
 
     def stop(self, request: Request, session: Session, form: dict[str, str]) -> str:
-        from edgeloop_control.experiments import ExperimentError, ExperimentManager
-        from edgeloop_control.mqttclient import connected
+        from edgeloop_control.infra.mqtt import connected
+        from edgeloop_control.policies.experiments import ExperimentError, ExperimentManager
 
         exp_id = request.path_params["exp_id"]
         reason = _reason(form, session, "stopped from the dashboard")

@@ -20,8 +20,8 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from edgeloop_agent.prometheus import CONTENT_TYPE
+from edgeloop_control.infra.workspace import Workspace
 from edgeloop_control.web.fleetmetrics import FleetMetrics
-from edgeloop_control.workspace import Workspace
 
 
 async def security_headers(request: Request, call_next: RequestResponseEndpoint) -> Response:

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeloop_control.workspace import Workspace
+from edgeloop_control.infra.workspace import Workspace
 
 SESSION_COOKIE = "edgeloop_session"
 LOGIN_COOKIE = "edgeloop_login"

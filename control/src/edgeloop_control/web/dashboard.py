@@ -20,7 +20,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from edgeloop_control.controldb import ControlDB
+from edgeloop_control.infra.db import ControlDB
+from edgeloop_control.infra.workspace import Workspace
 from edgeloop_control.report.markup import esc
 from edgeloop_control.web import pages
 from edgeloop_control.web.actions import ActionError, Actions
@@ -28,7 +29,6 @@ from edgeloop_control.web.auth import LOGIN_COOKIE, SESSION_COOKIE, Session, Ses
 from edgeloop_control.web.pages import Viewer
 from edgeloop_control.web.readdb import open_readonly
 from edgeloop_control.web.views import BadRequest, NotFound, Views
-from edgeloop_control.workspace import Workspace
 
 log = logging.getLogger("edgeloop.control.http")
 

@@ -1,6 +1,6 @@
 """A read-only view of the control database for the dashboard's GET pages.
 
-It is a :class:`ControlDB` (so :mod:`edgeloop_control.history` and the managers' read APIs
+It is a :class:`ControlDB` (so :mod:`edgeloop_control.report.history` and the managers' read APIs
 work unchanged) whose connection SQLite opened with ``mode=ro``: a page can never write to,
 or take the write lock of, the daemon's database, whatever code path it goes through.
 
@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from edgeloop_control.controldb import ControlDB, _device_row
+from edgeloop_control.infra.db import ControlDB, _device_row
 
 
 class ReadOnlyDB(ControlDB):

@@ -10,8 +10,8 @@ from pathlib import Path
 import uvicorn
 
 from edgeloop_agent.prometheus import parse_listen as listen_address
+from edgeloop_control.infra.workspace import Workspace
 from edgeloop_control.web.app import create_app
-from edgeloop_control.workspace import Workspace
 
 log = logging.getLogger("edgeloop.control.http")
 

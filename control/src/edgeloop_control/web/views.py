@@ -1,7 +1,7 @@
 """The dashboard's pages: fleet -> device -> model version -> drift, experiments, rollouts,
 events. Each takes the request and a read-only database and returns (title, nav entry,
 body HTML, live?); :class:`~edgeloop_control.web.dashboard.Dashboard` wraps them in the
-layout. Reads go through :mod:`edgeloop_control.history` and the report's sections.
+layout. Reads go through :mod:`edgeloop_control.report.history` and the report's sections.
 """
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ from urllib.parse import urlencode
 
 from starlette.requests import Request
 
-from edgeloop_control import history
-from edgeloop_control.controldb import ControlDB
-from edgeloop_control.history import Selection
+from edgeloop_control.infra.db import ControlDB
+from edgeloop_control.infra.workspace import Workspace
+from edgeloop_control.report import history
 from edgeloop_control.report.collect import drift_section, experiment_section, rollout_section
+from edgeloop_control.report.history import Selection
 from edgeloop_control.report.markup import Html, empty, esc, table
 from edgeloop_control.report.sections.drift import render_drift
 from edgeloop_control.report.sections.experiment import render_experiments
@@ -26,7 +27,6 @@ from edgeloop_control.report.validate import parse_report
 from edgeloop_control.web import pages
 from edgeloop_control.web.pages import Viewer, link, path_part
 from edgeloop_control.web.readdb import ReadOnlyDB
-from edgeloop_control.workspace import Workspace
 
 PAGE_ROWS = 200
 # Drift charts per stream: the newest windows only, so a year of history costs the same.

@@ -28,17 +28,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from edgeloop_control.controldb import ControlDB
-from edgeloop_control.deploy import (
+from edgeloop_control.fleet.desired import (
     DeployError,
     check_device_ids,
     plan_desired,
     publish_artifact,
     publish_desired,
 )
-from edgeloop_control.signing import DesiredSigner
+from edgeloop_control.infra.db import ControlDB
+from edgeloop_control.infra.signing import DesiredSigner
+from edgeloop_control.infra.workspace import Workspace
 from edgeloop_control.stats import MixtureSPRT
-from edgeloop_control.workspace import Workspace
 
 from .config import ExperimentConfig, ExperimentError
 from .evaluate import (
@@ -161,7 +161,7 @@ class ExperimentManager:
     """Starts, evaluates and ends A/B experiments; a daemon policy (``tick`` every second).
 
     ``publisher`` is anything with ``publish(topic, payload, retain=...)`` (the daemon's
-    session or a short-lived :class:`~edgeloop_control.mqttclient.ControlClient`); ``None``
+    session or a short-lived :class:`~edgeloop_control.infra.mqtt.ControlClient`); ``None``
     for read-only use (status, looks). ``rollouts`` receives promoted versions; without it a
     promotion's rollout waits for a manager that has one (the daemon's).
     """
@@ -346,7 +346,7 @@ class ExperimentManager:
         return self._summary(self._row(exp_id))
 
     def _check_devices(self, model: str, devices: list[str]) -> None:
-        from edgeloop_control.rollout.store import RolloutStore
+        from edgeloop_control.policies.rollout.store import RolloutStore
 
         # A rollout also writes these devices' desired state: one owner at a time.
         rolling = RolloutStore(self.db).active_devices()

@@ -18,9 +18,9 @@ from typing import Any, Protocol
 from edgeloop_agent.names import InvalidName, check_device_id
 from edgeloop_agent.protocol import artifact_topic
 from edgeloop_agent.router import Allocation, allocate
-from edgeloop_control.controldb import ControlDB
-from edgeloop_control.mqttclient import ControlClient
-from edgeloop_control.signing import DesiredSigner
+from edgeloop_control.infra.db import ControlDB
+from edgeloop_control.infra.mqtt import ControlClient
+from edgeloop_control.infra.signing import DesiredSigner
 
 _SPEC = re.compile(r"(?P<ref>[^=\s]+?)(?:=(?P<weight>\d+(?:\.\d+)?)%?)?")
 

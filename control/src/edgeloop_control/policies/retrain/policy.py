@@ -35,9 +35,9 @@ from typing import Any
 
 import pandas as pd
 
-from edgeloop_control.controldb import ControlDB
 from edgeloop_control.featurestore import FeatureStore, FeatureStoreError
-from edgeloop_control.workspace import Workspace
+from edgeloop_control.infra.db import ControlDB
+from edgeloop_control.infra.workspace import Workspace
 
 log = logging.getLogger("edgeloop.control.retrain")
 
@@ -372,9 +372,9 @@ class RetrainPolicy:
     def _retrain(
         self, model: str, variant: str, st: dict[str, Any], recent: pd.DataFrame, now: float
     ) -> None:
+        from edgeloop_control.jobs.train_and_register import train_and_register
         from edgeloop_control.training import TrainConfig, TrainingError
         from edgeloop_control.training.columns import FeatureKind, coerce_to_kinds
-        from edgeloop_control.trainrun import train_and_register
 
         cfg = self.config
         champion = self.registry.get(variant)

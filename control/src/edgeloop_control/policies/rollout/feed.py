@@ -15,9 +15,9 @@ import queue
 
 import paho.mqtt.client as mqtt
 
-from edgeloop_control.controldb import ControlDB
-from edgeloop_control.daemon.ingest import IngestError, handle_report, handle_status
-from edgeloop_control.mqttclient import ControlClient
+from edgeloop_control.fleet.ingest import IngestError, handle_report, handle_status
+from edgeloop_control.infra.db import ControlDB
+from edgeloop_control.infra.mqtt import ControlClient
 
 log = logging.getLogger("edgeloop.control.rollout")
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from edgeloop_control.controldb import ControlDB, merged_p99_ms
-from edgeloop_control.workspace import Workspace
+from edgeloop_control.infra.db import ControlDB, merged_p99_ms
+from edgeloop_control.infra.workspace import Workspace
 
 _RELATIVE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0}
@@ -246,7 +246,7 @@ def experiments(ws: Workspace, db: ControlDB, sel: Selection) -> list[dict[str, 
     if not _overlapping(db, "experiments", "created_at", "ended_at", sel):
         return []
     # Imported only when there is something to show: it pulls in scipy.stats (seconds).
-    from edgeloop_control.experiments import ExperimentManager
+    from edgeloop_control.policies.experiments import ExperimentManager
 
     out = []
     for exp in ExperimentManager(ws, db, None).status():
@@ -266,7 +266,7 @@ def rollouts(ws: Workspace, db: ControlDB, sel: Selection) -> list[dict[str, Any
     """Every rollout that ran in the selected range on the selected devices/models."""
     if not _overlapping(db, "rollouts", "created_at", "finished_at", sel):
         return []
-    from edgeloop_control.rollout import RolloutManager
+    from edgeloop_control.policies.rollout import RolloutManager
 
     out = []
     for r in RolloutManager(ws, db, None).status():

@@ -14,7 +14,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from edgeloop_control.controldb import ControlDB
+from edgeloop_control.infra.db import ControlDB
 
 log = logging.getLogger("edgeloop.control.daemon")
 

@@ -1,9 +1,14 @@
 """Staged fleet rollout with automatic rollback (see docs/rollout.md)."""
 
-from edgeloop_control.rollout.config import RolloutConfig, RolloutError, parse_gates, parse_share
-from edgeloop_control.rollout.manager import RolloutManager
-from edgeloop_control.rollout.plan import batch_sizes, split_batches
-from edgeloop_control.rollout.store import (
+from edgeloop_control.policies.rollout.config import (
+    RolloutConfig,
+    RolloutError,
+    parse_gates,
+    parse_share,
+)
+from edgeloop_control.policies.rollout.manager import RolloutManager
+from edgeloop_control.policies.rollout.plan import batch_sizes, split_batches
+from edgeloop_control.policies.rollout.store import (
     ACTIVE,
     COMPLETED,
     FINAL,
@@ -11,7 +16,7 @@ from edgeloop_control.rollout.store import (
     ROLLING_BACK,
     RUNNING,
 )
-from edgeloop_control.rollout.view import report_view
+from edgeloop_control.policies.rollout.view import report_view
 
 __all__ = [
     "ACTIVE",

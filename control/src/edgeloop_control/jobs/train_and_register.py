@@ -17,6 +17,7 @@ import pandas as pd
 from edgeloop_agent.names import check_model_name
 from edgeloop_control.featurestore import FeatureStore
 from edgeloop_control.featurestore.store import INGESTED_AT
+from edgeloop_control.infra.workspace import Workspace
 from edgeloop_control.registry import ModelVersion, Registry
 from edgeloop_control.tracking import (
     TAG_DATA_HASH,
@@ -36,7 +37,6 @@ from edgeloop_control.training import (
     fit,
     prepare,
 )
-from edgeloop_control.workspace import Workspace
 
 
 @dataclass

@@ -10,7 +10,7 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from edgeloop_control.workspace import Workspace
+from edgeloop_control.infra.workspace import Workspace
 
 
 class RolloutError(ValueError):

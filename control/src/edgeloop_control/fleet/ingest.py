@@ -12,8 +12,8 @@ import logging
 import time
 from typing import Any
 
-from edgeloop_control.controldb import ControlDB
-from edgeloop_control.daemon.messages import PoisonMessage, parse_report, parse_status
+from edgeloop_control.fleet.messages import PoisonMessage, parse_report, parse_status
+from edgeloop_control.infra.db import ControlDB
 
 log = logging.getLogger("edgeloop.control.ingest")
 

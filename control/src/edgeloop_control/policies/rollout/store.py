@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from edgeloop_control.controldb import ControlDB
+from edgeloop_control.infra.db import ControlDB
 
 RUNNING = "running"
 ROLLING_BACK = "rolling_back"

@@ -18,19 +18,26 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
-from edgeloop_control.controldb import ControlDB
-from edgeloop_control.deploy import (
+from edgeloop_control.fleet.desired import (
     DeployError,
     check_device_ids,
     plan_desired,
     publish_artifact,
     publish_desired,
 )
-from edgeloop_control.mqttclient import BrokerError, ControlClient
-from edgeloop_control.rollout.config import RolloutConfig, RolloutError
-from edgeloop_control.rollout.gate import Health, load_error, measure, soaked, unhealthy
-from edgeloop_control.rollout.plan import Target, rollback_doc, serves_target, split_batches
-from edgeloop_control.rollout.store import (
+from edgeloop_control.infra.db import ControlDB
+from edgeloop_control.infra.mqtt import BrokerError, ControlClient
+from edgeloop_control.infra.signing import DesiredSigner
+from edgeloop_control.infra.workspace import Workspace
+from edgeloop_control.policies.rollout.config import RolloutConfig, RolloutError
+from edgeloop_control.policies.rollout.gate import Health, load_error, measure, soaked, unhealthy
+from edgeloop_control.policies.rollout.plan import (
+    Target,
+    rollback_doc,
+    serves_target,
+    split_batches,
+)
+from edgeloop_control.policies.rollout.store import (
     ACTIVE,
     COMPLETED,
     FINAL,
@@ -40,8 +47,6 @@ from edgeloop_control.rollout.store import (
     RolloutStore,
     Row,
 )
-from edgeloop_control.signing import DesiredSigner
-from edgeloop_control.workspace import Workspace
 
 log = logging.getLogger("edgeloop.control.rollout")
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from edgeloop_control.controldb import ControlDB, merged_p99_ms
-from edgeloop_control.rollout.config import RolloutConfig
-from edgeloop_control.rollout.plan import Target
+from edgeloop_control.infra.db import ControlDB, merged_p99_ms
+from edgeloop_control.policies.rollout.config import RolloutConfig
+from edgeloop_control.policies.rollout.plan import Target
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from edgeloop_control.controldb import ControlDB
-from edgeloop_control.deploy import publish_desired
-from edgeloop_control.signing import DesiredSigner, SigningError
-from edgeloop_control.workspace import Workspace
+from edgeloop_control.fleet.desired import publish_desired
+from edgeloop_control.infra.db import ControlDB
+from edgeloop_control.infra.signing import DesiredSigner, SigningError
+from edgeloop_control.infra.workspace import Workspace
 
 log = logging.getLogger("edgeloop.control.desired")
 

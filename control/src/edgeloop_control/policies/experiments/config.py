@@ -7,7 +7,7 @@ import numbers
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from edgeloop_control.workspace import Workspace
+from edgeloop_control.infra.workspace import Workspace
 
 
 class ExperimentError(ValueError):

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgeloop_agent.metrics import LatencyHistogram
-from edgeloop_control.controldb import ControlDB
+from edgeloop_control.infra.db import ControlDB
 from edgeloop_control.stats import BinaryStats, ContinuousStats
 
 log = logging.getLogger("edgeloop.control.experiments")

@@ -1,0 +1,3 @@
+"""The fleet: who runs what (desired state and its one owner), and the device
+messages the daemon ingests.
+"""

@@ -1,0 +1,3 @@
+"""Policies: the loops that decide what devices run (retraining, A/B experiments,
+staged rollouts).
+"""

@@ -1,0 +1,1 @@
+"""Retraining: when drift passes the threshold, train on fresh data and register a challenger."""

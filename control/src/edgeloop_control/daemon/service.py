@@ -38,7 +38,7 @@ from edgeloop_control.fleet.messages import (
 )
 from edgeloop_control.fleet.poison import PoisonTally
 from edgeloop_control.infra.db import ControlDB
-from edgeloop_control.infra.mqtt import publish_and_wait
+from edgeloop_control.infra.mqtt import SessionPublisher
 from edgeloop_control.infra.workspace import Workspace
 
 log = logging.getLogger("edgeloop.control.daemon")
@@ -51,18 +51,6 @@ class Policy(Protocol):
     name: str
 
     def tick(self, now: float) -> None: ...
-
-
-class DaemonPublisher:
-    """The ``publish`` the deploy helpers expect, over the daemon's own session."""
-
-    def __init__(self, client: mqtt.Client) -> None:
-        self.client = client
-
-    def publish(
-        self, topic: str, payload: bytes, *, retain: bool = False, qos: int = 1, timeout: float = 30
-    ) -> None:
-        publish_and_wait(self.client, topic, payload, retain=retain, qos=qos, timeout=timeout)
 
 
 class ControlDaemon:
@@ -124,7 +112,7 @@ class ControlDaemon:
             # The CA named in the broker URL (?ca_file=...), as the CLI's client does.
             client.tls_set(**tls_options(self.address.ca_file))
         self.client = client
-        self.publisher = DaemonPublisher(client)
+        self.publisher = SessionPublisher(client)
 
     # -- MQTT ------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
 import paho.mqtt.client as mqtt
 
@@ -23,6 +24,31 @@ from edgeloop_agent.mqttlink import no_delay
 
 class BrokerError(Exception):
     """The broker could not be reached or refused an operation."""
+
+
+class Publisher(Protocol):
+    """Anything that publishes and waits for the broker's acknowledgement.
+
+    The one publishing seam of the control node: commands use
+    :class:`ControlClient`, the daemon :class:`SessionPublisher` over its own
+    session; desired state, artifacts and events go through it.
+    """
+
+    def publish(
+        self, topic: str, payload: bytes, *, retain: bool = False, qos: int = 1, timeout: float = 30
+    ) -> None: ...
+
+
+class SessionPublisher:
+    """:class:`Publisher` over an already connected paho client (the daemon's session)."""
+
+    def __init__(self, client: mqtt.Client) -> None:
+        self.client = client
+
+    def publish(
+        self, topic: str, payload: bytes, *, retain: bool = False, qos: int = 1, timeout: float = 30
+    ) -> None:
+        publish_and_wait(self.client, topic, payload, retain=retain, qos=qos, timeout=timeout)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,6 @@ from edgeloop_control.featurestore.captured import (
     captured_training_frame,
     captured_view,
     ingest_labels,
-    ingest_messages,
     ingest_samples,
 )
 from edgeloop_control.featurestore.catalog import FileEntry, PartitionStats, ViewVersion
@@ -27,7 +26,8 @@ from edgeloop_control.featurestore.errors import (
 )
 from edgeloop_control.featurestore.hashing import data_hash
 from edgeloop_control.featurestore.schema import Column, ColumnType, ViewSchema
-from edgeloop_control.featurestore.store import FeatureStore, IngestResult
+from edgeloop_control.featurestore.store import FeatureStore
+from edgeloop_control.featurestore.writes import IngestResult
 
 __all__ = [
     "CAPTURED_PREFIX",
@@ -50,6 +50,5 @@ __all__ = [
     "captured_view",
     "data_hash",
     "ingest_labels",
-    "ingest_messages",
     "ingest_samples",
 ]

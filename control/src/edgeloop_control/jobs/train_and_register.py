@@ -16,7 +16,7 @@ import pandas as pd
 
 from edgeloop_agent.names import check_model_name
 from edgeloop_control.featurestore import FeatureStore
-from edgeloop_control.featurestore.store import INGESTED_AT
+from edgeloop_control.featurestore.writes import INGESTED_AT
 from edgeloop_control.infra.workspace import Workspace
 from edgeloop_control.registry import ModelVersion, Registry
 from edgeloop_control.tracking import (

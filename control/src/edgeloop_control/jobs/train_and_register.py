@@ -162,7 +162,7 @@ def train_and_register(
     # Every input error a user can fix is raised here, before a tracking run
     # exists: a wrong --target must not leave a FAILED run behind.
     prepared = prepare(frame, config)
-    with tracker.start_run(experiment=name, run_name=f"train-{name}", tags=tags) as run:
+    with tracker.start_run(mlflow_experiment=name, run_name=f"train-{name}", tags=tags) as run:
         result = fit(prepared)
         run.log_params(
             {

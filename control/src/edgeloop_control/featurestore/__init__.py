@@ -4,7 +4,9 @@
 >>> store.ingest(df, "sensors", entity=["device"], timestamp="ts", ttl="7d")
 >>> train = store.training_set(labels, timestamp="ts", features=["sensors:temp"])
 
-See docs/feature-store.md for the concepts, layout and semantics.
+See docs/feature-store.md for the concepts, layout and semantics, and store.py
+for which module owns what. The store sees rows and records only: samples and
+labels arriving over MQTT are unwrapped by the fleet layer (fleet/captured.py).
 """
 
 from edgeloop_control.featurestore.captured import (

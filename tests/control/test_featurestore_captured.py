@@ -16,6 +16,7 @@ from edgeloop_control.featurestore import (
     UnknownViewError,
     captured_view,
 )
+from edgeloop_control.fleet.captured import ingest_messages
 
 TS0 = 1_764_160_000.123
 
@@ -207,7 +208,7 @@ def test_mqtt_messages_with_and_without_outbox_envelopes(store: FeatureStore) ->
         ("edgeloop/dev1/samples", envelope(sample(7, ts=None), "sample")),
     ]
     rejects = Rejects()
-    counts = store.ingest_messages(messages, on_reject=rejects)
+    counts = ingest_messages(store, messages, on_reject=rejects)
     assert counts == {"samples": (2, 1), "labels": (1, 0)}
     assert [index for index, _ in rejects] == [4, 5, 6]
     assert "not JSON" in rejects[0][1] and "neither samples nor labels" in rejects[1][1]

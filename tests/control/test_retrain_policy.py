@@ -20,6 +20,7 @@ import pandas as pd
 import pytest
 
 from edgeloop_control.featurestore import FeatureStore
+from edgeloop_control.fleet.captured import ingest_messages
 from edgeloop_control.infra.db import ControlDB
 from edgeloop_control.infra.signing import ensure_keypair
 from edgeloop_control.infra.workspace import Workspace
@@ -140,7 +141,7 @@ def captured(store: FeatureStore, rows: pd.DataFrame, variant: str, start: float
         }
         messages.append((f"edgeloop/{DEVICE}/samples", json.dumps(sample).encode()))
         messages.append((f"edgeloop/{DEVICE}/labels", json.dumps(label).encode()))
-    counts = store.ingest_messages(messages)
+    counts = ingest_messages(store, messages)
     assert counts["samples"][0] == len(rows) and counts["labels"][0] == len(rows)
 
 

@@ -249,7 +249,7 @@ def test_run_of_a_dead_process_is_pushed_as_killed(
     record = store.read_record(run_dir)
     record["pid"] = int(dead.stdout)
     store.write_record(run_dir, record)
-    (result,) = push_local_runs(ws, server.uri, experiment="orphans")
+    (result,) = push_local_runs(ws, server.uri, mlflow_experiment="orphans")
     assert result.status == "pushed"
     assert client.get_run(result.remote_run_id).info.status == "KILLED"
 

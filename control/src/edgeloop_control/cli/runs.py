@@ -56,7 +56,8 @@ def _list(
         return
     columns = ["run id", "experiment", "name", "status", "started"]
     rows: list[list[object]] = [
-        [r.run_id, r.experiment, r.run_name or "", r.status, _when(r.start_time)] for r in runs
+        [r.run_id, r.mlflow_experiment, r.run_name or "", r.status, _when(r.start_time)]
+        for r in runs
     ]
     if tracker.is_local:
         columns.append("pushed to")
@@ -81,7 +82,7 @@ def push(
 
     ws = state(ctx).workspace
     try:
-        results = push_local_runs(ws, to, experiment=experiment)
+        results = push_local_runs(ws, to, mlflow_experiment=experiment)
     except TrackingError as exc:
         fail(str(exc))
     if as_json:
@@ -91,7 +92,7 @@ def push(
         console.print("no workspace runs to push")
         return
     rows = [
-        [r.local_run_id, r.experiment, r.status, r.remote_run_id or "", r.reason or ""]
+        [r.local_run_id, r.mlflow_experiment, r.status, r.remote_run_id or "", r.reason or ""]
         for r in results
     ]
     console.print(

@@ -28,9 +28,11 @@ from edgeloop_agent.config import BrokerAddress
 from edgeloop_agent.connectlog import tls_options
 from edgeloop_agent.mqttlink import no_delay
 from edgeloop_control.featurestore import FeatureStore
+from edgeloop_control.fleet.captured import store_captured
 from edgeloop_control.fleet.ingest import IngestError, handle_report, handle_status
 from edgeloop_control.fleet.messages import (
     MAX_PAYLOAD,
+    Captured,
     PoisonMessage,
     load_json,
     parse_captured,
@@ -75,7 +77,7 @@ class ControlDaemon:
         self.connected = threading.Event()
         self.policies: list[Policy] = []
         self._queue: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
-        self._captured: list[tuple[mqtt.MQTTMessage, Any]] = []
+        self._captured: list[tuple[mqtt.MQTTMessage, Captured]] = []
         self._retry: list[mqtt.MQTTMessage] = []
         self._last_retry = 0.0
         self.poison = PoisonTally(self.db)
@@ -264,16 +266,17 @@ class ControlDaemon:
                     self._poison(msg, leaf, device, "the feature store could not store it")
                     self._ack(msg)
 
-    def _captured_failed(self, batch: list[tuple[mqtt.MQTTMessage, Any]]) -> None:
+    def _captured_failed(self, batch: list[tuple[mqtt.MQTTMessage, Captured]]) -> None:
         # Storage failed: do not acknowledge; they are retried at the next flush
         # (and redelivered after a restart); the store's sample ids make that harmless.
         log.error("feature store ingestion failed for %d messages; will retry", len(batch))
         self._captured = batch + self._captured
 
-    def _store_captured(self, batch: list[tuple[mqtt.MQTTMessage, Any]]) -> None:
+    def _store_captured(self, batch: list[tuple[mqtt.MQTTMessage, Captured]]) -> None:
         rejected: list[tuple[int, str]] = []
-        result = self.store.ingest_messages(
-            [(m.topic, doc) for m, doc in batch],
+        result = store_captured(
+            self.store,
+            [item for _, item in batch],
             on_reject=lambda i, _record, reason: rejected.append((i, str(reason))),
         )
         self.counters["samples"] += result.get("samples", (0, 0))[0]

@@ -4,7 +4,9 @@
 >>> store.ingest(df, "sensors", entity=["device"], timestamp="ts", ttl="7d")
 >>> train = store.training_set(labels, timestamp="ts", features=["sensors:temp"])
 
-See docs/feature-store.md for the concepts, layout and semantics.
+See docs/feature-store.md for the concepts, layout and semantics, and store.py
+for which module owns what. The store sees rows and records only: samples and
+labels arriving over MQTT are unwrapped by the fleet layer (fleet/captured.py).
 """
 
 from edgeloop_control.featurestore.captured import (
@@ -13,7 +15,6 @@ from edgeloop_control.featurestore.captured import (
     captured_training_frame,
     captured_view,
     ingest_labels,
-    ingest_messages,
     ingest_samples,
 )
 from edgeloop_control.featurestore.catalog import FileEntry, PartitionStats, ViewVersion
@@ -27,7 +28,8 @@ from edgeloop_control.featurestore.errors import (
 )
 from edgeloop_control.featurestore.hashing import data_hash
 from edgeloop_control.featurestore.schema import Column, ColumnType, ViewSchema
-from edgeloop_control.featurestore.store import FeatureStore, IngestResult
+from edgeloop_control.featurestore.store import FeatureStore
+from edgeloop_control.featurestore.writes import IngestResult
 
 __all__ = [
     "CAPTURED_PREFIX",
@@ -50,6 +52,5 @@ __all__ = [
     "captured_view",
     "data_hash",
     "ingest_labels",
-    "ingest_messages",
     "ingest_samples",
 ]

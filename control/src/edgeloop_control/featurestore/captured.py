@@ -1,7 +1,8 @@
 """Samples and feedback labels captured by agents, as feature views.
 
-Agents publish, over MQTT, the requests they served (a *sample*) and, later,
-the ground truth for some of them (a *label*). Both are at-least-once, so both
+Agents send the requests they served (a *sample*) and, later, the ground
+truth for some of them (a *label*); taking them off MQTT is the fleet layer's
+job (``fleet/captured.py``), this module sees records only. Both are at-least-once, so both
 are de-duplicated: samples by ``sample_id``, labels by ``sample_id`` and ``ts``
 (so that a corrected label, sent later, is kept). Samples of model ``m`` go to the view
 ``captured__m`` (entity ``device``, event time ``ts``); labels of every model
@@ -19,17 +20,16 @@ import json
 import logging
 import math
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from edgeloop_control.featurestore.errors import FeatureStoreError, UnknownViewError
+from edgeloop_control.featurestore.reads import ViewReader
 from edgeloop_control.featurestore.refs import check_view_name
 from edgeloop_control.featurestore.schema import RESERVED_PREFIX, ColumnType
-
-if TYPE_CHECKING:
-    from edgeloop_control.featurestore.store import FeatureStore
+from edgeloop_control.featurestore.writes import ViewWriter
 
 log = logging.getLogger(__name__)
 
@@ -60,16 +60,39 @@ def captured_view(model: str) -> str:
     return f"{CAPTURED_PREFIX}{model}"
 
 
-def _log_reject(index: int, record: Any, reason: str) -> None:
+def log_reject(index: int, record: Any, reason: str) -> None:
+    """The default ``on_reject``: one warning line naming the record and the reason."""
     sample = record.get("sample_id") if isinstance(record, Mapping) else None
     log.warning("rejected record %d (sample_id=%r): %s", index, sample, reason)
+
+
+class CapturedSamples(ViewWriter, ViewReader):
+    """A feature store that also keeps agents' captured samples and feedback labels."""
+
+    def ingest_samples(
+        self, records: Iterable[Any], *, on_reject: RejectHandler | None = None
+    ) -> tuple[int, int]:
+        """Store agents' captured samples; see :func:`ingest_samples`."""
+        return ingest_samples(self, records, on_reject=on_reject)
+
+    def ingest_labels(
+        self, records: Iterable[Any], *, on_reject: RejectHandler | None = None
+    ) -> tuple[int, int]:
+        """Store feedback labels; see :func:`ingest_labels`."""
+        return ingest_labels(self, records, on_reject=on_reject)
+
+    def captured_training_frame(
+        self, model: str, since: Any = None, until: Any = None
+    ) -> pd.DataFrame:
+        """Labelled captured samples of ``model``; see :func:`captured_training_frame`."""
+        return captured_training_frame(self, model, since=since, until=until)
 
 
 # -- samples -------------------------------------------------------------------------
 
 
 def ingest_samples(
-    store: FeatureStore,
+    store: CapturedSamples,
     records: Iterable[Any],
     *,
     on_reject: RejectHandler | None = None,
@@ -82,7 +105,7 @@ def ingest_samples(
     ``label``. ``on_reject(index, record, reason)`` is called for each record
     that cannot be stored.
     """
-    reject = on_reject if on_reject is not None else _log_reject
+    reject = on_reject if on_reject is not None else log_reject
     groups: dict[tuple[str, tuple[str, ...]], list[tuple[int, dict[str, Any], Any]]] = {}
     for index, record in enumerate(records):
         try:
@@ -159,7 +182,7 @@ def _sample_row(record: Any) -> tuple[str, dict[str, Any]]:
 
 
 def _feature_types(
-    store: FeatureStore, view: str, names: tuple[str, ...], rows: list[Mapping[str, Any]]
+    store: CapturedSamples, view: str, names: tuple[str, ...], rows: list[Mapping[str, Any]]
 ) -> dict[str, ColumnType]:
     """Column type per feature: the stored one when the batch fits it, else the batch's."""
     stored: dict[str, ColumnType] = {}
@@ -221,7 +244,7 @@ def _sample_frame(
 
 
 def ingest_labels(
-    store: FeatureStore,
+    store: CapturedSamples,
     records: Iterable[Any],
     *,
     on_reject: RejectHandler | None = None,
@@ -234,7 +257,7 @@ def ingest_labels(
     later ``ts`` is a correction, and the latest label of a sample is the one
     :func:`captured_training_frame` uses.
     """
-    reject = on_reject if on_reject is not None else _log_reject
+    reject = on_reject if on_reject is not None else log_reject
     rows: list[dict[str, Any]] = []
     originals: list[tuple[int, Any]] = []
     for index, record in enumerate(records):
@@ -279,59 +302,11 @@ def ingest_labels(
     return result.accepted, result.duplicates
 
 
-# -- MQTT messages -------------------------------------------------------------------
-
-
-def ingest_messages(
-    store: FeatureStore,
-    messages: Iterable[tuple[str, bytes | str | Mapping[str, Any]]],
-    *,
-    on_reject: RejectHandler | None = None,
-) -> dict[str, tuple[int, int]]:
-    """Store a batch of MQTT messages from ``{prefix}/{device}/samples`` and ``.../labels``.
-
-    ``messages`` are ``(topic, payload)`` pairs as received; a payload is JSON
-    text (or bytes, or an already decoded dict): an agent outbox envelope
-    ``{"id", "device_id", "kind", "ts", "payload": record}`` or a bare record.
-    Returns ``{"samples": (accepted, duplicates), "labels": (...)}``; messages
-    on other topics or that are not JSON objects go to ``on_reject``.
-    """
-    reject = on_reject if on_reject is not None else _log_reject
-    batches: dict[str, tuple[list[Any], list[int]]] = {"samples": ([], []), "labels": ([], [])}
-    for index, (topic, payload) in enumerate(messages):
-        kind = topic.rsplit("/", 1)[-1] if isinstance(topic, str) else ""
-        if kind not in ("samples", "labels"):
-            reject(index, payload, f"topic {topic!r} carries neither samples nor labels")
-            continue
-        try:
-            record = json.loads(payload) if isinstance(payload, (bytes, str)) else payload
-        except (UnicodeDecodeError, ValueError) as exc:
-            reject(index, payload, f"payload is not JSON: {exc}")
-            continue
-        if isinstance(record, Mapping) and "payload" in record and "kind" in record:
-            record = record["payload"]  # unwrap the outbox envelope
-        records, indices = batches[kind]
-        records.append(record)
-        indices.append(index)
-
-    def ingest(kind: str) -> tuple[int, int]:
-        records, indices = batches[kind]
-        if not records:
-            return 0, 0
-        ingester = ingest_samples if kind == "samples" else ingest_labels
-        # Report rejections by the message's position, not the record's in its kind.
-        return ingester(
-            store, records, on_reject=lambda i, record, reason: reject(indices[i], record, reason)
-        )
-
-    return {"samples": ingest("samples"), "labels": ingest("labels")}
-
-
 # -- training frame ------------------------------------------------------------------
 
 
 def captured_training_frame(
-    store: FeatureStore, model: str, *, since: Any = None, until: Any = None
+    store: CapturedSamples, model: str, *, since: Any = None, until: Any = None
 ) -> pd.DataFrame:
     """Captured samples of ``model`` in ``[since, until)`` that have a label.
 
@@ -373,7 +348,7 @@ def captured_training_frame(
     return samples[columns]
 
 
-def _latest_labels(store: FeatureStore, sample_ids: pd.Series) -> pd.DataFrame:
+def _latest_labels(store: CapturedSamples, sample_ids: pd.Series) -> pd.DataFrame:
     empty = pd.DataFrame(
         {
             "sample_id": pd.Series(dtype="str"),
@@ -450,5 +425,5 @@ def _unix_seconds(value: Any) -> float:
             raise _Rejected(f"'ts' is not a timestamp: {value!r}")
         if stamp.tzinfo is None:
             stamp = stamp.tz_localize("UTC")
-        return stamp.timestamp()
+        return float(stamp.timestamp())
     raise _Rejected(f"'ts' must be unix seconds or an ISO 8601 string, got {value!r}")

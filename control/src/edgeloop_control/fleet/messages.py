@@ -14,7 +14,8 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from typing import Any, Final
+from dataclasses import dataclass
+from typing import Any, Final, Literal
 
 from edgeloop_agent.names import id_problem
 
@@ -34,6 +35,9 @@ MAX_NAME: Final = 256  # variant, feature, model, id strings
 MAX_UNIX_S: Final = 1e10
 MAX_INT: Final = 2**53  # exact in a float; far above any count an agent keeps
 
+CapturedKind = Literal["samples", "labels"]
+CAPTURED_KINDS: Final = ("samples", "labels")
+
 
 class PoisonMessage(ValueError):
     """A message the daemon will never be able to use; ``reason`` says why."""
@@ -50,6 +54,26 @@ def topic_device(topic: str, prefix: str) -> tuple[str, str]:
     if problem:
         raise PoisonMessage(f"device id {_short(device)} in the topic {problem}")
     return device, leaf
+
+
+# -- outbox envelopes ----------------------------------------------------------------
+
+
+def open_envelope(
+    doc: Mapping[str, Any], *, kind_required: bool = True
+) -> tuple[Mapping[str, Any] | None, Any]:
+    """``(envelope, payload)`` of an agent outbox envelope, ``(None, doc)`` of a bare record.
+
+    The agent's outbox wraps every message it sends as ``{"id", "device_id",
+    "kind", "ts", "payload"}``. Samples and labels may also arrive bare (a record
+    with no envelope), so for them an envelope is told apart by its ``payload``
+    *and* ``kind``; telemetry always comes wrapped, but older senders leave out
+    ``kind`` (``kind_required=False``). The payload is returned unchecked: each
+    caller knows what it must be.
+    """
+    if "payload" in doc and ("kind" in doc or not kind_required):
+        return doc, doc["payload"]
+    return None, doc
 
 
 # -- JSON ------------------------------------------------------------------------
@@ -242,8 +266,8 @@ def parse_report(device: str | None, envelope: Any) -> dict[str, Any]:
     """An outbox envelope carrying a telemetry report from ``device`` (the topic's;
     None: the one the report names, which must then be a valid device id)."""
     envelope = _obj(envelope, "telemetry message", optional=False)
-    report = envelope.get("payload")
-    if not isinstance(report, dict):
+    opened, report = open_envelope(envelope, kind_required=False)
+    if opened is None or not isinstance(report, dict):
         raise PoisonMessage("telemetry message is not an outbox envelope (no payload object)")
     if device is None:
         device = report.get("device") or envelope.get("device_id")
@@ -324,17 +348,28 @@ def parse_report(device: str | None, envelope: Any) -> dict[str, Any]:
 # -- captured samples and labels ----------------------------------------------------------
 
 
-def parse_captured(device: str, leaf: str, doc: Any) -> Mapping[str, Any]:
+@dataclass(frozen=True)
+class Captured:
+    """One captured sample or label record, out of its envelope and checked."""
+
+    kind: CapturedKind
+    record: Mapping[str, Any]
+
+
+def parse_captured(device: str, leaf: str, doc: Any) -> Captured:
     """A sample or label record (or its outbox envelope), checked where the
     feature store cannot (device, sizes); the store checks the rest per record."""
+    if leaf not in CAPTURED_KINDS:
+        raise PoisonMessage(f"topic leaf {_short(leaf)} carries neither samples nor labels")
+    kind: CapturedKind = "samples" if leaf == "samples" else "labels"
     doc = _obj(doc, f"{leaf} message", optional=False)
-    record = doc
-    if "payload" in doc and "kind" in doc:
-        _same_device(doc.get("device_id"), device, "envelope.device_id")
-        record = _obj(doc.get("payload"), f"{leaf} payload", optional=False)
+    envelope, record = open_envelope(doc)
+    if envelope is not None:
+        _same_device(envelope.get("device_id"), device, "envelope.device_id")
+        record = _obj(record, f"{leaf} payload", optional=False)
     _same_device(record.get("device"), device, f"{leaf}.device")
     _str(record.get("sample_id"), f"{leaf}.sample_id", optional=False)
-    if leaf == "samples":
+    if kind == "samples":
         model = record.get("model")
         problem = id_problem(model, reserved=False)
         if problem:
@@ -345,7 +380,7 @@ def parse_captured(device: str, leaf: str, doc: Any) -> Mapping[str, Any]:
         for name, value in features.items():
             if isinstance(value, (dict, list)):
                 raise PoisonMessage(f"feature {_short(name)} must be a number, string or null")
-    return doc
+    return Captured(kind, record)
 
 
 def _kind(value: Any) -> str:

@@ -16,7 +16,7 @@ import pandas as pd
 
 from edgeloop_agent.names import check_model_name
 from edgeloop_control.featurestore import FeatureStore
-from edgeloop_control.featurestore.store import INGESTED_AT
+from edgeloop_control.featurestore.writes import INGESTED_AT
 from edgeloop_control.infra.workspace import Workspace
 from edgeloop_control.registry import ModelVersion, Registry
 from edgeloop_control.tracking import (
@@ -162,7 +162,7 @@ def train_and_register(
     # Every input error a user can fix is raised here, before a tracking run
     # exists: a wrong --target must not leave a FAILED run behind.
     prepared = prepare(frame, config)
-    with tracker.start_run(experiment=name, run_name=f"train-{name}", tags=tags) as run:
+    with tracker.start_run(mlflow_experiment=name, run_name=f"train-{name}", tags=tags) as run:
         result = fit(prepared)
         run.log_params(
             {

@@ -13,21 +13,24 @@ Layout of the repository (see docs/registry.md)::
 The tags are the source of truth for versions and stages; metadata is always
 read from the tagged commit, never from the working tree, so a local edit
 cannot change what a version claims to be.
+
+:class:`Registry` is the entry point; the parts it uses:
+
+    tagstate.py       versions and stages as the tags say; resolving a reference
+    versionrecord.py  metadata.json: written at registration, read into ModelVersion
+    lineage.py        checking and normalising a new version's lineage
+    worktree.py       writer lock, clean tree, rollback, dvc.yaml
+    tags.py, refs.py  GTO tag names; version and stage references
+    gitrepo.py, dvcstore.py  git and DVC
 """
 
 from __future__ import annotations
 
 import builtins
-import fcntl
 import hashlib
 import json
 import os
-import shutil
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,36 +41,43 @@ from edgeloop_control.registry import dvcstore
 from edgeloop_control.registry.diff import diff_versions
 from edgeloop_control.registry.errors import RegistryError
 from edgeloop_control.registry.gitrepo import GitRepo
+from edgeloop_control.registry.lineage import check_lineage
 from edgeloop_control.registry.model import (
     ARTIFACT_NAME,
-    LINEAGE_KEYS,
-    RECORD_FORMAT,
     RECORD_NAME,
     ModelVersion,
     to_json_value,
 )
 from edgeloop_control.registry.refs import (
-    NAME_RE,
     Ref,
     check_name,
     check_stage,
     parse_ref,
-    parse_semver,
-    semver_str,
     short_version,
 )
 from edgeloop_control.registry.tags import (
-    TagEvent,
     assign_tag,
-    parse_tag,
     register_tag,
     unassign_tag,
+)
+from edgeloop_control.registry.tagstate import (
+    ModelTags,
+    Semver,
+    read_models,
+    resolve,
+    tag_time,
+)
+from edgeloop_control.registry.versionrecord import new_record, version_from_record
+from edgeloop_control.registry.worktree import (
+    ensure_clean,
+    next_major,
+    rollback,
+    write_dvc_yaml,
+    writer_lock,
 )
 
 if TYPE_CHECKING:
     from edgeloop_control.infra.workspace import Workspace
-
-Semver = tuple[int, int, int]
 
 # Stages a version gives up when it is promoted to the key stage.
 EXCLUSIVE_STAGES: dict[str, tuple[str, ...]] = {"champion": ("challenger",)}
@@ -79,31 +89,6 @@ Managed by `edgeloop models`; see docs/registry.md in the edgeloop repository.
 Versions are git tags `NAME@vX.Y.Z`, stages are tags `NAME#STAGE#N` (GTO format).
 Artifacts are DVC-tracked: `git checkout NAME@vX.Y.Z && dvc pull` restores one.
 """
-
-
-@dataclass
-class _Registered:
-    semver: Semver
-    commit: str
-    tag: str
-    timestamp: int
-
-
-@dataclass
-class _Model:
-    """Everything the tags say about one model."""
-
-    versions: dict[Semver, _Registered] = field(default_factory=dict)
-    # stage -> semver of the version holding it
-    stages: dict[str, Semver] = field(default_factory=dict)
-    max_counter: int = 0
-    last_timestamp: int = 0
-
-    def stages_of(self, semver: Semver) -> list[str]:
-        return sorted(s for s, v in self.stages.items() if v == semver)
-
-    def latest(self) -> Semver | None:
-        return max(self.versions) if self.versions else None
 
 
 class Registry:
@@ -236,34 +221,18 @@ class Registry:
 
         with self._lock():
             models = self._models()
-            model = models.get(name, _Model())
-            lin = self._check_lineage(name, lineage, model)
-            major = self._next_major(name, model)
+            model = models.get(name, ModelTags())
+            lin = check_lineage(name, lineage, model, self._model)
+            major = next_major(self.git, name, model)
             semver: Semver = (major, 0, 0)
             vdir = f"models/{name}/{short_version(semver)}"
-            self._ensure_clean(vdir)
+            ensure_clean(self.root, self.git, vdir)
 
             try:
                 key = signing.ensure_keypair(self.signing_key_path, self.public_key_path)
             except signing.SigningError as exc:
                 raise RegistryError(f"cannot sign {name}: {exc}") from None
-            record = {
-                "format": RECORD_FORMAT,
-                "name": name,
-                "version": short_version(semver),
-                "semver": semver_str(semver),
-                "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "artifact": {
-                    "path": ARTIFACT_NAME,
-                    "sha256": hashlib.sha256(data).hexdigest(),
-                    "size": len(data),
-                    "signature": signing.sign(data, key),
-                    "signature_algorithm": "ed25519",
-                    "key_id": signing.key_id(key.public_key()),
-                },
-                "lineage": lin,
-                "metadata": meta,
-            }
+            record = new_record(name, semver, data, key, lin, meta)
             target = self.root / vdir
             before = self.git.head()
             target.mkdir(parents=True)
@@ -274,9 +243,9 @@ class Registry:
                     encoding="utf-8",
                 )
                 dvcstore.add_and_push(self.root, f"{vdir}/{ARTIFACT_NAME}")
-                latest = {n: m.latest() for n, m in models.items() if m.latest()}
+                latest = {n: v for n, m in models.items() if (v := m.latest()) is not None}
                 latest[name] = semver
-                self._write_dvc_yaml(latest)
+                write_dvc_yaml(self.root, latest)
                 paths = [
                     f"{vdir}/{ARTIFACT_NAME}.dvc",
                     f"{vdir}/{RECORD_NAME}",
@@ -290,9 +259,9 @@ class Registry:
                     paths,
                 )
                 tag, message = register_tag(name, semver)
-                self.git.tag(tag, commit, message, timestamp=self._tag_time(model))
+                self.git.tag(tag, commit, message, timestamp=tag_time(model))
             except BaseException:
-                self._rollback(before, vdir)
+                rollback(self.root, self.git, before, vdir)
                 raise
         return self.get(f"{name}@{short_version(semver)}")
 
@@ -310,7 +279,7 @@ class Registry:
             made: builtins.list[str] = []
             if model.stages.get(stage) == semver:
                 return self.get(f"{name}@{short_version(semver)}")
-            counter, stamp = model.max_counter, self._tag_time(model)
+            counter, stamp = model.max_counter, tag_time(model)
 
             def tag(make: Any, stage: str, target: Semver) -> None:
                 nonlocal counter, stamp
@@ -345,9 +314,7 @@ class Registry:
             if current is None:
                 return None
             tag, message = unassign_tag(name, stage, current, model.max_counter + 1)
-            self.git.tag(
-                tag, model.versions[current].commit, message, timestamp=self._tag_time(model)
-            )
+            self.git.tag(tag, model.versions[current].commit, message, timestamp=tag_time(model))
         return self.get(f"{name}@{short_version(current)}")
 
     # -- reading ---------------------------------------------------------------
@@ -411,53 +378,10 @@ class Registry:
 
     # -- internals: tags -------------------------------------------------------
 
-    def _models(self) -> dict[str, _Model]:
-        events: builtins.list[TagEvent] = []
-        for ref in self.git.annotated_tags():
-            event = parse_tag(ref.name, ref.commit, ref.timestamp)
-            if event is not None and NAME_RE.fullmatch(event.name):
-                events.append(event)
-        # GTO orders by tagger time; the per-artifact counter breaks ties the way
-        # the tags were created.
-        events.sort(key=lambda e: (e.timestamp, e.counter))
-        models: dict[str, _Model] = {}
-        holders: dict[str, dict[str, dict[Semver, int]]] = {}
-        for order, event in enumerate(events):
-            model = models.setdefault(event.name, _Model())
-            model.max_counter = max(model.max_counter, event.counter)
-            model.last_timestamp = max(model.last_timestamp, event.timestamp)
-            if event.kind in ("register", "deregister"):
-                assert event.semver is not None
-                semver = parse_semver(event.semver)
-                if event.kind == "register":
-                    model.versions[semver] = _Registered(
-                        semver, event.commit, event.tag, event.timestamp
-                    )
-                else:
-                    model.versions.pop(semver, None)
-                continue
-            assert event.stage is not None
-            # A stage tag names a commit; the version is the one registered there.
-            by_commit = {r.commit: s for s, r in model.versions.items()}
-            semver = by_commit.get(event.commit)
-            if semver is None:
-                continue
-            active = holders.setdefault(event.name, {}).setdefault(event.stage, {})
-            if event.kind == "assign":
-                active[semver] = order
-            else:
-                active.pop(semver, None)
-        for name, stages in holders.items():
-            model = models[name]
-            for stage, active in stages.items():
-                live = {v: o for v, o in active.items() if v in model.versions}
-                if live:
-                    # Our promotions unassign the previous holder, so there is one;
-                    # with hand-made tags the latest assignment wins.
-                    model.stages[stage] = max(live, key=live.__getitem__)
-        return {n: m for n, m in models.items() if m.versions}
+    def _models(self) -> dict[str, ModelTags]:
+        return read_models(self.git)
 
-    def _model(self, name: str, models: dict[str, _Model] | None = None) -> _Model:
+    def _model(self, name: str, models: dict[str, ModelTags] | None = None) -> ModelTags:
         models = self._models() if models is None else models
         if name not in models:
             known = ", ".join(sorted(models)) or "none"
@@ -466,29 +390,11 @@ class Registry:
             )
         return models[name]
 
-    def _resolve(self, name: str, model: _Model, ref: Ref) -> Semver:
-        if ref.stage is not None:
-            if ref.stage not in model.stages:
-                have = ", ".join(f"{s}={short_version(v)}" for s, v in model.stages.items())
-                raise RegistryError(
-                    f"model {name!r} has no version in stage {ref.stage!r} "
-                    f"(stages: {have or 'none assigned'})"
-                )
-            return model.stages[ref.stage]
-        if ref.latest:
-            latest = model.latest()
-            assert latest is not None
-            return latest
-        assert ref.version is not None
-        if ref.version not in model.versions:
-            have = ", ".join(short_version(v) for v in sorted(model.versions))
-            raise RegistryError(
-                f"model {name!r} has no version {short_version(ref.version)} (versions: {have})"
-            )
-        return ref.version
+    def _resolve(self, name: str, model: ModelTags, ref: Ref) -> Semver:
+        return resolve(name, model, ref)
 
     def _load(
-        self, name: str, model: _Model, semvers: builtins.list[Semver]
+        self, name: str, model: ModelTags, semvers: builtins.list[Semver]
     ) -> builtins.list[ModelVersion]:
         specs = [
             f"{model.versions[v].commit}:models/{name}/{short_version(v)}/{RECORD_NAME}"
@@ -502,141 +408,8 @@ class Registry:
                     f"tag {reg.tag} points at commit {reg.commit[:12]}, which has no "
                     f"models/{name}/{short_version(semver)}/{RECORD_NAME}"
                 )
-            out.append(self._version_from_record(name, semver, reg, model, blob))
+            out.append(version_from_record(self.root, name, semver, reg, model, blob))
         return out
-
-    def _version_from_record(
-        self, name: str, semver: Semver, reg: _Registered, model: _Model, blob: bytes
-    ) -> ModelVersion:
-        where = f"{RECORD_NAME} of {reg.tag}"
-        try:
-            record = json.loads(blob)
-            artifact = record["artifact"]
-            if record.get("format") != RECORD_FORMAT:
-                raise RegistryError(
-                    f"{where} has format {record.get('format')!r}; "
-                    f"this edgeloop reads format {RECORD_FORMAT}"
-                )
-            if record["name"] != name or record["semver"] != semver_str(semver):
-                raise RegistryError(
-                    f"{where} describes {record['name']}@{record['semver']}, not the tagged version"
-                )
-            vdir = self.root / "models" / name / short_version(semver)
-            return ModelVersion(
-                name=name,
-                version=short_version(semver),
-                semver=semver_str(semver),
-                sha256=artifact["sha256"],
-                size=int(artifact["size"]),
-                signature=artifact["signature"],
-                key_id=artifact.get("key_id", ""),
-                created_at=record["created_at"],
-                metadata=record.get("metadata") or {},
-                lineage=record.get("lineage") or {},
-                stages=model.stages_of(semver),
-                artifact_path=vdir / artifact.get("path", ARTIFACT_NAME),
-                commit=reg.commit,
-                tag=reg.tag,
-            )
-        except (ValueError, KeyError, TypeError) as exc:
-            raise RegistryError(f"{where} is malformed: {exc!r}") from None
-
-    def _tag_time(self, model: _Model) -> int:
-        # Strictly after the model's previous tag: GTO sorts a model's events by
-        # tagger time at 1 s resolution, and equal times would make the order of
-        # a quick unassign/assign pair ambiguous to it.
-        return max(int(time.time()), model.last_timestamp + 1)
-
-    def _next_major(self, name: str, model: _Model) -> int:
-        # Also look at committed directories: a crash between commit and tag must
-        # not make the next registration reuse that directory.
-        committed = self.git.run("ls-tree", "-d", "--name-only", "HEAD", f"models/{name}/")
-        majors = [v[0] for v in model.versions]
-        for line in committed.stdout.decode().splitlines():
-            try:
-                majors.append(parse_semver(line.rsplit("/", 1)[-1])[0])
-            except RegistryError:
-                continue
-        return max(majors, default=0) + 1
-
-    def _check_lineage(
-        self, name: str, lineage: dict[str, Any] | None, model: _Model
-    ) -> dict[str, Any]:
-        if lineage is None:
-            return {}
-        if not isinstance(lineage, dict):
-            raise RegistryError(f"lineage must be a dict, got {type(lineage).__name__}")
-        out = to_json_value(lineage, "lineage")
-        for key in ("run_id", "run_uri", "cause"):
-            if out.get(key) is not None and not isinstance(out[key], str):
-                raise RegistryError(f"lineage.{key} must be a string, got {out[key]!r}")
-        parent = out.get("parent")
-        if parent is not None:
-            if not isinstance(parent, str):
-                raise RegistryError(f"lineage.parent must be a version string, got {parent!r}")
-            ref = parse_ref(parent if "@" in parent or "#" in parent else f"{name}@{parent}")
-            if ref.name != name:
-                parent_model = self._model(ref.name)
-            else:
-                if not model.versions:
-                    raise RegistryError(
-                        f"lineage.parent {parent!r}: model {name!r} has no versions yet"
-                    )
-                parent_model = model
-            # Record the concrete version, not a moving stage alias.
-            resolved = self._resolve(ref.name, parent_model, ref)
-            out["parent"] = f"{ref.name}@{short_version(resolved)}"
-        ordered = {k: out[k] for k in LINEAGE_KEYS if k in out}
-        ordered.update({k: v for k, v in out.items() if k not in ordered})
-        return ordered
-
-    # -- internals: working tree -------------------------------------------------
-
-    def _ensure_clean(self, vdir: str) -> None:
-        leftover = self.root / vdir
-        if leftover.exists() and not self.git.tracked(vdir):
-            # Debris of a registration that failed before its commit.
-            shutil.rmtree(leftover)
-        self.git.reset_index()
-        dirty = self.git.status()
-        if dirty:
-            shown = "; ".join(line.strip() for line in dirty[:5])
-            raise RegistryError(
-                f"registry working tree at {self.root} has local changes ({shown}); "
-                "commit or discard them (git status) before registering"
-            )
-
-    def _rollback(self, before: str | None, vdir: str) -> None:
-        """Undo a registration that failed part-way: a commit it made is dropped
-        (the branch goes back to ``before``; _ensure_clean guaranteed there were
-        no local changes to lose), then its files are removed. The artifact may
-        stay in the DVC cache and remote: content-addressed, unreferenced, and
-        collected by ``dvc gc``; it registers nothing."""
-        try:
-            if before is not None and self.git.head() != before:
-                self.git.run("reset", "-q", "--hard", before)
-        finally:
-            self._discard(vdir)
-
-    def _discard(self, vdir: str) -> None:
-        self.git.reset_index()
-        shutil.rmtree(self.root / vdir, ignore_errors=True)
-        model_dir = (self.root / vdir).parent
-        if model_dir.is_dir() and not any(model_dir.iterdir()):
-            model_dir.rmdir()  # a first version's failure leaves no empty models/NAME
-        if self.git.tracked("dvc.yaml"):
-            self.git.run("checkout", "-q", "--", "dvc.yaml", check=False)
-        else:
-            (self.root / "dvc.yaml").unlink(missing_ok=True)
-
-    def _write_dvc_yaml(self, latest: dict[str, Semver]) -> None:
-        # DVC's model-registry annotation: `dvc artifacts get REPO NAME --rev TAG`
-        # and GTO find each model's file at any tagged commit.
-        lines = ["# Managed by edgeloop: the latest version of each model.", "artifacts:"]
-        for name in sorted(latest):
-            path = f"models/{name}/{short_version(latest[name])}/{ARTIFACT_NAME}"
-            lines += [f"  {name}:", f"    path: {path}", "    type: model"]
-        (self.root / "dvc.yaml").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
     def _verify_signature(self, mv: ModelVersion, data: bytes) -> None:
         if not self.public_key_path.is_file():
@@ -652,17 +425,8 @@ class Registry:
         except SignatureError as exc:
             raise RegistryError(f"artifact of {mv.ref}: {exc}") from None
 
-    @contextmanager
-    def _lock(self) -> Iterator[None]:
-        # One writer at a time (daemon retraining vs. a CLI promote): tag counters
-        # and version numbers are read-then-written.
-        path = self.root / ".git" / "edgeloop-registry.lock"
-        with open(path, "a") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+    def _lock(self) -> AbstractContextManager[None]:
+        return writer_lock(self.root)
 
 
 def _check_model_name(name: object) -> str:

@@ -74,7 +74,7 @@ def test_start_status_stop(env: Env) -> None:
     assert {m["variant"]: m["weight"] for m in doc["models"]} == {CHAMP: 80.0, CHALL: 20.0}
 
     one_line_error(ab(env, "start", CHAMP, "load@v2", "-d", "d3"), "different models")
-    one_line_error(ab(env, "start", CHAMP, CHALL, "-d", "d2"), "d2 already in experiment")
+    one_line_error(ab(env, "start", CHAMP, CHALL, "-d", "d2"), "d2 belongs to running experiment")
     one_line_error(ab(env, "status", "ab-nope-1"), "no experiment 'ab-nope-1'")
 
     # Telemetry arrives (ingested as the daemon would); status needs no broker at all.

@@ -22,6 +22,7 @@ from edgeloop_control.fleet.desired import (
     check_device_ids,
 )
 from edgeloop_control.infra.shares import parse_share
+from edgeloop_control.stats.sequential import Kind
 
 from .actions import act
 from .config import ExperimentError
@@ -82,7 +83,7 @@ def _check_serving(parts: Parts, model: str, devices: list[str]) -> None:
 
 def _versions(
     parts: Parts, req: Request
-) -> tuple[ModelVersion, ModelVersion, dict[str, bytes], str]:
+) -> tuple[ModelVersion, ModelVersion, dict[str, bytes], Kind]:
     """Champion, challenger, their artifacts and the experiment kind, or ExperimentError."""
     model = req.model
     champ = parts.versions.resolve(model, req.champion)

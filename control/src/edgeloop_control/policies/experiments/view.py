@@ -11,7 +11,7 @@ from typing import Any
 
 from edgeloop_control.stats import MixtureSPRT
 
-from .store import Experiment
+from .store import Experiment, StepKind
 
 
 def summary(exp: Experiment) -> dict[str, Any]:
@@ -79,7 +79,7 @@ def start_message(exp: Experiment) -> str:
 
 def end_message(exp: Experiment) -> tuple[str, str, str] | None:
     """(final state, event kind, message) when ``exp``'s actions are done, else None."""
-    if exp.state == "promoting" and not any(s.kind.value == "registry" for s in exp.pending):
+    if exp.state == "promoting" and not any(s.kind is StepKind.REGISTRY for s in exp.pending):
         return (
             "promoted",
             "ab_promoted",

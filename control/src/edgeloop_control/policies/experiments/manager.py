@@ -177,13 +177,13 @@ class ExperimentManager:
     def _hold_devices(self, exp_id: str) -> None:
         """Claim a running experiment's devices if it does not hold them yet (experiments
         started before the desired-state owner kept a table); a no-op once it does."""
-        exp = self.store.get(exp_id)
+        devices = self.store.devices(exp_id)
         me = owner(exp_id)
-        held = self.parts.desired.owners(exp.devices)
-        if all(held.get(d) == me for d in exp.devices):
+        held = self.parts.desired.owners(devices)
+        if all(held.get(d) == me for d in devices):
             return
         try:
-            self.parts.desired.claim(me, exp.devices)
+            self.parts.desired.claim(me, devices)
         except DeviceOwned as exc:
             if exp_id not in self._unclaimed:  # said once per process, not every second
                 self._unclaimed.add(exp_id)

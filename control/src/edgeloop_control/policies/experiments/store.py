@@ -228,6 +228,15 @@ class ExperimentStore:
         ).fetchall()
         return [(r["id"], r["state"]) for r in rows]
 
+    def devices(self, exp_id: str) -> list[str]:
+        """The experiment's devices only (what a tick checks ownership of, every second)."""
+        row = self.db.conn.execute(
+            "SELECT devices FROM experiments WHERE id = ?", (exp_id,)
+        ).fetchone()
+        if row is None:
+            raise KeyError(exp_id)
+        return list(jsoncolumn.decode(row["devices"], [], where=f"experiments.devices of {exp_id}"))
+
     def looks(self, exp_id: str) -> list[dict[str, Any]]:
         rows = self.db.conn.execute(
             "SELECT seq, doc FROM experiment_looks WHERE experiment = ? ORDER BY seq", (exp_id,)

@@ -66,7 +66,7 @@ def test_start_status_stop(env: Env) -> None:
         out, "has no version in stage 'champion'"
     )  # nothing promoted yet: a readable refusal
 
-    out = ab(env, "start", CHAMP, CHALL, "-d", "d1", "-d", "d2", "--weight", "20", "--json")
+    out = ab(env, "start", CHAMP, CHALL, "-d", "d1", "-d", "d2", "--weight", "20%", "--json")
     assert out.returncode == 0, out.stderr
     exp = json.loads(out.stdout)
     assert exp["id"] == "ab-sensor-1" and exp["weights"]["challenger"] == 20.0
@@ -74,7 +74,10 @@ def test_start_status_stop(env: Env) -> None:
     assert {m["variant"]: m["weight"] for m in doc["models"]} == {CHAMP: 80.0, CHALL: 20.0}
 
     one_line_error(ab(env, "start", CHAMP, "load@v2", "-d", "d3"), "different models")
-    one_line_error(ab(env, "start", CHAMP, CHALL, "-d", "d2"), "d2 already in experiment")
+    one_line_error(
+        ab(env, "start", CHAMP, CHALL, "-d", "d3", "--weight", "100%"), "within (0%, 100%)"
+    )
+    one_line_error(ab(env, "start", CHAMP, CHALL, "-d", "d2"), "d2 belongs to running experiment")
     one_line_error(ab(env, "status", "ab-nope-1"), "no experiment 'ab-nope-1'")
 
     # Telemetry arrives (ingested as the daemon would); status needs no broker at all.

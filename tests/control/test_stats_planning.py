@@ -90,3 +90,10 @@ def test_the_cli_prints_the_plan_and_names_bad_input() -> None:
     assert data["days"] == pytest.approx(want.total / 2000)
     bad = CliRunner().invoke(app, ["ab", "plan", "--baseline", "0.99", "--effect", "0.02"])
     assert bad.exit_code == 1 and "strictly between 0 and 1" in bad.output
+    # One share style: 20%, 0.2 and 20 (a bare number above 1 is percent) are the same plan.
+    for same in ("20%", "0.2"):
+        again = CliRunner().invoke(app, [*args[:-1], same, "--json"])
+        assert again.exit_code == 0, again.output
+        assert json.loads(again.stdout)["total"] == want.total
+    full = CliRunner().invoke(app, [*args[:-1], "100%"])
+    assert full.exit_code == 1 and "--weight must be within (0%, 100%)" in full.output

@@ -54,8 +54,8 @@ def start(
     challenger: Annotated[str, typer.Argument(help="the candidate: MODEL@vN")],
     device: Annotated[list[str], typer.Option("--device", "-d", help="device id; repeatable")],
     weight: Annotated[
-        float | None,
-        typer.Option(help="challenger's share of traffic in percent [config: 50]"),
+        str | None,
+        typer.Option(help="challenger's share of traffic: 10%, 0.1 or 10 (percent) [config: 50%]"),
     ] = None,
     manual: Annotated[
         bool | None,
@@ -205,7 +205,9 @@ def plan_cmd(
     sd: Annotated[
         float | None, typer.Option(help="per-outcome standard deviation (continuous only)")
     ] = None,
-    weight: Annotated[float, typer.Option(help="challenger's share of traffic, percent")] = 50.0,
+    weight: Annotated[
+        str, typer.Option(help="challenger's share of traffic: 20%, 0.2 or 20 (percent)")
+    ] = "50%",
     alpha: Annotated[float, typer.Option(help="significance level of the test")] = 0.05,
     power: Annotated[float, typer.Option(help="wanted chance of detecting the effect")] = 0.8,
     tau: Annotated[
@@ -217,16 +219,20 @@ def plan_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """How many labelled outcomes (and days) the always-valid test needs for an effect."""
+    from edgeloop_control.errors import ConfigError
+    from edgeloop_control.infra.shares import parse_share
     from edgeloop_control.stats.planning import plan
 
-    if not 0.0 < weight < 100.0:
-        fail(f"--weight must be a percentage strictly between 0 and 100, got {weight:g}")
+    try:  # the planner takes percents; round off the float noise of fraction * 100
+        share = round(100.0 * parse_share(weight, "--weight", allow_one=False), 9)
+    except ConfigError as exc:
+        fail(str(exc))
     try:
         p = plan(
             kind=kind,
             baseline=baseline,
             effect=effect,
-            weights=(100.0 - weight, weight),
+            weights=(100.0 - share, share),
             alpha=alpha,
             power=power,
             tau=tau,

@@ -7,16 +7,23 @@ import numbers
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from edgeloop_control.errors import ConfigError, EdgeloopError
+from edgeloop_control.infra.shares import parse_share
 from edgeloop_control.infra.workspace import Workspace
 
 
-class ExperimentError(ValueError):
+class ExperimentError(EdgeloopError, ValueError):
     """An experiment request that cannot be carried out; the message says why."""
+
+
+class ExperimentConfigError(ConfigError, ExperimentError):
+    """An ``[experiment]`` setting that cannot be used (both a config and an experiment error,
+    so callers catching either keep working)."""
 
 
 def _number(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ExperimentError(f"experiment.{name} must be a finite number, got {value!r}")
+        raise ExperimentConfigError(f"experiment.{name} must be a finite number, got {value!r}")
     return float(value)
 
 
@@ -33,7 +40,9 @@ class ExperimentConfig:
     # first counted look). See docs/ab-statistics.md, "Choosing tau".
     tau: float | None = None
     min_samples_per_arm: int = 100
-    challenger_weight: float = 50.0
+    # The challenger's share of traffic as a fraction (0.5 = 50 %); written like every share
+    # (``10%``, ``0.1``, or ``10`` meaning percent, see infra/shares.py) and normalised here.
+    challenger_weight: float = 0.5
     auto_decide: bool = True
     max_error_rate: float = 0.05
     max_p99_ms: float = 50.0
@@ -46,45 +55,50 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         alpha = _number("alpha", self.alpha)
         if not 0.0 < alpha < 1.0:
-            raise ExperimentError(f"experiment.alpha must be in (0, 1), got {alpha}")
+            raise ExperimentConfigError(f"experiment.alpha must be in (0, 1), got {alpha}")
         if self.tau is not None and not _number("tau", self.tau) > 0.0:
-            raise ExperimentError(
+            raise ExperimentConfigError(
                 f"experiment.tau must be > 0 (or absent: automatic), got {self.tau}"
             )
         for name in ("min_samples_per_arm", "guardrail_min_requests"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-                raise ExperimentError(f"experiment.{name} must be an integer >= 1, got {value!r}")
-        weight = _number("challenger_weight", self.challenger_weight)
-        if not 0.0 < weight < 100.0:
-            raise ExperimentError(
-                f"experiment.challenger_weight must be a percentage strictly between 0 and 100, "
-                f"got {weight:g}"
+                raise ExperimentConfigError(
+                    f"experiment.{name} must be an integer >= 1, got {value!r}"
+                )
+        try:
+            share = parse_share(
+                self.challenger_weight, "experiment.challenger_weight", allow_one=False
             )
+        except ConfigError as exc:
+            raise ExperimentConfigError(str(exc)) from None
+        object.__setattr__(self, "challenger_weight", share)
         if not isinstance(self.auto_decide, bool):
-            raise ExperimentError(
+            raise ExperimentConfigError(
                 f"experiment.auto_decide must be true or false, got {self.auto_decide!r}"
             )
         rate = _number("max_error_rate", self.max_error_rate)
         if not 0.0 <= rate <= 1.0:
-            raise ExperimentError(f"experiment.max_error_rate must be in [0, 1], got {rate}")
+            raise ExperimentConfigError(f"experiment.max_error_rate must be in [0, 1], got {rate}")
         if not _number("max_p99_ms", self.max_p99_ms) > 0.0:
-            raise ExperimentError(f"experiment.max_p99_ms must be > 0, got {self.max_p99_ms}")
+            raise ExperimentConfigError(f"experiment.max_p99_ms must be > 0, got {self.max_p99_ms}")
         limit = self.max_duration_s
         if limit is not None and not _number("max_duration_s", limit) > 0:
-            raise ExperimentError(
+            raise ExperimentConfigError(
                 f"experiment.max_duration_s must be > 0 (or absent: no limit), got {limit}"
             )
         threshold = _number("srm_threshold", self.srm_threshold)
         if not 0.0 < threshold < 1.0:
-            raise ExperimentError(f"experiment.srm_threshold must be in (0, 1), got {threshold}")
+            raise ExperimentConfigError(
+                f"experiment.srm_threshold must be in (0, 1), got {threshold}"
+            )
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], *, where: str = "[experiment]") -> ExperimentConfig:
         known = [f.name for f in fields(cls)]
         unknown = sorted(set(raw) - set(known))
         if unknown:
-            raise ExperimentError(
+            raise ExperimentConfigError(
                 f"{where} has unknown key(s) {', '.join(unknown)}; known keys: {', '.join(known)}"
             )
         values = dict(raw)
@@ -98,5 +112,24 @@ class ExperimentConfig:
     def from_workspace(cls, ws: Workspace) -> ExperimentConfig:
         return cls.from_dict(dict(ws.section("experiment")), where="[experiment] in edgeloop.toml")
 
+    @classmethod
+    def from_stored(cls, raw: dict[str, Any]) -> ExperimentConfig:
+        """The copy an experiment keeps (:meth:`to_dict`): its weight is in percent, always.
+
+        Decoded by unit, not through ``parse_share``: a stored ``1`` means 1 %, not 100 %.
+        """
+        values = dict(raw)
+        if "challenger_weight" in values:
+            values["challenger_weight"] = (
+                _number("challenger_weight", values["challenger_weight"]) / 100.0
+            )
+        return cls.from_dict(values, where="stored experiment config")
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """What an experiment stores and shows: the weight in percent, as operators read it."""
+        return {**asdict(self), "challenger_weight": percent(self.challenger_weight)}
+
+
+def percent(share: float) -> float:
+    """A fraction shown as percent, without float noise (0.07 -> 7.0, not 7.000000000000001)."""
+    return round(share * 100.0, 9)

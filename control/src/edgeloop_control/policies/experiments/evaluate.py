@@ -12,20 +12,27 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from edgeloop_control.stats import Guardrail, MixtureSPRT, experiment_report
+from edgeloop_control.stats import (
+    BinaryStats,
+    ContinuousStats,
+    Guardrail,
+    MixtureSPRT,
+    experiment_report,
+)
+from edgeloop_control.stats.sequential import Kind
 
 from .config import ExperimentConfig
 from .totals import ArmTotals, OutputWindow, Totals
 
 # How each task's labelled outcomes are compared (docs/experiments.md, "Metrics").
-KIND_OF_TASK = {"classification": "binary", "regression": "continuous"}
+KIND_OF_TASK: dict[str, Kind] = {"classification": "binary", "regression": "continuous"}
 METRIC_OF_KIND = {"binary": ("accuracy", True), "continuous": ("mean absolute error", False)}
 
 
-def new_test(kind: str, config: ExperimentConfig) -> MixtureSPRT:
+def new_test(kind: Kind, config: ExperimentConfig) -> MixtureSPRT:
     metric, higher_is_better = METRIC_OF_KIND[kind]
     return MixtureSPRT(
-        kind,  # type: ignore[arg-type]
+        kind,
         alpha=config.alpha,
         tau=config.tau,
         min_samples_per_arm=config.min_samples_per_arm,
@@ -36,6 +43,8 @@ def new_test(kind: str, config: ExperimentConfig) -> MixtureSPRT:
 
 def update_test(test: MixtureSPRT, totals: Totals) -> bool:
     """Feed the cumulative labelled totals to the test; True if it looked (they changed)."""
+    a: BinaryStats | ContinuousStats
+    b: BinaryStats | ContinuousStats
     if test.kind == "binary":
         a, b = totals.champion.binary(), totals.challenger.binary()
     else:

@@ -39,6 +39,7 @@ lint: setup
 	$(BIN)/ruff check agent control tests bench
 	$(BIN)/ruff format --check agent control tests bench
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 bench: setup
 	$(BIN)/python bench/run_all.py

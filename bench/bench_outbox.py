@@ -51,10 +51,18 @@ def _baseline_db(path: str) -> sqlite3.Connection:
 
 
 def bench(n: int, n_base: int, workdir: str) -> list[tuple[str, float, float]]:
-    rows = []
     bodies = [json.dumps(_payload(i)).encode() for i in range(max(n, n_base))]
+    base_put_rate, base_drain_rate = _bench_baseline(n_base, bodies, workdir)
+    payloads = [_payload(i) for i in range(n)]
+    return [
+        *_bench_default(n, payloads, workdir, base_put_rate, base_drain_rate),
+        _bench_full(n_base, payloads, workdir, base_put_rate),
+        _bench_capped(n, payloads, workdir, base_put_rate),
+    ]
 
-    # -- baseline put: one FULL-sync transaction per message
+
+def _bench_baseline(n_base: int, bodies: list[bytes], workdir: str) -> tuple[float, float]:
+    """Put and drain rates of the naive queue: one FULL-sync transaction per message."""
     base = _baseline_db(os.path.join(workdir, "baseline.db"))
 
     def base_put() -> None:
@@ -76,10 +84,15 @@ def bench(n: int, n_base: int, workdir: str) -> list[tuple[str, float, float]]:
 
     base_drain_rate = _rate(n_base, base_drain)
     base.close()
+    return base_put_rate, base_drain_rate
 
-    # -- outbox, default durability (WAL, synchronous=NORMAL)
+
+def _bench_default(
+    n: int, payloads: list[dict], workdir: str, base_put_rate: float, base_drain_rate: float
+) -> list[tuple[str, float, float]]:
+    """The outbox at its default durability (WAL, synchronous=NORMAL)."""
+    rows = []
     ob = Outbox(os.path.join(workdir, "outbox.db"), max_bytes=1 << 30, device_id="bench")
-    payloads = [_payload(i) for i in range(n)]
 
     def ob_put() -> None:
         for p in payloads:
@@ -105,8 +118,13 @@ def bench(n: int, n_base: int, workdir: str) -> list[tuple[str, float, float]]:
 
     rows.append(("put_many, 100 msgs/commit", _rate(n, ob_put_many), base_put_rate))
     ob.close()
+    return rows
 
-    # -- outbox, power-cut durability (WAL, synchronous=FULL)
+
+def _bench_full(
+    n_base: int, payloads: list[dict], workdir: str, base_put_rate: float
+) -> tuple[str, float, float]:
+    """The outbox at power-cut durability (WAL, synchronous=FULL)."""
     full = Outbox(
         os.path.join(workdir, "outbox_full.db"),
         max_bytes=1 << 30,
@@ -118,9 +136,15 @@ def bench(n: int, n_base: int, workdir: str) -> list[tuple[str, float, float]]:
         for p in payloads[:n_base]:
             full.put("edgeloop/bench/report", p, "report")
 
-    rows.append(("put, 1 commit/msg (WAL, FULL)", _rate(n_base, full_put), base_put_rate))
+    row = ("put, 1 commit/msg (WAL, FULL)", _rate(n_base, full_put), base_put_rate)
+    full.close()
+    return row
 
-    # -- outbox at capacity: every put also evicts the oldest sample
+
+def _bench_capped(
+    n: int, payloads: list[dict], workdir: str, base_put_rate: float
+) -> tuple[str, float, float]:
+    """The outbox at capacity: every put also evicts the oldest sample."""
     capped = Outbox(os.path.join(workdir, "outbox_cap.db"), max_bytes=1_000_000, device_id="bench")
     for start in range(0, 6000, 100):
         capped.put_many([("t", p, "sample") for p in payloads[start % n : start % n + 100]])
@@ -129,10 +153,9 @@ def bench(n: int, n_base: int, workdir: str) -> list[tuple[str, float, float]]:
         for p in payloads:
             capped.put("t", p, "sample")
 
-    rows.append(("put at capacity (evicting oldest)", _rate(n, capped_put), base_put_rate))
+    row = ("put at capacity (evicting oldest)", _rate(n, capped_put), base_put_rate)
     capped.close()
-    full.close()
-    return rows
+    return row
 
 
 def main() -> None:

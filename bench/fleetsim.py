@@ -633,34 +633,8 @@ def run_worker(device_ids: list[str], cfg: SimConfig, duration_s: float, seed: i
             to_connect.pop().connect()
         t0 = time.monotonic()
         for dev in devices:
-            sock = dev.client.socket()
-            fd = sock.fileno() if sock is not None else None
-            if fd != dev.fd:
-                if dev.fd is not None and by_fd.get(dev.fd) is dev:
-                    poller.unregister(dev.fd)
-                    del by_fd[dev.fd]
-                if fd is not None and fd >= 0:
-                    poller.register(fd, select.POLLIN)
-                    by_fd[fd] = dev
-                dev.fd = fd
-            if sock is None:
-                if dev.offline_until and now >= dev.offline_until and dev not in to_connect:
-                    dev.offline_until = 0.0
-                    dev.online = False
-                    try:
-                        dev.client.reconnect()
-                    except OSError:
-                        dev.offline_until = now + 2.0
-                continue
-            dev.tick(now, dt)
-            if dev.client.want_write():
-                dev.client.loop_write()
-        for fd, _ev in poller.poll(50):
-            dev = by_fd.get(fd)
-            if dev is not None:
-                rc = dev.client.loop_read(max_packets=100)
-                if rc != mqtt.MQTT_ERR_SUCCESS and not dev.offline_until:
-                    dev.offline_until = time.monotonic() + 2.0  # reconnect after a pause
+            _service(dev, now, dt, poller, by_fd, to_connect)
+        _read_ready(poller, by_fd)
         if now - last_misc >= 1.0:
             last_misc = now
             if cfg.stop_file and os.path.exists(cfg.stop_file):
@@ -670,17 +644,7 @@ def run_worker(device_ids: list[str], cfg: SimConfig, duration_s: float, seed: i
                     dev.client.loop_misc()
         loop_time += time.monotonic() - t0
         loops += 1
-    # Clean shutdown: a last status "stopped" like a stopping agent, then DISCONNECT.
-    for dev in devices:
-        if dev.online:
-            dev.publish(
-                dev.topics.status,
-                dumps({"device": dev.id, "online": False, "reason": "stopped"}),
-                retain=True,
-            )
-            dev.client.loop_write()
-            dev.client.disconnect()
-            dev.client.loop_write()
+    _stop(devices)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     out = counters.to_dict()
     out.update(
@@ -693,6 +657,63 @@ def run_worker(device_ids: list[str], cfg: SimConfig, duration_s: float, seed: i
         mean_loop_ms=1000 * loop_time / max(loops, 1),
     )
     return out
+
+
+def _service(
+    dev: VirtualDevice,
+    now: float,
+    dt: float,
+    poller: select.poll,
+    by_fd: dict[int, VirtualDevice],
+    to_connect: list[VirtualDevice],
+) -> None:
+    """One device's turn of the loop: follow its socket, reconnect it after a pause
+    offline, let it simulate and write what it queued."""
+    sock = dev.client.socket()
+    fd = sock.fileno() if sock is not None else None
+    if fd != dev.fd:
+        if dev.fd is not None and by_fd.get(dev.fd) is dev:
+            poller.unregister(dev.fd)
+            del by_fd[dev.fd]
+        if fd is not None and fd >= 0:
+            poller.register(fd, select.POLLIN)
+            by_fd[fd] = dev
+        dev.fd = fd
+    if sock is None:
+        if dev.offline_until and now >= dev.offline_until and dev not in to_connect:
+            dev.offline_until = 0.0
+            dev.online = False
+            try:
+                dev.client.reconnect()
+            except OSError:
+                dev.offline_until = now + 2.0
+        return
+    dev.tick(now, dt)
+    if dev.client.want_write():
+        dev.client.loop_write()
+
+
+def _read_ready(poller: select.poll, by_fd: dict[int, VirtualDevice]) -> None:
+    for fd, _ev in poller.poll(50):
+        dev = by_fd.get(fd)
+        if dev is not None:
+            rc = dev.client.loop_read(max_packets=100)
+            if rc != mqtt.MQTT_ERR_SUCCESS and not dev.offline_until:
+                dev.offline_until = time.monotonic() + 2.0  # reconnect after a pause
+
+
+def _stop(devices: list[VirtualDevice]) -> None:
+    """Clean shutdown: a last status "stopped" like a stopping agent, then DISCONNECT."""
+    for dev in devices:
+        if dev.online:
+            dev.publish(
+                dev.topics.status,
+                dumps({"device": dev.id, "online": False, "reason": "stopped"}),
+                retain=True,
+            )
+            dev.client.loop_write()
+            dev.client.disconnect()
+            dev.client.loop_write()
 
 
 def _worker_entry(args: tuple[list[str], SimConfig, float, int], queue: Any) -> None:

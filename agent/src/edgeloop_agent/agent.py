@@ -163,7 +163,7 @@ class Agent:
             self.server.submit(msg)  # acknowledged by the server after the reply
             return
         if topic == self.topics.desired:
-            self.updater.submit_desired(msg.payload)
+            self.updater.submit_desired(bytes(msg.payload))  # no copy when already bytes
         elif self.updater.is_artifact_topic(topic):
             self.updater.submit_artifact(msg)
         self.link.ack(msg)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -246,42 +247,79 @@ class AgentConfig:
 
 
 def _coerce(key: str, value: Any, default: Any, source: str) -> Any:
-    if key == "trusted_keys":
-        if isinstance(value, (str, Path)):
-            value = [value]
-        if not isinstance(value, list):
-            raise ConfigError(f"{source}: trusted_keys must be a list of paths")
-        return [Path(v).expanduser() for v in value]
-    if key == "reply_topics":
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{source}: reply_topics must be a list of topic filters")
-        return list(value)
+    """``value`` for setting ``key`` as the setting's type, or ConfigError naming it.
+
+    ``default`` is the setting's current value: settings whose type is not fixed by it
+    (lists, optional values) are checked by name, the lists before anything else.
+    """
+    if key in _LIST_SETTINGS:
+        return _LIST_SETTINGS[key](key, value, source)
+    if isinstance(default, (Path, bool, int, float)):
+        return _coerce_like(key, value, default, source)
+    if key in _OPTIONAL_SETTINGS:
+        return _OPTIONAL_SETTINGS[key](key, value, source)
+    if isinstance(default, str) and not isinstance(value, str):
+        raise ConfigError(f"{source}: {key} must be a string, got {value!r}")
+    return value
+
+
+def _coerce_like(key: str, value: Any, default: Path | bool | int | float, source: str) -> Any:
+    """``value`` as the type of ``default`` (a path, bool, integer or number)."""
     if isinstance(default, Path):
         return Path(value).expanduser()
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ConfigError(f"{source}: {key} must be true or false, got {value!r}")
         return value
-    if isinstance(default, int) and not isinstance(default, bool):
+    if isinstance(default, int):
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{source}: {key} must be an integer, got {value!r}")
         return value
-    if isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{source}: {key} must be a number, got {value!r}")
-        return float(value)
-    if key == "metrics_textfile_dir":
-        if not isinstance(value, (str, Path)):
-            raise ConfigError(f"{source}: {key} must be a directory path, got {value!r}")
-        return Path(value).expanduser()
-    if key in ("metrics_listen", "http_listen"):
-        if not isinstance(value, str):
-            raise ConfigError(f"{source}: {key} must be host:port, got {value!r}")
-        return value
-    if key == "drift_slide":
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-            raise ConfigError(f"{source}: drift_slide must be an integer, got {value!r}")
-        return value
-    if isinstance(default, str) and not isinstance(value, str):
-        raise ConfigError(f"{source}: {key} must be a string, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{source}: {key} must be a number, got {value!r}")
+    return float(value)
+
+
+def _trusted_keys(key: str, value: Any, source: str) -> list[Path]:
+    if isinstance(value, (str, Path)):
+        value = [value]
+    if not isinstance(value, list):
+        raise ConfigError(f"{source}: {key} must be a list of paths")
+    return [Path(v).expanduser() for v in value]
+
+
+def _reply_topics(key: str, value: Any, source: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{source}: {key} must be a list of topic filters")
+    return list(value)
+
+
+def _directory(key: str, value: Any, source: str) -> Path:
+    if not isinstance(value, (str, Path)):
+        raise ConfigError(f"{source}: {key} must be a directory path, got {value!r}")
+    return Path(value).expanduser()
+
+
+def _listen(key: str, value: Any, source: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{source}: {key} must be host:port, got {value!r}")
     return value
+
+
+def _optional_int(key: str, value: Any, source: str) -> int | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{source}: {key} must be an integer, got {value!r}")
+    return value
+
+
+# Checked by name: a list's or an optional setting's current value does not say its type.
+_LIST_SETTINGS: dict[str, Callable[[str, Any, str], Any]] = {
+    "trusted_keys": _trusted_keys,
+    "reply_topics": _reply_topics,
+}
+_OPTIONAL_SETTINGS: dict[str, Callable[[str, Any, str], Any]] = {
+    "metrics_textfile_dir": _directory,
+    "metrics_listen": _listen,
+    "http_listen": _listen,
+    "drift_slide": _optional_int,
+}

@@ -152,6 +152,8 @@ class FeedbackJoiner:
                 self._counts[status] += 1
                 return JoinResult(status, request_id, label=label)
             variant, prediction, ts, extra = entry
+            # True/False when a class was graded, the error when a value was.
+            outcome: bool | float | None
             if self.task == "classification":
                 outcome, reason = _grade_class(prediction, label)
             else:

@@ -76,6 +76,8 @@ class PublishProperties:
 
     __slots__ = ("CorrelationData", "ResponseTopic")
     packetType = PacketTypes.PUBLISH
+    ResponseTopic: str
+    CorrelationData: bytes
 
 
 def _varint(buf: Any, pos: int, end: int) -> tuple[int, int] | None:
@@ -94,7 +96,9 @@ def _varint(buf: Any, pos: int, end: int) -> tuple[int, int] | None:
     return None
 
 
-def _parse_publish_properties(packet: bytes, pos: int) -> tuple[PublishProperties | None, int]:
+def _parse_publish_properties(
+    packet: bytes | bytearray, pos: int
+) -> tuple[PublishProperties | None, int]:
     """Decode the properties at ``pos``; ``None`` when any property other than the
     response topic or correlation data is present (paho's full decoder handles it)."""
     decoded = _varint(packet, pos, len(packet))
@@ -228,7 +232,8 @@ class FastClient(mqtt.Client):
         inp["remaining_length"] = length
         inp["have_remaining"] = 1
         inp["to_process"] = 0
-        inp["packet"] = buf[pos : pos + length]
+        # A bytes slice, not a bytearray copy: paho only reads the packet.
+        inp["packet"] = buf[pos : pos + length]  # type: ignore[typeddict-item]
         inp["pos"] = 0
         self._rpos = pos + length
         try:
@@ -396,7 +401,7 @@ class MqttLink:
         will_payload: bytes,
         subscriptions: list[tuple[str, int]],
         on_message: MessageHandler,
-        on_connected: Callable[[], None] | None = None,
+        on_connected: Callable[[], object] | None = None,
         receive_maximum: int = RECEIVE_MAXIMUM,
         max_packet_bytes: int | None = None,
     ) -> None:

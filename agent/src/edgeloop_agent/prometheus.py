@@ -27,7 +27,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from edgeloop_agent.metrics import LatencyHistogram, VariantMetrics
 
@@ -192,7 +192,7 @@ def _copy(m: VariantMetrics) -> VariantMetrics:
     return c
 
 
-def _number(value: object) -> bool:
+def _number(value: object) -> TypeGuard[float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 

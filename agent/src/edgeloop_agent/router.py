@@ -78,7 +78,7 @@ class Allocation:
             )
         object.__setattr__(self, "experiment_id", experiment_id)
         object.__setattr__(self, "ranges", clean)
-        object.__setattr__(self, "_table", tuple(owner))  # type: ignore[arg-type]
+        object.__setattr__(self, "_table", tuple(owner))
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("Allocation is immutable")
@@ -166,8 +166,8 @@ def allocate(
         owner = list(previous.owners())
     owned: dict[str, list[int]] = {v: [] for v in targets}
     for b, v in enumerate(owner):
-        if v in owned and len(owned[v]) < targets[v]:  # type: ignore[index]
-            owned[v].append(b)  # type: ignore[index]
+        if v in owned and len(owned[v]) < targets[v]:
+            owned[v].append(b)
         else:
             owner[b] = None  # removed variant, or beyond a shrinking variant's target
     free = iter([b for b, v in enumerate(owner) if v is None])

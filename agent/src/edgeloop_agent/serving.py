@@ -263,8 +263,9 @@ class Server:
                     raise msg.error or RequestError(Code.INTERNAL_ERROR, "empty local request")
                 request = msg.request
             else:
+                # bytes() of a bytes payload is the payload itself, not a copy.
                 request = parse_predict(
-                    msg.payload, max_bytes=self.max_payload, max_rows=self.max_rows
+                    bytes(msg.payload), max_bytes=self.max_payload, max_rows=self.max_rows
                 )
         except RequestError as exc:
             self._reply_error(msg, exc.reply_to, exc.request_id, exc, None, predictions)
@@ -434,7 +435,7 @@ class Server:
     def _feedback(self, msg: mqtt.MQTTMessage) -> None:
         errors = self.topics.errors
         try:
-            feedback = parse_feedback(msg.payload, max_bytes=self.max_payload)
+            feedback = parse_feedback(bytes(msg.payload), max_bytes=self.max_payload)
         except RequestError as exc:
             self._reply_error(msg, exc.reply_to, exc.request_id, exc, None, errors)
             return

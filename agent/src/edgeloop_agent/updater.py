@@ -134,7 +134,8 @@ class Updater:
             # Keep no reference to a payload of the wrong length: paho already
             # holds it once, the updater need not hold it twice.
             ok = expected is None or len(msg.payload) == expected
-            self._artifacts[msg.topic] = msg.payload if ok else None
+            # bytes() returns a bytes payload itself (no copy); paho types it bytes | bytearray.
+            self._artifacts[msg.topic] = bytes(msg.payload) if ok else None
             if not ok:
                 self._artifact_sizes[msg.topic] = -len(msg.payload)
         event.set()

@@ -23,7 +23,7 @@ is summed in log space here, where scipy uses double-double arithmetic).
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, overload
 
 import numpy as np
 
@@ -112,6 +112,10 @@ def ks_pvalue(d: float, n: int, m: int, method: KsMethod = "auto") -> float:
     return kolmogorov_sf(d, round(en))  # half to even, like np.round in scipy
 
 
+@overload
+def ks_2samp_exact_sf(d: float, n: int, m: int) -> float: ...
+@overload
+def ks_2samp_exact_sf(d: np.ndarray, n: int, m: int) -> np.ndarray: ...
 def ks_2samp_exact_sf(d: float | np.ndarray, n: int, m: int) -> float | np.ndarray:
     """Exact ``P(D_{n,m} >= d)`` under the null, for the two-sided two-sample statistic.
 

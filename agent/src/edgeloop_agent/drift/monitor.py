@@ -165,7 +165,8 @@ class DriftMonitor:
         """
         vals = self._batch(X, output)
         n = vals.shape[0]
-        slots = self._binner.transform(vals) if n else None
+        # An empty batch skips the binner; its slots are an empty array of the same shape.
+        slots = self._binner.transform(vals) if n else np.empty((0, *vals.shape[1:]), np.int64)
         reports: list[DriftReport] = []
         win = self.config.window
         if win.kind == "count":
@@ -286,8 +287,16 @@ class DriftMonitor:
     def _prepare_report_tables(self) -> None:
         cols = self.profile.columns
         b = self._binner
-        ref_cdf, edge_slot, edge_base, edge_col, edge_starts = [], [], [], [], []
-        psi_starts_all, psi_take, psi_ref, psi_col, psi_col_starts = [], [], [], [], []
+        ref_cdf: list[np.ndarray] = []
+        edge_slot: list[np.ndarray] = []
+        edge_base: list[np.ndarray] = []
+        edge_col: list[np.ndarray] = []
+        edge_starts: list[int] = []
+        psi_starts_all: list[int] = []
+        psi_take: list[int] = []
+        psi_ref: list[np.ndarray] = []
+        psi_col: list[np.ndarray] = []
+        psi_col_starts: list[int] = []
         n_edges = n_coarse = 0
         for c, col in enumerate(cols):
             o = int(b.slot_offsets[c])
@@ -363,7 +372,7 @@ class DriftMonitor:
         d[m == 0] = math.nan
 
         p = np.full(self._n_cols, math.nan)
-        for c in np.flatnonzero(self._testable & (m > 0)):
+        for c in np.flatnonzero(self._testable & (m > 0)).tolist():
             dc = min(float(d[c]), 1.0)
             p[c] = ks_pvalue(dc, int(self._ref_n[c]), int(m[c]), self._ks_method(c, m))
 

@@ -10,9 +10,8 @@ from __future__ import annotations
 import re
 import time
 from datetime import datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import click
 import typer
 from rich.progress import (
     BarColumn,
@@ -24,6 +23,11 @@ from rich.progress import (
 )
 from rich.table import Table
 from typer.core import TyperGroup
+
+if TYPE_CHECKING:
+    # typer vendors its own click (typer._click): TyperGroup's signatures name those
+    # classes, not the separately installed click package's.
+    from typer import _click as click
 
 from edgeloop_control.cli.common import (
     CLIState,

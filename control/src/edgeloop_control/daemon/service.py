@@ -281,7 +281,7 @@ class ControlDaemon:
         )
         self.counters["samples"] += result.get("samples", (0, 0))[0]
         self.counters["labels"] += result.get("labels", (0, 0))[0]
-        refused = {}
+        refused: dict[int, str] = {}
         for i, reason in rejected:
             refused.setdefault(i, reason)
         for i, (m, _) in enumerate(batch):

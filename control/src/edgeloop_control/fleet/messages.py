@@ -96,7 +96,7 @@ def _bounded_int(text: str) -> int:
     return int(text)
 
 
-def load_json(payload: bytes, leaf: str) -> Any:
+def load_json(payload: bytes | bytearray, leaf: str) -> Any:
     """Decode a payload under the limits for ``leaf``; poison on any violation."""
     limit = MAX_PAYLOAD[leaf]
     if len(payload) > limit:
@@ -217,10 +217,12 @@ def _bool(value: Any, what: str) -> bool:
     return value
 
 
-def _check_device(device: Any) -> None:
+def _check_device(device: object) -> str:
     problem = id_problem(device)
     if problem:
         raise PoisonMessage(f"device id {_short(device)} {problem}")
+    assert isinstance(device, str)  # id_problem names a problem for every non-string
+    return device
 
 
 def _same_device(value: Any, device: str, what: str) -> None:
@@ -231,7 +233,7 @@ def _same_device(value: Any, device: str, what: str) -> None:
 # -- status -------------------------------------------------------------------------
 
 
-def parse_status(device: str, doc: Any) -> dict[str, Any]:
+def parse_status(device: str, doc: object) -> dict[str, Any]:
     """A status document (docs/protocol.md, Status), checked field by field."""
     _check_device(device)
     doc = _obj(doc, "status", optional=False)
@@ -262,7 +264,7 @@ def parse_status(device: str, doc: Any) -> dict[str, Any]:
 # -- telemetry ------------------------------------------------------------------------
 
 
-def parse_report(device: str | None, envelope: Any) -> dict[str, Any]:
+def parse_report(device: str | None, envelope: object) -> dict[str, Any]:
     """An outbox envelope carrying a telemetry report from ``device`` (the topic's;
     None: the one the report names, which must then be a valid device id)."""
     envelope = _obj(envelope, "telemetry message", optional=False)
@@ -271,7 +273,7 @@ def parse_report(device: str | None, envelope: Any) -> dict[str, Any]:
         raise PoisonMessage("telemetry message is not an outbox envelope (no payload object)")
     if device is None:
         device = report.get("device") or envelope.get("device_id")
-    _check_device(device)
+    device = _check_device(device)
     _same_device(envelope.get("device_id"), device, "envelope.device_id")
     _same_device(report.get("device"), device, "report.device")
     envelope_id = _str(envelope.get("id"), "envelope.id")
@@ -356,7 +358,7 @@ class Captured:
     record: Mapping[str, Any]
 
 
-def parse_captured(device: str, leaf: str, doc: Any) -> Captured:
+def parse_captured(device: str, leaf: str, doc: object) -> Captured:
     """A sample or label record (or its outbox envelope), checked where the
     feature store cannot (device, sizes); the store checks the rest per record."""
     if leaf not in CAPTURED_KINDS:

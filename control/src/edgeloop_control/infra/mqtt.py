@@ -82,7 +82,7 @@ class ControlClient:
 
     def _on_message(self, _c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
         with self._lock:
-            self._inbox.append(Message(msg.topic, msg.payload, bool(msg.retain)))
+            self._inbox.append(Message(msg.topic, bytes(msg.payload), bool(msg.retain)))
 
     def connect(self, timeout: float = 10.0) -> ControlClient:
         try:

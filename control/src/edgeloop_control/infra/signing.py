@@ -233,13 +233,15 @@ class DesiredSigner:
         return sealed, sign_desired(sealed, self.keys)
 
 
-def open_desired(raw: bytes) -> dict[str, Any]:
+def open_desired(raw: bytes | bytearray) -> dict[str, Any]:
     """The document inside an envelope, unverified (for display and tests on the control side)."""
     import json
 
     data = json.loads(raw)
     if isinstance(data, dict) and "payload" in data:
-        return json.loads(base64.b64decode(data["payload"]))
+        data = json.loads(base64.b64decode(data["payload"]))
+    if not isinstance(data, dict):
+        raise ValueError(f"desired state must be a JSON object, got {type(data).__name__}")
     return data
 
 

@@ -147,6 +147,8 @@ class Workspace:
         Never log it: ``BrokerAddress.parse(url)`` prints without credentials.
         """
         configured = self.section("broker").get("url")
+        if configured is not None and not isinstance(configured, str):
+            raise WorkspaceError(f"broker.url in {CONFIG_NAME} must be a string")
         url = override or os.environ.get(ENV_BROKER) or configured or DEFAULT_BROKER
         if url is configured and split_password(url)[1] is not None:
             _warn_once(

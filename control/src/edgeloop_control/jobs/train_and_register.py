@@ -69,7 +69,8 @@ def _iso(value: Any) -> str | None:
     if value is None:
         return None
     try:
-        return pd.Timestamp(value).isoformat()
+        iso: str = pd.Timestamp(value).isoformat()  # pandas is untyped here (no stubs)
+        return iso
     except (TypeError, ValueError):
         return str(value)
 

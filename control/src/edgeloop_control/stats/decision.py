@@ -103,21 +103,11 @@ def decide(
     alpha = check_open_unit("alpha", alpha)
     higher_is_better = check_bool("higher_is_better", higher_is_better)
     min_n = check_count("min_samples_per_arm", min_samples_per_arm)
-    if isinstance(guardrails, Guardrail | str) or not isinstance(guardrails, Sequence):
-        raise TypeError(
-            f"guardrails must be a sequence of Guardrail, got {type(guardrails).__name__}"
-        )
-    for i, g in enumerate(guardrails):
-        if not isinstance(g, Guardrail):
-            raise TypeError(f"guardrails[{i}] must be a Guardrail, got {type(g).__name__}")
+    _check_guardrails(guardrails)
     if not isinstance(metric, str) or not metric.strip():
         raise ValueError(f"metric must be a non-empty string, got {metric!r}")
     if interval is not None:
-        if not isinstance(interval, tuple | list) or len(interval) != 2:
-            raise TypeError(f"interval must be a (lower, upper) pair or None, got {interval!r}")
-        for i, v in enumerate(interval):
-            if isinstance(v, bool) or not isinstance(v, numbers.Real) or math.isnan(v):
-                raise ValueError(f"interval[{i}] must be a number (inf allowed), got {v!r}")
+        _check_interval(interval)
 
     failed = [g for g in guardrails if not g.passed]
     if failed:
@@ -169,3 +159,21 @@ def decide(
         f"Continuing: no significant difference in {metric} yet (always-valid "
         f"p={p_value:.3g} > alpha={alpha:g}{cs}; champion n={n_a}, challenger n={n_b}).",
     )
+
+
+def _check_guardrails(guardrails: object) -> None:
+    if isinstance(guardrails, Guardrail | str) or not isinstance(guardrails, Sequence):
+        raise TypeError(
+            f"guardrails must be a sequence of Guardrail, got {type(guardrails).__name__}"
+        )
+    for i, g in enumerate(guardrails):
+        if not isinstance(g, Guardrail):
+            raise TypeError(f"guardrails[{i}] must be a Guardrail, got {type(g).__name__}")
+
+
+def _check_interval(interval: object) -> None:
+    if not isinstance(interval, tuple | list) or len(interval) != 2:
+        raise TypeError(f"interval must be a (lower, upper) pair or None, got {interval!r}")
+    for i, v in enumerate(interval):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or math.isnan(v):
+            raise ValueError(f"interval[{i}] must be a number (inf allowed), got {v!r}")

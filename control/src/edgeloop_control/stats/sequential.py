@@ -53,7 +53,10 @@ DEFAULT_ALPHA = 0.05
 DEFAULT_TAU_SD = 0.1
 DEFAULT_MIN_SAMPLES = 100
 
-_KINDS: dict[str, type] = {"binary": BinaryStats, "continuous": ContinuousStats}
+_KINDS: dict[str, type[BinaryStats] | type[ContinuousStats]] = {
+    "binary": BinaryStats,
+    "continuous": ContinuousStats,
+}
 _DEFAULT_METRIC = {"binary": ("accuracy", True), "continuous": ("loss", False)}
 
 
@@ -110,7 +113,7 @@ def difference_variance(champion: Stats, challenger: Stats) -> float:
     always-valid guarantee of the estimate that is right under H0 carries over, and the
     confidence sequence is never narrower than the paper's.
     """
-    pooled = (champion + challenger).variance  # type: ignore[operator]
+    pooled = (champion + challenger).variance
     unpooled = champion.variance / champion.n + challenger.variance / challenger.n
     return max(pooled * (1.0 / champion.n + 1.0 / challenger.n), unpooled)
 

@@ -72,8 +72,6 @@ def sample_ratio_mismatch(
     a variant with no configured traffic is not part of the experiment.
     """
     threshold = check_open_unit("threshold", threshold)
-    if isinstance(observed, Mapping) != isinstance(weights, Mapping):
-        raise TypeError("observed and weights must both be mappings or both be sequences")
     if isinstance(observed, Mapping) and isinstance(weights, Mapping):
         if set(observed) != set(weights):
             raise ValueError(
@@ -83,6 +81,8 @@ def sample_ratio_mismatch(
         names = tuple(str(k) for k in observed)
         obs_list = [observed[k] for k in observed]
         w_list = [weights[k] for k in observed]
+    elif isinstance(observed, Mapping) or isinstance(weights, Mapping):
+        raise TypeError("observed and weights must both be mappings or both be sequences")
     else:
         if isinstance(observed, str | bytes) or isinstance(weights, str | bytes):
             raise TypeError("observed and weights must be sequences of numbers, not strings")

@@ -188,8 +188,7 @@ def coerce_to_kinds(frame: pd.DataFrame, kinds: dict[str, FeatureKind]) -> pd.Da
             out[name] = numeric_values(series, name).astype(np.float64)
         else:
             missing = series.isna().to_numpy()
-            strings = string_values(series, name)
-            out[name] = pd.Series(
-                np.where(missing, None, strings), index=series.index, dtype=object
-            )
+            values = np.array(string_values(series, name), dtype=object)  # a copy
+            values[missing] = None
+            out[name] = pd.Series(values, index=series.index, dtype=object)
     return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TypedDict
 
 from ..markup import (
     Html,
@@ -35,7 +36,13 @@ from ..scale import pad, span_of, time_domain
 from ..svg import Chart, Point, time_chart
 from ..timefmt import Clock
 
-WIDE = {"width": 760.0, "height": 250.0}
+
+class _Size(TypedDict):
+    width: float
+    height: float
+
+
+WIDE: _Size = {"width": 760.0, "height": 250.0}
 # The log axis needs a floor: a p-value of exactly 0 (or 1e-300) is drawn at the floor.
 P_FLOOR = 1e-12
 

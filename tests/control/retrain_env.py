@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,15 +29,25 @@ from edgeloop_control.training import TrainConfig
 
 MODEL = "sensor"
 CHAMPION = "sensor@v1"
-T0 = 1_764_000_000.0
+# After the champion's view was ingested (its rows carry the ingest time): recent samples
+# must be the most recent rows, or the retraining holdout would be the reference rows.
+T0 = float(int(time.time())) + 3600.0
 
 
-def readings(n: int, seed: int, *, single_class: bool = False) -> pd.DataFrame:
-    """Two readings and whether the part failed; separable enough for logreg to learn."""
+def readings(
+    n: int, seed: int, *, single_class: bool = False, flipped: bool = False
+) -> pd.DataFrame:
+    """Two readings and whether the part failed; separable enough for logreg to learn.
+
+    ``flipped``: the world changed and the old rule is now wrong (the champion fails the
+    champion gate on such data, so a retrained model becomes challenger).
+    """
     rng = np.random.default_rng(seed)
     x1 = rng.normal(0.0, 1.0, n).round(4)
     x2 = rng.normal(0.0, 1.0, n).round(4)
     label = (x1 + 0.5 * x2 + rng.normal(0.0, 0.3, n) > 0).astype(int)
+    if flipped:
+        label = 1 - label
     if single_class:
         label[:] = 1
     return pd.DataFrame({"reading_id": np.arange(n), "x1": x1, "x2": x2, "failed": label})
@@ -100,7 +111,7 @@ class RetrainEnv:
         return self.db.events(kind=kind)
 
     def all_events(self) -> list[str]:
-        return [e["kind"] for e in reversed(self.db.events(limit=1000))]
+        return [e["kind"] for e in self.db.events(limit=1000)]  # oldest first
 
     # -- what the fleet reports, written where fleet/ingest.py writes it -------------------
 

@@ -62,6 +62,19 @@ def test_without_drift_the_policy_does_nothing(env: RetrainEnv) -> None:
     assert [mv.ref for mv in env.registry.list(MODEL)] == [CHAMPION]
 
 
+def test_only_models_with_a_champion_are_looked_at(env: RetrainEnv) -> None:
+    registry = env.registry
+    registry.register("spare", registry.artifact_bytes(CHAMPION), {"algorithm": "logreg"})
+    assert registry.stages("spare") == {}
+    env.serve("pump-1", "spare@v1")
+    env.windows("pump-1", T0, DRIFTING, variant="spare@v1")
+    env.capture("pump-1", readings(240, seed=14), start=T0 - 100, variant="spare@v1")
+    policy = env.policy(min_samples=200)
+    policy.tick(NOW)
+    assert env.all_events() == []
+    assert env.db.conn.execute("SELECT COUNT(*) FROM retrain_state").fetchone()[0] == 0
+
+
 def test_drift_without_enough_labels_waits_and_says_so_once(env: RetrainEnv) -> None:
     drift_on(env, "pump-1")
     env.capture("pump-1", readings(300, seed=3), start=T0 - 10_000)  # before the drift began

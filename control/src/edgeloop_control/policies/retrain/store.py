@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final, Literal
 
 from edgeloop_control.infra import jsoncolumn
 from edgeloop_control.infra.db import ControlDB
 from edgeloop_control.infra.jsoncolumn import CorruptColumn
 
-IDLE = "idle"  # no episode: watching for drift
-COLLECTING = "collecting"  # drift seen: waiting for labelled samples, then retraining
-EXPERIMENTING = "experimenting"  # a challenger is in an A/B test started by this policy
-PHASES = (IDLE, COLLECTING, EXPERIMENTING)
+Phase = Literal["idle", "collecting", "experimenting"]
+IDLE: Final = "idle"  # no episode: watching for drift
+COLLECTING: Final = "collecting"  # drift seen: waiting for labelled samples, then retraining
+EXPERIMENTING: Final = "experimenting"  # a challenger is in an A/B test started by this policy
+PHASES: tuple[Phase, ...] = (IDLE, COLLECTING, EXPERIMENTING)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS retrain_state (
@@ -49,7 +50,7 @@ class RetrainState:
     """Where the policy stands for one model (column ``state`` is :attr:`phase`)."""
 
     model: str
-    phase: str = IDLE
+    phase: Phase = IDLE
     episode_start: float | None = None
     drift_event: int | None = None
     devices: list[str] = field(default_factory=list)

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from edgeloop_control.featurestore import FeatureStore
 from edgeloop_control.infra.db import ControlDB
 from edgeloop_control.infra.workspace import Workspace
 from edgeloop_control.policies.retrain.config import RetrainConfig
@@ -26,8 +27,6 @@ DRIFTING = [(1, 0), (1, 0), (1, 0)]
 def env(tmp_path: Path) -> Iterator[RetrainEnv]:
     ws = Workspace.init(tmp_path / "ws")
     db = ControlDB(ws.state_db)
-    from edgeloop_control.featurestore import FeatureStore
-
     env = RetrainEnv(ws, db, FeatureStore(ws.feature_store_dir), [db])
     try:
         yield env

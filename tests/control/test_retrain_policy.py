@@ -199,22 +199,22 @@ def test_a_failing_episode_backs_off_with_one_event_and_no_tracking_run(
     failed = events(db, "retrain_failed")
     assert len(failed) == 1 and "single class" in failed[0]["message"]
     st = policy.state("loan")
-    assert st["failures"] == 1 and st["retry_at"] == pytest.approx(now + 60)
-    assert st["state"] == "collecting"  # the episode stays open for more labels
+    assert st.failures == 1 and st.retry_at == pytest.approx(now + 60)
+    assert st.phase == "collecting"  # the episode stays open for more labels
 
     # Ticks inside the back-off do nothing at all.
     for dt in (1, 10, 59):
         policy.tick(now + dt)
-    assert policy.state("loan")["failures"] == 1
+    assert policy.state("loan").failures == 1
 
     # Retries double the delay up to the cap; the same reason is not recorded again.
     t = now
     for failures, delay in ((2, 120), (3, 240), (4, 240)):
-        t = policy.state("loan")["retry_at"]
+        t = policy.state("loan").retry_at
         policy.tick(t)
         st = policy.state("loan")
-        assert st["failures"] == failures
-        assert st["retry_at"] == pytest.approx(t + delay)
+        assert st.failures == failures
+        assert st.retry_at == pytest.approx(t + delay)
     assert len(events(db, "retrain_failed")) == 1
     assert len(events(db, "retrain")) == 1  # the attempt itself is news once
     # Refused before training started: no tracking run was opened for it.
@@ -235,4 +235,4 @@ def test_an_unexpected_error_is_contained_and_backed_off(ws: Workspace, champion
     assert time.monotonic() - started < 10
     failed = events(db, "retrain_failed")
     assert len(failed) == 1 and "JSONDecodeError" in failed[0]["message"]
-    assert policy.state("loan")["failures"] == 1
+    assert policy.state("loan").failures == 1

@@ -34,9 +34,10 @@ from edgeloop_control.cli.common import (
     state,
     table,
 )
+from edgeloop_control.errors import EdgeloopError
 from edgeloop_control.fleet.desired import DeployError, check_device_ids
 from edgeloop_control.infra.db import ControlDB
-from edgeloop_control.infra.mqtt import BrokerError, connected
+from edgeloop_control.infra.mqtt import BrokerError, Publisher, connected
 from edgeloop_control.policies.rollout import (
     FINAL,
     ROLLED_BACK,
@@ -144,7 +145,7 @@ def start(
                 batch_timeout_s=timeout,
                 reason=reason,
             )
-        except RolloutError as exc:
+        except EdgeloopError as exc:  # RolloutError, ConfigError (shares, gates)
             fail(str(exc))
         if wait:
             _drive(st, db, info["id"], as_json)
@@ -266,10 +267,10 @@ def abort(
 # -- helpers ------------------------------------------------------------------------------
 
 
-def _manager(st: CLIState, db: ControlDB, client: Any) -> RolloutManager:
+def _manager(st: CLIState, db: ControlDB, client: Publisher | None) -> RolloutManager:
     try:
         return RolloutManager(st.workspace, db, client)
-    except RolloutError as exc:
+    except EdgeloopError as exc:  # a bad [rollout] section: ConfigError
         fail(str(exc))
 
 

@@ -41,7 +41,6 @@ from edgeloop_control.infra.mqtt import BrokerError, Publisher, connected
 from edgeloop_control.policies.rollout import (
     FINAL,
     ROLLED_BACK,
-    RolloutError,
     RolloutManager,
     parse_gates,
 )
@@ -195,7 +194,7 @@ def status(
         manager = _manager(st, db, None)
         try:
             rows = manager.status(rollout_id)
-        except RolloutError as exc:
+        except EdgeloopError as exc:
             fail(str(exc))
     finally:
         db.close()
@@ -248,13 +247,13 @@ def abort(
             # The abort itself is durable; the daemon publishes the rollback.
             try:
                 _manager(st, db, None).abort(rollout_id, reason)
-            except RolloutError as inner:
+            except EdgeloopError as inner:
                 fail(str(inner))
             fail(
                 f"{exc}; the abort of {rollout_id} is recorded and `edgeloop serve` "
                 "publishes the rollback once it reaches the broker"
             )
-        except RolloutError as exc:
+        except EdgeloopError as exc:
             fail(str(exc))
     finally:
         db.close()
@@ -323,7 +322,7 @@ def _drive(st: CLIState, db: ControlDB, rollout_id: str, as_json: bool) -> None:
 def _status_or_fail(manager: RolloutManager, rollout_id: str) -> dict[str, Any]:
     try:
         return manager.status(rollout_id)[0]
-    except RolloutError as exc:
+    except EdgeloopError as exc:
         fail(str(exc))
 
 

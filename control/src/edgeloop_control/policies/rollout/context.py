@@ -92,8 +92,8 @@ class RolloutContext:
         )
 
     def note_error(self, rollout_id: str, message: str, now: float) -> None:
-        r = self.store.rollout(rollout_id)
-        if r is not None and r.last_error != message:
+        # Reads the one column it needs: the error may be that the row cannot be decoded.
+        if self.store.last_error(rollout_id) != message:
             log.warning("rollout %s: %s", rollout_id, message)
             self.store.update_rollout(rollout_id, {"last_error": message, "updated_at": now})
 

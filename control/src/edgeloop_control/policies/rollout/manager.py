@@ -17,6 +17,7 @@ import logging
 import time
 from typing import Any
 
+from edgeloop_control.errors import EdgeloopError
 from edgeloop_control.fleet.desired import DeviceOwned
 from edgeloop_control.infra.db import ControlDB
 from edgeloop_control.infra.mqtt import Publisher
@@ -27,7 +28,7 @@ from edgeloop_control.policies.rollout.context import RolloutContext
 from edgeloop_control.policies.rollout.describe import describe
 from edgeloop_control.policies.rollout.rollback import begin_abort
 from edgeloop_control.policies.rollout.start import start_rollout
-from edgeloop_control.policies.rollout.store import ACTIVE, FINAL, RUNNING, Rollout, RolloutStore
+from edgeloop_control.policies.rollout.store import ACTIVE, FINAL, RUNNING, RolloutStore
 
 log = logging.getLogger("edgeloop.control.rollout")
 
@@ -90,37 +91,37 @@ class RolloutManager:
                 "a rollout manager without a broker connection cannot drive rollouts"
             )
         now = time.time() if now is None else now
-        for rollout in self.store.rollouts(states=ACTIVE):
+        for rollout_id in self.store.rollout_ids(states=ACTIVE):
             try:
-                self._claim(rollout, now)
-                advance(self.ctx, rollout.id, now)
-            except RolloutError as exc:
-                self.ctx.note_error(rollout.id, str(exc), now)
+                self._claim(rollout_id, now)
+                advance(self.ctx, rollout_id, now)
+            except EdgeloopError as exc:  # RolloutError, a corrupt row (CorruptColumn), ...
+                self.ctx.note_error(rollout_id, str(exc), now)
             except Exception as exc:  # one rollout's bug must not stall the others
-                log.exception("rollout %s: unexpected error", rollout.id)
-                self.ctx.note_error(rollout.id, f"unexpected error: {exc!r}", now)
+                log.exception("rollout %s: unexpected error", rollout_id)
+                self.ctx.note_error(rollout_id, f"unexpected error: {exc!r}", now)
 
-    def _claim(self, rollout: Rollout, now: float) -> None:
+    def _claim(self, rollout_id: str, now: float) -> None:
         """Claim the devices of a rollout started before ``device_owners`` existed.
 
         Idempotent; done under the rollout's state in one transaction, so a rollout
         that finished (and released) meanwhile is never claimed again.
         """
-        if rollout.id in self._claimed:
+        if rollout_id in self._claimed:
             return
         with self.store.transaction() as conn:
-            current = self.store.rollout(rollout.id)
+            current = self.store.rollout(rollout_id)
             if current is None or current.state not in ACTIVE:
                 return
             try:
                 self.ctx.desired.claim(
-                    self.ctx.owner(rollout.id), self.store.device_ids(rollout.id), conn=conn
+                    self.ctx.owner(rollout_id), self.store.device_ids(rollout_id), conn=conn
                 )
             except DeviceOwned as exc:
                 # Publishing to those devices is refused until their owner ends.
-                self.ctx.note_error(rollout.id, str(exc), now)
+                self.ctx.note_error(rollout_id, str(exc), now)
                 return
-        self._claimed.add(rollout.id)
+        self._claimed.add(rollout_id)
 
     def abort(self, rollout_id: str, reason: str = "aborted by the operator") -> dict[str, Any]:
         """Stop a running rollout and roll back every device it switched.

@@ -249,6 +249,21 @@ class RolloutStore:
         rows = self.db.conn.execute(query + " ORDER BY created_at, id", args).fetchall()
         return [Rollout.from_row(r) for r in rows]
 
+    def rollout_ids(self, *, states: tuple[str, ...]) -> list[str]:
+        """Ids only, nothing decoded: one corrupt row must not hide the others."""
+        rows = self.db.conn.execute(
+            f"SELECT id FROM rollouts WHERE state IN ({', '.join('?' * len(states))}) "
+            "ORDER BY created_at, id",
+            states,
+        ).fetchall()
+        return [str(r[0]) for r in rows]
+
+    def last_error(self, rollout_id: str) -> str | None:
+        row = self.db.conn.execute(
+            "SELECT last_error FROM rollouts WHERE id = ?", (rollout_id,)
+        ).fetchone()
+        return None if row is None else row[0]
+
     def batches(self, rollout_id: str) -> list[Batch]:
         rows = self.db.conn.execute(
             "SELECT * FROM rollout_batches WHERE rollout_id = ? ORDER BY idx", (rollout_id,)

@@ -264,3 +264,21 @@ def test_feed_stores_through_the_fleet_layer_and_survives_junk(
     rows = db.conn.execute("SELECT COUNT(*) FROM variant_stats WHERE device = 'a'").fetchone()
     assert rows[0] == 1
     assert [db.device(d) for d in "bcde"] == [None] * 4
+
+
+def test_reading_status_needs_no_write_access(ws: Workspace, db: ControlDB) -> None:
+    """The dashboard reads rollouts through a read-only connection (mode=ro): a manager
+    made only to read must not create the ownership table on the way."""
+    from edgeloop_control.policies.rollout.store import RolloutStore
+    from edgeloop_control.web.readdb import open_readonly
+
+    RolloutStore(db)  # rollouts recorded by a version older than device_owners
+    assert (
+        db.conn.execute("SELECT name FROM sqlite_master WHERE name = 'device_owners'").fetchall()
+        == []
+    )
+    ro = open_readonly(ws.state_db)
+    try:
+        assert RolloutManager(ws, ro, None, config=FAST).status() == []
+    finally:
+        ro.close()

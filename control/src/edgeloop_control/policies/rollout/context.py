@@ -51,9 +51,26 @@ class RolloutContext:
         self.store = RolloutStore(db)
         self._signer: DesiredSigner | None = None
         self._registry: Registry | None = None
-        # Made here, not on first use: its schema script would end a caller's
-        # open transaction (the start's insert claims its devices inside one).
-        self.desired = DesiredState(db, publisher or _NoBroker(), ws.topic_prefix, self.signer)
+        self._desired: DesiredState | None = None
+
+    def open_desired(self) -> DesiredState:
+        """Make the desired-state owner; call it before any transaction that uses it.
+
+        Not made in ``__init__``: its schema script writes, and a manager made only
+        to read status (the dashboard's read-only database) must not. Not made on
+        first use inside a transaction either: the script would commit it early.
+        """
+        if self._desired is None:
+            self._desired = DesiredState(
+                self.db, self.publisher or _NoBroker(), self.ws.topic_prefix, self.signer
+            )
+        return self._desired
+
+    @property
+    def desired(self) -> DesiredState:
+        if self._desired is None:
+            raise RuntimeError("RolloutContext.open_desired() was not called before writing")
+        return self._desired
 
     @property
     def prefix(self) -> str:

@@ -78,6 +78,7 @@ class RolloutManager:
         config = self.config.with_overrides(
             canary=canary, step=step, gates=gates, batch_timeout_s=batch_timeout_s
         )
+        self.ctx.open_desired()
         rollout_id = start_rollout(
             self.ctx, config, model_ref, devices=devices, group=group, reason=reason
         )
@@ -91,6 +92,7 @@ class RolloutManager:
                 "a rollout manager without a broker connection cannot drive rollouts"
             )
         now = time.time() if now is None else now
+        self.ctx.open_desired()
         for rollout_id in self.store.rollout_ids(states=ACTIVE):
             try:
                 self._claim(rollout_id, now)
@@ -136,6 +138,7 @@ class RolloutManager:
         if r.state in FINAL:
             raise RolloutError(f"rollout {rollout_id} is already {r.state}; nothing to abort")
         now = time.time()
+        self.ctx.open_desired()
         if r.state == RUNNING:
             begin_abort(self.ctx, rollout_id, reason, now)
         if self.publisher is not None:

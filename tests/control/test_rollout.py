@@ -21,10 +21,12 @@ from typing import Any
 import pytest
 
 from edgeloop_agent.metrics import LatencyHistogram
+from edgeloop_control.errors import ConfigError
 from edgeloop_control.fleet.desired import plan_desired
 from edgeloop_control.fleet.ingest import handle_report, handle_status
 from edgeloop_control.infra.db import ControlDB
 from edgeloop_control.infra.mqtt import ControlClient
+from edgeloop_control.infra.shares import parse_share
 from edgeloop_control.infra.signing import open_desired
 from edgeloop_control.infra.workspace import Workspace
 from edgeloop_control.policies.rollout import (
@@ -33,7 +35,6 @@ from edgeloop_control.policies.rollout import (
     RolloutManager,
     batch_sizes,
     parse_gates,
-    parse_share,
     report_view,
     split_batches,
 )
@@ -238,7 +239,7 @@ def test_shares_and_gates_parse() -> None:
     assert parse_share(25) == pytest.approx(0.25)  # above 1 means percent
     assert parse_share("100%") == 1.0
     for bad in ("0", "150%", "abc", "-5%", "nan"):
-        with pytest.raises(RolloutError):
+        with pytest.raises(ConfigError):
             parse_share(bad)
     assert parse_gates(["error_rate=2%", "p99_ms=80", "restarts=1", "min_requests=5"]) == {
         "error_rate": pytest.approx(0.02),
@@ -247,12 +248,15 @@ def test_shares_and_gates_parse() -> None:
         "min_requests": 5,
     }
     for bad in (["latency=3"], ["error_rate"], ["restarts=1.5"], ["p99_ms=fast"]):
-        with pytest.raises(RolloutError):
+        with pytest.raises(ConfigError):
             parse_gates(bad)
     cfg = RolloutConfig().with_overrides(canary="20%", gates={"p99_ms": 80}, batch_timeout_s=60)
     assert (cfg.canary, cfg.max_p99_ms, cfg.batch_timeout_s, cfg.step) == (0.2, 80.0, 60, 0.25)
-    with pytest.raises(RolloutError, match="soak_s"):
-        RolloutConfig(soak_s=200).validate()
+    # Validated at construction: no RolloutConfig exists that no batch could pass.
+    with pytest.raises(ConfigError, match="soak_s"):
+        RolloutConfig(soak_s=200)
+    with pytest.raises(ConfigError, match="canary"):
+        RolloutConfig(canary=0.0)
 
 
 def test_config_from_workspace_section(ws: Workspace) -> None:
@@ -261,7 +265,7 @@ def test_config_from_workspace_section(ws: Workspace) -> None:
     cfg = RolloutConfig.from_workspace(Workspace.open(ws.root))
     assert (cfg.canary, cfg.soak_s, cfg.max_p99_ms, cfg.step) == (0.2, 2, 80, 0.25)
     path.write_text(path.read_text() + "max_latency = 3\n")
-    with pytest.raises(RolloutError, match="unknown setting"):
+    with pytest.raises(ConfigError, match="unknown setting"):
         RolloutConfig.from_workspace(Workspace.open(ws.root))
 
 

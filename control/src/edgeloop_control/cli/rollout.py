@@ -38,13 +38,13 @@ from edgeloop_control.cli.common import (
     state,
     table,
 )
+from edgeloop_control.errors import EdgeloopError
 from edgeloop_control.fleet.desired import DeployError, check_device_ids
 from edgeloop_control.infra.db import ControlDB
-from edgeloop_control.infra.mqtt import BrokerError, connected
+from edgeloop_control.infra.mqtt import BrokerError, Publisher, connected
 from edgeloop_control.policies.rollout import (
     FINAL,
     ROLLED_BACK,
-    RolloutError,
     RolloutManager,
     parse_gates,
 )
@@ -148,7 +148,7 @@ def start(
                 batch_timeout_s=timeout,
                 reason=reason,
             )
-        except RolloutError as exc:
+        except EdgeloopError as exc:  # RolloutError, ConfigError (shares, gates)
             fail(str(exc))
         if wait:
             _drive(st, db, info["id"], as_json)
@@ -198,7 +198,7 @@ def status(
         manager = _manager(st, db, None)
         try:
             rows = manager.status(rollout_id)
-        except RolloutError as exc:
+        except EdgeloopError as exc:
             fail(str(exc))
     finally:
         db.close()
@@ -251,13 +251,13 @@ def abort(
             # The abort itself is durable; the daemon publishes the rollback.
             try:
                 _manager(st, db, None).abort(rollout_id, reason)
-            except RolloutError as inner:
+            except EdgeloopError as inner:
                 fail(str(inner))
             fail(
                 f"{exc}; the abort of {rollout_id} is recorded and `edgeloop serve` "
                 "publishes the rollback once it reaches the broker"
             )
-        except RolloutError as exc:
+        except EdgeloopError as exc:
             fail(str(exc))
     finally:
         db.close()
@@ -270,10 +270,10 @@ def abort(
 # -- helpers ------------------------------------------------------------------------------
 
 
-def _manager(st: CLIState, db: ControlDB, client: Any) -> RolloutManager:
+def _manager(st: CLIState, db: ControlDB, client: Publisher | None) -> RolloutManager:
     try:
         return RolloutManager(st.workspace, db, client)
-    except RolloutError as exc:
+    except EdgeloopError as exc:  # a bad [rollout] section: ConfigError
         fail(str(exc))
 
 
@@ -326,7 +326,7 @@ def _drive(st: CLIState, db: ControlDB, rollout_id: str, as_json: bool) -> None:
 def _status_or_fail(manager: RolloutManager, rollout_id: str) -> dict[str, Any]:
     try:
         return manager.status(rollout_id)[0]
-    except RolloutError as exc:
+    except EdgeloopError as exc:
         fail(str(exc))
 
 

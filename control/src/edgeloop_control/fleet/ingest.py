@@ -12,7 +12,13 @@ import logging
 import time
 from typing import Any
 
-from edgeloop_control.fleet.messages import PoisonMessage, parse_report, parse_status
+from edgeloop_control.fleet.messages import (
+    PoisonMessage,
+    load_json,
+    parse_report,
+    parse_status,
+    topic_device,
+)
 from edgeloop_control.infra.db import ControlDB
 
 log = logging.getLogger("edgeloop.control.ingest")
@@ -21,6 +27,25 @@ log = logging.getLogger("edgeloop.control.ingest")
 # parsers of daemon/messages.py raise it, so every caller of these handlers
 # (the daemon, the rollout command's own feed) gets the same checks.
 IngestError = PoisonMessage
+
+
+def ingest_message(db: ControlDB, prefix: str, topic: str, payload: bytes) -> str:
+    """Check and store one ``{prefix}/{device}/status|telemetry`` message.
+
+    Returns what it was: ``"status"``, ``"telemetry"``, ``"duplicate"`` (a report
+    already stored) or ``"cleared"`` (an empty payload: a retained status being
+    cleared). Raises :class:`PoisonMessage` for anything unusable, named in one line.
+    """
+    device, leaf = topic_device(topic, prefix)
+    if leaf not in ("status", "telemetry"):
+        raise PoisonMessage(f"{leaf!r} messages are not status or telemetry")
+    if not payload:
+        return "cleared"
+    doc = load_json(payload, leaf)
+    if leaf == "status":
+        handle_status(db, device, doc)
+        return "status"
+    return "telemetry" if handle_report(db, doc, device) else "duplicate"
 
 
 def handle_status(db: ControlDB, device: str, doc: Any) -> None:

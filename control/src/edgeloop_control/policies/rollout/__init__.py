@@ -4,7 +4,6 @@ from edgeloop_control.policies.rollout.config import (
     RolloutConfig,
     RolloutError,
     parse_gates,
-    parse_share,
 )
 from edgeloop_control.policies.rollout.manager import RolloutManager
 from edgeloop_control.policies.rollout.plan import batch_sizes, split_batches
@@ -15,6 +14,9 @@ from edgeloop_control.policies.rollout.store import (
     ROLLED_BACK,
     ROLLING_BACK,
     RUNNING,
+    Batch,
+    Member,
+    Rollout,
 )
 from edgeloop_control.policies.rollout.view import report_view
 
@@ -25,12 +27,14 @@ __all__ = [
     "ROLLED_BACK",
     "ROLLING_BACK",
     "RUNNING",
+    "Batch",
+    "Member",
+    "Rollout",
     "RolloutConfig",
     "RolloutError",
     "RolloutManager",
     "batch_sizes",
     "parse_gates",
-    "parse_share",
     "report_view",
     "split_batches",
 ]

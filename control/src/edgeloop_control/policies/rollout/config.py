@@ -10,10 +10,12 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from edgeloop_control.errors import ConfigError, EdgeloopError
+from edgeloop_control.infra.shares import parse_share
 from edgeloop_control.infra.workspace import Workspace
 
 
-class RolloutError(ValueError):
+class RolloutError(EdgeloopError, ValueError):
     """A rollout request that cannot be carried out; the message says why."""
 
 
@@ -38,49 +40,50 @@ class RolloutConfig:
     max_restarts: int = 2  # agent restarts (status started_at changes) tolerated per batch
     min_requests: int = 0  # requests each device must serve during the soak (0: idle passes)
 
-    def validate(self) -> RolloutConfig:
+    def __post_init__(self) -> None:
+        # Validated at construction (workspace file, overrides, a stored rollout's
+        # settings alike), so no RolloutConfig that exists can stall a rollout.
         for name in ("canary", "step"):
             value = getattr(self, name)
             if not (_is_number(value) and 0.0 < value <= 1.0):
-                raise RolloutError(
+                raise ConfigError(
                     f"{name} must be a share in (0, 1] (e.g. 0.1 or 10%), got {value!r}"
                 )
         for name in ("batch_timeout_s", "max_p99_ms"):
             value = getattr(self, name)
             if not (_is_number(value) and value > 0):
-                raise RolloutError(f"{name} must be a positive number, got {value!r}")
+                raise ConfigError(f"{name} must be a positive number, got {value!r}")
         if not (_is_number(self.soak_s) and self.soak_s >= 0):
-            raise RolloutError(f"soak_s must be a number >= 0, got {self.soak_s!r}")
+            raise ConfigError(f"soak_s must be a number >= 0, got {self.soak_s!r}")
         if not (_is_number(self.max_error_rate) and 0.0 <= self.max_error_rate <= 1.0):
-            raise RolloutError(f"max_error_rate must be within [0, 1], got {self.max_error_rate!r}")
+            raise ConfigError(f"max_error_rate must be within [0, 1], got {self.max_error_rate!r}")
         for name in ("max_restarts", "min_requests"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise RolloutError(f"{name} must be an integer >= 0, got {value!r}")
+                raise ConfigError(f"{name} must be an integer >= 0, got {value!r}")
         if self.soak_s >= self.batch_timeout_s:
-            raise RolloutError(
+            raise ConfigError(
                 f"soak_s ({self.soak_s:g}) must be shorter than batch_timeout_s "
                 f"({self.batch_timeout_s:g}), or no batch could ever pass"
             )
-        return self
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any], source: str = "[rollout]") -> RolloutConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise RolloutError(
+            raise ConfigError(
                 f"{source}: unknown setting(s) {', '.join(unknown)}; "
                 f"known: {', '.join(sorted(known))}"
             )
         values = dict(data)
-        for name in ("canary", "step"):
-            if name in values:
-                values[name] = parse_share(values[name], name)
         try:
-            return cls(**values).validate()
-        except RolloutError as exc:
-            raise RolloutError(f"{source}: {exc}") from None
+            for name in ("canary", "step"):
+                if name in values:
+                    values[name] = parse_share(values[name], name)
+            return cls(**values)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
 
     @classmethod
     def from_workspace(cls, ws: Workspace) -> RolloutConfig:
@@ -104,27 +107,12 @@ class RolloutConfig:
         for key, value in (gates or {}).items():
             field = GATE_KEYS.get(key, key)
             if field not in GATE_KEYS.values():
-                raise RolloutError(f"unknown gate {key!r}; known gates: {', '.join(GATE_KEYS)}")
+                raise ConfigError(f"unknown gate {key!r}; known gates: {', '.join(GATE_KEYS)}")
             changes[field] = _gate_value(field, value)
-        return replace(self, **changes).validate()
+        return replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def parse_share(value: Any, what: str = "share") -> float:
-    """``"10%"``, ``10`` (above 1 means percent), ``"0.1"`` or ``0.1`` -> 0.1."""
-    text = str(value).strip()
-    percent = text.endswith("%")
-    try:
-        number = float(text[:-1] if percent else text)
-    except ValueError:
-        raise RolloutError(f"{what} must be a share like 10% or 0.1, got {value!r}") from None
-    if percent or number > 1:
-        number /= 100.0
-    if not (math.isfinite(number) and 0.0 < number <= 1.0):
-        raise RolloutError(f"{what} must be within (0%, 100%], got {value!r}")
-    return number
 
 
 def parse_gates(specs: list[str]) -> dict[str, Any]:
@@ -134,9 +122,9 @@ def parse_gates(specs: list[str]) -> dict[str, Any]:
         key, sep, raw = spec.partition("=")
         key = key.strip()
         if not sep or not key or not raw.strip():
-            raise RolloutError(f"gate {spec!r} is not NAME=VALUE (e.g. error_rate=0.02)")
+            raise ConfigError(f"gate {spec!r} is not NAME=VALUE (e.g. error_rate=0.02)")
         if key not in GATE_KEYS:
-            raise RolloutError(f"unknown gate {key!r}; known gates: {', '.join(GATE_KEYS)}")
+            raise ConfigError(f"unknown gate {key!r}; known gates: {', '.join(GATE_KEYS)}")
         gates[key] = _gate_value(GATE_KEYS[key], raw.strip())
     return gates
 
@@ -150,10 +138,10 @@ def _gate_value(field: str, value: Any) -> float | int:
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise RolloutError(f"gate {field} needs a number, got {value!r}") from None
+        raise ConfigError(f"gate {field} needs a number, got {value!r}") from None
     if field in ("max_restarts", "min_requests"):
         if number != int(number):
-            raise RolloutError(f"gate {field} needs a whole number, got {value!r}")
+            raise ConfigError(f"gate {field} needs a whole number, got {value!r}")
         return int(number)
     return number * scale
 

@@ -22,7 +22,7 @@ import hashlib
 import re
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -106,11 +106,19 @@ class DeviceOwned(DeployError):
 
 
 class VersionLike(Protocol):
-    name: str
-    version: str
-    sha256: str
-    size: int
-    signature: str | None
+    """A model version as desired state names it (the registry's ModelVersion, or an
+    entry of a previous document). Read-only members, so frozen dataclasses fit."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def version(self) -> str: ...
+    @property
+    def sha256(self) -> str: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def signature(self) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -161,8 +169,8 @@ def _entry(mv: VersionLike, role: str, weight: float) -> dict[str, Any]:
 
 def plan_desired(
     previous: dict[str, Any] | None,
-    serving: list[tuple[VersionLike, float]],
-    shadows: list[VersionLike],
+    serving: Sequence[tuple[VersionLike, float]],
+    shadows: Sequence[VersionLike],
     *,
     experiment: str | None = None,
     settings: dict[str, Any] | None = None,
@@ -346,8 +354,8 @@ class DesiredState:
     def plan(
         self,
         device: str,
-        serving: list[tuple[VersionLike, float]],
-        shadows: list[VersionLike],
+        serving: Sequence[tuple[VersionLike, float]],
+        shadows: Sequence[VersionLike],
         *,
         experiment: str | None = None,
         settings: dict[str, Any] | None = None,

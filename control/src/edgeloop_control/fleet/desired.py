@@ -433,8 +433,16 @@ def publish_desired(
     *,
     signer: DesiredSigner,
 ) -> dict[str, Any]:
-    """Deprecated path kept for the writers not yet moved onto :class:`DesiredState`."""
-    return DesiredState(db, publisher, prefix, signer).publish(device, doc)
+    """Deprecated path kept for the writers not yet moved onto :class:`DesiredState`.
+
+    It writes as those writers did before devices had owners (no ownership check):
+    an experiment or rollout that has not moved yet publishes onto the devices it
+    holds without naming itself. Moving a writer to ``publish(owner=...)`` is what
+    turns the check on for it.
+    """
+    desired = DesiredState(db, publisher, prefix, signer)
+    with desired._write():
+        return desired._seal_and_send(device, doc)
 
 
 def check_device_ids(devices: list[str]) -> list[str]:

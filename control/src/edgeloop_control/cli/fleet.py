@@ -73,7 +73,9 @@ def deploy(
         # Refused before connecting: an owned device is not a broker question.
         owned = DesiredState(db, None, ws.topic_prefix, signer).owners(devices)
         if owned and not force:
-            fail(f"{DeviceOwned(owned)}; or deploy with --force to end it first")
+            refusal = DeviceOwned(owned)
+            them = "it" if len(refusal.owners) == 1 else "them"
+            fail(f"{refusal}; or deploy with --force to end {them} first")
         with connected(st.broker) as client:
             desired = DesiredState(db, client, ws.topic_prefix, signer)
             ended = end_owners(st, db, client, desired, owned) if owned else {}

@@ -5,9 +5,10 @@ staged rollouts, the re-signing refresher) goes through :class:`DesiredState`:
 it plans the document, signs, publishes and records it, and enforces ownership:
 a device belongs to at most one experiment or rollout at a time
 (:meth:`DesiredState.claim`), and nothing else writes its desired state while it
-is owned. A one-off ``edgeloop deploy`` owns nothing after it returns; onto an
+is owned (the refresher re-signs it, :meth:`DesiredState.republish`, changing
+nothing). A one-off ``edgeloop deploy`` owns nothing after it returns; onto an
 owned device it is refused naming the owner, unless the caller ends the owner
-first (``--force``).
+first (``--force``, cli/owners.py).
 
 Each device gets a retained ``{prefix}/{device}/desired`` document with a
 revision one higher than its last; each artifact is published once, retained,
@@ -269,13 +270,19 @@ class DesiredState:
 
     def owners(self, devices: Iterable[str] | None = None) -> dict[str, Owner]:
         """Owned devices (all of them, or among ``devices``) and their owner."""
-        rows = self.db.conn.execute("SELECT device, kind, owner_id FROM device_owners").fetchall()
-        wanted = None if devices is None else set(devices)
-        return {
-            r["device"]: Owner(r["kind"], r["owner_id"])
-            for r in rows
-            if wanted is None or r["device"] in wanted
-        }
+        query = "SELECT device, kind, owner_id FROM device_owners"
+        if devices is None:
+            rows = self.db.conn.execute(query).fetchall()
+        else:
+            # By key, in chunks under SQLite's variable limit: every publish asks about
+            # its one device, and a 10,000-device deploy must not read the table each time.
+            wanted = list(dict.fromkeys(devices))
+            rows = []
+            for i in range(0, len(wanted), 500):
+                chunk = wanted[i : i + 500]
+                marks = ",".join("?" * len(chunk))
+                rows += self.db.conn.execute(f"{query} WHERE device IN ({marks})", chunk).fetchall()
+        return {r["device"]: Owner(r["kind"], r["owner_id"]) for r in rows}
 
     def devices_of(self, owner: Owner) -> list[str]:
         """The devices ``owner`` holds, sorted."""
@@ -378,13 +385,14 @@ class DesiredState:
         ``expires`` and each artifact's statement signature), which is also what
         the desired table keeps.
         """
-        # The ownership check, the publish and the record happen under the write
-        # lock: a policy claiming the device in between cannot have its document
-        # overwritten by a writer that checked before the claim. The lock is held
-        # for one acknowledged publish (milliseconds on a live broker).
-        with self._write():
-            self.check_free([device], owner=owner)
-            return self._seal_and_send(device, doc)
+        # Not under SQLite's write lock: holding it across a network round trip
+        # would stall every other writer (the daemon's ingestion, a CLI command) for
+        # as long as the broker takes, up to the publish timeout. What is left is a
+        # window of one publish in which a policy may claim a device a deploy just
+        # checked; policies claim before they publish, so the policy's own document
+        # still goes out after the deploy's.
+        self.check_free([device], owner=owner)
+        return self._seal_and_send(device, doc)
 
     def republish(self, device: str, doc: dict[str, Any]) -> dict[str, Any] | None:
         """Re-sign ``doc``, the device's document as last published, under the next
@@ -395,13 +403,12 @@ class DesiredState:
         Returns None, publishing nothing, when the device's document changed since
         ``doc`` was read: the newer one is fresh and not this one's to overwrite.
         """
-        with self._write():
-            now = self.db.desired(device)
-            if now is None or now[0] != doc.get("revision"):
-                return None
-            fresh = {k: v for k, v in doc.items() if k not in _SEALED_FIELDS}
-            fresh["revision"] = now[0] + 1
-            return self._seal_and_send(device, fresh)
+        now = self.db.desired(device)
+        if now is None or now[0] != doc.get("revision"):
+            return None
+        fresh = {k: v for k, v in doc.items() if k not in _SEALED_FIELDS}
+        fresh["revision"] = now[0] + 1
+        return self._seal_and_send(device, fresh)
 
     def _publisher(self) -> Publisher:
         if self.publisher is None:
@@ -440,9 +447,7 @@ def publish_desired(
     holds without naming itself. Moving a writer to ``publish(owner=...)`` is what
     turns the check on for it.
     """
-    desired = DesiredState(db, publisher, prefix, signer)
-    with desired._write():
-        return desired._seal_and_send(device, doc)
+    return DesiredState(db, publisher, prefix, signer)._seal_and_send(device, doc)
 
 
 def check_device_ids(devices: list[str]) -> list[str]:

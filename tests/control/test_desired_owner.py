@@ -5,6 +5,7 @@ the owner (and the refresher, which changes no decision) writes an owned device'
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -43,7 +44,7 @@ def ws(tmp_path: Path) -> Workspace:
 
 
 @pytest.fixture
-def db(ws: Workspace):
+def db(ws: Workspace) -> Iterator[ControlDB]:
     conn = ControlDB(ws.state_db)
     yield conn
     conn.close()
@@ -172,7 +173,7 @@ def test_only_the_owner_publishes_an_owned_device(
             desired.publish("d1", {**DOC, "revision": 2})
         with pytest.raises(DeviceOwned):
             desired.publish("d1", {**DOC, "revision": 2}, owner=RO)
-        assert db.desired("d1")[0] == 1  # the refused documents were neither sent nor kept
+        assert (db.desired("d1") or (0,))[0] == 1  # refused: neither sent nor kept
         (msg,) = client.retained(f"{ws.topic_prefix}/d1/desired")
         assert open_desired(msg.payload)["revision"] == 1
 

@@ -122,6 +122,6 @@ def test_a_broker_that_does_not_acknowledge_is_retried_at_the_next_check(
             refresh.tick(time.time())
         warnings = [r for r in caplog.records if "will retry" in r.getMessage()]
         assert len(warnings) == 1, caplog.text
-        assert db.desired("d1")[0] == 4  # nothing recorded that was not published
+        assert (db.desired("d1") or (0,))[0] == 4  # nothing recorded that was not published
     finally:
         db.close()

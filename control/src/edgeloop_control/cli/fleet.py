@@ -9,13 +9,13 @@ from typing import Annotated, Any
 import typer
 
 from edgeloop_control.cli.common import console, fail, print_json, state, table
+from edgeloop_control.cli.owners import end_owners
 from edgeloop_control.fleet.desired import (
     DeployError,
+    DesiredState,
+    DeviceOwned,
     check_device_ids,
     parse_variant_specs,
-    plan_desired,
-    publish_artifact,
-    publish_desired,
 )
 from edgeloop_control.infra.db import ControlDB
 from edgeloop_control.infra.mqtt import BrokerError, connected
@@ -38,9 +38,21 @@ def deploy(
     experiment: Annotated[
         str | None, typer.Option(help="experiment id for key hashing (default: derived)")
     ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="end the A/B experiment or rollout that owns a device (stop/abort), then deploy",
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
-    """Publish desired state (and the artifacts) to devices."""
+    """Publish desired state (and the artifacts) to devices.
+
+    A device that belongs to a running A/B experiment or rollout is refused, naming
+    it, unless --force: that ends the owner first as `edgeloop ab stop` / `edgeloop
+    rollout abort` would, and records that the deploy did.
+    """
     st = state(ctx)
     ws = st.workspace
     from edgeloop_control.registry import Registry, RegistryError
@@ -58,15 +70,21 @@ def deploy(
     db = ControlDB(ws.state_db)
     results: list[dict[str, Any]] = []
     try:
+        # Refused before connecting: an owned device is not a broker question.
+        owned = DesiredState(db, None, ws.topic_prefix, signer).owners(devices)
+        if owned and not force:
+            refusal = DeviceOwned(owned)
+            them = "it" if len(refusal.owners) == 1 else "them"
+            fail(f"{refusal}; or deploy with --force to end {them} first")
         with connected(st.broker) as client:
+            desired = DesiredState(db, client, ws.topic_prefix, signer)
+            ended = end_owners(st, db, client, desired, owned) if owned else {}
             for mv in [mv for mv, _ in serving] + shadows:
-                publish_artifact(client, ws.topic_prefix, mv, registry.artifact_bytes(mv))
+                desired.publish_artifact(mv, registry.artifact_bytes(mv))
             for dev in devices:
-                previous = db.desired(dev)
-                doc = plan_desired(
-                    previous[1] if previous else None, serving, shadows, experiment=experiment
+                doc = desired.publish(
+                    dev, desired.plan(dev, serving, shadows, experiment=experiment)
                 )
-                doc = publish_desired(client, db, ws.topic_prefix, dev, doc, signer=signer)
                 db.add_event(
                     "deploy",
                     f"{dev}: revision {doc['revision']} -> "
@@ -74,7 +92,14 @@ def deploy(
                     subject=dev,
                     data={"revision": doc["revision"], "models": doc["models"]},
                 )
-                results.append({"device": dev, "revision": doc["revision"], "desired": doc})
+                results.append(
+                    {
+                        "device": dev,
+                        "revision": doc["revision"],
+                        "desired": doc,
+                        "ended": ended.get(dev),
+                    }
+                )
     except (BrokerError, DeployError, RegistryError) as exc:
         fail(str(exc))
     finally:
@@ -82,6 +107,12 @@ def deploy(
     if as_json:
         print_json(results)
         return
+    _print_deployed(results)
+
+
+def _print_deployed(results: list[dict[str, Any]]) -> None:
+    for r in {id(e): e for e in (r["ended"] for r in results) if e}.values():
+        console.print(f"ended {r['kind']} {r['id']} ({r['state']}) to deploy over it")
     rows = [
         [
             r["device"],
@@ -126,7 +157,7 @@ def fleet(
         if not inventory and not desired:
             fail(str(exc))
     devices = sorted(set(desired) | set(reported) | set(inventory))
-    out = []
+    out: list[dict[str, Any]] = []
     for dev in devices:
         want = desired.get(dev)
         have = reported.get(dev) or (inventory.get(dev) or {}).get("status") or {}
@@ -138,7 +169,7 @@ def fleet(
                 "desired": _summary(want["models"]) if want else "",
                 "reported_revision": have.get("revision"),
                 "reported": _summary(have.get("models") or []),
-                "in_sync": bool(want) and have.get("revision") == want["revision"],
+                "in_sync": want is not None and have.get("revision") == want["revision"],
                 "drifting": sorted(
                     v
                     for v, d in ((inventory.get(dev) or {}).get("drift") or {}).items()

@@ -7,6 +7,7 @@ from edgeloop_control.infra.workspace import Workspace
 
 
 def build_daemon(ws: Workspace, broker_url: str, *, tick_s: float = 1.0) -> ControlDaemon:
+    from edgeloop_control.fleet.desired import DesiredState
     from edgeloop_control.fleet.refresh import DesiredRefresh
     from edgeloop_control.policies.experiments import ExperimentManager
     from edgeloop_control.policies.retrain.policy import RetrainPolicy
@@ -19,6 +20,6 @@ def build_daemon(ws: Workspace, broker_url: str, *, tick_s: float = 1.0) -> Cont
     # Order matters within one tick: fresh drift can start an experiment, a
     # decided experiment can start a rollout, and the rollout moves first.
     # Last: it re-signs documents no policy touched for half their lifetime.
-    refresh = DesiredRefresh(ws, daemon.db, daemon.publisher)
+    refresh = DesiredRefresh(DesiredState.for_workspace(ws, daemon.db, daemon.publisher))
     daemon.policies = [retrain, experiments, rollouts, refresh]
     return daemon

@@ -27,11 +27,10 @@ from edgeloop_control.demo.reportdata import collect_report_data
 from edgeloop_control.demo.sensors import TARGET, generate
 from edgeloop_control.demo.traffic import Traffic
 from edgeloop_control.featurestore import FeatureStore
-from edgeloop_control.fleet.desired import plan_desired, publish_artifact, publish_desired
+from edgeloop_control.fleet.desired import DesiredState
 from edgeloop_control.infra.db import ControlDB
 from edgeloop_control.infra.mosquitto import PrivateBroker
 from edgeloop_control.infra.mqtt import connected
-from edgeloop_control.infra.signing import DesiredSigner
 from edgeloop_control.infra.workspace import Workspace
 from edgeloop_control.jobs.train_and_register import train_and_register
 from edgeloop_control.registry import Registry
@@ -152,18 +151,10 @@ def run_demo(
             db = ControlDB(ws.state_db)
             stack.callback(db.close)
             with connected(broker_url) as client:
-                publish_artifact(client, ws.topic_prefix, mv, registry.artifact_bytes(mv))
+                desired = DesiredState.for_workspace(ws, db, client)
+                desired.publish_artifact(mv, registry.artifact_bytes(mv))
                 for name in names:
-                    previous = db.desired(name)
-                    doc = plan_desired(previous[1] if previous else None, [(mv, 100.0)], [])
-                    publish_desired(
-                        client,
-                        db,
-                        ws.topic_prefix,
-                        name,
-                        doc,
-                        signer=DesiredSigner.for_workspace(ws),
-                    )
+                    desired.publish(name, desired.plan(name, [(mv, 100.0)], []))
             _wait_until(
                 lambda: _all_on(db, names, "sensor@v1"), 60, "agents did not load sensor@v1"
             )

@@ -5,9 +5,10 @@ staged rollouts, the re-signing refresher) goes through :class:`DesiredState`:
 it plans the document, signs, publishes and records it, and enforces ownership:
 a device belongs to at most one experiment or rollout at a time
 (:meth:`DesiredState.claim`), and nothing else writes its desired state while it
-is owned. A one-off ``edgeloop deploy`` owns nothing after it returns; onto an
+is owned (the refresher re-signs it, :meth:`DesiredState.republish`, changing
+nothing). A one-off ``edgeloop deploy`` owns nothing after it returns; onto an
 owned device it is refused naming the owner, unless the caller ends the owner
-first (``--force``).
+first (``--force``, cli/owners.py).
 
 Each device gets a retained ``{prefix}/{device}/desired`` document with a
 revision one higher than its last; each artifact is published once, retained,
@@ -22,17 +23,21 @@ import hashlib
 import re
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from edgeloop_agent.names import InvalidName, check_device_id
-from edgeloop_agent.protocol import artifact_topic
+from edgeloop_agent.protocol import Topics, artifact_topic
 from edgeloop_agent.router import Allocation, allocate
 from edgeloop_control.errors import EdgeloopError
 from edgeloop_control.infra.db import ControlDB
 from edgeloop_control.infra.mqtt import Publisher
 from edgeloop_control.infra.signing import DesiredSigner
+
+if TYPE_CHECKING:
+    from edgeloop_control.infra.workspace import Workspace
 
 _SPEC = re.compile(r"(?P<ref>[^=\s]+?)(?:=(?P<weight>\d+(?:\.\d+)?)%?)?")
 
@@ -49,15 +54,22 @@ _END_COMMAND: dict[str, str] = {
     "rollout": "edgeloop rollout abort {id}",
 }
 
-OWNERS_SCHEMA = """
-CREATE TABLE IF NOT EXISTS device_owners (
+# Separate statements run with execute(), not one executescript(): executescript
+# COMMITs first, which would end a transaction the caller holds on the same
+# connection (a policy building its DesiredState inside one).
+OWNERS_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS device_owners (
     device TEXT PRIMARY KEY,
     kind TEXT NOT NULL,
     owner_id TEXT NOT NULL,
     since REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS device_owners_owner ON device_owners(kind, owner_id);
-"""
+)""",
+    "CREATE INDEX IF NOT EXISTS device_owners_owner ON device_owners(kind, owner_id)",
+)
+
+# Fields the signer adds to a planned document (the statement signatures are
+# recomputed from each model entry, so they need no stripping).
+_SEALED_FIELDS = ("expires", "device")
 
 
 @dataclass(frozen=True)
@@ -72,30 +84,42 @@ class Owner:
 
     @property
     def end_command(self) -> str:
-        return _END_COMMAND[self.kind].format(id=self.id)
+        # A row written by a newer control node may name a kind this one does not
+        # know: still say something an operator can act on rather than a KeyError.
+        template = _END_COMMAND.get(self.kind, "edgeloop {kind} stop {id}")
+        return template.format(kind=self.kind, id=self.id)
 
 
 class DeviceOwned(DeployError):
-    """The devices belong to another experiment or rollout; the message names it."""
+    """The devices belong to another experiment or rollout; the message names each
+    owner and the command that ends it, on one line."""
 
     def __init__(self, owned: dict[str, Owner]) -> None:
         self.owned = owned
-        owners = sorted(set(owned.values()), key=str)
-        first = owners[0]
+        self.owners = sorted(set(owned.values()), key=str)
         devices = ", ".join(sorted(owned))
+        them = "it" if len(self.owners) == 1 else "them"
         super().__init__(
             f"{devices} {'belongs' if len(owned) == 1 else 'belong'} to running "
-            f"{', '.join(str(o) for o in owners)}; wait for it to finish or end it with "
-            f"`{first.end_command}`"
+            f"{', '.join(str(o) for o in self.owners)}; wait for {them} to finish or end "
+            f"{them} with " + " and ".join(f"`{o.end_command}`" for o in self.owners)
         )
 
 
 class VersionLike(Protocol):
-    name: str
-    version: str
-    sha256: str
-    size: int
-    signature: str | None
+    """A model version as desired state names it (the registry's ModelVersion, or an
+    entry of a previous document). Read-only members, so frozen dataclasses fit."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def version(self) -> str: ...
+    @property
+    def sha256(self) -> str: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def signature(self) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -146,8 +170,8 @@ def _entry(mv: VersionLike, role: str, weight: float) -> dict[str, Any]:
 
 def plan_desired(
     previous: dict[str, Any] | None,
-    serving: list[tuple[VersionLike, float]],
-    shadows: list[VersionLike],
+    serving: Sequence[tuple[VersionLike, float]],
+    shadows: Sequence[VersionLike],
     *,
     experiment: str | None = None,
     settings: dict[str, Any] | None = None,
@@ -197,13 +221,15 @@ class DesiredState:
     """The one writer of desired state, and the keeper of who owns each device.
 
     ``signer`` may be a callable so the signing key is only loaded when
-    something is actually published (a policy that never deploys needs no key).
+    something is actually published (a policy that never deploys needs no key);
+    it is called once, on the first publish. ``publisher`` may be None for
+    read-only use (ownership, planning): publishing then says there is no broker.
     """
 
     def __init__(
         self,
         db: ControlDB,
-        publisher: Publisher,
+        publisher: Publisher | None,
         prefix: str,
         signer: DesiredSigner | Callable[[], DesiredSigner],
     ) -> None:
@@ -211,39 +237,74 @@ class DesiredState:
         self.publisher = publisher
         self.prefix = prefix
         self._signer = signer
-        db.conn.executescript(OWNERS_SCHEMA)
+        for statement in OWNERS_SCHEMA:
+            db.conn.execute(statement)
+
+    @classmethod
+    def for_workspace(
+        cls, ws: Workspace, db: ControlDB, publisher: Publisher | None
+    ) -> DesiredState:
+        """The workspace's topic prefix and signing key (loaded on first publish)."""
+        return cls(db, publisher, ws.topic_prefix, lambda: DesiredSigner.for_workspace(ws))
 
     @property
     def signer(self) -> DesiredSigner:
-        return self._signer if isinstance(self._signer, DesiredSigner) else self._signer()
+        if not isinstance(self._signer, DesiredSigner):
+            # Kept once loaded: the daemon's refresher asks for it every minute. A
+            # load that fails is not kept, so a key put in place later is picked up.
+            self._signer = self._signer()
+        return self._signer
+
+    @contextmanager
+    def _write(self, conn: sqlite3.Connection | None = None) -> Iterator[sqlite3.Connection]:
+        """A write transaction (BEGIN IMMEDIATE), or the one the caller already holds."""
+        if conn is not None:
+            yield conn
+        elif self.db.conn.in_transaction:
+            yield self.db.conn
+        else:
+            with self.db.transaction() as tx:
+                yield tx
 
     # -- ownership -----------------------------------------------------------
 
     def owners(self, devices: Iterable[str] | None = None) -> dict[str, Owner]:
         """Owned devices (all of them, or among ``devices``) and their owner."""
-        rows = self.db.conn.execute("SELECT device, kind, owner_id FROM device_owners").fetchall()
-        wanted = None if devices is None else set(devices)
-        return {
-            r["device"]: Owner(r["kind"], r["owner_id"])
-            for r in rows
-            if wanted is None or r["device"] in wanted
-        }
+        query = "SELECT device, kind, owner_id FROM device_owners"
+        if devices is None:
+            rows = self.db.conn.execute(query).fetchall()
+        else:
+            # By key, in chunks under SQLite's variable limit: every publish asks about
+            # its one device, and a 10,000-device deploy must not read the table each time.
+            wanted = list(dict.fromkeys(devices))
+            rows = []
+            for i in range(0, len(wanted), 500):
+                chunk = wanted[i : i + 500]
+                marks = ",".join("?" * len(chunk))
+                rows += self.db.conn.execute(f"{query} WHERE device IN ({marks})", chunk).fetchall()
+        return {r["device"]: Owner(r["kind"], r["owner_id"]) for r in rows}
+
+    def devices_of(self, owner: Owner) -> list[str]:
+        """The devices ``owner`` holds, sorted."""
+        rows = self.db.conn.execute(
+            "SELECT device FROM device_owners WHERE kind = ? AND owner_id = ? ORDER BY device",
+            (owner.kind, owner.id),
+        ).fetchall()
+        return [r["device"] for r in rows]
 
     def claim(
         self, owner: Owner, devices: Iterable[str], *, conn: sqlite3.Connection | None = None
     ) -> None:
         """Make ``owner`` the owner of ``devices``, or raise :class:`DeviceOwned`.
 
-        Idempotent for devices ``owner`` already holds. Pass the caller's open
-        transaction as ``conn`` to claim atomically with the caller's own insert
-        (two policies starting at once: the second one's claim sees the first's).
+        Idempotent for devices ``owner`` already holds; all or nothing otherwise.
+        Pass the caller's open transaction as ``conn`` to claim atomically with the
+        caller's own insert (two policies starting at once: the second one's claim
+        sees the first's, because both run under SQLite's write lock).
         """
-        devices = list(dict.fromkeys(devices))
-        if conn is None:
-            with self.db.transaction() as tx:
-                self._claim(tx, owner, devices)
-        else:
-            self._claim(conn, owner, devices)
+        wanted = list(dict.fromkeys(devices))
+        with self._write(conn) as tx:
+            self._claim(tx, owner, wanted)
 
     def _claim(self, conn: sqlite3.Connection, owner: Owner, devices: list[str]) -> None:
         taken: dict[str, Owner] = {}
@@ -268,17 +329,21 @@ class DesiredState:
         *,
         conn: sqlite3.Connection | None = None,
     ) -> None:
-        """``owner`` lets go of ``devices`` (all of its devices by default)."""
-        c = conn if conn is not None else self.db.conn
-        if devices is None:
-            c.execute(
-                "DELETE FROM device_owners WHERE kind = ? AND owner_id = ?", (owner.kind, owner.id)
+        """``owner`` lets go of ``devices`` (all of its devices by default).
+
+        Idempotent, and never releases a device someone else holds.
+        """
+        with self._write(conn) as tx:
+            if devices is None:
+                tx.execute(
+                    "DELETE FROM device_owners WHERE kind = ? AND owner_id = ?",
+                    (owner.kind, owner.id),
+                )
+                return
+            tx.executemany(
+                "DELETE FROM device_owners WHERE device = ? AND kind = ? AND owner_id = ?",
+                [(d, owner.kind, owner.id) for d in devices],
             )
-            return
-        c.executemany(
-            "DELETE FROM device_owners WHERE device = ? AND kind = ? AND owner_id = ?",
-            [(d, owner.kind, owner.id) for d in devices],
-        )
 
     def check_free(self, devices: Iterable[str], *, owner: Owner | None = None) -> None:
         """Raise :class:`DeviceOwned` if any device is held by someone other than ``owner``."""
@@ -296,8 +361,8 @@ class DesiredState:
     def plan(
         self,
         device: str,
-        serving: list[tuple[VersionLike, float]],
-        shadows: list[VersionLike],
+        serving: Sequence[tuple[VersionLike, float]],
+        shadows: Sequence[VersionLike],
         *,
         experiment: str | None = None,
         settings: dict[str, Any] | None = None,
@@ -308,7 +373,7 @@ class DesiredState:
         )
 
     def publish_artifact(self, mv: VersionLike, data: bytes) -> None:
-        publish_artifact(self.publisher, self.prefix, mv, data)
+        publish_artifact(self._publisher(), self.prefix, mv, data)
 
     def publish(
         self, device: str, doc: dict[str, Any], *, owner: Owner | None = None
@@ -320,31 +385,50 @@ class DesiredState:
         ``expires`` and each artifact's statement signature), which is also what
         the desired table keeps.
         """
+        # Not under SQLite's write lock: holding it across a network round trip
+        # would stall every other writer (the daemon's ingestion, a CLI command) for
+        # as long as the broker takes, up to the publish timeout. What is left is a
+        # window of one publish in which a policy may claim a device a deploy just
+        # checked; policies claim before they publish, so the policy's own document
+        # still goes out after the deploy's.
         self.check_free([device], owner=owner)
         return self._seal_and_send(device, doc)
 
-    def republish(self, device: str, doc: dict[str, Any]) -> dict[str, Any]:
-        """Re-sign the same content under the next revision, whoever owns the device.
+    def republish(self, device: str, doc: dict[str, Any]) -> dict[str, Any] | None:
+        """Re-sign ``doc``, the device's document as last published, under the next
+        revision and with a fresh expiry, whoever owns the device.
 
-        Only for the refresher: it changes no decision, it keeps one alive.
+        Only for the refresher: it changes no decision, it keeps one alive (a
+        re-signed document under the old revision would be refused as a replay).
+        Returns None, publishing nothing, when the device's document changed since
+        ``doc`` was read: the newer one is fresh and not this one's to overwrite.
         """
-        return self._seal_and_send(device, doc)
+        now = self.db.desired(device)
+        if now is None or now[0] != doc.get("revision"):
+            return None
+        fresh = {k: v for k, v in doc.items() if k not in _SEALED_FIELDS}
+        fresh["revision"] = now[0] + 1
+        return self._seal_and_send(device, fresh)
+
+    def _publisher(self) -> Publisher:
+        if self.publisher is None:
+            raise DeployError(
+                "publishing desired state needs a broker connection, and this process has none"
+            )
+        return self.publisher
 
     def _seal_and_send(self, device: str, doc: dict[str, Any]) -> dict[str, Any]:
         # Every path that writes desired state ends here: a device id that is not
         # one (newline, '$SYS', 'models', 5,000 characters ...) never reaches a topic.
         try:
-            check_device_id(device)
+            topic = Topics(device, self.prefix).desired
         except InvalidName as exc:
             raise DeployError(str(exc)) from None
+        publisher = self._publisher()
         sealed, envelope = self.signer.seal(device, doc, time.time())
-        self.publisher.publish(desired_topic(self.prefix, device), envelope, retain=True)
+        publisher.publish(topic, envelope, retain=True)
         self.db.set_desired(device, sealed)
         return sealed
-
-
-def desired_topic(prefix: str, device: str) -> str:
-    return f"{prefix}/{device}/desired"
 
 
 def publish_desired(
@@ -356,8 +440,14 @@ def publish_desired(
     *,
     signer: DesiredSigner,
 ) -> dict[str, Any]:
-    """Deprecated path kept for the writers not yet moved onto :class:`DesiredState`."""
-    return DesiredState(db, publisher, prefix, signer).publish(device, doc)
+    """Deprecated path kept for the writers not yet moved onto :class:`DesiredState`.
+
+    It writes as those writers did before devices had owners (no ownership check):
+    an experiment or rollout that has not moved yet publishes onto the devices it
+    holds without naming itself. Moving a writer to ``publish(owner=...)`` is what
+    turns the check on for it.
+    """
+    return DesiredState(db, publisher, prefix, signer)._seal_and_send(device, doc)
 
 
 def check_device_ids(devices: list[str]) -> list[str]:

@@ -13,53 +13,34 @@ fresh expiry.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
-from edgeloop_control.fleet.desired import publish_desired
-from edgeloop_control.infra.db import ControlDB
-from edgeloop_control.infra.signing import DesiredSigner, SigningError
-from edgeloop_control.infra.workspace import Workspace
+from edgeloop_control.fleet.desired import DesiredState
+from edgeloop_control.infra.mqtt import BrokerError
+from edgeloop_control.infra.signing import SigningError
 
 log = logging.getLogger("edgeloop.control.desired")
 
-# Fields the signer adds; the rest is the document as planned.
-_SEALED_FIELDS = ("expires", "device")
-
 
 class DesiredRefresh:
+    """A daemon policy: re-signs through :meth:`DesiredState.republish`, which writes
+    owned devices too (it keeps the owner's decision alive, it does not change it)."""
+
     name = "desired_refresh"
 
-    def __init__(
-        self,
-        ws: Workspace,
-        db: ControlDB,
-        client: Any,
-        *,
-        signer: DesiredSigner | None = None,
-        check_every_s: float = 60.0,
-    ) -> None:
-        self.ws = ws
-        self.db = db
-        self.client = client
-        self.prefix = ws.topic_prefix
-        self._signer = signer
+    def __init__(self, desired: DesiredState, *, check_every_s: float = 60.0) -> None:
+        self.desired = desired
+        self.db = desired.db
         self.check_every_s = check_every_s
         self._next_check = 0.0
         self._key_problem: str | None = None
         self._publish_problem: str | None = None
-
-    @property
-    def signer(self) -> DesiredSigner:
-        if self._signer is None:
-            self._signer = DesiredSigner.for_workspace(self.ws)
-        return self._signer
 
     def due(self, now: float) -> list[str]:
         """Devices whose document is past half its lifetime (or has no expiry at all)."""
         docs = self.db.all_desired()
         if not docs:
             return []  # nothing deployed: no need for the signing key either
-        half = self.signer.ttl_s / 2
+        half = self.desired.signer.ttl_s / 2
         return [
             device
             for device, doc in docs.items()
@@ -84,21 +65,18 @@ class DesiredRefresh:
             current = self.db.desired(device)
             if current is None:
                 continue
-            revision, doc = current
-            fresh = {k: v for k, v in doc.items() if k not in _SEALED_FIELDS}
-            fresh["revision"] = revision + 1
             try:
-                publish_desired(
-                    self.client, self.db, self.prefix, device, fresh, signer=self.signer
-                )
-            except (OSError, RuntimeError, TimeoutError, ValueError) as exc:
-                # Broker away: the next check retries; one line, not one per minute.
+                sealed = self.desired.republish(device, current[1])
+            except (BrokerError, OSError, RuntimeError, ValueError) as exc:
+                # Broker away or not acknowledging (BrokerError, which the daemon's
+                # publisher raises): the next check retries; one line, not one per minute.
                 if str(exc) != self._publish_problem:
                     self._publish_problem = str(exc)
                     log.warning("cannot re-publish desired state (will retry): %s", exc)
                 break
             self._publish_problem = None
-            refreshed.append(device)
+            if sealed is not None:  # None: a writer published a fresh one meanwhile
+                refreshed.append(device)
         if refreshed:
             message = (
                 f"re-signed the desired state of {len(refreshed)} device(s) before it expires: "

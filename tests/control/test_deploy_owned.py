@@ -148,11 +148,6 @@ def test_deploy_force_stops_the_experiment_releases_its_devices_and_deploys(env:
     assert kinds.index("deploy_forced") < len(kinds) - 1 and kinds[-1] == "deploy"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ExperimentManager.stop releases its devices on the experiment policy's branch "
-    "(issue 9); until then deploy --force releases the leftover claim itself",
-)
 def test_stopping_an_experiment_releases_its_devices(env: Env) -> None:
     from edgeloop_control.policies.experiments import ExperimentManager
 

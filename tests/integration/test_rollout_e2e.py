@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from edgeloop_control.daemon.service import ControlDaemon
-from edgeloop_control.fleet.desired import plan_desired, publish_artifact, publish_desired
+from edgeloop_control.fleet.desired import DesiredState
 from edgeloop_control.infra.db import ControlDB
 from edgeloop_control.infra.mqtt import connected
 from edgeloop_control.infra.signing import DesiredSigner, open_desired
@@ -141,17 +141,12 @@ def fleet(ws, broker, watch, agents, tmp_path) -> Callable[..., dict[str, AgentP
         db = ControlDB(ws.state_db)
         try:
             with connected(broker.url) as client:
-                publish_artifact(client, ws.topic_prefix, v1, registry.artifact_bytes(v1))
+                desired = DesiredState(
+                    db, client, ws.topic_prefix, DesiredSigner.for_workspace(ws)
+                )
+                desired.publish_artifact(v1, registry.artifact_bytes(v1))
                 for device in DEVICES:
-                    doc = plan_desired(None, [(v1, 100.0)], [])
-                    publish_desired(
-                        client,
-                        db,
-                        ws.topic_prefix,
-                        device,
-                        doc,
-                        signer=DesiredSigner.for_workspace(ws),
-                    )
+                    desired.publish(device, desired.plan(device, [(v1, 100.0)], []))
         finally:
             db.close()
         watch.wait(DEVICES, lambda s: s.get("revision") == 1, timeout=60)

@@ -431,25 +431,6 @@ class DesiredState:
         return sealed
 
 
-def publish_desired(
-    publisher: Publisher,
-    db: ControlDB,
-    prefix: str,
-    device: str,
-    doc: dict[str, Any],
-    *,
-    signer: DesiredSigner,
-) -> dict[str, Any]:
-    """Deprecated path kept for the writers not yet moved onto :class:`DesiredState`.
-
-    It writes as those writers did before devices had owners (no ownership check):
-    an experiment or rollout that has not moved yet publishes onto the devices it
-    holds without naming itself. Moving a writer to ``publish(owner=...)`` is what
-    turns the check on for it.
-    """
-    return DesiredState(db, publisher, prefix, signer)._seal_and_send(device, doc)
-
-
 def check_device_ids(devices: list[str]) -> list[str]:
     if not devices:
         raise DeployError("name at least one --device")

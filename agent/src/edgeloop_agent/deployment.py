@@ -12,7 +12,8 @@ from typing import Any
 
 from edgeloop_agent.desired import DesiredState
 from edgeloop_agent.model import OnnxModel
-from edgeloop_agent.router import Allocation, Router, allocate
+from edgeloop_agent.router import Router
+from edgeloop_agent.wire.allocation import Allocation, allocate
 
 
 @dataclass(frozen=True)

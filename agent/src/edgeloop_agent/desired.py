@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from edgeloop_agent.names import check_model_name, id_problem, utf8_problem
-from edgeloop_agent.signature import (
+from edgeloop_agent.wire.names import check_model_name, id_problem, utf8_problem
+from edgeloop_agent.wire.signature import (
     DESIRED_PAYLOAD_TYPE,
     SignatureError,
     desired_message,

@@ -16,7 +16,9 @@ import math
 from collections.abc import Mapping
 from typing import Any, Final
 
-from edgeloop_agent.names import id_problem
+from edgeloop_agent.wire.envelopes import envelope_record, is_envelope
+from edgeloop_agent.wire.names import id_problem
+from edgeloop_agent.wire.topics import Topics
 
 # Per topic leaf. A status document is a few hundred bytes, a report a few KiB
 # per variant plus its drift windows; the limits leave a wide margin.
@@ -41,11 +43,10 @@ class PoisonMessage(ValueError):
 
 def topic_device(topic: str, prefix: str) -> tuple[str, str]:
     """``(device, leaf)`` of ``{prefix}/{device}/{leaf}``; poison if the device is invalid."""
-    head = prefix + "/"
-    rest = topic[len(head) :] if topic.startswith(head) else ""
-    device, _, leaf = rest.partition("/")
-    if not rest or "/" in leaf:
-        raise PoisonMessage(f"topic {_short(topic)} is not {prefix}/<device>/<leaf>")
+    try:
+        device, leaf = Topics.split(topic, prefix)
+    except ValueError:
+        raise PoisonMessage(f"topic {_short(topic)} is not {prefix}/<device>/<leaf>") from None
     problem = id_problem(device)
     if problem:
         raise PoisonMessage(f"device id {_short(device)} in the topic {problem}")
@@ -329,9 +330,9 @@ def parse_captured(device: str, leaf: str, doc: Any) -> Mapping[str, Any]:
     feature store cannot (device, sizes); the store checks the rest per record."""
     doc = _obj(doc, f"{leaf} message", optional=False)
     record = doc
-    if "payload" in doc and "kind" in doc:
+    if is_envelope(doc):
         _same_device(doc.get("device_id"), device, "envelope.device_id")
-        record = _obj(doc.get("payload"), f"{leaf} payload", optional=False)
+        record = _obj(envelope_record(doc), f"{leaf} payload", optional=False)
     _same_device(record.get("device"), device, f"{leaf}.device")
     _str(record.get("sample_id"), f"{leaf}.sample_id", optional=False)
     if leaf == "samples":

@@ -2,7 +2,7 @@
 
 The private key never leaves the control node; agents get the public key. Keys
 are PEM files: PKCS8 for the private key (mode 0600), SubjectPublicKeyInfo for
-the public key. What agents verify (``edgeloop_agent.signature``):
+the public key. What agents verify (``edgeloop_agent.wire.signature``):
 
 * the desired-state envelope (:func:`sign_desired`), over the exact payload bytes;
 * each artifact's statement ``{name, version, sha256, size}``
@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from edgeloop_agent.signature import (
+from edgeloop_agent.wire.signature import (
     DESIRED_PAYLOAD_TYPE,
     SignatureError,
     artifact_statement,
@@ -35,7 +35,7 @@ from edgeloop_agent.signature import (
     load_public_key_pem,
     verify,
 )
-from edgeloop_agent.statedir import atomic_write
+from edgeloop_control.infra.files import atomic_write
 
 __all__ = [
     "SigningError",

@@ -962,7 +962,7 @@ def _task(mv: Any, data: bytes) -> str:
         return str(task)
     import onnx
 
-    from edgeloop_agent.modelmeta import META_KEY, ModelMeta, ModelMetaError
+    from edgeloop_agent.wire.modelmeta import META_KEY, ModelMeta, ModelMetaError
 
     try:
         model = onnx.load_model_from_string(data)

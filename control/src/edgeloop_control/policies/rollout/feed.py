@@ -15,6 +15,7 @@ import queue
 
 import paho.mqtt.client as mqtt
 
+from edgeloop_agent.wire.topics import Topics
 from edgeloop_control.fleet.ingest import IngestError, handle_report, handle_status
 from edgeloop_control.infra.db import ControlDB
 from edgeloop_control.infra.mqtt import ControlClient
@@ -28,7 +29,7 @@ class BrokerFeed:
         self._queue: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
         client.client.on_message = lambda _c, _u, msg: self._queue.put(msg)
         for leaf in ("status", "telemetry"):
-            client.client.subscribe(f"{prefix}/+/{leaf}", qos=1)
+            client.client.subscribe(Topics.every_device(leaf, prefix), qos=1)
 
     def pump(self) -> int:
         """Store every message received so far; returns how many were handled."""

@@ -92,7 +92,7 @@ class Topics:
         head = prefix + "/"
         rest = topic[len(head) :] if topic.startswith(head) else ""
         device, _, leaf = rest.partition("/")
-        if not rest or "/" in leaf:
+        if not rest or not leaf or "/" in leaf:
             raise ValueError(f"topic {topic[:60]!r} is not {prefix}/<device>/<leaf>")
         return device, leaf
 

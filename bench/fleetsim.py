@@ -51,12 +51,12 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edgeloop_agent import __version__
-from edgeloop_agent.desired import DesiredState, DesiredStateError, open_envelope
 from edgeloop_agent.drift.report import ColumnDrift, DriftReport
 from edgeloop_agent.metrics import Metrics
 from edgeloop_agent.outbox import DEFAULT_KINDS, Outbox
 from edgeloop_agent.protocol import dumps
 from edgeloop_agent.wire.allocation import Allocation, bucket_of
+from edgeloop_agent.wire.desired import DesiredState, DesiredStateError, open_envelope
 from edgeloop_agent.wire.network import BrokerAddress
 from edgeloop_agent.wire.signature import (
     SignatureError,

@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from edgeloop_agent.desired import DesiredState, open_envelope
+from edgeloop_agent.wire.desired import DesiredState, open_envelope
 from edgeloop_agent.wire.signature import load_public_keys
 from edgeloop_control.fleet.desired import publish_desired
 from edgeloop_control.fleet.refresh import DesiredRefresh

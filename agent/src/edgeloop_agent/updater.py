@@ -34,13 +34,6 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from edgeloop_agent.deployment import Deployment
-from edgeloop_agent.desired import (
-    DEFAULT_MAX_DESIRED_BYTES,
-    DesiredState,
-    DesiredStateError,
-    ModelEntry,
-    open_envelope,
-)
 from edgeloop_agent.model import ModelLoadError, OnnxModel
 from edgeloop_agent.mqttlink import MqttLink
 from edgeloop_agent.statedir import (
@@ -49,6 +42,13 @@ from edgeloop_agent.statedir import (
     StorageError,
     atomic_write,
     sha256_hex,
+)
+from edgeloop_agent.wire.desired import (
+    DEFAULT_MAX_DESIRED_BYTES,
+    DesiredState,
+    DesiredStateError,
+    ModelEntry,
+    open_envelope,
 )
 from edgeloop_agent.wire.topics import artifact_topic
 

@@ -7,6 +7,7 @@ agent module, so the contract can be read, and changed, on its own:
 * :mod:`~edgeloop_agent.wire.topics`: every topic and subscription filter, the prefix rule;
 * :mod:`~edgeloop_agent.wire.names`: what a device id, model name or topic may be;
 * :mod:`~edgeloop_agent.wire.envelopes`: the outbox envelope devices send their reports in;
+* :mod:`~edgeloop_agent.wire.desired`: the signed desired-state envelope and document;
 * :mod:`~edgeloop_agent.wire.modelmeta`: the metadata inside every ONNX artifact;
 * :mod:`~edgeloop_agent.wire.profile`: the drift reference profile training ships in it;
 * :mod:`~edgeloop_agent.wire.allocation`: A/B bucket ranges and the maths that moves them;

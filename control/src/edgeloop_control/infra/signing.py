@@ -25,8 +25,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
+from edgeloop_agent.wire.desired import peek_document, seal_envelope
 from edgeloop_agent.wire.signature import (
-    DESIRED_PAYLOAD_TYPE,
     SignatureError,
     artifact_statement,
     canonical_json,
@@ -163,15 +163,10 @@ def sign_desired(doc: dict[str, Any], keys: list[Ed25519PrivateKey]) -> bytes:
         raise SigningError("no signing key given")
     payload = canonical_json(doc)
     message = desired_message(payload)
-    envelope = {
-        "payloadType": DESIRED_PAYLOAD_TYPE,
-        "payload": base64.b64encode(payload).decode("ascii"),
-        "signatures": [
-            {"keyid": key_id(k.public_key()), "sig": base64.b64encode(k.sign(message)).decode()}
-            for k in keys
-        ],
-    }
-    return canonical_json(envelope)
+    return seal_envelope(
+        payload,
+        [(key_id(k.public_key()), base64.b64encode(k.sign(message)).decode()) for k in keys],
+    )
 
 
 DEFAULT_DESIRED_TTL_DAYS = 30.0
@@ -235,12 +230,8 @@ class DesiredSigner:
 
 def open_desired(raw: bytes) -> dict[str, Any]:
     """The document inside an envelope, unverified (for display and tests on the control side)."""
-    import json
-
-    data = json.loads(raw)
-    if isinstance(data, dict) and "payload" in data:
-        return json.loads(base64.b64decode(data["payload"]))
-    return data
+    doc: dict[str, Any] = peek_document(raw)
+    return doc
 
 
 def _write_private(path: Path, pem: bytes) -> None:

@@ -3,10 +3,11 @@
 paho retries a failed connection for ever (1 s doubling to 15 s) and says nothing
 about why: ``on_connect_fail`` gets no exception. A device with the wrong CA file, a
 broker certificate for another host name or a self-signed one therefore looked
-exactly like a broker that is down. Here the reason is named (OpenSSL's own words:
+exactly like a broker that is down. The reason is named once
+(``edgeloop_agent.wire.network.describe_connect_error``, in OpenSSL's own words:
 "unable to get local issuer certificate", "Hostname mismatch ...", "self-signed
-certificate") the first time, and while the same failure repeats only a summary
-line follows, after 1 minute, then at doubling intervals up to an hour.
+certificate"), and while the same failure repeats only a summary line follows,
+after 1 minute, then at doubling intervals up to an hour.
 """
 
 from __future__ import annotations

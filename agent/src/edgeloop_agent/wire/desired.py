@@ -296,11 +296,10 @@ def _entry(index: int, item: Any) -> ModelEntry:
     where = f"models[{index}]"
     if not isinstance(item, dict):
         raise DesiredStateError(f"{where} must be an object")
-    name, version = item.get("name"), item.get("version")
     try:
         # fullmatch, shared with the control node: a trailing newline is refused.
-        check_model_name(f"{where}.name", name)
-        check_model_name(f"{where}.version", version)
+        name = check_model_name(f"{where}.name", item.get("name"))
+        version = check_model_name(f"{where}.version", item.get("version"))
     except ValueError as exc:
         raise DesiredStateError(str(exc)) from None
     sha = item.get("sha256")

@@ -105,47 +105,8 @@ class ModelMeta:
             raise ModelMetaError(
                 f"model metadata 'task' must be classification or regression, got {task!r}"
             )
-        features = tuple(_feature(f) for f in _list(data, "features"))
-        if not features:
-            raise ModelMetaError("model metadata lists no features")
-        names = [f.name for f in features]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ModelMetaError(f"model metadata repeats feature names: {', '.join(dupes)}")
-        inputs = tuple(_input(i) for i in _list(data, "inputs"))
-        covered = [n for i in inputs for n in i.features]
-        if sorted(covered) != sorted(names):
-            raise ModelMetaError(
-                "model metadata inputs must use every feature exactly once "
-                f"(features {names}, inputs use {covered})"
-            )
-        by_name = {f.name: f for f in features}
-        for inp in inputs:
-            want = "float" if inp.dtype == "float32" else "string"
-            wrong = [n for n in inp.features if by_name[n].dtype != want]
-            if wrong:
-                raise ModelMetaError(
-                    f"input {inp.name!r} is {inp.dtype} but features {wrong} are not {want}"
-                )
-        outputs = data.get("outputs")
-        if not isinstance(outputs, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in outputs.items()
-        ):
-            raise ModelMetaError("model metadata 'outputs' must map roles to output names")
-        classes = data.get("classes")
-        if task == "classification":
-            if set(outputs) != {"label", "probabilities"}:
-                raise ModelMetaError(
-                    "a classifier must declare 'label' and 'probabilities' outputs"
-                )
-            if not isinstance(classes, list) or len(classes) < 2:
-                raise ModelMetaError("a classifier must list at least two classes")
-            if not all(isinstance(c, (int, str)) and not isinstance(c, bool) for c in classes):
-                raise ModelMetaError("classes must be integers or strings")
-        else:
-            if set(outputs) != {"value"}:
-                raise ModelMetaError("a regressor must declare exactly a 'value' output")
-            classes = None
+        features, inputs = _features_and_inputs(data)
+        outputs, classes = _outputs_and_classes(data, task)
         profile = data.get("profile")
         if profile is not None and not isinstance(profile, dict):
             raise ModelMetaError("model metadata 'profile' must be an object or null")
@@ -162,6 +123,57 @@ class ModelMeta:
             profile=profile,
             extra=extra,
         )
+
+
+def _features_and_inputs(
+    data: dict[str, Any],
+) -> tuple[tuple[FeatureSpec, ...], tuple[InputSpec, ...]]:
+    """The features and the ONNX inputs that take them: each feature in exactly one
+    input, of the input's type."""
+    features = tuple(_feature(f) for f in _list(data, "features"))
+    if not features:
+        raise ModelMetaError("model metadata lists no features")
+    names = [f.name for f in features]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ModelMetaError(f"model metadata repeats feature names: {', '.join(dupes)}")
+    inputs = tuple(_input(i) for i in _list(data, "inputs"))
+    covered = [n for i in inputs for n in i.features]
+    if sorted(covered) != sorted(names):
+        raise ModelMetaError(
+            "model metadata inputs must use every feature exactly once "
+            f"(features {names}, inputs use {covered})"
+        )
+    by_name = {f.name: f for f in features}
+    for inp in inputs:
+        want = "float" if inp.dtype == "float32" else "string"
+        wrong = [n for n in inp.features if by_name[n].dtype != want]
+        if wrong:
+            raise ModelMetaError(
+                f"input {inp.name!r} is {inp.dtype} but features {wrong} are not {want}"
+            )
+    return features, inputs
+
+
+def _outputs_and_classes(data: dict[str, Any], task: str) -> tuple[dict[str, str], Any]:
+    """Output roles -> names, and the class list (None for a regressor)."""
+    outputs = data.get("outputs")
+    if not isinstance(outputs, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in outputs.items()
+    ):
+        raise ModelMetaError("model metadata 'outputs' must map roles to output names")
+    if task != "classification":
+        if set(outputs) != {"value"}:
+            raise ModelMetaError("a regressor must declare exactly a 'value' output")
+        return outputs, None
+    classes = data.get("classes")
+    if set(outputs) != {"label", "probabilities"}:
+        raise ModelMetaError("a classifier must declare 'label' and 'probabilities' outputs")
+    if not isinstance(classes, list) or len(classes) < 2:
+        raise ModelMetaError("a classifier must list at least two classes")
+    if not all(isinstance(c, (int, str)) and not isinstance(c, bool) for c in classes):
+        raise ModelMetaError("classes must be integers or strings")
+    return outputs, classes
 
 
 def _list(data: dict[str, Any], key: str) -> list[Any]:

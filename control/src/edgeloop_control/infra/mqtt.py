@@ -99,8 +99,16 @@ class ControlClient:
         self._connected = threading.Event()
         self._lock = threading.Lock()
         self._inbox: list[Message] = []
-        self.client.on_connect = lambda *a: self._connected.set()
+        self._refused: str | None = None
+        self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
+
+    def _on_connect(self, _c: object, _u: object, _f: object, rc: Any, _p: object) -> None:
+        # A CONNACK that refuses (bad password, not authorised) ends the wait too, and
+        # says why, instead of leaving every later publish to fail.
+        if rc.is_failure:
+            self._refused = str(rc)
+        self._connected.set()
 
     def _on_message(self, _c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
         with self._lock:
@@ -117,6 +125,10 @@ class ControlClient:
         if not self._connected.wait(timeout):
             self.close()
             raise BrokerError(f"the broker at {self.address} did not accept the connection")
+        if self._refused:
+            self.close()
+            reason = self._refused
+            raise BrokerError(f"the broker at {self.address} refused the connection: {reason}")
         return self
 
     def close(self) -> None:

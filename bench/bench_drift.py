@@ -22,13 +22,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from edgeloop_agent.drift import (
-    DriftConfig,
-    DriftMonitor,
-    ReferenceProfile,
-    WindowConfig,
-    build_reference_profile,
-)
+from edgeloop_agent.drift import DriftConfig, DriftMonitor, WindowConfig
+from edgeloop_agent.wire.profile import ReferenceProfile, build_reference_profile
 
 N_FEATURES = 32
 

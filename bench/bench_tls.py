@@ -33,8 +33,8 @@ from tests.integration.models import sample_features, sensor_model  # noqa: E402
 from tests.mqtt_helpers import AgentProcess  # noqa: E402
 from tests.shipped_broker import ShippedBroker, password  # noqa: E402
 
-from edgeloop_agent.connectlog import tls_options  # noqa: E402
 from edgeloop_agent.mqttlink import no_delay  # noqa: E402
+from edgeloop_agent.wire.network import tls_options  # noqa: E402
 
 
 class App:

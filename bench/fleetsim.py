@@ -51,19 +51,20 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edgeloop_agent import __version__
-from edgeloop_agent.config import BrokerAddress
-from edgeloop_agent.desired import DesiredState, DesiredStateError, open_envelope
 from edgeloop_agent.drift.report import ColumnDrift, DriftReport
 from edgeloop_agent.metrics import Metrics
 from edgeloop_agent.outbox import DEFAULT_KINDS, Outbox
-from edgeloop_agent.protocol import Topics, artifact_topic, dumps
-from edgeloop_agent.router import Allocation, bucket_of
-from edgeloop_agent.signature import (
+from edgeloop_agent.protocol import dumps
+from edgeloop_agent.wire.allocation import Allocation, bucket_of
+from edgeloop_agent.wire.desired import DesiredState, DesiredStateError, open_envelope
+from edgeloop_agent.wire.network import BrokerAddress
+from edgeloop_agent.wire.signature import (
     SignatureError,
     artifact_statement,
     load_public_keys,
     verify_any,
 )
+from edgeloop_agent.wire.topics import Topics, artifact_topic
 
 DEFAULT_FEATURES = (
     "bearing_temp_c",

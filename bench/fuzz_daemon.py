@@ -42,7 +42,7 @@ from tests.control.daemon_fuzz import (
     status_doc,
 )
 
-from edgeloop_agent.config import BrokerAddress
+from edgeloop_agent.wire.network import BrokerAddress
 from edgeloop_control.featurestore import FeatureStore
 from edgeloop_control.infra.db import ControlDB
 from edgeloop_control.infra.mosquitto import PrivateBroker

@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from edgeloop_agent.drift import DriftConfig, DriftMonitor, WindowConfig, build_reference_profile
-from edgeloop_agent.drift.profile import SmallReferenceWarning
+from edgeloop_agent.drift import DriftConfig, DriftMonitor, WindowConfig
+from edgeloop_agent.wire.profile import SmallReferenceWarning, build_reference_profile
 from edgeloop_control.stats import BinaryStats, wilson_interval
 
 FEATURES, WINDOW = 20, 200

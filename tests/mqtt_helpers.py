@@ -23,8 +23,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edgeloop_agent.config import BrokerAddress
 from edgeloop_agent.mqttlink import no_delay
+from edgeloop_agent.wire.network import BrokerAddress
 
 VENV_BIN = Path(sys.executable).parent
 

@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edgeloop_agent.config import BrokerAddress
-from edgeloop_agent.names import utf8_problem
+from edgeloop_agent.wire.names import utf8_problem
+from edgeloop_agent.wire.network import BrokerAddress
 
 PREFIX = "edgeloop"
 OTHER = "d2"  # a device that exists only as a target

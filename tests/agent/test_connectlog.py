@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from edgeloop_agent.config import AgentConfig, BrokerAddress, ConfigError
-from edgeloop_agent.connectlog import ConnectFailureLog, describe_connect_error
+from edgeloop_agent.config import AgentConfig, ConfigError
+from edgeloop_agent.connectlog import ConnectFailureLog
+from edgeloop_agent.wire.network import BrokerAddress, BrokerAddressError, describe_connect_error
 from tests.pki import CertificateAuthority
 
 
@@ -76,11 +77,11 @@ def test_broker_url_tls_options(tmp_path: Path):
     addr = BrokerAddress.parse(f"mqtts://d1:secret@broker:8883?ca_file={ca.cert}")
     assert (addr.host, addr.port, addr.tls, addr.ca_file) == ("broker", 8883, True, str(ca.cert))
     assert "secret" not in str(addr)
-    with pytest.raises(ConfigError, match="not mqtts://"):
+    with pytest.raises(BrokerAddressError, match="not mqtts://"):
         BrokerAddress.parse(f"mqtt://broker:1883?ca_file={ca.cert}")
-    with pytest.raises(ConfigError, match="does not exist"):
+    with pytest.raises(BrokerAddressError, match="does not exist"):
         BrokerAddress.parse("mqtts://broker?ca_file=/nonexistent/ca.crt")
-    with pytest.raises(ConfigError, match="unknown option cafile") as err:
+    with pytest.raises(BrokerAddressError, match="unknown option cafile") as err:
         BrokerAddress.parse("mqtts://d1:secret@broker?cafile=x")
     assert "secret" not in str(err.value)
     cfg = AgentConfig(device_id="d1", broker="mqtts://broker", ca_file=str(ca.cert))

@@ -9,8 +9,8 @@ import time
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edgeloop_agent.desired import DesiredState, DesiredStateError, open_envelope
-from edgeloop_agent.signature import artifact_statement, verify_any
+from edgeloop_agent.wire.desired import DesiredState, DesiredStateError, open_envelope
+from edgeloop_agent.wire.signature import artifact_statement, verify_any
 from edgeloop_control.infra.signing import DesiredSigner, open_desired, sign_desired
 from edgeloop_control.registry.errors import RegistryError
 from edgeloop_control.registry.refs import check_name, check_stage, parse_ref

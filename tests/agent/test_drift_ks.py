@@ -10,7 +10,6 @@ import pytest
 from scipy import special, stats
 from scipy.stats._stats_py import _attempt_exact_2kssamp, _compute_prob_outside_square
 
-from edgeloop_agent.drift import ReferenceProfile, build_reference_profile
 from edgeloop_agent.drift.ks import (
     MAX_AUTO_N,
     kolmogorov_sf,
@@ -20,6 +19,7 @@ from edgeloop_agent.drift.ks import (
     ks_statistic,
     smirnov_sf,
 )
+from edgeloop_agent.wire.profile import ReferenceProfile, build_reference_profile
 
 # Stated accuracy (docs/drift.md): exact path 1e-12 absolute, asymptotic path 1e-9 relative.
 EXACT_ATOL = 1e-12

@@ -9,15 +9,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from edgeloop_agent.drift import (
-    ColumnProfile,
-    DriftConfig,
-    DriftMonitor,
-    DriftReport,
-    ReferenceProfile,
-    WindowConfig,
-    build_reference_profile,
-)
+from edgeloop_agent.drift import DriftConfig, DriftMonitor, DriftReport, WindowConfig
+from edgeloop_agent.wire.profile import ColumnProfile, ReferenceProfile, build_reference_profile
 
 EPS = 1e-4
 

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from edgeloop_agent.drift import DriftConfig, DriftMonitor, WindowConfig, build_reference_profile
+from edgeloop_agent.drift import DriftConfig, DriftMonitor, WindowConfig
 from edgeloop_agent.drift.multivariate import PCAMonitor, _errors, build_pca_profile
+from edgeloop_agent.wire.profile import build_reference_profile
 
 NAMES = ["a", "b", "c", "d"]
 

@@ -14,14 +14,13 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from edgeloop_agent.drift import (
-    DriftConfig,
-    DriftMonitor,
+from edgeloop_agent.drift import DriftConfig, DriftMonitor, WindowConfig
+from edgeloop_agent.wire.profile import (
+    MIN_PSI_REFERENCE,
     ReferenceProfile,
-    WindowConfig,
+    SmallReferenceWarning,
     build_reference_profile,
 )
-from edgeloop_agent.drift.profile import MIN_PSI_REFERENCE, SmallReferenceWarning
 
 ALPHA = 0.05
 FEATURES = 20

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from edgeloop_agent.drift import OUTPUT_NAME, ReferenceProfile, build_reference_profile
+from edgeloop_agent.wire.profile import OUTPUT_NAME, ReferenceProfile, build_reference_profile
 
 
 def _profile(X: np.ndarray, output: np.ndarray | None = None, **kw: int) -> ReferenceProfile:

@@ -7,7 +7,8 @@ import threading
 import numpy as np
 import pytest
 
-from edgeloop_agent.metrics import OTHER, LatencyHistogram, Metrics, merge_snapshots
+from edgeloop_agent.metrics import OTHER, Metrics, merge_snapshots
+from edgeloop_agent.wire.histogram import LatencyHistogram
 
 QS = [0.001, 0.25, 0.5, 0.9, 0.95, 0.99, 0.999, 1.0]
 

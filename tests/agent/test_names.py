@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgeloop_agent.names import (
+from edgeloop_agent.wire.names import (
     InvalidName,
     check_device_id,
     check_model_name,

@@ -10,12 +10,8 @@ from pathlib import Path
 import pytest
 
 from edgeloop_agent.metrics import Metrics
-from edgeloop_agent.prometheus import (
-    MetricsServer,
-    PrometheusExporter,
-    parse_listen,
-    write_textfile,
-)
+from edgeloop_agent.prometheus import MetricsServer, PrometheusExporter, write_textfile
+from edgeloop_agent.wire.network import parse_listen
 
 
 def samples(text: str) -> dict[str, float]:

@@ -7,8 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from edgeloop_agent.config import AgentConfig, ConfigError
-from edgeloop_agent.names import topic_problem
 from edgeloop_agent.replypolicy import INVALID_REPLY_TO, REPLY_TO_REFUSED, ReplyPolicy
+from edgeloop_agent.wire.names import topic_problem
 
 
 @pytest.fixture

@@ -8,7 +8,8 @@ from collections import Counter
 import pytest
 from scipy.stats import chisquare
 
-from edgeloop_agent.router import BUCKETS, Allocation, Router, allocate, bucket_of
+from edgeloop_agent.router import Router
+from edgeloop_agent.wire.allocation import BUCKETS, Allocation, allocate, bucket_of
 
 P_MIN = 1e-3  # a correct implementation fails one of these tests about once in 1000 runs
 

@@ -10,13 +10,14 @@ from typing import Any
 
 import pytest
 
-from edgeloop_agent.config import BrokerAddress
 from edgeloop_agent.deployment import Deployment
-from edgeloop_agent.desired import DesiredState
 from edgeloop_agent.model import OnnxModel
 from edgeloop_agent.mqttlink import MqttLink
-from edgeloop_agent.protocol import Topics, dumps
+from edgeloop_agent.protocol import dumps
 from edgeloop_agent.serving import Server, ServingHooks
+from edgeloop_agent.wire.desired import DesiredState
+from edgeloop_agent.wire.network import BrokerAddress
+from edgeloop_agent.wire.topics import Topics
 from edgeloop_control.infra.mosquitto import PrivateBroker
 from tests.integration.models import sample_features, sensor_model
 

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edgeloop_agent.signature import (
+from edgeloop_agent.wire.signature import (
     SignatureError,
     decode_signature,
     key_id,
@@ -158,7 +158,7 @@ def test_key_id_is_stable(signer: Ed25519PrivateKey, keys: list) -> None:
 def test_import_does_not_load_cryptography() -> None:
     # The agent imports this module at start-up; cryptography is loaded on first use.
     code = (
-        "import sys, edgeloop_agent.signature as s; "
+        "import sys, edgeloop_agent.wire.signature as s; "
         "print(any(m.startswith('cryptography') for m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

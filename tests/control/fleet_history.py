@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeloop_agent.drift import DriftConfig, DriftMonitor, WindowConfig, build_reference_profile
+from edgeloop_agent.drift import DriftConfig, DriftMonitor, WindowConfig
 from edgeloop_agent.metrics import Metrics
 from edgeloop_agent.telemetry import json_safe
+from edgeloop_agent.wire.profile import build_reference_profile
 from edgeloop_control.demo.sensors import FEATURES, SensorShift, generate
 from edgeloop_control.fleet.desired import plan_desired
 from edgeloop_control.fleet.ingest import handle_report, handle_status

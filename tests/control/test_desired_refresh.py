@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from edgeloop_agent.desired import DesiredState, open_envelope
-from edgeloop_agent.signature import load_public_keys
+from edgeloop_agent.wire.desired import DesiredState, open_envelope
+from edgeloop_agent.wire.signature import load_public_keys
 from edgeloop_control.fleet.desired import DesiredState as Desired
 from edgeloop_control.fleet.desired import Owner
 from edgeloop_control.fleet.refresh import DesiredRefresh

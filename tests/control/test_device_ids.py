@@ -1,6 +1,6 @@
 """One device-id rule on both sides: the control CLI and the agent refuse the same ids.
 
-The rule is ``edgeloop_agent.names.check_device_id``: MQTT's topic-level rules,
+The rule is ``edgeloop_agent.wire.names.check_device_id``: MQTT's topic-level rules,
 letters/digits/'_'/'.'/'-', at most 128 characters, and not a reserved level
 under the prefix (``models``, ``control`` ...). Every command that takes a
 device id refuses a bad one with one line and a non-zero exit, before it

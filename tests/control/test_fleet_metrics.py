@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeloop_agent.metrics import LatencyHistogram
+from edgeloop_agent.wire.histogram import LatencyHistogram
 from edgeloop_control.infra.db import ControlDB
 from edgeloop_control.infra.mosquitto import free_port
 from edgeloop_control.web.fleetmetrics import FleetMetrics

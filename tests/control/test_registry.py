@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgeloop_agent.signature import load_public_keys, verify
+from edgeloop_agent.wire.signature import load_public_keys, verify
 from edgeloop_control.infra.workspace import Workspace
 from edgeloop_control.registry import ModelVersion, Registry, RegistryError, parse_ref
 

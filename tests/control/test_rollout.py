@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from edgeloop_agent.metrics import LatencyHistogram
+from edgeloop_agent.wire.histogram import LatencyHistogram
 from edgeloop_control.errors import ConfigError
 from edgeloop_control.fleet.desired import plan_desired
 from edgeloop_control.fleet.ingest import handle_report, handle_status

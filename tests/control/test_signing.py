@@ -10,7 +10,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from edgeloop_agent.signature import SignatureError, load_public_keys, verify
+from edgeloop_agent.wire.signature import SignatureError, load_public_keys, verify
 from edgeloop_control.infra.signing import (
     SigningError,
     ensure_keypair,

@@ -13,13 +13,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from edgeloop_agent.drift import (
-    DriftConfig,
-    DriftMonitor,
-    ReferenceProfile,
-    WindowConfig,
-    build_reference_profile,
-)
+from edgeloop_agent.drift import DriftConfig, DriftMonitor, WindowConfig
+from edgeloop_agent.wire.profile import ReferenceProfile, build_reference_profile
 from edgeloop_control.policies.experiments.evaluate import drift_guardrail
 from edgeloop_control.policies.experiments.totals import OutputWindow
 

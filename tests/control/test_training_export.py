@@ -11,8 +11,8 @@ import onnxruntime as ort
 import pandas as pd
 import pytest
 
-from edgeloop_agent.drift.profile import ReferenceProfile
-from edgeloop_agent.modelmeta import META_KEY, ModelMeta
+from edgeloop_agent.wire.modelmeta import META_KEY, ModelMeta
+from edgeloop_agent.wire.profile import ReferenceProfile
 from edgeloop_control.training import (
     ML_OPSET,
     OPSET,

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from edgeloop_agent.config import BrokerAddress
+from edgeloop_agent.wire.network import BrokerAddress
 from edgeloop_control.cli import app
 from edgeloop_control.daemon.service import ControlDaemon
 from edgeloop_control.infra.workspace import CONFIG_NAME, Workspace

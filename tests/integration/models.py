@@ -68,7 +68,7 @@ def strict_model(version: str = "v1") -> Artifact:
     from skl2onnx.common.data_types import FloatTensorType
     from sklearn.linear_model import LogisticRegression
 
-    from edgeloop_agent.modelmeta import FeatureSpec, InputSpec, ModelMeta
+    from edgeloop_agent.wire.modelmeta import FeatureSpec, InputSpec, ModelMeta
 
     names = ["a", "b", "c"]
     rng = np.random.default_rng(0)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeloop_agent.router import bucket_of
+from edgeloop_agent.wire.allocation import bucket_of
 from edgeloop_control.infra.workspace import Workspace
 from edgeloop_control.registry import Registry
 from tests.integration.models import sample_features, sensor_model

@@ -141,9 +141,7 @@ def fleet(ws, broker, watch, agents, tmp_path) -> Callable[..., dict[str, AgentP
         db = ControlDB(ws.state_db)
         try:
             with connected(broker.url) as client:
-                desired = DesiredState(
-                    db, client, ws.topic_prefix, DesiredSigner.for_workspace(ws)
-                )
+                desired = DesiredState(db, client, ws.topic_prefix, DesiredSigner.for_workspace(ws))
                 desired.publish_artifact(v1, registry.artifact_bytes(v1))
                 for device in DEVICES:
                     desired.publish(device, desired.plan(device, [(v1, 100.0)], []))

@@ -34,7 +34,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edgeloop_agent.config import AgentConfig
-from edgeloop_agent.connectlog import tls_options
+from edgeloop_agent.wire.network import tls_options
 from tests.integration.models import sample_features, sensor_model
 from tests.mqtt_helpers import AgentProcess
 from tests.pki import CertificateAuthority, self_signed
@@ -313,7 +313,7 @@ def test_user_names_the_patterns_must_never_see(tmp_path: Path):
     """Mosquitto refuses every pattern to a user name with '+' or '#', but not one with
     '/': such a name escapes its subtree. Device ids therefore only come through
     check_device_id, which refuses all three (and the reserved levels)."""
-    from edgeloop_agent.names import InvalidName, check_device_id
+    from edgeloop_agent.wire.names import InvalidName, check_device_id
 
     forger, wild = "d1/replies/app-dashboard", "d+1"
     for name in (forger, wild, "d#1", "models"):

@@ -25,19 +25,16 @@ from edgeloop_agent.mqttlink import MqttLink
 from edgeloop_agent.oip_http import OipHttpServer
 from edgeloop_agent.outbox import DISK_OK, Outbox
 from edgeloop_agent.procstats import release_free_memory
-from edgeloop_agent.prometheus import (
-    MetricsServer,
-    PrometheusExporter,
-    parse_listen,
-    write_textfile,
-)
-from edgeloop_agent.protocol import Topics, dumps
+from edgeloop_agent.prometheus import MetricsServer, PrometheusExporter, write_textfile
+from edgeloop_agent.protocol import dumps
 from edgeloop_agent.publisher import OutboxPublisher
 from edgeloop_agent.serving import Server
 from edgeloop_agent.statedir import StateDir
 from edgeloop_agent.systemd import Notifier, watchdog_interval
 from edgeloop_agent.telemetry import Telemetry
 from edgeloop_agent.updater import UpdateError, Updater
+from edgeloop_agent.wire.network import parse_listen
+from edgeloop_agent.wire.topics import Topics
 
 log = logging.getLogger("edgeloop.agent")
 

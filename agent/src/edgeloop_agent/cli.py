@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if config.trusted_keys:
         # A wrong path, a garbage file or a private key: one line, exit 2, no traceback.
-        from edgeloop_agent.signature import SignatureError, load_public_keys
+        from edgeloop_agent.wire.signature import SignatureError, load_public_keys
 
         try:
             load_public_keys(config.trusted_keys)

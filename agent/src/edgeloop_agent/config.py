@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
-from edgeloop_agent.names import check_device_id
-from edgeloop_agent.protocol import (
-    DEFAULT_MAX_PAYLOAD,
-    DEFAULT_MAX_ROWS,
-    DEFAULT_PREFIX,
-    validate_prefix,
-)
+from edgeloop_agent.protocol import DEFAULT_MAX_PAYLOAD, DEFAULT_MAX_ROWS
 from edgeloop_agent.replypolicy import DEFAULT_REPLY_TOPICS, PolicyError, ReplyPolicy
+from edgeloop_agent.wire.names import check_device_id
+from edgeloop_agent.wire.network import BrokerAddress, BrokerAddressError, parse_listen
+from edgeloop_agent.wire.topics import DEFAULT_PREFIX, validate_prefix
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -26,65 +22,6 @@ else:  # pragma: no cover
 
 class ConfigError(ValueError):
     """The agent configuration is invalid; the message names the setting."""
-
-
-@dataclass(frozen=True)
-class BrokerAddress:
-    host: str
-    port: int
-    tls: bool = False
-    username: str | None = None
-    password: str | None = None
-    # PEM file of the CA(s) that may sign the broker's certificate; None: the system
-    # store. From the agent's ca_file setting, or the URL's ?ca_file=/path (which is
-    # how the control node's [broker] url carries it).
-    ca_file: str | None = None
-
-    @classmethod
-    def parse(cls, url: str) -> BrokerAddress:
-        parts = urlsplit(url if "://" in url else f"mqtt://{url}")
-        if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
-            raise ConfigError(f"broker URL {_redact(url)!r} must start with mqtt:// or mqtts://")
-        if not parts.hostname:
-            raise ConfigError(f"broker URL {_redact(url)!r} has no host")
-        tls = parts.scheme in ("mqtts", "ssl")
-        try:
-            port = parts.port or (8883 if tls else 1883)
-        except ValueError:
-            raise ConfigError(f"broker URL {_redact(url)!r} has an invalid port") from None
-        query = parse_qs(parts.query, keep_blank_values=True)
-        unknown = sorted(set(query) - {"ca_file"})
-        if unknown:
-            raise ConfigError(
-                f"broker URL {_redact(url)!r}: unknown option {', '.join(unknown)} (known: ca_file)"
-            )
-        ca_file = query["ca_file"][-1] if "ca_file" in query else None
-        address = cls(parts.hostname, port, tls, parts.username, parts.password)
-        return address.with_ca_file(ca_file)
-
-    def with_ca_file(self, ca_file: str | None) -> BrokerAddress:
-        """This address verifying the broker against ``ca_file`` (None/"": unchanged)."""
-        if not ca_file:
-            return self
-        if not self.tls:
-            raise ConfigError(
-                f"a CA file ({ca_file}) is set but the broker {self} is not mqtts://: "
-                "the connection would not be encrypted"
-            )
-        if not Path(ca_file).is_file():
-            raise ConfigError(f"CA file {ca_file} does not exist or is not a file")
-        return replace(self, ca_file=ca_file)
-
-    def __str__(self) -> str:
-        # Never the credentials: this string goes into logs.
-        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
-
-
-def _redact(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    return url.replace(f":{parts.password}@", ":***@", 1)
 
 
 @dataclass
@@ -189,8 +126,6 @@ class AgentConfig:
             raise ConfigError(f"capture_rate must be within [0, 1], got {self.capture_rate!r}")
         if self.require_signature and not self.trusted_keys:
             raise ConfigError("require_signature is set but no trusted_keys are configured")
-        from edgeloop_agent.prometheus import parse_listen
-
         for what in ("metrics_listen", "http_listen"):
             listen = getattr(self, what)
             if listen is not None:
@@ -216,7 +151,10 @@ class AgentConfig:
 
     @property
     def broker_address(self) -> BrokerAddress:
-        return BrokerAddress.parse(self.broker).with_ca_file(self.ca_file)
+        try:
+            return BrokerAddress.parse(self.broker).with_ca_file(self.ca_file)
+        except BrokerAddressError as exc:
+            raise ConfigError(str(exc)) from None
 
     @classmethod
     def from_file(cls, path: Path) -> AgentConfig:

@@ -3,61 +3,22 @@
 paho retries a failed connection for ever (1 s doubling to 15 s) and says nothing
 about why: ``on_connect_fail`` gets no exception. A device with the wrong CA file, a
 broker certificate for another host name or a self-signed one therefore looked
-exactly like a broker that is down. Here the reason is named (OpenSSL's own words:
+exactly like a broker that is down. The reason is named once
+(``edgeloop_agent.wire.network.describe_connect_error``, in OpenSSL's own words:
 "unable to get local issuer certificate", "Hostname mismatch ...", "self-signed
-certificate") the first time, and while the same failure repeats only a summary
-line follows, after 1 minute, then at doubling intervals up to an hour.
+certificate"), and while the same failure repeats only a summary line follows,
+after 1 minute, then at doubling intervals up to an hour.
 """
 
 from __future__ import annotations
 
 import logging
-import socket
 import ssl
 import time
 from collections.abc import Callable
-from typing import Any
-
-# X509_V_ERR_* codes that mean "the certificate is fine, but nothing you trust
-# signed it": the fix is the CA file, so the line says so.
-_UNTRUSTED = {
-    18: "self-signed",  # DEPTH_ZERO_SELF_SIGNED_CERT
-    19: "self-signed CA in the chain",  # SELF_SIGNED_CERT_IN_CHAIN
-    20: "issuer not trusted",  # UNABLE_TO_GET_ISSUER_CERT_LOCALLY
-    21: "issuer not trusted",  # UNABLE_TO_VERIFY_LEAF_SIGNATURE
-}
-_HOSTNAME_MISMATCH = 62  # X509_V_ERR_HOSTNAME_MISMATCH
-_IP_MISMATCH = 64  # X509_V_ERR_IP_ADDRESS_MISMATCH
 
 FIRST_SUMMARY_S = 60.0
 MAX_SUMMARY_S = 3600.0
-
-
-def describe_connect_error(exc: BaseException, ca_file: str | None = None) -> str:
-    """One line naming why a connection attempt failed."""
-    trust = f"CA file {ca_file}" if ca_file else "the system CA store (set ca_file)"
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        code = getattr(exc, "verify_code", None)
-        reason = getattr(exc, "verify_message", None) or str(exc)
-        text = f"TLS certificate verify failed: {reason}"
-        if code in _UNTRUSTED:
-            return f"{text} (the broker's certificate is not signed by a CA in {trust})"
-        if code in (_HOSTNAME_MISMATCH, _IP_MISMATCH):
-            return f"{text} (the broker URL must name a host its certificate lists)"
-        return text
-    if isinstance(exc, ssl.SSLError):
-        reason = exc.reason or exc.strerror or str(exc)
-        hint = " (is that port plain MQTT, not TLS?)" if "WRONG_VERSION_NUMBER" in str(exc) else ""
-        return f"TLS handshake failed: {reason}{hint}"
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused (is the broker running, and is that its port?)"
-    if isinstance(exc, socket.gaierror):
-        return f"cannot resolve the host name: {exc.strerror or exc}"
-    if isinstance(exc, (TimeoutError, socket.timeout)):
-        return "timed out"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return f"{type(exc).__name__}: {exc}"
 
 
 def is_config_error(exc: BaseException | None) -> bool:
@@ -128,8 +89,3 @@ class ConnectFailureLog:
                 self._reason,
             )
         self.attempts, self._reason, self._same = 0, None, 0
-
-
-def tls_options(ca_file: str | None) -> dict[str, Any]:
-    """paho ``tls_set`` arguments: verify the broker's chain and host name."""
-    return {"ca_certs": ca_file or None, "cert_reqs": ssl.CERT_REQUIRED}

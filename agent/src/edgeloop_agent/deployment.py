@@ -10,9 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from edgeloop_agent.desired import DesiredState
 from edgeloop_agent.model import OnnxModel
-from edgeloop_agent.router import Allocation, Router, allocate
+from edgeloop_agent.router import Router
+from edgeloop_agent.wire.allocation import Allocation, allocate
+from edgeloop_agent.wire.desired import DesiredState
 
 
 @dataclass(frozen=True)

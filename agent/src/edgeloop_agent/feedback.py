@@ -30,6 +30,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from edgeloop_agent.wire.numeric import is_number
+
 Status = Literal["matched", "unknown", "late", "duplicate", "invalid"]
 TASKS = ("classification", "regression")
 
@@ -72,7 +74,7 @@ class FeedbackJoiner:
         for name, v in (("max_entries", max_entries), ("remember", remember)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
-        if not _is_number(max_age_s) or not max_age_s > 0 or not math.isfinite(max_age_s):
+        if not is_number(max_age_s) or not max_age_s > 0:
             raise ValueError(f"max_age_s must be a positive finite number, got {max_age_s!r}")
         self.task = task
         self.max_entries = max_entries
@@ -115,9 +117,10 @@ class FeedbackJoiner:
             raise TypeError(
                 f"prediction must be a str, int, float or bool, got {type(prediction).__name__}"
             )
-        if self.task == "regression" and not _is_number(prediction):
+        # A NaN prediction is recorded; grading it says what is wrong with it.
+        if self.task == "regression" and not is_number(prediction, finite=False):
             raise TypeError(f"a regression prediction must be a number, got {prediction!r}")
-        if not _is_number(ts) or not math.isfinite(ts):
+        if not is_number(ts):
             raise ValueError(f"ts must be a finite number, got {ts!r}")
         with self._lock:
             self._expire(ts)
@@ -136,7 +139,7 @@ class FeedbackJoiner:
         """Grade the prediction of ``request_id`` with ``label`` received at ``now``."""
         if not isinstance(request_id, str) or not request_id:
             return self._invalid(None, label, f"id must be a non-empty str, got {request_id!r}")
-        if not _is_number(now) or not math.isfinite(now):
+        if not is_number(now):
             raise ValueError(f"now must be a finite number, got {now!r}")
         label = _plain(label)
         with self._lock:
@@ -228,10 +231,6 @@ def _plain(x: Any) -> Any:
     return x.item() if isinstance(x, np.generic) else x
 
 
-def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
 def _describe(x: Any) -> str:
     return f"{x!r} ({type(x).__name__})"
 
@@ -250,8 +249,8 @@ def _grade_class(prediction: Any, label: Any) -> tuple[bool | None, str | None]:
 
 
 def _grade_regression(prediction: Any, label: Any) -> tuple[float | None, str | None]:
-    if not _is_number(label) or not math.isfinite(label):
+    if not is_number(label):
         return None, f"label must be a finite number, got {_describe(label)}"
-    if not _is_number(prediction) or not math.isfinite(prediction):
+    if not is_number(prediction):
         return None, f"type mismatch: prediction {_describe(prediction)} is not a finite number"
     return float(prediction) - float(label), None

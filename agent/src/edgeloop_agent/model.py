@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort  # ORT_DISABLE_TELEMETRY is set by edgeloop_agent/__init__.py
 
-from edgeloop_agent.modelmeta import META_KEY, ModelMeta, ModelMetaError
 from edgeloop_agent.protocol import Code, RequestError
+from edgeloop_agent.wire.modelmeta import META_KEY, ModelMeta, ModelMetaError
 
 ort.disable_telemetry_events()  # belt and braces: no event is ever queued for upload
 

@@ -34,13 +34,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edgeloop_agent.config import BrokerAddress
-from edgeloop_agent.connectlog import (
-    ConnectFailureLog,
-    describe_connect_error,
-    is_config_error,
-    tls_options,
-)
+from edgeloop_agent.connectlog import ConnectFailureLog, is_config_error
+from edgeloop_agent.wire.network import BrokerAddress, describe_connect_error, tls_options
 
 log = logging.getLogger("edgeloop.agent.mqtt")
 

@@ -31,6 +31,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from edgeloop_agent.wire.envelopes import encode_envelope
+
 log = logging.getLogger(__name__)
 
 POLICIES = ("drop_oldest", "reject_new")
@@ -456,21 +458,7 @@ class Outbox:
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{where}: payload is not strict JSON ({exc})") from exc
         msg_id = f"{self.device_id}:{self.boot_id}:{next(self._seq)}"
-        # Built by concatenation so the payload is serialised once; same bytes as json.dumps
-        # of the whole envelope with the same separators.
-        body = (
-            '{"id":'
-            + json.dumps(msg_id)
-            + ',"device_id":'
-            + json.dumps(self.device_id)
-            + ',"kind":'
-            + json.dumps(kind)
-            + ',"ts":'
-            + repr(float(now))
-            + ',"payload":'
-            + payload_json
-            + "}"
-        ).encode()
+        body = encode_envelope(msg_id, self.device_id, kind, now, payload_json)
         return msg_id, topic, kind, self.kinds[kind], body
 
     def _capacity(self) -> int:

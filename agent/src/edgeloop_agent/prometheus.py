@@ -21,23 +21,21 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import tempfile
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeGuard
+from typing import Any
 
-from edgeloop_agent.metrics import LatencyHistogram, VariantMetrics
+from edgeloop_agent.metrics import VariantMetrics
+from edgeloop_agent.wire.exposition import CONTENT_TYPE, TextWriter, write_histogram
+from edgeloop_agent.wire.numeric import is_number
 
 log = logging.getLogger("edgeloop.agent.prometheus")
 
 PREFIX = "edgeloop_agent"
 TEXTFILE_NAME = "edgeloop_agent.prom"
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-# Wanted upper bounds (s); each is moved to the nearest edge of the agent's histogram.
-_WANTED_LE = (1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
 
 class PrometheusExporter:
@@ -143,7 +141,7 @@ class PrometheusExporter:
         for v, window in newest.items():
             out.sample("drift_dataset", {"variant": v}, int(bool(window.get("dataset_drift"))))
             for f in window.get("features") or []:
-                if isinstance(f, Mapping) and _number(f.get("psi")):
+                if isinstance(f, Mapping) and is_number(f.get("psi")):
                     out.sample(
                         "feature_psi", {"variant": v, "feature": str(f.get("name"))}, f["psi"]
                     )
@@ -151,7 +149,7 @@ class PrometheusExporter:
             "concept_drift_detections_total", "counter", "Concept-drift detections, per variant."
         )
         for v, c in (last.get("concept_drift") or {}).items():
-            if isinstance(c, Mapping) and _number(c.get("detections")):
+            if isinstance(c, Mapping) and is_number(c.get("detections")):
                 out.sample("concept_drift_detections_total", {"variant": v}, c["detections"])
 
     def _process(self, out: TextWriter, last: Mapping[str, Any]) -> None:
@@ -171,18 +169,18 @@ class PrometheusExporter:
         )
         for name, kind, text, value in gauges:
             out.metric(name, kind, text)
-            if _number(value):
+            if is_number(value):
                 out.sample(name, {}, value)
         # The outbox's own counters (sent, dropped, disk errors...): numbers only.
         out.metric("outbox_events_total", "counter", "Outbox counters since the agent started.")
         for key, value in sorted(outbox.items()):
             if key in ("depth", "bytes_used", "max_bytes", "inflight", "ack_backlog"):
                 continue
-            if _number(value):
+            if is_number(value):
                 out.sample("outbox_events_total", {"event": key}, value)
             elif isinstance(value, Mapping):
                 for kind, n in sorted(value.items()):
-                    if _number(n):
+                    if is_number(n):
                         out.sample("outbox_events_total", {"event": key, "kind": str(kind)}, n)
 
 
@@ -190,66 +188,6 @@ def _copy(m: VariantMetrics) -> VariantMetrics:
     c = VariantMetrics()
     c.merge(m)
     return c
-
-
-def _number(value: object) -> TypeGuard[float]:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _le_indexes(h: LatencyHistogram) -> list[int]:
-    """Bucket indexes whose upper edges serve as ``le`` bounds (edge i = lo * g**i)."""
-    picked = []
-    for wanted in _WANTED_LE:
-        if not h.lo <= wanted <= h.hi:
-            continue
-        i = round(math.log10(wanted / h.lo) * h.per_decade)
-        if i not in picked:
-            picked.append(i)
-    return picked
-
-
-def write_histogram(
-    out: TextWriter, name: str, labels: dict[str, str], h: LatencyHistogram
-) -> None:
-    counts = h.to_dict()["counts"]
-    dense = [0] * (h.n_log + 2)
-    for i, c in counts:
-        dense[i] = c
-    running = 0
-    upto = -1
-    for i in _le_indexes(h):
-        running += sum(dense[upto + 1 : i + 1])  # buckets 0..i hold samples below edge i
-        upto = i
-        edge = h.lo * 10 ** (i / h.per_decade)
-        out.sample(f"{name}_bucket", {**labels, "le": f"{edge:.6g}"}, running)
-    out.sample(f"{name}_bucket", {**labels, "le": "+Inf"}, h.count)
-    out.sample(f"{name}_sum", labels, h.sum)
-    out.sample(f"{name}_count", labels, h.count)
-
-
-class TextWriter:
-    """Lines of the text format under one metric-name prefix (shared with the control node)."""
-
-    def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
-        self.lines: list[str] = []
-
-    def metric(self, name: str, kind: str, text: str) -> None:
-        self.lines.append(f"# HELP {self.prefix}_{name} {text}")
-        self.lines.append(f"# TYPE {self.prefix}_{name} {kind}")
-
-    def sample(self, name: str, labels: Mapping[str, str], value: float) -> None:
-        inner = ",".join(f'{k}="{_escape(str(v))}"' for k, v in labels.items())
-        text = repr(float(value)) if isinstance(value, float) else str(int(value))
-        full = f"{self.prefix}_{name}"
-        self.lines.append(f"{full}{{{inner}}} {text}" if inner else f"{full} {text}")
-
-    def text(self) -> str:
-        return "\n".join(self.lines) + "\n"
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 # -- outputs --------------------------------------------------------------------------
@@ -313,12 +251,3 @@ class MetricsServer:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
-
-
-def parse_listen(value: str, what: str = "metrics_listen") -> tuple[str, int]:
-    """``host:port`` (``[::1]:9108`` for IPv6) -> (host, port); raises ValueError naming
-    ``what`` (the setting or flag). Shared by every listener the product opens."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{what} {value!r} must be host:port, e.g. 127.0.0.1:9108")
-    return host.strip("[]"), int(port)

@@ -1,7 +1,8 @@
-"""The edgeloop wire contract: topics, payload shapes and error codes.
+"""Request and reply payloads of the agent's serving path, and their error codes.
 
-This module is shared by the agent and the control node, and is the code twin
-of ``docs/protocol.md``: change one, change the other.
+What applications send to ``{prefix}/{device}/predict|feedback`` and get back;
+the code twin of that part of ``docs/protocol.md``. The topics themselves, and
+everything the control node shares, are in :mod:`edgeloop_agent.wire`.
 """
 
 from __future__ import annotations
@@ -14,60 +15,11 @@ from typing import Any, Final
 
 import numpy as np
 
-from edgeloop_agent.names import check_device_id
-
-DEFAULT_PREFIX: Final = "edgeloop"
 DEFAULT_MAX_PAYLOAD: Final = 64 * 1024
 DEFAULT_MAX_ROWS: Final = 1024
 # No request needs more than 3 levels ({"rows": [{...}]}); 32 leaves room, and
 # stays far below what makes the json module recurse out of the stack (~1,000).
 MAX_JSON_DEPTH: Final = 32
-
-
-class Topics:
-    """Topic names for one device under a prefix (``{prefix}/{device}/...``)."""
-
-    def __init__(self, device_id: str, prefix: str = DEFAULT_PREFIX) -> None:
-        # The one device-id rule of agent and control node (MQTT rules, reserved levels).
-        check_device_id(device_id)
-        validate_prefix(prefix)
-        self.prefix = prefix
-        self.device = device_id
-        base = f"{prefix}/{device_id}"
-        self.predict = f"{base}/predict"
-        self.predictions = f"{base}/predictions"
-        self.feedback = f"{base}/feedback"
-        self.errors = f"{base}/errors"
-        self.status = f"{base}/status"
-        self.desired = f"{base}/desired"
-        self.telemetry = f"{base}/telemetry"
-        self.samples = f"{base}/samples"
-        self.labels = f"{base}/labels"
-        self.events = f"{base}/events"
-
-
-def artifact_topic(prefix: str, name: str, version: str) -> str:
-    """Retained topic carrying the raw ONNX bytes of one model version."""
-    return f"{prefix}/models/{name}/{version}"
-
-
-def fleet_topic(prefix: str, device: str, leaf: str) -> str:
-    return f"{prefix}/{device}/{leaf}"
-
-
-def validate_topic_part(what: str, value: str) -> None:
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"{what} must be a non-empty string")
-    bad = [c for c in "/+#\x00" if c in value]
-    if bad:
-        raise ValueError(f"{what} {value!r} must not contain {' '.join(bad)}")
-
-
-def validate_prefix(prefix: str) -> None:
-    if not prefix or any(c in prefix for c in "+#\x00") or prefix.startswith("/"):
-        raise ValueError(f"topic prefix {prefix!r} must be non-empty without + # or a leading /")
-    if prefix.endswith("/"):
-        raise ValueError(f"topic prefix {prefix!r} must not end with /")
 
 
 # -- error codes --------------------------------------------------------------

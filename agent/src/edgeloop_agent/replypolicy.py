@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Final
 
-from edgeloop_agent.names import MAX_TOPIC_BYTES, topic_problem
+from edgeloop_agent.wire.names import MAX_TOPIC_BYTES, topic_problem
 
 # The topic filters allowed under the prefix unless the operator sets others.
 # ``{prefix}`` and ``{device}`` are replaced by this agent's own values.

@@ -38,13 +38,13 @@ from edgeloop_agent.protocol import (
     Code,
     PredictRequest,
     RequestError,
-    Topics,
     dumps,
     error_reply,
     parse_feedback,
     parse_predict,
 )
 from edgeloop_agent.replypolicy import ReplyPolicy
+from edgeloop_agent.wire.topics import Topics
 
 log = logging.getLogger("edgeloop.agent.serving")
 

@@ -24,14 +24,16 @@ from typing import Any
 
 from edgeloop_agent import __version__
 from edgeloop_agent.deployment import Deployment
-from edgeloop_agent.drift import HDDM_A, DriftConfig, DriftMonitor, ReferenceProfile
+from edgeloop_agent.drift import HDDM_A, DriftConfig, DriftMonitor
 from edgeloop_agent.feedback import FeedbackJoiner
 from edgeloop_agent.metrics import Metrics
 from edgeloop_agent.model import OnnxModel, Outputs
 from edgeloop_agent.outbox import Outbox
 from edgeloop_agent.procstats import ProcessStats
-from edgeloop_agent.protocol import Code, Topics
+from edgeloop_agent.protocol import Code
 from edgeloop_agent.serving import ServingHooks
+from edgeloop_agent.wire.profile import ReferenceProfile
+from edgeloop_agent.wire.topics import Topics
 
 log = logging.getLogger("edgeloop.agent.telemetry")
 

@@ -34,16 +34,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from edgeloop_agent.deployment import Deployment
-from edgeloop_agent.desired import (
-    DEFAULT_MAX_DESIRED_BYTES,
-    DesiredState,
-    DesiredStateError,
-    ModelEntry,
-    open_envelope,
-)
 from edgeloop_agent.model import ModelLoadError, OnnxModel
 from edgeloop_agent.mqttlink import MqttLink
-from edgeloop_agent.protocol import artifact_topic
 from edgeloop_agent.statedir import (
     ArtifactError,
     StateDir,
@@ -51,6 +43,14 @@ from edgeloop_agent.statedir import (
     atomic_write,
     sha256_hex,
 )
+from edgeloop_agent.wire.desired import (
+    DEFAULT_MAX_DESIRED_BYTES,
+    DesiredState,
+    DesiredStateError,
+    ModelEntry,
+    open_envelope,
+)
+from edgeloop_agent.wire.topics import artifact_topic
 
 log = logging.getLogger("edgeloop.agent.updater")
 
@@ -89,7 +89,7 @@ class Updater:
         self.device_id = device_id
         self._keys: list[Any] = []
         if trusted_keys:
-            from edgeloop_agent.signature import load_public_keys
+            from edgeloop_agent.wire.signature import load_public_keys
 
             self._keys = load_public_keys(trusted_keys)
         # Secure by default: without a trusted key nothing is applied unless the
@@ -417,7 +417,7 @@ class Updater:
         """
         if not self.require_signature:
             return
-        from edgeloop_agent.signature import SignatureError, artifact_statement, verify_any
+        from edgeloop_agent.wire.signature import SignatureError, artifact_statement, verify_any
 
         if entry.size is None:
             raise UpdateError("artifact_signature_invalid", f"{entry.ref}: no declared size")

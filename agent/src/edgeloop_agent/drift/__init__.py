@@ -1,6 +1,7 @@
 """Streaming drift detection for the agent (numpy only).
 
-* :func:`build_reference_profile` / :class:`ReferenceProfile` — training-time reference.
+* The training-time reference (:class:`~edgeloop_agent.wire.profile.ReferenceProfile`) is
+  part of the wire: training builds it, model metadata carries it (``edgeloop_agent.wire``).
 * :class:`DriftMonitor` with :class:`DriftConfig` / :class:`WindowConfig` — data and
   prediction drift per window: PSI, binned two-sample KS, missing rates.
 * :class:`HDDM_A`, :class:`PageHinkley`, :class:`DDM` — concept drift from the labelled
@@ -13,12 +14,6 @@ from edgeloop_agent.drift.concept import DDM, HDDM_A, PageHinkley
 from edgeloop_agent.drift.ks import ks_from_histograms, ks_pvalue, ks_statistic
 from edgeloop_agent.drift.monitor import DriftConfig, DriftMonitor
 from edgeloop_agent.drift.multitest import adjust_pvalues
-from edgeloop_agent.drift.profile import (
-    OUTPUT_NAME,
-    ColumnProfile,
-    ReferenceProfile,
-    build_reference_profile,
-)
 from edgeloop_agent.drift.psi import psi
 from edgeloop_agent.drift.report import ColumnDrift, DriftReport
 from edgeloop_agent.drift.window import WindowConfig
@@ -26,17 +21,13 @@ from edgeloop_agent.drift.window import WindowConfig
 __all__ = [
     "DDM",
     "HDDM_A",
-    "OUTPUT_NAME",
     "ColumnDrift",
-    "ColumnProfile",
     "DriftConfig",
     "DriftMonitor",
     "DriftReport",
     "PageHinkley",
-    "ReferenceProfile",
     "WindowConfig",
     "adjust_pvalues",
-    "build_reference_profile",
     "ks_from_histograms",
     "ks_pvalue",
     "ks_statistic",

@@ -21,10 +21,10 @@ from edgeloop_agent.drift.binning import FlatBinner
 from edgeloop_agent.drift.chi2 import chi2_sf
 from edgeloop_agent.drift.ks import MAX_AUTO_N, KsMethod, ks_pvalue, ks_statistic
 from edgeloop_agent.drift.multitest import Correction, adjust_pvalues
-from edgeloop_agent.drift.profile import MIN_PSI_REFERENCE, ReferenceProfile
 from edgeloop_agent.drift.psi import DEFAULT_EPS, psi_segments
 from edgeloop_agent.drift.report import ColumnDrift, DriftReport
 from edgeloop_agent.drift.window import PaneRing, RowRing, WindowConfig
+from edgeloop_agent.wire.profile import MIN_PSI_REFERENCE, ReferenceProfile
 
 _MAX_BUFFER_ROWS = 4096
 # Exact KS mode keeps window.size x columns raw floats: 2e6 values is 16 MB.

@@ -128,7 +128,7 @@ def train_cmd(
 
     if stage not in ("auto", "none", "champion", "challenger"):
         fail(f"--stage must be auto, none, champion or challenger, got {stage!r}")
-    from edgeloop_agent.names import InvalidName, check_model_name
+    from edgeloop_agent.wire.names import InvalidName, check_model_name
 
     ws = state(ctx).workspace
     model_name = name or view.split("@")[0]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edgeloop_agent.names import InvalidName, check_device_id, check_model_name
+from edgeloop_agent.wire.names import InvalidName, check_device_id, check_model_name
 from edgeloop_control.cli.common import fail
 from edgeloop_control.report.history import HistoryError, Selection, parse_when
 

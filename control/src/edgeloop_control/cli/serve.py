@@ -30,10 +30,10 @@ def serve(
     ] = None,
 ) -> None:
     """Ingest fleet telemetry, keep the inventory, run retraining/A-B/rollout policies."""
-    from edgeloop_agent.systemd import setup_logging
     from edgeloop_control.daemon.build import build_daemon
+    from edgeloop_control.infra.logs import setup_logging
 
-    setup_logging(log_level, identifier="edgeloop-control")
+    setup_logging(log_level)
     st = state(ctx)
     try:
         daemon = build_daemon(st.workspace, st.broker, tick_s=tick)

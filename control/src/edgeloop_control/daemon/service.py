@@ -24,9 +24,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edgeloop_agent.config import BrokerAddress
-from edgeloop_agent.connectlog import tls_options
-from edgeloop_agent.mqttlink import no_delay
+from edgeloop_agent.wire.network import BrokerAddress
+from edgeloop_agent.wire.topics import Topics
 from edgeloop_control.featurestore import FeatureStore
 from edgeloop_control.fleet.captured import store_captured
 from edgeloop_control.fleet.ingest import IngestError, handle_report, handle_status
@@ -40,7 +39,7 @@ from edgeloop_control.fleet.messages import (
 )
 from edgeloop_control.fleet.poison import PoisonTally
 from edgeloop_control.infra.db import ControlDB
-from edgeloop_control.infra.mqtt import SessionPublisher
+from edgeloop_control.infra.mqtt import SessionPublisher, new_client
 from edgeloop_control.infra.workspace import Workspace
 
 log = logging.getLogger("edgeloop.control.daemon")
@@ -94,25 +93,12 @@ class ControlDaemon:
             "poison": 0,
         }
         ident = hashlib.sha256(str(ws.root).encode()).hexdigest()[:10]
-        client = mqtt.Client(
-            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
-            client_id=f"edgeloop-control-{ident}",
-            protocol=mqtt.MQTTv5,
-            manual_ack=True,
-        )
-        client.max_inflight_messages_set(0)
-        client.max_queued_messages_set(0)
+        client = new_client(self.address, f"edgeloop-control-{ident}", manual_ack=True)
         client.reconnect_delay_set(1, 15)
-        client.on_socket_open = no_delay
         client.on_connect = self._on_connect
         client.on_subscribe = self._on_subscribe
         client.on_disconnect = lambda *a: self.connected.clear()
         client.on_message = lambda _c, _u, msg: self._queue.put(msg)
-        if self.address.username:
-            client.username_pw_set(self.address.username, self.address.password)
-        if self.address.tls:
-            # The CA named in the broker URL (?ca_file=...), as the CLI's client does.
-            client.tls_set(**tls_options(self.address.ca_file))
         self.client = client
         self.publisher = SessionPublisher(client)
 
@@ -126,7 +112,8 @@ class ControlDaemon:
         # acknowledged it: a message published between a CONNACK and the broker
         # processing a subscription is not delivered to a new session.
         topics = [
-            (f"{self.prefix}/+/{leaf}", 1) for leaf in ("status", "telemetry", "samples", "labels")
+            (Topics.every_device(leaf, self.prefix), 1)
+            for leaf in ("status", "telemetry", "samples", "labels")
         ]
         client.subscribe(topics)
 

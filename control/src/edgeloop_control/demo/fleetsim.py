@@ -19,8 +19,9 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edgeloop_agent.config import BrokerAddress
-from edgeloop_agent.mqttlink import no_delay
+from edgeloop_agent.wire.network import BrokerAddress
+from edgeloop_agent.wire.topics import Topics
+from edgeloop_control.infra.mqtt import new_client
 
 
 def agent_command() -> str:
@@ -95,14 +96,9 @@ class DemoClient:
     def __init__(self, broker_url: str, prefix: str = "edgeloop") -> None:
         addr = BrokerAddress.parse(broker_url)
         self.prefix = prefix
+        self._by_device: dict[str, Topics] = {}
         self.reply_topic = f"demo/replies/{uuid.uuid4().hex[:8]}"
-        self.client = mqtt.Client(
-            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
-            client_id=f"demo-app-{uuid.uuid4().hex[:8]}",
-            protocol=mqtt.MQTTv5,
-        )
-        self.client.max_inflight_messages_set(0)
-        self.client.max_queued_messages_set(0)
+        self.client = new_client(addr, f"demo-app-{uuid.uuid4().hex[:8]}")
         self._lock = threading.Lock()
         self._sent_at: dict[str, tuple[str, float]] = {}
         self.replies: dict[str, dict[str, Any]] = {}
@@ -110,7 +106,6 @@ class DemoClient:
         self._connected = threading.Event()
         self.client.on_connect = lambda *a: self._connected.set()
         self.client.on_message = self._on_message
-        self.client.on_socket_open = no_delay
         self.client.connect(addr.host, addr.port, keepalive=30)
         self.client.loop_start()
         if not self._connected.wait(10):
@@ -156,13 +151,20 @@ class DemoClient:
             self._sent_at[rid] = (device, time.perf_counter())
             self.stats.setdefault(device, DeviceStats()).sent += 1
         self.client.publish(
-            f"{self.prefix}/{device}/predict", json.dumps(payload), qos=1, properties=props
+            self._topics(device).predict, json.dumps(payload), qos=1, properties=props
         )
 
     def feedback(self, device: str, rid: str, label: Any) -> None:
         self.client.publish(
-            f"{self.prefix}/{device}/feedback", json.dumps({"id": rid, "label": label}), qos=1
+            self._topics(device).feedback, json.dumps({"id": rid, "label": label}), qos=1
         )
+
+    def _topics(self, device: str) -> Topics:
+        # Built once per device: requests go out by the thousand.
+        topics = self._by_device.get(device)
+        if topics is None:
+            topics = self._by_device[device] = Topics(device, self.prefix)
+        return topics
 
     def wait_replies(self, timeout: float = 30.0) -> int:
         deadline = time.monotonic() + timeout

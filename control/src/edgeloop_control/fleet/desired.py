@@ -28,9 +28,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from edgeloop_agent.names import InvalidName, check_device_id
-from edgeloop_agent.protocol import Topics, artifact_topic
-from edgeloop_agent.router import Allocation, allocate
+from edgeloop_agent.wire.allocation import Allocation, allocate
+from edgeloop_agent.wire.names import InvalidName, check_device_id
+from edgeloop_agent.wire.topics import Topics, artifact_topic
 from edgeloop_control.errors import EdgeloopError
 from edgeloop_control.infra.db import ControlDB
 from edgeloop_control.infra.mqtt import Publisher

@@ -17,7 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from edgeloop_agent.names import id_problem
+from edgeloop_agent.wire.names import id_problem
+from edgeloop_agent.wire.topics import Topics
 
 # Per topic leaf. A status document is a few hundred bytes, a report a few KiB
 # per variant plus its drift windows; the limits leave a wide margin.
@@ -45,11 +46,10 @@ class PoisonMessage(ValueError):
 
 def topic_device(topic: str, prefix: str) -> tuple[str, str]:
     """``(device, leaf)`` of ``{prefix}/{device}/{leaf}``; poison if the device is invalid."""
-    head = prefix + "/"
-    rest = topic[len(head) :] if topic.startswith(head) else ""
-    device, _, leaf = rest.partition("/")
-    if not rest or "/" in leaf:
-        raise PoisonMessage(f"topic {_short(topic)} is not {prefix}/<device>/<leaf>")
+    try:
+        device, leaf = Topics.split(topic, prefix)
+    except ValueError:
+        raise PoisonMessage(f"topic {_short(topic)} is not {prefix}/<device>/<leaf>") from None
     problem = id_problem(device)
     if problem:
         raise PoisonMessage(f"device id {_short(device)} in the topic {problem}")

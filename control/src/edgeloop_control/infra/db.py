@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from edgeloop_agent.metrics import LatencyHistogram
+from edgeloop_agent.wire.histogram import LatencyHistogram
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS desired (

@@ -1,25 +1,57 @@
-"""A small blocking MQTT client for the control node's commands.
+"""The control node's MQTT: one paho client factory, one publishing seam.
 
-The long-running daemon (`edgeloop serve`) has its own loop; commands such as
-`edgeloop deploy` just need to connect, publish retained documents with QoS 1,
-wait for the broker's acknowledgement, and read retained state.
+:func:`new_client` is how every control-side paho client is made (the daemon's
+session, the commands' :class:`ControlClient`, the demo's app). The long-running
+daemon (`edgeloop serve`) has its own loop; commands such as `edgeloop deploy`
+just need to connect, publish retained documents with QoS 1, wait for the
+broker's acknowledgement, and read retained state.
 """
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
-from edgeloop_agent.config import BrokerAddress
-from edgeloop_agent.connectlog import describe_connect_error, tls_options
-from edgeloop_agent.mqttlink import no_delay
+from edgeloop_agent.wire.network import BrokerAddress, describe_connect_error, tls_options
+
+
+def no_delay(_client: Any, _userdata: Any, sock: Any) -> None:
+    """paho ``on_socket_open``: no Nagle, so a small publish does not wait ~40 ms for
+    the broker's delayed ACK."""
+    with suppress(OSError, AttributeError):  # not a TCP socket: nothing to tune
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def new_client(address: BrokerAddress, client_id: str, *, manual_ack: bool = False) -> mqtt.Client:
+    """A paho MQTT 5 client for ``address``, not yet connected.
+
+    Credentials and TLS (the CA named by the URL's ``?ca_file=``) come from the
+    address; Nagle is off; paho's own in-flight and queue limits are off, since
+    every caller waits for each publish's acknowledgement itself.
+    """
+    client = mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=mqtt.MQTTv5,
+        manual_ack=manual_ack,
+    )
+    client.max_inflight_messages_set(0)
+    client.max_queued_messages_set(0)
+    client.on_socket_open = no_delay
+    if address.username:
+        client.username_pw_set(address.username, address.password)
+    if address.tls:
+        client.tls_set(**tls_options(address.ca_file))
+    return client
 
 
 class BrokerError(Exception):
@@ -61,24 +93,22 @@ class Message:
 class ControlClient:
     def __init__(self, url: str, *, client_id: str | None = None) -> None:
         self.address = BrokerAddress.parse(url)
-        self.client = mqtt.Client(
-            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
-            client_id=client_id or f"edgeloop-control-{uuid.uuid4().hex[:10]}",
-            protocol=mqtt.MQTTv5,
+        self.client = new_client(
+            self.address, client_id or f"edgeloop-control-{uuid.uuid4().hex[:10]}"
         )
-        self.client.max_inflight_messages_set(0)
-        self.client.max_queued_messages_set(0)
-        if self.address.username:
-            self.client.username_pw_set(self.address.username, self.address.password)
-        if self.address.tls:
-            # The broker URL may carry ?ca_file=/path (docs/operations.md).
-            self.client.tls_set(**tls_options(self.address.ca_file))
         self._connected = threading.Event()
         self._lock = threading.Lock()
         self._inbox: list[Message] = []
-        self.client.on_connect = lambda *a: self._connected.set()
+        self._refused: str | None = None
+        self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
-        self.client.on_socket_open = no_delay
+
+    def _on_connect(self, _c: object, _u: object, _f: object, rc: Any, _p: object) -> None:
+        # A CONNACK that refuses (bad password, not authorised) ends the wait too, and
+        # says why, instead of leaving every later publish to fail.
+        if rc.is_failure:
+            self._refused = str(rc)
+        self._connected.set()
 
     def _on_message(self, _c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
         with self._lock:
@@ -95,6 +125,10 @@ class ControlClient:
         if not self._connected.wait(timeout):
             self.close()
             raise BrokerError(f"the broker at {self.address} did not accept the connection")
+        if self._refused:
+            self.close()
+            reason = self._refused
+            raise BrokerError(f"the broker at {self.address} refused the connection: {reason}")
         return self
 
     def close(self) -> None:

@@ -2,7 +2,7 @@
 
 The private key never leaves the control node; agents get the public key. Keys
 are PEM files: PKCS8 for the private key (mode 0600), SubjectPublicKeyInfo for
-the public key. What agents verify (``edgeloop_agent.signature``):
+the public key. What agents verify (``edgeloop_agent.wire.signature``):
 
 * the desired-state envelope (:func:`sign_desired`), over the exact payload bytes;
 * each artifact's statement ``{name, version, sha256, size}``
@@ -25,8 +25,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from edgeloop_agent.signature import (
-    DESIRED_PAYLOAD_TYPE,
+from edgeloop_agent.wire.desired import peek_document, seal_envelope
+from edgeloop_agent.wire.signature import (
     SignatureError,
     artifact_statement,
     canonical_json,
@@ -35,7 +35,7 @@ from edgeloop_agent.signature import (
     load_public_key_pem,
     verify,
 )
-from edgeloop_agent.statedir import atomic_write
+from edgeloop_control.infra.files import atomic_write
 
 __all__ = [
     "SigningError",
@@ -163,15 +163,10 @@ def sign_desired(doc: dict[str, Any], keys: list[Ed25519PrivateKey]) -> bytes:
         raise SigningError("no signing key given")
     payload = canonical_json(doc)
     message = desired_message(payload)
-    envelope = {
-        "payloadType": DESIRED_PAYLOAD_TYPE,
-        "payload": base64.b64encode(payload).decode("ascii"),
-        "signatures": [
-            {"keyid": key_id(k.public_key()), "sig": base64.b64encode(k.sign(message)).decode()}
-            for k in keys
-        ],
-    }
-    return canonical_json(envelope)
+    return seal_envelope(
+        payload,
+        [(key_id(k.public_key()), base64.b64encode(k.sign(message)).decode()) for k in keys],
+    )
 
 
 DEFAULT_DESIRED_TTL_DAYS = 30.0
@@ -235,14 +230,10 @@ class DesiredSigner:
 
 def open_desired(raw: bytes | bytearray) -> dict[str, Any]:
     """The document inside an envelope, unverified (for display and tests on the control side)."""
-    import json
-
-    data = json.loads(raw)
-    if isinstance(data, dict) and "payload" in data:
-        data = json.loads(base64.b64decode(data["payload"]))
-    if not isinstance(data, dict):
-        raise ValueError(f"desired state must be a JSON object, got {type(data).__name__}")
-    return data
+    doc = peek_document(bytes(raw))
+    if not isinstance(doc, dict):
+        raise ValueError(f"desired state must be a JSON object, got {type(doc).__name__}")
+    return doc
 
 
 def _write_private(path: Path, pem: bytes) -> None:

@@ -28,9 +28,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeloop_agent.config import BrokerAddress
-from edgeloop_agent.names import check_device_id, utf8_problem
-from edgeloop_agent.protocol import DEFAULT_PREFIX, validate_prefix
+from edgeloop_agent.wire.names import check_device_id, utf8_problem
+from edgeloop_agent.wire.network import BrokerAddress
+from edgeloop_agent.wire.topics import DEFAULT_PREFIX, Topics, validate_prefix
 
 OUT_LEAVES = ("status", "telemetry", "samples", "labels", "events")
 IN_LEAVES = ("desired",)
@@ -111,7 +111,7 @@ def bridge_config(settings: BridgeSettings) -> str:
         f"restart_timeout {s.retry_base_s} {s.retry_max_s}",
         "start_type automatic",
         "notifications true",
-        f"notification_topic {p}/broker/{s.site}/bridge",
+        f"notification_topic {Topics.bridge_notification(s.site, p)}",
     ]
     if addr.username or s.username:
         lines.append(f"remote_username {s.username or addr.username}")
@@ -124,8 +124,8 @@ def bridge_config(settings: BridgeSettings) -> str:
             lines += [f"bridge_certfile {s.cert_file}", f"bridge_keyfile {s.key_file}"]
         lines.append("bridge_insecure false")
     lines.append("# Site -> centre: what the control node ingests.")
-    lines += [f"topic {p}/+/{leaf} out 1" for leaf in OUT_LEAVES]
+    lines += [f"topic {Topics.every_device(leaf, p)} out 1" for leaf in OUT_LEAVES]
     lines.append("# Centre -> site: desired state and model artifacts (retained).")
-    lines += [f"topic {p}/+/{leaf} in 1" for leaf in IN_LEAVES]
-    lines.append(f"topic {p}/models/# in 1")
+    lines += [f"topic {Topics.every_device(leaf, p)} in 1" for leaf in IN_LEAVES]
+    lines.append(f"topic {Topics.every_artifact(p)} in 1")
     return "\n".join(lines) + "\n"

@@ -14,7 +14,8 @@ from typing import Any
 
 import pandas as pd
 
-from edgeloop_agent.names import check_model_name
+from edgeloop_agent.wire.names import check_model_name
+from edgeloop_agent.wire.numeric import is_number
 from edgeloop_control.featurestore import FeatureStore
 from edgeloop_control.featurestore.writes import INGESTED_AT
 from edgeloop_control.infra.workspace import Workspace
@@ -176,10 +177,8 @@ def train_and_register(
                 **_flat(result.params),
             }
         )
-        run.log_metrics({k: float(v) for k, v in result.metrics.items() if _is_number(v)})
-        run.log_metrics(
-            {f"parity_{k}": float(v) for k, v in result.parity.items() if _is_number(v)}
-        )
+        run.log_metrics({k: float(v) for k, v in result.metrics.items() if is_number(v)})
+        run.log_metrics({f"parity_{k}": float(v) for k, v in result.parity.items() if is_number(v)})
         run.set_tags({TAG_DATA_HASH: result.data_hash, TAG_ROWS: result.n_rows})
         run.log_artifact(result.onnx_bytes, "model.onnx")
         if result.meta.profile is not None:
@@ -230,10 +229,6 @@ def train_and_register(
 
 def _regression(metric: str) -> str:
     return metric if metric in ("mae", "rmse", "r2") else "rmse"
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
 
 
 def _flat(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:

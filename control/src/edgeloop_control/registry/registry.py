@@ -34,8 +34,8 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgeloop_agent.names import InvalidName, check_model_name
-from edgeloop_agent.signature import SignatureError
+from edgeloop_agent.wire.names import InvalidName, check_model_name
+from edgeloop_agent.wire.signature import SignatureError
 from edgeloop_control.infra import signing
 from edgeloop_control.registry import dvcstore
 from edgeloop_control.registry.diff import diff_versions

@@ -14,11 +14,12 @@ Unknown keys are ignored.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
+from edgeloop_agent.wire.numeric import is_number
 
 from .model import (
     Batch,
@@ -95,15 +96,10 @@ def _optional_text(value: object, path: str) -> str:
     return "" if value is _MISSING or value is None else _text(value, path)
 
 
-def _is_number(value: object) -> bool:
-    # bool is an int subclass, but True is never a sensible PSI or timestamp.
-    return isinstance(value, numbers.Real) and not isinstance(value, bool | np.bool_)
-
-
 def _time(value: object, path: str) -> float:
-    if not _is_number(value) or not math.isfinite(float(value)):  # type: ignore[arg-type]
+    if not is_number(value):
         raise _bad(path, "a finite number (unix seconds)", value)
-    return float(value)  # type: ignore[arg-type]
+    return float(value)
 
 
 def _optional_time(value: object, path: str) -> float | None:
@@ -114,9 +110,9 @@ def _measurement(value: object, path: str) -> float | None:
     """A number to plot, or None when there is none (missing, None, NaN, +-inf)."""
     if value is _MISSING or value is None:
         return None
-    if not _is_number(value):
+    if not is_number(value, finite=False):  # NaN and +-inf are gaps, not errors
         raise _bad(path, "a number or None", value)
-    number = float(value)  # type: ignore[arg-type]
+    number = float(value)
     return number if math.isfinite(number) else None
 
 

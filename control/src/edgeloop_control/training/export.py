@@ -27,7 +27,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostin
 from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
 
-from edgeloop_agent.modelmeta import META_KEY, FeatureSpec, InputSpec, ModelMeta
+from edgeloop_agent.wire.modelmeta import META_KEY, FeatureSpec, InputSpec, ModelMeta
 from edgeloop_control import __version__
 from edgeloop_control.training.errors import TrainingError
 

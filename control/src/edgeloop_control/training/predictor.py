@@ -13,7 +13,7 @@ import numpy as np
 import onnxruntime as ort
 import pandas as pd
 
-from edgeloop_agent.modelmeta import META_KEY, ModelMeta, ModelMetaError
+from edgeloop_agent.wire.modelmeta import META_KEY, ModelMeta, ModelMetaError
 from edgeloop_control.training.columns import numeric_values, string_values
 from edgeloop_control.training.errors import InputError
 

@@ -26,8 +26,8 @@ import sklearn
 from sklearn.pipeline import Pipeline
 from threadpoolctl import threadpool_limits
 
-from edgeloop_agent.drift.profile import build_reference_profile
-from edgeloop_agent.modelmeta import ModelMeta
+from edgeloop_agent.wire.modelmeta import ModelMeta
+from edgeloop_agent.wire.profile import build_reference_profile
 from edgeloop_control.training.columns import (
     STRING_MISSING,
     FeatureKind,

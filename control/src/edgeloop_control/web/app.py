@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from edgeloop_agent.prometheus import CONTENT_TYPE
+from edgeloop_agent.wire.exposition import CONTENT_TYPE
 from edgeloop_control.infra.workspace import Workspace
 from edgeloop_control.web.fleetmetrics import FleetMetrics
 

@@ -48,7 +48,7 @@ class Counters:
 
     def render(self) -> str:
         """``edgeloop_dashboard_events_total{what}`` for /metrics: refusals show up there."""
-        from edgeloop_agent.prometheus import TextWriter
+        from edgeloop_agent.wire.exposition import TextWriter
 
         out = TextWriter("edgeloop")
         out.metric(

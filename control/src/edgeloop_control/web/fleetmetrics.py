@@ -22,8 +22,8 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from edgeloop_agent.metrics import LatencyHistogram
-from edgeloop_agent.prometheus import TextWriter, write_histogram
+from edgeloop_agent.wire.exposition import TextWriter, write_histogram
+from edgeloop_agent.wire.histogram import LatencyHistogram
 
 PREFIX = "edgeloop"
 

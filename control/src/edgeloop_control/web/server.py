@@ -9,7 +9,7 @@ from pathlib import Path
 
 import uvicorn
 
-from edgeloop_agent.prometheus import parse_listen as listen_address
+from edgeloop_agent.wire.network import parse_listen as listen_address
 from edgeloop_control.infra.workspace import Workspace
 from edgeloop_control.web.app import create_app
 

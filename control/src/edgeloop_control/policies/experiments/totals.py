@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgeloop_agent.metrics import LatencyHistogram
+from edgeloop_agent.wire.histogram import LatencyHistogram
 from edgeloop_control.infra.db import ControlDB
 from edgeloop_control.stats import BinaryStats, ContinuousStats
 

@@ -100,7 +100,7 @@ def task_of(mv: ModelVersion, data: bytes) -> str:
         return str(task)
     import onnx
 
-    from edgeloop_agent.modelmeta import META_KEY, ModelMeta, ModelMetaError
+    from edgeloop_agent.wire.modelmeta import META_KEY, ModelMeta, ModelMetaError
 
     try:
         model = onnx.load_model_from_string(data)

@@ -6,10 +6,10 @@ workspace config never changes the rules of a rollout already under way.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from edgeloop_agent.wire.numeric import is_number
 from edgeloop_control.errors import ConfigError, EdgeloopError
 from edgeloop_control.infra.shares import parse_share
 from edgeloop_control.infra.workspace import Workspace
@@ -45,17 +45,17 @@ class RolloutConfig:
         # settings alike), so no RolloutConfig that exists can stall a rollout.
         for name in ("canary", "step"):
             value = getattr(self, name)
-            if not (_is_number(value) and 0.0 < value <= 1.0):
+            if not (is_number(value) and 0.0 < value <= 1.0):
                 raise ConfigError(
                     f"{name} must be a share in (0, 1] (e.g. 0.1 or 10%), got {value!r}"
                 )
         for name in ("batch_timeout_s", "max_p99_ms"):
             value = getattr(self, name)
-            if not (_is_number(value) and value > 0):
+            if not (is_number(value) and value > 0):
                 raise ConfigError(f"{name} must be a positive number, got {value!r}")
-        if not (_is_number(self.soak_s) and self.soak_s >= 0):
+        if not (is_number(self.soak_s) and self.soak_s >= 0):
             raise ConfigError(f"soak_s must be a number >= 0, got {self.soak_s!r}")
-        if not (_is_number(self.max_error_rate) and 0.0 <= self.max_error_rate <= 1.0):
+        if not (is_number(self.max_error_rate) and 0.0 <= self.max_error_rate <= 1.0):
             raise ConfigError(f"max_error_rate must be within [0, 1], got {self.max_error_rate!r}")
         for name in ("max_restarts", "min_requests"):
             value = getattr(self, name)
@@ -144,7 +144,3 @@ def _gate_value(field: str, value: Any) -> float | int:
             raise ConfigError(f"gate {field} needs a whole number, got {value!r}")
         return int(number)
     return number * scale
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

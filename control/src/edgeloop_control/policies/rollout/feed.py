@@ -15,7 +15,7 @@ import queue
 
 import paho.mqtt.client as mqtt
 
-from edgeloop_agent.protocol import fleet_topic
+from edgeloop_agent.wire.topics import Topics
 from edgeloop_control.fleet.ingest import ingest_message
 from edgeloop_control.fleet.messages import PoisonMessage
 from edgeloop_control.infra.db import ControlDB
@@ -31,7 +31,7 @@ class BrokerFeed:
         self._queue: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
         client.client.on_message = lambda _c, _u, msg: self._queue.put(msg)
         for leaf in ("status", "telemetry"):
-            client.client.subscribe(fleet_topic(prefix, "+", leaf), qos=1)
+            client.client.subscribe(Topics.every_device(leaf, prefix), qos=1)
 
     def pump(self) -> int:
         """Store every message received so far; returns how many were handled."""

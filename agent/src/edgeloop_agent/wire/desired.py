@@ -2,9 +2,11 @@
 
 The control node publishes one retained document per device on
 ``{prefix}/{device}/desired``: a signed envelope around the document (see
-``signature.py`` and docs/protocol.md for the schema). Everything here is
-hostile input until proven otherwise: every defect is a :class:`DesiredStateError`
-with a code and a message, never another exception type.
+``signature.py`` and docs/protocol.md for the schema). The control node seals
+it with :func:`seal_envelope`; the agent opens it with :func:`open_envelope` and
+parses it with :meth:`DesiredState.from_payload`. Everything opened is hostile
+input until proven otherwise: every defect is a :class:`DesiredStateError` with a
+code and a message, never another exception type.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from edgeloop_agent.names import check_model_name, id_problem, utf8_problem
-from edgeloop_agent.signature import (
+from edgeloop_agent.wire.names import check_model_name, id_problem, utf8_problem
+from edgeloop_agent.wire.signature import (
     DESIRED_PAYLOAD_TYPE,
     SignatureError,
+    canonical_json,
     desired_message,
     verify_any,
 )
@@ -117,6 +120,28 @@ def open_envelope(
             f"desired state signature invalid: {exc}", "desired_signature_invalid"
         ) from None
     return Opened(payload, keyid)
+
+
+def seal_envelope(payload: bytes, signatures: Sequence[tuple[str, str]]) -> bytes:
+    """The envelope :func:`open_envelope` accepts, around canonical document bytes.
+
+    ``signatures`` are ``(keyid, base64 signature of desired_message(payload))`` pairs,
+    one per signing key (several during a key rotation's overlap).
+    """
+    envelope = {
+        "payloadType": DESIRED_PAYLOAD_TYPE,
+        "payload": base64.b64encode(payload).decode("ascii"),
+        "signatures": [{"keyid": kid, "sig": sig} for kid, sig in signatures],
+    }
+    return canonical_json(envelope)
+
+
+def peek_document(raw: bytes) -> Any:
+    """The document inside a message, NOT verified: for display and tests only."""
+    data = json.loads(raw)
+    if isinstance(data, dict) and "payload" in data:
+        return json.loads(base64.b64decode(data["payload"]))
+    return data
 
 
 def _loads(raw: bytes) -> Any:

@@ -52,7 +52,7 @@ class ModelMeta:
     classes: tuple[Any, ...] | None = None
     # True when the pipeline imputes missing values, so NaN/null is a legal input.
     handles_missing: bool = False
-    # Reference drift profile (see edgeloop_agent.drift.profile); None if absent.
+    # Reference drift profile (see edgeloop_agent.wire.profile); None if absent.
     profile: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 

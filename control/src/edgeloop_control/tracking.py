@@ -42,6 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edgeloop_control.errors import EdgeloopError
+
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
@@ -73,7 +75,7 @@ _PARAMS_TAGS_PER_BATCH = 100
 _METRICS_PER_BATCH = 1000
 
 
-class TrackingError(Exception):
+class TrackingError(EdgeloopError):
     """A run cannot be logged, read or pushed; the message says why."""
 
 

@@ -26,6 +26,7 @@ from edgeloop_control.demo.narrate import Narrator
 from edgeloop_control.demo.reportdata import collect_report_data
 from edgeloop_control.demo.sensors import TARGET, generate
 from edgeloop_control.demo.traffic import Traffic
+from edgeloop_control.errors import EdgeloopError
 from edgeloop_control.featurestore import FeatureStore
 from edgeloop_control.fleet.desired import plan_desired, publish_artifact, publish_desired
 from edgeloop_control.infra.db import ControlDB
@@ -64,7 +65,7 @@ max_p99_ms = 300
 """
 
 
-class DemoError(RuntimeError):
+class DemoError(EdgeloopError, RuntimeError):
     pass
 
 

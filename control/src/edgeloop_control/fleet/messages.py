@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from edgeloop_agent.names import id_problem
+from edgeloop_control.errors import EdgeloopError
 
 # Per topic leaf. A status document is a few hundred bytes, a report a few KiB
 # per variant plus its drift windows; the limits leave a wide margin.
@@ -35,7 +36,7 @@ MAX_UNIX_S: Final = 1e10
 MAX_INT: Final = 2**53  # exact in a float; far above any count an agent keeps
 
 
-class PoisonMessage(ValueError):
+class PoisonMessage(EdgeloopError, ValueError):
     """A message the daemon will never be able to use; ``reason`` says why."""
 
 

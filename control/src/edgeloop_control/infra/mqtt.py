@@ -20,9 +20,10 @@ import paho.mqtt.client as mqtt
 from edgeloop_agent.config import BrokerAddress
 from edgeloop_agent.connectlog import describe_connect_error, tls_options
 from edgeloop_agent.mqttlink import no_delay
+from edgeloop_control.errors import EdgeloopError
 
 
-class BrokerError(Exception):
+class BrokerError(EdgeloopError):
     """The broker could not be reached or refused an operation."""
 
 

@@ -36,6 +36,7 @@ from edgeloop_agent.signature import (
     verify,
 )
 from edgeloop_agent.statedir import atomic_write
+from edgeloop_control.errors import EdgeloopError
 
 __all__ = [
     "SigningError",
@@ -51,7 +52,7 @@ __all__ = [
 ]
 
 
-class SigningError(Exception):
+class SigningError(EdgeloopError):
     """A signing key cannot be created, read or used."""
 
 

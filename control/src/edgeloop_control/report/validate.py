@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from edgeloop_control.errors import EdgeloopError
+
 from .model import (
     Batch,
     Decision,
@@ -51,7 +53,7 @@ _SECTIONS = (
 )
 
 
-class ReportDataError(ValueError):
+class ReportDataError(EdgeloopError, ValueError):
     """Malformed report input; the message names the field (e.g. ``drift.windows[3].t``)."""
 
 

@@ -7,10 +7,11 @@ import numbers
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from edgeloop_control.errors import EdgeloopError
 from edgeloop_control.infra.workspace import Workspace
 
 
-class ExperimentError(ValueError):
+class ExperimentError(EdgeloopError, ValueError):
     """An experiment request that cannot be carried out; the message says why."""
 
 

@@ -10,10 +10,11 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from edgeloop_control.errors import EdgeloopError
 from edgeloop_control.infra.workspace import Workspace
 
 
-class RolloutError(ValueError):
+class RolloutError(EdgeloopError, ValueError):
     """A rollout request that cannot be carried out; the message says why."""
 
 

@@ -6,10 +6,11 @@ from typing import Annotated
 
 import typer
 
-from edgeloop_control.cli.common import CLIState
+from edgeloop_control.cli.common import CLIState, OneLineErrors
 
 app = typer.Typer(
     name="edgeloop",
+    cls=OneLineErrors,
     help="edgeloop control node: feature store, registry, training, fleet rollout.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -39,9 +40,24 @@ def _root(
 
 def _register() -> None:
     # Imported here so `edgeloop --help` stays fast and each module stays small.
-    from edgeloop_control.cli import commands, features, fleet, groups, models, rollout, runs, serve
+    from edgeloop_control.cli import (
+        demo,
+        features,
+        fleet,
+        groups,
+        ingest,
+        init,
+        models,
+        rollout,
+        runs,
+        serve,
+        train,
+    )
 
-    commands.register(app)
+    init.register(app)
+    ingest.register(app)
+    train.register(app)
+    demo.register(app)
     fleet.register(app)
     serve.register(app)
     app.add_typer(models.app, name="models", help="Model registry (git + DVC, GTO tags).")

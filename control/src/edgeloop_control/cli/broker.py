@@ -8,9 +8,9 @@ from typing import Annotated
 
 import typer
 
-from edgeloop_control.cli.common import console, fail
+from edgeloop_control.cli.common import OneLineErrors, console, fail
 
-app = typer.Typer(no_args_is_help=True)
+app = typer.Typer(cls=OneLineErrors, no_args_is_help=True)
 
 
 @app.command("config")
@@ -41,28 +41,25 @@ def config(
     ] = None,
 ) -> None:
     """The Mosquitto bridge section for a site broker (docs/operations.md, "Sites")."""
-    from edgeloop_control.infra.sitebridge import BridgeConfigError, BridgeSettings, bridge_config
+    from edgeloop_control.infra.sitebridge import BridgeSettings, bridge_config
 
     password = None
     if password_env:
         password = os.environ.get(password_env)
         if not password:
             fail(f"--password-env {password_env}: that variable is not set or empty")
-    try:
-        text = bridge_config(
-            BridgeSettings(
-                site=site,
-                central=central,
-                prefix=prefix,
-                username=user,
-                password=password,
-                ca_file=ca_file,
-                cert_file=cert_file,
-                key_file=key_file,
-            )
+    text = bridge_config(
+        BridgeSettings(
+            site=site,
+            central=central,
+            prefix=prefix,
+            username=user,
+            password=password,
+            ca_file=ca_file,
+            cert_file=cert_file,
+            key_file=key_file,
         )
-    except BridgeConfigError as exc:
-        fail(str(exc))
+    )
     if output is None:
         typer.echo(text, nl=False)
         return

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import pandas as pd
 import typer
 
-from edgeloop_control.cli.common import console, fail, print_json, state, table
+from edgeloop_control.cli.common import OneLineErrors, console, fail, print_json, state, table
 from edgeloop_control.featurestore import (
     FeatureStore,
     FeatureStoreError,
@@ -25,7 +25,7 @@ from edgeloop_control.featurestore.offline import day_label
 from edgeloop_control.featurestore.timestamps import format_ttl, from_micros
 from edgeloop_control.infra.workspace import Workspace
 
-app = typer.Typer(no_args_is_help=True, help="Versioned feature store.")
+app = typer.Typer(cls=OneLineErrors, no_args_is_help=True, help="Versioned feature store.")
 
 JsonOption = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 
@@ -51,8 +51,9 @@ def ingest_file(
 ) -> IngestResult:
     """Ingest a CSV/Parquet file into ``view`` and print the outcome.
 
-    ``entity`` and ``key`` may be lists or comma-separated strings. On any
-    feature-store error prints one line and exits non-zero (``typer.Exit``).
+    ``entity`` and ``key`` may be lists or comma-separated strings. A schema
+    change without ``new_version`` prints one line and exits 1 (``typer.Exit``);
+    any other :class:`FeatureStoreError` propagates to the CLI's one handler.
     """
     store = open_store(ws)
     try:
@@ -67,8 +68,6 @@ def ingest_file(
         )
     except SchemaMismatchError as exc:
         fail(f"{path} does not match {view}: {exc.cli_message()}")
-    except FeatureStoreError as exc:
-        fail(str(exc))
     if as_json:
         print_json(_result_json(result))
     else:
@@ -153,11 +152,8 @@ def show_cmd(
 ) -> None:
     """Schema, entity, timestamp, TTL and partitions of a view version."""
     store = open_store(state(ctx).workspace)
-    try:
-        found = store.view(ref)
-        partitions = store.partitions(found.ref)
-    except FeatureStoreError as exc:
-        fail(str(exc))
+    found = store.view(ref)
+    partitions = store.partitions(found.ref)
     parts = [
         {
             "date": day_label(p.day),
@@ -199,12 +195,9 @@ def get_cmd(
 ) -> None:
     """Online (latest materialised) values for entity keys."""
     store = open_store(state(ctx).workspace)
-    try:
-        found = store.view(ref)
-        keys = [_parse_key(found, text) for text in entities]
-        records = store.get_online(found.ref, keys)
-    except FeatureStoreError as exc:
-        fail(str(exc))
+    found = store.view(ref)
+    keys = [_parse_key(found, text) for text in entities]
+    records = store.get_online(found.ref, keys)
     if as_json:
         print_json([{k: _plain(v) for k, v in r.items()} for r in records])
         return
@@ -240,11 +233,8 @@ def materialize_cmd(
 ) -> None:
     """Copy the latest offline row per entity into the online store."""
     store = open_store(state(ctx).workspace)
-    try:
-        found = store.view(ref)
-        written = store.materialize(found.ref, _instant(start), _instant(end))
-    except FeatureStoreError as exc:
-        fail(str(exc))
+    found = store.view(ref)
+    written = store.materialize(found.ref, _instant(start), _instant(end))
     if as_json:
         print_json({"view": found.ref, "written": written, "start": start, "end": end})
     else:
@@ -259,10 +249,7 @@ def compact_cmd(
 ) -> None:
     """Merge each event date's small files into one (after many small ingests)."""
     store = open_store(state(ctx).workspace)
-    try:
-        before, after = store.compact(view)
-    except FeatureStoreError as exc:
-        fail(str(exc))
+    before, after = store.compact(view)
     if as_json:
         print_json({"view": view, "files_before": before, "files_after": after})
     else:

@@ -7,10 +7,13 @@ from typing import Annotated
 
 import typer
 
-from edgeloop_control.cli.common import console, fail, print_json, state, table
+from edgeloop_control.cli.common import OneLineErrors, console, print_json, state, table
 
 app = typer.Typer(
-    help="Experiment tracking runs (MLflow).", invoke_without_command=True, no_args_is_help=False
+    cls=OneLineErrors,
+    help="Experiment tracking runs (MLflow).",
+    invoke_without_command=True,
+    no_args_is_help=False,
 )
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
@@ -39,14 +42,11 @@ def ls(
 def _list(
     ctx: typer.Context, experiment: str | None, local: bool, limit: int, as_json: bool
 ) -> None:
-    from edgeloop_control.tracking import Tracker, TrackingError
+    from edgeloop_control.tracking import Tracker
 
     ws = state(ctx).workspace
     tracker = Tracker(None if local else ws.tracking_uri, ws.local_runs_dir)
-    try:
-        runs = tracker.list_runs(experiment, max_results=limit)
-    except TrackingError as exc:
-        fail(str(exc))
+    runs = tracker.list_runs(experiment, max_results=limit)
     if as_json:
         print_json([r.to_dict() for r in runs])
         return
@@ -77,13 +77,10 @@ def push(
     as_json: JsonOpt = False,
 ) -> None:
     """Replay the workspace's runs to an MLflow server; runs already there are skipped."""
-    from edgeloop_control.tracking import TrackingError, push_local_runs
+    from edgeloop_control.tracking import push_local_runs
 
     ws = state(ctx).workspace
-    try:
-        results = push_local_runs(ws, to, experiment=experiment)
-    except TrackingError as exc:
-        fail(str(exc))
+    results = push_local_runs(ws, to, experiment=experiment)
     if as_json:
         print_json([r.to_dict() for r in results])
         return

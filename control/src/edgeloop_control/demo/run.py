@@ -20,7 +20,6 @@ from typing import Any
 
 from rich.console import Console
 
-from edgeloop_control.cli.common import table
 from edgeloop_control.demo.fleetsim import AgentHandle, DemoClient, percentile, start_agent
 from edgeloop_control.demo.narrate import Narrator
 from edgeloop_control.demo.reportdata import collect_report_data
@@ -36,6 +35,7 @@ from edgeloop_control.infra.signing import DesiredSigner
 from edgeloop_control.infra.workspace import Workspace
 from edgeloop_control.jobs.train_and_register import train_and_register
 from edgeloop_control.registry import Registry
+from edgeloop_control.terminal import table
 from edgeloop_control.training import TrainConfig
 
 # Policy settings tuned so the loop completes in minutes rather than days; a

@@ -12,12 +12,10 @@ from edgeloop_control.infra.mqtt import BrokerError
 from edgeloop_control.infra.signing import SigningError
 from edgeloop_control.infra.sitebridge import BridgeConfigError
 from edgeloop_control.infra.workspace import WorkspaceError
-from edgeloop_control.policies.experiments.config import ExperimentError
 from edgeloop_control.policies.rollout.config import RolloutError
 from edgeloop_control.registry.errors import RegistryError
 from edgeloop_control.report.history import HistoryError
 from edgeloop_control.report.validate import ReportDataError
-from edgeloop_control.tracking import TrackingError
 from edgeloop_control.training.errors import TrainConfigError, TrainingError
 
 # (error class, the builtin base callers already catch it by, whether it is a config error)
@@ -29,12 +27,10 @@ CASES: list[tuple[type[Exception], type[Exception], bool]] = [
     (FeatureStoreError, Exception, False),
     (UnknownViewError, LookupError, False),
     (RegistryError, Exception, False),
-    (TrackingError, Exception, False),
     (SigningError, Exception, False),
     (BrokerError, Exception, False),
     (DeployError, ValueError, False),
     (RolloutError, ValueError, False),
-    (ExperimentError, ValueError, False),
     (HistoryError, ValueError, False),
     (ReportDataError, ValueError, False),
     (PoisonMessage, ValueError, False),

@@ -42,8 +42,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgeloop_control.errors import EdgeloopError
-
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
@@ -75,7 +73,7 @@ _PARAMS_TAGS_PER_BATCH = 100
 _METRICS_PER_BATCH = 1000
 
 
-class TrackingError(EdgeloopError):
+class TrackingError(Exception):
     """A run cannot be logged, read or pushed; the message says why."""
 
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from edgeloop_control.cli.common import OneLineErrors, console, print_json, state, table
+from edgeloop_control.cli.common import OneLineErrors, console, fail, print_json, state, table
 
 app = typer.Typer(
     cls=OneLineErrors,
@@ -42,11 +42,14 @@ def ls(
 def _list(
     ctx: typer.Context, experiment: str | None, local: bool, limit: int, as_json: bool
 ) -> None:
-    from edgeloop_control.tracking import Tracker
+    from edgeloop_control.tracking import Tracker, TrackingError
 
     ws = state(ctx).workspace
     tracker = Tracker(None if local else ws.tracking_uri, ws.local_runs_dir)
-    runs = tracker.list_runs(experiment, max_results=limit)
+    try:
+        runs = tracker.list_runs(experiment, max_results=limit)
+    except TrackingError as exc:
+        fail(str(exc))
     if as_json:
         print_json([r.to_dict() for r in runs])
         return
@@ -77,10 +80,13 @@ def push(
     as_json: JsonOpt = False,
 ) -> None:
     """Replay the workspace's runs to an MLflow server; runs already there are skipped."""
-    from edgeloop_control.tracking import push_local_runs
+    from edgeloop_control.tracking import TrackingError, push_local_runs
 
     ws = state(ctx).workspace
-    results = push_local_runs(ws, to, experiment=experiment)
+    try:
+        results = push_local_runs(ws, to, experiment=experiment)
+    except TrackingError as exc:
+        fail(str(exc))
     if as_json:
         print_json([r.to_dict() for r in results])
         return

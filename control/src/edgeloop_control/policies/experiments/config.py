@@ -7,11 +7,10 @@ import numbers
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from edgeloop_control.errors import EdgeloopError
 from edgeloop_control.infra.workspace import Workspace
 
 
-class ExperimentError(EdgeloopError, ValueError):
+class ExperimentError(ValueError):
     """An experiment request that cannot be carried out; the message says why."""
 
 

@@ -70,11 +70,6 @@ class Selection:
                 f"--since ({_iso(self.since)}) is after --until ({_iso(self.until)})"
             )
 
-    def in_range(self, t: float | None) -> bool:
-        if t is None:
-            return False
-        return (self.since is None or t >= self.since) and (self.until is None or t <= self.until)
-
     def overlaps(self, start: float | None, end: float | None) -> bool:
         """Does [start, end] (end None: still going) meet the selected range?"""
         lo = -math.inf if start is None else start

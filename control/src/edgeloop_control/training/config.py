@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from edgeloop_control.training.errors import TrainConfigError
-
-Algorithm = Literal["logreg", "rf", "hgb"]
-TaskChoice = Literal["auto", "classification", "regression"]
 
 ALGORITHMS: tuple[str, ...] = ("logreg", "rf", "hgb")
 TASK_CHOICES: tuple[str, ...] = ("auto", "classification", "regression")

@@ -32,7 +32,12 @@ def _root(
     ] = None,
     broker: Annotated[
         str | None,
-        typer.Option("--broker", envvar="EDGELOOP_BROKER", help="broker URL mqtt://host:port"),
+        typer.Option(
+            "--broker",
+            envvar="EDGELOOP_BROKER",
+            help="MQTT broker the commands connect to, mqtt(s)://host:port "
+            "(default: the workspace's \\[broker] url)",
+        ),
     ] = None,
 ) -> None:
     ctx.obj = CLIState(workspace, broker)
@@ -68,7 +73,12 @@ def _register() -> None:
     from edgeloop_control.cli import ab, broker
 
     app.add_typer(ab.app, name="ab", help="A/B experiments: champion vs challenger, by statistics.")
-    app.add_typer(broker.app, name="broker", help="Broker configuration (site bridges).")
+    app.add_typer(
+        broker.app,
+        name="broker",
+        help="Write Mosquitto configuration for a fleet's brokers (site bridges); "
+        "it neither runs nor connects to a broker.",
+    )
     from edgeloop_control.cli import drift, report
 
     report.register(app)

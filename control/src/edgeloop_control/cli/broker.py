@@ -1,4 +1,8 @@
-"""``edgeloop broker``: configuration for the brokers a fleet runs on."""
+"""``edgeloop broker``: write configuration for the Mosquitto brokers a fleet runs on.
+
+It prints files for an operator to install; it neither runs nor connects to a broker
+(``edgeloop demo`` launches a private one: infra/mosquitto.py).
+"""
 
 from __future__ import annotations
 
@@ -40,7 +44,9 @@ def config(
         Path | None, typer.Option("-o", "--output", help="write here (mode 0640) instead of stdout")
     ] = None,
 ) -> None:
-    """The Mosquitto bridge section for a site broker (docs/operations.md, "Sites")."""
+    """Print the Mosquitto bridge section that links a site broker to the central one.
+
+    Install it on the site broker (docs/operations.md, "Sites")."""
     from edgeloop_control.infra.sitebridge import BridgeSettings, bridge_config
 
     password = None

@@ -8,22 +8,18 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import pandas as pd
 import typer
 
 from edgeloop_control.cli.common import OneLineErrors, console, fail, print_json, state, table
-from edgeloop_control.featurestore import (
-    FeatureStore,
-    FeatureStoreError,
-    IngestResult,
-    SchemaMismatchError,
-    ViewVersion,
-)
-from edgeloop_control.featurestore.offline import day_label
-from edgeloop_control.featurestore.timestamps import format_ttl, from_micros
-from edgeloop_control.infra.workspace import Workspace
+
+if TYPE_CHECKING:
+    from edgeloop_control.featurestore import FeatureStore, IngestResult, ViewVersion
+    from edgeloop_control.infra.workspace import Workspace
+
+# The feature store (pandas, pyarrow: seconds on a small box) is imported inside
+# the commands, so that `edgeloop --help` and every other command stay fast.
 
 app = typer.Typer(cls=OneLineErrors, no_args_is_help=True, help="Versioned feature store.")
 
@@ -31,6 +27,8 @@ JsonOption = Annotated[bool, typer.Option("--json", help="machine-readable outpu
 
 
 def open_store(ws: Workspace) -> FeatureStore:
+    from edgeloop_control.featurestore import FeatureStore, FeatureStoreError
+
     try:
         return FeatureStore(ws.feature_store_dir)
     except (FeatureStoreError, OSError) as exc:
@@ -55,6 +53,8 @@ def ingest_file(
     change without ``new_version`` prints one line and exits 1 (``typer.Exit``);
     any other :class:`FeatureStoreError` propagates to the CLI's one handler.
     """
+    from edgeloop_control.featurestore import SchemaMismatchError
+
     store = open_store(ws)
     try:
         result = store.ingest(
@@ -119,6 +119,8 @@ def ingest_cmd(
 @app.command("ls")
 def ls_cmd(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """List views and their versions."""
+    from edgeloop_control.featurestore.timestamps import format_ttl
+
     store = open_store(state(ctx).workspace)
     versions = [v for name in store.views() for v in store.versions(name)]
     if as_json:
@@ -151,6 +153,9 @@ def show_cmd(
     as_json: JsonOption = False,
 ) -> None:
     """Schema, entity, timestamp, TTL and partitions of a view version."""
+    from edgeloop_control.featurestore.offline import day_label
+    from edgeloop_control.featurestore.timestamps import format_ttl, from_micros
+
     store = open_store(state(ctx).workspace)
     found = store.view(ref)
     partitions = store.partitions(found.ref)
@@ -283,7 +288,7 @@ def _parse_key(found: ViewVersion, text: str) -> tuple[str, ...] | str:
 
 
 def _plain(value: Any) -> Any:
-    if isinstance(value, (pd.Timestamp, dt.datetime)):
+    if isinstance(value, dt.datetime):  # pandas' Timestamp is one too
         return value.isoformat()
     return value
 

@@ -17,12 +17,14 @@ from edgeloop_control.registry.errors import RegistryError
 from edgeloop_control.report.history import HistoryError
 from edgeloop_control.report.validate import ReportDataError
 from edgeloop_control.training.errors import TrainConfigError, TrainingError
+from edgeloop_control.web.auth import TokenError
 
 # (error class, the builtin base callers already catch it by, whether it is a config error)
 CASES: list[tuple[type[Exception], type[Exception], bool]] = [
     (WorkspaceError, ValueError, True),
     (BridgeConfigError, ValueError, True),
     (TrainConfigError, ValueError, True),
+    (TokenError, ValueError, True),
     (TrainingError, ValueError, False),
     (FeatureStoreError, Exception, False),
     (UnknownViewError, LookupError, False),

@@ -44,6 +44,8 @@ CASES: list[tuple[list[str], int, str]] = [
     (["broker", "config", "--site", "models/x", "--central", "mqtt://h"], 2, "site"),
     (["train", "--view", "v", "--target", "y", "--holdout", "1.5"], 2, "holdout must be"),
     (["train", "--view", "v", "--target", "y", "--stage", "gold"], 2, "--stage must be"),
+    # The agent's own validation (shared with the control node) is bad input too.
+    (["--broker", "ftp://x", "fleet"], 2, "must start with mqtt:// or mqtts://"),
     # Anything else the user can act on: exit 1.
     (["features", "show", "nope"], 1, "unknown view 'nope'"),
     (["train", "--view", "nope", "--target", "y"], 1, "nope"),
@@ -52,6 +54,7 @@ CASES: list[tuple[list[str], int, str]] = [
     (["report", "--since", "3 days"], 1, "--since '3 days'"),
     (["drift", "--device", "+"], 1, "device id"),
     (["rollout", "abort", "ro-nope"], 1, "no rollout 'ro-nope'"),
+    (["deploy", "sensor@v1", "--device", "a/b"], 1, "device id"),
 ]
 
 

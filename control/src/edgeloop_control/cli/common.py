@@ -11,6 +11,8 @@ from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperGroup
 
+from edgeloop_agent.config import ConfigError as AgentConfigError
+from edgeloop_agent.names import InvalidName
 from edgeloop_control.errors import ConfigError, EdgeloopError
 from edgeloop_control.infra.workspace import Workspace
 from edgeloop_control.terminal import table
@@ -71,21 +73,30 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
+# Bad input caught by the validation the control node shares with the agent (a
+# device id or model name, a broker URL such as --broker ftp://x): not bugs, so one
+# line too. (After the wire merge: edgeloop_agent.wire's InvalidName and
+# BrokerAddressError.)
+AGENT_INPUT_ERRORS: tuple[type[Exception], ...] = (InvalidName, AgentConfigError)
+
+
 class OneLineErrors(TyperGroup):
     """A command group that turns any :class:`EdgeloopError` into one line on stderr.
 
     The one place the CLI decides how a failure the user can act on looks: exit 2
-    for a setting that cannot be used (:class:`ConfigError`, like click's own
-    usage errors), 1 for anything else. Any other exception is a bug and keeps its
-    traceback. The root ``edgeloop`` app uses it, which covers every command;
-    sub-apps that are also invoked on their own (the tests do) use it too.
+    for a setting that cannot be used (:class:`ConfigError` and the agent's own,
+    like click's usage errors), 1 for anything else (a bad name included). Any
+    other exception is a bug and keeps its traceback. The root ``edgeloop`` app
+    uses it, which covers every command; sub-apps that are also invoked on their
+    own (the tests do) use it too.
     """
 
     def invoke(self, ctx: ClickContext) -> Any:
         try:
             return super().invoke(ctx)
-        except EdgeloopError as exc:
-            fail(str(exc).strip() or type(exc).__name__, 2 if isinstance(exc, ConfigError) else 1)
+        except (EdgeloopError, *AGENT_INPUT_ERRORS) as exc:
+            config = isinstance(exc, (ConfigError, AgentConfigError))
+            fail(str(exc).strip() or type(exc).__name__, 2 if config else 1)
 
 
 def print_json(data: Any) -> None:

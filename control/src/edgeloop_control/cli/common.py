@@ -77,7 +77,7 @@ def fail(message: str, code: int = 1) -> NoReturn:
 # device id or model name, a broker URL such as --broker ftp://x): not bugs, so one
 # line too. (After the wire merge: edgeloop_agent.wire's InvalidName and
 # BrokerAddressError.)
-AGENT_INPUT_ERRORS: tuple[type[Exception], ...] = (InvalidName, AgentConfigError)
+ONE_LINE_ERRORS: tuple[type[Exception], ...] = (EdgeloopError, InvalidName, AgentConfigError)
 
 
 class OneLineErrors(TyperGroup):
@@ -94,7 +94,7 @@ class OneLineErrors(TyperGroup):
     def invoke(self, ctx: ClickContext) -> Any:
         try:
             return super().invoke(ctx)
-        except (EdgeloopError, *AGENT_INPUT_ERRORS) as exc:
+        except ONE_LINE_ERRORS as exc:
             config = isinstance(exc, (ConfigError, AgentConfigError))
             fail(str(exc).strip() or type(exc).__name__, 2 if config else 1)
 

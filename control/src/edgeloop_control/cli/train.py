@@ -65,7 +65,7 @@ def train_cmd(
     try:
         check_model_name("model name", model_name)  # before minutes of training, not after
     except InvalidName as exc:  # an agent-side error, not an EdgeloopError
-        fail(str(exc), 2)
+        fail(str(exc))
     config = TrainConfig(
         target=target,
         features=_split(features),

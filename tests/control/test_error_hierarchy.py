@@ -12,7 +12,6 @@ from edgeloop_control.infra.mqtt import BrokerError
 from edgeloop_control.infra.signing import SigningError
 from edgeloop_control.infra.sitebridge import BridgeConfigError
 from edgeloop_control.infra.workspace import WorkspaceError
-from edgeloop_control.policies.rollout.config import RolloutError
 from edgeloop_control.registry.errors import RegistryError
 from edgeloop_control.report.history import HistoryError
 from edgeloop_control.report.validate import ReportDataError
@@ -32,7 +31,6 @@ CASES: list[tuple[type[Exception], type[Exception], bool]] = [
     (SigningError, Exception, False),
     (BrokerError, Exception, False),
     (DeployError, ValueError, False),
-    (RolloutError, ValueError, False),
     (HistoryError, ValueError, False),
     (ReportDataError, ValueError, False),
     (PoisonMessage, ValueError, False),

@@ -35,7 +35,6 @@ from typing import Any
 
 import pandas as pd
 
-from edgeloop_control.errors import EdgeloopError
 from edgeloop_control.featurestore import FeatureStore, FeatureStoreError
 from edgeloop_control.infra.db import ControlDB
 from edgeloop_control.infra.workspace import Workspace
@@ -65,7 +64,7 @@ _LATER_COLUMNS = {
 SIGNALS = ("features", "output", "concept")
 
 
-class RetrainFailed(EdgeloopError, ValueError):
+class RetrainFailed(ValueError):
     """Training refused the episode's data (reported once, retried with back-off)."""
 
 

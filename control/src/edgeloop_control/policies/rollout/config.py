@@ -10,11 +10,10 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from edgeloop_control.errors import EdgeloopError
 from edgeloop_control.infra.workspace import Workspace
 
 
-class RolloutError(EdgeloopError, ValueError):
+class RolloutError(ValueError):
     """A rollout request that cannot be carried out; the message says why."""
 
 

@@ -44,6 +44,10 @@ CASES: list[tuple[list[str], int, str]] = [
     (["broker", "config", "--site", "models/x", "--central", "mqtt://h"], 2, "site"),
     (["train", "--view", "v", "--target", "y", "--holdout", "1.5"], 2, "holdout must be"),
     (["train", "--view", "v", "--target", "y", "--stage", "gold"], 2, "--stage must be"),
+    # The daemon too: exit 2 is what keeps systemd from restarting it every 5 s
+    # (RestartPreventExitStatus=2 in systemd/edgeloop-control.service).
+    (["-w", "{missing}", "serve"], 2, "cannot start the control daemon: no edgeloop workspace"),
+    (["-w", "{bad_token}", "serve", "--http", "127.0.0.1:0"], 2, "[http] token must be"),
     # The agent's own validation (shared with the control node) is bad input too.
     (["--broker", "ftp://x", "fleet"], 2, "must start with mqtt:// or mqtts://"),
     # Anything else the user can act on: exit 1.
@@ -69,6 +73,7 @@ def test_a_bad_request_is_one_line(
         "missing": str(tmp_path / "nowhere"),
         "bad_toml": str(_workspace_with(tmp_path / "t", "[broker\nurl = ")),
         "bad_section": str(_workspace_with(tmp_path / "s", "feature_store = 3\n")),
+        "bad_token": str(_workspace_with(tmp_path / "h", '[http]\ntoken = "short"\n')),
     }
     argv = [a.format(**paths) for a in args]
     if argv[0] != "-w":

@@ -80,6 +80,12 @@ def fail(message: str, code: int = 1) -> NoReturn:
 ONE_LINE_ERRORS: tuple[type[Exception], ...] = (EdgeloopError, InvalidName, AgentConfigError)
 
 
+def exit_code(exc: BaseException) -> int:
+    """2 for a setting that cannot be used (systemd's RestartPreventExitStatus=2:
+    restarting cannot fix it), 1 for any other failure."""
+    return 2 if isinstance(exc, (ConfigError, AgentConfigError)) else 1
+
+
 class OneLineErrors(TyperGroup):
     """A command group that turns any :class:`EdgeloopError` into one line on stderr.
 
@@ -95,8 +101,7 @@ class OneLineErrors(TyperGroup):
         try:
             return super().invoke(ctx)
         except ONE_LINE_ERRORS as exc:
-            config = isinstance(exc, (ConfigError, AgentConfigError))
-            fail(str(exc).strip() or type(exc).__name__, 2 if config else 1)
+            fail(str(exc).strip() or type(exc).__name__, exit_code(exc))
 
 
 def print_json(data: Any) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgeloop_control.cli.commands import parity_line, size_line
+from edgeloop_control.cli.train import parity_line, size_line
 from edgeloop_control.infra.workspace import Workspace
 from edgeloop_control.training.footprint import agent_memory_estimate
 

@@ -254,4 +254,5 @@ def test_cli_prints_a_config_mosquitto_accepts(tmp_path: Path) -> None:
         text=True,
         timeout=60,
     )
-    assert bad.returncode == 1 and len(bad.stderr.strip().splitlines()) == 1
+    # A bad setting is a usage error: exit 2, one line (cli/common.py OneLineErrors).
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1

@@ -6,10 +6,11 @@ from typing import Annotated
 
 import typer
 
-from edgeloop_control.cli.common import CLIState
+from edgeloop_control.cli.common import CLIState, OneLineErrors
 
 app = typer.Typer(
     name="edgeloop",
+    cls=OneLineErrors,
     help="edgeloop control node: feature store, registry, training, fleet rollout.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -31,7 +32,12 @@ def _root(
     ] = None,
     broker: Annotated[
         str | None,
-        typer.Option("--broker", envvar="EDGELOOP_BROKER", help="broker URL mqtt://host:port"),
+        typer.Option(
+            "--broker",
+            envvar="EDGELOOP_BROKER",
+            help="MQTT broker the commands connect to, mqtt(s)://host:port "
+            "(default: the workspace's \\[broker] url)",
+        ),
     ] = None,
 ) -> None:
     ctx.obj = CLIState(workspace, broker)
@@ -39,9 +45,24 @@ def _root(
 
 def _register() -> None:
     # Imported here so `edgeloop --help` stays fast and each module stays small.
-    from edgeloop_control.cli import commands, features, fleet, groups, models, rollout, runs, serve
+    from edgeloop_control.cli import (
+        demo,
+        features,
+        fleet,
+        groups,
+        ingest,
+        init,
+        models,
+        rollout,
+        runs,
+        serve,
+        train,
+    )
 
-    commands.register(app)
+    init.register(app)
+    ingest.register(app)
+    train.register(app)
+    demo.register(app)
     fleet.register(app)
     serve.register(app)
     app.add_typer(models.app, name="models", help="Model registry (git + DVC, GTO tags).")
@@ -52,7 +73,12 @@ def _register() -> None:
     from edgeloop_control.cli import ab, broker
 
     app.add_typer(ab.app, name="ab", help="A/B experiments: champion vs challenger, by statistics.")
-    app.add_typer(broker.app, name="broker", help="Broker configuration (site bridges).")
+    app.add_typer(
+        broker.app,
+        name="broker",
+        help="Write Mosquitto configuration for a fleet's brokers (site bridges); "
+        "it neither runs nor connects to a broker.",
+    )
     from edgeloop_control.cli import drift, report
 
     report.register(app)

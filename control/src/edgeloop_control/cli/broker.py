@@ -1,4 +1,8 @@
-"""``edgeloop broker``: configuration for the brokers a fleet runs on."""
+"""``edgeloop broker``: write configuration for the Mosquitto brokers a fleet runs on.
+
+It prints files for an operator to install; it neither runs nor connects to a broker
+(``edgeloop demo`` launches a private one: infra/mosquitto.py).
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,9 @@ from typing import Annotated
 
 import typer
 
-from edgeloop_control.cli.common import console, fail
+from edgeloop_control.cli.common import OneLineErrors, console, fail
 
-app = typer.Typer(no_args_is_help=True)
+app = typer.Typer(cls=OneLineErrors, no_args_is_help=True)
 
 
 @app.command("config")
@@ -40,29 +44,28 @@ def config(
         Path | None, typer.Option("-o", "--output", help="write here (mode 0640) instead of stdout")
     ] = None,
 ) -> None:
-    """The Mosquitto bridge section for a site broker (docs/operations.md, "Sites")."""
-    from edgeloop_control.infra.sitebridge import BridgeConfigError, BridgeSettings, bridge_config
+    """Print the Mosquitto bridge section that links a site broker to the central one.
+
+    Install it on the site broker (docs/operations.md, "Sites")."""
+    from edgeloop_control.infra.sitebridge import BridgeSettings, bridge_config
 
     password = None
     if password_env:
         password = os.environ.get(password_env)
         if not password:
             fail(f"--password-env {password_env}: that variable is not set or empty")
-    try:
-        text = bridge_config(
-            BridgeSettings(
-                site=site,
-                central=central,
-                prefix=prefix,
-                username=user,
-                password=password,
-                ca_file=ca_file,
-                cert_file=cert_file,
-                key_file=key_file,
-            )
+    text = bridge_config(
+        BridgeSettings(
+            site=site,
+            central=central,
+            prefix=prefix,
+            username=user,
+            password=password,
+            ca_file=ca_file,
+            cert_file=cert_file,
+            key_file=key_file,
         )
-    except BridgeConfigError as exc:
-        fail(str(exc))
+    )
     if output is None:
         typer.echo(text, nl=False)
         return

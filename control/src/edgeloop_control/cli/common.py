@@ -4,13 +4,33 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.markup import escape
+from typer.core import TyperGroup
 
-from edgeloop_control.infra.workspace import Workspace, WorkspaceError
+from edgeloop_agent.wire.names import InvalidName
+from edgeloop_agent.wire.network import BrokerAddressError
+from edgeloop_control.errors import ConfigError, EdgeloopError
+from edgeloop_control.infra.workspace import Workspace
+from edgeloop_control.terminal import table
+
+if TYPE_CHECKING:
+    # typer vendors its own click: the supertype's invoke() takes this Context.
+    from typer._click import Context as ClickContext
+
+__all__ = [
+    "CLIState",
+    "OneLineErrors",
+    "console",
+    "err_console",
+    "fail",
+    "print_json",
+    "state",
+    "table",
+]
 
 console = Console()
 err_console = Console(stderr=True)
@@ -27,10 +47,8 @@ class CLIState:
     @property
     def workspace(self) -> Workspace:
         if self._workspace is None:
-            try:
-                self._workspace = Workspace.open(self.workspace_arg)
-            except WorkspaceError as exc:
-                fail(str(exc))
+            # A WorkspaceError is a ConfigError: OneLineErrors prints it.
+            self._workspace = Workspace.open(self.workspace_arg)
         return self._workspace
 
     @property
@@ -48,18 +66,42 @@ def state(ctx: typer.Context) -> CLIState:
 
 def fail(message: str, code: int = 1) -> NoReturn:
     """One clear line on stderr and a non-zero exit."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # Escaped: messages name config sections ("[rollout]"), which rich would
+    # otherwise take for markup and silently drop.
+    line = " ".join(message.split("\n")).strip()
+    err_console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+# Bad input caught by the validation the control node shares with the agent (a
+# device id or model name, a broker URL such as --broker ftp://x): not bugs, so one
+# line too.
+ONE_LINE_ERRORS: tuple[type[Exception], ...] = (EdgeloopError, InvalidName, BrokerAddressError)
+
+
+def exit_code(exc: BaseException) -> int:
+    """2 for a setting that cannot be used (systemd's RestartPreventExitStatus=2:
+    restarting cannot fix it), 1 for any other failure."""
+    return 2 if isinstance(exc, (ConfigError, BrokerAddressError)) else 1
+
+
+class OneLineErrors(TyperGroup):
+    """A command group that turns any :class:`EdgeloopError` into one line on stderr.
+
+    The one place the CLI decides how a failure the user can act on looks: exit 2
+    for a setting that cannot be used (:class:`ConfigError` and the agent's own,
+    like click's usage errors), 1 for anything else (a bad name included). Any
+    other exception is a bug and keeps its traceback. The root ``edgeloop`` app
+    uses it, which covers every command; sub-apps that are also invoked on their
+    own (the tests do) use it too.
+    """
+
+    def invoke(self, ctx: ClickContext) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ONE_LINE_ERRORS as exc:
+            fail(str(exc).strip() or type(exc).__name__, exit_code(exc))
 
 
 def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-
-
-def table(title: str | None, columns: list[str], rows: list[list[Any]]) -> Table:
-    t = Table(title=title, show_lines=False, header_style="bold")
-    for column in columns:
-        t.add_column(column)
-    for row in rows:
-        t.add_row(*["" if v is None else str(v) for v in row])
-    return t

@@ -8,29 +8,27 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import pandas as pd
 import typer
 
-from edgeloop_control.cli.common import console, fail, print_json, state, table
-from edgeloop_control.featurestore import (
-    FeatureStore,
-    FeatureStoreError,
-    IngestResult,
-    SchemaMismatchError,
-    ViewVersion,
-)
-from edgeloop_control.featurestore.offline import day_label
-from edgeloop_control.featurestore.timestamps import format_ttl, from_micros
-from edgeloop_control.infra.workspace import Workspace
+from edgeloop_control.cli.common import OneLineErrors, console, fail, print_json, state, table
 
-app = typer.Typer(no_args_is_help=True, help="Versioned feature store.")
+if TYPE_CHECKING:
+    from edgeloop_control.featurestore import FeatureStore, IngestResult, ViewVersion
+    from edgeloop_control.infra.workspace import Workspace
+
+# The feature store (pandas, pyarrow: seconds on a small box) is imported inside
+# the commands, so that `edgeloop --help` and every other command stay fast.
+
+app = typer.Typer(cls=OneLineErrors, no_args_is_help=True, help="Versioned feature store.")
 
 JsonOption = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 
 
 def open_store(ws: Workspace) -> FeatureStore:
+    from edgeloop_control.featurestore import FeatureStore, FeatureStoreError
+
     try:
         return FeatureStore(ws.feature_store_dir)
     except (FeatureStoreError, OSError) as exc:
@@ -51,9 +49,12 @@ def ingest_file(
 ) -> IngestResult:
     """Ingest a CSV/Parquet file into ``view`` and print the outcome.
 
-    ``entity`` and ``key`` may be lists or comma-separated strings. On any
-    feature-store error prints one line and exits non-zero (``typer.Exit``).
+    ``entity`` and ``key`` may be lists or comma-separated strings. A schema
+    change without ``new_version`` prints one line and exits 1 (``typer.Exit``);
+    any other :class:`FeatureStoreError` propagates to the CLI's one handler.
     """
+    from edgeloop_control.featurestore import SchemaMismatchError
+
     store = open_store(ws)
     try:
         result = store.ingest(
@@ -67,8 +68,6 @@ def ingest_file(
         )
     except SchemaMismatchError as exc:
         fail(f"{path} does not match {view}: {exc.cli_message()}")
-    except FeatureStoreError as exc:
-        fail(str(exc))
     if as_json:
         print_json(_result_json(result))
     else:
@@ -120,6 +119,8 @@ def ingest_cmd(
 @app.command("ls")
 def ls_cmd(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """List views and their versions."""
+    from edgeloop_control.featurestore.timestamps import format_ttl
+
     store = open_store(state(ctx).workspace)
     versions = [v for name in store.views() for v in store.versions(name)]
     if as_json:
@@ -152,12 +153,12 @@ def show_cmd(
     as_json: JsonOption = False,
 ) -> None:
     """Schema, entity, timestamp, TTL and partitions of a view version."""
+    from edgeloop_control.featurestore.offline import day_label
+    from edgeloop_control.featurestore.timestamps import format_ttl, from_micros
+
     store = open_store(state(ctx).workspace)
-    try:
-        found = store.view(ref)
-        partitions = store.partitions(found.ref)
-    except FeatureStoreError as exc:
-        fail(str(exc))
+    found = store.view(ref)
+    partitions = store.partitions(found.ref)
     parts = [
         {
             "date": day_label(p.day),
@@ -199,12 +200,9 @@ def get_cmd(
 ) -> None:
     """Online (latest materialised) values for entity keys."""
     store = open_store(state(ctx).workspace)
-    try:
-        found = store.view(ref)
-        keys = [_parse_key(found, text) for text in entities]
-        records = store.get_online(found.ref, keys)
-    except FeatureStoreError as exc:
-        fail(str(exc))
+    found = store.view(ref)
+    keys = [_parse_key(found, text) for text in entities]
+    records = store.get_online(found.ref, keys)
     if as_json:
         print_json([{k: _plain(v) for k, v in r.items()} for r in records])
         return
@@ -240,11 +238,8 @@ def materialize_cmd(
 ) -> None:
     """Copy the latest offline row per entity into the online store."""
     store = open_store(state(ctx).workspace)
-    try:
-        found = store.view(ref)
-        written = store.materialize(found.ref, _instant(start), _instant(end))
-    except FeatureStoreError as exc:
-        fail(str(exc))
+    found = store.view(ref)
+    written = store.materialize(found.ref, _instant(start), _instant(end))
     if as_json:
         print_json({"view": found.ref, "written": written, "start": start, "end": end})
     else:
@@ -259,10 +254,7 @@ def compact_cmd(
 ) -> None:
     """Merge each event date's small files into one (after many small ingests)."""
     store = open_store(state(ctx).workspace)
-    try:
-        before, after = store.compact(view)
-    except FeatureStoreError as exc:
-        fail(str(exc))
+    before, after = store.compact(view)
     if as_json:
         print_json({"view": view, "files_before": before, "files_after": after})
     else:
@@ -296,7 +288,7 @@ def _parse_key(found: ViewVersion, text: str) -> tuple[str, ...] | str:
 
 
 def _plain(value: Any) -> Any:
-    if isinstance(value, (pd.Timestamp, dt.datetime)):
+    if isinstance(value, dt.datetime):  # pandas' Timestamp is one too
         return value.isoformat()
     return value
 

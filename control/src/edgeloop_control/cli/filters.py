@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from edgeloop_agent.wire.names import InvalidName, check_device_id, check_model_name
 from edgeloop_control.cli.common import fail
-from edgeloop_control.report.history import HistoryError, Selection, parse_when
+from edgeloop_control.report.history import Selection, parse_when
 
 
 def selection(
@@ -28,5 +28,5 @@ def selection(
             devices=tuple(dict.fromkeys(devices or [])),
             models=tuple(dict.fromkeys(models or [])),
         )
-    except (HistoryError, InvalidName) as exc:
+    except InvalidName as exc:  # an agent-side error: not an EdgeloopError
         fail(str(exc))

@@ -13,11 +13,15 @@ from typing import Annotated
 
 import typer
 
-from edgeloop_control.cli.common import console, fail, print_json, state, table
-from edgeloop_control.fleet.desired import DeployError, check_device_ids
+from edgeloop_control.cli.common import OneLineErrors, console, fail, print_json, state, table
+from edgeloop_control.fleet.desired import check_device_ids
 from edgeloop_control.infra.db import ControlDB
 
-app = typer.Typer(no_args_is_help=True, help="Device groups (for `edgeloop rollout --group`).")
+app = typer.Typer(
+    cls=OneLineErrors,
+    no_args_is_help=True,
+    help="Device groups (for `edgeloop rollout --group`).",
+)
 
 _GROUP = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
@@ -46,10 +50,7 @@ def set_group(
 ) -> None:
     """Make GROUP exactly these devices: listed ones join it, the others leave it."""
     _check_group(group)
-    try:
-        members = check_device_ids(devices)
-    except DeployError as exc:
-        fail(str(exc))
+    members = check_device_ids(devices)
     db = ControlDB(state(ctx).workspace.state_db)
     try:
         with db.transaction():

@@ -6,9 +6,17 @@ from typing import Annotated, Any
 
 import typer
 
-from edgeloop_control.cli.common import console, err_console, fail, print_json, state, table
+from edgeloop_control.cli.common import (
+    OneLineErrors,
+    console,
+    err_console,
+    print_json,
+    state,
+    table,
+)
 
 app = typer.Typer(
+    cls=OneLineErrors,
     help="Model registry (git + DVC, GTO tags). Without a command: list versions.",
     invoke_without_command=True,
     no_args_is_help=False,
@@ -18,21 +26,9 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")
 
 
 def _registry(ctx: typer.Context, *, create: bool = False) -> Any:
-    from edgeloop_control.registry import Registry, RegistryError
+    from edgeloop_control.registry import Registry
 
-    try:
-        return Registry.for_workspace(state(ctx).workspace, create=create)
-    except RegistryError as exc:
-        fail(str(exc))
-
-
-def _run(fn: Any, *args: Any) -> Any:
-    from edgeloop_control.registry import RegistryError
-
-    try:
-        return fn(*args)
-    except RegistryError as exc:
-        fail(str(exc))
+    return Registry.for_workspace(state(ctx).workspace, create=create)
 
 
 def _summary(mv: Any) -> dict[str, Any]:
@@ -61,13 +57,8 @@ def _metric_text(metrics: dict[str, Any], limit: int = 3) -> str:
 
 
 def _list(ctx: typer.Context, name: str | None, as_json: bool) -> None:
-    from edgeloop_control.registry import RegistryError
-
-    try:
-        registry = _registry_or_none(ctx)
-        versions = registry.list(name) if registry is not None else []
-    except RegistryError as exc:
-        fail(str(exc))
+    registry = _registry_or_none(ctx)
+    versions = registry.list(name) if registry is not None else []
     if as_json:
         print_json([_summary(mv) for mv in versions])
         return
@@ -131,7 +122,7 @@ def show(
 ) -> None:
     """Everything recorded about one version: metadata, lineage, signature."""
     registry = _registry(ctx)
-    mv = _run(registry.get, ref)
+    mv = registry.get(ref)
     if as_json:
         print_json(mv.to_dict())
         return
@@ -160,8 +151,8 @@ def promote(
     from edgeloop_control.registry import parse_ref
 
     registry = _registry(ctx)
-    parsed = _run(parse_ref, ref)
-    mv = _run(registry.promote, parsed.name, _run(_version_of, registry, ref), stage)
+    parsed = parse_ref(ref)
+    mv = registry.promote(parsed.name, _version_of(registry, ref), stage)
     if as_json:
         print_json({"stage": stage, "version": _summary(mv), "stages": registry.stages(mv.name)})
         return
@@ -177,7 +168,7 @@ def demote(
 ) -> None:
     """Take a stage off whichever version holds it."""
     registry = _registry(ctx)
-    mv = _run(registry.demote, name, stage)
+    mv = registry.demote(name, stage)
     if as_json:
         print_json({"stage": stage, "version": _summary(mv) if mv else None})
         return
@@ -196,7 +187,7 @@ def diff(
 ) -> None:
     """Compare two versions: metrics, parameters, other metadata, artifact, lineage."""
     registry = _registry(ctx)
-    result = _run(registry.diff, ref_a, ref_b)
+    result = registry.diff(ref_a, ref_b)
     if as_json:
         print_json(result)
         return
@@ -231,8 +222,8 @@ def verify(
 ) -> None:
     """Check a version's artifact against its recorded sha256 and signature."""
     registry = _registry(ctx)
-    mv = _run(registry.get, ref)
-    data = _run(registry.artifact_bytes, mv)
+    mv = registry.get(ref)
+    data = registry.artifact_bytes(mv)
     if as_json:
         print_json({"ref": mv.ref, "sha256": mv.sha256, "size": len(data), "ok": True})
         return

@@ -7,10 +7,13 @@ from typing import Annotated
 
 import typer
 
-from edgeloop_control.cli.common import console, fail, print_json, state, table
+from edgeloop_control.cli.common import OneLineErrors, console, fail, print_json, state, table
 
 app = typer.Typer(
-    help="Experiment tracking runs (MLflow).", invoke_without_command=True, no_args_is_help=False
+    cls=OneLineErrors,
+    help="Experiment tracking runs (MLflow).",
+    invoke_without_command=True,
+    no_args_is_help=False,
 )
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from edgeloop_control.cli.common import fail, state
+from edgeloop_control.cli.common import exit_code, fail, state
 
 
 def register(app: typer.Typer) -> None:
@@ -38,7 +38,7 @@ def serve(
     try:
         daemon = build_daemon(st.workspace, st.broker, tick_s=tick)
     except ValueError as exc:  # a bad [retrain]/[experiment]/[rollout] section
-        fail(f"cannot start the control daemon: {exc}")
+        fail(f"cannot start the control daemon: {exc}", exit_code(exc))
     server = None
     if http:
         from edgeloop_control.infra.workspace import WorkspaceError
@@ -51,7 +51,7 @@ def serve(
                 st.workspace.state_db, http, ws=st.workspace, token=token, broker=st.broker
             ).start()
         except (ValueError, OSError, WorkspaceError) as exc:
-            fail(f"cannot start the HTTP server: {exc}")
+            fail(f"cannot start the HTTP server: {exc}", exit_code(exc))
     # The address, not the URL: the URL may carry the broker password.
     logging.getLogger("edgeloop.control").info(
         "control daemon for %s on %s", st.workspace.root, daemon.address

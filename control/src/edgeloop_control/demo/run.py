@@ -20,12 +20,12 @@ from typing import Any
 
 from rich.console import Console
 
-from edgeloop_control.cli.common import table
 from edgeloop_control.demo.fleetsim import AgentHandle, DemoClient, percentile, start_agent
 from edgeloop_control.demo.narrate import Narrator
 from edgeloop_control.demo.reportdata import collect_report_data
 from edgeloop_control.demo.sensors import TARGET, generate
 from edgeloop_control.demo.traffic import Traffic
+from edgeloop_control.errors import EdgeloopError
 from edgeloop_control.featurestore import FeatureStore
 from edgeloop_control.fleet.desired import DesiredState
 from edgeloop_control.infra.db import ControlDB
@@ -34,6 +34,7 @@ from edgeloop_control.infra.mqtt import connected
 from edgeloop_control.infra.workspace import Workspace
 from edgeloop_control.jobs.train_and_register import train_and_register
 from edgeloop_control.registry import Registry
+from edgeloop_control.terminal import table
 from edgeloop_control.training import TrainConfig
 
 # Policy settings tuned so the loop completes in minutes rather than days; a
@@ -63,7 +64,7 @@ max_p99_ms = 300
 """
 
 
-class DemoError(RuntimeError):
+class DemoError(EdgeloopError, RuntimeError):
     pass
 
 

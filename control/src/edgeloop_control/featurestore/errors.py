@@ -6,8 +6,10 @@ value, so the CLI can print ``str(exc)`` as is.
 
 from __future__ import annotations
 
+from edgeloop_control.errors import EdgeloopError
 
-class FeatureStoreError(Exception):
+
+class FeatureStoreError(EdgeloopError):
     """Base class for every feature-store failure."""
 
 

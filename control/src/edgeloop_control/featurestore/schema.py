@@ -38,11 +38,6 @@ RESERVED_PREFIX = "__"
 KEY_COLUMN = "__key"  # uint64 idempotency key of the row
 SEQ_COLUMN = "__seq"  # ingest sequence number: later ingests win ties
 ROW_ID_COLUMN = "__row_id"  # synthetic identity for views without an entity
-HIDDEN_TYPES: dict[str, pa.DataType] = {
-    KEY_COLUMN: pa.uint64(),
-    SEQ_COLUMN: pa.int64(),
-    ROW_ID_COLUMN: pa.int64(),
-}
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from typing import Any, Final, Literal
 
 from edgeloop_agent.wire.names import id_problem
 from edgeloop_agent.wire.topics import Topics
+from edgeloop_control.errors import EdgeloopError
 
 # Per topic leaf. A status document is a few hundred bytes, a report a few KiB
 # per variant plus its drift windows; the limits leave a wide margin.
@@ -40,7 +41,7 @@ CapturedKind = Literal["samples", "labels"]
 CAPTURED_KINDS: Final = ("samples", "labels")
 
 
-class PoisonMessage(ValueError):
+class PoisonMessage(EdgeloopError, ValueError):
     """A message the daemon will never be able to use; ``reason`` says why."""
 
 

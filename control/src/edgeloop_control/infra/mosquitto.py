@@ -1,4 +1,7 @@
-"""A private Mosquitto broker with edgeloop's settings (demo and tests).
+"""Launches a private Mosquitto broker process with edgeloop's settings (demo and tests).
+
+This is not an MQTT client (that is :mod:`edgeloop_control.infra.mqtt`): it writes a
+config file, starts ``mosquitto`` as a child process on 127.0.0.1 and stops it.
 
 The delivery and persistence settings are those of the shipped
 packaging/mosquitto-edgeloop.conf (a test keeps them equal); it has no TLS, no
@@ -56,7 +59,12 @@ def free_port() -> int:
 
 
 class PrivateBroker:
-    """Start/stop a Mosquitto on 127.0.0.1 with its own config and data dir."""
+    """A ``mosquitto`` child process on 127.0.0.1 with its own config and data dir.
+
+    ``start()`` launches it and waits until the port accepts connections; ``stop()``
+    terminates it (SIGTERM, so the persistence file is saved). Clients connect to
+    :attr:`url`.
+    """
 
     def __init__(self, workdir: Path, port: int | None = None) -> None:
         self.workdir = Path(workdir)

@@ -22,6 +22,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edgeloop_agent.wire.network import BrokerAddress, describe_connect_error, tls_options
+from edgeloop_control.errors import EdgeloopError
 
 
 def no_delay(_client: Any, _userdata: Any, sock: Any) -> None:
@@ -54,7 +55,7 @@ def new_client(address: BrokerAddress, client_id: str, *, manual_ack: bool = Fal
     return client
 
 
-class BrokerError(Exception):
+class BrokerError(EdgeloopError):
     """The broker could not be reached or refused an operation."""
 
 

@@ -35,6 +35,7 @@ from edgeloop_agent.wire.signature import (
     load_public_key_pem,
     verify,
 )
+from edgeloop_control.errors import EdgeloopError
 from edgeloop_control.infra.files import atomic_write
 
 __all__ = [
@@ -51,7 +52,7 @@ __all__ = [
 ]
 
 
-class SigningError(Exception):
+class SigningError(EdgeloopError):
     """A signing key cannot be created, read or used."""
 
 

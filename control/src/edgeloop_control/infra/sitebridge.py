@@ -31,12 +31,13 @@ from pathlib import Path
 from edgeloop_agent.wire.names import check_device_id, utf8_problem
 from edgeloop_agent.wire.network import BrokerAddress
 from edgeloop_agent.wire.topics import DEFAULT_PREFIX, Topics, validate_prefix
+from edgeloop_control.errors import ConfigError
 
 OUT_LEAVES = ("status", "telemetry", "samples", "labels", "events")
 IN_LEAVES = ("desired",)
 
 
-class BridgeConfigError(ValueError):
+class BridgeConfigError(ConfigError):
     """Settings that would give Mosquitto a bridge it refuses or that leaks."""
 
 

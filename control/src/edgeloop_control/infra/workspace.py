@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from edgeloop_control.errors import ConfigError
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on Python 3.10 only
@@ -67,7 +69,7 @@ public_key = "keys/signing.pub"
 """
 
 
-class WorkspaceError(Exception):
+class WorkspaceError(ConfigError):
     """The workspace is missing or its configuration is invalid."""
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from edgeloop_control.errors import EdgeloopError
 
-class RegistryError(Exception):
+
+class RegistryError(EdgeloopError):
     """A registry operation failed; the message says what and, where possible, why."""

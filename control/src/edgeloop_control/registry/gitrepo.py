@@ -73,9 +73,6 @@ class GitRepo:
 
     # -- repository ------------------------------------------------------------
 
-    def is_repo(self) -> bool:
-        return (self.root / ".git").exists()
-
     def init(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         self.run("init", "-q")

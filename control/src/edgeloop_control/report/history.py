@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from edgeloop_control.errors import EdgeloopError
 from edgeloop_control.infra.db import ControlDB, merged_p99_ms
 from edgeloop_control.infra.workspace import Workspace
 
@@ -25,7 +26,7 @@ _RELATIVE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0}
 
 
-class HistoryError(ValueError):
+class HistoryError(EdgeloopError, ValueError):
     """A filter the caller gave cannot be used (the message names it)."""
 
 
@@ -68,11 +69,6 @@ class Selection:
             raise HistoryError(
                 f"--since ({_iso(self.since)}) is after --until ({_iso(self.until)})"
             )
-
-    def in_range(self, t: float | None) -> bool:
-        if t is None:
-            return False
-        return (self.since is None or t >= self.since) and (self.until is None or t <= self.until)
 
     def overlaps(self, start: float | None, end: float | None) -> bool:
         """Does [start, end] (end None: still going) meet the selected range?"""

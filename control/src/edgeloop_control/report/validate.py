@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from edgeloop_agent.wire.numeric import is_number
+from edgeloop_control.errors import EdgeloopError
 
 from .model import (
     Batch,
@@ -52,7 +53,7 @@ _SECTIONS = (
 )
 
 
-class ReportDataError(ValueError):
+class ReportDataError(EdgeloopError, ValueError):
     """Malformed report input; the message names the field (e.g. ``drift.windows[3].t``)."""
 
 

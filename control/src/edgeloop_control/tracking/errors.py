@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from edgeloop_control.errors import EdgeloopError
 
-class TrackingError(Exception):
+
+class TrackingError(EdgeloopError):
     """A run cannot be logged, read or pushed; the message says why."""

@@ -13,6 +13,7 @@ from edgeloop_control.training.errors import (
     ChampionError,
     InputError,
     ParityError,
+    TrainConfigError,
     TrainingError,
 )
 from edgeloop_control.training.export import ML_OPSET, OPSET, export_onnx
@@ -36,6 +37,7 @@ __all__ = [
     "Prediction",
     "PreparedData",
     "TrainConfig",
+    "TrainConfigError",
     "TrainResult",
     "TrainingError",
     "build_inputs",

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-from edgeloop_control.training.errors import TrainingError
-
-Algorithm = Literal["logreg", "rf", "hgb"]
-TaskChoice = Literal["auto", "classification", "regression"]
+from edgeloop_control.training.errors import TrainConfigError
 
 ALGORITHMS: tuple[str, ...] = ("logreg", "rf", "hgb")
 TASK_CHOICES: tuple[str, ...] = ("auto", "classification", "regression")
@@ -48,51 +45,53 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.target, str) or not self.target:
-            raise TrainingError(f"target must be a non-empty column name, got {self.target!r}")
+            raise TrainConfigError(f"target must be a non-empty column name, got {self.target!r}")
         if self.algo not in ALGORITHMS:
-            raise TrainingError(
+            raise TrainConfigError(
                 f"unknown algo {self.algo!r}; choose one of {', '.join(ALGORITHMS)}"
             )
         if self.task not in TASK_CHOICES:
-            raise TrainingError(
+            raise TrainConfigError(
                 f"unknown task {self.task!r}; choose one of {', '.join(TASK_CHOICES)}"
             )
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise TrainingError(f"seed must be a non-negative integer, got {self.seed!r}")
+            raise TrainConfigError(f"seed must be a non-negative integer, got {self.seed!r}")
         if (
             isinstance(self.holdout, bool)
             or not isinstance(self.holdout, (int, float))
             or not 0.0 < float(self.holdout) < 1.0
         ):
-            raise TrainingError(
+            raise TrainConfigError(
                 f"holdout must be a fraction strictly between 0 and 1, got {self.holdout!r} "
                 "(the parity gate and the evaluation both need held-out rows)"
             )
         if self.split not in SPLIT_CHOICES:
-            raise TrainingError(
+            raise TrainConfigError(
                 f"unknown split {self.split!r}; choose one of {', '.join(SPLIT_CHOICES)}"
             )
         if self.split == "time" and self.timestamp is None:
-            raise TrainingError(
+            raise TrainConfigError(
                 "split 'time' needs an event timestamp column; give one or use split 'random'"
             )
         if self.timestamp is not None and (
             not isinstance(self.timestamp, str) or not self.timestamp
         ):
-            raise TrainingError(f"timestamp must be a column name or None, got {self.timestamp!r}")
+            raise TrainConfigError(
+                f"timestamp must be a column name or None, got {self.timestamp!r}"
+            )
         if self.features is not None:
             _check_names(self.features, "features")
             if not self.features:
-                raise TrainingError("features is an empty list; pass None to use every column")
+                raise TrainConfigError("features is an empty list; pass None to use every column")
         _check_names(self.exclude, "exclude")
         if not isinstance(self.params, Mapping) or not all(isinstance(k, str) for k in self.params):
-            raise TrainingError("params must be a mapping of parameter names to values")
+            raise TrainConfigError("params must be a mapping of parameter names to values")
         if (
             isinstance(self.max_categories, bool)
             or not isinstance(self.max_categories, int)
             or self.max_categories < 1
         ):
-            raise TrainingError(
+            raise TrainConfigError(
                 f"max_categories must be a positive integer, got {self.max_categories!r}"
             )
         if self.n_threads is not None and (
@@ -100,17 +99,17 @@ class TrainConfig:
             or not isinstance(self.n_threads, int)
             or self.n_threads < 1
         ):
-            raise TrainingError(
+            raise TrainConfigError(
                 f"n_threads must be a positive integer or None, got {self.n_threads!r}"
             )
 
 
 def _check_names(names: Sequence[str], what: str) -> None:
     if isinstance(names, str) or not isinstance(names, Sequence):
-        raise TrainingError(f"{what} must be a list of column names, got {names!r}")
+        raise TrainConfigError(f"{what} must be a list of column names, got {names!r}")
     bad = [n for n in names if not isinstance(n, str) or not n]
     if bad:
-        raise TrainingError(f"{what} must hold non-empty column names, got {bad!r}")
+        raise TrainConfigError(f"{what} must hold non-empty column names, got {bad!r}")
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise TrainingError(f"{what} repeats column(s): {', '.join(dupes)}")
+        raise TrainConfigError(f"{what} repeats column(s): {', '.join(dupes)}")

@@ -8,9 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from edgeloop_control.errors import ConfigError, EdgeloopError
 
-class TrainingError(ValueError):
+
+class TrainingError(EdgeloopError, ValueError):
     """The data or the configuration cannot produce a model."""
+
+
+class TrainConfigError(TrainingError, ConfigError):
+    """A training setting (algorithm, holdout, columns, parameters) that cannot be used."""
 
 
 class InputError(TrainingError):

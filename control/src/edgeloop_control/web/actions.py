@@ -10,13 +10,14 @@ from urllib.parse import urlencode
 
 from starlette.requests import Request
 
+from edgeloop_control.errors import EdgeloopError
 from edgeloop_control.infra.db import ControlDB
 from edgeloop_control.infra.workspace import Workspace
 from edgeloop_control.web.auth import Session, clean_user
 from edgeloop_control.web.pages import path_part
 
 
-class ActionError(RuntimeError):
+class ActionError(EdgeloopError, RuntimeError):
     pass
 
 

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgeloop_control.errors import ConfigError
 from edgeloop_control.infra.workspace import Workspace
 
 SESSION_COOKIE = "edgeloop_session"
@@ -30,7 +31,7 @@ MIN_TOKEN_CHARS = 16
 MAX_USER_CHARS = 64
 
 
-class TokenError(ValueError):
+class TokenError(ConfigError):
     """The workspace's [http] token settings cannot be used (the message names why)."""
 
 

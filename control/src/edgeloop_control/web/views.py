@@ -14,6 +14,7 @@ from urllib.parse import urlencode
 
 from starlette.requests import Request
 
+from edgeloop_control.errors import EdgeloopError
 from edgeloop_control.infra.db import ControlDB
 from edgeloop_control.infra.workspace import Workspace
 from edgeloop_control.report import history
@@ -33,11 +34,11 @@ PAGE_ROWS = 200
 DRIFT_WINDOWS = 60
 
 
-class NotFound(LookupError):
+class NotFound(EdgeloopError, LookupError):
     pass
 
 
-class BadRequest(ValueError):
+class BadRequest(EdgeloopError, ValueError):
     pass
 
 

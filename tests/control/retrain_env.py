@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from edgeloop_control.featurestore import FeatureStore
+from edgeloop_control.fleet.captured import ingest_messages
 from edgeloop_control.infra.db import ControlDB
 from edgeloop_control.infra.signing import ensure_keypair
 from edgeloop_control.infra.workspace import Workspace
@@ -200,5 +201,5 @@ class RetrainEnv:
             }
             messages.append((f"edgeloop/{device}/samples", json.dumps(sample).encode()))
             messages.append((f"edgeloop/{device}/labels", json.dumps(label).encode()))
-        counts = self.fs.ingest_messages(messages)
+        counts = ingest_messages(self.fs, messages)
         assert counts["samples"][0] == len(rows) and counts["labels"][0] == len(rows), counts

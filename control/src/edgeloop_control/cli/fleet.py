@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from edgeloop_agent.wire.topics import Topics
 from edgeloop_control.cli.common import console, fail, print_json, state, table
 from edgeloop_control.cli.owners import end_owners
 from edgeloop_control.fleet.desired import (
@@ -146,7 +147,9 @@ def fleet(
     reported: dict[str, dict[str, Any]] = {}
     try:
         with connected(st.broker) as client:
-            for msg in client.retained(f"{ws.topic_prefix}/+/status", timeout=timeout):
+            for msg in client.retained(
+                Topics.every_device("status", ws.topic_prefix), timeout=timeout
+            ):
                 try:
                     doc = json.loads(msg.payload)
                 except ValueError:

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from edgeloop_agent.wire.topics import Topics
 from edgeloop_control.stats import MixtureSPRT
 
 from .config import ExperimentError
@@ -111,7 +112,8 @@ def _notices(parts: Parts, exp: Experiment, lk: Look) -> Outcome:
                 "ab_waiting_for_labels",
                 f"{exp.id}: {served} requests served but no labelled outcomes yet for "
                 f"{_missing_arms(lk.test)}; the experiment cannot decide without labels "
-                f"(feedback on {parts.prefix}/<device>/feedback). Guardrails still apply.",
+                f"(feedback on {Topics.every_device('feedback', parts.prefix)}). "
+                "Guardrails still apply.",
             )
         )
     if lk.ev.report["sequential"]["confidence_sequence_empty"] and not out.flags.get("review"):

@@ -162,6 +162,13 @@ def start_baseline(kind: str, port: int, work: Path, model_path: Path | None) ->
     return Server(kind, topic, proc, log)
 
 
+def _knows_allow_unsigned(source: Path | None) -> bool:
+    if source is None:
+        return True
+    config = source / "edgeloop_agent" / "config.py"
+    return config.exists() and "allow_unsigned" in config.read_text()
+
+
 def start_agent(
     port: int,
     work: Path,
@@ -180,9 +187,10 @@ def start_agent(
     config.write_text(
         f'device_id = "{device}"\nbroker = "mqtt://127.0.0.1:{port}"\n'
         f'state_dir = "{state}"\nlog_level = "WARNING"\n'
-        # This checkout's agent refuses unsigned desired state unless told; the
-        # benchmark measures serving, not the update path.
-        + ("allow_unsigned = true\n" if source is None else "")
+        # Agents since signed desired state refuse unsigned documents unless told;
+        # the benchmark measures serving, not the update path. Older checkouts do
+        # not know the setting (and would refuse an unknown key).
+        + ("allow_unsigned = true\n" if _knows_allow_unsigned(source) else "")
     )
     log = work / f"{name}.log"
     env = dict(os.environ)

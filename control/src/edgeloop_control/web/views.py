@@ -6,9 +6,7 @@ layout. Reads go through :mod:`edgeloop_control.report.history` and the report's
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
 
@@ -25,9 +23,8 @@ from edgeloop_control.report.sections.drift import render_drift
 from edgeloop_control.report.sections.experiment import render_experiments
 from edgeloop_control.report.sections.rollout import render_rollouts
 from edgeloop_control.report.validate import parse_report
-from edgeloop_control.web import pages
+from edgeloop_control.web import pages, viewparts
 from edgeloop_control.web.pages import Viewer, link, path_part
-from edgeloop_control.web.readdb import ReadOnlyDB
 
 PAGE_ROWS = 200
 # Drift charts per stream: the newest windows only, so a year of history costs the same.
@@ -49,7 +46,7 @@ class Views:
     def fleet_page(
         self, request: Request, db: ControlDB, viewer: Viewer
     ) -> tuple[str, str, str, bool]:
-        page = _page(request)
+        page = viewparts.page(request)
         names = [
             r[0]
             for r in db.conn.execute(
@@ -62,7 +59,7 @@ class Views:
             "SELECT COUNT(*), COALESCE(SUM(online), 0) FROM devices"
         ).fetchone()
         shown = names[:PAGE_ROWS]
-        rows = _fleet(db, shown) if shown else []
+        rows = viewparts.fleet(db, shown) if shown else []
         clk = pages.clock()
         body = (
             "<h1>Fleet</h1>"
@@ -77,12 +74,12 @@ class Views:
         self, request: Request, db: ControlDB, viewer: Viewer
     ) -> tuple[str, str, str, bool]:
         device = request.path_params["device"]
-        rows = _fleet(db, [device])
+        rows = viewparts.fleet(db, [device])
         if not rows:
             raise NotFound(f"no device {device!r} in the inventory")
         d, clk = rows[0], pages.clock()
         served = [m.strip() for m in (d["serving"] or "").split(",") if m.strip()]
-        models = [_model_link(m.split(" ")[0]) for m in served]
+        models = [viewparts.model_link(m.split(" ")[0]) for m in served]
         facts = pages.kv(
             [
                 ("status", "online" if d["online"] else "offline"),
@@ -102,7 +99,7 @@ class Views:
         )
         windows = history.drift_windows(db, Selection(devices=(device,)), last=DRIFT_WINDOWS)
         drift = self._drift_html(windows, clk, f"no drift windows from {device}")
-        events = _events(db, subject=device, like=device, limit=50)
+        events = viewparts.events(db, subject=device, like=device, limit=50)
         body = (
             f"<h1>Device <code>{esc(device)}</code></h1>{facts}{drift}"
             f"<h2>Events</h2>{pages.events_table(events, clk)}"
@@ -136,7 +133,7 @@ class Views:
     ) -> tuple[str, str, str, bool]:
         name = request.path_params["name"]
         registry = self._registry()
-        versions = _registry_call(lambda: registry.list(name)) if registry else []
+        versions = viewparts.registry_call(lambda: registry.list(name)) if registry else []
         if not versions:
             raise NotFound(f"no model {name!r} in the registry")
         rows = [
@@ -159,7 +156,9 @@ class Views:
     ) -> tuple[str, str, str, bool]:
         name, version = request.path_params["name"], request.path_params["version"]
         registry = self._registry()
-        mv = _registry_call(lambda: registry.get(f"{name}@{version}")) if registry else None
+        mv = (
+            viewparts.registry_call(lambda: registry.get(f"{name}@{version}")) if registry else None
+        )
         if mv is None:
             raise NotFound(f"no version {name}@{version} in the registry")
         lineage = mv.lineage or {}
@@ -173,8 +172,8 @@ class Views:
                 ("signing key", mv.key_id),
             ]
         )
-        lineage_html = pages.kv(_lineage(name, mv, meta, lineage))
-        metadata = pages.kv([(str(k), _plain(v)) for k, v in sorted(mv.metadata.items())])
+        lineage_html = pages.kv(viewparts.lineage(name, mv, meta, lineage))
+        metadata = pages.kv([(str(k), viewparts.plain(v)) for k, v in sorted(mv.metadata.items())])
         rollouts = [
             r for r in history.rollouts(self.ws, db, Selection()) if r.get("model") == mv.ref
         ]
@@ -193,7 +192,7 @@ class Views:
             if deploy_rows
             else empty("never rolled out")
         )
-        events = _events(db, subject=mv.ref, like=mv.ref, limit=100)
+        events = viewparts.events(db, subject=mv.ref, like=mv.ref, limit=100)
         body = (
             f"<h1>{esc(mv.ref)}</h1>"
             + pages.action_form(
@@ -289,7 +288,7 @@ class Views:
         if not found:
             raise NotFound(f"no experiment {exp_id!r}")
         exp = found[0]
-        data = parse_report(_report_data(experiments=[experiment_section(exp)]))
+        data = parse_report(viewparts.report_data(experiments=[experiment_section(exp)]))
         action = ""
         if exp.get("state") in ("running", "decided"):
             action = pages.action_form(
@@ -340,9 +339,9 @@ class Views:
         if not found:
             raise NotFound(f"no rollout {rid!r}")
         r = found[0]
-        events = _events(db, subject=rid, like=rid, limit=PAGE_ROWS)
+        events = viewparts.events(db, subject=rid, like=rid, limit=PAGE_ROWS)
         data = parse_report(
-            _report_data(
+            viewparts.report_data(
                 rollouts=[rollout_section(r)],
                 events=[
                     {
@@ -370,7 +369,7 @@ class Views:
                     ("failure", r.get("failure") or "–"),
                 ]
             )
-            + render_rollouts(data.rollouts, data.events, _ended(r), clk)
+            + render_rollouts(data.rollouts, data.events, viewparts.ended(r), clk)
             + "<h2>Events</h2>"
             + pages.events_table(events, clk)
         )
@@ -379,7 +378,7 @@ class Views:
     def events_page(
         self, request: Request, db: ControlDB, viewer: Viewer
     ) -> tuple[str, str, str, bool]:
-        page = _page(request)
+        page = viewparts.page(request)
         rows = [
             dict(r)
             for r in db.conn.execute(
@@ -407,107 +406,5 @@ class Views:
 
     def _drift_html(self, windows: list[dict[str, Any]], clk: Any, why_empty: str) -> Html:
         section = drift_section(self.ws, windows)
-        data = parse_report(_report_data(drift=section))
+        data = parse_report(viewparts.report_data(drift=section))
         return render_drift(data.drift, clk, why_empty=why_empty)
-
-
-def _page(request: Request) -> int:
-    raw = request.query_params.get("page") or "1"
-    return max(1, min(int(raw), 10**6)) if raw.isdigit() else 1
-
-
-def _events(db: ControlDB, *, subject: str, like: str, limit: int) -> list[dict[str, Any]]:
-    """Events about one thing, newest first: its subject, or its name in the message."""
-    pattern = "%" + like.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-    return [
-        dict(r)
-        for r in db.conn.execute(
-            "SELECT ts, kind, subject, message FROM events WHERE subject = ? "
-            "OR message LIKE ? ESCAPE '\\' ORDER BY ts DESC, id DESC LIMIT ?",
-            (subject, pattern, limit),
-        )
-    ]
-
-
-def _fleet(db: ControlDB, devices: list[str]) -> list[dict[str, Any]]:
-    """``history.fleet`` for just these devices (their inventory rows only)."""
-    if isinstance(db, ReadOnlyDB):
-        with db.scoped(devices):
-            return history.fleet(db, Selection(devices=tuple(devices)))
-    return history.fleet(db, Selection(devices=tuple(devices)))
-
-
-def _ended(rollout: dict[str, Any]) -> float:
-    """Where the timeline stops: when a finished rollout finished, else now (still going)."""
-    end = rollout.get("finished_at")
-    return float(end) if isinstance(end, int | float) else time.time()
-
-
-def _lineage(
-    name: str, mv: Any, meta: dict[str, Any], lineage: dict[str, Any]
-) -> list[tuple[str, object]]:
-    """Where a version came from: data, training run, parent, cause, registry tag."""
-    run = lineage.get("tracking_run_id") or lineage.get("run_id")
-    where = lineage.get("tracking_uri") or lineage.get("run_uri")
-    parent = lineage.get("parent")
-    rows: list[tuple[str, object]] = [
-        ("feature view", meta.get("feature_view") or "– (not trained from the feature store)"),
-        ("training data", _data_text(meta)),
-        ("tracking run", f"{run} ({where})" if run and where else run or "– (no run recorded)"),
-        ("parent version", _model_link(str(parent)) if parent else "–"),
-        ("cause", lineage.get("cause") or "–"),
-        ("registry tag", Html(f"<code>{esc(mv.tag or '–')}</code>")),
-        ("registry commit", Html(f"<code>{esc(mv.commit or '–')}</code>")),
-    ]
-    known = {"tracking_run_id", "run_id", "tracking_uri", "run_uri", "parent", "cause"}
-    rows += [(str(k), _plain(v)) for k, v in sorted(lineage.items()) if k not in known]
-    return rows
-
-
-def _data_text(meta: dict[str, Any]) -> str:
-    parts = []
-    if isinstance(meta.get("rows"), int):
-        parts.append(f"{meta['rows']:,} rows")
-    span = meta.get("training_range")
-    if isinstance(span, list) and len(span) == 2:
-        parts.append(f"{span[0]} to {span[1]}")
-    if meta.get("data_hash"):
-        parts.append(f"hash {str(meta['data_hash'])[:16]}")
-    return ", ".join(parts) or "–"
-
-
-def _model_link(ref: str) -> Html:
-    name, _, version = ref.partition("@")
-    if not version:
-        return Html(esc(ref))
-    return link(f"/models/{path_part(name)}/{path_part(version)}", ref)
-
-
-def _registry_call(fn: Callable[[], Any]) -> Any:
-    from edgeloop_control.registry import RegistryError
-
-    try:
-        return fn()
-    except (RegistryError, ValueError, OSError):
-        return None
-
-
-def _plain(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
-
-
-def _report_data(**sections: Any) -> dict[str, Any]:
-    """The report's input contract with only the given sections filled in."""
-    return {
-        "title": "dashboard",
-        "generated_at": time.time(),
-        "workspace": None,
-        "timeline": None,
-        "events": [],
-        "drift": None,
-        "experiments": [],
-        "rollouts": [],
-        "devices": [],
-        "summary": None,
-        **sections,
-    }

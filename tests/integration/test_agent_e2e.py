@@ -244,7 +244,7 @@ def test_nan_refused_by_a_model_without_imputation(broker, probe, agents, tmp_pa
         probe.publish("edgeloop/strict-1/predict", body, response_topic="replies/strict")
         reply = json.loads(probe.next(10, topic="replies/strict").payload)
         assert reply["id"] == rid and reply["error"]["code"] == "non_finite", reply
-        assert "'b'" in reply["error"]["message"]
+        assert '"b"' in reply["error"]["message"]
 
 
 def test_oversized_payload_is_refused(serving, probe):

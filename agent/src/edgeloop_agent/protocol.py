@@ -15,6 +15,8 @@ from typing import Any, Final
 
 import numpy as np
 
+from edgeloop_agent.wire.jsontext import json_kind, json_text
+
 DEFAULT_MAX_PAYLOAD: Final = 64 * 1024
 DEFAULT_MAX_ROWS: Final = 1024
 # No request needs more than 3 levels ({"rows": [{...}]}); 32 leaves room, and
@@ -41,6 +43,7 @@ class Code:
     UNKNOWN_FEATURE = "unknown_feature"
     WRONG_FEATURE_COUNT = "wrong_feature_count"
     NON_NUMERIC = "non_numeric"
+    NON_BOOLEAN = "non_boolean"
     NON_STRING = "non_string"
     NON_FINITE = "non_finite"
     BATCH_TOO_LARGE = "batch_too_large"
@@ -164,7 +167,7 @@ def decode_json_object(payload: bytes, max_bytes: int) -> dict[str, Any]:
         raise RequestError(Code.TOO_DEEP, "payload nests too deeply to parse") from None
     if not isinstance(data, dict):
         raise RequestError(
-            Code.NOT_AN_OBJECT, f"payload must be a JSON object, got {type(data).__name__}"
+            Code.NOT_AN_OBJECT, f"payload must be a JSON object, got {json_kind(data)}"
         )
     return data
 
@@ -176,7 +179,7 @@ def _request_id(data: dict[str, Any]) -> str:
     if not isinstance(rid, str) or not rid or len(rid) > 256:
         raise RequestError(
             Code.INVALID_ID,
-            f"'id' must be a non-empty string of at most 256 characters, got {rid!r}",
+            f"'id' must be a non-empty string of at most 256 characters, got {json_text(rid)}",
         )
     return rid
 
@@ -191,15 +194,10 @@ def _reply_to(data: dict[str, Any], rid: str | None) -> str | None:
     if not isinstance(reply_to, str) or not reply_to:
         raise RequestError(
             Code.INVALID_REPLY_TO,
-            f"'reply_to' must be a non-empty topic name, got {_clip(reply_to)}",
+            f"'reply_to' must be a non-empty topic name, got {json_text(reply_to)}",
             rid,
         )
     return reply_to
-
-
-def _clip(value: Any) -> str:
-    text = ascii(value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _addressed(data: dict[str, Any], parse: Any) -> Any:
@@ -229,7 +227,7 @@ def _predict(data: dict[str, Any], max_rows: int) -> PredictRequest:
     reply_to = _reply_to(data, rid)
     key = data.get("key")
     if key is not None and (not isinstance(key, str) or len(key) > 1024):
-        raise RequestError(Code.INVALID_KEY, f"'key' must be a string, got {key!r}", rid)
+        raise RequestError(Code.INVALID_KEY, f"'key' must be a string, got {json_text(key)}", rid)
     if "rows" in data:
         rows = data["rows"]
         if not isinstance(rows, list) or not rows:
@@ -267,10 +265,12 @@ def _feedback(data: dict[str, Any]) -> Feedback:
     label = data["label"]
     if isinstance(label, bool) or not isinstance(label, (int, float, str)):
         raise RequestError(
-            Code.INVALID_LABEL, f"'label' must be a number or a string, got {label!r}", rid
+            Code.INVALID_LABEL, f"'label' must be a number or a string, got {json_text(label)}", rid
         )
     if isinstance(label, float) and not math.isfinite(label):
-        raise RequestError(Code.INVALID_LABEL, f"'label' must be finite, got {label!r}", rid)
+        raise RequestError(
+            Code.INVALID_LABEL, f"'label' must be finite, got {json_text(label)}", rid
+        )
     return Feedback(rid, label, reply_to)
 
 

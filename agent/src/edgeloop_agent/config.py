@@ -8,7 +8,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from edgeloop_agent.protocol import DEFAULT_MAX_PAYLOAD, DEFAULT_MAX_ROWS
+from edgeloop_agent.protocol import (
+    DEFAULT_MAX_PAYLOAD,
+    DEFAULT_MAX_ROWS,
+    MIN_ROW_BYTES,
+    min_payload_for,
+)
 from edgeloop_agent.replypolicy import DEFAULT_REPLY_TOPICS, PolicyError, ReplyPolicy
 from edgeloop_agent.wire.jsontext import json_text
 from edgeloop_agent.wire.names import check_device_id
@@ -121,6 +126,13 @@ class AgentConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {json_text(getattr(self, name))}")
+        need = min_payload_for(self.max_batch_rows)
+        if self.max_payload_bytes < need:
+            raise ConfigError(
+                f"max_batch_rows {self.max_batch_rows} cannot be reached within max_payload_bytes "
+                f"{self.max_payload_bytes}: even compact rows ({MIN_ROW_BYTES} bytes each) need "
+                f"{need}; raise max_payload_bytes or lower max_batch_rows"
+            )
         if self.reply_qos not in (0, 1, 2):
             raise ConfigError(f"reply_qos must be 0, 1 or 2, got {json_text(self.reply_qos)}")
         if not 0.0 <= self.capture_rate <= 1.0:

@@ -17,8 +17,19 @@ import numpy as np
 
 from edgeloop_agent.wire.jsontext import json_kind, json_text
 
-DEFAULT_MAX_PAYLOAD: Final = 64 * 1024
+# The two request limits agree: 1,024 rows of up to 512 bytes each fit in the default
+# payload. Measured (bench/bench_payload_rows.py): an object-form row of the demo's 8
+# sensors is 178 bytes (277 with full-precision floats), a 20-feature row 570; the
+# old 64 KiB cut object-form batches off at 114-368 rows while 1,024 were promised.
+# Parsing a 512 KiB object-form payload peaks at ~5 MB of Python objects, transient.
+DEFAULT_MAX_PAYLOAD: Final = 512 * 1024
 DEFAULT_MAX_ROWS: Final = 1024
+# The most compact rows measured (the list form of a few small numbers: 32 bytes with
+# the separator). max_batch_rows rows of that size must fit in max_payload_bytes, or
+# the batch limit can never be reached and only misleads (config validation refuses).
+MIN_ROW_BYTES: Final = 32
+# '{"id":"<a few chars>","rows":[]}' and room for a key and a reply_to.
+REQUEST_OVERHEAD_BYTES: Final = 64
 # No request needs more than 3 levels ({"rows": [{...}]}); 32 leaves room, and
 # stays far below what makes the json module recurse out of the stack (~1,000).
 MAX_JSON_DEPTH: Final = 32
@@ -69,6 +80,11 @@ class RequestError(Exception):
         self.request_id = request_id
         # Where the error reply goes for an MQTT 3.1.1 client; set by the parsers.
         self.reply_to: str | None = None
+
+
+def min_payload_for(max_rows: int) -> int:
+    """The smallest ``max_payload_bytes`` that can carry ``max_rows`` compact rows."""
+    return max_rows * MIN_ROW_BYTES + REQUEST_OVERHEAD_BYTES
 
 
 def error_reply(request_id: str | None, code: str, message: str) -> dict[str, Any]:

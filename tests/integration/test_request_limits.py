@@ -44,7 +44,7 @@ def test_a_full_object_form_batch_fits_the_default_payload(serving, probe):  # n
     reply = request(probe, {"id": "rows", "rows": compact})
     assert reply["error"] == {
         "code": "batch_too_large",
-        "message": f"'rows' has {DEFAULT_MAX_ROWS + 1} entries, over the limit of "
+        "message": f'"rows" has {DEFAULT_MAX_ROWS + 1} entries, over the limit of '
         f"{DEFAULT_MAX_ROWS}",
     }
     assert "prediction" in request(probe, {"id": "after", "features": rows[0]})

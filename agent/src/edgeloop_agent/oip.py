@@ -108,11 +108,11 @@ def parse_infer(
     elif not isinstance(rid, str) or not rid or len(rid) > 256:
         raise RequestError(
             Code.INVALID_ID,
-            f"'id' must be a non-empty string of at most 256 characters, got {json_text(rid)}",
+            f'"id" must be a non-empty string of at most 256 characters, got {json_text(rid)}',
         )
     params = data.get("parameters")
     if params is not None and not isinstance(params, dict):
-        raise RequestError(Code.INVALID_FEATURES, "'parameters' must be an object", rid)
+        raise RequestError(Code.INVALID_FEATURES, '"parameters" must be an object', rid)
     key = (params or {}).get("key", header_key)
     if key is not None and (not isinstance(key, str) or len(key) > 1024):
         raise RequestError(
@@ -129,9 +129,9 @@ def parse_infer(
 
 def _rows(inputs: Any, max_rows: int) -> list[Any]:
     if inputs is None:
-        raise RequestError(Code.MISSING_FEATURES, "request has no 'inputs'")
+        raise RequestError(Code.MISSING_FEATURES, 'request has no "inputs"')
     if not isinstance(inputs, list) or not inputs:
-        raise RequestError(Code.INVALID_FEATURES, "'inputs' must be a non-empty list of tensors")
+        raise RequestError(Code.INVALID_FEATURES, '"inputs" must be a non-empty list of tensors')
     columns: dict[str, list[Any]] = {}
     batch: int | None = None
     matrix: list[Any] | None = None
@@ -182,7 +182,7 @@ def _tensor(n: int, tensor: Any) -> tuple[str, list[int], list[Any]]:
         raise RequestError(Code.INVALID_FEATURES, f"inputs[{n}] must be an object")
     name = tensor.get("name")
     if not isinstance(name, str) or not name:
-        raise RequestError(Code.INVALID_FEATURES, f"inputs[{n}] needs a non-empty string 'name'")
+        raise RequestError(Code.INVALID_FEATURES, f'inputs[{n}] needs a non-empty string "name"')
     label = f"input {json_text(name)}"
     shape = tensor.get("shape")
     if (
@@ -192,7 +192,7 @@ def _tensor(n: int, tensor: Any) -> tuple[str, list[int], list[Any]]:
     ):
         raise RequestError(
             Code.INVALID_FEATURES,
-            f"{label}: 'shape' must be [batch] or [batch, n] of non-negative integers, "
+            f'{label}: "shape" must be [batch] or [batch, n] of non-negative integers, '
             f"got {json_text(shape)}",
         )
     datatype = tensor.get("datatype")
@@ -203,13 +203,13 @@ def _tensor(n: int, tensor: Any) -> tuple[str, list[int], list[Any]]:
             f"(one of {', '.join(sorted(DATATYPES))})",
         )
     if "data" not in tensor:
-        raise RequestError(Code.MISSING_FEATURES, f"{label} has no 'data'")
+        raise RequestError(Code.MISSING_FEATURES, f'{label} has no "data"')
     values = _flatten(tensor["data"], label)
     want = math.prod(shape)
     if len(values) != want:
         raise RequestError(
             Code.INVALID_FEATURES,
-            f"{label}: shape {shape} needs {want} values, 'data' holds {len(values)}",
+            f'{label}: shape {shape} needs {want} values, "data" holds {len(values)}',
         )
     return name, shape, _typed(values, datatype, label)
 
@@ -217,7 +217,7 @@ def _tensor(n: int, tensor: Any) -> tuple[str, list[int], list[Any]]:
 def _flatten(data: Any, label: str) -> list[Any]:
     """Row-major elements of ``data`` (flat or nested lists, as the protocol allows)."""
     if not isinstance(data, list):
-        raise RequestError(Code.INVALID_FEATURES, f"{label}: 'data' must be a list")
+        raise RequestError(Code.INVALID_FEATURES, f'{label}: "data" must be a list')
     if not any(isinstance(v, list) for v in data):
         return data
     out: list[Any] = []
@@ -226,11 +226,11 @@ def _flatten(data: Any, label: str) -> list[Any]:
         for v in stack[-1]:
             if isinstance(v, list):
                 if len(stack) >= MAX_JSON_DEPTH:
-                    raise RequestError(Code.TOO_DEEP, f"{label}: 'data' nests too deeply")
+                    raise RequestError(Code.TOO_DEEP, f'{label}: "data" nests too deeply')
                 stack.append(iter(v))
                 break
             if isinstance(v, dict):
-                raise RequestError(Code.INVALID_FEATURES, f"{label}: 'data' holds an object")
+                raise RequestError(Code.INVALID_FEATURES, f'{label}: "data" holds an object')
             out.append(v)
         else:
             stack.pop()
@@ -273,7 +273,7 @@ def _outputs(outputs: Any) -> list[str] | None:
         isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs
     ):
         raise RequestError(
-            Code.INVALID_FEATURES, "'outputs' must be a list of objects with a 'name'"
+            Code.INVALID_FEATURES, '"outputs" must be a list of objects with a "name"'
         )
     return [o["name"] for o in outputs]
 

@@ -190,12 +190,12 @@ def decode_json_object(payload: bytes, max_bytes: int) -> dict[str, Any]:
 
 def _request_id(data: dict[str, Any]) -> str:
     if "id" not in data or data["id"] is None:
-        raise RequestError(Code.MISSING_ID, "request has no 'id' field")
+        raise RequestError(Code.MISSING_ID, 'request has no "id" field')
     rid = data["id"]
     if not isinstance(rid, str) or not rid or len(rid) > 256:
         raise RequestError(
             Code.INVALID_ID,
-            f"'id' must be a non-empty string of at most 256 characters, got {json_text(rid)}",
+            f'"id" must be a non-empty string of at most 256 characters, got {json_text(rid)}',
         )
     return rid
 
@@ -210,7 +210,7 @@ def _reply_to(data: dict[str, Any], rid: str | None) -> str | None:
     if not isinstance(reply_to, str) or not reply_to:
         raise RequestError(
             Code.INVALID_REPLY_TO,
-            f"'reply_to' must be a non-empty topic name, got {json_text(reply_to)}",
+            f'"reply_to" must be a non-empty topic name, got {json_text(reply_to)}',
             rid,
         )
     return reply_to
@@ -243,22 +243,22 @@ def _predict(data: dict[str, Any], max_rows: int) -> PredictRequest:
     reply_to = _reply_to(data, rid)
     key = data.get("key")
     if key is not None and (not isinstance(key, str) or len(key) > 1024):
-        raise RequestError(Code.INVALID_KEY, f"'key' must be a string, got {json_text(key)}", rid)
+        raise RequestError(Code.INVALID_KEY, f'"key" must be a string, got {json_text(key)}', rid)
     if "rows" in data:
         rows = data["rows"]
         if not isinstance(rows, list) or not rows:
             raise RequestError(
-                Code.INVALID_FEATURES, "'rows' must be a non-empty list of feature sets", rid
+                Code.INVALID_FEATURES, '"rows" must be a non-empty list of feature sets', rid
             )
         if len(rows) > max_rows:
             raise RequestError(
                 Code.BATCH_TOO_LARGE,
-                f"'rows' has {len(rows)} entries, over the limit of {max_rows}",
+                f'"rows" has {len(rows)} entries, over the limit of {max_rows}',
                 rid,
             )
         return PredictRequest(rid, rows, True, key, reply_to)
     if "features" not in data:
-        raise RequestError(Code.MISSING_FEATURES, "request has neither 'features' nor 'rows'", rid)
+        raise RequestError(Code.MISSING_FEATURES, 'request has neither "features" nor "rows"', rid)
     return PredictRequest(rid, [data["features"]], False, key, reply_to)
 
 
@@ -277,15 +277,15 @@ def _feedback(data: dict[str, Any]) -> Feedback:
     rid = _request_id(data)
     reply_to = _reply_to(data, rid)
     if "label" not in data:
-        raise RequestError(Code.INVALID_LABEL, "feedback has no 'label' field", rid)
+        raise RequestError(Code.INVALID_LABEL, 'feedback has no "label" field', rid)
     label = data["label"]
     if isinstance(label, bool) or not isinstance(label, (int, float, str)):
         raise RequestError(
-            Code.INVALID_LABEL, f"'label' must be a number or a string, got {json_text(label)}", rid
+            Code.INVALID_LABEL, f'"label" must be a number or a string, got {json_text(label)}', rid
         )
     if isinstance(label, float) and not math.isfinite(label):
         raise RequestError(
-            Code.INVALID_LABEL, f"'label' must be finite, got {json_text(label)}", rid
+            Code.INVALID_LABEL, f'"label" must be finite, got {json_text(label)}', rid
         )
     return Feedback(rid, label, reply_to)
 

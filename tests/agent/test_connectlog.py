@@ -45,15 +45,30 @@ def test_a_repeated_failure_is_logged_once_then_summarised(caplog: pytest.LogCap
     lines = [r.getMessage() for r in caplog.records]
     assert lines[0] == (
         "cannot connect to mqtts://b:8883: TLS certificate verify failed: "
-        "self-signed certificate; retrying"
+        "self-signed certificate; retrying in 1 s"
     )
+    # One line per step of paho's back-off (waits of 2, 4, 8 s, then every 15 s),
+    # not one per attempt.
+    steps = [ln for ln in lines if ln.startswith("cannot connect to mqtts://b:8883 yet")]
+    assert [s.split("); ")[-1] for s in steps] == [
+        "next attempt in 2 s",
+        "next attempt in 4 s",
+        "next attempt in 8 s",
+        "retrying every 15 s",
+    ]
+    assert steps[0] == (
+        "cannot connect to mqtts://b:8883 yet: TLS certificate verify failed: "
+        "self-signed certificate (2 attempts in 1 s); next attempt in 2 s"
+    )
+    assert lines[1:5] == steps
     summaries = [ln for ln in lines if ln.startswith("still cannot connect")]
     # gaps of 1, 2, 4, ... minutes up to an hour: at 1, 3, 7, 15, 31 and 63 minutes,
     # 6 lines for ~480 attempts in two hours
     assert len(summaries) == 6, lines
     assert summaries[-1].endswith("(256 attempts in 3780 s)")
     assert "attempts in" in summaries[0]
-    assert lines[-2] == "cannot connect to mqtts://b:8883: connection refused; retrying"
+    assert len(lines) == 1 + 4 + 6 + 2  # ~480 attempts in two hours
+    assert lines[-2] == "cannot connect to mqtts://b:8883: connection refused; retrying in 15 s"
     assert lines[-1].startswith("connected to mqtts://b:8883 after ")
     assert failures.attempts == 0
 

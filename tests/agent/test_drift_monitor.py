@@ -378,7 +378,7 @@ def test_exact_mode_equals_scipy_on_the_raw_window() -> None:
 def test_exact_mode_needs_samples_count_windows_and_bounded_memory() -> None:
     rng = np.random.default_rng(15)
     plain = _profile(rng.normal(size=(300, 2)))
-    with pytest.raises(ValueError, match="'f0' has no raw sample"):
+    with pytest.raises(ValueError, match='"f0" has no raw sample'):
         DriftMonitor(plain, DriftConfig(ks_mode="exact"))
     with pytest.raises(ValueError, match="needs a count window"):
         DriftConfig(window=WindowConfig("time", 60), ks_mode="exact")

@@ -46,8 +46,8 @@ def test_unknown_and_malformed_messages_are_counted() -> None:
     assert j.join(42, 1, now=1.0).reason == "id must be a non-empty str, got 42"
     for msg, reason in [
         ([1, 2], "feedback must be an object, got list"),
-        ({"label": 1}, "feedback has no 'id' field"),
-        ({"id": "x"}, "feedback has no 'label' field"),
+        ({"label": 1}, 'feedback has no "id" field'),
+        ({"id": "x"}, 'feedback has no "label" field'),
     ]:
         res = j.join_message(msg, now=1.0)
         assert (res.status, res.reason) == ("invalid", reason)
@@ -116,11 +116,11 @@ def test_classification_comparison_rules(prediction: object, label: object, corr
 @pytest.mark.parametrize(
     ("prediction", "label", "reason"),
     [
-        (1, "1", "type mismatch: label '1' (str) vs prediction 1 (int)"),
-        ("1", 1, "type mismatch: label 1 (int) vs prediction '1' (str)"),
-        (1, None, "label must be a str or a number, got None (NoneType)"),
-        (1, [1], "label must be a str or a number, got [1] (list)"),
-        (1, float("nan"), "label must be finite, got nan"),
+        (1, "1", 'type mismatch: label "1" vs prediction 1'),
+        ("1", 1, 'type mismatch: label 1 vs prediction "1"'),
+        (1, None, "label must be a str or a number, got null"),
+        (1, [1], "label must be a str or a number, got [1]"),
+        (1, float("nan"), "label must be finite, got NaN"),
     ],
 )
 def test_classification_type_mismatch_is_invalid_and_keeps_the_prediction(
@@ -141,9 +141,9 @@ def test_regression_outcome_and_rules() -> None:
     assert (res.status, res.error, res.correct) == ("matched", -1.5, None)
     j.record("b", "v1", 1.0, ts=0.0)
     for bad, reason in [
-        ("3.5", "label must be a finite number, got '3.5' (str)"),
-        (True, "label must be a finite number, got True (bool)"),
-        (float("inf"), "label must be a finite number, got inf (float)"),
+        ("3.5", 'label must be a finite number, got "3.5"'),
+        (True, "label must be a finite number, got true"),
+        (float("inf"), "label must be a finite number, got Infinity"),
     ]:
         res = j.join("b", bad, now=1.0)
         assert (res.status, res.reason) == ("invalid", reason)

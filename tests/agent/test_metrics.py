@@ -99,7 +99,7 @@ def test_histogram_json_roundtrip_and_validation() -> None:
     data = json.loads(json.dumps(h.to_dict(), allow_nan=False))
     back = LatencyHistogram.from_dict(data)
     assert back.to_dict() == h.to_dict()
-    with pytest.raises(ValueError, match="missing field 'per_decade'"):
+    with pytest.raises(ValueError, match='missing field "per_decade"'):
         LatencyHistogram.from_dict({"lo": 1e-6, "hi": 10})
     with pytest.raises(ValueError, match=r"bad counts entry \[500, 1\]"):
         LatencyHistogram.from_dict({**data, "counts": [[500, 1]]})
@@ -190,7 +190,7 @@ def test_merge_snapshots_equals_one_interval() -> None:
         assert got["regression"] == pytest.approx(want["regression"])
     with pytest.raises(ValueError, match="snapshot 1: not a metrics snapshot"):
         merge_snapshots(snaps[0], {"foo": 1})
-    with pytest.raises(ValueError, match=r"snapshot 0, variant 'a': .*missing field 'latency'"):
+    with pytest.raises(ValueError, match=r'snapshot 0, variant "a": .*missing field "latency"'):
         merge_snapshots(
             {
                 "start": 0,

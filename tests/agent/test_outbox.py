@@ -221,7 +221,7 @@ def test_validation_errors_name_the_problem(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="synchronous"):
         _open(tmp_path / "a.db", synchronous="OFF")
     with _open(tmp_path / "o.db") as ob:
-        with pytest.raises(ValueError, match=r"kind must be one of .*'telemetry'"):
+        with pytest.raises(ValueError, match=r'kind must be one of .*"telemetry"'):
             ob.put("t", {}, "telemetry")
         with pytest.raises(ValueError, match="topic"):
             ob.put("a/+/b", {}, "event")

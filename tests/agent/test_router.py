@@ -140,13 +140,13 @@ def test_weights_are_normalised_and_rounded_exactly() -> None:
     ("weights", "message"),
     [
         ({}, "at least one variant"),
-        ({"a": -1, "b": 2}, r"weights\['a'\] must not be negative"),
-        ({"a": float("nan")}, r"weights\['a'\] must be a finite number"),
-        ({"a": True}, r"weights\['a'\] must be a finite number"),
-        ({"a": "50"}, r"weights\['a'\] must be a finite number"),
+        ({"a": -1, "b": 2}, r'weights\["a"\] must not be negative'),
+        ({"a": float("nan")}, r'weights\["a"\] must be a finite number'),
+        ({"a": True}, r'weights\["a"\] must be a finite number'),
+        ({"a": "50"}, r'weights\["a"\] must be a finite number'),
         ({"a": 0, "b": 0.0}, "must not all be zero"),
         ({"": 1}, "variant names"),
-        ([("a", 1), ("a", 2)], "duplicate variant 'a'"),
+        ([("a", 1), ("a", 2)], 'duplicate variant "a"'),
     ],
 )
 def test_bad_weights_are_rejected(weights: object, message: str) -> None:
@@ -162,11 +162,11 @@ def test_allocate_needs_an_experiment_id() -> None:
 @pytest.mark.parametrize(
     ("ranges", "message"),
     [
-        ({"a": [[0, 6000]], "b": [[5000, 10000]]}, "bucket 5000 is owned by both 'a' and 'b'"),
+        ({"a": [[0, 6000]], "b": [[5000, 10000]]}, 'bucket 5000 is owned by both "a" and "b"'),
         ({"a": [[0, 6000]], "b": [[6001, 10000]]}, r"\[6000, 6001\) is unowned"),
         ({"a": [[0, 10001]]}, "not within"),
         ({"a": [[5, 5], [0, 10000]]}, "not within"),
-        ({"a": [[0, 6000], [5000, 10000]]}, r"ranges\['a'\]: ranges .* overlap"),
+        ({"a": [[0, 6000], [5000, 10000]]}, r'ranges\["a"\]: ranges .* overlap'),
         ({"a": [[0, "10000"]]}, "bounds must be ints"),
         ({"a": [[0, 1, 2]]}, "pair"),
         ({"a": "0-10000"}, "list of"),
@@ -190,7 +190,7 @@ def test_from_dict_validates_fields() -> None:
         Allocation.from_dict({**good, "buckets": 100})
     with pytest.raises(ValueError, match=r"unknown field\(s\) \['weights'\]"):
         Allocation.from_dict({**good, "weights": {"a": 1}})
-    with pytest.raises(ValueError, match="missing field 'ranges'"):
+    with pytest.raises(ValueError, match='missing field "ranges"'):
         Allocation.from_dict({"experiment_id": "e"})
     with pytest.raises(ValueError, match="experiment_id"):
         Allocation.from_dict({**good, "experiment_id": ""})
@@ -199,9 +199,9 @@ def test_from_dict_validates_fields() -> None:
 def test_router_validates_shadows_and_keys() -> None:
     alloc = allocate(None, {"v1": 1, "v2": 1, "v3": 0}, experiment_id="e")
     assert Router(alloc, shadows=["v4", "v3"]).shadows == ("v4", "v3")
-    with pytest.raises(ValueError, match="duplicate shadow version 'v4'"):
+    with pytest.raises(ValueError, match='duplicate shadow version "v4"'):
         Router(alloc, shadows=["v4", "v4"])
-    with pytest.raises(ValueError, match="'v1' is also a routed variant"):
+    with pytest.raises(ValueError, match='"v1" is also a routed variant'):
         Router(alloc, shadows=["v1"])
     with pytest.raises(TypeError, match="not a str"):
         Router(alloc, shadows="v4")

@@ -87,10 +87,10 @@ def test_device_topics_and_filters_share_one_layout() -> None:
 @pytest.mark.parametrize(
     ("call", "message"),
     [
-        (lambda: Topics.every_device("nope"), "topic leaf 'nope' is not one of"),
+        (lambda: Topics.every_device("nope"), 'topic leaf "nope" is not one of'),
         (lambda: Topics.every_device("status", "a/+"), "must be non-empty without +"),
         (lambda: Topics.every_artifact("a/"), "must not end with /"),
-        (lambda: Topics.bridge_notification("a b"), "site name 'a b' must be letters"),
+        (lambda: Topics.bridge_notification("a b"), 'site name "a b" must be letters'),
         (lambda: Topics.split("edgeloop/d1", "edgeloop"), "is not edgeloop/<device>/<leaf>"),
         (lambda: Topics.split("other/d1/status", "edgeloop"), "is not edgeloop/<device>/<leaf>"),
         (lambda: Topics.split("edgeloop/d1/a/b", "edgeloop"), "is not edgeloop/<device>/<leaf>"),

@@ -11,6 +11,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
+from edgeloop_agent.protocol import DEFAULT_MAX_PAYLOAD
 from edgeloop_control.infra.mosquitto import PrivateBroker
 from tests.integration.models import Artifact, sample_features, sensor_model, strict_model
 from tests.mqtt_helpers import AgentProcess, Probe
@@ -244,14 +245,14 @@ def test_nan_refused_by_a_model_without_imputation(broker, probe, agents, tmp_pa
         probe.publish("edgeloop/strict-1/predict", body, response_topic="replies/strict")
         reply = json.loads(probe.next(10, topic="replies/strict").payload)
         assert reply["id"] == rid and reply["error"]["code"] == "non_finite", reply
-        assert "'b'" in reply["error"]["message"]
+        assert '"b"' in reply["error"]["message"]
 
 
 def test_oversized_payload_is_refused(serving, probe):
-    big = {"id": "huge", "features": sample_features(1)[0], "pad": "x" * 70_000}
+    big = {"id": "huge", "features": sample_features(1)[0], "pad": "x" * DEFAULT_MAX_PAYLOAD}
     reply = request(probe, big)
     assert reply["error"]["code"] == "payload_too_large"
-    assert "65536" in reply["error"]["message"]
+    assert str(DEFAULT_MAX_PAYLOAD) in reply["error"]["message"]
     assert "prediction" in request(probe, {"id": "ok", "features": sample_features(1)[0]})
 
 

@@ -23,6 +23,7 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
+from edgeloop_agent.protocol import DEFAULT_MAX_PAYLOAD
 from edgeloop_control.infra.mosquitto import PrivateBroker, free_port
 from edgeloop_control.infra.signing import generate_keypair, load_signing_key
 from tests.integration.models import Artifact, sample_features, sensor_model, strict_model
@@ -357,7 +358,12 @@ def test_hostile_bodies_get_the_error_form_and_the_agent_keeps_serving(http_agen
             "unknown_feature",
         ),
         ("float32 overflow", _rows_body(rows, a=1e300), 400, "non_finite"),
-        ("huge body", b'{"inputs": [' + b" " * (70 * 1024) + b"]}", 413, "payload_too_large"),
+        (
+            "huge body",
+            b'{"inputs": [' + b" " * DEFAULT_MAX_PAYLOAD + b"]}",
+            413,
+            "payload_too_large",
+        ),
         (
             "unknown output",
             json.dumps(oip_body(rows, outputs=[{"name": "secret"}])).encode(),

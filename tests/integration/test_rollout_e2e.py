@@ -454,7 +454,7 @@ def test_cli_wait_rolls_back_a_model_that_fails_to_load(ws, broker, watch, fleet
     )
     assert out.returncode == 1, out.stdout + out.stderr
     assert "rolled back: batch 1: a could not load sensor@v3: model_load_failed" in out.stderr
-    assert "metadata input 'no_such_input' is not a graph input" in out.stderr
+    assert 'metadata input "no_such_input" is not a graph input' in out.stderr
     watch.wait(["a"], lambda s: serving(s, "v1", 3) and s.get("error") is None, timeout=30)
     db = ControlDB(ws.state_db)
     try:

@@ -471,18 +471,21 @@ def test_agent_names_each_tls_failure_once_and_keeps_retrying(
     server = bad_server(kind, tmp_path / "pki", ca)
     broker = ShippedBroker(tmp_path / "broker", ["d1"], ca=ca, server=server).start()
     try:
-        # DEBUG: the agent then notes each repeated failure (and still logs it once above).
         agent = start_agent(agents, broker, tmp_path, extra=["--log-level", "DEBUG"])
         url = f"mqtts://localhost:{broker.tls_port}"
-        # Wait for three failed handshakes (paho retries after 1 s, then 2 s, ...).
+        # Wait for three failed handshakes (paho retries a first connection after 3 s,
+        # then 4 s, ...): the first is said with its reason, then one line per back-off
+        # step, not per attempt.
         deadline = time.monotonic() + 40
-        while f"connect attempt 3 to {url} failed again" not in agent.log():
+        while "(3 attempts in" not in agent.log():
             assert time.monotonic() < deadline, agent.log()
             time.sleep(0.2)
         lines = [ln for ln in agent.log().splitlines() if "connect to" in ln and "DEBUG" not in ln]
-        assert len(lines) == 1, agent.log()
+        assert len(lines) == 3, agent.log()
         assert "ERROR" in lines[0] and f"cannot connect to {url}: TLS certificate" in lines[0]
-        assert reason in lines[0]
+        assert lines[0].endswith("; retrying in 3 s"), lines[0]
+        assert all(f"cannot connect to {url} yet: TLS certificate" in ln for ln in lines[1:])
+        assert all("ERROR" in ln and reason in ln for ln in lines)
         assert "pw-d1" not in agent.log()  # the password never reaches the log
         assert agent.alive()
 

@@ -291,7 +291,11 @@ def test_ready_with_the_last_good_model_while_the_broker_is_down(
         spawned = time.monotonic()
         agent = start_agent(agents, broker.url, state, notify_env(pid1))
         ready = pid1.wait_for(has("READY"), READY_GRACE_S + 10)
-        assert ready.fields == {"READY": "1", "STATUS": "serving, broker unreachable"}
+        assert ready.fields["READY"] == "1"
+        # Why, in the words of the log line (the broker is stopped: its port refuses).
+        assert ready.fields["STATUS"].startswith(
+            "serving, broker unreachable: connection refused (is the broker running"
+        ), ready.fields
         # Not before the grace period (the broker might still answer), not long after.
         assert READY_GRACE_S <= ready.at - spawned <= READY_GRACE_S + 5
         # The serving loop is alive without a broker: the watchdog keeps being fed.
@@ -322,6 +326,43 @@ def test_ready_with_the_last_good_model_while_the_broker_is_down(
 # -- logging ------------------------------------------------------------------------------------
 
 UNREACHABLE = "mqtt://127.0.0.1:1"  # connection refused at once: no broker needed here
+
+
+REFUSED = "connection refused (is the broker running, and is that its port?)"
+
+
+def test_an_unreachable_broker_is_said_plainly_in_the_log_and_in_status(agents, tmp_path: Path):
+    """The first failure with its reason, then one line per back-off step, not per
+    attempt: only the start line used to be logged. paho 2.2 retries a first
+    connection after 3, 4 and 8 s, then every 15 s."""
+    with NotifyListener(tmp_path / "notify.sock") as pid1:
+        agent = start_agent(agents, UNREACHABLE, tmp_path / "state", notify_env(pid1))
+        ready = pid1.wait_for(has("READY"), READY_GRACE_S + 10)
+        assert ready.fields["STATUS"].startswith(
+            f"waiting for a model, broker unreachable: {REFUSED}; "
+        ), ready.fields
+        # After READY, STATUS= follows each back-off step (the 3rd attempt, ~7 s in).
+        step = pid1.wait_for(
+            lambda n: n.at > ready.at and "next in 8 s" in n.fields.get("STATUS", ""), 20
+        )
+        assert f"(broker unreachable: {REFUSED}; 3 attempts, next in 8 s)" in step.fields["STATUS"]
+        first = wait_log(agent, "cannot connect to mqtt://127.0.0.1:1: ")
+        wait_log(agent, "next attempt in 8 s")
+        # ~10 s after the first failure: attempts at about 0, 3 and 7 s, none due before 15.
+        time.sleep(3.0)
+        assert agent.stop() == 0
+    assert first
+    lines = [ln for ln in agent.log().splitlines() if "connect to mqtt://127.0.0.1:1" in ln]
+    assert lines[0].endswith(
+        f"WARNING edgeloop.agent.mqtt: cannot connect to mqtt://127.0.0.1:1: {REFUSED}; "
+        "retrying in 3 s"
+    ), lines
+    assert [ln.rsplit("; ", 1)[-1] for ln in lines] == [
+        "retrying in 3 s",
+        "next attempt in 4 s",
+        "next attempt in 8 s",
+    ], lines
+    assert re.search(r"yet: .* \(3 attempts in [78] s\); next attempt in 8 s$", lines[-1]), lines
 
 
 def test_journal_variables_without_journald_log_to_stderr(agents, tmp_path: Path):

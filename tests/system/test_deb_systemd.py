@@ -195,7 +195,8 @@ def test_ready_only_once_the_last_good_model_is_loaded(device, broker):
         device.run("systemctl", "restart", UNIT, timeout=120)
         waited = time.monotonic() - t0
         props = device.show(UNIT, "ActiveState", "StatusText")
-        assert props == {"ActiveState": "active", "StatusText": "serving, broker unreachable"}
+        assert props["ActiveState"] == "active", props
+        assert props["StatusText"].startswith("serving, broker unreachable: "), props
         assert waited >= 4.5, f"READY after {waited:.1f} s, before the 5 s grace period"
         journal = device.run("journalctl", "-u", UNIT, "-o", "cat", "--no-pager").stdout
         assert "sensor@v1" in journal
@@ -292,7 +293,7 @@ def test_upgrade_while_serving_keeps_model_outbox_and_ownership(
             lambda: device.show(UNIT, "ActiveState")["ActiveState"] == "active", 60, "restart"
         )
         assert main_pid(device) != old_pid
-        assert status_text(device) == "serving, broker unreachable"
+        assert status_text(device).startswith("serving, broker unreachable: ")
         assert set(queued) <= set(outbox_ids(device)), "the upgrade lost queued outbox messages"
         user, group = agent_user(device)
         assert state_owners(device) == {f"{user}:{group}"}

@@ -88,7 +88,7 @@ class Agent:
         self._expired_reported = False
         self._service_text = "loading last good model"
         self._storage_seen = (DISK_OK, "disk")
-        self._link_seen = False
+        self._link_seen: tuple[bool, tuple[str | None, float] | None] = (False, None)
 
         self.updater = Updater(
             prefix=config.topic_prefix,
@@ -249,8 +249,21 @@ class Agent:
         # After READY, STATUS= must follow the broker link both ways: a line that
         # still says "broker unreachable" an hour after the link came back misleads.
         if self._ready_sent and not self.link.connected.is_set():
-            return "broker unreachable"
+            return self._unreachable()
         return ""
+
+    def _link_step(self) -> tuple[str | None, float]:
+        failures = self.link.connect_failures
+        return failures.reason, failures.retry_delay()
+
+    def _unreachable(self) -> str:
+        """ "broker unreachable", with why and for how many attempts when known."""
+        failures = self.link.connect_failures
+        reason, attempts = failures.reason, failures.attempts
+        if reason is None or not attempts:
+            return "broker unreachable"
+        tries = "1 attempt" if attempts == 1 else f"{attempts} attempts"
+        return f"broker unreachable: {reason}; {tries}, next in {failures.retry_delay():g} s"
 
     def _check_storage(self, *, report: bool) -> None:
         """Housekeeping: let the outbox notice space coming back or running out; say so on
@@ -348,15 +361,18 @@ class Agent:
                 next_storage_check = now + 1.0
                 self._check_storage(report=report)
             connected = self.link.connected.is_set()
-            if self._ready_sent and connected != self._link_seen:
+            # The link's state, and while it is down each back-off step of the retries
+            # (not every attempt): STATUS= says why and since when, without flooding PID 1.
+            link_seen = (connected, None if connected else self._link_step())
+            if self._ready_sent and link_seen != self._link_seen:
                 self._notify_status()
-            self._link_seen = connected
+            self._link_seen = link_seen
             # Without a broker, READY still comes after the grace period: with the
             # last good model it is serving; without one it waits for a model,
             # and systemd's start timeout must not kill a device that is offline.
             if not self._ready_sent and (connected or now - started > ready_grace_s):
                 what = "serving" if self.deployment is not None else "waiting for a model"
-                link = "connected" if connected else "broker unreachable"
+                link = "connected" if connected else self._unreachable()
                 self.notifier.ready(self._with_storage_note(f"{what}, {link}"))
                 self._ready_sent = True
                 # Later STATUS= lines carry the link state as a note of their own.

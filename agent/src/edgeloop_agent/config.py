@@ -8,8 +8,14 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from edgeloop_agent.protocol import DEFAULT_MAX_PAYLOAD, DEFAULT_MAX_ROWS
+from edgeloop_agent.protocol import (
+    DEFAULT_MAX_PAYLOAD,
+    DEFAULT_MAX_ROWS,
+    MIN_ROW_BYTES,
+    min_payload_for,
+)
 from edgeloop_agent.replypolicy import DEFAULT_REPLY_TOPICS, PolicyError, ReplyPolicy
+from edgeloop_agent.wire.jsontext import json_text
 from edgeloop_agent.wire.names import check_device_id
 from edgeloop_agent.wire.network import BrokerAddress, BrokerAddressError, parse_listen
 from edgeloop_agent.wire.topics import DEFAULT_PREFIX, validate_prefix
@@ -119,11 +125,20 @@ class AgentConfig:
         )
         for name in positive:
             if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
+                raise ConfigError(f"{name} must be positive, got {json_text(getattr(self, name))}")
+        need = min_payload_for(self.max_batch_rows)
+        if self.max_payload_bytes < need:
+            raise ConfigError(
+                f"max_batch_rows {self.max_batch_rows} cannot be reached within max_payload_bytes "
+                f"{self.max_payload_bytes}: even compact rows ({MIN_ROW_BYTES} bytes each) need "
+                f"{need}; raise max_payload_bytes or lower max_batch_rows"
+            )
         if self.reply_qos not in (0, 1, 2):
-            raise ConfigError(f"reply_qos must be 0, 1 or 2, got {self.reply_qos!r}")
+            raise ConfigError(f"reply_qos must be 0, 1 or 2, got {json_text(self.reply_qos)}")
         if not 0.0 <= self.capture_rate <= 1.0:
-            raise ConfigError(f"capture_rate must be within [0, 1], got {self.capture_rate!r}")
+            raise ConfigError(
+                f"capture_rate must be within [0, 1], got {json_text(self.capture_rate)}"
+            )
         if self.require_signature and not self.trusted_keys:
             raise ConfigError("require_signature is set but no trusted_keys are configured")
         for what in ("metrics_listen", "http_listen"):
@@ -144,7 +159,8 @@ class AgentConfig:
             )
         if self.drift_window_kind not in ("count", "time"):
             raise ConfigError(
-                f"drift_window_kind must be 'count' or 'time', got {self.drift_window_kind!r}"
+                "drift_window_kind must be 'count' or 'time', "
+                f"got {json_text(self.drift_window_kind)}"
             )
         self.reply_policy()  # one clear error for a bad reply policy, at start
         return self
@@ -197,7 +213,7 @@ def _coerce(key: str, value: Any, default: Any, source: str) -> Any:
     if key in _OPTIONAL_SETTINGS:
         return _OPTIONAL_SETTINGS[key](key, value, source)
     if isinstance(default, str) and not isinstance(value, str):
-        raise ConfigError(f"{source}: {key} must be a string, got {value!r}")
+        raise ConfigError(f"{source}: {key} must be a string, got {json_text(value)}")
     return value
 
 
@@ -207,14 +223,14 @@ def _coerce_like(key: str, value: Any, default: Path | bool | int | float, sourc
         return Path(value).expanduser()
     if isinstance(default, bool):
         if not isinstance(value, bool):
-            raise ConfigError(f"{source}: {key} must be true or false, got {value!r}")
+            raise ConfigError(f"{source}: {key} must be true or false, got {json_text(value)}")
         return value
     if isinstance(default, int):
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{source}: {key} must be an integer, got {value!r}")
+            raise ConfigError(f"{source}: {key} must be an integer, got {json_text(value)}")
         return value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{source}: {key} must be a number, got {value!r}")
+        raise ConfigError(f"{source}: {key} must be a number, got {json_text(value)}")
     return float(value)
 
 
@@ -234,19 +250,19 @@ def _reply_topics(key: str, value: Any, source: str) -> list[str]:
 
 def _directory(key: str, value: Any, source: str) -> Path:
     if not isinstance(value, (str, Path)):
-        raise ConfigError(f"{source}: {key} must be a directory path, got {value!r}")
+        raise ConfigError(f"{source}: {key} must be a directory path, got {json_text(value)}")
     return Path(value).expanduser()
 
 
 def _listen(key: str, value: Any, source: str) -> str:
     if not isinstance(value, str):
-        raise ConfigError(f"{source}: {key} must be host:port, got {value!r}")
+        raise ConfigError(f"{source}: {key} must be host:port, got {json_text(value)}")
     return value
 
 
 def _optional_int(key: str, value: Any, source: str) -> int | None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-        raise ConfigError(f"{source}: {key} must be an integer, got {value!r}")
+        raise ConfigError(f"{source}: {key} must be an integer, got {json_text(value)}")
     return value
 
 

@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from edgeloop_agent.wire.jsontext import json_text
 from edgeloop_agent.wire.numeric import is_number
 
 Status = Literal["matched", "unknown", "late", "duplicate", "invalid"]
@@ -70,12 +71,14 @@ class FeedbackJoiner:
         remember: int = 10_000,
     ) -> None:
         if task not in TASKS:
-            raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+            raise ValueError(f"task must be one of {TASKS}, got {json_text(task)}")
         for name, v in (("max_entries", max_entries), ("remember", remember)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
+                raise ValueError(f"{name} must be a positive int, got {json_text(v)}")
         if not is_number(max_age_s) or not max_age_s > 0:
-            raise ValueError(f"max_age_s must be a positive finite number, got {max_age_s!r}")
+            raise ValueError(
+                f"max_age_s must be a positive finite number, got {json_text(max_age_s)}"
+            )
         self.task = task
         self.max_entries = max_entries
         self.max_age_s = float(max_age_s)
@@ -109,9 +112,9 @@ class FeedbackJoiner:
         the first prediction is kept. Arguments come from the agent's own serving path, so
         wrong types raise ``TypeError``/``ValueError``."""
         if not isinstance(request_id, str) or not request_id:
-            raise ValueError(f"request_id must be a non-empty str, got {request_id!r}")
+            raise ValueError(f"request_id must be a non-empty str, got {json_text(request_id)}")
         if not isinstance(variant, str) or not variant:
-            raise ValueError(f"variant must be a non-empty str, got {variant!r}")
+            raise ValueError(f"variant must be a non-empty str, got {json_text(variant)}")
         prediction = _plain(prediction)
         if not isinstance(prediction, (str, int, float)):
             raise TypeError(
@@ -119,9 +122,11 @@ class FeedbackJoiner:
             )
         # A NaN prediction is recorded; grading it says what is wrong with it.
         if self.task == "regression" and not is_number(prediction, finite=False):
-            raise TypeError(f"a regression prediction must be a number, got {prediction!r}")
+            raise TypeError(
+                f"a regression prediction must be a number, got {json_text(prediction)}"
+            )
         if not is_number(ts):
-            raise ValueError(f"ts must be a finite number, got {ts!r}")
+            raise ValueError(f"ts must be a finite number, got {json_text(ts)}")
         with self._lock:
             self._expire(ts)
             if request_id in self._entries:
@@ -138,9 +143,11 @@ class FeedbackJoiner:
     def join(self, request_id: Any, label: Any, now: float) -> JoinResult:
         """Grade the prediction of ``request_id`` with ``label`` received at ``now``."""
         if not isinstance(request_id, str) or not request_id:
-            return self._invalid(None, label, f"id must be a non-empty str, got {request_id!r}")
+            return self._invalid(
+                None, label, f"id must be a non-empty str, got {json_text(request_id)}"
+            )
         if not is_number(now):
-            raise ValueError(f"now must be a finite number, got {now!r}")
+            raise ValueError(f"now must be a finite number, got {json_text(now)}")
         label = _plain(label)
         with self._lock:
             self._expire(now)
@@ -189,7 +196,7 @@ class FeedbackJoiner:
             )
         for field in ("id", "label"):
             if field not in message:
-                return self._invalid(None, None, f"feedback has no {field!r} field")
+                return self._invalid(None, None, f"feedback has no {json_text(field)} field")
         return self.join(message["id"], message["label"], now)
 
     def expire(self, now: float) -> int:
@@ -232,7 +239,8 @@ def _plain(x: Any) -> Any:
 
 
 def _describe(x: Any) -> str:
-    return f"{x!r} ({type(x).__name__})"
+    # JSON shows the type too: "1" is a string, 1 a number.
+    return json_text(x)
 
 
 def _grade_class(prediction: Any, label: Any) -> tuple[bool | None, str | None]:
@@ -241,7 +249,7 @@ def _grade_class(prediction: Any, label: Any) -> tuple[bool | None, str | None]:
     numeric = (int, float)  # bool is an int: True is the class 1
     if isinstance(label, numeric) and isinstance(prediction, numeric):
         if isinstance(label, float) and not math.isfinite(label):
-            return None, f"label must be finite, got {label!r}"
+            return None, f"label must be finite, got {json_text(label)}"
         return label == prediction, None
     if not isinstance(label, (str, int, float)):
         return None, f"label must be a str or a number, got {_describe(label)}"

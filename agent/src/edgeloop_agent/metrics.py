@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from edgeloop_agent.wire.histogram import LatencyHistogram
+from edgeloop_agent.wire.jsontext import json_text
 
 OTHER = "__other__"
 
@@ -96,7 +97,7 @@ class VariantMetrics:
             m.reg_sum_sq = float(data["regression"]["sum_sq_error"])
             m.outcome_invalid = int(data.get("outcome_invalid", 0))
         except KeyError as exc:
-            raise ValueError(f"variant metrics: missing field {exc.args[0]!r}") from exc
+            raise ValueError(f"variant metrics: missing field {json_text(exc.args[0])}") from exc
         except (TypeError, AttributeError, ValueError) as exc:
             raise ValueError(f"variant metrics: malformed ({exc})") from exc
         return m
@@ -118,7 +119,7 @@ class Metrics:
     ) -> None:
         for name, v in (("max_variants", max_variants), ("max_error_codes", max_error_codes)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
+                raise ValueError(f"{name} must be a positive int, got {json_text(v)}")
         self.max_variants = max_variants
         self.max_error_codes = max_error_codes
         self._clock = clock
@@ -209,7 +210,7 @@ def merge_snapshots(*snapshots: Mapping[str, Any]) -> dict[str, Any]:
             try:
                 vm = VariantMetrics.from_dict(data)
             except ValueError as exc:
-                raise ValueError(f"snapshot {k}, variant {name!r}: {exc}") from exc
+                raise ValueError(f"snapshot {k}, variant {json_text(name)}: {exc}") from exc
             if name in merged:
                 merged[name].merge(vm)
             else:

@@ -17,7 +17,8 @@ import numpy as np
 import onnxruntime as ort  # ORT_DISABLE_TELEMETRY is set by edgeloop_agent/__init__.py
 
 from edgeloop_agent.protocol import Code, RequestError
-from edgeloop_agent.wire.modelmeta import META_KEY, ModelMeta, ModelMetaError
+from edgeloop_agent.wire.jsontext import json_name, json_text
+from edgeloop_agent.wire.modelmeta import META_KEY, NUMERIC_TYPES, ModelMeta, ModelMetaError
 
 ort.disable_telemetry_events()  # belt and braces: no event is ever queued for upload
 
@@ -89,8 +90,12 @@ class OnnxModel:
         self.feature_names = self.meta.feature_names
         self.n_features = len(self.feature_names)
         self._names_set = frozenset(self.feature_names)
-        self._is_numeric = [f.dtype == "float" for f in self.meta.features]
+        self._kinds = [f.dtype for f in self.meta.features]
+        self._is_numeric = [f.dtype in NUMERIC_TYPES for f in self.meta.features]
+        # Every feature goes through the float32 input (numbers and booleans).
         self.all_numeric = all(self._is_numeric)
+        # Every feature a plain number: the per-request fast path of validate_row().
+        self._all_float = all(k == "float" for k in self._kinds)
         index = {n: i for i, n in enumerate(self.feature_names)}
         self._input_plan = [
             (i.name, i.dtype, [index[f] for f in i.features]) for i in self.meta.inputs
@@ -120,27 +125,32 @@ class OnnxModel:
             node = graph_inputs.get(spec.name)
             if node is None:
                 raise ModelLoadError(
-                    f"{self.ref}: metadata input {spec.name!r} is not a graph input "
-                    f"(graph has {sorted(graph_inputs)})"
+                    f"{self.ref}: metadata input {json_name(spec.name)} is not a graph input "
+                    f"(graph has {json_text(sorted(graph_inputs))})"
                 )
             want = "tensor(float)" if spec.dtype == "float32" else "tensor(string)"
             if node.type != want:
                 raise ModelLoadError(
-                    f"{self.ref}: graph input {spec.name!r} is {node.type}, metadata says {want}"
+                    f"{self.ref}: graph input {json_name(spec.name)} is {node.type}, "
+                    f"metadata says {want}"
                 )
             width = node.shape[-1] if node.shape else None
             if isinstance(width, int) and width != len(spec.features):
                 raise ModelLoadError(
-                    f"{self.ref}: graph input {spec.name!r} takes {width} columns, "
+                    f"{self.ref}: graph input {json_name(spec.name)} takes {width} columns, "
                     f"metadata lists {len(spec.features)} features"
                 )
         extra = set(graph_inputs) - {s.name for s in self.meta.inputs}
         if extra:
-            raise ModelLoadError(f"{self.ref}: graph inputs {sorted(extra)} are not described")
+            raise ModelLoadError(
+                f"{self.ref}: graph inputs {json_text(sorted(extra))} are not described"
+            )
         outs = {o.name for o in self.session.get_outputs()}
         missing = [o for o in self.meta.outputs.values() if o not in outs]
         if missing:
-            raise ModelLoadError(f"{self.ref}: outputs {missing} not in graph ({sorted(outs)})")
+            raise ModelLoadError(
+                f"{self.ref}: outputs {json_text(missing)} not in graph ({json_text(sorted(outs))})"
+            )
 
     def _smoke_test(self) -> None:
         # A model that loads but cannot run must be refused before it serves.
@@ -160,13 +170,30 @@ class OnnxModel:
 
     def validate_row(self, row: Any) -> list[Any]:
         """Return the row's values in model order, or raise RequestError."""
+        values = self._ordered(row)
+        if self._all_float:
+            for i, v in enumerate(values):
+                t = type(v)
+                # One chained comparison rejects NaN, inf and float32 overflow at once.
+                if (t is float or t is int) and -_F32_MAX <= v <= _F32_MAX:
+                    continue
+                values = list(values)
+                values[i] = self._coerce_numeric(self.feature_names[i], v)
+            return values
+        return self._checked_mixed(values)
+
+    def _ordered(self, row: Any) -> list[Any]:
+        """The row's values in model order (not yet type-checked)."""
         if isinstance(row, dict):
             try:
                 values = [row[n] for n in self.feature_names]
             except KeyError:
                 missing = [n for n in self.feature_names if n not in row]
+                # A misspelt name is both: say which name the model did not know.
+                unknown = sorted(str(k) for k in row if k not in self._names_set)
+                also = f" (unknown: {', '.join(unknown)})" if unknown else ""
                 raise RequestError(
-                    Code.MISSING_FEATURE, f"missing features: {', '.join(missing)}"
+                    Code.MISSING_FEATURE, f"missing features: {', '.join(missing)}{also}"
                 ) from None
             if len(row) != self.n_features:
                 unknown = sorted(str(k) for k in row if k not in self._names_set)
@@ -186,47 +213,71 @@ class OnnxModel:
         else:
             raise RequestError(
                 Code.INVALID_FEATURES,
-                f"features must be an object or a list, got {type(row).__name__}",
+                f"features must be an object or a list, got {json_text(row)}",
             )
-        if self.all_numeric:
-            for i, v in enumerate(values):
-                t = type(v)
-                # One chained comparison rejects NaN, inf and float32 overflow at once.
-                if (t is float or t is int) and -_F32_MAX <= v <= _F32_MAX:
-                    continue
-                values = list(values)
-                values[i] = self._coerce_numeric(self.feature_names[i], v)
-            return values
+        return values
+
+    def _checked_mixed(self, values: list[Any]) -> list[Any]:
+        """A row with booleans or categories: each value checked against its kind."""
         out = list(values)
         for i, v in enumerate(out):
-            name = self.feature_names[i]
-            if self._is_numeric[i]:
+            kind = self._kinds[i]
+            if kind == "float":
                 t = type(v)
                 if not ((t is float or t is int) and -_F32_MAX <= v <= _F32_MAX):
-                    out[i] = self._coerce_numeric(name, v)
+                    out[i] = self._coerce_numeric(self.feature_names[i], v)
+            elif kind == "bool":
+                if v is not True and v is not False:
+                    out[i] = self._coerce_bool(self.feature_names[i], v)
             elif not isinstance(v, str):
                 if v is None and self.meta.handles_missing:
                     out[i] = ""
                 else:
                     raise RequestError(
-                        Code.NON_STRING, f"feature {name!r} must be a string, got {v!r}"
+                        Code.NON_STRING,
+                        f"feature {json_name(self.feature_names[i])} must be a string "
+                        f"(a category), got {json_text(v)}",
                     )
         return out
 
+    def _missing(self, name: str, v: Any) -> float:
+        """NaN for a model that imputes; otherwise the refusal of a missing value."""
+        if self.meta.handles_missing:
+            return math.nan
+        what = "null" if v is None else "NaN"
+        raise RequestError(
+            Code.NON_FINITE,
+            f"feature {json_name(name)} is {what}; model {self.ref} does not accept missing values",
+        )
+
     def _coerce_numeric(self, name: str, v: Any) -> float:
         if v is None or (isinstance(v, float) and math.isnan(v)):
-            if self.meta.handles_missing:
-                return math.nan
-            what = "null" if v is None else "NaN"
-            raise RequestError(
-                Code.NON_FINITE,
-                f"feature {name!r} is {what}; model {self.ref} does not accept missing values",
-            )
+            return self._missing(name, v)
         if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise RequestError(Code.NON_NUMERIC, f"feature {name!r} must be a number, got {v!r}")
+            # A boolean is refused too: training saw this column as numbers, and a
+            # flag in a numeric slot is most often a list-form row in the wrong order.
+            raise RequestError(
+                Code.NON_NUMERIC, f"feature {json_name(name)} must be a number, got {json_text(v)}"
+            )
         if isinstance(v, int) or math.isfinite(v):
-            raise RequestError(Code.NON_FINITE, f"feature {name!r} value {v!r} overflows float32")
-        raise RequestError(Code.NON_FINITE, f"feature {name!r} is {v!r}, which is not finite")
+            raise RequestError(
+                Code.NON_FINITE, f"feature {json_name(name)} value {json_text(v)} overflows float32"
+            )
+        raise RequestError(
+            Code.NON_FINITE, f"feature {json_name(name)} is {json_text(v)}, which is not finite"
+        )
+
+    def _coerce_bool(self, name: str, v: Any) -> bool | float:
+        """A boolean feature's value: kept as a bool (numpy makes it 1.0/0.0 in the float32
+        input, as training converted the column, and a captured sample still says true)."""
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return self._missing(name, v)
+        if type(v) in (int, float) and v in (0, 1):
+            return bool(v)  # 0/1 from a client that stores flags as numbers
+        raise RequestError(
+            Code.NON_BOOLEAN,
+            f"feature {json_name(name)} must be true or false (or 0/1), got {json_text(v)}",
+        )
 
     def build(self, rows: list[list[Any]]) -> dict[str, np.ndarray]:
         """Graph inputs for already-validated rows."""

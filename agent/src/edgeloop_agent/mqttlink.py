@@ -34,7 +34,12 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edgeloop_agent.connectlog import ConnectFailureLog, is_config_error
+from edgeloop_agent.connectlog import (
+    RETRY_MAX_S,
+    RETRY_MIN_S,
+    ConnectFailureLog,
+    is_config_error,
+)
 from edgeloop_agent.wire.network import BrokerAddress, describe_connect_error, tls_options
 
 log = logging.getLogger("edgeloop.agent.mqtt")
@@ -423,7 +428,9 @@ class MqttLink:
         )
         client.max_inflight_messages_set(0)  # 0 = unlimited
         client.max_queued_messages_set(0)
-        client.reconnect_delay_set(min_delay=1, max_delay=15)
+        # connect_failures logs one line per step of this back-off, so both read the
+        # same constants.
+        client.reconnect_delay_set(min_delay=int(RETRY_MIN_S), max_delay=int(RETRY_MAX_S))
         client.will_set(will_topic, will_payload, qos=1, retain=True)
         if broker.username:
             client.username_pw_set(broker.username, broker.password)
@@ -469,7 +476,9 @@ class MqttLink:
 
     def _handle_connect(self, client: mqtt.Client, _ud: Any, flags: Any, rc: Any, _p: Any) -> None:
         if rc.is_failure:
-            self.connect_failures.failed(f"the broker refused the connection: {rc}")
+            self.connect_failures.failed(
+                f"the broker refused the connection: {rc}", delay=self._next_retry_s()
+            )
             return
         self.connect_failures.connected()
         subs = list(self._subscriptions)
@@ -491,11 +500,24 @@ class MqttLink:
 
     def _handle_connect_fail(self, client: Any, _ud: Any) -> None:
         exc = getattr(client, "connect_error", None)
+        delay = self._next_retry_s()
         if exc is None:
-            self.connect_failures.failed("connection failed")
+            self.connect_failures.failed("connection failed", delay=delay)
             return
         level = logging.ERROR if is_config_error(exc) else logging.WARNING
-        self.connect_failures.failed(describe_connect_error(exc, self.broker.ca_file), level=level)
+        reason = describe_connect_error(exc, self.broker.ca_file)
+        self.connect_failures.failed(reason, level=level, delay=delay)
+
+    def _next_retry_s(self) -> float:
+        """How long paho will wait before its next attempt, from its own back-off state
+        (called right after a failed attempt, on paho's network thread)."""
+        previous = getattr(self.client, "_reconnect_delay", None)
+        if previous is None:
+            # A first connection that failed: loop_forever waits the minimum, then its
+            # main loop waits again (doubled) before retrying: 1 + 2 s (measured, paho 2.2).
+            # After a lost connection the first retry has waited 1 s already.
+            return RETRY_MIN_S * 3 if not self.ever_connected.is_set() else RETRY_MIN_S
+        return float(min(previous * 2, RETRY_MAX_S))
 
     def _handle_disconnect(self, _c: Any, _ud: Any, _flags: Any, rc: Any, _p: Any) -> None:
         was_connected = self.connected.is_set()

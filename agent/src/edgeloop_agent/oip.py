@@ -25,6 +25,7 @@ from edgeloop_agent.protocol import (
     RequestError,
     decode_json_object,
 )
+from edgeloop_agent.wire.jsontext import json_name, json_text
 
 # One input holding every feature as a [batch, n_features] matrix in model order.
 MATRIX_INPUT: Final = "features"
@@ -45,6 +46,8 @@ BAD_REQUEST: Final = "bad_request"  # not HTTP the server can read (request line
 _INTS: Final = frozenset({"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"})
 _FLOATS: Final = frozenset({"FP16", "FP32", "FP64"})
 DATATYPES: Final = _INTS | _FLOATS | {"BOOL", "BYTES"}
+# What model metadata advertises per feature type (a BOOL tensor also fits an FP32 feature).
+_FEATURE_DATATYPES: Final = {"float": "FP32", "bool": "BOOL", "string": "BYTES"}
 
 # HTTP status of every error code; what is not listed is the client's fault (400).
 _STATUS: Final = {
@@ -105,14 +108,16 @@ def parse_infer(
     elif not isinstance(rid, str) or not rid or len(rid) > 256:
         raise RequestError(
             Code.INVALID_ID,
-            f"'id' must be a non-empty string of at most 256 characters, got {_clip(rid)}",
+            f'"id" must be a non-empty string of at most 256 characters, got {json_text(rid)}',
         )
     params = data.get("parameters")
     if params is not None and not isinstance(params, dict):
-        raise RequestError(Code.INVALID_FEATURES, "'parameters' must be an object", rid)
+        raise RequestError(Code.INVALID_FEATURES, '"parameters" must be an object', rid)
     key = (params or {}).get("key", header_key)
     if key is not None and (not isinstance(key, str) or len(key) > 1024):
-        raise RequestError(Code.INVALID_KEY, f"routing key must be a string, got {_clip(key)}", rid)
+        raise RequestError(
+            Code.INVALID_KEY, f"routing key must be a string, got {json_text(key)}", rid
+        )
     try:
         rows = _rows(data.get("inputs"), max_rows)
         outputs = _outputs(data.get("outputs"))
@@ -124,21 +129,21 @@ def parse_infer(
 
 def _rows(inputs: Any, max_rows: int) -> list[Any]:
     if inputs is None:
-        raise RequestError(Code.MISSING_FEATURES, "request has no 'inputs'")
+        raise RequestError(Code.MISSING_FEATURES, 'request has no "inputs"')
     if not isinstance(inputs, list) or not inputs:
-        raise RequestError(Code.INVALID_FEATURES, "'inputs' must be a non-empty list of tensors")
+        raise RequestError(Code.INVALID_FEATURES, '"inputs" must be a non-empty list of tensors')
     columns: dict[str, list[Any]] = {}
     batch: int | None = None
     matrix: list[Any] | None = None
     for n, tensor in enumerate(inputs):
         name, shape, values = _tensor(n, tensor)
         if name in columns:
-            raise RequestError(Code.INVALID_FEATURES, f"input {name!r} is given twice")
+            raise RequestError(Code.INVALID_FEATURES, f"input {json_name(name)} is given twice")
         if len(shape) == 2 and shape[1] != 1 and name == MATRIX_INPUT:
             if len(inputs) != 1:
                 raise RequestError(
                     Code.INVALID_FEATURES,
-                    f"input {MATRIX_INPUT!r} of shape {shape} holds every feature; "
+                    f"input {json_name(MATRIX_INPUT)} of shape {shape} holds every feature; "
                     "it cannot be combined with other inputs",
                 )
             width = shape[1]
@@ -148,22 +153,22 @@ def _rows(inputs: Any, max_rows: int) -> list[Any]:
         else:
             raise RequestError(
                 Code.INVALID_FEATURES,
-                f"input {name!r} has shape {shape}: a feature takes [batch] or [batch, 1] "
-                f"(or one input {MATRIX_INPUT!r} of [batch, n_features] for all of them)",
+                f"input {json_name(name)} has shape {shape}: a feature takes [batch] or [batch, 1] "
+                f"(or one input {json_name(MATRIX_INPUT)} of [batch, n_features] for all of them)",
             )
         if batch is None:
             batch = shape[0]
         elif shape[0] != batch:
             raise RequestError(
                 Code.INVALID_FEATURES,
-                f"input {name!r} has a batch of {shape[0]}, the others {batch}",
+                f"input {json_name(name)} has a batch of {shape[0]}, the others {batch}",
             )
         if shape[0] < 1:
-            raise RequestError(Code.INVALID_FEATURES, f"input {name!r} has an empty batch")
+            raise RequestError(Code.INVALID_FEATURES, f"input {json_name(name)} has an empty batch")
         if shape[0] > max_rows:
             raise RequestError(
                 Code.BATCH_TOO_LARGE,
-                f"input {name!r} has a batch of {shape[0]}, over the limit of {max_rows}",
+                f"input {json_name(name)} has a batch of {shape[0]}, over the limit of {max_rows}",
             )
     if matrix is not None:
         return matrix
@@ -177,8 +182,8 @@ def _tensor(n: int, tensor: Any) -> tuple[str, list[int], list[Any]]:
         raise RequestError(Code.INVALID_FEATURES, f"inputs[{n}] must be an object")
     name = tensor.get("name")
     if not isinstance(name, str) or not name:
-        raise RequestError(Code.INVALID_FEATURES, f"inputs[{n}] needs a non-empty string 'name'")
-    label = f"input {_clip(name)}"
+        raise RequestError(Code.INVALID_FEATURES, f'inputs[{n}] needs a non-empty string "name"')
+    label = f"input {json_text(name)}"
     shape = tensor.get("shape")
     if (
         not isinstance(shape, list)
@@ -187,23 +192,24 @@ def _tensor(n: int, tensor: Any) -> tuple[str, list[int], list[Any]]:
     ):
         raise RequestError(
             Code.INVALID_FEATURES,
-            f"{label}: 'shape' must be [batch] or [batch, n] of non-negative integers, "
-            f"got {_clip(shape)}",
+            f'{label}: "shape" must be [batch] or [batch, n] of non-negative integers, '
+            f"got {json_text(shape)}",
         )
     datatype = tensor.get("datatype")
     if datatype not in DATATYPES:
         raise RequestError(
             Code.INVALID_FEATURES,
-            f"{label}: unknown datatype {_clip(datatype)} (one of {', '.join(sorted(DATATYPES))})",
+            f"{label}: unknown datatype {json_text(datatype)} "
+            f"(one of {', '.join(sorted(DATATYPES))})",
         )
     if "data" not in tensor:
-        raise RequestError(Code.MISSING_FEATURES, f"{label} has no 'data'")
+        raise RequestError(Code.MISSING_FEATURES, f'{label} has no "data"')
     values = _flatten(tensor["data"], label)
     want = math.prod(shape)
     if len(values) != want:
         raise RequestError(
             Code.INVALID_FEATURES,
-            f"{label}: shape {shape} needs {want} values, 'data' holds {len(values)}",
+            f'{label}: shape {shape} needs {want} values, "data" holds {len(values)}',
         )
     return name, shape, _typed(values, datatype, label)
 
@@ -211,7 +217,7 @@ def _tensor(n: int, tensor: Any) -> tuple[str, list[int], list[Any]]:
 def _flatten(data: Any, label: str) -> list[Any]:
     """Row-major elements of ``data`` (flat or nested lists, as the protocol allows)."""
     if not isinstance(data, list):
-        raise RequestError(Code.INVALID_FEATURES, f"{label}: 'data' must be a list")
+        raise RequestError(Code.INVALID_FEATURES, f'{label}: "data" must be a list')
     if not any(isinstance(v, list) for v in data):
         return data
     out: list[Any] = []
@@ -220,11 +226,11 @@ def _flatten(data: Any, label: str) -> list[Any]:
         for v in stack[-1]:
             if isinstance(v, list):
                 if len(stack) >= MAX_JSON_DEPTH:
-                    raise RequestError(Code.TOO_DEEP, f"{label}: 'data' nests too deeply")
+                    raise RequestError(Code.TOO_DEEP, f'{label}: "data" nests too deeply')
                 stack.append(iter(v))
                 break
             if isinstance(v, dict):
-                raise RequestError(Code.INVALID_FEATURES, f"{label}: 'data' holds an object")
+                raise RequestError(Code.INVALID_FEATURES, f'{label}: "data" holds an object')
             out.append(v)
         else:
             stack.pop()
@@ -238,23 +244,25 @@ def _typed(values: list[Any], datatype: str, label: str) -> list[Any]:
         for v in values:
             if not isinstance(v, str) and v is not None:
                 raise RequestError(
-                    Code.NON_STRING, f"{label} is BYTES but holds {_clip(v)}; send strings"
+                    Code.NON_STRING, f"{label} is BYTES but holds {json_text(v)}; send strings"
                 )
         return values
     if datatype == "BOOL":
         if not all(type(v) is bool for v in values):
             bad = next(v for v in values if type(v) is not bool)
-            raise RequestError(Code.NON_NUMERIC, f"{label} is BOOL but holds {_clip(bad)}")
+            raise RequestError(Code.NON_NUMERIC, f"{label} is BOOL but holds {json_text(bad)}")
         return [1.0 if v else 0.0 for v in values]
     if datatype in _INTS:
         unsigned = datatype.startswith("U")
         for v in values:
             if type(v) is not int or (unsigned and v < 0):
-                raise RequestError(Code.NON_NUMERIC, f"{label} is {datatype} but holds {_clip(v)}")
+                raise RequestError(
+                    Code.NON_NUMERIC, f"{label} is {datatype} but holds {json_text(v)}"
+                )
         return values
     for v in values:  # FP16/32/64: numbers; null and NaN go on to the model's check
         if isinstance(v, bool) or not (v is None or isinstance(v, (int, float))):
-            raise RequestError(Code.NON_NUMERIC, f"{label} is {datatype} but holds {_clip(v)}")
+            raise RequestError(Code.NON_NUMERIC, f"{label} is {datatype} but holds {json_text(v)}")
     return values
 
 
@@ -265,7 +273,7 @@ def _outputs(outputs: Any) -> list[str] | None:
         isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs
     ):
         raise RequestError(
-            Code.INVALID_FEATURES, "'outputs' must be a list of objects with a 'name'"
+            Code.INVALID_FEATURES, '"outputs" must be a list of objects with a "name"'
         )
     return [o["name"] for o in outputs]
 
@@ -282,7 +290,7 @@ def check_outputs(wanted: Sequence[str] | None, model: OnnxModel) -> None:
     if unknown:
         raise RequestError(
             UNKNOWN_OUTPUT,
-            f"unknown outputs {', '.join(map(_clip, unknown))} (model {model.ref} has "
+            f"unknown outputs {', '.join(map(json_text, unknown))} (model {model.ref} has "
             f"{', '.join(known)})",
         )
 
@@ -337,7 +345,7 @@ def model_metadata(name: str, models: Sequence[OnnxModel]) -> dict[str, Any]:
     the first one describing the tensors."""
     model = models[0]
     inputs = [
-        {"name": f.name, "datatype": "FP32" if f.dtype == "float" else "BYTES", "shape": [-1]}
+        {"name": f.name, "datatype": _FEATURE_DATATYPES[f.dtype], "shape": [-1]}
         for f in model.meta.features
     ]
     if model.is_classifier:
@@ -360,8 +368,3 @@ def model_metadata(name: str, models: Sequence[OnnxModel]) -> dict[str, Any]:
     if model.is_classifier:
         meta["parameters"]["classes"] = list(model.classes)
     return meta
-
-
-def _clip(value: Any) -> str:
-    text = ascii(value)
-    return text if len(text) <= 80 else text[:77] + "..."

@@ -24,6 +24,7 @@ from edgeloop_agent.deployment import Deployment
 from edgeloop_agent.model import OnnxModel
 from edgeloop_agent.protocol import Code, RequestError
 from edgeloop_agent.serving import LocalRequest, Server
+from edgeloop_agent.wire.jsontext import json_text
 
 log = logging.getLogger("edgeloop.agent.http")
 
@@ -245,7 +246,7 @@ class _Handler(BaseHTTPRequestHandler):
         if raw is None:
             return b"", RequestError(oip.LENGTH_REQUIRED, "a Content-Length header is required")
         if not raw.isdigit():
-            return b"", RequestError(Code.INVALID_JSON, f"bad Content-Length {raw[:40]!r}")
+            return b"", RequestError(Code.INVALID_JSON, f"bad Content-Length {json_text(raw[:40])}")
         length = int(raw)
         if length > limit:
             return b"", RequestError(
@@ -314,12 +315,15 @@ class OipHttpServer:
         named = [m for m in dep.models.values() if m.name == name]
         if not named:
             served = ", ".join(sorted({m.name for m in dep.models.values()}))
-            raise RequestError("unknown_model", f"model {name!r} is not served here ({served})")
+            raise RequestError(
+                "unknown_model", f"model {json_text(name)} is not served here ({served})"
+            )
         if version is not None:
             named = [m for m in named if m.version == version]
             if not named:
                 raise RequestError(
-                    "unknown_version", f"model {name!r} has no version {version!r} here"
+                    "unknown_version",
+                    f"model {json_text(name)} has no version {json_text(version)} here",
                 )
         return named
 

@@ -43,6 +43,7 @@ from edgeloop_agent.outboxdisk import (
     fs_condition,
 )
 from edgeloop_agent.wire.envelopes import encode_envelope
+from edgeloop_agent.wire.jsontext import json_text
 
 log = logging.getLogger(__name__)
 
@@ -115,39 +116,45 @@ class Outbox(DiskCare):
         clock: Callable[[], float] = time.time,
     ) -> None:
         if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= 0:
-            raise ValueError(f"max_bytes must be a positive int, got {max_bytes!r}")
+            raise ValueError(f"max_bytes must be a positive int, got {json_text(max_bytes)}")
         if policy not in POLICIES:
-            raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
+            raise ValueError(f"policy must be one of {POLICIES}, got {json_text(policy)}")
         if synchronous not in SYNCHRONOUS:
-            raise ValueError(f"synchronous must be one of {SYNCHRONOUS}, got {synchronous!r}")
+            raise ValueError(
+                f"synchronous must be one of {SYNCHRONOUS}, got {json_text(synchronous)}"
+            )
         if not isinstance(device_id, str) or not device_id or len(device_id) > 128:
             raise ValueError(
-                f"device_id must be a non-empty str of at most 128 chars, got {device_id!r}"
+                "device_id must be a non-empty str of at most 128 chars, "
+                f"got {json_text(device_id)}"
             )
         if any(c.isspace() for c in device_id):
-            raise ValueError(f"device_id must not contain whitespace, got {device_id!r}")
+            raise ValueError(f"device_id must not contain whitespace, got {json_text(device_id)}")
         kinds = dict(DEFAULT_KINDS if kinds is None else kinds)
         if not kinds:
             raise ValueError("kinds must name at least one message kind")
         for kind, prio in kinds.items():
             if not isinstance(kind, str) or not kind:
-                raise ValueError(f"kinds: kind names must be non-empty str, got {kind!r}")
+                raise ValueError(f"kinds: kind names must be non-empty str, got {json_text(kind)}")
             if isinstance(prio, bool) or not isinstance(prio, int):
-                raise ValueError(f"kinds[{kind!r}]: priority must be an int, got {prio!r}")
+                raise ValueError(
+                    f"kinds[{json_text(kind)}]: priority must be an int, got {json_text(prio)}"
+                )
         if file_limit_bytes is not None and (
             isinstance(file_limit_bytes, bool)
             or not isinstance(file_limit_bytes, int)
             or file_limit_bytes <= 0
         ):
             raise ValueError(
-                f"file_limit_bytes must be a positive int or None, got {file_limit_bytes!r}"
+                "file_limit_bytes must be a positive int or None, "
+                f"got {json_text(file_limit_bytes)}"
             )
         for name, value in (
             ("reserve_bytes", reserve_bytes),
             ("memory_max_bytes", memory_max_bytes),
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+                raise ValueError(f"{name} must be a non-negative int, got {json_text(value)}")
 
         self.path = os.fspath(path)
         self.max_bytes = max_bytes
@@ -242,7 +249,7 @@ class Outbox(DiskCare):
             # fails, which the reserve file is there for.
             return self._connect(self.path)
         except (sqlite3.DatabaseError, OSError) as exc:
-            raise OutboxError(f"cannot open outbox {self.path!r}: {exc}") from exc
+            raise OutboxError(f"cannot open outbox {json_text(self.path)}: {exc}") from exc
 
     def _prepare_file(self) -> None:
         """Create the database file 0600 before SQLite does (it would use 0644 minus umask);
@@ -281,7 +288,9 @@ class Outbox(DiskCare):
                 return conn
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
-                raise OutboxError(f"outbox {self.path!r}: WAL mode unavailable (got {mode!r})")
+                raise OutboxError(
+                    f"outbox {json_text(self.path)}: WAL mode unavailable (got {json_text(mode)})"
+                )
             # NORMAL in WAL mode: a commit is written to the WAL before put() returns, so it
             # survives a process crash / kill -9 (the OS holds the pages); only an OS crash or
             # power cut can lose the last commits, never corrupt the file. FULL adds an fsync
@@ -296,7 +305,7 @@ class Outbox(DiskCare):
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version not in (0, _SCHEMA_VERSION):
                 raise OutboxError(
-                    f"outbox {self.path!r} has schema version {version}, "
+                    f"outbox {json_text(self.path)} has schema version {version}, "
                     f"this agent knows {_SCHEMA_VERSION}"
                 )
             if version == 0:
@@ -411,17 +420,21 @@ class Outbox(DiskCare):
     ) -> tuple[str, str, str, int, bytes]:
         where = f"message {index}"
         if not isinstance(topic, str) or not topic:
-            raise ValueError(f"{where}: topic must be a non-empty str, got {topic!r}")
+            raise ValueError(f"{where}: topic must be a non-empty str, got {json_text(topic)}")
         if "+" in topic or "#" in topic or "\x00" in topic:
-            raise ValueError(f"{where}: topic {topic!r} must not contain '+', '#' or NUL")
+            raise ValueError(f"{where}: topic {json_text(topic)} must not contain '+', '#' or NUL")
         try:
             topic_bytes = len(topic.encode())
         except UnicodeEncodeError as exc:
-            raise ValueError(f"{where}: topic {topic!r} is not valid UTF-8 ({exc.reason})") from exc
+            raise ValueError(
+                f"{where}: topic {json_text(topic)} is not valid UTF-8 ({exc.reason})"
+            ) from exc
         if topic_bytes > _MAX_TOPIC_BYTES:
             raise ValueError(f"{where}: topic is longer than {_MAX_TOPIC_BYTES} bytes")
         if not isinstance(kind, str) or kind not in self.kinds:
-            raise ValueError(f"{where}: kind must be one of {sorted(self.kinds)}, got {kind!r}")
+            raise ValueError(
+                f"{where}: kind must be one of {sorted(self.kinds)}, got {json_text(kind)}"
+            )
         if not isinstance(payload, Mapping):
             raise TypeError(f"{where}: payload must be a dict, got {type(payload).__name__}")
         try:
@@ -492,7 +505,7 @@ class Outbox(DiskCare):
         """Up to ``limit`` messages not in flight: highest priority first, oldest first within
         a priority. Read-only, so it works on a full disk too."""
         if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
-            raise ValueError(f"limit must be a positive int, got {limit!r}")
+            raise ValueError(f"limit must be a positive int, got {json_text(limit)}")
         with self._lock:
             self._check_open()
             skip = self._inflight
@@ -725,7 +738,7 @@ class Outbox(DiskCare):
 
     def _check_open(self) -> None:
         if self._closed:
-            raise OutboxError(f"outbox {self.path!r} is closed")
+            raise OutboxError(f"outbox {json_text(self.path)} is closed")
 
     def _storage_failed(
         self, exc: sqlite3.DatabaseError, op: str, kinds: Sequence[str] = ()
@@ -770,7 +783,7 @@ def _check_ids(ids: Any) -> list[str]:
     out = list(ids)
     for i in out:
         if not isinstance(i, str):
-            raise TypeError(f"message ids must be str, got {i!r}")
+            raise TypeError(f"message ids must be str, got {json_text(i)}")
     return out
 
 

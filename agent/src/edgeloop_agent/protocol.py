@@ -15,8 +15,21 @@ from typing import Any, Final
 
 import numpy as np
 
-DEFAULT_MAX_PAYLOAD: Final = 64 * 1024
+from edgeloop_agent.wire.jsontext import json_kind, json_text
+
+# The two request limits agree: 1,024 rows of up to 512 bytes each fit in the default
+# payload. Measured (bench/bench_payload_rows.py): an object-form row of the demo's 8
+# sensors is 178 bytes (277 with full-precision floats), a 20-feature row 570; the
+# old 64 KiB cut object-form batches off at 114-368 rows while 1,024 were promised.
+# Parsing a 512 KiB object-form payload peaks at ~5 MB of Python objects, transient.
+DEFAULT_MAX_PAYLOAD: Final = 512 * 1024
 DEFAULT_MAX_ROWS: Final = 1024
+# The most compact rows measured (the list form of a few small numbers: 32 bytes with
+# the separator). max_batch_rows rows of that size must fit in max_payload_bytes, or
+# the batch limit can never be reached and only misleads (config validation refuses).
+MIN_ROW_BYTES: Final = 32
+# '{"id":"<a few chars>","rows":[]}' and room for a key and a reply_to.
+REQUEST_OVERHEAD_BYTES: Final = 64
 # No request needs more than 3 levels ({"rows": [{...}]}); 32 leaves room, and
 # stays far below what makes the json module recurse out of the stack (~1,000).
 MAX_JSON_DEPTH: Final = 32
@@ -41,6 +54,7 @@ class Code:
     UNKNOWN_FEATURE = "unknown_feature"
     WRONG_FEATURE_COUNT = "wrong_feature_count"
     NON_NUMERIC = "non_numeric"
+    NON_BOOLEAN = "non_boolean"
     NON_STRING = "non_string"
     NON_FINITE = "non_finite"
     BATCH_TOO_LARGE = "batch_too_large"
@@ -66,6 +80,11 @@ class RequestError(Exception):
         self.request_id = request_id
         # Where the error reply goes for an MQTT 3.1.1 client; set by the parsers.
         self.reply_to: str | None = None
+
+
+def min_payload_for(max_rows: int) -> int:
+    """The smallest ``max_payload_bytes`` that can carry ``max_rows`` compact rows."""
+    return max_rows * MIN_ROW_BYTES + REQUEST_OVERHEAD_BYTES
 
 
 def error_reply(request_id: str | None, code: str, message: str) -> dict[str, Any]:
@@ -164,19 +183,19 @@ def decode_json_object(payload: bytes, max_bytes: int) -> dict[str, Any]:
         raise RequestError(Code.TOO_DEEP, "payload nests too deeply to parse") from None
     if not isinstance(data, dict):
         raise RequestError(
-            Code.NOT_AN_OBJECT, f"payload must be a JSON object, got {type(data).__name__}"
+            Code.NOT_AN_OBJECT, f"payload must be a JSON object, got {json_kind(data)}"
         )
     return data
 
 
 def _request_id(data: dict[str, Any]) -> str:
     if "id" not in data or data["id"] is None:
-        raise RequestError(Code.MISSING_ID, "request has no 'id' field")
+        raise RequestError(Code.MISSING_ID, 'request has no "id" field')
     rid = data["id"]
     if not isinstance(rid, str) or not rid or len(rid) > 256:
         raise RequestError(
             Code.INVALID_ID,
-            f"'id' must be a non-empty string of at most 256 characters, got {rid!r}",
+            f'"id" must be a non-empty string of at most 256 characters, got {json_text(rid)}',
         )
     return rid
 
@@ -191,15 +210,10 @@ def _reply_to(data: dict[str, Any], rid: str | None) -> str | None:
     if not isinstance(reply_to, str) or not reply_to:
         raise RequestError(
             Code.INVALID_REPLY_TO,
-            f"'reply_to' must be a non-empty topic name, got {_clip(reply_to)}",
+            f'"reply_to" must be a non-empty topic name, got {json_text(reply_to)}',
             rid,
         )
     return reply_to
-
-
-def _clip(value: Any) -> str:
-    text = ascii(value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _addressed(data: dict[str, Any], parse: Any) -> Any:
@@ -229,22 +243,22 @@ def _predict(data: dict[str, Any], max_rows: int) -> PredictRequest:
     reply_to = _reply_to(data, rid)
     key = data.get("key")
     if key is not None and (not isinstance(key, str) or len(key) > 1024):
-        raise RequestError(Code.INVALID_KEY, f"'key' must be a string, got {key!r}", rid)
+        raise RequestError(Code.INVALID_KEY, f'"key" must be a string, got {json_text(key)}', rid)
     if "rows" in data:
         rows = data["rows"]
         if not isinstance(rows, list) or not rows:
             raise RequestError(
-                Code.INVALID_FEATURES, "'rows' must be a non-empty list of feature sets", rid
+                Code.INVALID_FEATURES, '"rows" must be a non-empty list of feature sets', rid
             )
         if len(rows) > max_rows:
             raise RequestError(
                 Code.BATCH_TOO_LARGE,
-                f"'rows' has {len(rows)} entries, over the limit of {max_rows}",
+                f'"rows" has {len(rows)} entries, over the limit of {max_rows}',
                 rid,
             )
         return PredictRequest(rid, rows, True, key, reply_to)
     if "features" not in data:
-        raise RequestError(Code.MISSING_FEATURES, "request has neither 'features' nor 'rows'", rid)
+        raise RequestError(Code.MISSING_FEATURES, 'request has neither "features" nor "rows"', rid)
     return PredictRequest(rid, [data["features"]], False, key, reply_to)
 
 
@@ -263,14 +277,16 @@ def _feedback(data: dict[str, Any]) -> Feedback:
     rid = _request_id(data)
     reply_to = _reply_to(data, rid)
     if "label" not in data:
-        raise RequestError(Code.INVALID_LABEL, "feedback has no 'label' field", rid)
+        raise RequestError(Code.INVALID_LABEL, 'feedback has no "label" field', rid)
     label = data["label"]
     if isinstance(label, bool) or not isinstance(label, (int, float, str)):
         raise RequestError(
-            Code.INVALID_LABEL, f"'label' must be a number or a string, got {label!r}", rid
+            Code.INVALID_LABEL, f'"label" must be a number or a string, got {json_text(label)}', rid
         )
     if isinstance(label, float) and not math.isfinite(label):
-        raise RequestError(Code.INVALID_LABEL, f"'label' must be finite, got {label!r}", rid)
+        raise RequestError(
+            Code.INVALID_LABEL, f'"label" must be finite, got {json_text(label)}', rid
+        )
     return Feedback(rid, label, reply_to)
 
 

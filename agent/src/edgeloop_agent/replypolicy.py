@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Final
 
+from edgeloop_agent.wire.jsontext import json_text
 from edgeloop_agent.wire.names import MAX_TOPIC_BYTES, topic_problem
 
 # The topic filters allowed under the prefix unless the operator sets others.
@@ -107,24 +108,26 @@ class ReplyPolicy:
 
     def _expand(self, raw: object) -> str:
         if not isinstance(raw, str) or not raw:
-            raise PolicyError(f"reply_topics: each entry must be a non-empty string, got {raw!r}")
+            raise PolicyError(
+                f"reply_topics: each entry must be a non-empty string, got {json_text(raw)}"
+            )
         try:
             pattern = raw.format(prefix=self.prefix, device=self.device)
         except (KeyError, IndexError, ValueError) as exc:
             raise PolicyError(
-                f"reply_topics: {raw!r} may only use the placeholders {{prefix}} and "
-                f"{{device}} ({exc!r})"
+                f"reply_topics: {json_text(raw)} may only use the placeholders {{prefix}} and "
+                f"{{device}} ({exc})"
             ) from None
         # The pattern goes through the topic rules with its wildcards masked.
         problem = topic_problem(pattern.replace("+", "x").replace("#", "x"))
         problem = problem or _filter_problem(pattern)
         if problem is None and not pattern.startswith(self.prefix + "/"):
             problem = (
-                f"must lie under the topic prefix {self.prefix!r}/ (topics outside it are "
+                f"must lie under the topic prefix {json_text(self.prefix)}/ (topics outside it are "
                 "governed by reply_outside_prefix)"
             )
         if problem:
-            raise PolicyError(f"reply_topics: {raw!r} {problem}")
+            raise PolicyError(f"reply_topics: {json_text(raw)} {problem}")
         return pattern
 
     def problem(self, topic: str) -> tuple[str, str] | None:
@@ -179,5 +182,4 @@ class ReplyPolicy:
 
 
 def _show(value: str) -> str:
-    text = ascii(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+    return json_text(value)

@@ -12,6 +12,7 @@ import random
 from collections.abc import Sequence
 
 from edgeloop_agent.wire.allocation import BUCKETS, Allocation, check_variant_name
+from edgeloop_agent.wire.jsontext import json_text
 
 
 class Router:
@@ -40,9 +41,11 @@ class Router:
         for s in shadows:
             check_variant_name(s, "shadows")
             if s in seen:
-                raise ValueError(f"shadows: duplicate shadow version {s!r}")
+                raise ValueError(f"shadows: duplicate shadow version {json_text(s)}")
             if counts.get(s, 0) > 0:
-                raise ValueError(f"shadows: {s!r} is also a routed variant of the allocation")
+                raise ValueError(
+                    f"shadows: {json_text(s)} is also a routed variant of the allocation"
+                )
             seen.add(s)
         self.allocation = allocation
         self.experiment_id = allocation.experiment_id

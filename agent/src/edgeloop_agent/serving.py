@@ -44,6 +44,7 @@ from edgeloop_agent.protocol import (
     parse_predict,
 )
 from edgeloop_agent.replypolicy import ReplyPolicy
+from edgeloop_agent.wire.jsontext import json_text
 from edgeloop_agent.wire.topics import Topics
 
 log = logging.getLogger("edgeloop.agent.serving")
@@ -454,7 +455,9 @@ class Server:
         # An unjoinable label is only worth a reply to a sender that gave an address
         # (the joiner has counted it already).
         if code is not None and topic != errors:
-            err = RequestError(code, f"feedback for request {feedback.id!r} was not joined: {code}")
+            err = RequestError(
+                code, f"feedback for request {json_text(feedback.id)} was not joined: {code}"
+            )
             self._deliver(msg, topic, correlation, _encode(_error_body(feedback.id, err)))
 
     # -- replies ---------------------------------------------------------------
@@ -576,7 +579,7 @@ def _named_variant(
     if name is not None and all(m.name != name for m in models.values()):
         served = ", ".join(sorted({m.name for m in models.values()}))
         return None, RequestError(
-            UNKNOWN_MODEL, f"model {name!r} is not served here (serving: {served})"
+            UNKNOWN_MODEL, f"model {json_text(name)} is not served here (serving: {served})"
         )
     if version is None:
         return None, None
@@ -585,7 +588,8 @@ def _named_variant(
             return variant, None
     versions = ", ".join(sorted(m.version for m in models.values() if m.name == name))
     return None, RequestError(
-        UNKNOWN_VERSION, f"model {name!r} has no version {version!r} here (serving: {versions})"
+        UNKNOWN_VERSION,
+        f"model {json_text(name)} has no version {json_text(version)} here (serving: {versions})",
     )
 
 

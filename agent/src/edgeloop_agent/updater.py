@@ -50,6 +50,7 @@ from edgeloop_agent.wire.desired import (
     ModelEntry,
     open_envelope,
 )
+from edgeloop_agent.wire.jsontext import json_text
 from edgeloop_agent.wire.topics import artifact_topic
 
 log = logging.getLogger("edgeloop.agent.updater")
@@ -227,7 +228,8 @@ class Updater:
 
         if desired.device != self.device_id and (signed or desired.device is not None):
             raise refuse(
-                f"desired state is for device {desired.device!r}, this is {self.device_id!r}",
+                f"desired state is for device {json_text(desired.device)}, "
+                f"this is {json_text(self.device_id)}",
                 "desired_wrong_device",
             )
         applied = self.applied_revision

@@ -36,6 +36,7 @@ import numpy as np
 from edgeloop_agent.drift.chi2 import chi2_sf
 from edgeloop_agent.drift.multitest import Correction, adjust_pvalues
 from edgeloop_agent.drift.psi import DEFAULT_EPS
+from edgeloop_agent.wire.jsontext import json_text
 
 OTHER = "__other__"
 _MAX_CATEGORIES = 1000
@@ -46,13 +47,15 @@ def build_categorical_profile(
 ) -> dict[str, Any]:
     """Reference frequencies of categorical columns (None = missing), JSON-ready."""
     if isinstance(max_categories, bool) or not isinstance(max_categories, int):
-        raise ValueError(f"max_categories: expected an integer >= 1, got {max_categories!r}")
+        raise ValueError(
+            f"max_categories: expected an integer >= 1, got {json_text(max_categories)}"
+        )
     if not 1 <= max_categories <= _MAX_CATEGORIES:
         raise ValueError(f"max_categories: expected 1..{_MAX_CATEGORIES}, got {max_categories}")
     out = []
     for name, values in columns.items():
         if not isinstance(name, str) or not name:
-            raise ValueError(f"column names must be non-empty strings, got {name!r}")
+            raise ValueError(f"column names must be non-empty strings, got {json_text(name)}")
         counts: Counter[str] = Counter()
         missing = 0
         for v in values:
@@ -61,7 +64,9 @@ def build_categorical_profile(
             elif isinstance(v, str):
                 counts[v] += 1
             else:
-                raise ValueError(f"column {name!r}: categories must be strings, got {v!r}")
+                raise ValueError(
+                    f"column {json_text(name)}: categories must be strings, got {json_text(v)}"
+                )
         # Most frequent first, ties by name, so the profile does not depend on input order.
         kept = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:max_categories]
         categories = [k for k, _ in kept]
@@ -97,7 +102,9 @@ class CategoricalMonitor:
         ):
             raise ValueError("profile: expected the dict from build_categorical_profile")
         if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-            raise ValueError(f"window: expected an integer number of rows >= 1, got {window!r}")
+            raise ValueError(
+                f"window: expected an integer number of rows >= 1, got {json_text(window)}"
+            )
         self.window = window
         self.eps = float(eps)
         self.names: list[str] = []
@@ -107,7 +114,7 @@ class CategoricalMonitor:
             cats = list(col["categories"])
             counts = [int(c) for c in col["counts"]]
             if len(counts) != len(cats) + 1 or any(c < 0 for c in counts):
-                raise ValueError(f"profile column {col.get('name')!r}: counts do not fit")
+                raise ValueError(f"profile column {json_text(col.get('name'))}: counts do not fit")
             self.names.append(str(col["name"]))
             self._index.append({c: i for i, c in enumerate(cats)})
             ref.append(np.asarray(counts, dtype=np.float64))
@@ -125,12 +132,16 @@ class CategoricalMonitor:
         k = len(self.names)
         for row in rows:
             if len(row) != k:
-                raise ValueError(f"row: expected {k} values ({', '.join(self.names)}), got {row!r}")
+                raise ValueError(
+                    f"row: expected {k} values ({', '.join(self.names)}), got {json_text(row)}"
+                )
             for j, v in enumerate(row):
                 if v is None:
                     continue
                 if not isinstance(v, str):
-                    raise ValueError(f"{self.names[j]}: categories must be strings, got {v!r}")
+                    raise ValueError(
+                        f"{self.names[j]}: categories must be strings, got {json_text(v)}"
+                    )
                 live = self._live[j]
                 live[self._index[j].get(v, live.size - 1)] += 1
             self._rows += 1

@@ -15,11 +15,15 @@ from __future__ import annotations
 
 import math
 
+from edgeloop_agent.wire.jsontext import json_text
+
 
 def chi2_sf(x: float, k: int) -> float:
     """P(X >= x) for X ~ chi-square with ``k`` (integer >= 1) degrees of freedom."""
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k: expected an integer number of degrees of freedom >= 1, got {k!r}")
+        raise ValueError(
+            f"k: expected an integer number of degrees of freedom >= 1, got {json_text(k)}"
+        )
     x = float(x)
     if math.isnan(x):
         return math.nan

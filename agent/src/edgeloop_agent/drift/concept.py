@@ -50,6 +50,8 @@ from __future__ import annotations
 import math
 import numbers
 
+from edgeloop_agent.wire.jsontext import json_text
+
 
 class DDM:
     """Drift Detection Method on a stream of prediction errors."""
@@ -61,13 +63,13 @@ class DDM:
         drift_threshold: float = 3.0,
     ) -> None:
         if isinstance(warm_start, bool) or not isinstance(warm_start, int) or warm_start < 1:
-            raise ValueError(f"warm_start: expected an integer >= 1, got {warm_start!r}")
+            raise ValueError(f"warm_start: expected an integer >= 1, got {json_text(warm_start)}")
         for name, v in (
             ("warning_threshold", warning_threshold),
             ("drift_threshold", drift_threshold),
         ):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v > 0):
-                raise ValueError(f"{name}: expected a number > 0, got {v!r}")
+                raise ValueError(f"{name}: expected a number > 0, got {json_text(v)}")
         if drift_threshold <= warning_threshold:
             raise ValueError(
                 f"drift_threshold={drift_threshold} must exceed "
@@ -95,7 +97,7 @@ class DDM:
     def update(self, error: bool) -> None:
         """Add one labelled outcome: ``True`` (or 1) if the prediction was wrong."""
         if error not in (True, False):  # also admits 0/1, numpy bools
-            raise ValueError(f"error: expected a boolean (or 0/1), got {error!r}")
+            raise ValueError(f"error: expected a boolean (or 0/1), got {json_text(error)}")
         if self.drift_detected:
             self._reset()
         self.n += 1
@@ -128,7 +130,7 @@ class HDDM_A:
             ("warning_confidence", warning_confidence),
         ):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < v < 1):
-                raise ValueError(f"{name}: expected a number in (0, 1), got {v!r}")
+                raise ValueError(f"{name}: expected a number in (0, 1), got {json_text(v)}")
         if warning_confidence <= drift_confidence:
             raise ValueError(
                 f"warning_confidence={warning_confidence} must exceed "
@@ -159,7 +161,7 @@ class HDDM_A:
     def update(self, error: bool) -> None:
         """Add one labelled outcome: ``True`` (or 1) if the prediction was wrong."""
         if error not in (True, False):
-            raise ValueError(f"error: expected a boolean (or 0/1), got {error!r}")
+            raise ValueError(f"error: expected a boolean (or 0/1), got {json_text(error)}")
         if self.drift_detected:
             self._reset()
         self.n += 1
@@ -212,16 +214,20 @@ class PageHinkley:
         mode: str = "both",
     ) -> None:
         if isinstance(min_instances, bool) or not isinstance(min_instances, int):
-            raise ValueError(f"min_instances: expected an integer >= 1, got {min_instances!r}")
+            raise ValueError(
+                f"min_instances: expected an integer >= 1, got {json_text(min_instances)}"
+            )
         if min_instances < 1:
-            raise ValueError(f"min_instances: expected an integer >= 1, got {min_instances!r}")
+            raise ValueError(
+                f"min_instances: expected an integer >= 1, got {json_text(min_instances)}"
+            )
         for name, v in (("delta", delta), ("threshold", threshold)):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v >= 0):
-                raise ValueError(f"{name}: expected a number >= 0, got {v!r}")
+                raise ValueError(f"{name}: expected a number >= 0, got {json_text(v)}")
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha <= 1:
-            raise ValueError(f"alpha: expected a number in (0, 1], got {alpha!r}")
+            raise ValueError(f"alpha: expected a number in (0, 1], got {json_text(alpha)}")
         if mode not in ("up", "down", "both"):
-            raise ValueError(f"mode: expected 'up', 'down' or 'both', got {mode!r}")
+            raise ValueError(f"mode: expected 'up', 'down' or 'both', got {json_text(mode)}")
         self.min_instances = min_instances
         self.delta = float(delta)
         self.threshold = float(threshold)
@@ -250,7 +256,7 @@ class PageHinkley:
         """Add one value (an error flag, True/1 = wrong, or any finite number)."""
         numpy_bool = type(x).__name__ == "bool_"
         if not (numpy_bool or (isinstance(x, numbers.Real) and math.isfinite(float(x)))):
-            raise ValueError(f"x: expected a finite number or a boolean, got {x!r}")
+            raise ValueError(f"x: expected a finite number or a boolean, got {json_text(x)}")
         value = float(x)
         if self.drift_detected:
             self._reset()

@@ -27,6 +27,8 @@ from typing import Literal, overload
 
 import numpy as np
 
+from edgeloop_agent.wire.jsontext import json_text
+
 KsMethod = Literal["auto", "exact", "asymp"]
 
 # scipy.stats.ks_2samp: "auto" is exact if max(n1, n2) <= MAX_AUTO_N.
@@ -102,9 +104,9 @@ def ks_pvalue(d: float, n: int, m: int, method: KsMethod = "auto") -> float:
     m = _check_size(m, "m")
     d = float(d)
     if not (0.0 <= d <= 1.0):
-        raise ValueError(f"d: expected a KS statistic in [0, 1], got {d!r}")
+        raise ValueError(f"d: expected a KS statistic in [0, 1], got {json_text(d)}")
     if method not in ("auto", "exact", "asymp"):
-        raise ValueError(f"method: expected 'auto', 'exact' or 'asymp', got {method!r}")
+        raise ValueError(f"method: expected 'auto', 'exact' or 'asymp', got {json_text(method)}")
     if method == "exact" or (method == "auto" and max(n, m) <= MAX_AUTO_N):
         return ks_2samp_exact_sf(d, n, m)
     big, small = max(n, m), min(n, m)
@@ -478,5 +480,5 @@ def _pelz_good_cdf(n: int, x: float) -> float:
 
 def _check_size(v: object, field: str) -> int:
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or int(v) < 1:
-        raise ValueError(f"{field}: expected a sample size >= 1, got {v!r}")
+        raise ValueError(f"{field}: expected a sample size >= 1, got {json_text(v)}")
     return int(v)

@@ -24,6 +24,7 @@ from edgeloop_agent.drift.multitest import Correction, adjust_pvalues
 from edgeloop_agent.drift.psi import DEFAULT_EPS, psi_segments
 from edgeloop_agent.drift.report import ColumnDrift, DriftReport
 from edgeloop_agent.drift.window import PaneRing, RowRing, WindowConfig
+from edgeloop_agent.wire.jsontext import json_text
 from edgeloop_agent.wire.profile import MIN_PSI_REFERENCE, ReferenceProfile
 
 _MAX_BUFFER_ROWS = 4096
@@ -65,19 +66,23 @@ class DriftConfig:
         _check_range(self.alpha, "alpha", 0.0, 1.0, lo_open=True, hi_open=True)
         _check_range(self.psi_eps, "psi_eps", 0.0, 1.0, lo_open=True, hi_open=True)
         if self.correction not in ("bh", "bonferroni"):
-            raise ValueError(f"correction: expected 'bh' or 'bonferroni', got {self.correction!r}")
+            raise ValueError(
+                f"correction: expected 'bh' or 'bonferroni', got {json_text(self.correction)}"
+            )
         if self.ks_mode not in ("binned", "exact"):
-            raise ValueError(f"ks_mode: expected 'binned' or 'exact', got {self.ks_mode!r}")
+            raise ValueError(
+                f"ks_mode: expected 'binned' or 'exact', got {json_text(self.ks_mode)}"
+            )
         if self.ks_mode == "exact" and self.window.kind != "count":
             raise ValueError("ks_mode='exact' needs a count window (window.kind='count')")
         if self.ks_method not in ("auto", "exact", "asymp"):
             raise ValueError(
-                f"ks_method: expected 'auto', 'exact' or 'asymp', got {self.ks_method!r}"
+                f"ks_method: expected 'auto', 'exact' or 'asymp', got {json_text(self.ks_method)}"
             )
         for name in ("min_samples", "ks_exact_max_nm"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name}: expected an integer >= 1, got {v!r}")
+                raise ValueError(f"{name}: expected an integer >= 1, got {json_text(v)}")
         if self.missing_rate_delta is not None:
             _check_range(self.missing_rate_delta, "missing_rate_delta", 0.0, 1.0, lo_open=True)
 
@@ -189,7 +194,9 @@ class DriftMonitor:
             t = time.time() if now is None else now
             numeric = isinstance(t, (int, float, np.integer, np.floating))
             if isinstance(t, bool) or not numeric or not math.isfinite(t):
-                raise ValueError(f"now: expected a finite timestamp in seconds, got {now!r}")
+                raise ValueError(
+                    f"now: expected a finite timestamp in seconds, got {json_text(now)}"
+                )
             pane = math.floor(t / win.pane_size)
             if self._pane_id is None:
                 self._pane_id = pane
@@ -263,7 +270,7 @@ class DriftMonitor:
         for col in self.profile.columns:
             if col.n > 0 and col.sample is None:
                 raise ValueError(
-                    f"ks_mode='exact': profile column {col.name!r} has no raw sample; "
+                    f"ks_mode='exact': profile column {json_text(col.name)} has no raw sample; "
                     "rebuild the profile with exact_sample > 0"
                 )
         return RowRing(size, self._n_cols)
@@ -526,4 +533,4 @@ def _check_range(
     if not ok:
         lb = "(" if lo_open else "["
         rb = ")" if hi_open else "]"
-        raise ValueError(f"{name}: expected a number in {lb}{lo}, {hi}{rb}, got {v!r}")
+        raise ValueError(f"{name}: expected a number in {lb}{lo}, {hi}{rb}, got {json_text(v)}")

@@ -17,6 +17,8 @@ from typing import Literal
 
 import numpy as np
 
+from edgeloop_agent.wire.jsontext import json_text
+
 Correction = Literal["bh", "bonferroni"]
 
 
@@ -44,5 +46,5 @@ def adjust_pvalues(p: np.ndarray, method: Correction = "bh") -> np.ndarray:
         res[order] = adj
         out[valid] = res
     else:
-        raise ValueError(f"method: expected 'bh' or 'bonferroni', got {method!r}")
+        raise ValueError(f"method: expected 'bh' or 'bonferroni', got {json_text(method)}")
     return out

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from edgeloop_agent.drift.ks import ks_pvalue, ks_statistic
+from edgeloop_agent.wire.jsontext import json_text
 
 KIND = "edgeloop.drift.pca_profile"
 
@@ -47,7 +48,7 @@ def build_pca_profile(
             f"X: expected (rows, {len(feature_names)}) with at least 2 features, got {X.shape}"
         )
     if not 0.0 < variance < 1.0:
-        raise ValueError(f"variance: expected a share in (0, 1), got {variance!r}")
+        raise ValueError(f"variance: expected a share in (0, 1), got {json_text(variance)}")
     rows = X[np.isfinite(X).all(axis=1)]
     if rows.shape[0] < 200:
         raise ValueError(
@@ -101,7 +102,9 @@ class PCAMonitor:
         if not isinstance(profile, Mapping) or profile.get("kind") != KIND:
             raise ValueError("profile: expected the dict from build_pca_profile")
         if isinstance(window, bool) or not isinstance(window, int) or window < 2:
-            raise ValueError(f"window: expected an integer number of rows >= 2, got {window!r}")
+            raise ValueError(
+                f"window: expected an integer number of rows >= 2, got {json_text(window)}"
+            )
         self.features = list(profile["features"])
         self._mean = np.asarray(profile["mean"], dtype=np.float64)
         self._sd = np.asarray(profile["sd"], dtype=np.float64)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgeloop_agent.wire.jsontext import json_text
+
 DEFAULT_EPS = 1e-4
 
 
@@ -57,4 +59,4 @@ def psi_segments(
 
 def _check_eps(eps: float) -> None:
     if not (isinstance(eps, (int, float)) and 0.0 < float(eps) < 1.0):
-        raise ValueError(f"eps: expected a number in (0, 1), got {eps!r}")
+        raise ValueError(f"eps: expected a number in (0, 1), got {json_text(eps)}")

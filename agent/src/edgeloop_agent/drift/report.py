@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from edgeloop_agent.wire.jsontext import json_text
+
 
 @dataclass(frozen=True)
 class ColumnDrift:
@@ -80,7 +82,7 @@ class DriftReport:
         for f in self.features:
             if f.name == name:
                 return f
-        raise KeyError(f"no feature named {name!r} in this report")
+        raise KeyError(f"no feature named {json_text(name)} in this report")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: NaN becomes ``None``."""

@@ -15,6 +15,8 @@ from typing import Literal
 
 import numpy as np
 
+from edgeloop_agent.wire.jsontext import json_text
+
 WindowKind = Literal["count", "time"]
 
 MAX_PANES = 1024
@@ -35,7 +37,7 @@ class WindowConfig:
 
     def __post_init__(self) -> None:
         if self.kind not in ("count", "time"):
-            raise ValueError(f"window.kind: expected 'count' or 'time', got {self.kind!r}")
+            raise ValueError(f"window.kind: expected 'count' or 'time', got {json_text(self.kind)}")
         _check_positive(self.size, "window.size")
         if self.slide is not None:
             _check_positive(self.slide, "window.slide")
@@ -127,7 +129,7 @@ class PaneRing:
 
 def _check_positive(v: object, field: str) -> None:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-        raise ValueError(f"{field}: expected a finite number > 0, got {v!r}")
+        raise ValueError(f"{field}: expected a finite number > 0, got {json_text(v)}")
 
 
 class RowRing:

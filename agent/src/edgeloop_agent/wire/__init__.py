@@ -15,7 +15,8 @@ agent module, so the contract can be read, and changed, on its own:
 * :mod:`~edgeloop_agent.wire.network`: broker URLs, TLS options, connect errors, listen addresses;
 * :mod:`~edgeloop_agent.wire.histogram` and :mod:`~edgeloop_agent.wire.exposition`: the
   telemetry latency histogram and its Prometheus rendering;
-* :mod:`~edgeloop_agent.wire.numeric`: what counts as a number (bool, NaN and inf rules).
+* :mod:`~edgeloop_agent.wire.numeric`: what counts as a number (bool, NaN and inf rules);
+* :mod:`~edgeloop_agent.wire.jsontext`: how an error message quotes a value (as JSON, clipped).
 
 Nothing is re-exported here: importing one module does not load the others (the
 profile needs numpy, signatures need cryptography).

@@ -17,6 +17,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from fractions import Fraction
 from typing import Any
 
+from edgeloop_agent.wire.jsontext import json_text
+
 BUCKETS = 10_000
 
 Ranges = tuple[tuple[int, int], ...]
@@ -50,7 +52,9 @@ class Allocation:
 
     def __init__(self, experiment_id: str, ranges: Mapping[str, Iterable[Sequence[int]]]) -> None:
         if not isinstance(experiment_id, str) or not experiment_id:
-            raise ValueError(f"experiment_id must be a non-empty str, got {experiment_id!r}")
+            raise ValueError(
+                f"experiment_id must be a non-empty str, got {json_text(experiment_id)}"
+            )
         if not isinstance(ranges, Mapping) or not ranges:
             raise ValueError(
                 "ranges must be a non-empty mapping of variant -> list of [start, end)"
@@ -65,7 +69,8 @@ class Allocation:
                     other = owner[b]
                     if other is not None:
                         raise ValueError(
-                            f"ranges overlap: bucket {b} is owned by both {other!r} and {variant!r}"
+                            f"ranges overlap: bucket {b} is owned by both {json_text(other)} "
+                            f"and {json_text(variant)}"
                         )
                     owner[b] = variant
             clean[variant] = merged
@@ -93,7 +98,7 @@ class Allocation:
         return hash((self.experiment_id, tuple(sorted(self.ranges.items()))))
 
     def __repr__(self) -> str:
-        return f"Allocation({self.experiment_id!r}, {dict(self.ranges)!r})"
+        return f"Allocation({json_text(self.experiment_id)}, {json_text(dict(self.ranges))})"
 
     @property
     def variants(self) -> tuple[str, ...]:
@@ -132,10 +137,10 @@ class Allocation:
             raise ValueError(f"allocation: unknown field(s) {sorted(unknown)}")
         for field in ("experiment_id", "ranges"):
             if field not in data:
-                raise ValueError(f"allocation: missing field {field!r}")
+                raise ValueError(f"allocation: missing field {json_text(field)}")
         buckets = data.get("buckets", BUCKETS)
         if buckets != BUCKETS or isinstance(buckets, bool):
-            raise ValueError(f"allocation: buckets must be {BUCKETS}, got {buckets!r}")
+            raise ValueError(f"allocation: buckets must be {BUCKETS}, got {json_text(buckets)}")
         return cls(data["experiment_id"], data["ranges"])
 
 
@@ -188,22 +193,24 @@ def allocate(
 def check_variant_name(name: object, where: str) -> None:
     if not isinstance(name, str) or not name or name != name.strip():
         raise ValueError(
-            f"{where}: variant names must be non-empty str without padding, got {name!r}"
+            f"{where}: variant names must be non-empty str without padding, got {json_text(name)}"
         )
 
 
 def _normalise_ranges(variant: str, raw: Any) -> Ranges:
-    where = f"ranges[{variant!r}]"
+    where = f"ranges[{json_text(variant)}]"
     if isinstance(raw, (str, bytes)) or not isinstance(raw, Iterable):
-        raise ValueError(f"{where} must be a list of [start, end) pairs, got {raw!r}")
+        raise ValueError(f"{where} must be a list of [start, end) pairs, got {json_text(raw)}")
     pairs: list[tuple[int, int]] = []
     for item in raw:
         if isinstance(item, (str, bytes)) or not isinstance(item, Sequence) or len(item) != 2:
-            raise ValueError(f"{where}: each range must be a [start, end) pair, got {item!r}")
+            raise ValueError(
+                f"{where}: each range must be a [start, end) pair, got {json_text(item)}"
+            )
         start, end = item
         for x in (start, end):
             if isinstance(x, bool) or not isinstance(x, int):
-                raise ValueError(f"{where}: range bounds must be ints, got {item!r}")
+                raise ValueError(f"{where}: range bounds must be ints, got {json_text(item)}")
         if not 0 <= start < end <= BUCKETS:
             raise ValueError(
                 f"{where}: range {list(item)} not within 0 <= start < end <= {BUCKETS}"
@@ -235,18 +242,20 @@ def _check_weights(weights: Any) -> dict[str, Fraction]:
     out: dict[str, Fraction] = {}
     for item in items:
         if not isinstance(item, tuple) or len(item) != 2:
-            raise ValueError(f"weights: expected (variant, weight) pairs, got {item!r}")
+            raise ValueError(f"weights: expected (variant, weight) pairs, got {json_text(item)}")
         name, w = item
         check_variant_name(name, "weights")
         if name in out:
-            raise ValueError(f"weights: duplicate variant {name!r}")
+            raise ValueError(f"weights: duplicate variant {json_text(name)}")
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
-            raise ValueError(f"weights[{name!r}] must be a finite number, got {w!r}")
+            raise ValueError(
+                f"weights[{json_text(name)}] must be a finite number, got {json_text(w)}"
+            )
         if w < 0:
-            raise ValueError(f"weights[{name!r}] must not be negative, got {w!r}")
+            raise ValueError(f"weights[{json_text(name)}] must not be negative, got {json_text(w)}")
         out[name] = Fraction(w)
     if sum(out.values()) == 0:
-        raise ValueError(f"weights must not all be zero: {dict(items)!r}")
+        raise ValueError(f"weights must not all be zero: {json_text(dict(items))}")
     return out
 
 

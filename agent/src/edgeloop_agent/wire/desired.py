@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from edgeloop_agent.wire.jsontext import clip, json_text
 from edgeloop_agent.wire.names import check_model_name, id_problem, utf8_problem
 from edgeloop_agent.wire.signature import (
     DESIRED_PAYLOAD_TYPE,
@@ -90,7 +91,8 @@ def open_envelope(
     payload_type, payload_b64 = data.get("payloadType"), data.get("payload")
     if payload_type != DESIRED_PAYLOAD_TYPE:
         raise DesiredStateError(
-            f"envelope payloadType must be {DESIRED_PAYLOAD_TYPE!r}, got {_clip(payload_type)}"
+            f"envelope payloadType must be {json_text(DESIRED_PAYLOAD_TYPE)}, "
+            f"got {json_text(payload_type)}"
         )
     if not isinstance(payload_b64, str):
         raise DesiredStateError("envelope payload must be base64 text")
@@ -150,12 +152,7 @@ def _loads(raw: bytes) -> Any:
     except RecursionError:
         raise DesiredStateError("desired state is nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
-        raise DesiredStateError(f"desired state is not valid JSON: {_clip(str(exc))}") from None
-
-
-def _clip(value: object, limit: int = 80) -> str:
-    text = ascii(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+        raise DesiredStateError(f"desired state is not valid JSON: {clip(str(exc))}") from None
 
 
 @dataclass(frozen=True)
@@ -229,18 +226,19 @@ class DesiredState:
         revision = data.get("revision")
         if isinstance(revision, bool) or not isinstance(revision, int) or not 0 <= revision < 2**63:
             raise DesiredStateError(
-                f"desired state 'revision' must be a non-negative integer, got {_clip(revision)}"
+                "desired state 'revision' must be a non-negative integer, "
+                f"got {json_text(revision)}"
             )
         device = data.get("device")
         if device is not None and id_problem(device, reserved=False):
-            raise DesiredStateError(f"'device' {_clip(device)} {id_problem(device)}")
+            raise DesiredStateError(f"'device' {json_text(device)} {id_problem(device)}")
         expires = data.get("expires")
         if expires is not None and (
             isinstance(expires, bool)
             or not isinstance(expires, (int, float))
             or not 0 <= expires < 1e11
         ):
-            raise DesiredStateError(f"'expires' must be Unix seconds, got {_clip(expires)}")
+            raise DesiredStateError(f"'expires' must be Unix seconds, got {json_text(expires)}")
         experiment = data.get("experiment")
         if experiment is not None and (
             not isinstance(experiment, str)
@@ -249,7 +247,7 @@ class DesiredState:
             or utf8_problem(experiment)
         ):
             raise DesiredStateError(
-                f"'experiment' must be a non-empty string, got {_clip(experiment)}"
+                f"'experiment' must be a non-empty string, got {json_text(experiment)}"
             )
         raw_models = data.get("models")
         if not isinstance(raw_models, list) or not raw_models:
@@ -304,20 +302,22 @@ def _entry(index: int, item: Any) -> ModelEntry:
         raise DesiredStateError(str(exc)) from None
     sha = item.get("sha256")
     if not isinstance(sha, str) or not _SHA256.fullmatch(sha):
-        raise DesiredStateError(f"{where}.sha256 must be 64 lowercase hex digits, got {_clip(sha)}")
+        raise DesiredStateError(
+            f"{where}.sha256 must be 64 lowercase hex digits, got {json_text(sha)}"
+        )
     size = item.get("size")
     if size is not None and (
         isinstance(size, bool) or not isinstance(size, int) or not 0 < size < 2**63
     ):
-        raise DesiredStateError(f"{where}.size must be a positive integer, got {_clip(size)}")
+        raise DesiredStateError(f"{where}.size must be a positive integer, got {json_text(size)}")
     signature = item.get("signature")
     if signature is not None and (not isinstance(signature, str) or len(signature) > 1000):
         raise DesiredStateError(
-            f"{where}.signature must be a base64 string, got {_clip(signature)}"
+            f"{where}.signature must be a base64 string, got {json_text(signature)}"
         )
     role = item.get("role", "serve")
     if role not in ("serve", "shadow"):
-        raise DesiredStateError(f"{where}.role must be 'serve' or 'shadow', got {_clip(role)}")
+        raise DesiredStateError(f"{where}.role must be 'serve' or 'shadow', got {json_text(role)}")
     weight = item.get("weight", 100 if role == "serve" else 0)
     if (
         isinstance(weight, bool)
@@ -327,7 +327,7 @@ def _entry(index: int, item: Any) -> ModelEntry:
     ):
         raise DesiredStateError(
             f"{where}.weight must be a non-negative number up to {MAX_WEIGHT:g}, "
-            f"got {_clip(weight)}"
+            f"got {json_text(weight)}"
         )
     if role == "shadow" and weight:
         raise DesiredStateError(f"{where} is a shadow and cannot take traffic (weight {weight})")
@@ -339,6 +339,6 @@ def _entry(index: int, item: Any) -> ModelEntry:
         or utf8_problem(variant)  # goes into status, logs and sd_notify text
     ):
         raise DesiredStateError(
-            f"{where}.variant must be a non-empty printable string, got {_clip(variant)}"
+            f"{where}.variant must be a non-empty printable string, got {json_text(variant)}"
         )
     return ModelEntry(name, version, sha, size, signature, role, float(weight), variant)

@@ -11,6 +11,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from edgeloop_agent.wire.jsontext import json_text
+
 # Default histogram layout: 1 µs .. 10 s with 20 buckets per decade (bucket width x1.122).
 LO = 1e-6
 HI = 10.0
@@ -43,15 +45,17 @@ class LatencyHistogram:
 
     def __init__(self, lo: float = LO, hi: float = HI, per_decade: int = PER_DECADE) -> None:
         if not (isinstance(lo, (int, float)) and math.isfinite(lo) and lo > 0):
-            raise ValueError(f"lo must be a positive finite number, got {lo!r}")
+            raise ValueError(f"lo must be a positive finite number, got {json_text(lo)}")
         if not (isinstance(hi, (int, float)) and math.isfinite(hi) and hi > lo):
-            raise ValueError(f"hi must be a finite number above lo={lo!r}, got {hi!r}")
+            raise ValueError(
+                f"hi must be a finite number above lo={json_text(lo)}, got {json_text(hi)}"
+            )
         if (
             isinstance(per_decade, bool)
             or not isinstance(per_decade, int)
             or not 1 <= per_decade <= 1000
         ):
-            raise ValueError(f"per_decade must be an int in 1..1000, got {per_decade!r}")
+            raise ValueError(f"per_decade must be an int in 1..1000, got {json_text(per_decade)}")
         self.lo = float(lo)
         self.hi = float(hi)
         self.per_decade = per_decade
@@ -107,7 +111,7 @@ class LatencyHistogram:
     def quantile(self, q: float) -> float | None:
         """Estimate of the nearest-rank ``q`` quantile (0 < q <= 1); ``None`` when empty."""
         if not 0.0 < q <= 1.0:
-            raise ValueError(f"quantile q must be in (0, 1], got {q!r}")
+            raise ValueError(f"quantile q must be in (0, 1], got {json_text(q)}")
         if self.count == 0:
             return None
         rank = max(1, math.ceil(q * self.count - 1e-9))
@@ -173,17 +177,21 @@ class LatencyHistogram:
         try:
             h = cls(data["lo"], data["hi"], data["per_decade"])
         except KeyError as exc:
-            raise ValueError(f"{where}: missing field {exc.args[0]!r}") from exc
+            raise ValueError(f"{where}: missing field {json_text(exc.args[0])}") from exc
         for pair in data.get("counts", []):
             if not (isinstance(pair, (list, tuple)) and len(pair) == 2):
-                raise ValueError(f"{where}: counts entries must be [index, count], got {pair!r}")
+                raise ValueError(
+                    f"{where}: counts entries must be [index, count], got {json_text(pair)}"
+                )
             i, c = pair
             if not (_is_int(i) and 0 <= i < len(h._counts) and _is_int(c) and c >= 0):
-                raise ValueError(f"{where}: bad counts entry {pair!r}")
+                raise ValueError(f"{where}: bad counts entry {json_text(pair)}")
             h._counts[i] += c
         h.count = sum(h._counts)
         if data.get("count", h.count) != h.count:
-            raise ValueError(f"{where}: count {data.get('count')!r} != sum of counts {h.count}")
+            raise ValueError(
+                f"{where}: count {json_text(data.get('count'))} != sum of counts {h.count}"
+            )
         h.invalid = int(data.get("invalid", 0))
         h.sum = float(data.get("sum", 0.0))
         if h.count:

@@ -12,11 +12,20 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from edgeloop_agent.wire.jsontext import json_name, json_text
+
 META_KEY = "edgeloop"
 FORMAT_VERSION = 1
 
 Task = Literal["classification", "regression"]
-FeatureType = Literal["float", "string"]
+# How a request sends each feature (docs/protocol.md, "How each feature type is sent"):
+# "float" a JSON number; "bool" a JSON boolean (true/false, or the numbers 0 and 1),
+# fed to the graph's float32 input as 1.0/0.0 exactly as training converted the
+# column; "string" a JSON string (a category). An agent older than "bool" refuses
+# a model that uses it, naming the dtype, rather than serving it wrongly.
+FeatureType = Literal["float", "bool", "string"]
+# The float32 graph input carries both numeric kinds.
+NUMERIC_TYPES: tuple[FeatureType, ...] = ("float", "bool")
 InputType = Literal["float32", "string"]
 
 
@@ -62,7 +71,9 @@ class ModelMeta:
 
     @property
     def numeric_feature_names(self) -> list[str]:
-        return [f.name for f in self.features if f.dtype == "float"]
+        """Every feature fed through the float32 input (numbers and booleans), in order:
+        the columns of the drift profile."""
+        return [f.name for f in self.features if f.dtype in NUMERIC_TYPES]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -98,12 +109,13 @@ class ModelMeta:
         fmt = data.get("format")
         if fmt != FORMAT_VERSION:
             raise ModelMetaError(
-                f"model metadata format {fmt!r} is not supported (expected {FORMAT_VERSION})"
+                f"model metadata format {json_text(fmt)} is not supported "
+                f"(expected {FORMAT_VERSION})"
             )
         task = data.get("task")
         if task not in ("classification", "regression"):
             raise ModelMetaError(
-                f"model metadata 'task' must be classification or regression, got {task!r}"
+                f"model metadata 'task' must be classification or regression, got {json_text(task)}"
             )
         features, inputs = _features_and_inputs(data)
         outputs, classes = _outputs_and_classes(data, task)
@@ -141,15 +153,16 @@ def _features_and_inputs(
     if sorted(covered) != sorted(names):
         raise ModelMetaError(
             "model metadata inputs must use every feature exactly once "
-            f"(features {names}, inputs use {covered})"
+            f"(features {json_text(names, 200)}, inputs use {json_text(covered, 200)})"
         )
     by_name = {f.name: f for f in features}
     for inp in inputs:
-        want = "float" if inp.dtype == "float32" else "string"
-        wrong = [n for n in inp.features if by_name[n].dtype != want]
+        want = NUMERIC_TYPES if inp.dtype == "float32" else ("string",)
+        wrong = [n for n in inp.features if by_name[n].dtype not in want]
         if wrong:
             raise ModelMetaError(
-                f"input {inp.name!r} is {inp.dtype} but features {wrong} are not {want}"
+                f"input {json_name(inp.name)} is {inp.dtype} but features {json_text(wrong)} "
+                f"are not {' or '.join(want)}"
             )
     return features, inputs
 
@@ -180,26 +193,33 @@ def _outputs_and_classes(
 def _list(data: dict[str, Any], key: str) -> list[Any]:
     value = data.get(key)
     if not isinstance(value, list):
-        raise ModelMetaError(f"model metadata {key!r} must be a list")
+        raise ModelMetaError(f"model metadata {json_name(key)} must be a list")
     return value
 
 
 def _feature(item: Any) -> FeatureSpec:
     if not isinstance(item, dict) or not isinstance(item.get("name"), str) or not item["name"]:
-        raise ModelMetaError(f"feature entry {item!r} needs a non-empty string 'name'")
+        raise ModelMetaError(f"feature entry {json_text(item)} needs a non-empty string 'name'")
     dtype = item.get("dtype", "float")
-    if dtype not in ("float", "string"):
-        raise ModelMetaError(f"feature {item['name']!r} has unsupported dtype {dtype!r}")
+    if dtype not in ("float", "bool", "string"):
+        raise ModelMetaError(
+            f"feature {json_name(item['name'])} has unsupported dtype {json_text(dtype)} "
+            "(this agent knows float, bool and string)"
+        )
     return FeatureSpec(item["name"], dtype)
 
 
 def _input(item: Any) -> InputSpec:
     if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-        raise ModelMetaError(f"input entry {item!r} needs a string 'name'")
+        raise ModelMetaError(f"input entry {json_text(item)} needs a string 'name'")
     dtype = item.get("dtype")
     if dtype not in ("float32", "string"):
-        raise ModelMetaError(f"input {item['name']!r} has unsupported dtype {dtype!r}")
+        raise ModelMetaError(
+            f"input {json_name(item['name'])} has unsupported dtype {json_text(dtype)}"
+        )
     feats = item.get("features")
     if not isinstance(feats, list) or not feats or not all(isinstance(f, str) for f in feats):
-        raise ModelMetaError(f"input {item['name']!r} needs a non-empty list of feature names")
+        raise ModelMetaError(
+            f"input {json_name(item['name'])} needs a non-empty list of feature names"
+        )
     return InputSpec(item["name"], dtype, tuple(feats))

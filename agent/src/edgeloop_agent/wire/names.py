@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 from typing import Final
 
+from edgeloop_agent.wire.jsontext import json_kind, json_text
+
 # MQTT's own limit is 65,535 bytes; nothing edgeloop publishes needs more than
 # this, and a short limit keeps a hostile ``reply_to`` from costing memory.
 MAX_TOPIC_BYTES: Final = 1024
@@ -102,5 +104,4 @@ def check_model_name(what: str, value: object) -> str:
 
 
 def _show(value: object) -> str:
-    text = ascii(value) if isinstance(value, str) else type(value).__name__
-    return text if len(text) <= 80 else text[:77] + "..."
+    return json_text(value) if isinstance(value, str) else json_kind(value)

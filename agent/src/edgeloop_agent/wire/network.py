@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from edgeloop_agent.wire.jsontext import json_text
+
 
 class BrokerAddressError(ValueError):
     """A broker URL or CA file that cannot be used; the message names which."""
@@ -38,20 +40,23 @@ class BrokerAddress:
         parts = urlsplit(url if "://" in url else f"mqtt://{url}")
         if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
             raise BrokerAddressError(
-                f"broker URL {_redact(url)!r} must start with mqtt:// or mqtts://"
+                f"broker URL {json_text(_redact(url))} must start with mqtt:// or mqtts://"
             )
         if not parts.hostname:
-            raise BrokerAddressError(f"broker URL {_redact(url)!r} has no host")
+            raise BrokerAddressError(f"broker URL {json_text(_redact(url))} has no host")
         tls = parts.scheme in ("mqtts", "ssl")
         try:
             port = parts.port or (8883 if tls else 1883)
         except ValueError:
-            raise BrokerAddressError(f"broker URL {_redact(url)!r} has an invalid port") from None
+            raise BrokerAddressError(
+                f"broker URL {json_text(_redact(url))} has an invalid port"
+            ) from None
         query = parse_qs(parts.query, keep_blank_values=True)
         unknown = sorted(set(query) - {"ca_file"})
         if unknown:
             raise BrokerAddressError(
-                f"broker URL {_redact(url)!r}: unknown option {', '.join(unknown)} (known: ca_file)"
+                f"broker URL {json_text(_redact(url))}: unknown option {', '.join(unknown)} "
+                "(known: ca_file)"
             )
         ca_file = query["ca_file"][-1] if "ca_file" in query else None
         address = cls(parts.hostname, port, tls, parts.username, parts.password)
@@ -131,5 +136,5 @@ def parse_listen(value: str, what: str = "metrics_listen") -> tuple[str, int]:
     ``what`` (the setting or flag). Shared by every listener the product opens."""
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{what} {value!r} must be host:port, e.g. 127.0.0.1:9108")
+        raise ValueError(f"{what} {json_text(value)} must be host:port, e.g. 127.0.0.1:9108")
     return host.strip("[]"), int(port)

@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from edgeloop_agent.wire.jsontext import json_text
+
 PROFILE_KIND = "edgeloop.drift.reference_profile"
 PROFILE_VERSION = 1
 OUTPUT_NAME = "__output__"
@@ -106,8 +108,8 @@ class ColumnProfile:
             raise ValueError(f"{where}: missing field(s) {sorted(missing)}")
         name = d["name"]
         if not isinstance(name, str) or not name:
-            raise ValueError(f"{where}.name: expected a non-empty string, got {name!r}")
-        where = f"{where} ({name!r})"
+            raise ValueError(f"{where}.name: expected a non-empty string, got {json_text(name)}")
+        where = f"{where} ({json_text(name)})"
         n = _as_count(d["n"], f"{where}.n")
         n_missing = _as_count(d["n_missing"], f"{where}.n_missing")
         edges = _as_float_array(d["edges"], f"{where}.edges") + 0.0
@@ -116,8 +118,9 @@ class ColumnProfile:
         if edges.size > 1 and not np.all(np.diff(edges) > 0):
             bad = int(np.argmin(np.diff(edges) > 0))
             raise ValueError(
-                f"{where}.edges: must be strictly increasing, but edges[{bad}]={edges[bad]!r} "
-                f">= edges[{bad + 1}]={edges[bad + 1]!r}"
+                f"{where}.edges: must be strictly increasing, but "
+                f"edges[{bad}]={json_text(edges[bad])} "
+                f">= edges[{bad + 1}]={json_text(edges[bad + 1])}"
             )
         counts = _as_int_array(d["counts"], f"{where}.counts")
         if counts.size != edges.size + 1:
@@ -133,11 +136,13 @@ class ColumnProfile:
             raise ValueError(f"{where}.edges: a column with n={n} > 0 needs at least one edge")
         starts = _as_int_array(d["psi_starts"], f"{where}.psi_starts")
         if starts.size == 0 or starts[0] != 0:
-            raise ValueError(f"{where}.psi_starts: must start with 0, got {starts.tolist()!r}")
+            raise ValueError(
+                f"{where}.psi_starts: must start with 0, got {json_text(starts.tolist())}"
+            )
         if np.any(np.diff(starts) <= 0) or starts[-1] >= counts.size:
             raise ValueError(
                 f"{where}.psi_starts: must be strictly increasing fine-bin indices "
-                f"< {counts.size}, got {starts.tolist()!r}"
+                f"< {counts.size}, got {json_text(starts.tolist())}"
             )
         bound = d["ks_d_bound"]
         if (
@@ -145,7 +150,9 @@ class ColumnProfile:
             or not isinstance(bound, (int, float))
             or not (0.0 <= float(bound) <= 1.0)
         ):
-            raise ValueError(f"{where}.ks_d_bound: expected a number in [0, 1], got {bound!r}")
+            raise ValueError(
+                f"{where}.ks_d_bound: expected a number in [0, 1], got {json_text(bound)}"
+            )
         sample = None
         if d.get("sample") is not None:
             sample = np.sort(_as_float_array(d["sample"], f"{where}.sample"))
@@ -194,11 +201,13 @@ class ReferenceProfile:
         if not isinstance(d, dict):
             raise ValueError(f"profile: expected an object, got {type(d).__name__}")
         if d.get("kind") != PROFILE_KIND:
-            raise ValueError(f"profile.kind: expected {PROFILE_KIND!r}, got {d.get('kind')!r}")
+            raise ValueError(
+                f"profile.kind: expected {json_text(PROFILE_KIND)}, got {json_text(d.get('kind'))}"
+            )
         if d.get("version") != PROFILE_VERSION:
             raise ValueError(
                 f"profile.version: this agent reads version {PROFILE_VERSION}, "
-                f"got {d.get('version')!r}"
+                f"got {json_text(d.get('version'))}"
             )
         psi_bins = _as_count(d.get("psi_bins"), "profile.psi_bins")
         fine_bins = _as_count(d.get("fine_bins"), "profile.fine_bins")
@@ -258,12 +267,16 @@ def build_reference_profile(
         raise ValueError(f"feature_names: got {len(names)} names for X with {n_features} columns")
     for i, nm in enumerate(names):
         if not isinstance(nm, str) or not nm:
-            raise ValueError(f"feature_names[{i}]: expected a non-empty string, got {nm!r}")
+            raise ValueError(
+                f"feature_names[{i}]: expected a non-empty string, got {json_text(nm)}"
+            )
     dupes = sorted({x for x in names if names.count(x) > 1})
     if dupes:
         raise ValueError(f"feature_names: duplicate name(s) {dupes}")
     if OUTPUT_NAME in names:
-        raise ValueError(f"feature_names: {OUTPUT_NAME!r} is reserved for the model output")
+        raise ValueError(
+            f"feature_names: {json_text(OUTPUT_NAME)} is reserved for the model output"
+        )
 
     out_col = None
     if output is not None:
@@ -391,7 +404,7 @@ def _as_float(a: Any, field: str) -> np.ndarray:
 
 def _check_int(value: Any, field: str, lo: int, hi: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{field}: expected an integer, got {value!r}")
+        raise ValueError(f"{field}: expected an integer, got {json_text(value)}")
     if not (lo <= int(value) <= hi):
         raise ValueError(f"{field}: expected {lo} <= {field} <= {hi}, got {value}")
     return int(value)
@@ -399,7 +412,7 @@ def _check_int(value: Any, field: str, lo: int, hi: int) -> int:
 
 def _as_count(value: Any, field: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{field}: expected a non-negative integer, got {value!r}")
+        raise ValueError(f"{field}: expected a non-negative integer, got {json_text(value)}")
     return value
 
 

@@ -26,6 +26,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from edgeloop_agent.wire.jsontext import json_text
+
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -77,7 +79,9 @@ def decode_signature(signature_b64: str | None) -> bytes:
     try:
         raw = base64.b64decode("".join(signature_b64.split()), validate=True)
     except (binascii.Error, ValueError):
-        raise SignatureError(f"signature is not valid base64: {_clip(signature_b64)!r}") from None
+        raise SignatureError(
+            f"signature is not valid base64: {json_text(_clip(signature_b64))}"
+        ) from None
     if len(raw) != SIGNATURE_LENGTH:
         raise SignatureError(
             f"signature is {len(raw)} bytes long, an Ed25519 signature is {SIGNATURE_LENGTH}"

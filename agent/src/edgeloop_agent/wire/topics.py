@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Final
 
+from edgeloop_agent.wire.jsontext import json_text
 from edgeloop_agent.wire.names import check_device_id, id_problem
 
 DEFAULT_PREFIX: Final = "edgeloop"
@@ -79,7 +80,7 @@ class Topics:
         validate_prefix(prefix)
         problem = id_problem(site, reserved=False)
         if problem:
-            raise ValueError(f"site name {site!r} {problem}")
+            raise ValueError(f"site name {json_text(site)} {problem}")
         return f"{prefix}/broker/{site}/bridge"
 
     @staticmethod
@@ -93,7 +94,7 @@ class Topics:
         rest = topic[len(head) :] if topic.startswith(head) else ""
         device, _, leaf = rest.partition("/")
         if not rest or not leaf or "/" in leaf:
-            raise ValueError(f"topic {topic[:60]!r} is not {prefix}/<device>/<leaf>")
+            raise ValueError(f"topic {json_text(topic[:60])} is not {prefix}/<device>/<leaf>")
         return device, leaf
 
 
@@ -104,11 +105,13 @@ def artifact_topic(prefix: str, name: str, version: str) -> str:
 
 def validate_prefix(prefix: str) -> None:
     if not prefix or any(c in prefix for c in "+#\x00") or prefix.startswith("/"):
-        raise ValueError(f"topic prefix {prefix!r} must be non-empty without + # or a leading /")
+        raise ValueError(
+            f"topic prefix {json_text(prefix)} must be non-empty without + # or a leading /"
+        )
     if prefix.endswith("/"):
-        raise ValueError(f"topic prefix {prefix!r} must not end with /")
+        raise ValueError(f"topic prefix {json_text(prefix)} must not end with /")
 
 
 def _check_leaf(leaf: str) -> None:
     if leaf not in DEVICE_LEAVES:
-        raise ValueError(f"topic leaf {leaf!r} is not one of {', '.join(DEVICE_LEAVES)}")
+        raise ValueError(f"topic leaf {json_text(leaf)} is not one of {', '.join(DEVICE_LEAVES)}")

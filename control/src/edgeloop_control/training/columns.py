@@ -71,6 +71,18 @@ def infer_feature_kind(series: pd.Series, name: str) -> FeatureKind:
     raise TrainingError(f"feature {name!r} has unsupported dtype {dtype}; list it in exclude")
 
 
+def is_boolean_column(series: pd.Series) -> bool:
+    """True for a column of booleans (missing values allowed): the model metadata
+    then types the feature ``bool``, and devices take JSON true/false for it."""
+    if pd.api.types.is_bool_dtype(series.dtype):
+        return True
+    return bool(
+        pd.api.types.is_object_dtype(series.dtype)
+        and series.notna().any()
+        and pd.api.types.infer_dtype(series, skipna=True) == "boolean"
+    )
+
+
 def numeric_values(series: pd.Series, name: str) -> np.ndarray:
     """A numeric feature as float32, missing values as NaN."""
     dtype = series.dtype

@@ -27,7 +27,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostin
 from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
 
-from edgeloop_agent.wire.modelmeta import META_KEY, FeatureSpec, InputSpec, ModelMeta
+from edgeloop_agent.wire.modelmeta import META_KEY, FeatureSpec, FeatureType, InputSpec, ModelMeta
 from edgeloop_control import __version__
 from edgeloop_control.training.errors import TrainingError
 
@@ -49,6 +49,7 @@ def export_onnx(
     feature_names: Sequence[str],
     categorical_features: Sequence[str] = (),
     *,
+    boolean_features: Sequence[str] = (),
     profile: dict[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
     doc_string: str = "",
@@ -56,8 +57,11 @@ def export_onnx(
     """Export a fitted pipeline and embed its :class:`ModelMeta`.
 
     ``feature_names`` is the request order of all features; ``categorical_features``
-    says which of them are strings. The pipeline must have been fitted on the
-    numeric features (in that order) followed by the categorical ones.
+    says which of them are strings, ``boolean_features`` which numeric ones were
+    booleans (the metadata marks them ``bool``, so an agent accepts JSON true/false
+    for them; the graph still takes them as 1.0/0.0 in the float32 input). The
+    pipeline must have been fitted on the numeric features (in that order) followed
+    by the categorical ones.
     """
     features = list(feature_names)
     categorical_set = set(categorical_features)
@@ -65,6 +69,11 @@ def export_onnx(
     if unknown:
         raise TrainingError(f"categorical features {unknown} are not in feature_names")
     numeric = [f for f in features if f not in categorical_set]
+    boolean_set = set(boolean_features)
+    if boolean_set - set(numeric):
+        raise TrainingError(
+            f"boolean features {sorted(boolean_set - set(numeric))} are not numeric features"
+        )
     categorical = [f for f in features if f in categorical_set]
     fitted_on = getattr(pipeline, "feature_names_in_", None)
     if fitted_on is not None and list(fitted_on) != numeric + categorical:
@@ -118,9 +127,7 @@ def export_onnx(
 
     meta = ModelMeta(
         task="classification" if classifier else "regression",
-        features=tuple(
-            FeatureSpec(f, "string" if f in categorical_set else "float") for f in features
-        ),
+        features=tuple(FeatureSpec(f, _dtype(f, categorical_set, boolean_set)) for f in features),
         inputs=tuple(inputs),
         outputs=outputs,
         classes=classes,
@@ -143,6 +150,12 @@ def export_onnx(
     entry.value = meta_json
     onnx.checker.check_model(model)
     return model.SerializeToString()
+
+
+def _dtype(name: str, categorical: set[str], boolean: set[str]) -> FeatureType:
+    if name in categorical:
+        return "string"
+    return "bool" if name in boolean else "float"
 
 
 def handles_missing(pipeline: Pipeline) -> bool:

@@ -33,6 +33,7 @@ from edgeloop_control.training.columns import (
     FeatureKind,
     feature_frame,
     infer_feature_kind,
+    is_boolean_column,
 )
 from edgeloop_control.training.config import TrainConfig
 from edgeloop_control.training.errors import TrainingError
@@ -286,6 +287,7 @@ def _fit(p: PreparedData) -> TrainResult:
         pipeline,
         features,
         categorical,
+        boolean_features=[f for f in numeric if is_boolean_column(labelled[f])],
         profile=profile,
         extra=extra,
         doc_string=f"edgeloop {config.algo} {task} model for target {config.target!r}",

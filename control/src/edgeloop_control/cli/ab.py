@@ -341,6 +341,8 @@ def _overview(reports: list[dict[str, Any]]) -> None:
                 "started",
             ],
             rows,
+            wrap=("champion", "challenger"),
+            droppable=("started", "p (seq.)"),
         )
     )
 
@@ -412,12 +414,12 @@ def _detail(r: dict[str, Any]) -> None:
         ],
         ["sample ratio (requests)", srm.get("reason", "-")],
     ]
-    console.print(table(None, ["statistic", "value"], tests))
+    console.print(table(None, ["statistic", "value"], tests, wrap=("statistic", "value")))
     guards = [
         [g["name"], "[green]pass[/]" if g["passed"] else "[bold red]FAIL[/]", g["reason"]]
         for g in r["guardrails"]
     ]
-    console.print(table(None, ["guardrail", "", "detail"], guards))
+    console.print(table(None, ["guardrail", "", "detail"], guards, wrap=("detail",)))
     if r["decision"]:
         d = r["decision"]
         console.print(

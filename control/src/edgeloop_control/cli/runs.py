@@ -66,11 +66,10 @@ def _list(
         columns.append("pushed to")
         for row, r in zip(rows, runs, strict=True):
             row.append(", ".join(sorted(r.pushed)) or "-")
-    out = table(f"runs in {where}", columns, rows)
-    # Run ids get copied into other commands: never wrap or truncate them.
-    out.columns[0].no_wrap = True
-    out.columns[0].min_width = max(len(r.run_id) for r in runs)
-    console.print(out)
+    # Run ids get copied into other commands: the table never wraps or cuts them.
+    console.print(
+        table(f"runs in {where}", columns, rows, wrap=("pushed to",), droppable=("started", "name"))
+    )
 
 
 @app.command("push")
@@ -99,7 +98,12 @@ def push(
         for r in results
     ]
     console.print(
-        table(f"push to {to}", ["local run", "experiment", "result", "remote run", "note"], rows)
+        table(
+            f"push to {to}",
+            ["local run", "experiment", "result", "remote run", "note"],
+            rows,
+            wrap=("note",),
+        )
     )
 
 

@@ -155,6 +155,9 @@ def promote(
 
     registry = _registry(ctx)
     parsed = parse_ref(ref)
+    from edgeloop_control.registry.refs import check_stage
+
+    stage = check_stage(stage)  # the name as stored: lower case
     mv = registry.promote(parsed.name, _version_of(registry, ref), stage)
     if as_json:
         print_json({"stage": stage, "version": _summary(mv), "stages": registry.stages(mv.name)})
@@ -170,7 +173,10 @@ def demote(
     as_json: JsonOpt = False,
 ) -> None:
     """Take a stage off whichever version holds it."""
+    from edgeloop_control.registry.refs import check_stage
+
     registry = _registry(ctx)
+    stage = check_stage(stage)
     mv = registry.demote(name, stage)
     if as_json:
         print_json({"stage": stage, "version": _summary(mv) if mv else None})

@@ -73,6 +73,7 @@ class ControlDaemon:
         self.db = ControlDB(ws.state_db)
         self.store = FeatureStore(ws.feature_store_dir)
         self.stop_event = threading.Event()
+        self._stop_signal = ""  # the signal that asked the daemon to stop, for its log line
         self.connected = threading.Event()
         self.policies: list[Policy] = []
         self._queue: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
@@ -137,8 +138,8 @@ class ControlDaemon:
 
     def run(self, *, install_signals: bool = True, until: Callable[[], bool] | None = None) -> int:
         if install_signals:
-            signal.signal(signal.SIGTERM, lambda *_: self.stop_event.set())
-            signal.signal(signal.SIGINT, lambda *_: self.stop_event.set())
+            signal.signal(signal.SIGTERM, self._on_signal)
+            signal.signal(signal.SIGINT, self._on_signal)
         self.start()
         next_tick = time.monotonic()
         try:
@@ -161,8 +162,19 @@ class ControlDaemon:
                     next_tick = now + self.tick_s
                     self._tick()
         finally:
+            if self._stop_signal:
+                # Logged here, not in the handler: a handler that logs can interrupt a
+                # log call of this same thread half-way.
+                log.info("%s received: stopping", self._stop_signal)
+            t0 = time.monotonic()
             self._drain_and_stop()
+            if self._stop_signal:
+                log.info("control daemon stopped (%.2f s)", time.monotonic() - t0)
         return 0
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        self._stop_signal = signal.Signals(signum).name
+        self.stop_event.set()
 
     def _drain_and_stop(self) -> None:
         self._queue_retries()

@@ -135,6 +135,14 @@ class Rows:
         yield table
 
     def _vertical(self) -> Iterable[Text]:
+        if len(self.columns) == 2:  # a field/value table: one "field : value" line each
+            label = max((_width(r[0]) for r in self.rows), default=0)
+            for key, value in self.rows:
+                line = Text(key.plain.ljust(label), style="bold")
+                line.append(" : ")
+                line.append_text(value)
+                yield line
+            return
         label = max((cell_len(c) for c in self.columns), default=0)
         for n, row in enumerate(self.rows):
             yield Text(f"-- {n + 1} of {len(self.rows)} --", style="dim")

@@ -364,8 +364,8 @@ def _overview(reports: list[dict[str, Any]]) -> None:
                 "started",
             ],
             rows,
-            wrap=("champion", "challenger"),
-            droppable=("started", "p (seq.)"),
+            wrap=("champion", "challenger", "labels", "metric"),
+            droppable=("started", "p (seq.)", "metric"),
         )
     )
 

@@ -126,3 +126,25 @@ def test_manual_promotion_from_the_cli(env: Env) -> None:
     assert out.returncode == 0, out.stderr
     assert "promoted" in out.stdout and "pending: rollout" in out.stdout
     assert env.registry.stages("sensor")["champion"] == "v2"
+
+
+def test_more_labels_than_requests_is_explained(env: Env) -> None:
+    """Labels count in the report they arrive in, requests in the one that served them; the
+    first report of a device is left out, but labels for its requests arrive later. The
+    status used to show 'labelled 439' beside 'requests 436' without a word."""
+    out = ab(env, "start", CHAMP, CHALL, "-d", "d1", "--manual", "--json")
+    assert out.returncode == 0, out.stderr
+    exp_id = json.loads(out.stdout)["id"]
+    d1 = Device("d1")
+    warm_up(env.db, exp_id, d1)  # 500 requests, left out of the totals
+    d1.serve(CHAMP, 10, labelled=60, correct=40)  # 50 of the labels are for the warm-up's
+    d1.serve(CHALL, 10, labelled=5, correct=4)
+    d1.report(env.db, exp_id)
+    st = json.loads(ab(env, "status", exp_id, "--json").stdout)
+    champ = st["variants"]["champion"]
+    assert (champ["requests"], champ["n"]) == (10, 60)
+    out = ab(env, "status", exp_id)
+    assert out.returncode == 0, out.stderr
+    assert "labels > requests for the champion: labels count when they arrive" in " ".join(
+        out.stdout.split()
+    )

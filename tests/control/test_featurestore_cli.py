@@ -146,3 +146,15 @@ def test_ingest_file_function_reports_clear_errors(
     with pytest.raises(FeatureStoreError, match=re.escape("entity column(s) ['site'] not in")):
         ingest_file(ws, csv, "other", ["site"], "ts")
     assert capsys.readouterr().err == ""
+
+
+def test_materialising_a_range_without_rows_still_counts(ws: Workspace, csv: Path) -> None:
+    """A materialize whose range holds no row used to leave no online table, so the next
+    `features get` told the user to run the materialize they had just run."""
+    ingest(ws, csv, "-e", "device", "-t", "ts")
+    future = (NOW + pd.Timedelta("1d")).isoformat()
+    code, out, _ = run(ws, "materialize", "sensors", "--start", future, "--json")
+    assert code == 0 and json.loads(out)["written"] == 0
+    code, out, _ = run(ws, "get", "sensors", "a")
+    assert code == 0 and "1 key(s) not among the materialised entities" in out
+    assert "materialize" not in out

@@ -465,3 +465,18 @@ def test_cli_diff_warns_about_different_holdouts(cli: Any, registry: Registry) -
     out = cli("diff", "sensor@v1", "sensor@v2")
     assert "metrics.auc" in out.stdout
     assert "whether the metrics compare is unknown" in out.stderr
+
+
+def test_stage_names_have_one_spelling(cli: Any, registry: Registry) -> None:
+    """`promote m@v1 Canary` used to create a stage 'Canary' beside 'canary'."""
+    assert cli("promote", "sensor@v1", "canary").exit_code == 0
+    promoted = cli("promote", "sensor@v3", "Canary")
+    assert promoted.exit_code == 0, promoted.output
+    assert promoted.stdout.strip() == "sensor@v3 is now canary"
+    stages = registry.stages("sensor")
+    assert stages["canary"] == "v3" and not any(s != s.lower() for s in stages)
+    assert cli("show", "sensor#CANARY", "--json").exit_code == 0
+    assert json.loads(cli("show", "sensor#CANARY", "--json").stdout)["ref"] == "sensor@v3"
+    assert parse_ref("sensor:Champion").stage == "champion"
+    assert cli("demote", "sensor", "CANARY").stdout.strip() == "sensor@v3 is no longer canary"
+    assert "canary" not in registry.stages("sensor")

@@ -382,3 +382,59 @@ def test_documented_tags_find_a_trained_model_on_the_server(
         else:
             found = client.search_runs([experiment.experiment_id], f"tags.`{tag}` = '{value}'")
         assert len(found) == 1, tag
+
+
+def test_runs_push_links_the_registered_version_to_its_mlflow_run(
+    server: MlflowServer, client: Any, ws: Workspace
+) -> None:
+    """The registry's lineage named only the workspace run (`tracking_uri: workspace`) after
+    `runs push`, so a model could not be followed to its run on the server."""
+    import numpy as np
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from edgeloop_control.cli import app
+    from edgeloop_control.featurestore import FeatureStore
+    from edgeloop_control.jobs.train_and_register import train_and_register
+    from edgeloop_control.registry import Registry
+    from edgeloop_control.training import TrainConfig
+
+    x = np.random.default_rng(1).normal(size=200)
+    frame = pd.DataFrame({"id": range(200), "x": x, "y": (x > 0).astype(int)})
+    FeatureStore(ws.feature_store_dir).ingest(frame, "linked", entity="id")
+    outcome = train_and_register(
+        ws, name="linked-model", config=TrainConfig(target="y", algo="logreg"), view="linked"
+    )
+    local_id = outcome.version.lineage["tracking_run_id"]
+    assert outcome.version.lineage["tracking_uri"] == "workspace"
+
+    pushed = CliRunner().invoke(
+        app, ["-w", str(ws.root), "runs", "push", "--to", server.uri, "--json"]
+    )
+    assert pushed.exit_code == 0, pushed.output
+    (result,) = json.loads(pushed.stdout)
+    assert result["model_versions"] == ["linked-model@v1"]
+    remote_id = result["remote_run_id"]
+
+    lineage = Registry.for_workspace(ws, create=False).get("linked-model@v1").lineage
+    assert lineage["tracking_run_id"] == local_id  # the workspace run stays named
+    assert (lineage["mlflow_run_id"], lineage["mlflow_uri"]) == (remote_id, server.uri)
+    # The run the registry names is the one on the server, and it names the version back.
+    run = client.get_run(lineage["mlflow_run_id"])
+    assert run.data.tags["edgeloop.model_version"] == "linked-model@v1"
+    assert run.data.tags["edgeloop.local_run_id"] == local_id
+    shown = CliRunner().invoke(app, ["-w", str(ws.root), "models", "show", "linked-model@v1"])
+    assert remote_id in shown.stdout
+
+    # Pushing again links nothing new and makes no commit.
+    head = Registry.for_workspace(ws, create=False).head_commit()
+    again = CliRunner().invoke(app, ["-w", str(ws.root), "runs", "push", "--to", server.uri])
+    assert again.exit_code == 0, again.output
+    assert Registry.for_workspace(ws, create=False).head_commit() == head
+
+
+def test_a_linked_uri_keeps_no_credentials() -> None:
+    from edgeloop_control.registry.lineage import public_uri
+
+    assert public_uri("http://alice:s3cret@mlflow.lan:5000/x") == "http://mlflow.lan:5000/x"
+    assert public_uri("https://mlflow.example.org") == "https://mlflow.example.org"

@@ -131,7 +131,7 @@ def test_a_misspelt_feature_is_named_as_unknown(loan_serving, probe):
     reply = request(probe, {"id": "typo", "features": row})
     assert reply["error"] == {
         "code": "missing_feature",
-        "message": "missing features: age (unknown: agee)",
+        "message": "missing features: age; unknown features: agee (did you mean age?)",
     }
 
 

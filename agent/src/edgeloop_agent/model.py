@@ -168,6 +168,23 @@ class OnnxModel:
 
     # -- requests ------------------------------------------------------------
 
+    def _missing_message(self, row: dict[Any, Any]) -> str:
+        """Names the missing features and, when the row also has names the model does not
+        know (a misspelling: ``car`` for ``car_value``), those too, with the close match."""
+        import difflib  # only on this error path: the request path stays lean
+
+        missing = [n for n in self.feature_names if n not in row]
+        unknown = sorted(str(k) for k in row if k not in self._names_set)
+        message = f"missing features: {', '.join(missing)}"
+        if unknown:
+            hints = []
+            for name in unknown[:20]:
+                close = difflib.get_close_matches(name, missing, n=1, cutoff=0.5)
+                close = close or [m for m in missing if m.startswith(name) or name.startswith(m)]
+                hints.append(f"{name} (did you mean {close[0]}?)" if close else name)
+            message += f"; unknown features: {', '.join(hints)}"
+        return message
+
     def validate_row(self, row: Any) -> list[Any]:
         """Return the row's values in model order, or raise RequestError."""
         values = self._ordered(row)
@@ -188,13 +205,7 @@ class OnnxModel:
             try:
                 values = [row[n] for n in self.feature_names]
             except KeyError:
-                missing = [n for n in self.feature_names if n not in row]
-                # A misspelt name is both: say which name the model did not know.
-                unknown = sorted(str(k) for k in row if k not in self._names_set)
-                also = f" (unknown: {', '.join(unknown)})" if unknown else ""
-                raise RequestError(
-                    Code.MISSING_FEATURE, f"missing features: {', '.join(missing)}{also}"
-                ) from None
+                raise RequestError(Code.MISSING_FEATURE, self._missing_message(row)) from None
             if len(row) != self.n_features:
                 unknown = sorted(str(k) for k in row if k not in self._names_set)
                 raise RequestError(

@@ -305,6 +305,29 @@ def _when(ts: float | None) -> str:
     return "" if ts is None else datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def labels_note(variants: dict[str, Any]) -> str | None:
+    """Why an arm can show more labels than requests, said when it does.
+
+    Requests are counted in the report that served them, labels in the report they arrive
+    in, joined on the device to the variant that made the prediction. The first report of
+    each device in an experiment is left out (docs/experiments.md), but labels for its
+    requests, and for the champion's requests from before the experiment, arrive later and
+    count: so labels are not a subset of the requests shown.
+    """
+    over = [
+        arm
+        for arm in ("champion", "challenger")
+        if (v := variants.get(arm) or {}) and v.get("n", 0) > v.get("requests", 0)
+    ]
+    if not over:
+        return None
+    return (
+        f"labels > requests for the {' and '.join(over)}: labels count when they arrive, "
+        "requests when served; labels for requests served before the first counted report "
+        "(or, for the champion, before the experiment) arrive later and are counted"
+    )
+
+
 def _overview(reports: list[dict[str, Any]]) -> None:
     rows = []
     for r in reports:
@@ -334,13 +357,15 @@ def _overview(reports: list[dict[str, Any]]) -> None:
                 "state",
                 "champion",
                 "challenger",
-                "labelled",
+                "labels",
                 "metric",
                 "p (seq.)",
                 "decision",
                 "started",
             ],
             rows,
+            wrap=("champion", "challenger", "labels", "metric"),
+            droppable=("started", "p (seq.)", "metric"),
         )
     )
 
@@ -370,6 +395,7 @@ def _detail(r: dict[str, Any]) -> None:
             ]
         )
     ci_pct = f"{(1 - r['alpha']):.0%} CI"
+    note = labels_note(variants)
     console.print(
         table(
             None,
@@ -380,13 +406,15 @@ def _detail(r: dict[str, Any]) -> None:
                 "requests",
                 "errors",
                 "p99 ms",
-                "labelled",
+                "labels",
                 r["metric"],
                 ci_pct,
             ],
             rows,
         )
     )
+    if note:
+        console.print(note, highlight=False, style="dim")
     seq = r["sequential"] or {}
     fixed = r["fixed_horizon"] or {}
     srm = r["srm"] or {}
@@ -412,12 +440,12 @@ def _detail(r: dict[str, Any]) -> None:
         ],
         ["sample ratio (requests)", srm.get("reason", "-")],
     ]
-    console.print(table(None, ["statistic", "value"], tests))
+    console.print(table(None, ["statistic", "value"], tests, wrap=("statistic", "value")))
     guards = [
         [g["name"], "[green]pass[/]" if g["passed"] else "[bold red]FAIL[/]", g["reason"]]
         for g in r["guardrails"]
     ]
-    console.print(table(None, ["guardrail", "", "detail"], guards))
+    console.print(table(None, ["guardrail", "", "detail"], guards, wrap=("detail",)))
     if r["decision"]:
         d = r["decision"]
         console.print(

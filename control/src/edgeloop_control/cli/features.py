@@ -143,7 +143,9 @@ def ls_cmd(ctx: typer.Context, as_json: JsonOption = False) -> None:
         for v in versions
     ]
     columns = ["view", "version", "rows", "fingerprint", "entity", "timestamp", "ttl"]
-    console.print(table("feature views", columns, rows))
+    console.print(
+        table("feature views", columns, rows, wrap=("entity",), droppable=("fingerprint", "ttl"))
+    )
 
 
 @app.command("show")
@@ -185,7 +187,14 @@ def show_cmd(
     schema_rows = [[c.name, c.type, roles.get(c.name, "feature")] for c in found.schema.columns]
     console.print(table("schema", ["column", "type", "role"], schema_rows))
     part_rows = [[p["date"], p["files"], p["rows"], p["first"], p["last"]] for p in parts]
-    console.print(table("partitions", ["date", "files", "rows", "first", "last"], part_rows))
+    console.print(
+        table(
+            "partitions",
+            ["date", "files", "rows", "first", "last"],
+            part_rows,
+            wrap=("first", "last"),
+        )
+    )
 
 
 @app.command("get")

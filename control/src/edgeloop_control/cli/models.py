@@ -82,6 +82,8 @@ def _list(ctx: typer.Context, name: str | None, as_json: bool) -> None:
             "registered models",
             ["version", "stages", "created", "sha256", "bytes", "metrics", "parent"],
             rows,
+            wrap=("stages", "metrics"),
+            droppable=("sha256", "parent", "created", "bytes"),
         )
     )
 
@@ -135,9 +137,10 @@ def show(
         ["signature", f"ed25519, key {mv.key_id}"],
         ["commit", mv.commit],
     ]
-    rows += [[f"lineage.{k}", _short(v)] for k, v in mv.lineage.items()]
-    rows += [[f"metadata.{k}", _short(v)] for k, v in mv.metadata.items()]
-    console.print(table(mv.ref, ["field", "value"], rows))
+    # In full: docs/protocol.md sends readers here for the model's feature order.
+    rows += [[f"lineage.{k}", _full(v)] for k, v in mv.lineage.items()]
+    rows += [[f"metadata.{k}", _full(v)] for k, v in mv.metadata.items()]
+    console.print(table(mv.ref, ["field", "value"], rows, wrap=("value",)))
 
 
 @app.command("promote")
@@ -152,6 +155,9 @@ def promote(
 
     registry = _registry(ctx)
     parsed = parse_ref(ref)
+    from edgeloop_control.registry.refs import check_stage
+
+    stage = check_stage(stage)  # the name as stored: lower case
     mv = registry.promote(parsed.name, _version_of(registry, ref), stage)
     if as_json:
         print_json({"stage": stage, "version": _summary(mv), "stages": registry.stages(mv.name)})
@@ -167,7 +173,10 @@ def demote(
     as_json: JsonOpt = False,
 ) -> None:
     """Take a stage off whichever version holds it."""
+    from edgeloop_control.registry.refs import check_stage
+
     registry = _registry(ctx)
+    stage = check_stage(stage)
     mv = registry.demote(name, stage)
     if as_json:
         print_json({"stage": stage, "version": _summary(mv) if mv else None})
@@ -199,8 +208,8 @@ def diff(
                 [
                     section,
                     key,
-                    _short(change["a"]),
-                    _short(change["b"]),
+                    _full(change["a"]),
+                    _full(change["b"]),
                     "" if delta is None else f"{delta:+.4g}",
                 ]
             )
@@ -208,7 +217,12 @@ def diff(
         console.print(f"{result['a']} and {result['b']} record the same metadata")
         return
     console.print(
-        table(f"{result['a']} -> {result['b']}", ["section", "field", "a", "b", "delta"], rows)
+        table(
+            f"{result['a']} -> {result['b']}",
+            ["section", "field", "a", "b", "delta"],
+            rows,
+            wrap=("a", "b"),
+        )
     )
     if result["metrics"] and result["metrics_comparable"] is not True:
         err_console.print(f"note: {result['metrics_note']}", highlight=False)
@@ -235,8 +249,13 @@ def _version_of(registry: Any, ref: str) -> str:
     return registry.get(ref).version
 
 
-def _short(value: Any, limit: int = 60) -> str:
+def _full(value: Any) -> str:
+    """A value as one wrappable line, never shortened: a list of names reads ``a, b, c``
+    (each name whole where the line wraps), anything else as JSON."""
     import json
 
-    text = value if isinstance(value, str) else json.dumps(value, default=str, sort_keys=True)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return ", ".join(value) or "-"
+    return json.dumps(value, default=str, sort_keys=True, separators=(", ", ": "))

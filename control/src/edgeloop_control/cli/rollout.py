@@ -227,6 +227,8 @@ def status(
                 ]
                 for r in rows
             ],
+            wrap=("reason / failure",),
+            droppable=("started",),
         )
     )
 
@@ -383,6 +385,8 @@ def _detail(info: dict[str, Any]) -> Any:
             None,
             ["batch", "batch state", "device", "state", "revision", "health", "failure", "timing"],
             rows,
+            wrap=("batch", "health", "failure", "timing"),
+            droppable=("batch state",),
         )
     )
     return Group(*parts)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -66,11 +66,10 @@ def _list(
         columns.append("pushed to")
         for row, r in zip(rows, runs, strict=True):
             row.append(", ".join(sorted(r.pushed)) or "-")
-    out = table(f"runs in {where}", columns, rows)
-    # Run ids get copied into other commands: never wrap or truncate them.
-    out.columns[0].no_wrap = True
-    out.columns[0].min_width = max(len(r.run_id) for r in runs)
-    console.print(out)
+    # Run ids get copied into other commands: the table never wraps or cuts them.
+    console.print(
+        table(f"runs in {where}", columns, rows, wrap=("pushed to",), droppable=("started", "name"))
+    )
 
 
 @app.command("push")
@@ -88,9 +87,15 @@ def push(
         results = push_local_runs(ws, to, mlflow_experiment=experiment)
     except TrackingError as exc:
         fail(str(exc))
+    linked = link_pushed_versions(ws, results, to)
     if as_json:
-        print_json([r.to_dict() for r in results])
+        print_json(
+            [{**r.to_dict(), "model_versions": linked.get(r.local_run_id, [])} for r in results]
+        )
         return
+    for lid, refs in sorted(linked.items()):
+        remote = next(r.remote_run_id for r in results if r.local_run_id == lid)
+        console.print(f"{', '.join(refs)}: lineage now names MLflow run {remote}", highlight=False)
     if not results:
         console.print("no workspace runs to push")
         return
@@ -99,8 +104,37 @@ def push(
         for r in results
     ]
     console.print(
-        table(f"push to {to}", ["local run", "experiment", "result", "remote run", "note"], rows)
+        table(
+            f"push to {to}",
+            ["local run", "experiment", "result", "remote run", "note"],
+            rows,
+            wrap=("note",),
+        )
     )
+
+
+def link_pushed_versions(ws: Any, results: list[Any], to: str) -> dict[str, list[str]]:
+    """Link each registered version trained by a pushed workspace run to the run's new
+    MLflow id (Registry.link_run), so `models show` leads to the run on the server.
+    Returns local run id -> the versions linked now."""
+    pushed = {
+        r.local_run_id: r.remote_run_id
+        for r in results
+        if r.remote_run_id and r.status in ("pushed", "already-pushed")
+    }
+    if not pushed or not (ws.registry_dir / ".dvc").is_dir():
+        return {}
+    from edgeloop_control.registry import Registry
+
+    registry = Registry.for_workspace(ws, create=False, sync_remote=False)
+    linked: dict[str, list[str]] = {}
+    for mv in registry.list():
+        local = str(mv.lineage.get("tracking_run_id") or "")
+        if mv.lineage.get("tracking_uri") != "workspace" or local not in pushed:
+            continue
+        if registry.link_run(mv.ref, pushed[local], to, local_run_id=local):
+            linked.setdefault(local, []).append(mv.ref)
+    return linked
 
 
 def _when(ms: int | None) -> str:

@@ -352,5 +352,6 @@ def _print_devices(console: Console, app: DemoClient, names: list[str]) -> None:
             "Per device (as the app saw it)",
             ["device", "answers by version", "requests", "errors", "p50 ms", "p99 ms"],
             rows,
+            wrap=("answers by version",),
         )
     )

@@ -60,6 +60,13 @@ class OnlineStore:
             f"({', '.join(columns)}, PRIMARY KEY ({key})) WITHOUT ROWID"
         )
 
+    def ensure(self, view: ViewVersion) -> None:
+        """Create ``view``'s online table, empty: materialising a range that holds no rows
+        still counts as materialised (``features get`` then says the key is unknown,
+        not "run materialize")."""
+        with self._connect() as conn:
+            self._ensure_table(conn, view)
+
     def upsert(self, view: ViewVersion, frame: pd.DataFrame) -> int:
         """Write the rows of ``frame`` (one per entity) that are newer; return how many."""
         if frame.empty:

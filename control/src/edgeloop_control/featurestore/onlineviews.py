@@ -35,6 +35,7 @@ class OnlineViews(ViewReader):
             end_us=None if hi is None else to_micros(hi),
         )
         columns = [*found.entity, found.timestamp, SEQ_COLUMN, *found.features]
+        self._online.ensure(found)
         written = 0
         for day in sorted({e.day for e in entries}, reverse=True):
             frame = self._scan(found, columns, lo, hi, days=[day])

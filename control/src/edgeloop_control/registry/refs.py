@@ -29,12 +29,18 @@ def check_name(name: object) -> str:
 
 
 def check_stage(stage: object) -> str:
+    """The stage name in its one spelling: lower case.
+
+    Stages are names people type (``Champion``, ``champion``); were they case-sensitive,
+    ``models promote m@v4 Champion`` would create a second stage beside ``champion`` that
+    no policy reads. Every way in (promote, demote, ``name#stage`` refs) comes through here.
+    """
     if not isinstance(stage, str) or not STAGE_RE.fullmatch(stage):
         raise RegistryError(
             f"invalid stage {stage!r}: use letters, digits, '-' and '_', "
             "starting and ending with a letter or digit (e.g. champion, challenger)"
         )
-    return stage
+    return stage.lower()
 
 
 def parse_semver(text: str) -> tuple[int, int, int]:

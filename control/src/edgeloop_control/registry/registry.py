@@ -18,7 +18,8 @@ cannot change what a version claims to be.
 
     tagstate.py       versions and stages as the tags say; resolving a reference
     versionrecord.py  metadata.json: written at registration, read into ModelVersion
-    lineage.py        checking and normalising a new version's lineage
+    lineage.py        checking and normalising a new version's lineage; links to
+                      MLflow runs made after registration (tracking.json, read at HEAD)
     worktree.py       writer lock, clean tree, rollback, dvc.yaml
     tags.py, refs.py  GTO tag names; version and stage references
     gitrepo.py, dvcstore.py  git and DVC
@@ -31,6 +32,8 @@ import hashlib
 import json
 import os
 from contextlib import AbstractContextManager
+from dataclasses import replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +44,13 @@ from edgeloop_control.registry import dvcstore
 from edgeloop_control.registry.diff import diff_versions
 from edgeloop_control.registry.errors import RegistryError
 from edgeloop_control.registry.gitrepo import GitRepo
-from edgeloop_control.registry.lineage import check_lineage
+from edgeloop_control.registry.lineage import (
+    add_link,
+    check_lineage,
+    links_path,
+    public_uri,
+    with_links,
+)
 from edgeloop_control.registry.model import (
     ARTIFACT_NAME,
     RECORD_NAME,
@@ -400,16 +409,52 @@ class Registry:
             f"{model.versions[v].commit}:models/{name}/{short_version(v)}/{RECORD_NAME}"
             for v in semvers
         ]
+        # Links to tracking runs are read at HEAD, not at the tag (see lineage.LINKS_NAME).
+        links = [f"HEAD:{links_path(name, short_version(v))}" for v in semvers]
+        blobs = self.git.read_blobs(specs + links)
         out = []
-        for semver, blob in zip(semvers, self.git.read_blobs(specs), strict=True):
+        for i, semver in enumerate(semvers):
+            blob = blobs[i]
             reg = model.versions[semver]
             if blob is None:
                 raise RegistryError(
                     f"tag {reg.tag} points at commit {reg.commit[:12]}, which has no "
                     f"models/{name}/{short_version(semver)}/{RECORD_NAME}"
                 )
-            out.append(version_from_record(self.root, name, semver, reg, model, blob))
+            mv = version_from_record(self.root, name, semver, reg, model, blob)
+            out.append(replace(mv, lineage=with_links(mv.lineage, blobs[len(semvers) + i])))
         return out
+
+    def link_run(self, ref: str, run_id: str, uri: str, *, local_run_id: str) -> bool:
+        """Record that ``ref`` was trained by MLflow run ``run_id`` at ``uri`` (the replay
+        of workspace run ``local_run_id``): one commit, read back as ``lineage.mlflow_run_id``
+        and ``lineage.mlflow_uri``. Returns False if that link was already recorded."""
+        with self._lock():
+            mv = self.get(ref)
+            path = links_path(mv.name, mv.version)
+            file = self.root / path
+            before = file.read_text(encoding="utf-8") if file.is_file() else None
+            entry = {
+                "run_id": run_id,
+                "uri": public_uri(uri),
+                "local_run_id": local_run_id,
+                "linked_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            }
+            text = add_link(before, entry)
+            if text is None:
+                return False
+            file.write_text(text, encoding="utf-8")
+            try:
+                self.git.add([path])
+                self.git.commit(f"Link {mv.ref} to MLflow run {run_id} at {entry['uri']}", [path])
+            except BaseException:
+                self.git.reset_index()
+                if before is None:
+                    file.unlink(missing_ok=True)
+                else:
+                    file.write_text(before, encoding="utf-8")
+                raise
+        return True
 
     def _verify_signature(self, mv: ModelVersion, data: bytes) -> None:
         if not self.public_key_path.is_file():

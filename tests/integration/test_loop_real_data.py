@@ -149,7 +149,8 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
             label_delay_s=(0.2, 1.0),
         ).start()
         stack.callback(traffic.stop)
-        tail = EventTail(db, Narrator(Console(file=open(tmp / "narration.txt", "w"))))  # noqa: SIM115
+        narration = stack.enter_context(open(tmp / "narration.txt", "w", encoding="utf-8"))
+        tail = EventTail(db, Narrator(Console(file=narration)))
         # Normal traffic until every device has reported a whole drift window of it.
         wait_until(
             lambda: len(_windows(db)) >= len(DEVICES), 40, "no drift window before the shift"
@@ -231,6 +232,11 @@ def test_the_retrained_model_keeps_every_column_kind(loop: Loop):
             "debt_ratio",
         ]
         assert meta["categorical_features"] == ["income_band"]
+    # Retrained from captured JSON (the bool as 0/1, the band as text) plus view rows:
+    # the same input schema as the champion's, not columns of a new kind.
+    assert v2.metadata["input_schema"] == v1.metadata["input_schema"]
+    # The view has no event timestamp: v1's holdout is a seeded random sample.
+    assert v1.metadata["split"] == "random"
     assert registry.stages("loan")["champion"] == "v2"
 
 

@@ -5,8 +5,8 @@ income band (category), counts of open accounts and late payments (int), income
 and debt ratio (floats, some missing). ``defaulted`` comes from the applicant's
 true situation. The shift is a new application form: it reports the debt ratio in
 percent instead of a fraction, more applicants come from the top income band, and
-they hold more accounts. The risk rule is unchanged, so a model trained on the old
-form misreads every application.
+they hold more accounts; 5 % fall in a band the old form did not have. The risk
+rule is unchanged, so a model trained on the old form misreads every application.
 """
 
 from __future__ import annotations
@@ -18,9 +18,11 @@ import numpy as np
 import pandas as pd
 
 BANDS = ["low", "mid", "high", "top"]
-BAND_SHARES = [0.3, 0.4, 0.2, 0.1]
-SHIFTED_BAND_SHARES = [0.15, 0.3, 0.2, 0.35]
-BAND_RISK = {"low": 0.8, "mid": 0.2, "high": -0.4, "top": -1.0}
+# The new form also has a band the training data never saw.
+NEW_BAND = "unbanked"
+BAND_SHARES = [0.3, 0.4, 0.2, 0.1, 0.0]
+SHIFTED_BAND_SHARES = [0.15, 0.3, 0.2, 0.3, 0.05]
+BAND_RISK = {"low": 0.8, "mid": 0.2, "high": -0.4, "top": -1.0, NEW_BAND: 1.2}
 FEATURES = [
     "employed",
     "income_band",
@@ -35,11 +37,11 @@ TARGET = "defaulted"
 def loans(n: int, *, seed: int = 0, shifted: bool = False) -> pd.DataFrame:
     """``n`` applications; no event time (the view is ingested without --timestamp)."""
     rng = np.random.default_rng(seed)
-    band = rng.choice(BANDS, n, p=SHIFTED_BAND_SHARES if shifted else BAND_SHARES)
+    band = rng.choice([*BANDS, NEW_BAND], n, p=SHIFTED_BAND_SHARES if shifted else BAND_SHARES)
     employed = rng.random(n) < 0.75
     open_accounts = rng.poisson(2.0 if shifted else 3.0, n) + (2 if shifted else 0)
     late = rng.poisson(0.6, n)
-    base_income = {"low": 22.0, "mid": 40.0, "high": 65.0, "top": 110.0}
+    base_income = {"low": 22.0, "mid": 40.0, "high": 65.0, "top": 110.0, NEW_BAND: 15.0}
     income = np.array([base_income[b] for b in band]) * rng.lognormal(0.0, 0.25, n)
     debt = np.clip(rng.beta(2.0, 4.0, n) * 1.2, 0.0, 1.5)
     risk = (
@@ -60,7 +62,9 @@ def loans(n: int, *, seed: int = 0, shifted: bool = False) -> pd.DataFrame:
         {
             "applicant_id": [f"a-{seed}-{i:05d}" for i in range(n)],
             "employed": employed,
-            "income_band": pd.Categorical(band, categories=BANDS),
+            "income_band": pd.Categorical(
+                band, categories=[*BANDS, NEW_BAND] if shifted else BANDS
+            ),
             "open_accounts": open_accounts.astype(np.int64),
             "late_payments": late.astype(np.int64),
             "income_k": income_k,

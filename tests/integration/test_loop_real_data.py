@@ -73,6 +73,8 @@ class Loop:
     drifted_v1: set[str] = field(default_factory=set)
     before_shift: list[tuple[str, int, str]] = field(default_factory=list)
     logs: dict[str, str] = field(default_factory=dict)
+    error_replies: dict[str, Any] = field(default_factory=dict)
+    served: int = 0
     error: str | None = None
 
 
@@ -169,6 +171,14 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
                 result.error = str(exc)
         tail.poll()
         result.events = list(tail.history)
+        traffic.stop()
+        app.wait_replies(10)
+        result.error_replies = {
+            rid: r["error"]
+            for rid, r in app.replies.items()
+            if "error" in r and rid != "bool-as-json"
+        }
+        result.served = len(app.replies)
         result.took_s = time.monotonic() - t0
         rows = db.conn.execute(
             "SELECT drifted FROM drift_windows WHERE variant = 'loan@v1' AND dataset_drift = 1"
@@ -202,6 +212,8 @@ def test_the_loop_closes_on_a_loan_book(loop: Loop):
     assert failures == [], failures
     assert kinds.count("registered") == 1
     assert loop.took_s < 115, f"the loop took {loop.took_s:.0f} s"
+    # Every request answered, the new band the model never saw included.
+    assert loop.served > 1000 and loop.error_replies == {}, list(loop.error_replies.items())[:5]
     for name, text in loop.logs.items():
         assert "Traceback" not in text, f"{name}:\n{text[-3000:]}"
 

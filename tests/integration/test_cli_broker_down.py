@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ import pytest
 from edgeloop_control.demo.sensors import generate
 from edgeloop_control.featurestore import FeatureStore
 from edgeloop_control.infra.db import ControlDB
+from edgeloop_control.infra.mqtt import CONNECT_TIMEOUT_S
 from edgeloop_control.infra.workspace import Workspace
 from edgeloop_control.jobs.train_and_register import train_and_register
 from edgeloop_control.training import TrainConfig
@@ -61,6 +63,14 @@ def run(
     return out, time.monotonic() - t0
 
 
+def limit(ws: Path) -> float:
+    """5 s beyond what starting the CLI costs right now: `edgeloop events` (no broker)
+    measured just before, so a loaded shared box does not fail the test (the CLI's own
+    start-up time is measured in bench/, not here)."""
+    _, baseline = run(ws, "events")
+    return LIMIT_S + baseline
+
+
 @pytest.mark.parametrize(
     "args",
     [
@@ -72,9 +82,10 @@ def run(
     ids=lambda a: " ".join(a[:2]),
 )
 def test_commands_that_need_the_broker_fail_in_one_line_naming_it(workspace: Path, args):
+    bound = limit(workspace)
     out, took = run(workspace, *args)
     assert out.returncode == 1, out.stdout + out.stderr
-    assert took < LIMIT_S, f"{args} took {took:.1f} s"
+    assert took < bound, f"{args} took {took:.1f} s"
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1, out.stderr
     assert CLOSED in lines[0] and "connection refused" in lines[0], lines[0]
@@ -83,21 +94,24 @@ def test_commands_that_need_the_broker_fail_in_one_line_naming_it(workspace: Pat
 def test_a_host_that_never_answers_fails_within_the_limit(workspace: Path, tmp_path: Path):
     # A listening socket that never accepts: the TCP handshake completes in the
     # kernel's backlog, the CONNACK never comes (a firewall or a wrong service
-    # looks like this). The old code waited 10 s.
+    # looks like this). The old code waited 10 s; the budget is CONNECT_TIMEOUT_S.
     import socket
 
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(1)
         url = f"mqtt://127.0.0.1:{silent.getsockname()[1]}"
+        # Baseline: the same command refused at once, so only the wait is bounded.
+        _, baseline = run(workspace, "ab", "stop", "exp-x")
         out, took = run(workspace, "ab", "stop", "exp-x", broker=url)
-    assert out.returncode == 1 and took < LIMIT_S + 1.5, (took, out.stderr)
+    assert out.returncode == 1 and took - baseline < CONNECT_TIMEOUT_S + 1, (took, out.stderr)
     assert url in out.stderr and "within" in out.stderr, out.stderr
 
 
 def test_fleet_answers_from_the_database_and_marks_devices_unknown(workspace: Path):
+    bound = limit(workspace)
     out, took = run(workspace, "fleet")
-    assert out.returncode == 0 and took < LIMIT_S, (took, out.stderr)
+    assert out.returncode == 0 and took < bound, (took, out.stderr)
     assert "online" not in out.stdout and "unknown" in out.stdout, out.stdout
     note = " ".join(out.stderr.split())
     assert CLOSED in note and "control database as of" in note and "unknown" in note, note
@@ -114,8 +128,9 @@ def test_fleet_answers_from_the_database_and_marks_devices_unknown(workspace: Pa
 )
 def test_history_views_answer_from_the_database_without_the_broker(workspace: Path, args):
     # They read what the daemon recorded, with its times; the broker has nothing to add.
+    bound = limit(workspace)
     out, took = run(workspace, *args)
-    assert out.returncode == 0 and took < LIMIT_S, (took, out.stderr)
+    assert out.returncode == 0 and took < bound, (took, out.stderr)
     assert out.stderr == "", out.stderr
 
 
@@ -129,15 +144,25 @@ def test_serve_says_why_it_cannot_connect_within_the_limit(workspace: Path, tmp_
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
     try:
-        deadline = time.monotonic() + LIMIT_S
+        # Start-up (imports) is not the daemon's connection handling: the bound runs
+        # from its start line to its first failure line, by the log's own clock.
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline and "cannot reach" not in log.read_text():
             time.sleep(0.1)
         text = log.read_text()
         assert "cannot reach the broker at " + CLOSED in text, text
         assert "connection refused" in text
+        started = _logged_at(text, "control daemon for ")
+        failed = _logged_at(text, "cannot reach the broker")
+        assert 0 <= failed - started < LIMIT_S, text
         time.sleep(4)  # attempts 1, 2 (and perhaps 3): logged on 1, 2, 4, 8 ... only
         assert log.read_text().count("cannot reach") <= 3
         assert proc.poll() is None, "the daemon keeps retrying; it does not exit"
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(20)
+
+
+def _logged_at(text: str, needle: str) -> float:
+    line = next(line for line in text.splitlines() if needle in line)
+    return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()

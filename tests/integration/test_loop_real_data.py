@@ -11,10 +11,13 @@ the demo's (demo/run.py, demo/traffic.py, demo/fleetsim.py); only the data is ne
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -37,6 +40,7 @@ from tests.integration.loanbook import TARGET, loan_rows, loans, request_feature
 from tests.mqtt_helpers import AgentProcess
 
 DEVICES = ["loan-1", "loan-2"]
+EDGELOOP = str(Path(sys.executable).parent / "edgeloop")
 # Small windows and samples so the loop closes in well under two minutes on two
 # cores; the decisions are the product's, unchanged (docs/retraining.md).
 POLICY = """
@@ -75,6 +79,7 @@ class Loop:
     logs: dict[str, str] = field(default_factory=dict)
     error_replies: dict[str, Any] = field(default_factory=dict)
     served: int = 0
+    cli: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
 
 
@@ -184,6 +189,15 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
             "SELECT drifted FROM drift_windows WHERE variant = 'loan@v1' AND dataset_drift = 1"
         ).fetchall()
         result.drifted_v1 = {f for (doc,) in rows for f in json.loads(doc)}
+        # What a user sees, through the real CLI while everything still runs.
+        for name, args in (("fleet", ["fleet"]), ("drift", ["drift", "-m", "loan@v1", "-n", "5"])):
+            out = subprocess.run(
+                [EDGELOOP, "-w", str(ws.root), "--broker", broker.url, *args, "--json"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            result.cli[name] = json.loads(out.stdout) if out.returncode == 0 else out.stderr
         result.logs = {a.log_path.name: a.log() for a in agents}
         result.logs["control.log"] = (tmp / "control.log").read_text(errors="replace")
         yield result
@@ -214,6 +228,11 @@ def test_the_loop_closes_on_a_loan_book(loop: Loop):
     assert loop.took_s < 115, f"the loop took {loop.took_s:.0f} s"
     # Every request answered, the new band the model never saw included.
     assert loop.served > 1000 and loop.error_replies == {}, list(loop.error_replies.items())[:5]
+    fleet = loop.cli["fleet"]
+    assert isinstance(fleet, list), fleet
+    assert {(r["device"], r["online"], r["in_sync"]) for r in fleet} == {
+        (d, True, True) for d in DEVICES
+    }
     for name, text in loop.logs.items():
         assert "Traceback" not in text, f"{name}:\n{text[-3000:]}"
 
@@ -224,6 +243,11 @@ def test_the_shift_is_seen_as_data_drift_on_the_features_that_moved(loop: Loop):
     # issue 11; until then the band is not among the monitored features.)
     assert {"debt_ratio", "open_accounts"} <= loop.drifted_v1, loop.drifted_v1
     assert "late_payments" not in loop.drifted_v1
+    # `edgeloop drift` tells the same story, feature by feature.
+    windows = loop.cli["drift"]
+    assert isinstance(windows, list) and windows, windows
+    verdicts = {(f["name"], f["verdict"].split(" ")[0]) for w in windows for f in w["features"]}
+    assert ("debt_ratio", "drift") in verdicts and ("late_payments", "ok") in verdicts
     # And no false alarm on the data the model was trained on.
     assert loop.before_shift and all(flag == 0 for _, flag, _ in loop.before_shift), (
         loop.before_shift

@@ -162,8 +162,22 @@ class AgentConfig:
                 "drift_window_kind must be 'count' or 'time', "
                 f"got {json_text(self.drift_window_kind)}"
             )
+        self._check_drift_window()
         self.reply_policy()  # one clear error for a bad reply policy, at start
         return self
+
+    def _check_drift_window(self) -> None:
+        # A count window smaller than the monitor's minimum sample is never judged:
+        # every window would say enough_data false, and data drift could not be seen.
+        from edgeloop_agent.drift.monitor import DriftConfig
+
+        least = DriftConfig.min_samples
+        if self.drift_window_kind == "count" and self.drift_window < least:
+            raise ConfigError(
+                f"drift_window {self.drift_window} is below the {least} rows the drift "
+                f"monitor needs to judge a window: data drift would never be reported; "
+                f"use at least {least}"
+            )
 
     @property
     def broker_address(self) -> BrokerAddress:

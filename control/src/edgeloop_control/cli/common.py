@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
@@ -27,6 +28,7 @@ __all__ = [
     "console",
     "err_console",
     "fail",
+    "from_database",
     "print_json",
     "state",
     "table",
@@ -105,3 +107,17 @@ class OneLineErrors(TyperGroup):
 
 def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def from_database(reason: str, as_of: float | None) -> str:
+    """The line a view prints when it answers from the control database because the
+    broker cannot be reached: what failed, and how old the data is. Devices' live
+    state is then unknown: the database's "online" is only as fresh as its newest message.
+    """
+    when = (
+        "no device message recorded yet"
+        if as_of is None
+        else f"as of {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(as_of))} "
+        f"({max(0.0, time.time() - as_of):.0f}s ago, the newest device message)"
+    )
+    return f"{reason}; showing the control database {when}; device state unknown"

@@ -73,7 +73,7 @@ def _json_window(w: dict[str, Any]) -> dict[str, Any]:
                 "ks_p_adjusted": f.get("ks_p_adjusted"),
                 "drift": bool(f.get("drift")),
                 "reasons": list(f.get("reasons") or []),
-                "verdict": _verdict(f, w["enough_data"]),
+                "verdict": _verdict(f, w["enough_data"], _least(w)),
             }
             for f in w["features"]
         ],
@@ -81,20 +81,39 @@ def _json_window(w: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _verdict(feature: dict[str, Any], enough_data: bool) -> str:
+def _verdict(feature: dict[str, Any], enough_data: bool, least: int | None = None) -> str:
     if feature.get("drift"):
         reasons = ", ".join(str(r) for r in feature.get("reasons") or [])
         return f"drift ({reasons})" if reasons else "drift"
-    return "ok" if enough_data else "not judged (too few rows)"
+    if not enough_data:
+        return "not judged (too few rows)"
+    # The agent judges no feature on fewer than min_samples non-missing values: a
+    # feature with missing values can go unjudged in a window that has enough rows.
+    # "ok" there hid a debt ratio multiplied by 100 (PSI 7.4).
+    n = feature.get("n")
+    if least is not None and isinstance(n, int) and n < least:
+        return f"not judged ({n} values < {least})"
+    return "ok"
+
+
+def _least(w: dict[str, Any]) -> int | None:
+    least = (w.get("thresholds") or {}).get("min_samples")
+    return least if isinstance(least, int) else None
 
 
 def _window_verdict(w: dict[str, Any]) -> str:
     if not w["enough_data"]:
         return "too few rows to judge"
+    unjudged = [
+        str(f["name"])
+        for f in w["features"]
+        if _verdict(f, True, _least(w)).startswith("not judged")
+    ]
+    tail = f"; not judged: {', '.join(unjudged)}" if unjudged else ""
     if w["dataset_drift"]:
         drifted = [str(f["name"]) for f in w["features"] if f.get("drift")]
-        return "DATASET DRIFT: " + ", ".join(drifted) if drifted else "DATASET DRIFT"
-    return "no drift"
+        return ("DATASET DRIFT: " + ", ".join(drifted) if drifted else "DATASET DRIFT") + tail
+    return "no drift" + tail
 
 
 def _num(value: Any, fmt: str) -> str:
@@ -137,7 +156,7 @@ def print_drift(console: Any, found: list[dict[str, Any]], scope: str) -> None:
             judged = [*w["features"], *([w["output"]] if w["output"] else [])]
             for f in judged:
                 is_output = f is w["output"]
-                text = _verdict(f, w["enough_data"])
+                text = _verdict(f, w["enough_data"], _least(w))
                 rows.append(
                     [
                         MODEL_OUTPUT if is_output else str(f["name"]),

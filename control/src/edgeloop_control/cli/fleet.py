@@ -9,7 +9,15 @@ from typing import Annotated, Any
 import typer
 
 from edgeloop_agent.wire.topics import Topics
-from edgeloop_control.cli.common import console, fail, print_json, state, table
+from edgeloop_control.cli.common import (
+    console,
+    err_console,
+    fail,
+    from_database,
+    print_json,
+    state,
+    table,
+)
 from edgeloop_control.cli.owners import end_owners
 from edgeloop_control.fleet.desired import (
     DeployError,
@@ -145,6 +153,7 @@ def fleet(
     finally:
         db.close()
     reported: dict[str, dict[str, Any]] = {}
+    broker_down: str | None = None
     try:
         with connected(st.broker) as client:
             for msg in client.retained(
@@ -159,6 +168,11 @@ def fleet(
     except BrokerError as exc:
         if not inventory and not desired:
             fail(str(exc))
+        # The database's "online" is as old as its newest message: not a live state.
+        broker_down = from_database(
+            str(exc), max((d["last_seen"] or 0 for d in inventory.values()), default=None) or None
+        )
+        err_console.print(broker_down, highlight=False, markup=False, soft_wrap=True)
     devices = sorted(set(desired) | set(reported) | set(inventory))
     out: list[dict[str, Any]] = []
     for dev in devices:
@@ -167,7 +181,7 @@ def fleet(
         out.append(
             {
                 "device": dev,
-                "online": bool(have.get("online")),
+                "online": None if broker_down else bool(have.get("online")),
                 "desired_revision": want["revision"] if want else None,
                 "desired": _summary(want["models"]) if want else "",
                 "reported_revision": have.get("revision"),
@@ -202,7 +216,7 @@ def fleet(
     rows = [
         [
             r["device"],
-            "[green]online[/]" if r["online"] else "[red]offline[/]",
+            _state(r["online"]),
             f"r{r['desired_revision']} {r['desired']}" if r["desired_revision"] else "-",
             f"r{r['reported_revision']} {r['reported']}" if r["reported_revision"] else "-",
             "yes" if r["in_sync"] else "[yellow]no[/]",
@@ -232,6 +246,12 @@ def fleet(
             rows,
         )
     )
+
+
+def _state(online: bool | None) -> str:
+    if online is None:
+        return "[yellow]unknown[/]"
+    return "[green]online[/]" if online else "[red]offline[/]"
 
 
 def _flags(r: dict[str, Any]) -> str:

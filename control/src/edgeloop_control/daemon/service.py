@@ -39,7 +39,7 @@ from edgeloop_control.fleet.messages import (
 )
 from edgeloop_control.fleet.poison import PoisonTally
 from edgeloop_control.infra.db import ControlDB
-from edgeloop_control.infra.mqtt import SessionPublisher, new_client
+from edgeloop_control.infra.mqtt import ConnectFailureLog, SessionPublisher, new_client
 from edgeloop_control.infra.workspace import Workspace
 
 log = logging.getLogger("edgeloop.control.daemon")
@@ -99,6 +99,9 @@ class ControlDaemon:
         client.on_connect = self._on_connect
         client.on_subscribe = self._on_subscribe
         client.on_disconnect = lambda *a: self.connected.clear()
+        # Without it an unreachable broker is silent: paho retries without a word.
+        self._connect_fail = ConnectFailureLog(self.address, log, "control daemon")
+        client.on_connect_fail = self._connect_fail
         client.on_message = lambda _c, _u, msg: self._queue.put(msg)
         self.client = client
         self.publisher = SessionPublisher(client)
@@ -109,6 +112,7 @@ class ControlDaemon:
         if rc.is_failure:
             log.error("broker refused the control daemon: %s", rc)
             return
+        self._connect_fail.connected()
         # One SUBSCRIBE for every topic, and "connected" only once the broker has
         # acknowledged it: a message published between a CONNACK and the broker
         # processing a subscription is not delivered to a new session.

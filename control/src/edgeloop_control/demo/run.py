@@ -127,8 +127,8 @@ def run_demo(
 
         with say.step(f"Start the control daemon and {devices} agents; deploy sensor@v1"):
             daemon_log = tmp / "control.log"
-            daemon = _start_daemon(ws, broker_url, daemon_log)
-            stack.callback(_stop_process, daemon)
+            daemon = start_daemon(ws, broker_url, daemon_log)
+            stack.callback(stop_process, daemon)
             handles: list[AgentHandle] = []
             for name in names:
                 handle = start_agent(
@@ -156,16 +156,14 @@ def run_demo(
                 desired.publish_artifact(mv, registry.artifact_bytes(mv))
                 for name in names:
                     desired.publish(name, desired.plan(name, [(mv, 100.0)], []))
-            _wait_until(
-                lambda: _all_on(db, names, "sensor@v1"), 60, "agents did not load sensor@v1"
-            )
+            wait_until(lambda: all_on(db, names, "sensor@v1"), 60, "agents did not load sensor@v1")
             say.say("each agent verified sha256 + Ed25519 signature and reports sensor@v1")
 
         app = DemoClient(broker_url, ws.topic_prefix)
         stack.callback(app.close)
         traffic = Traffic(app, names, rate_per_device=rate).start()
         stack.callback(traffic.stop)
-        events = _EventTail(db, say)
+        events = EventTail(db, say)
 
         with say.step("Stream normal traffic with delayed labels"):
             _watch(events, 35)
@@ -202,8 +200,8 @@ def run_demo(
                     )
 
         with say.step("Keep streaming: the fleet runs sensor@v2 on the new sensors"):
-            _wait_until(
-                lambda: _all_on(db, names, "sensor@v2"), 60, "not every device reports sensor@v2"
+            wait_until(
+                lambda: all_on(db, names, "sensor@v2"), 60, "not every device reports sensor@v2"
             )
             _watch(events, 20)
             traffic.stop()
@@ -230,7 +228,7 @@ def run_demo(
                     raise DemoError(
                         f"agent {handle.device} exited with {rc}; see {handle.log_path}"
                     )
-            _stop_process(daemon)
+            stop_process(daemon)
     console.print(f"[bold green]demo finished in {say.elapsed:.0f} s[/]; report: {report_path}")
     if not keep and workdir is None and report_path.parent != tmp:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -240,7 +238,7 @@ def run_demo(
 # -- helpers -----------------------------------------------------------------------
 
 
-def _start_daemon(ws: Workspace, broker_url: str, log_path: Path) -> subprocess.Popen[bytes]:
+def start_daemon(ws: Workspace, broker_url: str, log_path: Path) -> subprocess.Popen[bytes]:
     exe = Path(sys.executable).parent / "edgeloop"
     log = open(log_path, "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen(
@@ -262,7 +260,7 @@ def _start_daemon(ws: Workspace, broker_url: str, log_path: Path) -> subprocess.
     return proc
 
 
-def _stop_process(proc: subprocess.Popen[bytes]) -> None:
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.terminate()
         try:
@@ -272,7 +270,7 @@ def _stop_process(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
-def _wait_until(predicate: Any, timeout: float, message: str) -> None:
+def wait_until(predicate: Any, timeout: float, message: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -281,7 +279,7 @@ def _wait_until(predicate: Any, timeout: float, message: str) -> None:
     raise DemoError(message)
 
 
-def _all_on(db: ControlDB, devices: list[str], ref: str) -> bool:
+def all_on(db: ControlDB, devices: list[str], ref: str) -> bool:
     for device in devices:
         row = db.device(device)
         status = (row or {}).get("status") or {}
@@ -291,7 +289,7 @@ def _all_on(db: ControlDB, devices: list[str], ref: str) -> bool:
     return True
 
 
-class _EventTail:
+class EventTail:
     """Prints control-node events as they happen; waits for a kind."""
 
     def __init__(self, db: ControlDB, say: Narrator) -> None:
@@ -324,7 +322,7 @@ class _EventTail:
         return None
 
 
-def _watch(events: _EventTail, seconds: float) -> None:
+def _watch(events: EventTail, seconds: float) -> None:
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         events.poll()

@@ -6,10 +6,29 @@ import heapq
 import random
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
+
+import pandas as pd
 
 from edgeloop_control.demo.fleetsim import DemoClient
 from edgeloop_control.demo.sensors import FEATURES, TARGET, SensorShift, generate
+
+# (seed, shifted) -> a chunk of rows holding the features and the target.
+RowSource = Callable[[int, bool], pd.DataFrame]
+# One row -> the request's "features" object, as the agent takes it.
+Encoder = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def pump_rows(seed: int, shifted: bool) -> pd.DataFrame:
+    """The demo's pump readings; shifted: from the replaced vibration sensor."""
+    return generate(
+        2000, seed=seed, shift=SensorShift.replaced_vibration_sensor() if shifted else None
+    )
+
+
+def pump_features(row: dict[str, Any]) -> dict[str, Any]:
+    return {f: float(row[f]) for f in FEATURES}
 
 
 class Traffic:
@@ -17,7 +36,9 @@ class Traffic:
 
     Each reading's true outcome (``fault``) becomes known 0.5-2 s after the
     prediction, like a maintenance ticket closing, and is sent as feedback.
-    ``shift()`` switches the readings to the replaced vibration sensor.
+    ``shift()`` switches the readings to the replaced vibration sensor. Other data
+    sets bring their own ``rows``, ``encode`` and ``target`` (the loan book of
+    tests/integration/test_loop_real_data.py).
     """
 
     def __init__(
@@ -28,6 +49,9 @@ class Traffic:
         rate_per_device: float = 40.0,
         seed: int = 11,
         label_delay_s: tuple[float, float] = (0.5, 2.0),
+        rows: RowSource = pump_rows,
+        encode: Encoder = pump_features,
+        target: str = TARGET,
     ) -> None:
         self.client = client
         self.devices = devices
@@ -36,7 +60,10 @@ class Traffic:
         self._rng = random.Random(seed)
         self._seed = seed
         self._chunk = 0
-        self._shift: SensorShift | None = None
+        self._source = rows
+        self._encode = encode
+        self._target = target
+        self._shifted = False
         self._rows: list[dict[str, Any]] = []
         self._labels: list[tuple[float, str, str, int]] = []
         self._stop = threading.Event()
@@ -50,7 +77,7 @@ class Traffic:
         return self
 
     def shift(self) -> None:
-        self._shift = SensorShift.replaced_vibration_sensor()
+        self._shifted = True
         self._rows = []  # readings from now on come from the new sensor
         self.shifted_at = time.time()
 
@@ -61,7 +88,7 @@ class Traffic:
     def _next_row(self) -> dict[str, Any]:
         if not self._rows:
             self._chunk += 1
-            frame = generate(2000, seed=self._seed * 1000 + self._chunk, shift=self._shift)
+            frame = self._source(self._seed * 1000 + self._chunk, self._shifted)
             self._rows = frame.to_dict("records")
             self._rng.shuffle(self._rows)
         return self._rows.pop()
@@ -83,12 +110,12 @@ class Traffic:
             row = self._next_row()
             device = self.devices[i % len(self.devices)]
             rid = f"r{i}"
-            features = {f: float(row[f]) for f in FEATURES}
+            features = self._encode(row)
             # No routing key: requests are assigned at random by weight, so the
             # experiment's sample-ratio check is valid on request counts (with 40
             # pump ids as keys, traffic per arm would cluster by pump).
             self.client.request(device, rid, features)
             delay = self._rng.uniform(*self.label_delay_s)
-            heapq.heappush(self._labels, (now + delay, device, rid, int(row[TARGET])))
+            heapq.heappush(self._labels, (now + delay, device, rid, int(row[self._target])))
             self.sent += 1
             i += 1

@@ -24,6 +24,13 @@ from paho.mqtt.enums import CallbackAPIVersion
 from edgeloop_agent.wire.network import BrokerAddress, describe_connect_error, tls_options
 from edgeloop_control.errors import EdgeloopError
 
+# How long a command waits for the broker, TCP connect and CONNACK together: a
+# closed port fails at once, a host that drops packets (a firewall, a wrong
+# address) would otherwise hang for the kernel's SYN retries (~2 min) or paho's
+# default. 3 s leaves the slowest command's start-up (~2 s for `edgeloop ab`) inside
+# the 5 s in which every command that needs the broker must answer.
+CONNECT_TIMEOUT_S = 3.0
+
 
 def no_delay(_client: Any, _userdata: Any, sock: Any) -> None:
     """paho ``on_socket_open``: no Nagle, so a small publish does not wait ~40 ms for
@@ -115,7 +122,11 @@ class ControlClient:
         with self._lock:
             self._inbox.append(Message(msg.topic, bytes(msg.payload), bool(msg.retain)))
 
-    def connect(self, timeout: float = 10.0) -> ControlClient:
+    def connect(self, timeout: float = CONNECT_TIMEOUT_S) -> ControlClient:
+        deadline = time.monotonic() + timeout
+        # paho's socket timeout bounds the TCP (and TLS) handshake; the CONNACK wait
+        # below gets what is left of the same budget.
+        self.client.connect_timeout = timeout
         try:
             self.client.connect(self.address.host, self.address.port, keepalive=30)
         except OSError as exc:
@@ -123,9 +134,12 @@ class ControlClient:
             reason = describe_connect_error(exc, self.address.ca_file)
             raise BrokerError(f"cannot reach the broker at {self.address}: {reason}") from None
         self.client.loop_start()
-        if not self._connected.wait(timeout):
+        if not self._connected.wait(max(0.1, deadline - time.monotonic())):
             self.close()
-            raise BrokerError(f"the broker at {self.address} did not accept the connection")
+            raise BrokerError(
+                f"cannot reach the broker at {self.address}: no answer to CONNECT within "
+                f"{timeout:g} s (is that an MQTT port?)"
+            )
         if self._refused:
             self.close()
             reason = self._refused
@@ -166,6 +180,46 @@ class ControlClient:
             return [m for m in self._inbox if m.retain]
 
 
+def probe_reason(address: BrokerAddress, timeout: float = 2.0) -> str:
+    """Why a TCP connection to the broker fails now, in one line (for logs: paho's
+    reconnect loop says only that it failed)."""
+    try:
+        with socket.create_connection((address.host, address.port), timeout=timeout):
+            return "the port answers, but the MQTT connection failed (TLS or credentials?)"
+    except OSError as exc:
+        return describe_connect_error(exc, address.ca_file)
+
+
+class ConnectFailureLog:
+    """paho ``on_connect_fail`` for long-running sessions: logs the first failure with
+    its reason, then one line each time the number of failures doubles (1, 2, 4, 8...),
+    so an outage of hours is a handful of lines, not one per retry."""
+
+    def __init__(self, address: BrokerAddress, log: Any, who: str) -> None:
+        self.address = address
+        self.log = log
+        self.who = who
+        self.failures = 0
+
+    def __call__(self, _client: Any, _userdata: Any) -> None:
+        self.failures += 1
+        if self.failures & (self.failures - 1) == 0:
+            self.log.error(
+                "%s cannot reach the broker at %s: %s (%d failed attempt%s; retrying with "
+                "back-off)",
+                self.who,
+                self.address,
+                probe_reason(self.address),
+                self.failures,
+                "" if self.failures == 1 else "s",
+            )
+
+    def connected(self) -> None:
+        if self.failures:
+            self.log.info("%s reached the broker after %d failed attempts", self.who, self.failures)
+        self.failures = 0
+
+
 def publish_and_wait(
     client: mqtt.Client,
     topic: str,
@@ -186,8 +240,8 @@ def publish_and_wait(
 
 
 @contextmanager
-def connected(url: str) -> Iterator[ControlClient]:
-    client = ControlClient(url).connect()
+def connected(url: str, *, timeout: float = CONNECT_TIMEOUT_S) -> Iterator[ControlClient]:
+    client = ControlClient(url).connect(timeout)
     try:
         yield client
     finally:

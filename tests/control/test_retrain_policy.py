@@ -107,7 +107,8 @@ def serve_and_drift(db: ControlDB, variant: str, now: float) -> None:
 
 
 def captured(store: FeatureStore, rows: pd.DataFrame, variant: str, start: float) -> None:
-    """Samples and labels as agents send them: JSON values, bools as 0.0/1.0."""
+    """Samples and labels as agents send them: JSON values, a bool as true/false
+    (agents since the JSON-boolean contract) or 0.0/1.0 (older agents)."""
     messages: list[tuple[str, bytes]] = []
     model, version = variant.split("@")
     for i, row in enumerate(rows.itertuples(index=False)):
@@ -115,7 +116,7 @@ def captured(store: FeatureStore, rows: pd.DataFrame, variant: str, start: float
         features: dict[str, Any] = {
             "income": None if pd.isna(row.income) else float(row.income),
             "n_accounts": int(row.n_accounts),
-            "secured": 1.0 if row.secured else 0.0,
+            "secured": bool(row.secured) if i % 2 else (1.0 if row.secured else 0.0),
             "band": str(row.band),
             # A region the training data never had: unseen categories must pass.
             "region": "west" if i % 5 == 0 else str(row.region),
@@ -173,6 +174,11 @@ def test_bool_int_float_category_string_and_missing_columns_retrain(
     new = Registry.for_workspace(ws, create=False, sync_remote=False).get("loan@v2")
     assert new.metadata["categorical_features"] == ["band", "region"]
     assert set(new.metadata["features"]) == {"income", "n_accounts", "secured", "band", "region"}
+    # The champion typed "secured" bool; captured true/false/0.0/1.0 keep it bool.
+    old = Registry.for_workspace(ws, create=False, sync_remote=False).get(champion)
+    assert new.metadata["input_schema"] == old.metadata["input_schema"]
+    kinds = {f["name"]: f["dtype"] for f in new.metadata["input_schema"]["features"]}
+    assert kinds["secured"] == "bool" and kinds["income"] == "float"
 
 
 def test_a_failing_episode_backs_off_with_one_event_and_no_tracking_run(

@@ -147,3 +147,17 @@ def test_predictor_input_errors() -> None:
         model.predict(df.assign(kind=1.5))
     with pytest.raises(InputError, match="cannot load"):
         OnnxPredictor(b"not an onnx file")
+
+
+def test_captured_booleans_are_brought_back_to_a_boolean_column() -> None:
+
+    from edgeloop_control.training.columns import coerce_to_kinds, is_boolean_column
+
+    view = coerce_to_kinds(pd.DataFrame({"b": [True, False, None]}), {"b": "float"}, frozenset("b"))
+    sent = coerce_to_kinds(pd.DataFrame({"b": [1.0, 0.0, np.nan]}), {"b": "float"}, frozenset("b"))
+    joined = pd.concat([view, sent], ignore_index=True)
+    assert is_boolean_column(joined["b"])
+    assert joined["b"].isna().tolist() == [False, False, True] * 2
+    assert joined["b"].dropna().tolist() == [True, False, True, False]
+    with pytest.raises(InputError, match="'b' is a boolean feature, got 2; expected true"):
+        coerce_to_kinds(pd.DataFrame({"b": [2.0]}), {"b": "float"}, frozenset("b"))

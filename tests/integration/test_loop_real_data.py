@@ -281,11 +281,6 @@ def test_a_bool_feature_sent_as_a_number_is_served(loop: Loop):
     assert "error" not in reply and reply["prediction"] in (0, 1), reply
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the agent refuses JSON booleans for bool features (non_numeric); fixed on the "
-    "agent side in the same issue (10), remove this marker at merge",
-)
 def test_a_bool_feature_sent_as_json_true_is_served(loop: Loop):
     reply = loop.replies["bool-as-json"]
     assert "error" not in reply and reply["prediction"] in (0, 1), reply

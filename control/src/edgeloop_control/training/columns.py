@@ -180,7 +180,9 @@ def feature_frame(
     return pd.DataFrame(columns, index=pd.RangeIndex(len(frame)))
 
 
-def coerce_to_kinds(frame: pd.DataFrame, kinds: dict[str, FeatureKind]) -> pd.DataFrame:
+def coerce_to_kinds(
+    frame: pd.DataFrame, kinds: dict[str, FeatureKind], boolean: frozenset[str] = frozenset()
+) -> pd.DataFrame:
     """``frame`` with each listed column converted to its feature kind.
 
     Rows from different sources (a feature view, samples captured on devices as
@@ -189,6 +191,9 @@ def coerce_to_kinds(frame: pd.DataFrame, kinds: dict[str, FeatureKind]) -> pd.Da
     every source is brought to the model's schema first: a "float" feature
     becomes float64 (True/False as 1.0/0.0, missing as NaN), a "string" feature
     ``str`` values with integer codes written as integers (missing stays NaN).
+    A "float" feature listed in ``boolean`` (the model types it ``bool``) becomes
+    pandas' nullable boolean, so a retrained model types it ``bool`` again; a
+    value other than true/false/0/1 there raises :class:`InputError`.
     A value that fits neither raises :class:`InputError` naming the column.
     """
     out = frame.copy()
@@ -196,7 +201,9 @@ def coerce_to_kinds(frame: pd.DataFrame, kinds: dict[str, FeatureKind]) -> pd.Da
         if name not in out.columns:
             continue
         series = out[name]
-        if kind == "float":
+        if kind == "float" and name in boolean:
+            out[name] = _boolean_values(series, name)
+        elif kind == "float":
             out[name] = numeric_values(series, name).astype(np.float64)
         else:
             missing = series.isna().to_numpy()
@@ -204,3 +211,17 @@ def coerce_to_kinds(frame: pd.DataFrame, kinds: dict[str, FeatureKind]) -> pd.Da
             values[missing] = None
             out[name] = pd.Series(values, index=series.index, dtype=object)
     return out
+
+
+def _boolean_values(series: pd.Series, name: str) -> pd.Series:
+    numbers = numeric_values(series, name).astype(np.float64)
+    present = ~np.isnan(numbers)
+    odd = present & (numbers != 0.0) & (numbers != 1.0)
+    if odd.any():
+        raise InputError(
+            f"column {name!r} is a boolean feature, got {numbers[odd][0]:g}; "
+            "expected true, false, 0 or 1"
+        )
+    values = pd.array(numbers == 1.0, dtype="boolean")
+    values[~present] = pd.NA
+    return pd.Series(values, index=series.index)

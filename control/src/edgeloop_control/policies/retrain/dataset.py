@@ -68,8 +68,9 @@ def assemble(
     # code as a number): each source is brought to the champion's schema
     # before the join, so the columns keep one kind.
     kinds: dict[str, FeatureKind] = {f: "string" if f in categorical else "float" for f in features}
+    boolean = _boolean_features(meta)
     frame = coerce_to_kinds(
-        recent[[*features, "label", "ts"]].rename(columns={"label": target}), kinds
+        recent[[*features, "label", "ts"]].rename(columns={"label": target}), kinds, boolean
     )
     reference_rows = 0
     view = meta.get("feature_view")
@@ -79,13 +80,24 @@ def assemble(
             vv = store.view(view)
             ref = store.read(vv.ref, columns=[c for c in [*features, target] if c != vv.timestamp])
             ref = ref.tail(want).rename(columns={vv.timestamp: "ts"})[[*features, target, "ts"]]
-            ref = coerce_to_kinds(ref, kinds)
+            ref = coerce_to_kinds(ref, kinds, boolean)
             reference_rows = len(ref)
             frame = pd.concat([ref, frame], ignore_index=True)
         except (FeatureStoreError, KeyError) as exc:
             log.warning("no reference rows from %s: %s", view, exc)
     frame[target] = coerce_labels(frame[target])
     return TrainingSet(frame, target, features, len(recent), reference_rows)
+
+
+def _boolean_features(meta: dict[str, Any]) -> frozenset[str]:
+    """The champion's ``bool`` features: they stay booleans in the retrained model."""
+    schema = meta.get("input_schema") or {}
+    specs = schema.get("features") if isinstance(schema, dict) else None
+    return frozenset(
+        str(s["name"])
+        for s in specs or []
+        if isinstance(s, dict) and s.get("dtype") == "bool" and "name" in s
+    )
 
 
 def coerce_labels(series: pd.Series) -> pd.Series:

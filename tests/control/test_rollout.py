@@ -23,8 +23,8 @@ import pytest
 from edgeloop_agent.wire.histogram import LatencyHistogram
 from edgeloop_control.errors import ConfigError
 from edgeloop_control.fleet.desired import plan_desired
-from edgeloop_control.fleet.inventory import register
 from edgeloop_control.fleet.ingest import handle_report, handle_status
+from edgeloop_control.fleet.inventory import register
 from edgeloop_control.infra.db import ControlDB
 from edgeloop_control.infra.mqtt import ControlClient
 from edgeloop_control.infra.shares import parse_share

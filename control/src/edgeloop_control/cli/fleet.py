@@ -268,8 +268,6 @@ _DROPPABLE = ["outbox", "memory", "in sync", "p99", "err", "seen", "drift"]
 def _print_fleet(out: list[dict[str, Any]], now: float) -> None:
     from rich.text import Text
 
-    from edgeloop_control.cli.layout import print_rows
-
     def state_cell(r: dict[str, Any]) -> Text:
         if r["online"]:
             return Text("online", style="green")
@@ -290,12 +288,65 @@ def _print_fleet(out: list[dict[str, Any]], now: float) -> None:
             ", ".join(r["drifting"]) or "-",
             "" if r["rss_mb"] is None else f"{r['rss_mb']:.0f} MB",
             "" if r["outbox_depth"] is None else str(r["outbox_depth"]),
-            _flags(r),
+            Text(
+                _flags(r),
+                style="red" if r["allow_unsigned"] else ("yellow" if r["desired_expired"] else ""),
+            ),
             _ago(now - r["last_seen"]) if r["last_seen"] else "",
         ]
         for r in out
     ]
-    print_rows(console, "Fleet", _FLEET_COLUMNS, rows, droppable=_DROPPABLE)
+    _print_table(rows)
+
+
+def _print_table(rows: list[list[Any]]) -> None:
+    """The fleet table, drawn as one Text: rich's Table measures and renders every cell
+    as its own renderable (2.2 s for 1,000 devices, bench/bench_fleet_view.py); this is
+    the same layout (rich's default box, no cell ever cut) in a few ms. Column dropping and
+    the vertical fallback are cli/layout.py's rules."""
+    from rich.cells import cell_len
+    from rich.text import Span, Text
+
+    from edgeloop_control.cli.layout import print_rows, table_width, terminal_safe
+
+    keep = list(range(len(_FLEET_COLUMNS)))
+    for dropped in range(len(_DROPPABLE) + 1):
+        cols = [_FLEET_COLUMNS[i] for i in keep]
+        cut = [[row[i] for i in keep] for row in rows]
+        if table_width(cols, cut) <= console.width:
+            break
+        if dropped == len(_DROPPABLE):  # nothing left to drop: layout.py goes vertical
+            print_rows(console, "Fleet", _FLEET_COLUMNS, rows, droppable=_DROPPABLE)
+            return
+        keep.remove(_FLEET_COLUMNS.index(_DROPPABLE[dropped]))
+    # Plain text and style spans, put together once: a Text per cell costs more than the
+    # whole table.
+    plain = [
+        [terminal_safe(c.plain if isinstance(c, Text) else str(c)) for c in row] for row in cut
+    ]
+    widths = [max([cell_len(c)] + [cell_len(r[i]) for r in plain]) for i, c in enumerate(cols)]
+    parts: list[str] = ["Fleet\n", "┏" + "┳".join("━" * (w + 2) for w in widths) + "┓\n┃"]
+    spans: list[Span] = [Span(0, 5, "italic")]
+    pos = sum(len(p) for p in parts)
+    for name, w in zip(cols, widths, strict=True):
+        spans.append(Span(pos + 1, pos + 1 + len(name), "bold"))
+        parts.append(f" {name.ljust(w)} ┃")
+        pos += w + 3
+    parts.append("\n┡" + "╇".join("━" * (w + 2) for w in widths) + "┩\n")
+    pos += len(parts[-1])
+    for row, texts in zip(plain, cut, strict=True):
+        parts.append("│")
+        pos += 1
+        for text, source, w in zip(row, texts, widths, strict=True):
+            if isinstance(source, Text) and source.style:
+                spans.append(Span(pos + 1, pos + 1 + len(text), source.style))
+            cell = f" {text}{' ' * (w - cell_len(text))} │"
+            parts.append(cell)
+            pos += len(cell)
+        parts.append("\n")
+        pos += 1
+    parts.append("└" + "┴".join("─" * (w + 2) for w in widths) + "┘")
+    console.print(Text("".join(parts), spans=spans), soft_wrap=True, highlight=False)
 
 
 def _ago(seconds: float) -> str:

@@ -8,11 +8,13 @@ document, an online status (ingested and retained on the broker, as the agents l
 
 * ``edgeloop events --limit 1``: the baseline, the CLI's start-up plus a database query;
 * ``edgeloop fleet`` (table) and ``edgeloop fleet --json``, wall time of the command;
-* in-process: the database reads + row building, and the table rendering alone.
+* in-process: the database reads + row building, and the table rendering alone;
+* with ``--compare-src DIR``: ``edgeloop fleet`` from an older source tree on the same
+  database (the code before this change), for a before/after ratio.
 
 Each command runs ``--repeat`` times; the median is reported, and its ratio to the baseline.
 
-    .venv/bin/python bench/bench_fleet_view.py --devices 1000
+    .venv/bin/python bench/bench_fleet_view.py --devices 1000 [--compare-src /tmp/old]
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import argparse
 import io
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -102,15 +105,24 @@ def build(root: Path, broker: PrivateBroker, n: int, reports: int) -> Workspace:
     return ws
 
 
-def timed(ws: Workspace, broker_url: str, *args: str) -> float:
+def timed(
+    ws: Workspace, broker_url: str, *args: str, pythonpath: str | None = None
+) -> tuple[float, float]:
+    """(wall, CPU) seconds of one command. CPU (user + system of the child) is reported
+    too: on a box shared with other work the wall time mostly measures the queue for a core."""
     env = {**os.environ, "EDGELOOP_WORKSPACE": str(ws.root), "EDGELOOP_BROKER": broker_url,
            "COLUMNS": "200"}  # fmt: skip
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.monotonic()
     out = subprocess.run([EDGELOOP, *args], env=env, capture_output=True, text=True, timeout=300)
     took = time.monotonic() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if out.returncode != 0:
         raise RuntimeError(f"edgeloop {' '.join(args)} failed: {out.stderr[-1000:]}")
-    return took
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return took, cpu
 
 
 def in_process(ws: Workspace) -> dict[str, float]:
@@ -136,6 +148,9 @@ def main() -> None:
     ap.add_argument("--devices", type=int, default=1000)
     ap.add_argument("--reports", type=int, default=6, help="telemetry reports per device")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument(
+        "--compare-src", help="a source tree (control/src, agent/src) to time `fleet` from too"
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp:
         broker = PrivateBroker(Path(tmp) / "broker").start()
@@ -143,19 +158,42 @@ def main() -> None:
             t0 = time.monotonic()
             ws = build(Path(tmp), broker, args.devices, args.reports)
             setup_s = time.monotonic() - t0
-            runs: dict[str, list[float]] = {"baseline": [], "fleet": [], "fleet_json": []}
+            commands: dict[str, tuple[tuple[str, ...], str | None]] = {
+                "baseline": (("events", "--limit", "1"), None),
+                "fleet": (("fleet",), None),
+                "fleet_json": (("fleet", "--json"), None),
+            }
+            if args.compare_src:
+                # The same command from an older source tree (e.g. `git archive 9e8548c
+                # control/src agent/src | tar -x -C /tmp/old`), on the same database.
+                src = Path(args.compare_src)
+                path = f"{src / 'control' / 'src'}:{src / 'agent' / 'src'}"
+                commands["fleet_compare"] = (("fleet",), path)
+            wall: dict[str, list[float]] = {k: [] for k in commands}
+            cpu: dict[str, list[float]] = {k: [] for k in commands}
             for _ in range(args.repeat):
-                runs["baseline"].append(timed(ws, broker.url, "events", "--limit", "1"))
-                runs["fleet"].append(timed(ws, broker.url, "fleet"))
-                runs["fleet_json"].append(timed(ws, broker.url, "fleet", "--json"))
-            median = {k: statistics.median(v) for k, v in runs.items()}
+                for key, (argv, pythonpath) in commands.items():
+                    w, c = timed(ws, broker.url, *argv, pythonpath=pythonpath)
+                    wall[key].append(w)
+                    cpu[key].append(c)
+            median = {k: statistics.median(v) for k, v in wall.items()}
+            median_cpu = {k: statistics.median(v) for k, v in cpu.items()}
             result = {
                 "devices": args.devices,
                 "reports_per_device": args.reports,
                 "setup_s": round(setup_s, 1),
+                "load_average_1m": os.getloadavg()[0],
                 **{f"{k}_s": round(v, 3) for k, v in median.items()},
+                **{f"{k}_cpu_s": round(v, 3) for k, v in median_cpu.items()},
                 "fleet_vs_baseline": round(median["fleet"] / median["baseline"], 2),
                 "fleet_json_vs_baseline": round(median["fleet_json"] / median["baseline"], 2),
+                **(
+                    {"fleet_vs_compare": round(median["fleet"] / median["fleet_compare"], 2),
+                     "fleet_cpu_vs_compare": round(
+                         median_cpu["fleet"] / median_cpu["fleet_compare"], 2)}
+                    if "fleet_compare" in median
+                    else {}
+                ),  # fmt: skip
                 **in_process(ws),
             }
         finally:

@@ -188,12 +188,15 @@ def main() -> None:
                 "fleet_vs_baseline": round(median["fleet"] / median["baseline"], 2),
                 "fleet_json_vs_baseline": round(median["fleet_json"] / median["baseline"], 2),
                 **(
-                    {"fleet_vs_compare": round(median["fleet"] / median["fleet_compare"], 2),
-                     "fleet_cpu_vs_compare": round(
-                         median_cpu["fleet"] / median_cpu["fleet_compare"], 2)}
+                    {
+                        "fleet_vs_compare": round(median["fleet"] / median["fleet_compare"], 2),
+                        "fleet_cpu_vs_compare": round(
+                            median_cpu["fleet"] / median_cpu["fleet_compare"], 2
+                        ),
+                    }
                     if "fleet_compare" in median
                     else {}
-                ),  # fmt: skip
+                ),
                 **in_process(ws),
             }
         finally:

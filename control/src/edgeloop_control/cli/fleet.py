@@ -262,7 +262,7 @@ _FLEET_COLUMNS = [
     "drift", "memory", "outbox", "error / flags", "seen",
 ]  # fmt: skip
 # Dropped first to last when the terminal is too narrow; identifiers are never cut.
-_DROPPABLE = ["outbox", "memory", "in sync", "p99", "err", "seen", "drift"]
+_DROPPABLE = ["outbox", "memory", "in sync", "p99", "drift", "err", "req", "seen"]
 
 
 def _print_fleet(out: list[dict[str, Any]], now: float) -> None:

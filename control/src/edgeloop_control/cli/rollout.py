@@ -128,7 +128,9 @@ def start(
 ) -> None:
     """Start a staged rollout: canary batch, then steps, each gated; rollback on failure.
 
-    Without --device or --group: every device that has desired state.
+    Without --device or --group: every known device that has desired state. Devices
+    must be known (`edgeloop fleet add`); those offline longer than [fleet] offline_after_s
+    are skipped.
     """
     st = state(ctx)
     if device:

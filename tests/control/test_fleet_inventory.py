@@ -443,3 +443,37 @@ def test_the_fleet_table_never_cuts_a_device_id(env: Env, columns: int) -> None:
     for name in names:
         assert name in out, out
     assert "…" not in out
+
+
+def test_the_daemon_marks_a_device_seen_by_its_samples_and_labels(env: Env) -> None:
+    """Through the real daemon: a status, then only captured samples and labels; "seen"
+    moves with them (it stayed at the status's time before)."""
+    from tests.control.daemon_fuzz import RunningDaemon, status_doc
+
+    daemon = RunningDaemon(env.ws, env.broker.url).start()
+    try:
+        prefix = env.ws.topic_prefix
+        env.client.publish(f"{prefix}/d1/status", json.dumps(status_doc("d1")).encode())
+        _wait(lambda: daemon.reader.device("d1") is not None, 20, "status not stored")
+        first = daemon.reader.device("d1")["last_seen"]
+        time.sleep(0.3)
+        record = {"sample_id": "d1:0001", "device": "d1", "ts": time.time(), "model": "sensor",
+                  "features": {"temp": 20.0}, "prediction": 1}  # fmt: skip
+        env.client.publish(f"{prefix}/d1/samples", json.dumps(record).encode())
+        _wait(
+            lambda: (daemon.reader.device("d1") or {}).get("last_seen", 0) > first,
+            20,
+            "a sample did not move last_seen",
+        )
+        second = daemon.reader.device("d1")["last_seen"]
+        time.sleep(0.3)
+        label = {"sample_id": "d1:0001", "device": "d1", "ts": time.time(), "label": 1}
+        env.client.publish(f"{prefix}/d1/labels", json.dumps(label).encode())
+        _wait(
+            lambda: daemon.reader.device("d1")["last_seen"] > second,
+            20,
+            "a label did not move last_seen",
+        )
+        assert daemon.error is None
+    finally:
+        daemon.stop()

@@ -182,10 +182,12 @@ def fleet(
     reported: dict[str, dict[str, Any]] = {}
     try:
         with connected(st.broker) as client:
-            # Short settle: retained messages follow the SUBACK at once; the inventory
-            # (kept by the daemon) has the rest.
+            # Retained messages follow the SUBACK at once: a short settle when the inventory
+            # (kept by the daemon) has the devices anyway, the usual one when it is empty.
             for msg in client.retained(
-                Topics.every_device("status", ws.topic_prefix), settle=0.2, timeout=timeout
+                Topics.every_device("status", ws.topic_prefix),
+                settle=0.2 if inventory else 0.5,
+                timeout=timeout,
             ):
                 try:
                     doc = json.loads(msg.payload)

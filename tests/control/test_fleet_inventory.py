@@ -176,6 +176,9 @@ def test_fleet_add_with_an_identity_needs_enrolment(env: Env) -> None:
         pytest.skip("enrolment is available in this build")
     bad = env.cli("fleet", "add", "pump-1", "--identity", "magic")
     assert bad.exit_code == 2 and "choose one of none, certificate, password" in one_line(bad)
+    bad = env.cli("fleet", "add", "pump-1", "--bundle", "/tmp/b.tar")
+    assert bad.exit_code == 2 and "give --identity certificate or password" in one_line(bad)
+    assert env.db.device("pump-1") is None
 
 
 def test_fleet_rm_clears_desired_state_groups_and_keeps_history(env: Env) -> None:

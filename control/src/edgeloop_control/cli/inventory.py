@@ -43,6 +43,8 @@ def add(
 
     if identity not in IDENTITIES:
         fail(f"--identity {identity!r}: choose one of {', '.join(IDENTITIES)}", 2)
+    if bundle is not None and identity == "none":
+        fail("--bundle holds an enrolled identity: give --identity certificate or password", 2)
     st = state(ctx)
     ws = st.workspace
     enrol: Any = None

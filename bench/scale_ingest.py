@@ -130,7 +130,7 @@ def edgeloop(ws: Workspace, broker_url: str, *args: str, timeout: float = 600) -
 
 
 def deploy_all(ws: Workspace, broker_url: str, devices: list[str], ref: str) -> float:
-    args = ["deploy", ref]
+    args = ["deploy", ref, "--new-device"]  # provisioning: not connected yet
     for d in devices:
         args += ["--device", d]
     return edgeloop(ws, broker_url, *args)

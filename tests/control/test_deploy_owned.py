@@ -35,6 +35,12 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     registry = Registry.for_workspace(ws)
     for version, seed in (("v1", 0), ("v2", 1), ("v3", 2)):
         registry.register("sensor", sensor_model(version, seed=seed).data, {"algorithm": "logreg"})
+    # The devices the tests target are in the inventory, as after their first connection:
+    # only known devices may be targeted.
+    db = ControlDB(ws.state_db)
+    for device in ("d1", "d2", "d3"):
+        db.upsert_device(device)
+    db.close()
     return ws.root
 
 

@@ -66,6 +66,12 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
         registry.register("sensor", sensor_model(version, algo=algo).data, {"algorithm": algo})
     for _ in range(2):
         registry.register("load", regression_onnx(), {"algorithm": "hgb"})
+    # The devices the tests target are in the inventory, as after their first connection:
+    # only known devices may be targeted.
+    db = ControlDB(ws.state_db)
+    for device in ("d1", "d2", "d3"):
+        db.upsert_device(device)
+    db.close()
     return ws.root
 
 

@@ -83,6 +83,7 @@ def champion(ws: Workspace) -> str:
 
 
 def serve_and_drift(db: ControlDB, variant: str, now: float) -> None:
+    db.upsert_device(DEVICE)  # in the inventory, as the telemetry carrying its windows leaves it
     db.set_desired(
         DEVICE,
         {"revision": 1, "models": [{"variant": variant, "role": "serve", "weight": 100}]},

@@ -133,3 +133,17 @@ def test_the_episode_starts_at_the_earliest_evidence(env: RetrainEnv) -> None:
     episode = trigger(env).detect(CHAMPION)
     assert episode is not None and sorted(episode.drifting) == ["pump-1", "pump-2"]
     assert episode.since == T0 - 500 - 180
+
+
+def test_a_device_only_desired_state_names_is_in_no_scope(env: RetrainEnv) -> None:
+    """A typo deployed before devices had to be known (desired state, no inventory row)
+    must not join a fleet-wide retraining scope, or the A/B test would wait for it."""
+    env.serve("pump-1")
+    env.db.set_desired("pump-99", {"revision": 1, "models": [
+        {"name": "sensor", "variant": CHAMPION, "role": "serve", "weight": 100}
+    ]})  # fmt: skip
+    env.windows("pump-1", T0, DRIFTING)
+    t = trigger(env, scope="fleet")
+    assert t.devices_running(CHAMPION) == ["pump-1"]
+    episode = t.detect(CHAMPION)
+    assert episode is not None and episode.scope == ["pump-1"]

@@ -24,6 +24,7 @@ from edgeloop_agent.wire.histogram import LatencyHistogram
 from edgeloop_control.errors import ConfigError
 from edgeloop_control.fleet.desired import plan_desired
 from edgeloop_control.fleet.ingest import handle_report, handle_status
+from edgeloop_control.fleet.inventory import register
 from edgeloop_control.infra.db import ControlDB
 from edgeloop_control.infra.mqtt import ControlClient
 from edgeloop_control.infra.shares import parse_share
@@ -289,6 +290,9 @@ def test_start_records_without_publishing(ws: Workspace, db: ControlDB) -> None:
 
     with pytest.raises(RolloutError, match=f"already in running rollout {info['id']}"):
         manager.start("sensor@v2", devices=["b"])
+    with pytest.raises(RolloutError, match=r"unknown device newbie; known devices: a, b, c"):
+        manager.start("sensor@v2", devices=["newbie"])
+    register(db, ["newbie"])
     with pytest.raises(RolloutError, match="no desired state yet for newbie"):
         manager.start("sensor@v2", devices=["newbie"])
     with pytest.raises(RolloutError, match="not both"):
@@ -709,9 +713,12 @@ def test_group_cli(ws: Workspace, db: ControlDB) -> None:
         )
 
     out = run("group", "set", "line-1", "a", "b", "--json")
+    assert out.exit_code == 1 and "unknown devices a, b" in out.output  # not in the inventory
+    assert db.devices() == []
+    out = run("group", "set", "line-1", "a", "b", "--json", "--new-device")
     assert out.exit_code == 0, out.output
     assert json.loads(out.stdout) == {"group": "line-1", "devices": ["a", "b"]}
-    assert run("group", "set", "line-2", "b", "c").exit_code == 0
+    assert run("group", "set", "line-2", "b", "c", "--new-device").exit_code == 0
     assert run("group", "set", "line-1", "a", "c").exit_code == 0  # exactly these: b leaves
     out = run("group", "ls", "--json")
     assert json.loads(out.stdout) == {"line-1": ["a", "c"], "line-2": ["b", "c"]}

@@ -60,7 +60,7 @@ def workspace(tmp_path: Path) -> Workspace:
 
 def deploy(ws: Workspace, central: PrivateBroker, ref: str) -> None:
     env = {**os.environ, "EDGELOOP_WORKSPACE": str(ws.root), "EDGELOOP_BROKER": central.url}
-    args = [EDGELOOP, "deploy", ref]
+    args = [EDGELOOP, "deploy", ref, "--new-device"]
     for device in SITES.values():
         args += ["--device", device]
     out = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)

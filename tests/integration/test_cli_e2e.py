@@ -60,6 +60,7 @@ def test_ingest_train_deploy_predict_through_the_cli(broker, probe, agents, tmp_
             extra=["--trusted-key", str(ws / "keys" / "signing.pub")],
         ).start()
     )
+    assert "registered cli-1" in run("fleet", "add", "cli-1").stdout
     deployed = json.loads(run("deploy", "sensor@v1", "--device", "cli-1", "--json").stdout)
     assert deployed[0]["revision"] == 1
     wait_status(probe, "cli-1", lambda s: s.get("revision") == 1)

@@ -81,7 +81,7 @@ def test_daemon_ingests_everything_once_across_a_kill_9(workspace, broker, probe
     agents.append(agent)
     env = {**os.environ, "EDGELOOP_WORKSPACE": str(ws.root), "EDGELOOP_BROKER": broker.url}
     out = subprocess.run(
-        [EDGELOOP, "deploy", "sensor@v1", "--device", DEVICE],
+        [EDGELOOP, "deploy", "sensor@v1", "--new-device", "--device", DEVICE],
         env=env,
         capture_output=True,
         text=True,

@@ -53,7 +53,7 @@ def test_simulated_fleet_against_real_daemon(workspace, broker, tmp_path):  # no
         wait_connected(log, before)
         devices = [f"sim-{i:05d}" for i in range(N)]
         env = {**os.environ, "EDGELOOP_WORKSPACE": str(ws.root), "EDGELOOP_BROKER": broker.url}
-        args = [EDGELOOP, "deploy", "sensor@v1"]
+        args = [EDGELOOP, "deploy", "sensor@v1", "--new-device"]
         for d in devices:
             args += ["--device", d]
         out = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)

@@ -142,7 +142,7 @@ def test_prometheus_reads_the_fleet_from_the_control_node(
         )
         env = {**os.environ, "EDGELOOP_WORKSPACE": str(ws.root), "EDGELOOP_BROKER": broker.url}
         out = subprocess.run(
-            [EDGELOOP, "deploy", "sensor@v1", "--device", DEVICE],
+            [EDGELOOP, "deploy", "sensor@v1", "--new-device", "--device", DEVICE],
             env=env,
             capture_output=True,
             text=True,

@@ -18,6 +18,7 @@ import pytest
 
 from edgeloop_control.daemon.service import ControlDaemon
 from edgeloop_control.fleet.desired import DesiredState
+from edgeloop_control.fleet.inventory import register
 from edgeloop_control.infra.db import ControlDB
 from edgeloop_control.infra.mqtt import connected
 from edgeloop_control.infra.signing import DesiredSigner, open_desired
@@ -140,6 +141,7 @@ def fleet(ws, broker, watch, agents, tmp_path) -> Callable[..., dict[str, AgentP
         assert v1.size < 100_000 < registry.get("sensor@v2").size
         db = ControlDB(ws.state_db)
         try:
+            register(db, DEVICES, source="test")  # as `edgeloop deploy --new-device` does
             with connected(broker.url) as client:
                 desired = DesiredState(db, client, ws.topic_prefix, DesiredSigner.for_workspace(ws))
                 desired.publish_artifact(v1, registry.artifact_bytes(v1))

@@ -14,7 +14,8 @@ from typing import Annotated, Any
 import typer
 
 from edgeloop_control.cli.common import console, fail, print_json, state, table
-from edgeloop_control.fleet.desired import DeployError, check_device_ids
+from edgeloop_control.fleet.desired import DeployError
+from edgeloop_control.fleet.inventory import UnknownDevice, require_known
 from edgeloop_control.infra.db import ControlDB
 from edgeloop_control.infra.mqtt import BrokerError, connected
 from edgeloop_control.infra.workspace import WorkspaceError
@@ -66,9 +67,16 @@ def start(
         ),
     ] = None,
     cause: Annotated[str | None, typer.Option(help="why; recorded in the events")] = None,
+    new_device: Annotated[
+        bool,
+        typer.Option("--new-device", help="register devices the inventory does not know yet"),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Split the devices' traffic between champion and challenger and start measuring."""
+    """Split the devices' traffic between champion and challenger and start measuring.
+
+    Every device must be known (connected, or registered with `edgeloop fleet add`) unless
+    --new-device; devices offline longer than [fleet] offline_after_s are skipped."""
     from edgeloop_control.policies.experiments import ExperimentError, ExperimentManager
 
     st = state(ctx)
@@ -76,11 +84,13 @@ def start(
     model = _model_of(champion)
     if _model_of(challenger) != model:
         fail(f"{champion} and {challenger} are versions of different models")
-    try:
-        check_device_ids(device)  # before connecting: a bad id is not a broker error
-    except DeployError as exc:
-        fail(str(exc))
     db = ControlDB(ws.state_db)
+    try:
+        # Before connecting: a bad or unknown id is not a broker error.
+        require_known(db, device, new_device=new_device, source="edgeloop ab start --new-device")
+    except (DeployError, UnknownDevice) as exc:
+        db.close()
+        fail(str(exc))
     try:
         with connected(st.broker) as client:
             manager = ExperimentManager(ws, db, client)
@@ -105,6 +115,13 @@ def start(
         f"[bold]{exp['id']}[/] started: {exp['champion']} {w['champion']:g}% vs "
         f"{exp['challenger']} {w['challenger']:g}% on {', '.join(exp['devices'])}"
     )
+    if exp.get("skipped_offline"):
+        console.print(
+            "skipped (offline longer than [fleet] offline_after_s): "
+            + ", ".join(exp["skipped_offline"]),
+            highlight=False,
+            markup=False,
+        )
     console.print(
         "`edgeloop serve` evaluates it every second"
         + ("" if exp["auto_decide"] else " and waits for `edgeloop ab promote/stop`")
@@ -377,6 +394,13 @@ def _detail(r: dict[str, Any]) -> None:
         f"{_when(r['created_at'])}" + (f" (cause: {r['cause']})" if r["cause"] else ""),
         highlight=False,
     )
+    if r.get("skipped_offline"):
+        console.print(
+            f"skipped (offline longer than [fleet] offline_after_s): "
+            f"{', '.join(r['skipped_offline'])}",
+            highlight=False,
+            markup=False,
+        )
     variants = r["variants"] or {}
     rows = []
     for arm in ("champion", "challenger"):

@@ -1,9 +1,9 @@
 """``edgeloop group``: named device groups, the unit of ``edgeloop rollout --group``.
 
 Groups live in the inventory (the ``groups`` JSON list of each device in
-control.sqlite); a device may belong to several. A device named here that has
-not reported yet is added to the inventory, so a group can be set up before
-its devices come online.
+control.sqlite); a device may belong to several. Every device named must be known
+(it has connected, or `edgeloop fleet add` registered it); ``--new-device``
+registers the unknown ones, so a group can be set up before its devices come online.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from typing import Annotated
 import typer
 
 from edgeloop_control.cli.common import OneLineErrors, console, fail, print_json, state, table
-from edgeloop_control.fleet.desired import check_device_ids
+from edgeloop_control.fleet.desired import DeployError
+from edgeloop_control.fleet.inventory import UnknownDevice, require_known
 from edgeloop_control.infra.db import ControlDB
 
 app = typer.Typer(
@@ -46,13 +47,22 @@ def set_group(
     ctx: typer.Context,
     group: Annotated[str, typer.Argument(help="group name")],
     devices: Annotated[list[str], typer.Argument(help="its devices (exactly these)")],
+    new_device: Annotated[
+        bool,
+        typer.Option("--new-device", help="register devices the inventory does not know yet"),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Make GROUP exactly these devices: listed ones join it, the others leave it."""
     _check_group(group)
-    members = check_device_ids(devices)
     db = ControlDB(state(ctx).workspace.state_db)
     try:
+        try:
+            members = require_known(
+                db, devices, new_device=new_device, source="edgeloop group set --new-device"
+            )
+        except (DeployError, UnknownDevice) as exc:
+            fail(str(exc))
         with db.transaction():
             for d in db.devices():
                 current = list(d.get("groups") or [])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -39,7 +40,8 @@ from edgeloop_control.cli.common import (
     table,
 )
 from edgeloop_control.errors import EdgeloopError
-from edgeloop_control.fleet.desired import DeployError, check_device_ids
+from edgeloop_control.fleet.desired import DeployError
+from edgeloop_control.fleet.inventory import UnknownDevice, require_known
 from edgeloop_control.infra.db import ControlDB
 from edgeloop_control.infra.mqtt import BrokerError, Publisher, connected
 from edgeloop_control.policies.rollout import (
@@ -126,13 +128,15 @@ def start(
 ) -> None:
     """Start a staged rollout: canary batch, then steps, each gated; rollback on failure.
 
-    Without --device or --group: every device that has desired state.
+    Without --device or --group: every known device that has desired state. Devices
+    must be known (`edgeloop fleet add`); those offline longer than [fleet] offline_after_s
+    are skipped.
     """
     st = state(ctx)
     if device:
         try:
-            check_device_ids(device)  # before the registry is opened: the user's typo first
-        except DeployError as exc:
+            _known(st.workspace.state_db, device)  # before the registry: the user's typo first
+        except (DeployError, UnknownDevice) as exc:
             fail(str(exc))
     db = ControlDB(st.workspace.state_db)
     try:
@@ -332,6 +336,14 @@ def _status_or_fail(manager: RolloutManager, rollout_id: str) -> dict[str, Any]:
         fail(str(exc))
 
 
+def _known(path: Path, devices: list[str]) -> None:
+    db = ControlDB(path)
+    try:
+        require_known(db, devices, new_device=None)
+    finally:
+        db.close()
+
+
 def _progress_text(info: dict[str, Any]) -> str:
     return (
         f"{info['id']} {info['model']}: batch {info['current_batch']}/{info['batch_count']} "
@@ -360,6 +372,14 @@ def _detail(info: dict[str, Any]) -> Any:
             f"{info['devices_loaded']}/{info['devices_total']} loaded",
         )
         parts.append(bar)
+    skipped = (info.get("selector") or {}).get("skipped_offline")
+    if skipped:
+        parts.append(
+            Text(
+                "skipped (offline longer than [fleet] offline_after_s): " + ", ".join(skipped),
+                style="magenta",
+            )
+        )
     if info.get("failure"):
         parts.append(Text(f"failure: {info['failure']}", style="red"))
     if info.get("last_error") and info["state"] not in FINAL:

@@ -28,7 +28,7 @@ from edgeloop_agent.wire.network import BrokerAddress
 from edgeloop_agent.wire.topics import Topics
 from edgeloop_control.featurestore import FeatureStore
 from edgeloop_control.fleet.captured import store_captured
-from edgeloop_control.fleet.ingest import IngestError, handle_report, handle_status
+from edgeloop_control.fleet.ingest import IngestError, handle_report, handle_status, touch_seen
 from edgeloop_control.fleet.messages import (
     MAX_PAYLOAD,
     Captured,
@@ -292,6 +292,8 @@ class ControlDaemon:
         refused: dict[int, str] = {}
         for i, reason in rejected:
             refused.setdefault(i, reason)
+        # Seen = the last message of any kind: one statement for the whole batch.
+        touch_seen(self.db, (_leaf_device(m.topic)[1] for m, _ in batch))
         for i, (m, _) in enumerate(batch):
             if i in refused:
                 leaf, device = _leaf_device(m.topic)

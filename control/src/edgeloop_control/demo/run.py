@@ -28,6 +28,7 @@ from edgeloop_control.demo.traffic import Traffic
 from edgeloop_control.errors import EdgeloopError
 from edgeloop_control.featurestore import FeatureStore
 from edgeloop_control.fleet.desired import DesiredState
+from edgeloop_control.fleet.inventory import register
 from edgeloop_control.infra.db import ControlDB
 from edgeloop_control.infra.mosquitto import PrivateBroker
 from edgeloop_control.infra.mqtt import connected
@@ -151,6 +152,7 @@ def run_demo(
             mv = registry.get("sensor@v1")
             db = ControlDB(ws.state_db)
             stack.callback(db.close)
+            register(db, names, source="demo")  # known before their first status arrives
             with connected(broker_url) as client:
                 desired = DesiredState.for_workspace(ws, db, client)
                 desired.publish_artifact(mv, registry.artifact_bytes(mv))

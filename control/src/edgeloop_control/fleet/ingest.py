@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterable
 from typing import Any
 
+from edgeloop_agent.wire.histogram import LatencyHistogram
 from edgeloop_control.fleet.messages import (
     PoisonMessage,
     load_json,
@@ -52,8 +54,12 @@ def handle_status(db: ControlDB, device: str, doc: Any) -> None:
     doc = parse_status(device, doc)
     online = bool(doc.get("online"))
     fields: dict[str, Any] = {"online": 1 if online else 0, "status": doc}
+    if online or doc.get("reason") == "stopped":
+        # Seen = when the control node last heard from the device, on its own clock: a
+        # device clock that is off, or a report queued in its outbox, must not make a
+        # device that speaks now look silent. (A "lost" status is the broker's will.)
+        fields["last_seen"] = time.time()
     if online:
-        fields["last_seen"] = float(doc.get("ts") or time.time())
         fields["reported_revision"] = doc.get("revision")
     with db.transaction():
         previous = db.device(device)
@@ -167,10 +173,12 @@ def handle_report(db: ControlDB, envelope: Any, device: str | None = None) -> bo
         drift_state = _drift_state(db, device, report)
         db.upsert_device(
             device,
-            last_seen=ts,
+            last_seen=time.time(),
             drift=drift_state,
             telemetry={
                 "ts": ts,
+                "interval_s": report.get("interval_s"),
+                **_traffic(metrics),
                 "rss_bytes": process.get("rss_bytes"),
                 "cpu_percent": process.get("cpu_percent"),
                 "outbox_depth": outbox.get("depth"),
@@ -180,6 +188,47 @@ def handle_report(db: ControlDB, envelope: Any, device: str | None = None) -> bo
             },
         )
     return True
+
+
+def _traffic(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Requests, errors and p99 (ms) over every variant of one report: the fleet view's
+    per-device figures, kept in the inventory row the report already rewrites."""
+    requests = errors = 0
+    merged: LatencyHistogram | None = None
+    for m in metrics.values():
+        if not isinstance(m, dict):
+            continue
+        requests += int(m.get("requests") or 0)
+        errs = m.get("errors") or {}
+        errors += int(sum(errs.values())) if isinstance(errs, dict) else 0
+        try:
+            hist = LatencyHistogram.from_dict(m["latency"]) if m.get("latency") else None
+        except (ValueError, TypeError, KeyError):
+            hist = None  # a malformed histogram is no evidence either way
+        if hist is None:
+            continue
+        if merged is None:
+            merged = hist
+        else:
+            merged.merge(hist)
+    p99 = merged.quantile(0.99) if merged is not None and merged.count else None
+    return {
+        "requests": requests,
+        "errors": errors,
+        "p99_ms": None if p99 is None else round(p99 * 1000.0, 3),
+    }
+
+
+def touch_seen(db: ControlDB, devices: Iterable[str], now: float | None = None) -> None:
+    """Mark ``devices`` heard from now (samples and labels: they go to the feature store, so
+    the daemon calls this once per stored batch, not once per message). Only devices the
+    inventory holds: a message is not a registration."""
+    when = time.time() if now is None else now
+    db.conn.executemany(
+        "UPDATE devices SET last_seen = ? "
+        "WHERE device = ? AND (last_seen IS NULL OR last_seen < ?)",
+        [(when, d, when) for d in dict.fromkeys(devices)],
+    )
 
 
 def _drift_state(db: ControlDB, device: str, report: dict[str, Any]) -> dict[str, Any] | None:

@@ -11,7 +11,7 @@ import json
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,8 @@ CREATE TABLE IF NOT EXISTS devices (
     status TEXT,
     telemetry TEXT,
     reported_revision INTEGER,
-    drift TEXT
+    drift TEXT,
+    registered_at REAL
 );
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -125,6 +126,16 @@ class ControlDB:
         self.conn.execute("PRAGMA synchronous=NORMAL")
         self.conn.execute("PRAGMA foreign_keys=ON")
         self.conn.executescript(SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        # Columns added after a table first shipped: CREATE TABLE IF NOT EXISTS leaves an
+        # existing table as it was. A read-only connection (the dashboard) cannot add them
+        # and does not need to: readers use dict rows and .get().
+        have = {r["name"] for r in self.conn.execute("PRAGMA table_info(devices)")}
+        if "registered_at" not in have:
+            with suppress(sqlite3.OperationalError):
+                self.conn.execute("ALTER TABLE devices ADD COLUMN registered_at REAL")
 
     def close(self) -> None:
         self.conn.close()

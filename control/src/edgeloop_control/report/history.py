@@ -333,6 +333,12 @@ def _models_text(models: list[dict[str, Any]]) -> str:
     return ", ".join(parts)
 
 
+def _rate(stats: list[Any]) -> float | None:
+    """Error replies / requests over the selected range; None without requests."""
+    requests = sum(int(s["requests"] or 0) for s in stats)
+    return sum(int(s["errors"] or 0) for s in stats) / requests if requests else None
+
+
 def fleet(db: ControlDB, sel: Selection) -> list[dict[str, Any]]:
     """One row per device in the inventory (and every device with a desired state): online,
     served and desired versions, drift state, traffic in the range, memory, outbox depth."""
@@ -381,6 +387,7 @@ def fleet(db: ControlDB, sel: Selection) -> list[dict[str, Any]]:
                 "drift": "; ".join(drifting),
                 "requests": sum(int(s["requests"] or 0) for s in stats) if stats else None,
                 "errors": sum(int(s["errors"] or 0) for s in stats) if stats else None,
+                "error_rate": _rate(stats),
                 "p99_ms": round(p99, 3) if p99 is not None else None,
                 "rss_mb": round(rss / 2**20, 1) if isinstance(rss, int | float) else None,
                 "outbox_depth": telemetry.get("outbox_depth"),

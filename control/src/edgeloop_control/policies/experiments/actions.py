@@ -12,6 +12,7 @@ import logging
 import time
 
 from edgeloop_control.fleet.desired import DeviceOwned, VersionLike
+from edgeloop_control.fleet.inventory import unknown_among
 
 from .config import ExperimentError
 from .parts import Parts, owner
@@ -99,7 +100,10 @@ def _registry_step(parts: Parts, exp: Experiment) -> None:
 def _rollout_step(parts: Parts, exp: Experiment) -> bool:
     if parts.rollouts is None:
         return False
-    devices = devices_running(parts, exp.model)
+    # Only devices the inventory knows (a desired state can outlive a removed device).
+    running = devices_running(parts, exp.model)
+    unknown = set(unknown_among(parts.db, running))
+    devices = [d for d in running if d not in unknown]
     if not devices:
         # (An empty list would mean "every device" to the rollout manager.)
         parts.db.add_event(

@@ -21,6 +21,14 @@ from edgeloop_control.fleet.desired import (
     VersionLike,
     check_device_ids,
 )
+from edgeloop_control.fleet.inventory import (
+    Stale,
+    UnknownDevice,
+    offline_after_s,
+    require_known,
+    split_stale,
+    stale_note,
+)
 from edgeloop_control.infra.shares import parse_share
 from edgeloop_control.stats.sequential import Kind
 
@@ -60,13 +68,19 @@ def challenger_share(value: object) -> float:
         raise ExperimentError(str(exc)) from None
 
 
-def _devices(devices: Sequence[str]) -> list[str]:
+def _devices(parts: Parts, devices: Sequence[str]) -> tuple[list[str], list[Stale]]:
+    """Known devices to run on, and the known ones skipped for being offline too long."""
     if isinstance(devices, str):
         raise ExperimentError("devices must be a list of device ids, not one string")
     try:
-        return check_device_ids(list(devices))
-    except DeployError as exc:
+        ids = require_known(parts.db, check_device_ids(list(devices)))
+        after_s = offline_after_s(parts.ws)
+    except (DeployError, UnknownDevice) as exc:
         raise ExperimentError(str(exc)) from None
+    keep, stale = split_stale(parts.db, ids, after_s)
+    if not keep:
+        raise ExperimentError(f"no device to run on: {stale_note(stale, after_s)}")
+    return keep, stale
 
 
 def _check_serving(parts: Parts, model: str, devices: list[str]) -> None:
@@ -115,7 +129,7 @@ def start(parts: Parts, req: Request) -> Experiment:
     auto = cfg.auto_decide if req.auto_decide is None else req.auto_decide
     if not isinstance(auto, bool):
         raise ExperimentError(f"auto_decide must be true, false or None, got {auto!r}")
-    devices = _devices(req.devices)
+    devices, stale = _devices(parts, req.devices)
     if parts.publisher is None:
         raise ExperimentError(
             "starting an experiment publishes desired state, and this manager has no MQTT publisher"
@@ -127,12 +141,15 @@ def start(parts: Parts, req: Request) -> Experiment:
         id="", seq=0, model=req.model, champion=champ.version, challenger=chall.version,
         devices=devices, share=share, kind=kind, state="running", auto_decide=auto,
         cause=req.cause, config=cfg, created_at=now, updated_at=now,
+        flags={"skipped_offline": [s.device for s in stale]} if stale else {},
         test=new_test(kind, cfg).to_dict(),
         totals=Totals(drift_since=drift_rowid(parts.db)).to_dict(),
     )  # fmt: skip
     try:
         with parts.db.transaction() as conn:
             parts.store.insert(conn, exp)
+            if exp.flags:
+                parts.store.set_flags(conn, exp.id, exp.flags)
             parts.desired.claim(owner(exp.id), devices, conn=conn)
     except DeviceOwned as exc:
         raise ExperimentError(str(exc)) from None
@@ -145,7 +162,7 @@ def start(parts: Parts, req: Request) -> Experiment:
             f"could not start {exp.id}: {exc}; the devices that already received it are "
             f"being returned to the champion"
         ) from exc
-    _started(parts, exp, champ, chall, revisions)
+    _started(parts, exp, champ, chall, revisions, stale)
     return parts.store.get(exp.id)
 
 
@@ -185,8 +202,11 @@ def _started(
     champ: ModelVersion,
     chall: ModelVersion,
     revisions: dict[str, int],
+    stale: list[Stale],
 ) -> None:
     message = start_message(exp)
+    if stale:
+        message += "; " + stale_note(stale, offline_after_s(parts.ws))
     with parts.db.transaction() as conn:
         parts.store.set_revisions(conn, exp.id, revisions)
         parts.db.add_event(
@@ -195,7 +215,8 @@ def _started(
             subject=exp.id,
             data={"model": exp.model, "champion": champ.ref, "challenger": chall.ref,
                   "devices": exp.devices, "weight": exp.weight_percent,
-                  "revisions": revisions, "cause": exp.cause, "auto_decide": exp.auto_decide},
+                  "revisions": revisions, "cause": exp.cause, "auto_decide": exp.auto_decide,
+                  "skipped_offline": [x.device for x in stale]},
         )  # fmt: skip
     log.info(message)
 

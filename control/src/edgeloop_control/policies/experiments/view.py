@@ -25,6 +25,7 @@ def summary(exp: Experiment) -> dict[str, Any]:
         "champion_version": exp.champion,
         "challenger_version": exp.challenger,
         "devices": exp.devices,
+        "skipped_offline": list(exp.flags.get("skipped_offline", [])),
         "weights": {"champion": 100.0 - weight, "challenger": weight},
         "state": exp.state,
         "kind": exp.kind,

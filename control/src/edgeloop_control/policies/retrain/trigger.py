@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from edgeloop_control.fleet.inventory import unknown_among
 from edgeloop_control.infra.db import ControlDB
 from edgeloop_control.policies.retrain.config import RetrainConfig
 
@@ -70,7 +71,8 @@ class DriftTrigger:
         )
 
     def devices_running(self, variant: str) -> list[str]:
-        """Devices whose desired state serves ``variant`` with some traffic."""
+        """Known devices whose desired state serves ``variant`` with some traffic (a desired
+        state left for a device the inventory does not hold is no member of any scope)."""
         out = []
         for device, doc in self.db.all_desired().items():
             if any(
@@ -78,7 +80,8 @@ class DriftTrigger:
                 for m in doc.get("models", [])
             ):
                 out.append(device)
-        return out
+        unknown = set(unknown_among(self.db, out))
+        return [d for d in out if d not in unknown]
 
     def evidence(self, device: str, variant: str) -> DriftEvidence | None:
         """Drift of ``variant`` on ``device`` by the configured signals, or None."""

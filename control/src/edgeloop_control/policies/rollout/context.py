@@ -12,6 +12,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from edgeloop_control.fleet.desired import DeployError, DesiredState, Owner
+from edgeloop_control.fleet.inventory import offline_after_s
 from edgeloop_control.infra.db import ControlDB
 from edgeloop_control.infra.mqtt import BrokerError, Publisher
 from edgeloop_control.infra.signing import DesiredSigner
@@ -52,6 +53,7 @@ class RolloutContext:
         self._signer: DesiredSigner | None = None
         self._registry: Registry | None = None
         self._desired: DesiredState | None = None
+        self._offline_after_s: float | None = None
 
     def open_desired(self) -> DesiredState:
         """Make the desired-state owner; call it before any transaction that uses it.
@@ -71,6 +73,13 @@ class RolloutContext:
         if self._desired is None:
             raise RuntimeError("RolloutContext.open_desired() was not called before writing")
         return self._desired
+
+    @property
+    def offline_after_s(self) -> float:
+        """``[fleet] offline_after_s``: devices offline longer are skipped, not waited for."""
+        if self._offline_after_s is None:
+            self._offline_after_s = offline_after_s(self.ws)
+        return self._offline_after_s
 
     @property
     def prefix(self) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from edgeloop_control.fleet.inventory import offline_for
 from edgeloop_control.policies.rollout.config import RolloutConfig
 from edgeloop_control.policies.rollout.context import RolloutContext, online
 from edgeloop_control.policies.rollout.gate import Health, load_error, measure, soaked, unhealthy
@@ -63,7 +64,7 @@ def judge(ctx: RolloutContext, r: Rollout, idx: int, config: RolloutConfig, now:
             continue
         if seen.failure:
             failures.append(seen.failure)
-        _classify(verdict, dev, inventory, seen, config)
+        _classify(verdict, dev, inventory, seen, config, ctx.offline_after_s, now)
     if failures:
         verdict.failure = "; ".join(failures)
         return verdict
@@ -171,8 +172,12 @@ def _classify(
     inventory: dict[str, Any],
     seen: Observation,
     config: RolloutConfig,
+    offline_after_s: float,
+    now: float,
 ) -> None:
-    if _not_waited_for(dev, seen):
+    gone = offline_for(inventory, now)
+    # Offline longer than [fleet] offline_after_s: not crashing, gone; skipped, not waited for.
+    if _not_waited_for(dev, seen) or (gone is not None and gone > offline_after_s):
         verdict.offline.append(dev.device)
         return
     why = _waiting_for(dev, inventory, seen, config)

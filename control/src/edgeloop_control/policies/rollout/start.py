@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from edgeloop_control.fleet.desired import DeployError, DeviceOwned, check_device_ids
+from edgeloop_control.fleet.inventory import UnknownDevice, require_known, split_stale, stale_note
 from edgeloop_control.policies.rollout.config import RolloutConfig, RolloutError
 from edgeloop_control.policies.rollout.context import RolloutContext
 from edgeloop_control.policies.rollout.plan import Target, split_batches
@@ -34,6 +35,13 @@ def start_rollout(
     rollout_id = f"ro-{secrets.token_hex(4)}"
     with ctx.store.transaction() as conn:
         chosen, selector = select(ctx, devices, group)
+        chosen, stale = split_stale(ctx.db, chosen, ctx.offline_after_s, now)
+        if stale:
+            selector["skipped_offline"] = [s.device for s in stale]
+        if not chosen:
+            raise RolloutError(
+                f"no device to roll out to: {stale_note(stale, ctx.offline_after_s)}"
+            )
         current = {d: ctx.db.desired(d) for d in chosen}
         missing = [d for d, doc in current.items() if doc is None]
         if missing:
@@ -71,7 +79,9 @@ def start_rollout(
             rollout_id,
             "started",
             f"rollout of {target.variant} to {len(chosen)} device(s) in {len(batches)} "
-            f"batch(es) of {sizes}" + (f" ({reason})" if reason else ""),
+            f"batch(es) of {sizes}"
+            + (f" ({reason})" if reason else "")
+            + (f"; {stale_note(stale, ctx.offline_after_s)}" if stale else ""),
             model=target.variant,
             batches=batches,
             config=config.to_dict(),
@@ -117,8 +127,11 @@ def select(
             # Never widen an empty selection to the whole fleet.
             raise RolloutError("the device list is empty; name at least one device")
         try:
-            return check_device_ids(devices), {"devices": list(devices)}
-        except DeployError as exc:
+            # A rollout needs a version to roll back to: a new device gets a first one from
+            # `edgeloop deploy`, so no --new-device here.
+            chosen = require_known(ctx.db, check_device_ids(devices), new_device=None)
+            return chosen, {"devices": list(devices)}
+        except (DeployError, UnknownDevice) as exc:
             raise RolloutError(str(exc)) from None
     if group:
         members = [d for d in ctx.db.devices() if group in (d.get("groups") or [])]
@@ -128,8 +141,10 @@ def select(
             )
         selector: dict[str, Any] = {"group": group}
     else:
+        # Devices the inventory knows: a desired state left for a device that never existed
+        # (a typo deployed before devices had to be known) is no member of the fleet.
         known = {d["device"]: d for d in ctx.db.devices()}
-        members = [known.get(d) or {"device": d, "online": 0} for d in sorted(ctx.db.all_desired())]
+        members = [known[d] for d in sorted(ctx.db.all_desired()) if d in known]
         if not members:
             raise RolloutError(
                 "no device has desired state yet; deploy a first version with "

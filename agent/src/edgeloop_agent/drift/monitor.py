@@ -6,6 +6,12 @@ that completes yields a :class:`DriftReport` with, per feature and for the outpu
 PSI on the coarse bins, the binned two-sample KS statistic and its p-value, the
 missing rate and a drift flag, plus a dataset-level decision corrected for testing
 many features. Memory is fixed at construction: O(columns x fine bins x panes).
+
+Categorical features (``profile.categorical``) are counted into extra slots of the same
+pane ring, so they share the window (count or time, tumbling or sliding) and its memory
+bound; their chi-square p-values join the numeric features' family. A PCA section
+(``profile.pca``) adds the batch's reconstruction errors as one derived column, binned and
+KS-tested like a feature, its p-value one more member of the same family.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from edgeloop_agent.drift.chi2 import chi2_sf
 from edgeloop_agent.drift.ks import MAX_AUTO_N, KsMethod, ks_pvalue, ks_statistic
 from edgeloop_agent.drift.multitest import Correction, adjust_pvalues
 from edgeloop_agent.drift.psi import DEFAULT_EPS, psi_segments
-from edgeloop_agent.drift.report import ColumnDrift, DriftReport
+from edgeloop_agent.drift.report import CategoricalDrift, ColumnDrift, DriftReport
 from edgeloop_agent.drift.window import PaneRing, RowRing, WindowConfig
 from edgeloop_agent.wire.profile import MIN_PSI_REFERENCE, ReferenceProfile
 
@@ -101,11 +107,15 @@ class DriftMonitor:
             raise ValueError(f"config: expected a DriftConfig, got {type(config).__name__}")
         self.profile = profile
         self.config = config
-        cols = profile.columns
+        self._pca = profile.pca
+        # Monitored numeric columns: features, the output if profiled, the PCA error if any.
+        cols = profile.columns + ((self._pca.error,) if self._pca is not None else ())
+        self._columns = cols
         self._n_features = len(profile.features)
         self._n_cols = len(cols)
         self._binner = FlatBinner([c.edges for c in cols])
-        self._ring = PaneRing(config.window.n_panes, self._binner.n_slots)
+        self._prepare_categorical()
+        self._ring = PaneRing(config.window.n_panes, self._binner.n_slots + self._cat_slots)
         self._buf = np.empty((0, self._n_cols))
         self._rows_seen = 0
         self._pane_id: int | None = None  # time windows: index of the open pane
@@ -145,9 +155,18 @@ class DriftMonitor:
             )
         )
         raw = self._rows.nbytes if self._rows is not None else 0
-        samples = sum(c.sample.nbytes for c in self.profile.columns if c.sample is not None)
+        samples = sum(c.sample.nbytes for c in self._columns if c.sample is not None)
+        cat = sum(a.nbytes for a in (self._cat_base, self._cat_ref, self._cat_ref_missing))
+        pca = 0 if self._pca is None else self._pca.components.nbytes + 2 * self._pca.mean.nbytes
         return int(
-            self._binner.nbytes + self._ring.nbytes + self._buf.nbytes + tables + raw + samples
+            self._binner.nbytes
+            + self._ring.nbytes
+            + self._buf.nbytes
+            + tables
+            + raw
+            + samples
+            + cat
+            + pca
         )
 
     def update(
@@ -155,6 +174,7 @@ class DriftMonitor:
         X: np.ndarray,
         output: np.ndarray | None = None,
         now: float | None = None,
+        categories: Any = None,
     ) -> list[DriftReport]:
         """Add a micro-batch; return the reports of windows this batch completed.
 
@@ -162,11 +182,15 @@ class DriftMonitor:
         ``output``: (n_rows,) model outputs if the profile has an output column; when
         omitted the output counts as missing. ``now``: the batch's timestamp in seconds
         (time windows; defaults to ``time.time()``). An empty batch only advances time.
+        ``categories``: (n_rows, n_categorical) values of the profile's categorical
+        features, in its order (strings; ``None`` = missing); omitted: all missing.
         """
         vals = self._batch(X, output)
         n = vals.shape[0]
         # An empty batch skips the binner; its slots are an empty array of the same shape.
         slots = self._binner.transform(vals) if n else np.empty((0, *vals.shape[1:]), np.int64)
+        if self._cat_slots:
+            slots = np.concatenate([slots, self._categorical_slots(categories, n)], axis=1)
         reports: list[DriftReport] = []
         win = self.config.window
         if win.kind == "count":
@@ -231,11 +255,12 @@ class DriftMonitor:
                 f"got {X.shape}"
             )
         n = X.shape[0]
-        if self.profile.output is None:
-            if output is not None:
-                raise ValueError("output: this profile has no output column to compare against")
+        if self.profile.output is None and output is not None:
+            raise ValueError("output: this profile has no output column to compare against")
+        if self._n_cols == self._n_features:
             return X
-        if output is not None:
+        out = None
+        if self.profile.output is not None and output is not None:
             try:
                 out = np.asarray(output, dtype=np.float64)
             except (TypeError, ValueError) as exc:
@@ -250,8 +275,52 @@ class DriftMonitor:
             self._buf = np.empty((min(max(n, 64), _MAX_BUFFER_ROWS), self._n_cols))
         vals = self._buf[:n] if n <= self._buf.shape[0] else np.empty((n, self._n_cols))
         vals[:, : self._n_features] = X
-        vals[:, self._n_features] = np.nan if output is None else out
+        if self.profile.output is not None:
+            vals[:, self._n_features] = np.nan if out is None else out
+        if self._pca is not None:
+            vals[:, -1] = self._pca.errors(X)  # a row with a missing feature: NaN, missing
         return vals
+
+    def _prepare_categorical(self) -> None:
+        """Slot layout after the numeric slots: per categorical column [missing, each
+        profiled category, unseen]; a dict per column maps a value to its slot."""
+        cats = self.profile.categorical
+        base = self._binner.n_slots
+        self._cat_index: list[dict[str, int]] = []
+        bases, refs = [], []
+        for c in cats:
+            self._cat_index.append({v: base + 1 + i for i, v in enumerate(c.categories)})
+            bases.append(base)
+            refs.append(c.counts.astype(np.float64))
+            base += len(c.categories) + 2
+        self._cat_slots = base - self._binner.n_slots
+        self._cat_base = np.asarray(bases, dtype=np.int64)
+        self._cat_ref = _cat(refs, np.float64)
+        self._cat_ref_missing = np.array([c.missing_rate for c in cats])
+
+    def _categorical_slots(self, categories: Any, n: int) -> np.ndarray:
+        k = len(self._cat_index)
+        out = np.empty((n, k), dtype=np.int64)
+        if categories is None:
+            out[:] = self._cat_base  # not given: missing
+            return out
+        arr = np.asarray(categories, dtype=object)
+        if arr.ndim == 1 and k == 1:
+            arr = arr.reshape(-1, 1)
+        if arr.shape != (n, k):
+            names = [c.name for c in self.profile.categorical]
+            raise ValueError(f"categories: expected shape ({n}, {k}) for {names}, got {arr.shape}")
+        for j, index in enumerate(self._cat_index):
+            base = int(self._cat_base[j])
+            unseen = base + len(index) + 1
+            try:
+                out[:, j] = [base if v is None else index.get(v, unseen) for v in arr[:, j]]
+            except TypeError:  # an unhashable value (a list, a dict)
+                raise ValueError(
+                    f"categories: {self.profile.categorical[j].name!r} holds a value that is "
+                    "not a category (expected strings)"
+                ) from None
+        return out
 
     def _exact_ring(self) -> RowRing:
         size = int(self.config.window.size)
@@ -260,7 +329,7 @@ class DriftMonitor:
                 f"ks_mode='exact': window.size={size} x {self._n_cols} columns exceeds "
                 f"{MAX_EXACT_VALUES} raw values; use a smaller window or ks_mode='binned'"
             )
-        for col in self.profile.columns:
+        for col in self._columns:
             if col.n > 0 and col.sample is None:
                 raise ValueError(
                     f"ks_mode='exact': profile column {col.name!r} has no raw sample; "
@@ -285,7 +354,7 @@ class DriftMonitor:
         return reports
 
     def _prepare_report_tables(self) -> None:
-        cols = self.profile.columns
+        cols = self._columns
         b = self._binner
         ref_cdf: list[np.ndarray] = []
         edge_slot: list[np.ndarray] = []
@@ -386,11 +455,18 @@ class DriftMonitor:
         # 100-row reference with 20 features).
         ks_family = np.where(judged[:nf], p[:nf], math.nan)
         psi_family = np.where(psi_judged[:nf], psi_p[:nf], math.nan)
-        family = np.concatenate([ks_family, psi_family])
+        cat = self._categorical_tests(w)
+        cat_family = np.where(cat["judged"], cat["p"], math.nan)
+        pca_col = self._n_cols - 1 if self._pca is not None else None
+        pca_family = [] if pca_col is None else [p[pca_col] if judged[pca_col] else math.nan]
+        family = np.concatenate([ks_family, psi_family, cat_family, pca_family])
         family_adj = adjust_pvalues(family, cfg.correction)
         p_adj = np.full(self._n_cols, math.nan)
         psi_adj = np.full(self._n_cols, math.nan)
-        p_adj[:nf], psi_adj[:nf] = family_adj[:nf], family_adj[nf:]
+        p_adj[:nf], psi_adj[:nf] = family_adj[:nf], family_adj[nf : 2 * nf]
+        cat_adj = family_adj[2 * nf : 2 * nf + cat_family.size]
+        if pca_col is not None:
+            p_adj[pca_col] = family_adj[-1]
         if self.profile.output is not None:
             p_adj[nf] = p[nf] if judged[nf] else math.nan
             psi_adj[nf] = psi_p[nf]
@@ -406,6 +482,8 @@ class DriftMonitor:
             flag_missing = (missing_rate - self._ref_missing >= cfg.missing_rate_delta).tolist()
         else:
             flag_missing = [False] * self._n_cols
+        if pca_col is not None:
+            flag_missing[pca_col] = False  # a missing feature already says so itself
         columns: list[ColumnDrift] = []
         for c, (name, n_c, mr, ref_mr, ps, dc, bound, pc, pa, pp, ppa) in enumerate(
             zip(
@@ -438,6 +516,13 @@ class DriftMonitor:
                 )
             )
         features = tuple(columns[:nf])
+        categorical = self._categorical_report(cat, cat_adj, enough)
+        multivariate = columns[pca_col] if pca_col is not None else None
+        drifted = (
+            any(f.drift for f in features)
+            or any(c.drift for c in categorical)
+            or bool(multivariate is not None and multivariate.drift)
+        )
         return DriftReport(
             window_kind=cfg.window.kind,
             start=float(start),
@@ -446,14 +531,92 @@ class DriftMonitor:
             enough_data=enough,
             features=features,
             output=columns[nf] if self.profile.output is not None else None,
-            dataset_drift=enough and any(f.drift for f in features),
+            dataset_drift=enough and drifted,
             ks_mode=cfg.ks_mode,
             correction=cfg.correction,
             alpha=cfg.alpha,
             psi_threshold=cfg.psi_threshold,
             missing_rate_delta=cfg.missing_rate_delta,
             min_samples=cfg.min_samples,
+            categorical=categorical,
+            multivariate=multivariate,
+            pca_components=0 if self._pca is None else int(self._pca.components.shape[0]),
         )
+
+    def _categorical_tests(self, w: np.ndarray) -> dict[str, np.ndarray]:
+        """Per categorical column: live counts, Pearson's chi-square homogeneity test of
+        reference against live buckets (buckets empty on both sides dropped; equal to
+        ``scipy.stats.chi2_contingency(correction=False)``) and PSI on the same buckets."""
+        k = len(self._cat_index)
+        res = {key: np.full(k, math.nan) for key in ("n", "missing", "chi2", "p", "psi", "unseen")}
+        res["dof"] = np.zeros(k)
+        eps = self.config.psi_eps
+        ref_start = 0
+        for j, c in enumerate(self.profile.categorical):
+            width = len(c.categories) + 1
+            ref = self._cat_ref[ref_start : ref_start + width]
+            ref_start += width
+            base = int(self._cat_base[j])
+            live = w[base + 1 : base + 1 + width].astype(np.float64)
+            m, n = float(live.sum()), float(ref.sum())
+            res["n"][j], res["missing"][j] = m, float(w[base])
+            if m == 0 or n == 0:
+                continue
+            total = ref + live
+            used = total > 0
+            share = total[used] / (n + m)
+            e_ref, e_live = share * n, share * m
+            chi2 = float(
+                np.sum((ref[used] - e_ref) ** 2 / e_ref + (live[used] - e_live) ** 2 / e_live)
+            )
+            dof = int(used.sum()) - 1
+            a, e = np.maximum(live / m, eps), np.maximum(ref / n, eps)
+            res["chi2"][j], res["dof"][j] = chi2, dof
+            res["p"][j] = chi2_sf(chi2, dof) if dof >= 1 else 1.0
+            res["psi"][j] = float(np.sum((a - e) * np.log(a / e)))
+            res["unseen"][j] = live[-1] / m
+        ref_n = np.array([c.n for c in self.profile.categorical])
+        res["judged"] = (res["n"] >= self.config.min_samples) & (ref_n > 0)
+        res["psi_judged"] = res["judged"] & (ref_n >= MIN_PSI_REFERENCE)
+        return res
+
+    def _categorical_report(
+        self, cat: dict[str, np.ndarray], adj: np.ndarray, enough: bool
+    ) -> tuple[CategoricalDrift, ...]:
+        cfg = self.config
+        out = []
+        for j, c in enumerate(self.profile.categorical):
+            m, missing = int(cat["n"][j]), int(cat["missing"][j])
+            rate = missing / (m + missing) if m + missing else math.nan
+            sig = bool(cat["judged"][j]) and bool(adj[j] < cfg.alpha)
+            hits = (
+                ("chi2", sig),
+                ("psi", sig and bool(cat["psi_judged"][j]) and cat["psi"][j] >= cfg.psi_threshold),
+                (
+                    "missing",
+                    enough
+                    and cfg.missing_rate_delta is not None
+                    and rate - float(self._cat_ref_missing[j]) >= cfg.missing_rate_delta,
+                ),
+            )
+            reasons = tuple(r for r, hit in hits if hit)
+            out.append(
+                CategoricalDrift(
+                    c.name,
+                    m,
+                    rate,
+                    float(self._cat_ref_missing[j]),
+                    float(cat["psi"][j]),
+                    float(cat["chi2"][j]),
+                    int(cat["dof"][j]),
+                    float(cat["p"][j]),
+                    float(adj[j]),
+                    float(cat["unseen"][j]),
+                    bool(reasons),
+                    reasons,
+                )
+            )
+        return tuple(out)
 
     def _psi_pvalues(self, coarse: np.ndarray, m: np.ndarray, judged: np.ndarray) -> np.ndarray:
         """p-value behind each PSI: Pearson's chi-square homogeneity test on the PSI bins.
@@ -489,7 +652,7 @@ class DriftMonitor:
     def _exact_statistics(self) -> np.ndarray:
         assert self._rows is not None
         d = np.full(self._n_cols, math.nan)
-        for c, col in enumerate(self.profile.columns):
+        for c, col in enumerate(self._columns):
             x = self._rows.values[:, c]
             live = x[np.isfinite(x)]
             if col.sample is not None and col.sample.size and live.size:

@@ -69,9 +69,9 @@ def test_tables_never_truncate_identifiers(fleet_history: History, columns: int)
         if "┃" in line or "│" in line:  # table rows fit the terminal
             assert len(line) <= columns, line
     if columns == 80:  # the long feature name cannot fit a table row: vertical layout
-        assert f"feature     : {LONG_FEATURES[0]}" in stdout
+        assert f"feature  : {LONG_FEATURES[0]}" in stdout
     else:
-        assert "feature     :" not in stdout
+        assert "feature  :" not in stdout
 
 
 def test_bad_since_is_one_line(fleet_history: History) -> None:

@@ -1,7 +1,8 @@
 """Memory and CPU of the drift monitor with and without categorical and PCA drift.
 
-Same run, same stream, one fresh interpreter per case (imports: numpy + the agent's drift
-package, as on a device), so RSS differences are the monitors' own:
+Same run, same stream, one fresh interpreter per case (imports: what the agent imports,
+numpy, onnxruntime, paho and its drift package, no model), so RSS differences are the
+monitors' own:
 
   numeric      the profile of before: 20 numeric features + the model output (baseline);
   +categorical the same plus 3 categorical features (30 categories each, 50 distinct live
@@ -70,9 +71,13 @@ def build_profile(case: str, path: Path) -> None:
 
 
 def child(path: Path, windows: int, window: int, batch: int) -> None:
-    rss_start = _vm("VmRSS")
+    # The agent's own imports first, so RSS is an agent's baseline plus the monitor.
+    import onnxruntime  # noqa: F401
+    import paho.mqtt.client  # noqa: F401
+
     from edgeloop_agent.drift import DriftConfig, DriftMonitor, WindowConfig
 
+    rss_start = _vm("VmRSS")
     profile = json.loads(path.read_text())
     rng = np.random.default_rng(1)
     X, out, cats = _rows(rng, window)

@@ -134,3 +134,45 @@ def test_band_drop_and_correlation_break_flagged_through_agent_and_cli(
     assert "multivariate" in by_end[-1]["verdict"] or any(
         "multivariate" in w["verdict"] for w in flagged
     )
+
+
+def _without_sections(model: Artifact) -> Artifact:
+    """The same model as one trained before categorical and PCA profiles: its metadata's
+    profile has neither section (the ONNX metadata rewritten, nothing else)."""
+    import onnx
+
+    proto = onnx.load_from_string(model.data)
+    for prop in proto.metadata_props:
+        if prop.key == "edgeloop":
+            meta = json.loads(prop.value)
+            meta["profile"].pop("categorical")
+            meta["profile"].pop("pca")
+            prop.value = json.dumps(meta)
+    return Artifact(model.name, "v0", proto.SerializeToString(), model.features)
+
+
+def test_a_model_whose_profile_predates_the_sections_keeps_working(
+    broker, probe, agents, tmp_path: Path
+) -> None:
+    old = _without_sections(_model())
+    probe.subscribe(f"edgeloop/{DEVICE}/status")
+    probe.subscribe(f"edgeloop/{DEVICE}/telemetry")
+    agent = AgentProcess(
+        broker_url=broker.url,
+        device_id=DEVICE,
+        state_dir=tmp_path / "state",
+        extra=["--telemetry-interval", "0.5", "--drift-window", str(WINDOW)],
+    ).start()
+    agents.append(agent)
+    publish_deployment(probe, DEVICE, 1, [(old, old.entry())])
+    wait_status(probe, DEVICE, lambda s: s.get("revision") == 1)
+    rng = np.random.default_rng(2)
+    _send(probe, _rows(rng, WINDOW, REF), "old")
+    _send(probe, _rows(rng, WINDOW, DROPPED), "old-band")
+    reports, windows = _windows(probe, 2)
+    for w in windows:
+        assert w["multivariate"] is None
+        assert [f["name"] for f in w["features"]] == ["x1", "x2", "x3", "x4"]
+        assert not w["dataset_drift"]  # the band is not monitored: nothing to flag it with
+    variants = reports[-1]["payload"]["variants"]
+    assert all(v["drift_monitoring"] == "on" for v in variants.values())

@@ -50,6 +50,7 @@ from edgeloop_agent.wire.profile_sections import (
     build_categorical_columns,
     fit_pca,
     parse_pca,
+    pca_errors,
 )
 
 PROFILE_KIND = "edgeloop.drift.reference_profile"
@@ -360,8 +361,8 @@ def _pca_section(
     if fitted is None:
         return None
     mean, sd, comps, held = fitted
-    pca = PCAProfile(tuple(names), mean, sd, comps, None)
-    error = _profile_column(pca.errors(held), PCA_ERROR_NAME, psi_bins, fine_bins, exact_sample)
+    errors = pca_errors(held, mean, sd, comps)
+    error = _profile_column(errors, PCA_ERROR_NAME, psi_bins, fine_bins, exact_sample)
     return PCAProfile(tuple(names), mean, sd, comps, error)
 
 

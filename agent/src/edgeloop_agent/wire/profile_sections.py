@@ -20,11 +20,14 @@ size.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:  # profile.py imports this module; at run time the column is passed in
+    from edgeloop_agent.wire.profile import ColumnProfile
 
 MAX_CATEGORIES = 1000
 PCA_ERROR_NAME = "__pca_error__"
@@ -132,14 +135,11 @@ class PCAProfile:
     mean: np.ndarray  # (d,)
     sd: np.ndarray  # (d,), > 0
     components: np.ndarray  # (k, d), orthonormal rows
-    error: Any  # profile.ColumnProfile of the held-out reference errors
+    error: ColumnProfile  # the held-out reference errors, binned like a feature
 
     def errors(self, X: np.ndarray) -> np.ndarray:
         """Reconstruction error (Euclidean, standardised units) of each row; NaN rows stay NaN."""
-        z = (X - self.mean) / self.sd
-        back = (z @ self.components.T) @ self.components
-        out: np.ndarray = np.sqrt(np.sum((z - back) ** 2, axis=1))
-        return out
+        return pca_errors(X, self.mean, self.sd, self.components)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -151,7 +151,16 @@ class PCAProfile:
         }
 
 
-def parse_pca(d: Any, features: Sequence[str], column: Any) -> PCAProfile:
+def pca_errors(X: np.ndarray, mean: np.ndarray, sd: np.ndarray, comps: np.ndarray) -> np.ndarray:
+    z = (X - mean) / sd
+    back = (z @ comps.T) @ comps
+    out: np.ndarray = np.sqrt(np.sum((z - back) ** 2, axis=1))
+    return out
+
+
+def parse_pca(
+    d: Any, features: Sequence[str], column: Callable[[Any, str], ColumnProfile]
+) -> PCAProfile:
     """``profile.pca``; ``column`` is ``ColumnProfile.from_dict`` (passed in: no cycle)."""
     where = "profile.pca"
     if not isinstance(d, dict):

@@ -24,11 +24,12 @@ from typing import Any, Literal
 import numpy as np
 
 from edgeloop_agent.drift.binning import FlatBinner
+from edgeloop_agent.drift.categorical_counts import CategoricalCounts
 from edgeloop_agent.drift.chi2 import chi2_sf
 from edgeloop_agent.drift.ks import MAX_AUTO_N, KsMethod, ks_pvalue, ks_statistic
 from edgeloop_agent.drift.multitest import Correction, adjust_pvalues
 from edgeloop_agent.drift.psi import DEFAULT_EPS, psi_segments
-from edgeloop_agent.drift.report import CategoricalDrift, ColumnDrift, DriftReport
+from edgeloop_agent.drift.report import ColumnDrift, DriftReport
 from edgeloop_agent.drift.window import PaneRing, RowRing, WindowConfig
 from edgeloop_agent.wire.profile import MIN_PSI_REFERENCE, ReferenceProfile
 
@@ -114,8 +115,8 @@ class DriftMonitor:
         self._n_features = len(profile.features)
         self._n_cols = len(cols)
         self._binner = FlatBinner([c.edges for c in cols])
-        self._prepare_categorical()
-        self._ring = PaneRing(config.window.n_panes, self._binner.n_slots + self._cat_slots)
+        self._cat = CategoricalCounts(profile.categorical, self._binner.n_slots)
+        self._ring = PaneRing(config.window.n_panes, self._binner.n_slots + self._cat.n_slots)
         self._buf = np.empty((0, self._n_cols))
         self._rows_seen = 0
         self._pane_id: int | None = None  # time windows: index of the open pane
@@ -156,7 +157,7 @@ class DriftMonitor:
         )
         raw = self._rows.nbytes if self._rows is not None else 0
         samples = sum(c.sample.nbytes for c in self._columns if c.sample is not None)
-        cat = sum(a.nbytes for a in (self._cat_base, self._cat_ref, self._cat_ref_missing))
+        cat = self._cat.nbytes
         pca = 0 if self._pca is None else self._pca.components.nbytes + 2 * self._pca.mean.nbytes
         return int(
             self._binner.nbytes
@@ -189,8 +190,8 @@ class DriftMonitor:
         n = vals.shape[0]
         # An empty batch skips the binner; its slots are an empty array of the same shape.
         slots = self._binner.transform(vals) if n else np.empty((0, *vals.shape[1:]), np.int64)
-        if self._cat_slots:
-            slots = np.concatenate([slots, self._categorical_slots(categories, n)], axis=1)
+        if self._cat.n_slots:
+            slots = np.concatenate([slots, self._cat.slots(categories, n)], axis=1)
         reports: list[DriftReport] = []
         win = self.config.window
         if win.kind == "count":
@@ -280,47 +281,6 @@ class DriftMonitor:
         if self._pca is not None:
             vals[:, -1] = self._pca.errors(X)  # a row with a missing feature: NaN, missing
         return vals
-
-    def _prepare_categorical(self) -> None:
-        """Slot layout after the numeric slots: per categorical column [missing, each
-        profiled category, unseen]; a dict per column maps a value to its slot."""
-        cats = self.profile.categorical
-        base = self._binner.n_slots
-        self._cat_index: list[dict[str, int]] = []
-        bases, refs = [], []
-        for c in cats:
-            self._cat_index.append({v: base + 1 + i for i, v in enumerate(c.categories)})
-            bases.append(base)
-            refs.append(c.counts.astype(np.float64))
-            base += len(c.categories) + 2
-        self._cat_slots = base - self._binner.n_slots
-        self._cat_base = np.asarray(bases, dtype=np.int64)
-        self._cat_ref = _cat(refs, np.float64)
-        self._cat_ref_missing = np.array([c.missing_rate for c in cats])
-
-    def _categorical_slots(self, categories: Any, n: int) -> np.ndarray:
-        k = len(self._cat_index)
-        out = np.empty((n, k), dtype=np.int64)
-        if categories is None:
-            out[:] = self._cat_base  # not given: missing
-            return out
-        arr = np.asarray(categories, dtype=object)
-        if arr.ndim == 1 and k == 1:
-            arr = arr.reshape(-1, 1)
-        if arr.shape != (n, k):
-            names = [c.name for c in self.profile.categorical]
-            raise ValueError(f"categories: expected shape ({n}, {k}) for {names}, got {arr.shape}")
-        for j, index in enumerate(self._cat_index):
-            base = int(self._cat_base[j])
-            unseen = base + len(index) + 1
-            try:
-                out[:, j] = [base if v is None else index.get(v, unseen) for v in arr[:, j]]
-            except TypeError:  # an unhashable value (a list, a dict)
-                raise ValueError(
-                    f"categories: {self.profile.categorical[j].name!r} holds a value that is "
-                    "not a category (expected strings)"
-                ) from None
-        return out
 
     def _exact_ring(self) -> RowRing:
         size = int(self.config.window.size)
@@ -455,7 +415,7 @@ class DriftMonitor:
         # 100-row reference with 20 features).
         ks_family = np.where(judged[:nf], p[:nf], math.nan)
         psi_family = np.where(psi_judged[:nf], psi_p[:nf], math.nan)
-        cat = self._categorical_tests(w)
+        cat = self._cat.tests(w, cfg.psi_eps, cfg.min_samples)
         cat_family = np.where(cat["judged"], cat["p"], math.nan)
         pca_col = self._n_cols - 1 if self._pca is not None else None
         pca_family = [] if pca_col is None else [p[pca_col] if judged[pca_col] else math.nan]
@@ -516,7 +476,7 @@ class DriftMonitor:
                 )
             )
         features = tuple(columns[:nf])
-        categorical = self._categorical_report(cat, cat_adj, enough)
+        categorical = self._cat.report(cat, cat_adj, enough, cfg)
         multivariate = columns[pca_col] if pca_col is not None else None
         drifted = (
             any(f.drift for f in features)
@@ -542,81 +502,6 @@ class DriftMonitor:
             multivariate=multivariate,
             pca_components=0 if self._pca is None else int(self._pca.components.shape[0]),
         )
-
-    def _categorical_tests(self, w: np.ndarray) -> dict[str, np.ndarray]:
-        """Per categorical column: live counts, Pearson's chi-square homogeneity test of
-        reference against live buckets (buckets empty on both sides dropped; equal to
-        ``scipy.stats.chi2_contingency(correction=False)``) and PSI on the same buckets."""
-        k = len(self._cat_index)
-        res = {key: np.full(k, math.nan) for key in ("n", "missing", "chi2", "p", "psi", "unseen")}
-        res["dof"] = np.zeros(k)
-        eps = self.config.psi_eps
-        ref_start = 0
-        for j, c in enumerate(self.profile.categorical):
-            width = len(c.categories) + 1
-            ref = self._cat_ref[ref_start : ref_start + width]
-            ref_start += width
-            base = int(self._cat_base[j])
-            live = w[base + 1 : base + 1 + width].astype(np.float64)
-            m, n = float(live.sum()), float(ref.sum())
-            res["n"][j], res["missing"][j] = m, float(w[base])
-            if m == 0 or n == 0:
-                continue
-            total = ref + live
-            used = total > 0
-            share = total[used] / (n + m)
-            e_ref, e_live = share * n, share * m
-            chi2 = float(
-                np.sum((ref[used] - e_ref) ** 2 / e_ref + (live[used] - e_live) ** 2 / e_live)
-            )
-            dof = int(used.sum()) - 1
-            a, e = np.maximum(live / m, eps), np.maximum(ref / n, eps)
-            res["chi2"][j], res["dof"][j] = chi2, dof
-            res["p"][j] = chi2_sf(chi2, dof) if dof >= 1 else 1.0
-            res["psi"][j] = float(np.sum((a - e) * np.log(a / e)))
-            res["unseen"][j] = live[-1] / m
-        ref_n = np.array([c.n for c in self.profile.categorical])
-        res["judged"] = (res["n"] >= self.config.min_samples) & (ref_n > 0)
-        res["psi_judged"] = res["judged"] & (ref_n >= MIN_PSI_REFERENCE)
-        return res
-
-    def _categorical_report(
-        self, cat: dict[str, np.ndarray], adj: np.ndarray, enough: bool
-    ) -> tuple[CategoricalDrift, ...]:
-        cfg = self.config
-        out = []
-        for j, c in enumerate(self.profile.categorical):
-            m, missing = int(cat["n"][j]), int(cat["missing"][j])
-            rate = missing / (m + missing) if m + missing else math.nan
-            sig = bool(cat["judged"][j]) and bool(adj[j] < cfg.alpha)
-            hits = (
-                ("chi2", sig),
-                ("psi", sig and bool(cat["psi_judged"][j]) and cat["psi"][j] >= cfg.psi_threshold),
-                (
-                    "missing",
-                    enough
-                    and cfg.missing_rate_delta is not None
-                    and rate - float(self._cat_ref_missing[j]) >= cfg.missing_rate_delta,
-                ),
-            )
-            reasons = tuple(r for r, hit in hits if hit)
-            out.append(
-                CategoricalDrift(
-                    c.name,
-                    m,
-                    rate,
-                    float(self._cat_ref_missing[j]),
-                    float(cat["psi"][j]),
-                    float(cat["chi2"][j]),
-                    int(cat["dof"][j]),
-                    float(cat["p"][j]),
-                    float(adj[j]),
-                    float(cat["unseen"][j]),
-                    bool(reasons),
-                    reasons,
-                )
-            )
-        return tuple(out)
 
     def _psi_pvalues(self, coarse: np.ndarray, m: np.ndarray, judged: np.ndarray) -> np.ndarray:
         """p-value behind each PSI: Pearson's chi-square homogeneity test on the PSI bins.

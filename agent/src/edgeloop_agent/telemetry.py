@@ -282,8 +282,10 @@ class Telemetry(ServingHooks):
             state.last_window_at = now
             self._windows.append(doc)
             if report.dataset_drift:
-                drifting = [f.name for f in report.features if f.drift]
-                log.warning("data drift on %s: %s", variant, ", ".join(drifting) or "output")
+                drifting = report.drifted_features  # numeric and categorical
+                if report.multivariate is not None and report.multivariate.drift:
+                    drifting.append("multivariate (PCA reconstruction)")
+                log.warning("data drift on %s: %s", variant, ", ".join(drifting))
 
     def _next_id(self) -> str:
         with self._seq_lock:

@@ -14,8 +14,8 @@ from edgeloop_control.cli import app
 from edgeloop_control.fleet.ingest import handle_report
 from edgeloop_control.infra.db import ControlDB
 from edgeloop_control.infra.workspace import Workspace
-from edgeloop_control.report import history
-from edgeloop_control.report.collect import drift_section
+from edgeloop_control.report import history, render_report
+from edgeloop_control.report.collect import collect_report, drift_section
 from tests.control.fleet_history import _envelope
 
 NAMES = ["a", "b", "c"]
@@ -44,6 +44,7 @@ def test_categorical_p_value_and_pca_row_reach_history_report_and_cli(tmp_path) 
     try:
         assert handle_report(db, _envelope("dev-1", 1, 1_796_000_100.0, {"drift": _windows()}))
         found = history.drift_windows(db, history.Selection())
+        data = collect_report(ws, db, history.Selection())
     finally:
         db.close()
     (w,) = found
@@ -59,6 +60,8 @@ def test_categorical_p_value_and_pca_row_reach_history_report_and_cli(tmp_path) 
     assert row["ks_p"]["kind"] == kind["chi2_p_adjusted"]
     assert row["ks_p"][history.MULTIVARIATE] == w["multivariate"]["ks_p_adjusted"]
     assert row["psi"]["kind"] == kind["psi"] > 0.1
+    page = render_report(data)  # validated, then rendered: a chart per row, PCA row included
+    assert "PSI of kind over time" in page and "multivariate (PCA reconstruction)" in page
     result = CliRunner().invoke(app, ["-w", str(ws.root), "drift"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "kind (categorical)" in result.output

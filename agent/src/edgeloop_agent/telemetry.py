@@ -22,6 +22,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from edgeloop_agent import __version__
 from edgeloop_agent.deployment import Deployment
 from edgeloop_agent.drift import HDDM_A, DriftConfig, DriftMonitor
@@ -49,6 +51,8 @@ class _VariantState:
     concept: HDDM_A
     numeric_index: list[int] | None  # profile order -> model numeric columns; None: same
     profile_error: str | None = None
+    # Profile's categorical features -> (string graph input, column) in the feeds.
+    categorical_plan: list[tuple[str, int]] = field(default_factory=list)
     # Wall clock of the last completed window: count windows are numbered in
     # rows, and the control node needs to know *when* drift began.
     last_window_at: float = field(default_factory=time.time)
@@ -116,6 +120,7 @@ class Telemetry(ServingHooks):
 
     def _variant_state(self, variant: str, model: OnnxModel, role: str) -> _VariantState:
         monitor, index, error = None, None, None
+        plan: list[tuple[str, int]] = []
         if model.meta.profile is None:
             error = "the model carries no reference profile"
         else:
@@ -130,12 +135,13 @@ class Telemetry(ServingHooks):
                 index = [numeric.index(f) for f in profile.feature_names]
                 if index == list(range(len(numeric))):
                     index = None  # the usual case: no column gather per batch
+                plan = categorical_plan(model, [c.name for c in profile.categorical])
                 monitor = DriftMonitor(profile, self.drift_config)
             except ValueError as exc:
                 error = f"reference profile does not match {model.ref}: {exc}"
         if error:
             log.error("drift monitoring off for %s: %s", variant, error)
-        return _VariantState(model, role, monitor, HDDM_A(), index, error)
+        return _VariantState(model, role, monitor, HDDM_A(), index, error, plan)
 
     # -- serving hooks (serving thread) ------------------------------------------
 
@@ -257,8 +263,11 @@ class Telemetry(ServingHooks):
             return
         if state.numeric_index is not None:
             X = X[:, state.numeric_index]
+        cats = None
+        if state.categorical_plan:
+            cats = np.column_stack([feeds[name][:, j] for name, j in state.categorical_plan])
         try:
-            reports = state.monitor.update(X, model.score(outputs), now=now)
+            reports = state.monitor.update(X, model.score(outputs), now=now, categories=cats)
         except ValueError as exc:  # a shape bug must not stop serving
             log.error("drift update failed for %s: %s", variant, exc)
             return
@@ -273,8 +282,10 @@ class Telemetry(ServingHooks):
             state.last_window_at = now
             self._windows.append(doc)
             if report.dataset_drift:
-                drifting = [f.name for f in report.features if f.drift]
-                log.warning("data drift on %s: %s", variant, ", ".join(drifting) or "output")
+                drifting = report.drifted_features  # numeric and categorical
+                if report.multivariate is not None and report.multivariate.drift:
+                    drifting.append("multivariate (PCA reconstruction)")
+                log.warning("data drift on %s: %s", variant, ", ".join(drifting))
 
     def _next_id(self) -> str:
         with self._seq_lock:
@@ -397,6 +408,22 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [json_safe(v) for v in value]
     return value
+
+
+def categorical_plan(model: OnnxModel, names: list[str]) -> list[tuple[str, int]]:
+    """Where each profiled categorical feature sits in the feeds: (string input, column)."""
+    where = {
+        f: (inp.name, j)
+        for inp in model.meta.inputs
+        if inp.dtype == "string"
+        for j, f in enumerate(inp.features)
+    }
+    missing = [n for n in names if n not in where]
+    if missing:
+        raise ValueError(
+            f"profile categorical features {missing} are not string inputs of {model.ref}"
+        )
+    return [where[n] for n in names]
 
 
 def shadow_id(request_id: str, variant: str) -> str:

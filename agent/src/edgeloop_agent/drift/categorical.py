@@ -1,5 +1,9 @@
 """Drift of categorical features: reference frequencies, a chi-square test and PSI.
 
+Standalone version. The agent runs the wired one: ``DriftMonitor`` with the profile's
+``categorical`` / ``pca`` sections (``wire/profile_sections.py``, ``categorical_counts.py``),
+in the same window and multiple-testing family as the numeric features (docs/drift.md).
+
 Numeric features are profiled by quantile bins (``profile.py``); categorical ones by their
 categories. The profile keeps, per column, the ``max_categories`` most frequent reference
 categories plus one **"other"** bucket for everything else, including categories never seen

@@ -6,6 +6,12 @@ that completes yields a :class:`DriftReport` with, per feature and for the outpu
 PSI on the coarse bins, the binned two-sample KS statistic and its p-value, the
 missing rate and a drift flag, plus a dataset-level decision corrected for testing
 many features. Memory is fixed at construction: O(columns x fine bins x panes).
+
+Categorical features (``profile.categorical``) are counted into extra slots of the same
+pane ring, so they share the window (count or time, tumbling or sliding) and its memory
+bound; their chi-square p-values join the numeric features' family. A PCA section
+(``profile.pca``) adds the batch's reconstruction errors as one derived column, binned and
+KS-tested like a feature, its p-value one more member of the same family.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from typing import Any, Literal
 import numpy as np
 
 from edgeloop_agent.drift.binning import FlatBinner
+from edgeloop_agent.drift.categorical_counts import CategoricalCounts
 from edgeloop_agent.drift.chi2 import chi2_sf
 from edgeloop_agent.drift.ks import MAX_AUTO_N, KsMethod, ks_pvalue, ks_statistic
 from edgeloop_agent.drift.multitest import Correction, adjust_pvalues
@@ -106,11 +113,15 @@ class DriftMonitor:
             raise ValueError(f"config: expected a DriftConfig, got {type(config).__name__}")
         self.profile = profile
         self.config = config
-        cols = profile.columns
+        self._pca = profile.pca
+        # Monitored numeric columns: features, the output if profiled, the PCA error if any.
+        cols = profile.columns + ((self._pca.error,) if self._pca is not None else ())
+        self._columns = cols
         self._n_features = len(profile.features)
         self._n_cols = len(cols)
         self._binner = FlatBinner([c.edges for c in cols])
-        self._ring = PaneRing(config.window.n_panes, self._binner.n_slots)
+        self._cat = CategoricalCounts(profile.categorical, self._binner.n_slots)
+        self._ring = PaneRing(config.window.n_panes, self._binner.n_slots + self._cat.n_slots)
         self._buf = np.empty((0, self._n_cols))
         self._rows_seen = 0
         self._pane_id: int | None = None  # time windows: index of the open pane
@@ -150,9 +161,18 @@ class DriftMonitor:
             )
         )
         raw = self._rows.nbytes if self._rows is not None else 0
-        samples = sum(c.sample.nbytes for c in self.profile.columns if c.sample is not None)
+        samples = sum(c.sample.nbytes for c in self._columns if c.sample is not None)
+        cat = self._cat.nbytes
+        pca = 0 if self._pca is None else self._pca.components.nbytes + 2 * self._pca.mean.nbytes
         return int(
-            self._binner.nbytes + self._ring.nbytes + self._buf.nbytes + tables + raw + samples
+            self._binner.nbytes
+            + self._ring.nbytes
+            + self._buf.nbytes
+            + tables
+            + raw
+            + samples
+            + cat
+            + pca
         )
 
     def update(
@@ -160,6 +180,7 @@ class DriftMonitor:
         X: np.ndarray,
         output: np.ndarray | None = None,
         now: float | None = None,
+        categories: Any = None,
     ) -> list[DriftReport]:
         """Add a micro-batch; return the reports of windows this batch completed.
 
@@ -167,11 +188,15 @@ class DriftMonitor:
         ``output``: (n_rows,) model outputs if the profile has an output column; when
         omitted the output counts as missing. ``now``: the batch's timestamp in seconds
         (time windows; defaults to ``time.time()``). An empty batch only advances time.
+        ``categories``: (n_rows, n_categorical) values of the profile's categorical
+        features, in its order (strings; ``None`` = missing); omitted: all missing.
         """
         vals = self._batch(X, output)
         n = vals.shape[0]
         # An empty batch skips the binner; its slots are an empty array of the same shape.
         slots = self._binner.transform(vals) if n else np.empty((0, *vals.shape[1:]), np.int64)
+        if self._cat.n_slots:
+            slots = np.concatenate([slots, self._cat.slots(categories, n)], axis=1)
         reports: list[DriftReport] = []
         win = self.config.window
         if win.kind == "count":
@@ -238,11 +263,12 @@ class DriftMonitor:
                 f"got {X.shape}"
             )
         n = X.shape[0]
-        if self.profile.output is None:
-            if output is not None:
-                raise ValueError("output: this profile has no output column to compare against")
+        if self.profile.output is None and output is not None:
+            raise ValueError("output: this profile has no output column to compare against")
+        if self._n_cols == self._n_features:
             return X
-        if output is not None:
+        out = None
+        if self.profile.output is not None and output is not None:
             try:
                 out = np.asarray(output, dtype=np.float64)
             except (TypeError, ValueError) as exc:
@@ -257,7 +283,10 @@ class DriftMonitor:
             self._buf = np.empty((min(max(n, 64), _MAX_BUFFER_ROWS), self._n_cols))
         vals = self._buf[:n] if n <= self._buf.shape[0] else np.empty((n, self._n_cols))
         vals[:, : self._n_features] = X
-        vals[:, self._n_features] = np.nan if output is None else out
+        if self.profile.output is not None:
+            vals[:, self._n_features] = np.nan if out is None else out
+        if self._pca is not None:
+            vals[:, -1] = self._pca.errors(X)  # a row with a missing feature: NaN, missing
         return vals
 
     def _exact_ring(self) -> RowRing:
@@ -267,7 +296,7 @@ class DriftMonitor:
                 f"ks_mode='exact': window.size={size} x {self._n_cols} columns exceeds "
                 f"{MAX_EXACT_VALUES} raw values; use a smaller window or ks_mode='binned'"
             )
-        for col in self.profile.columns:
+        for col in self._columns:
             if col.n > 0 and col.sample is None:
                 raise ValueError(
                     f"ks_mode='exact': profile column {json_text(col.name)} has no raw sample; "
@@ -292,7 +321,7 @@ class DriftMonitor:
         return reports
 
     def _prepare_report_tables(self) -> None:
-        cols = self.profile.columns
+        cols = self._columns
         b = self._binner
         ref_cdf: list[np.ndarray] = []
         edge_slot: list[np.ndarray] = []
@@ -393,11 +422,18 @@ class DriftMonitor:
         # 100-row reference with 20 features).
         ks_family = np.where(judged[:nf], p[:nf], math.nan)
         psi_family = np.where(psi_judged[:nf], psi_p[:nf], math.nan)
-        family = np.concatenate([ks_family, psi_family])
+        cat = self._cat.tests(w, cfg.psi_eps, cfg.min_samples)
+        cat_family = np.where(cat["judged"], cat["p"], math.nan)
+        pca_col = self._n_cols - 1 if self._pca is not None else None
+        pca_family = [] if pca_col is None else [p[pca_col] if judged[pca_col] else math.nan]
+        family = np.concatenate([ks_family, psi_family, cat_family, pca_family])
         family_adj = adjust_pvalues(family, cfg.correction)
         p_adj = np.full(self._n_cols, math.nan)
         psi_adj = np.full(self._n_cols, math.nan)
-        p_adj[:nf], psi_adj[:nf] = family_adj[:nf], family_adj[nf:]
+        p_adj[:nf], psi_adj[:nf] = family_adj[:nf], family_adj[nf : 2 * nf]
+        cat_adj = family_adj[2 * nf : 2 * nf + cat_family.size]
+        if pca_col is not None:
+            p_adj[pca_col] = family_adj[-1]
         if self.profile.output is not None:
             p_adj[nf] = p[nf] if judged[nf] else math.nan
             psi_adj[nf] = psi_p[nf]
@@ -413,6 +449,8 @@ class DriftMonitor:
             flag_missing = (missing_rate - self._ref_missing >= cfg.missing_rate_delta).tolist()
         else:
             flag_missing = [False] * self._n_cols
+        if pca_col is not None:
+            flag_missing[pca_col] = False  # a missing feature already says so itself
         columns: list[ColumnDrift] = []
         for c, (name, n_c, mr, ref_mr, ps, dc, bound, pc, pa, pp, ppa) in enumerate(
             zip(
@@ -445,6 +483,13 @@ class DriftMonitor:
                 )
             )
         features = tuple(columns[:nf])
+        categorical = self._cat.report(cat, cat_adj, enough, cfg)
+        multivariate = columns[pca_col] if pca_col is not None else None
+        drifted = (
+            any(f.drift for f in features)
+            or any(c.drift for c in categorical)
+            or bool(multivariate is not None and multivariate.drift)
+        )
         return DriftReport(
             window_kind=cfg.window.kind,
             start=float(start),
@@ -453,13 +498,16 @@ class DriftMonitor:
             enough_data=enough,
             features=features,
             output=columns[nf] if self.profile.output is not None else None,
-            dataset_drift=enough and any(f.drift for f in features),
+            dataset_drift=enough and drifted,
             ks_mode=cfg.ks_mode,
             correction=cfg.correction,
             alpha=cfg.alpha,
             psi_threshold=cfg.psi_threshold,
             missing_rate_delta=cfg.missing_rate_delta,
             min_samples=cfg.min_samples,
+            categorical=categorical,
+            multivariate=multivariate,
+            pca_components=0 if self._pca is None else int(self._pca.components.shape[0]),
         )
 
     def _psi_pvalues(self, coarse: np.ndarray, m: np.ndarray, judged: np.ndarray) -> np.ndarray:
@@ -496,7 +544,7 @@ class DriftMonitor:
     def _exact_statistics(self) -> np.ndarray:
         assert self._rows is not None
         d = np.full(self._n_cols, math.nan)
-        for c, col in enumerate(self.profile.columns):
+        for c, col in enumerate(self._columns):
             x = self._rows.values[:, c]
             live = x[np.isfinite(x)]
             if col.sample is not None and col.sample.size and live.size:

@@ -1,5 +1,9 @@
 """Multivariate drift: PCA reconstruction error (numpy only).
 
+Standalone version. The agent runs the wired one: ``DriftMonitor`` with the profile's
+``categorical`` / ``pca`` sections (``wire/profile_sections.py``, ``categorical_counts.py``),
+in the same window and multiple-testing family as the numeric features (docs/drift.md).
+
 Per-feature tests cannot see a change in how features move together (two sensors that
 always agreed start to disagree, each still with its usual distribution). Reconstruction
 error can: a PCA fitted on the standardised reference keeps the directions that explain

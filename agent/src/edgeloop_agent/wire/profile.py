@@ -24,19 +24,35 @@ Per numeric column (each feature and, optionally, the model output) it holds:
   values (all of them, or a seeded random subsample), sorted, for the monitor's exact
   KS mode.
 
-Only numeric features belong here; callers drop categorical columns beforehand.
+Optional sections (``profile_sections.py``; absent in older profiles, which keep working):
+
+* ``categorical``: reference category frequencies of each categorical feature, with an
+  "unseen" bucket (``categorical=`` of :func:`build_reference_profile`);
+* ``pca``: a PCA of the numeric features and the reference reconstruction-error column
+  (``pca_variance=``), for multivariate (correlation) drift.
+
+``X`` holds only numeric features; categorical ones go in ``categorical``.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from edgeloop_agent.wire.jsontext import json_text
+from edgeloop_agent.wire.profile_sections import (
+    PCA_ERROR_NAME,
+    CategoricalColumnProfile,
+    PCAProfile,
+    build_categorical_columns,
+    fit_pca,
+    parse_pca,
+    pca_errors,
+)
 
 PROFILE_KIND = "edgeloop.drift.reference_profile"
 PROFILE_VERSION = 1
@@ -171,6 +187,8 @@ class ReferenceProfile:
     output: ColumnProfile | None
     psi_bins: int
     fine_bins: int
+    categorical: tuple[CategoricalColumnProfile, ...] = ()
+    pca: PCAProfile | None = None
 
     @property
     def feature_names(self) -> list[str]:
@@ -186,7 +204,7 @@ class ReferenceProfile:
         return self.features + ((self.output,) if self.output is not None else ())
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "kind": PROFILE_KIND,
             "version": PROFILE_VERSION,
             "psi_bins": int(self.psi_bins),
@@ -194,6 +212,12 @@ class ReferenceProfile:
             "features": [c.to_dict() for c in self.features],
             "output": self.output.to_dict() if self.output is not None else None,
         }
+        # Written only when present: a profile without them is byte-identical to before.
+        if self.categorical:
+            d["categorical"] = [c.to_dict() for c in self.categorical]
+        if self.pca is not None:
+            d["pca"] = self.pca.to_dict()
+        return d
 
     @classmethod
     def from_dict(cls, d: Any) -> ReferenceProfile:
@@ -223,7 +247,20 @@ class ReferenceProfile:
             raise ValueError(f"profile.features: duplicate feature name(s) {dupes}")
         out = d.get("output")
         output = None if out is None else ColumnProfile.from_dict(out, "profile.output")
-        return cls(features, output, psi_bins, fine_bins)
+        cats = d.get("categorical") or []
+        if not isinstance(cats, list):
+            raise ValueError("profile.categorical: expected a list")
+        categorical = tuple(
+            CategoricalColumnProfile.from_dict(c, f"profile.categorical[{i}]")
+            for i, c in enumerate(cats)
+        )
+        every = names + [c.name for c in categorical]
+        dupes = sorted({x for x in every if every.count(x) > 1})
+        if dupes:
+            raise ValueError(f"profile.categorical: name(s) {dupes} also used elsewhere")
+        raw_pca = d.get("pca")
+        pca = None if raw_pca is None else parse_pca(raw_pca, names, ColumnProfile.from_dict)
+        return cls(features, output, psi_bins, fine_bins, categorical, pca)
 
 
 def build_reference_profile(
@@ -234,6 +271,9 @@ def build_reference_profile(
     psi_bins: int = 10,
     fine_bins: int = 200,
     exact_sample: int = 0,
+    categorical: Mapping[str, Iterable[str | None]] | None = None,
+    max_categories: int = 50,
+    pca_variance: float | None = None,
 ) -> dict[str, Any]:
     """Profile the training data of a model version; returns a JSON-serialisable dict.
 
@@ -250,6 +290,12 @@ def build_reference_profile(
     exact_sample : also keep up to this many raw values per column (a seeded random
         subsample beyond that) so monitors can run the exact KS test; 0 keeps none.
         Costs about 20 bytes of JSON per value.
+    categorical : {name: values} of categorical features on the same rows (strings,
+        ``None`` = missing); their ``max_categories`` most frequent categories are kept,
+        the rest count as "unseen".
+    pca_variance : fit a PCA keeping this share of the variance of the standardised
+        features, for multivariate drift; ``None`` (or fewer than
+        ``profile_sections.MIN_PCA_ROWS`` complete rows, or one feature) builds none.
     """
     psi_bins = _check_int(psi_bins, "psi_bins", 2, _MAX_FINE_BINS)
     fine_bins = _check_int(fine_bins, "fine_bins", 2, _MAX_FINE_BINS)
@@ -297,6 +343,8 @@ def build_reference_profile(
         output=out_col,
         psi_bins=psi_bins,
         fine_bins=fine_bins,
+        categorical=build_categorical_columns(categorical or {}, max_categories=max_categories),
+        pca=_pca_section(X, names, pca_variance, psi_bins, fine_bins, exact_sample),
     )
     small = [c.name for c in profile.columns if 0 < c.n < MIN_PSI_REFERENCE]
     if small:
@@ -309,6 +357,25 @@ def build_reference_profile(
             stacklevel=2,
         )
     return profile.to_dict()
+
+
+def _pca_section(
+    X: np.ndarray,
+    names: list[str],
+    variance: float | None,
+    psi_bins: int,
+    fine_bins: int,
+    exact_sample: int,
+) -> PCAProfile | None:
+    if variance is None:
+        return None
+    fitted = fit_pca(X, variance=variance)
+    if fitted is None:
+        return None
+    mean, sd, comps, held = fitted
+    errors = pca_errors(held, mean, sd, comps)
+    error = _profile_column(errors, PCA_ERROR_NAME, psi_bins, fine_bins, exact_sample)
+    return PCAProfile(tuple(names), mean, sd, comps, error)
 
 
 class SmallReferenceWarning(UserWarning):

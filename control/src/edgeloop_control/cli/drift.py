@@ -1,4 +1,8 @@
-"""``edgeloop drift``: PSI, KS p-value and the verdict per feature for recent windows."""
+"""``edgeloop drift``: PSI, p-value and the verdict per feature for recent windows.
+
+The p-value is the one that decided the feature, adjusted in the window's one family: KS
+for numeric features, chi-square for categorical ones, KS of the PCA reconstruction error
+for the multivariate row."""
 
 from __future__ import annotations
 
@@ -68,7 +72,10 @@ def _json_window(w: dict[str, Any]) -> dict[str, Any]:
         "features": [
             {
                 "name": str(f["name"]),
+                "kind": str(f.get("kind") or "numeric"),
                 "psi": f.get("psi"),
+                "chi2_p": f.get("chi2_p"),
+                "chi2_p_adjusted": f.get("chi2_p_adjusted"),
                 "ks_p": f.get("ks_p"),
                 "ks_p_adjusted": f.get("ks_p_adjusted"),
                 "drift": bool(f.get("drift")),
@@ -78,6 +85,7 @@ def _json_window(w: dict[str, Any]) -> dict[str, Any]:
             for f in w["features"]
         ],
         "output": w["output"],
+        "multivariate": w.get("multivariate"),
     }
 
 
@@ -112,6 +120,9 @@ def _window_verdict(w: dict[str, Any]) -> str:
     tail = f"; not judged: {', '.join(unjudged)}" if unjudged else ""
     if w["dataset_drift"]:
         drifted = [str(f["name"]) for f in w["features"] if f.get("drift")]
+        multi = w.get("multivariate") or {}
+        if multi.get("drift"):
+            drifted.append(str(multi.get("name") or "multivariate"))
         return ("DATASET DRIFT: " + ", ".join(drifted) if drifted else "DATASET DRIFT") + tail
     return "no drift" + tail
 
@@ -153,16 +164,25 @@ def print_drift(console: Any, found: list[dict[str, Any]], scope: str) -> None:
             head.append(safe_text(verdict, "bold red" if w["dataset_drift"] else "green"))
             console.print(head, soft_wrap=True)
             rows: list[list[Any]] = []
-            judged = [*w["features"], *([w["output"]] if w["output"] else [])]
+            multi = w.get("multivariate")
+            judged = [
+                *w["features"],
+                *([multi] if multi else []),
+                *([w["output"]] if w["output"] else []),
+            ]
             for f in judged:
                 is_output = f is w["output"]
                 text = _verdict(f, w["enough_data"], _least(w))
                 rows.append(
                     [
-                        MODEL_OUTPUT if is_output else str(f["name"]),
+                        MODEL_OUTPUT if is_output else _label(f),
                         _num(f.get("psi"), ".3f"),
                         _p(history.feature_p(f)),
                         Text(text, style="red" if f.get("drift") else ""),
                     ]
                 )
-            print_rows(console, None, ["feature", "PSI", "KS p (adj.)", "verdict"], rows)
+            print_rows(console, None, ["feature", "PSI", "p (adj.)", "verdict"], rows)
+
+
+def _label(f: dict[str, Any]) -> str:
+    return f"{f['name']} (categorical)" if f.get("kind") == "categorical" else str(f["name"])

@@ -44,7 +44,9 @@ def drift_section(
     variants = list(dict.fromkeys(w["variant"] for w in windows))
     known = history.model_features(ws, variants) if ws is not None and variants else {}
     features = history.feature_order(windows, known)
-    monitored = {str(f["name"]) for w in windows for f in w["features"]}
+    if any(w.get("multivariate") for w in windows):
+        features.append(history.MULTIVARIATE)
+    monitored = {str(f["name"]) for w in windows for f in _judged(w)}
     thresholds = windows[-1]["thresholds"] if windows else {}
     psi_threshold = _number(thresholds.get("psi"))
     if psi_threshold is None or psi_threshold <= 0:
@@ -55,8 +57,9 @@ def drift_section(
         "alpha": _number(thresholds.get("alpha")),
         "shift_at": shift_at,
         "feature_notes": {
-            f: "no PSI in any window: the agent does not monitor this feature "
-            "(it profiles numeric features only)"
+            f: "no PSI in any window: the agent does not monitor this feature (its model's "
+            "reference profile does not cover it: trained before categorical profiles, or "
+            "without numeric features)"
             for f in features
             if f not in monitored
         },
@@ -67,13 +70,19 @@ def drift_section(
                 "variant": w["variant"],
                 "n": _count(w["n"]),
                 "dataset_drift": w["dataset_drift"],
-                "psi": {str(f["name"]): _number(f.get("psi")) for f in w["features"]},
-                "ks_p": {str(f["name"]): history.feature_p(f) for f in w["features"]},
+                "psi": {str(f["name"]): _number(f.get("psi")) for f in _judged(w)},
+                "ks_p": {str(f["name"]): history.feature_p(f) for f in _judged(w)},
                 "output_psi": _number((w["output"] or {}).get("psi")),
             }
             for w in windows
         ],
     }
+
+
+def _judged(w: dict[str, Any]) -> list[dict[str, Any]]:
+    """The window's features (numeric and categorical), then its multivariate block."""
+    multi = w.get("multivariate")
+    return [*w["features"], *([multi] if isinstance(multi, dict) else [])]
 
 
 def experiment_section(exp: dict[str, Any]) -> dict[str, Any]:

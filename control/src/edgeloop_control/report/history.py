@@ -133,8 +133,10 @@ def drift_windows(
 ) -> list[dict[str, Any]]:
     """Completed drift windows in the selection, oldest first; ``last``: only the newest
     ``last`` of each device/variant stream. Each is the agent's window document (features
-    with psi, ks_p, ks_p_adjusted, drift, reasons; output; thresholds) plus where it came
-    from (device, variant, version, start, end, n)."""
+    with psi, ks_p, ks_p_adjusted, drift, reasons, and categorical ones with
+    ``kind: categorical`` and chi2_p, chi2_p_adjusted; output; multivariate, the PCA
+    reconstruction-error test named :data:`MULTIVARIATE`, or None; thresholds) plus where
+    it came from (device, variant, version, start, end, n)."""
     query = (
         "SELECT device, variant, version, start, end, n, enough_data, dataset_drift, "
         "output_drift, doc FROM drift_windows WHERE 1=1"
@@ -161,6 +163,7 @@ def drift_windows(
             doc = {}
         features = [f for f in doc.get("features") or [] if isinstance(f, dict) and "name" in f]
         output = doc.get("output") if isinstance(doc.get("output"), dict) else None
+        multi = doc.get("multivariate") if isinstance(doc.get("multivariate"), dict) else None
         thresholds = doc.get("thresholds") if isinstance(doc.get("thresholds"), dict) else {}
         out.append(
             {
@@ -175,6 +178,7 @@ def drift_windows(
                 "output_drift": bool(r["output_drift"]),
                 "features": features,
                 "output": output,
+                "multivariate": None if multi is None else {**multi, "name": MULTIVARIATE},
                 "thresholds": thresholds,
             }
         )
@@ -187,10 +191,16 @@ def drift_windows(
     return out
 
 
+# The window's PCA reconstruction-error block, shown as one more row beside the features.
+MULTIVARIATE = "multivariate (PCA reconstruction)"
+
+
 def feature_p(feature: dict[str, Any]) -> float | None:
-    """The p-value that decided a feature: the multiple-testing adjusted KS p-value when the
-    agent gave one, else the raw one (or any test's ``p_value``, for other feature types)."""
-    for key in ("ks_p_adjusted", "ks_p", "p_value_adjusted", "p_value"):
+    """The p-value that decided a feature: the multiple-testing adjusted KS p-value of a
+    numeric feature (or of the multivariate block), the adjusted chi-square p-value of a
+    categorical one, else the raw one (or any test's ``p_value``, for other feature types)."""
+    keys = ("ks_p_adjusted", "chi2_p_adjusted", "ks_p", "chi2_p", "p_value_adjusted", "p_value")
+    for key in keys:
         value = feature.get(key)
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)

@@ -50,6 +50,9 @@ from edgeloop_control.training.predictor import OnnxPredictor
 from edgeloop_control.training.split import holdout_split
 from edgeloop_control.training.target import prepare_target
 
+# Share of the standardised numeric features' variance the drift PCA keeps (docs/drift.md).
+PCA_VARIANCE = 0.9
+
 
 # eq=False: a result holds a DataFrame and a fitted pipeline, neither of which
 # compares meaningfully with ==; compare onnx_bytes or data_hash instead.
@@ -257,7 +260,7 @@ def _fit(p: PreparedData) -> TrainResult:
         raise TrainingError(f"fitting {type(pipeline[-1]).__name__} failed: {exc}") from exc
     snap_thresholds_to_float32(pipeline)
     fit_s = time.perf_counter() - fit_started
-    profile = _reference_profile(pipeline, x_holdout, numeric, task)
+    profile = _reference_profile(pipeline, x_holdout, numeric, task, categorical)
     params = estimator_params(pipeline)
     train_range = _range(labelled, config.timestamp, split.train)
     holdout_range = _range(labelled, config.timestamp, split.holdout)
@@ -434,7 +437,11 @@ def _check_finite(frame: pd.DataFrame, numeric: list[str], where: str) -> None:
 
 
 def _reference_profile(
-    pipeline: Pipeline, x_holdout: pd.DataFrame, numeric: list[str], task: str
+    pipeline: Pipeline,
+    x_holdout: pd.DataFrame,
+    numeric: list[str],
+    task: str,
+    categorical: list[str] | tuple[str, ...] = (),
 ) -> dict[str, Any] | None:
     """Drift reference from the held-out rows.
 
@@ -450,8 +457,15 @@ def _reference_profile(
         output = proba[:, 1] if proba.shape[1] == 2 else proba.max(axis=1)
     else:
         output = pipeline.predict(x_holdout)
+    # Categorical values exactly as the ONNX string input gets them (missing is
+    # STRING_MISSING, one more category), so live counts fall in the same buckets; a PCA of
+    # the numeric features for correlation drift (none below MIN_PCA_ROWS holdout rows).
     return build_reference_profile(
-        x_holdout[numeric].to_numpy(dtype=np.float64), numeric, np.asarray(output, np.float64)
+        x_holdout[numeric].to_numpy(dtype=np.float64),
+        numeric,
+        np.asarray(output, np.float64),
+        categorical={name: x_holdout[name].astype(str).tolist() for name in categorical},
+        pca_variance=PCA_VARIANCE,
     )
 
 

@@ -36,7 +36,9 @@ def _tooltip(w: DriftWindow, feature: str | None, clock: Clock) -> str:
     value = _value(w, feature)
     parts = [f"{_stream_name(w.stream)} at {clock.both(w.t)}: PSI {num(value)}"]
     if feature is not None and w.ks_p.get(feature) is not None:
-        parts.append(f"KS p {p_value(w.ks_p[feature])}")
+        # KS for numeric features and the multivariate row, chi-square for categorical ones;
+        # adjusted in the window's one family either way.
+        parts.append(f"p (adj.) {p_value(w.ks_p[feature])}")
     if w.n is not None:
         parts.append(f"n={w.n:,}")
     if w.dataset_drift:

@@ -52,6 +52,7 @@ def export_onnx(
     profile: dict[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
     doc_string: str = "",
+    calibration: dict[str, Any] | None = None,
 ) -> bytes:
     """Export a fitted pipeline and embed its :class:`ModelMeta`.
 
@@ -127,6 +128,7 @@ def export_onnx(
         handles_missing=handles_missing(pipeline),
         profile=profile,
         extra=dict(extra or {}),
+        calibration=calibration,
     )
     meta_json = meta.to_json()
     # Round-trip through the agent's parser: a file the agent would reject must

@@ -28,6 +28,7 @@ from threadpoolctl import threadpool_limits
 
 from edgeloop_agent.wire.modelmeta import ModelMeta
 from edgeloop_agent.wire.profile import build_reference_profile
+from edgeloop_control.training.calibration import fit_calibration
 from edgeloop_control.training.columns import (
     STRING_MISSING,
     FeatureKind,
@@ -142,6 +143,7 @@ class PreparedData:
     y_train: np.ndarray
     x_holdout: pd.DataFrame
     started: float
+    y_holdout: np.ndarray | None = None
 
 
 def prepare(df: pd.DataFrame, config: TrainConfig) -> PreparedData:
@@ -221,6 +223,7 @@ def prepare(df: pd.DataFrame, config: TrainConfig) -> PreparedData:
         y_train=y_train,
         x_holdout=x_holdout,
         started=started,
+        y_holdout=y[split.holdout],
     )
 
 
@@ -257,6 +260,14 @@ def _fit(p: PreparedData) -> TrainResult:
     snap_thresholds_to_float32(pipeline)
     fit_s = time.perf_counter() - fit_started
     profile = _reference_profile(pipeline, x_holdout, numeric, task)
+    calibration = None
+    if task == "classification" and p.y_holdout is not None:
+        calibration = fit_calibration(
+            pipeline.predict_proba(x_holdout),
+            p.y_holdout,
+            list(pipeline.classes_),
+            config.calibration,
+        )
     params = estimator_params(pipeline)
     train_range = _range(labelled, config.timestamp, split.train)
     holdout_range = _range(labelled, config.timestamp, split.holdout)
@@ -289,6 +300,7 @@ def _fit(p: PreparedData) -> TrainResult:
         profile=profile,
         extra=extra,
         doc_string=f"edgeloop {config.algo} {task} model for target {config.target!r}",
+        calibration=calibration,
     )
     export_s = time.perf_counter() - export_started
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -144,6 +145,21 @@ def export_onnx(
     entry.key = META_KEY
     entry.value = meta_json
     onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def embed_calibration(onnx_bytes: bytes, calibration: dict[str, Any]) -> bytes:
+    """The same model with ``calibration`` added to its metadata (the graph is untouched).
+
+    Training fits the map on the exported model's own probabilities (float32, as devices
+    compute them: a random forest's 0.5 tie can fall either side of scikit-learn's), so it
+    is added after the export rather than passed to :func:`export_onnx`.
+    """
+    model = onnx.load_from_string(onnx_bytes)
+    [entry] = [e for e in model.metadata_props if e.key == META_KEY]
+    meta = ModelMeta.from_json(entry.value)
+    entry.value = replace(meta, calibration=calibration).to_json()
+    ModelMeta.from_json(entry.value)
     return model.SerializeToString()
 
 

@@ -37,7 +37,12 @@ from edgeloop_control.training.columns import (
 )
 from edgeloop_control.training.config import TrainConfig
 from edgeloop_control.training.errors import TrainingError
-from edgeloop_control.training.export import TARGET_OPSET, export_onnx, opset_of
+from edgeloop_control.training.export import (
+    TARGET_OPSET,
+    embed_calibration,
+    export_onnx,
+    opset_of,
+)
 from edgeloop_control.training.hashing import frame_hash, row_hashes
 from edgeloop_control.training.metrics import evaluate
 from edgeloop_control.training.parity import check_parity
@@ -260,14 +265,6 @@ def _fit(p: PreparedData) -> TrainResult:
     snap_thresholds_to_float32(pipeline)
     fit_s = time.perf_counter() - fit_started
     profile = _reference_profile(pipeline, x_holdout, numeric, task)
-    calibration = None
-    if task == "classification" and p.y_holdout is not None:
-        calibration = fit_calibration(
-            pipeline.predict_proba(x_holdout),
-            p.y_holdout,
-            list(pipeline.classes_),
-            config.calibration,
-        )
     params = estimator_params(pipeline)
     train_range = _range(labelled, config.timestamp, split.train)
     holdout_range = _range(labelled, config.timestamp, split.holdout)
@@ -300,8 +297,14 @@ def _fit(p: PreparedData) -> TrainResult:
         profile=profile,
         extra=extra,
         doc_string=f"edgeloop {config.algo} {task} model for target {config.target!r}",
-        calibration=calibration,
     )
+    if task == "classification" and p.y_holdout is not None:
+        proba = OnnxPredictor(onnx_bytes).predict(holdout_frame).probabilities
+        calibration = fit_calibration(
+            proba, p.y_holdout, list(pipeline.classes_), config.calibration
+        )
+        if calibration is not None:
+            onnx_bytes = embed_calibration(onnx_bytes, calibration)
     export_s = time.perf_counter() - export_started
 
     parity_started = time.perf_counter()

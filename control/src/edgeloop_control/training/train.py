@@ -300,6 +300,7 @@ def _fit(p: PreparedData) -> TrainResult:
     )
     if task == "classification" and p.y_holdout is not None:
         proba = OnnxPredictor(onnx_bytes).predict(holdout_frame).probabilities
+        assert proba is not None  # a classifier's prediction has probabilities
         calibration = fit_calibration(
             proba, p.y_holdout, list(pipeline.classes_), config.calibration
         )

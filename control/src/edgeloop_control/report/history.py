@@ -162,6 +162,7 @@ def drift_windows(
         features = [f for f in doc.get("features") or [] if isinstance(f, dict) and "name" in f]
         output = doc.get("output") if isinstance(doc.get("output"), dict) else None
         thresholds = doc.get("thresholds") if isinstance(doc.get("thresholds"), dict) else {}
+        estimated = doc.get("estimated") if isinstance(doc.get("estimated"), dict) else None
         out.append(
             {
                 "device": r["device"],
@@ -176,6 +177,7 @@ def drift_windows(
                 "features": features,
                 "output": output,
                 "thresholds": thresholds,
+                "estimated": estimated,
             }
         )
     if last is not None:

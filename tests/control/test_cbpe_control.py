@@ -120,6 +120,15 @@ def test_the_estimate_travels_with_its_window_to_edgeloop_drift(
     assert code == 0
     assert f"estimated accuracy {last['value']:.3f} (training {last['reference']:.3f})" in stdout
     assert f"ROC AUC {last['roc_auc']['value']:.3f}" in stdout
+    # The report's drift section charts it beside the training reference.
+    out = ws.root / "report.html"
+    code, _, stderr = run(ws.root, "report", "-o", str(out))
+    assert code == 0, stderr
+    html = out.read_text()
+    assert "estimated accuracy (no labels)" in html
+    lowest = min(d["estimated"]["value"] for d in docs)
+    assert f"{len(docs)} windows with an estimate; lowest {lowest:.3f}" in html
+    assert f"training holdout {last['reference']:.3f}" in html
 
 
 @pytest.mark.parametrize(

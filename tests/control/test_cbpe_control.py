@@ -246,3 +246,13 @@ def test_ab_guardrail_on_the_estimated_gap_between_arms(
     assert ExperimentConfig.from_dict({"max_estimated_gap": 0}).max_estimated_gap is None
     with pytest.raises(ConfigError, match="max_estimated_gap"):
         ExperimentConfig(max_estimated_gap=1.5)
+
+
+def test_train_cli_refuses_an_unknown_calibration_in_one_line(
+    ws_db: tuple[Workspace, ControlDB],
+) -> None:
+    ws, _ = ws_db
+    code, _, stderr = run(
+        ws.root, "train", "--view", "sensors", "--target", "fault", "--calibration", "beta"
+    )
+    assert code == 2 and stderr.count("\n") == 1 and "unknown calibration 'beta'" in stderr

@@ -155,6 +155,53 @@ def cost(cal: Calibration, args) -> None:  # type: ignore[no-untyped-def]
     print(f"estimator memory {est.nbytes:,} bytes; drift monitor {monitor.nbytes:,} bytes")
 
 
+# Run in a fresh interpreter: the agent's drift monitor on a 1,000-row window fed 100,000
+# rows, with or without the estimator beside it; prints the resident set in bytes.
+_MEMORY_CHILD = """
+import json, sys
+import numpy as np
+from edgeloop_agent.drift import DriftConfig, DriftMonitor, WindowConfig
+from edgeloop_agent.procstats import read_memory
+from edgeloop_agent.wire.profile import build_reference_profile
+rng = np.random.default_rng(0)
+x = rng.normal(size=(100_000, 3)); p = 1 / (1 + np.exp(-x[:, 0]))
+proba = np.stack([1 - p, p], axis=1)
+window = WindowConfig("count", 1000)
+monitor = DriftMonitor(build_reference_profile(x[:5000], ["a", "b", "c"], p[:5000]),
+                       DriftConfig(window=window))
+est = None
+if sys.argv[1] == "with":
+    from edgeloop_agent.drift.performance import PerformanceEstimator
+    from edgeloop_agent.wire.calibration import Calibration
+    est = PerformanceEstimator(Calibration.from_dict(json.loads(sys.argv[2]), 2), window)
+for a in range(0, 100_000, 64):
+    monitor.update(x[a:a + 64], p[a:a + 64])
+    if est is not None:
+        est.update(proba[a:a + 64])
+print(read_memory()["rss_bytes"])
+"""
+
+
+def memory(section: dict, runs: int = 3) -> None:  # type: ignore[type-arg]
+    """Agent-side RSS with and without the estimator, alternating, same run."""
+    import json
+    import subprocess
+    import sys
+
+    rss: dict[str, list[int]] = {"without": [], "with": []}
+    for _ in range(runs):
+        for mode in rss:
+            out = subprocess.run(
+                [sys.executable, "-c", _MEMORY_CHILD, mode, json.dumps(section)],
+                capture_output=True, text=True, check=True,
+            ).stdout  # fmt: skip
+            rss[mode].append(int(out.strip()))
+    base = min(rss["without"])
+    for mode, values in rss.items():
+        m = min(values)
+        print(f"agent drift path RSS {mode:<7} estimator: {m / 2**20:6.1f} MB ({m / base:.3f}x)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--windows", type=int, default=250)
@@ -167,14 +214,16 @@ def main() -> None:
     model = LogisticRegression().fit(x, y)
     xh, _, yh = world(rng, 2000, np.zeros(3), 1.0)
     ph = model.predict_proba(xh)
-    cals = {}
+    cals, sections = {}, {}
     for method in ("isotonic", "sigmoid"):
         section = fit_calibration(ph, yh, [False, True], method)
         assert section is not None
+        sections[method] = section
         cals[method] = Calibration.from_dict(section, 2)
     covariate(model, cals, args)
     concept(model, cals["isotonic"], args)
     cost(cals["isotonic"], args)
+    memory(sections["isotonic"])
     print(f"({time.perf_counter() - t0:.0f} s)")
 
 

@@ -135,6 +135,11 @@ def test_daemon_ingests_everything_once_across_a_kill_9(workspace, broker, probe
         assert device["telemetry"]["rss_bytes"] > 0
         # The inventory holds the drift verdict of the newest window per variant.
         assert isinstance(device["drift"]["sensor@v1"]["data_drift"], bool)
+        # The model is calibrated at training, so each window carries the agent's
+        # label-free estimate of its accuracy (docs/drift.md, "Performance estimation").
+        docs = [json.loads(r[0]) for r in db.conn.execute("SELECT doc FROM drift_windows")]
+        assert docs and all(d["estimated"]["n"] == 200 for d in docs)
+        assert all(0.0 <= d["estimated"]["value"] <= 1.0 for d in docs)
         kinds = [e["kind"] for e in db.events(limit=1000)]
         assert "deploy" in kinds and "device" in kinds
     finally:

@@ -27,6 +27,7 @@ import numpy as np
 from edgeloop_agent import __version__
 from edgeloop_agent.deployment import Deployment
 from edgeloop_agent.drift import HDDM_A, DriftConfig, DriftMonitor
+from edgeloop_agent.drift.performance import PerformanceEstimate, PerformanceEstimator
 from edgeloop_agent.feedback import FeedbackJoiner
 from edgeloop_agent.metrics import Metrics
 from edgeloop_agent.model import OnnxModel, Outputs
@@ -34,6 +35,7 @@ from edgeloop_agent.outbox import Outbox
 from edgeloop_agent.procstats import ProcessStats
 from edgeloop_agent.protocol import Code
 from edgeloop_agent.serving import ServingHooks
+from edgeloop_agent.wire.calibration import Calibration
 from edgeloop_agent.wire.profile import ReferenceProfile
 from edgeloop_agent.wire.topics import Topics
 
@@ -56,6 +58,8 @@ class _VariantState:
     # Wall clock of the last completed window: count windows are numbered in
     # rows, and the control node needs to know *when* drift began.
     last_window_at: float = field(default_factory=time.time)
+    # Label-free performance estimate on the drift monitor's windows (calibrated classifiers).
+    estimator: PerformanceEstimator | None = None
 
 
 class Telemetry(ServingHooks):
@@ -141,7 +145,14 @@ class Telemetry(ServingHooks):
                 error = f"reference profile does not match {model.ref}: {exc}"
         if error:
             log.error("drift monitoring off for %s: %s", variant, error)
-        return _VariantState(model, role, monitor, HDDM_A(), index, error, plan)
+        state = _VariantState(model, role, monitor, HDDM_A(), index, error, plan)
+        if monitor is not None and model.is_classifier and model.meta.calibration is not None:
+            try:
+                cal = Calibration.from_dict(model.meta.calibration, len(model.classes))
+                state.estimator = PerformanceEstimator(cal, self.drift_config.window)
+            except ValueError as exc:  # a bad map costs the estimate, never the model
+                log.error("performance estimate off for %s: %s", variant, exc)
+        return state
 
     # -- serving hooks (serving thread) ------------------------------------------
 
@@ -271,6 +282,7 @@ class Telemetry(ServingHooks):
         except ValueError as exc:  # a shape bug must not stop serving
             log.error("drift update failed for %s: %s", variant, exc)
             return
+        estimates = self._estimates(variant, state, outputs, now)
         for report in reports:
             if len(self._windows) == self._windows.maxlen:
                 self._windows_dropped += 1
@@ -279,6 +291,9 @@ class Telemetry(ServingHooks):
             doc["version"] = model.version
             doc["t_start"] = state.last_window_at
             doc["t_end"] = now
+            estimate = estimates.get((report.start, report.end))
+            if estimate is not None:
+                doc["estimated"] = estimate.to_dict()
             state.last_window_at = now
             self._windows.append(doc)
             if report.dataset_drift:
@@ -286,6 +301,21 @@ class Telemetry(ServingHooks):
                 if report.multivariate is not None and report.multivariate.drift:
                     drifting.append("multivariate (PCA reconstruction)")
                 log.warning("data drift on %s: %s", variant, ", ".join(drifting))
+
+    def _estimates(
+        self, variant: str, state: _VariantState, outputs: Outputs, now: float
+    ) -> dict[tuple[float, float], PerformanceEstimate]:
+        """This batch's completed estimate windows, by (start, end) of the drift window."""
+        estimator = state.estimator
+        if estimator is None or outputs.probabilities is None:
+            return {}
+        try:
+            done = estimator.update(outputs.probabilities, now)
+        except ValueError as exc:  # off for good: its windows would no longer line up
+            log.error("performance estimate failed for %s, now off: %s", variant, exc)
+            state.estimator = None
+            return {}
+        return {(e.start, e.end): e for e in done}
 
     def _next_id(self) -> str:
         with self._seq_lock:

@@ -10,6 +10,8 @@ agent module, so the contract can be read, and changed, on its own:
 * :mod:`~edgeloop_agent.wire.desired`: the signed desired-state envelope and document;
 * :mod:`~edgeloop_agent.wire.modelmeta`: the metadata inside every ONNX artifact;
 * :mod:`~edgeloop_agent.wire.profile`: the drift reference profile training ships in it;
+* :mod:`~edgeloop_agent.wire.calibration`: the calibration map training ships in it, and the
+  label-free performance estimators (CBPE) both sides compute with it;
 * :mod:`~edgeloop_agent.wire.allocation`: A/B bucket ranges and the maths that moves them;
 * :mod:`~edgeloop_agent.wire.signature`: how signed desired state and artifacts are verified;
 * :mod:`~edgeloop_agent.wire.network`: broker URLs, TLS options, connect errors, listen addresses;

@@ -64,6 +64,9 @@ class ModelMeta:
     # Reference drift profile (see edgeloop_agent.wire.profile); None if absent.
     profile: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # Calibration map of a classifier (see edgeloop_agent.wire.calibration), checked by
+    # its user like the profile; None for regressors and models trained before it existed.
+    calibration: dict[str, Any] | None = None
 
     @property
     def feature_names(self) -> list[str]:
@@ -76,7 +79,7 @@ class ModelMeta:
         return [f.name for f in self.features if f.dtype in NUMERIC_TYPES]
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "format": FORMAT_VERSION,
             "task": self.task,
             "features": [{"name": f.name, "dtype": f.dtype} for f in self.features],
@@ -90,6 +93,9 @@ class ModelMeta:
             "profile": self.profile,
             "extra": self.extra,
         }
+        if self.calibration is not None:  # absent, not null: older metadata keeps its bytes
+            out["calibration"] = self.calibration
+        return out
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), separators=(",", ":"), sort_keys=True)
@@ -125,6 +131,9 @@ class ModelMeta:
         extra = data.get("extra") or {}
         if not isinstance(extra, dict):
             raise ModelMetaError("model metadata 'extra' must be an object")
+        calibration = data.get("calibration")
+        if calibration is not None and not isinstance(calibration, dict):
+            raise ModelMetaError("model metadata 'calibration' must be an object or absent")
         return cls(
             task=task,
             features=features,
@@ -134,6 +143,7 @@ class ModelMeta:
             handles_missing=bool(data.get("handles_missing", False)),
             profile=profile,
             extra=extra,
+            calibration=calibration,
         )
 
 

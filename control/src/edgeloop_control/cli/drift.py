@@ -86,6 +86,7 @@ def _json_window(w: dict[str, Any]) -> dict[str, Any]:
         ],
         "output": w["output"],
         "multivariate": w.get("multivariate"),
+        "estimated": w.get("estimated"),
     }
 
 
@@ -127,6 +128,22 @@ def _window_verdict(w: dict[str, Any]) -> str:
     return "no drift" + tail
 
 
+def estimated_text(estimated: Any) -> str:
+    """'estimated accuracy 0.912 (training 0.930), ROC AUC ...' from a window's estimate."""
+    if not isinstance(estimated, dict):
+        return ""
+    metric = str(estimated.get("metric") or "metric")
+    text = f"estimated {metric} {_num(estimated.get('value'), '.3f')}"
+    if estimated.get("reference") is not None:
+        text += f" (training {_num(estimated.get('reference'), '.3f')})"
+    auc = estimated.get("roc_auc")
+    if isinstance(auc, dict) and auc.get("value") is not None:
+        text += f", ROC AUC {_num(auc.get('value'), '.3f')}"
+        if auc.get("reference") is not None:
+            text += f" (training {_num(auc.get('reference'), '.3f')})"
+    return text + ", no labels"
+
+
 def _num(value: Any, fmt: str) -> str:
     ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
     return format(value, fmt) if ok else "-"
@@ -163,6 +180,8 @@ def print_drift(console: Any, found: list[dict[str, Any]], scope: str) -> None:
             head = safe_text(f"{device} · {variant} · window ending {when} · n={w['n']:,} · ")
             head.append(safe_text(verdict, "bold red" if w["dataset_drift"] else "green"))
             console.print(head, soft_wrap=True)
+            if w.get("estimated"):
+                console.print(safe_text("  " + estimated_text(w["estimated"])), soft_wrap=True)
             rows: list[list[Any]] = []
             multi = w.get("multivariate")
             judged = [

@@ -46,6 +46,13 @@ def train_cmd(
         ),
     ] = "auto",
     seed: Annotated[int, typer.Option()] = 0,
+    calibration: Annotated[
+        str,
+        typer.Option(
+            help="auto | isotonic | sigmoid | none: the map agents use to estimate accuracy "
+            "without labels (auto: isotonic from 1,000 holdout rows, else sigmoid)"
+        ),
+    ] = "auto",
     stage: Annotated[
         str, typer.Option(help="auto | none | champion | challenger (auto: gate vs champion)")
     ] = "auto",
@@ -75,6 +82,7 @@ def train_cmd(
         holdout=holdout,
         split=split,
         exclude=_split(exclude) or [],
+        calibration=calibration,
     )
     spinner = console.status(f"training {model_name} ({algo}) on {view}", spinner="dots")
     try:

@@ -323,6 +323,7 @@ def parse_report(device: str | None, envelope: object) -> dict[str, Any]:
         _int(bounds.get("n_rows"), f"{where}.window.n_rows")
         _ts(window.get("t_start"), f"{where}.t_start")
         _ts(window.get("t_end"), f"{where}.t_end")
+        _estimated(window.get("estimated"), f"{where}.estimated")
     for name, c in _obj(report.get("concept_drift"), "report.concept_drift").items():
         where = f"report.concept_drift[{name!r}]"
         c = _obj(c, where, optional=False)
@@ -346,6 +347,28 @@ def parse_report(device: str | None, envelope: object) -> dict[str, Any]:
     else:
         _int(dropped, "report.outbox.dropped")
     return envelope
+
+
+def _estimated(value: Any, where: str) -> None:
+    """A window's label-free performance estimate (agent drift/performance.py), optional:
+    metric name, the estimate and its training-time reference as fractions, rows."""
+    est = _obj(value, where)
+    if not est:
+        return
+    _str(est.get("metric"), f"{where}.metric", optional=False)
+    _int(est.get("n"), f"{where}.n")
+    _str(est.get("method"), f"{where}.method")
+    auc = _obj(est.get("roc_auc"), f"{where}.roc_auc")
+    for key, number in (
+        ("value", est.get("value")),
+        ("reference", est.get("reference")),
+        ("roc_auc.value", auc.get("value")),
+        ("roc_auc.reference", auc.get("reference")),
+        ("roc_auc.tie_bound", auc.get("tie_bound")),
+    ):
+        x = _num(number, f"{where}.{key}")
+        if x is not None and not 0.0 <= x <= 1.0:
+            raise PoisonMessage(f"{where}.{key} must be within [0, 1], got {x}")
 
 
 # -- captured samples and labels ----------------------------------------------------------

@@ -73,6 +73,8 @@ def drift_section(
                 "psi": {str(f["name"]): _number(f.get("psi")) for f in _judged(w)},
                 "ks_p": {str(f["name"]): history.feature_p(f) for f in _judged(w)},
                 "output_psi": _number((w["output"] or {}).get("psi")),
+                "estimated": _number((w.get("estimated") or {}).get("value")),
+                "estimated_reference": _number((w.get("estimated") or {}).get("reference")),
             }
             for w in windows
         ],

@@ -165,6 +165,7 @@ def drift_windows(
         output = doc.get("output") if isinstance(doc.get("output"), dict) else None
         multi = doc.get("multivariate") if isinstance(doc.get("multivariate"), dict) else None
         thresholds = doc.get("thresholds") if isinstance(doc.get("thresholds"), dict) else {}
+        estimated = doc.get("estimated") if isinstance(doc.get("estimated"), dict) else None
         out.append(
             {
                 "device": r["device"],
@@ -180,6 +181,7 @@ def drift_windows(
                 "output": output,
                 "multivariate": None if multi is None else {**multi, "name": MULTIVARIATE},
                 "thresholds": thresholds,
+                "estimated": estimated,
             }
         )
     if last is not None:

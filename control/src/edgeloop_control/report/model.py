@@ -38,6 +38,9 @@ class DriftWindow:
     ks_p: dict[str, float | None]
     n: int | None = None
     output_psi: float | None = None
+    # The agent's label-free accuracy estimate (CBPE) and its training-time reference.
+    estimated: float | None = None
+    estimated_reference: float | None = None
 
     @property
     def stream(self) -> tuple[str, str]:

@@ -208,6 +208,8 @@ def _window(value: object, path: str) -> DriftWindow:
         ks_p=_per_feature(opt("ks_p"), f"{path}.ks_p"),
         n=_count(opt("n"), f"{path}.n"),
         output_psi=_measurement(opt("output_psi"), f"{path}.output_psi"),
+        estimated=_measurement(opt("estimated"), f"{path}.estimated"),
+        estimated_reference=_measurement(opt("estimated_reference"), f"{path}.estimated_reference"),
     )
 
 

@@ -11,6 +11,9 @@ from edgeloop_control.training.errors import TrainConfigError
 ALGORITHMS: tuple[str, ...] = ("logreg", "rf", "hgb")
 TASK_CHOICES: tuple[str, ...] = ("auto", "classification", "regression")
 SPLIT_CHOICES: tuple[str, ...] = ("auto", "time", "random")
+# How classifiers are calibrated on the holdout for the agents' label-free performance
+# estimate (training/calibration.py): auto = isotonic from 1,000 holdout rows, else Platt.
+CALIBRATION_CHOICES: tuple[str, ...] = ("auto", "isotonic", "sigmoid", "none")
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,7 @@ class TrainConfig:
     # spinning OpenMP threads made HistGradientBoosting 4-18x slower under load, and
     # a fixed count keeps floating-point reductions independent of the machine.
     n_threads: int | None = 1
+    calibration: str = "auto"
 
     def __post_init__(self) -> None:
         if not isinstance(self.target, str) or not self.target:
@@ -64,6 +68,11 @@ class TrainConfig:
             raise TrainConfigError(
                 f"holdout must be a fraction strictly between 0 and 1, got {self.holdout!r} "
                 "(the parity gate and the evaluation both need held-out rows)"
+            )
+        if self.calibration not in CALIBRATION_CHOICES:
+            raise TrainConfigError(
+                f"unknown calibration {self.calibration!r}; "
+                f"choose one of {', '.join(CALIBRATION_CHOICES)}"
             )
         if self.split not in SPLIT_CHOICES:
             raise TrainConfigError(

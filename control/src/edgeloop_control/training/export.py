@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -53,6 +54,7 @@ def export_onnx(
     profile: dict[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
     doc_string: str = "",
+    calibration: dict[str, Any] | None = None,
 ) -> bytes:
     """Export a fitted pipeline and embed its :class:`ModelMeta`.
 
@@ -134,6 +136,7 @@ def export_onnx(
         handles_missing=handles_missing(pipeline),
         profile=profile,
         extra=dict(extra or {}),
+        calibration=calibration,
     )
     meta_json = meta.to_json()
     # Round-trip through the agent's parser: a file the agent would reject must
@@ -156,6 +159,21 @@ def _dtype(name: str, categorical: set[str], boolean: set[str]) -> FeatureType:
     if name in categorical:
         return "string"
     return "bool" if name in boolean else "float"
+
+
+def embed_calibration(onnx_bytes: bytes, calibration: dict[str, Any]) -> bytes:
+    """The same model with ``calibration`` added to its metadata (the graph is untouched).
+
+    Training fits the map on the exported model's own probabilities (float32, as devices
+    compute them: a random forest's 0.5 tie can fall either side of scikit-learn's), so it
+    is added after the export rather than passed to :func:`export_onnx`.
+    """
+    model = onnx.load_from_string(onnx_bytes)
+    [entry] = [e for e in model.metadata_props if e.key == META_KEY]
+    meta = ModelMeta.from_json(entry.value)
+    entry.value = replace(meta, calibration=calibration).to_json()
+    ModelMeta.from_json(entry.value)
+    return model.SerializeToString()
 
 
 def handles_missing(pipeline: Pipeline) -> bool:

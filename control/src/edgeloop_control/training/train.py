@@ -28,6 +28,7 @@ from threadpoolctl import threadpool_limits
 
 from edgeloop_agent.wire.modelmeta import ModelMeta
 from edgeloop_agent.wire.profile import build_reference_profile
+from edgeloop_control.training.calibration import fit_calibration
 from edgeloop_control.training.columns import (
     STRING_MISSING,
     FeatureKind,
@@ -37,7 +38,12 @@ from edgeloop_control.training.columns import (
 )
 from edgeloop_control.training.config import TrainConfig
 from edgeloop_control.training.errors import TrainingError
-from edgeloop_control.training.export import TARGET_OPSET, export_onnx, opset_of
+from edgeloop_control.training.export import (
+    TARGET_OPSET,
+    embed_calibration,
+    export_onnx,
+    opset_of,
+)
 from edgeloop_control.training.hashing import frame_hash, row_hashes
 from edgeloop_control.training.metrics import evaluate
 from edgeloop_control.training.parity import check_parity
@@ -146,6 +152,7 @@ class PreparedData:
     y_train: np.ndarray
     x_holdout: pd.DataFrame
     started: float
+    y_holdout: np.ndarray | None = None
 
 
 def prepare(df: pd.DataFrame, config: TrainConfig) -> PreparedData:
@@ -225,6 +232,7 @@ def prepare(df: pd.DataFrame, config: TrainConfig) -> PreparedData:
         y_train=y_train,
         x_holdout=x_holdout,
         started=started,
+        y_holdout=y[split.holdout],
     )
 
 
@@ -295,6 +303,14 @@ def _fit(p: PreparedData) -> TrainResult:
         extra=extra,
         doc_string=f"edgeloop {config.algo} {task} model for target {config.target!r}",
     )
+    if task == "classification" and p.y_holdout is not None:
+        proba = OnnxPredictor(onnx_bytes).predict(holdout_frame).probabilities
+        assert proba is not None  # a classifier's prediction has probabilities
+        calibration = fit_calibration(
+            proba, p.y_holdout, list(pipeline.classes_), config.calibration
+        )
+        if calibration is not None:
+            onnx_bytes = embed_calibration(onnx_bytes, calibration)
     export_s = time.perf_counter() - export_started
 
     parity_started = time.perf_counter()

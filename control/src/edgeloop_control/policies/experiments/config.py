@@ -51,6 +51,10 @@ class ExperimentConfig:
     # one failed request out of three is not a 33 % error rate worth rolling back for.
     guardrail_min_requests: int = 50
     srm_threshold: float = 0.001
+    # Optional guardrail on the agents' label-free estimate (policies/experiments/estimated.py):
+    # roll back when the challenger's estimated accuracy trails the champion's by more than
+    # this (absolute). None (or 0 in TOML): off.
+    max_estimated_gap: float | None = None
 
     def __post_init__(self) -> None:
         alpha = _number("alpha", self.alpha)
@@ -87,6 +91,11 @@ class ExperimentConfig:
             raise ExperimentConfigError(
                 f"experiment.max_duration_s must be > 0 (or absent: no limit), got {limit}"
             )
+        gap = self.max_estimated_gap
+        if gap is not None and not 0.0 < _number("max_estimated_gap", gap) < 1.0:
+            raise ExperimentConfigError(
+                f"experiment.max_estimated_gap must be in (0, 1) (or absent: off), got {gap}"
+            )
         threshold = _number("srm_threshold", self.srm_threshold)
         if not 0.0 < threshold < 1.0:
             raise ExperimentConfigError(
@@ -103,7 +112,7 @@ class ExperimentConfig:
             )
         values = dict(raw)
         # TOML has no null: 0 means "no limit" / "automatic" for the optional settings.
-        for name in ("tau", "max_duration_s"):
+        for name in ("tau", "max_duration_s", "max_estimated_gap"):
             if values.get(name) == 0:
                 values[name] = None
         return cls(**values)

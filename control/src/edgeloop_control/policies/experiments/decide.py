@@ -18,6 +18,7 @@ from edgeloop_agent.wire.topics import Topics
 from edgeloop_control.stats import MixtureSPRT
 
 from .config import ExperimentError
+from .estimated import estimated_arms
 from .evaluate import (
     Evaluation,
     evaluate,
@@ -70,12 +71,17 @@ def take_look(parts: Parts, exp: Experiment, now: float) -> Look:
     windows = output_windows(
         parts.db, exp.champion_ref, exp.challenger_ref, exp.devices, totals.drift_since
     )
+    estimated = None
+    if exp.config.max_estimated_gap is not None:
+        estimated = estimated_arms(
+            parts.db, exp.champion_ref, exp.challenger_ref, exp.devices, totals.drift_since
+        )
     ev = evaluate(
         test,
         totals,
         weight=exp.weight_percent,
         config=exp.config,
-        checks=guardrails(exp.config, totals.challenger, windows),
+        checks=guardrails(exp.config, totals.challenger, windows, estimated),
         started_at=exp.created_at,
         now=now,
     )

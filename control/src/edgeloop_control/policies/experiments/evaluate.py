@@ -22,6 +22,7 @@ from edgeloop_control.stats import (
 from edgeloop_control.stats.sequential import Kind
 
 from .config import ExperimentConfig
+from .estimated import EstimatedArms, estimated_guardrail
 from .totals import ArmTotals, OutputWindow, Totals
 
 # How each task's labelled outcomes are compared (docs/experiments.md, "Metrics").
@@ -106,6 +107,7 @@ def guardrails(
     config: ExperimentConfig,
     challenger: ArmTotals,
     windows: Sequence[OutputWindow],
+    estimated: EstimatedArms | None = None,
 ) -> list[Guardrail]:
     """The challenger's operational checks, each with a reason naming value and limit."""
     out: list[Guardrail] = []
@@ -150,6 +152,8 @@ def guardrails(
             )
         )
     out.append(drift_guardrail(windows, config.alpha))
+    if config.max_estimated_gap is not None:
+        out.append(estimated_guardrail(estimated, config.max_estimated_gap, need))
     return out
 
 

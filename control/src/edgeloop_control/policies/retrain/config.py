@@ -16,7 +16,10 @@ from edgeloop_control.errors import ConfigError
 from edgeloop_control.infra.shares import parse_share
 from edgeloop_control.infra.workspace import Workspace
 
-SIGNALS = ("features", "output", "concept")
+SIGNALS = ("features", "output", "concept", "estimated_performance")
+# On unless configured: the label-free estimate needs calibrated models (docs/drift.md).
+DEFAULT_SIGNALS = ("features", "output", "concept")
+ESTIMATED_METRICS = ("accuracy", "roc_auc")
 SCOPES = ("device", "group", "fleet")
 # The metrics the champion gate knows (training.metrics.HIGHER_IS_BETTER; a test
 # keeps the two equal). Spelled out here because importing training pulls in
@@ -54,7 +57,7 @@ class RetrainConfig:
     """How eagerly the policy reacts to drift, and how it trains when it does."""
 
     enabled: bool = True
-    signals: tuple[str, ...] = SIGNALS
+    signals: tuple[str, ...] = DEFAULT_SIGNALS
     consecutive_windows: int = 3
     min_samples: int = 400
     cooldown_s: float = 600.0
@@ -68,6 +71,11 @@ class RetrainConfig:
     # retry_max_s: a broken episode must not retrain (and log) every tick.
     retry_base_s: float = 30.0
     retry_max_s: float = 3600.0
+    # Signal "estimated_performance": the agents' label-free estimate of this metric fell
+    # at least estimated_drop (absolute) below the model's training-time reference, in
+    # consecutive_windows windows in a row.
+    estimated_metric: str = "accuracy"
+    estimated_drop: float = 0.05
 
     def __post_init__(self) -> None:
         # Normalised in place (frozen): later code only ever sees a tuple of
@@ -103,6 +111,18 @@ class RetrainConfig:
                 "retrain.retry_base_s must be positive and at most retry_max_s, got "
                 f"{self.retry_base_s} and {self.retry_max_s}"
             )
+        if self.estimated_metric not in ESTIMATED_METRICS:
+            raise ConfigError(
+                f"retrain.estimated_metric must be one of {', '.join(ESTIMATED_METRICS)}, "
+                f"got {self.estimated_metric!r}"
+            )
+        drop = _number("estimated_drop", self.estimated_drop)
+        if not 0.0 < drop < 1.0:
+            raise ConfigError(
+                f"retrain.estimated_drop must be in (0, 1) (an absolute drop of the estimated "
+                f"metric), got {self.estimated_drop!r}"
+            )
+        set_(self, "estimated_drop", drop)
         set_(self, "retry_base_s", base)
         set_(self, "retry_max_s", most)
 

@@ -22,7 +22,9 @@ from edgeloop_control.policies.retrain.config import RetrainConfig
 class DriftEvidence:
     """Why one device counts as drifting."""
 
-    signal: str  # "data" (feature or output windows) or "concept"
+    # "data" (feature or output windows), "concept", or "estimated_performance"
+    # (the label-free estimate fell below the training reference)
+    signal: str
     features: list[str]  # drifted features; empty for output or concept drift
     since: float  # when the evidence begins: the episode trains on data from here on
 
@@ -102,6 +104,10 @@ class DriftTrigger:
                 features = sorted({f for r in rows for f in json.loads(r["drifted"])})
                 since = min((r["start"] or r["end"]) for r in rows)
                 return DriftEvidence("data", features, since)
+        if "estimated_performance" in signals:
+            estimated = self._estimated_drop(device, variant)
+            if estimated is not None:
+                return estimated
         if "concept" in signals:
             # The detector resets after it fires, so a detection shows as its
             # counter going up between two reports; the episode starts at the
@@ -115,6 +121,33 @@ class DriftTrigger:
                 if newer["detections"] > older["detections"]:
                     return DriftEvidence("concept", [], older["ts"])
         return None
+
+    def _estimated_drop(self, device: str, variant: str) -> DriftEvidence | None:
+        """The last ``consecutive_windows`` windows all estimate the metric at least
+        ``estimated_drop`` below the training reference the agent reported with it."""
+        n = self.config.consecutive_windows
+        path = (
+            "$.estimated" if self.config.estimated_metric == "accuracy" else "$.estimated.roc_auc"
+        )
+        rows = self.db.conn.execute(
+            "SELECT start, end, "
+            f"CASE WHEN json_valid(doc) THEN json_extract(doc, '{path}.value') END AS value, "
+            f"CASE WHEN json_valid(doc) THEN json_extract(doc, '{path}.reference') END AS ref "
+            "FROM drift_windows WHERE device = ? AND variant = ? AND enough_data = 1 "
+            "ORDER BY end DESC LIMIT ?",
+            (device, variant, n),
+        ).fetchall()
+        if len(rows) < n:
+            return None
+        for r in rows:
+            value, ref = r["value"], r["ref"]
+            if not all(isinstance(x, (int, float)) for x in (value, ref)):
+                return None  # an uncalibrated model, or an older agent: no estimate
+            if value > ref - self.config.estimated_drop:
+                return None
+        return DriftEvidence(
+            "estimated_performance", [], min((r["start"] or r["end"]) for r in rows)
+        )
 
     def scope_devices(self, drifting: list[str], running: list[str]) -> list[str]:
         """The devices a retrained model is for (and A/B tested on)."""
@@ -135,6 +168,13 @@ class DriftTrigger:
         for device, why in sorted(drifting.items()):
             if why.signal == "concept":
                 reasons.append(f"{device}: error rate rose (concept-drift detector fired)")
+            elif why.signal == "estimated_performance":
+                cfg = self.config
+                reasons.append(
+                    f"{device}: estimated {cfg.estimated_metric} (no labels) at least "
+                    f"{cfg.estimated_drop:g} below training in {cfg.consecutive_windows} "
+                    "consecutive windows"
+                )
             else:
                 feats = ", ".join(why.features) or "model output"
                 n = self.config.consecutive_windows

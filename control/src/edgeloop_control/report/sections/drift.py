@@ -102,6 +102,54 @@ def _chart(
     )
 
 
+def _estimated_chart(
+    drift: Drift,
+    streams: dict[tuple[str, str], list[DriftWindow]],
+    colors: dict[tuple[str, str], str],
+    x_domain: tuple[float, float],
+    clock: Clock,
+) -> Html:
+    """The agents' label-free accuracy estimate per window (calibrated classifiers only)."""
+    present = [w for ws in streams.values() for w in ws if w.estimated is not None]
+    values = [w.estimated for w in present if w.estimated is not None]
+    refs = [w.estimated_reference for w in present if w.estimated_reference is not None]
+    low = min([*values, *refs]) if values else 0.0
+    worst = min(present, key=lambda w: w.estimated or 0.0)
+    summary = (
+        f"{len(present)} windows with an estimate; lowest {worst.estimated:.3f} "
+        f"({_stream_name(worst.stream)} at {clock.rel(worst.t)})"
+        + (f"; training holdout {refs[-1]:.3f}" if refs else "")
+    )
+    chart = time_chart(
+        "drift-estimated-chart",
+        "Estimated accuracy without labels",
+        x_domain=x_domain,
+        y_domain=(max(0.0, low - 0.05), 1.0),
+        clock=clock,
+        y_label="accuracy",
+        desc=summary,
+    )
+    for stream, ws in streams.items():
+        chart.line([w.t for w in ws], [w.estimated for w in ws], color=colors[stream])
+    if refs:
+        chart.hline(refs[-1], color=THRESHOLD, label=f"training {refs[-1]:.3f}")
+    if drift.shift_at is not None:
+        chart.vline(drift.shift_at, color=MARKER, label="data shift")
+    chart.points(
+        [
+            Point(w.t, w.estimated, colors[w.stream],
+                  f"{_stream_name(w.stream)} at {clock.both(w.t)}: estimated accuracy "
+                  f"{num(w.estimated)}" + (f", n={w.n:,}" if w.n is not None else ""))
+            for w in present
+            if w.estimated is not None
+        ]
+    )  # fmt: skip
+    return Html(
+        '<figure class="small"><figcaption class="chart-title">estimated accuracy (no labels)'
+        f"</figcaption>{chart.render()}<figcaption>{esc(summary)}</figcaption></figure>"
+    )
+
+
 def _heat_table(
     stream: tuple[str, str], windows: list[DriftWindow], drift: Drift, clock: Clock
 ) -> Html:
@@ -177,6 +225,8 @@ def render_drift(
     ]
     if any(w.output_psi is not None for w in drift.windows):
         figures.append(_chart("drift-output-chart", None, drift, streams, colors, x_domain, clock))
+    if any(w.estimated is not None for w in drift.windows):
+        figures.append(_estimated_chart(drift, streams, colors, x_domain, clock))
     flagged = sum(w.dataset_drift for w in drift.windows)
     facts = (
         f'<p class="facts">{len(drift.windows)} windows from {len(streams)} device/variant '

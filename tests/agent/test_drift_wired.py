@@ -220,7 +220,7 @@ def test_time_windows_carry_categorical_counts_in_their_panes() -> None:
     ("cats", "match"),
     [
         (np.array([["A"]] * 10, dtype=object), r"categories: expected shape \(10, 2\)"),
-        ([[["A"], "r"]] * 10, "'kind' holds a value that is not a category"),
+        ([[["A"], "r"]] * 10, '"kind" holds a value that is not a category'),
     ],
 )
 def test_bad_categories_are_one_clear_error_and_nothing_is_counted(cats, match) -> None:

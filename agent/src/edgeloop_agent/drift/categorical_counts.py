@@ -16,6 +16,7 @@ import numpy as np
 
 from edgeloop_agent.drift.chi2 import chi2_sf
 from edgeloop_agent.drift.report import CategoricalDrift
+from edgeloop_agent.wire.jsontext import json_text
 from edgeloop_agent.wire.profile import MIN_PSI_REFERENCE
 from edgeloop_agent.wire.profile_sections import CategoricalColumnProfile
 
@@ -73,7 +74,7 @@ class CategoricalCounts:
                 out[:, j] = [base if v is None else index.get(v, unseen) for v in arr[:, j]]
             except TypeError:  # an unhashable value (a list, a dict)
                 raise ValueError(
-                    f"categories: {self.columns[j].name!r} holds a value that is "
+                    f"categories: {json_text(self.columns[j].name)} holds a value that is "
                     "not a category (expected strings)"
                 ) from None
         return out

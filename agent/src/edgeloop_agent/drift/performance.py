@@ -33,6 +33,7 @@ from edgeloop_agent.wire.calibration import (
     confidence,
     expected_auc,
 )
+from edgeloop_agent.wire.jsontext import json_text
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,9 @@ class PerformanceEstimator:
         else:
             t = time.time() if now is None else now
             if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t):
-                raise ValueError(f"now: expected a finite timestamp in seconds, got {now!r}")
+                raise ValueError(
+                    f"now: expected a finite timestamp in seconds, got {json_text(now)}"
+                )
             pane = math.floor(t / win.pane_size)
             if self._pane_id is None:
                 self._pane_id = pane

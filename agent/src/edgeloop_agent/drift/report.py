@@ -135,7 +135,7 @@ class DriftReport:
         for f in self.categorical:
             if f.name == name:
                 return f
-        raise KeyError(f"no categorical feature named {name!r} in this report")
+        raise KeyError(f"no categorical feature named {json_text(name)} in this report")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: NaN becomes ``None``."""

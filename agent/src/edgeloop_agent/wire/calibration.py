@@ -30,6 +30,8 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from edgeloop_agent.wire.jsontext import json_text
+
 CALIBRATION_VERSION = 1
 MAX_BREAKPOINTS = 256  # per isotonic map; training thins longer maps
 MAX_CLASSES = 64
@@ -121,13 +123,13 @@ class Calibration:
             raise CalibrationError("calibration must be an object")
         if data.get("version") != CALIBRATION_VERSION:
             raise CalibrationError(
-                f"calibration version {data.get('version')!r} is not supported "
+                f"calibration version {json_text(data.get('version'))} is not supported "
                 f"(expected {CALIBRATION_VERSION})"
             )
         method = data.get("method")
         if method not in ("isotonic", "sigmoid"):
             raise CalibrationError(
-                f"calibration.method must be isotonic or sigmoid, got {method!r}"
+                f"calibration.method must be isotonic or sigmoid, got {json_text(method)}"
             )
         binary = data.get("binary")
         if not isinstance(binary, bool) or (binary and n_classes != 2):

@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from edgeloop_agent.wire.jsontext import json_text
+
 if TYPE_CHECKING:  # profile.py imports this module; at run time the column is passed in
     from edgeloop_agent.wire.profile import ColumnProfile
 
@@ -69,8 +71,8 @@ class CategoricalColumnProfile:
             raise ValueError(f"{where}: expected an object, got {type(d).__name__}")
         name = d.get("name")
         if not isinstance(name, str) or not name:
-            raise ValueError(f"{where}.name: expected a non-empty string, got {name!r}")
-        where = f"{where} ({name!r})"
+            raise ValueError(f"{where}.name: expected a non-empty string, got {json_text(name)}")
+        where = f"{where} ({json_text(name)})"
         cats = d.get("categories")
         if not isinstance(cats, list) or not all(isinstance(c, str) for c in cats):
             raise ValueError(f"{where}.categories: expected a list of strings")
@@ -97,13 +99,15 @@ def build_categorical_columns(
 ) -> tuple[CategoricalColumnProfile, ...]:
     """Reference frequencies of categorical columns (``None`` = missing)."""
     if isinstance(max_categories, bool) or not isinstance(max_categories, int):
-        raise ValueError(f"max_categories: expected an integer >= 1, got {max_categories!r}")
+        raise ValueError(
+            f"max_categories: expected an integer >= 1, got {json_text(max_categories)}"
+        )
     if not 1 <= max_categories <= MAX_CATEGORIES:
         raise ValueError(f"max_categories: expected 1..{MAX_CATEGORIES}, got {max_categories}")
     out = []
     for name, values in columns.items():
         if not isinstance(name, str) or not name:
-            raise ValueError(f"column names must be non-empty strings, got {name!r}")
+            raise ValueError(f"column names must be non-empty strings, got {json_text(name)}")
         counts: Counter[str] = Counter()
         missing = 0
         for v in values:
@@ -112,7 +116,9 @@ def build_categorical_columns(
             elif isinstance(v, str):
                 counts[v] += 1
             else:
-                raise ValueError(f"column {name!r}: categories must be strings, got {v!r}")
+                raise ValueError(
+                    f"column {json_text(name)}: categories must be strings, got {json_text(v)}"
+                )
         # Most frequent first, ties by name: the profile does not depend on row order.
         kept = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:max_categories]
         unseen = sum(counts.values()) - sum(c for _, c in kept)
@@ -195,7 +201,7 @@ def fit_pca(
     """(mean, sd, components, held-out rows) of the complete rows of ``X``; ``None`` when
     there are fewer than :data:`MIN_PCA_ROWS` complete rows or fewer than 2 features."""
     if not 0.0 < variance < 1.0:
-        raise ValueError(f"pca_variance: expected a share in (0, 1), got {variance!r}")
+        raise ValueError(f"pca_variance: expected a share in (0, 1), got {json_text(variance)}")
     rows = X[np.isfinite(X).all(axis=1)]
     if X.shape[1] < 2 or rows.shape[0] < MIN_PCA_ROWS:
         return None

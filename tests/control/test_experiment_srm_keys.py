@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from edgeloop_agent.router import Router
 from edgeloop_agent.wire.allocation import allocate
 from edgeloop_agent.wire.keysketch import key_hashes
@@ -89,3 +91,26 @@ def test_unkeyed_traffic_is_tested_on_requests(env: Env) -> None:
     m.tick(time.time())
     [st] = m.status(exp_id)
     assert st["srm"]["unit"] == "requests" and st["srm"]["observed"] == [1_000, 980]
+
+
+def test_mixed_traffic_tests_both_units_at_half_the_threshold(env: Env) -> None:
+    m = env.manager()
+    exp_id = m.start("sensor", "v1", "v2", ["d1"])["id"]
+    d1 = Device("d1")
+    warm_up(env.db, exp_id, d1)
+    keyed_traffic(d1, exp_id, [f"user-{i}" for i in range(2_000)])
+    # Unkeyed requests 1,000 vs 855: chi-square p = 0.00075, a mismatch at 0.001 alone, but
+    # with keys tested too each unit gets 0.001 / 2 (Bonferroni).
+    for variant, n in ((CHAMP, 1_000), (CHALL, 855)):
+        d1.serve(variant, n)
+        d1.metrics.record_assigned(variant, key_hashes(exp_id, []), unkeyed=n)
+    d1.report(env.db, exp_id)
+    m.tick(time.time())
+    [st] = m.status(exp_id)
+    srm = st["srm"]
+    p = sample_ratio_mismatch([1_000, 855], [1, 1]).p_value
+    assert 0.0005 < p < 0.001
+    # The smaller p-value of the two units is shown: the unkeyed requests'.
+    assert srm["unit"] == "unkeyed requests" and srm["threshold"] == 0.0005
+    assert srm["observed"] == [1_000, 855] and srm["p_value"] == pytest.approx(p)
+    assert not srm["flag"] and st["state"] == "running"

@@ -7,6 +7,7 @@ Router deciding each key's arm, the daemon's ingestion, a real registry, SQLite 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 
@@ -114,3 +115,34 @@ def test_mixed_traffic_tests_both_units_at_half_the_threshold(env: Env) -> None:
     assert srm["unit"] == "unkeyed requests" and srm["threshold"] == 0.0005
     assert srm["observed"] == [1_000, 855] and srm["p_value"] == pytest.approx(p)
     assert not srm["flag"] and st["state"] == "running"
+
+
+def test_a_lost_sketch_falls_back_to_requests_instead_of_a_false_mismatch(env: Env) -> None:
+    m = env.manager()
+    exp_id = m.start("sensor", "v1", "v2", ["d1", "d2"])["id"]
+    d1, d2 = Device("d1"), Device("d2")
+    warm_up(env.db, exp_id, d1, d2)
+    keyed_traffic(d1, exp_id, [f"pump-{i}" for i in range(1_500)])
+    keyed_traffic(d2, exp_id, [f"pump-{i}" for i in range(1_500, 3_000)])
+    snapshot = d2.metrics.snapshot
+
+    def corrupted(*, reset: bool = False) -> dict[str, Any]:
+        snap = snapshot(reset=reset)
+        snap["variants"][CHALL]["assigned"]["keys"] = {"p": 14, "registers": ["!!!"]}
+        return snap
+
+    d2.metrics.snapshot = corrupted  # type: ignore[method-assign]
+    for d in (d1, d2):
+        assert d.report(env.db, exp_id)  # the report is stored all the same
+    row = env.db.conn.execute(
+        "SELECT keyed, sketch FROM variant_keys WHERE variant = ? AND report_id LIKE 'd2:%' "
+        "ORDER BY rowid DESC LIMIT 1",
+        (CHALL,),
+    ).fetchone()
+    assert row["keyed"] > 700 and row["sketch"] is None
+    m.tick(time.time())
+    [st] = m.status(exp_id)
+    # Half the challenger's keys unseen would read as a mismatch on keys; its requests are
+    # all there, so the check falls back to them.
+    assert st["srm"]["unit"] == "requests" and not st["srm"]["flag"], st["srm"]
+    assert st["state"] == "running"

@@ -167,14 +167,14 @@ def assignment_srm(totals: Totals, weight: float, threshold: float) -> SRMResult
     sketches' estimates, tested allowing the sketch's error); unkeyed requests are assigned
     one by one, so theirs is the request. Both kinds present: both are tested, each at
     ``threshold / 2`` (Bonferroni), and the smaller p-value is reported. Totals without
-    assignment counts (older agents) test requests, as before. An arm whose requests go
+    assignment counts (older agents), or with a key sketch lost on the way (its arm's keys
+    would be undercounted), test requests, as before. An arm whose requests go
     missing (a router bug, a crashing variant) shows here even before any label arrives.
     """
     a, b = totals.champion, totals.challenger
     weights = {"champion": 100.0 - weight, "challenger": weight}
     keyed = a.keyed + b.keyed
-    sketches = all(t.key_sketch is not None for t in (a, b) if t.keyed)
-    if not keyed or not sketches:
+    if not keyed or not (a.keys_complete and b.keys_complete):
         return sample_ratio_mismatch(
             {"champion": a.requests, "challenger": b.requests}, weights, threshold=threshold
         )

@@ -50,6 +50,13 @@ class ArmTotals:
     keyed: int = 0
     unkeyed: int = 0
     key_sketch: keysketch.Registers | None = None
+    # Keyed requests whose report's sketch was unusable: the arm's distinct keys would be
+    # undercounted, so the sample ratio falls back to requests (a false mismatch otherwise).
+    keyed_unsketched: int = 0
+
+    @property
+    def keys_complete(self) -> bool:
+        return self.keyed_unsketched == 0 and (self.key_sketch is not None or self.keyed == 0)
 
     @property
     def distinct_keys(self) -> int:
@@ -103,13 +110,17 @@ class ArmTotals:
         if row["keyed"] is None:  # an agent that does not count assignments
             self.unkeyed += int(row["requests"])
             return
-        self.keyed += int(row["keyed"])
+        keyed = int(row["keyed"])
+        self.keyed += keyed
         self.unkeyed += int(row["unkeyed"])
-        if row["sketch"]:
+        if not row["sketch"]:
+            self.keyed_unsketched += keyed
+        else:
             try:
                 registers = keysketch.from_wire(json.loads(row["sketch"]))
             except (ValueError, TypeError) as exc:
                 log.warning("ignoring the key sketch of report %s: %s", row["report_id"], exc)
+                self.keyed_unsketched += keyed
                 return
             if self.key_sketch is None:
                 self.key_sketch = registers
@@ -121,6 +132,7 @@ class ArmTotals:
             "keyed": self.keyed,
             "unkeyed": self.unkeyed,
             "key_sketch": None if self.key_sketch is None else keysketch.to_wire(self.key_sketch),
+            "keyed_unsketched": self.keyed_unsketched,
             "requests": self.requests,
             "predictions": self.predictions,
             "errors": self.errors,
@@ -141,6 +153,7 @@ class ArmTotals:
             keyed=int(data.get("keyed", 0)),
             unkeyed=int(data.get("unkeyed", data["requests"])),
             key_sketch=None if sketch is None else keysketch.from_wire(sketch),
+            keyed_unsketched=int(data.get("keyed_unsketched", 0)),
             requests=int(data["requests"]),
             predictions=int(data["predictions"]),
             errors=int(data["errors"]),

@@ -146,3 +146,20 @@ def test_a_lost_sketch_falls_back_to_requests_instead_of_a_false_mismatch(env: E
     # all there, so the check falls back to them.
     assert st["srm"]["unit"] == "requests" and not st["srm"]["flag"], st["srm"]
     assert st["state"] == "running"
+
+
+def test_malformed_assignments_keep_the_report(env: Env) -> None:
+    d1 = Device("d1")
+    d1.serve(CHAMP, 10)
+    snapshot = d1.metrics.snapshot
+
+    def malformed(*, reset: bool = False) -> dict[str, Any]:
+        snap = snapshot(reset=reset)
+        snap["variants"][CHAMP]["assigned"] = {"keyed": -3, "unkeyed": "x", "keys": 5}
+        return snap
+
+    d1.metrics.snapshot = malformed  # type: ignore[method-assign]
+    assert d1.report(env.db, None)
+    stats = env.db.conn.execute("SELECT requests FROM variant_stats").fetchall()
+    assert [r["requests"] for r in stats] == [10]  # the counters are kept
+    assert env.db.conn.execute("SELECT COUNT(*) FROM variant_keys").fetchone()[0] == 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import tracemalloc
 
 import numpy as np
 
@@ -56,6 +57,21 @@ def main() -> None:
     print(f"micro-batch {args.batch} keys, {args.repeat} batches, best of 3")
     print(f"router.route (baseline): {base:.2f} us/key")
     print(f"key sketch (hash + fold): {cost:.2f} us/key = {cost / base:.2f} x the routing")
+    # Memory: the sketches of the 32 variants Metrics allows (the worst case), as allocated
+    # (tracemalloc sees numpy's buffers; RSS would not, the heap reuses what the loops freed).
+    full = Metrics()
+    hashes = ks.key_hashes("exp-1", [f"k{i}" for i in range(20_000)])
+    full.record_assigned("warm@1", hashes[:10], 0)  # allocator warm-up, not counted
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for v in range(31):
+        full.record_assigned(f"v{v}@1", hashes, 0)
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    print(
+        f"31 more variants with 20,000 keys each: +{(after - before) / 1024:.0f} KiB "
+        f"(their registers: {31 * ks.M // 1024} KiB)"
+    )
     print("| distinct keys | wire bytes (JSON) | merge 2 sketches | estimate |")
     print("|---|---|---|---|")
     rng = np.random.default_rng(1)

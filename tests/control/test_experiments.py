@@ -581,7 +581,7 @@ def test_sample_ratio_mismatch_rolls_back(env: Env) -> None:
     assert st["srm"]["flag"] is True
     assert st["state"] == "rolled_back"
     assert (
-        "sample_ratio (sample ratio mismatch: champion 1000 (expected 900.0)"
+        "sample_ratio (sample ratio mismatch on requests: champion 1000 (expected 900.0)"
         in (st["decision"]["reason"])
     )
 

@@ -81,3 +81,69 @@ def test_bad_input_names_the_problem(
 def test_bad_threshold() -> None:
     with pytest.raises(ValueError, match="threshold must be strictly between 0 and 1"):
         sample_ratio_mismatch([1, 1], [1, 1], threshold=0)
+
+
+# -- distinct keys: counts estimated by a sketch -------------------------------------------
+
+
+def _keys_sketch(keys: list[str]) -> float:
+    from edgeloop_agent.wire import keysketch
+
+    registers = keysketch.empty()
+    keysketch.add_hashes(registers, keysketch.key_hashes("exp", keys))
+    return keysketch.estimate(registers)
+
+
+@pytest.mark.parametrize(
+    ("observed", "weights"),
+    [([480, 515, 1_005], [1, 1, 2]), ([9_130, 870], [0.9, 0.1]), ([33, 41, 20, 6], [3, 4, 2, 1])],
+)
+def test_keys_unit_without_sketch_error_is_pearson(
+    observed: list[int], weights: list[float]
+) -> None:
+    # The Wald statistic with the sketch term vanishing is exactly Pearson's chi-square.
+    result = sample_ratio_mismatch(observed, weights, unit="keys", relative_error=1e-15)
+    total_w = sum(weights)
+    ref = stats.chisquare(observed, f_exp=[sum(observed) * w / total_w for w in weights])
+    assert result.statistic == pytest.approx(ref.statistic, rel=1e-9)
+    assert result.p_value == pytest.approx(ref.pvalue, rel=1e-8)
+    assert result.unit == "keys"
+
+
+@pytest.mark.parametrize(("n_a", "n_b", "share_b"), [(50_000, 50_000, 0.5), (2_000, 900, 0.3)])
+def test_keys_srm_on_sketch_estimates_matches_the_worked_formula(
+    n_a: int, n_b: int, share_b: float
+) -> None:
+    from edgeloop_agent.wire.keysketch import RELATIVE_ERROR as r
+
+    # Two disjoint key sets, estimated by their sketches (as two arms would be).
+    a = round(_keys_sketch([f"a{i}" for i in range(n_a)]))
+    b = round(_keys_sketch([f"b{i}" for i in range(n_b)]))
+    assert abs(a / n_a - 1) < 3 * r and abs(b / n_b - 1) < 3 * r
+    result = sample_ratio_mismatch([a, b], [1 - share_b, share_b], unit="keys", relative_error=r)
+    # Two arms by hand: d = n_b - N w_b; Var(d) = N w_a w_b (multinomial)
+    # + w_a^2 Var(e_b) + w_b^2 Var(e_a), Var(e_i) = (r N w_i)^2 under H0.
+    n, wa, wb = a + b, 1 - share_b, share_b
+    d = b - n * wb
+    var = n * wa * wb + wa**2 * (r * n * wb) ** 2 + wb**2 * (r * n * wa) ** 2
+    assert result.statistic == pytest.approx(d * d / var, rel=1e-9)
+    assert result.p_value == pytest.approx(stats.chi2.sf(d * d / var, 1), rel=1e-8)
+    # The same counts taken as exact (Pearson, scipy) would be far more confident.
+    pearson = stats.chisquare([a, b], f_exp=[n * wa, n * wb])
+    assert result.p_value >= pearson.pvalue
+
+
+def test_sketch_error_alone_is_not_a_mismatch() -> None:
+    # 2 % imbalance at 400,000 keys: 6.3 binomial sd, but within 1.7 sd once each arm's
+    # 0.81 % sketch error is counted. Pearson on the estimates would call it a mismatch.
+    counts, weights = [202_000, 198_000], [0.5, 0.5]
+    assert stats.chisquare(counts).pvalue < 1e-9
+    result = sample_ratio_mismatch(counts, weights, unit="keys", relative_error=1.04 / 128)
+    assert not result.mismatch and result.p_value > 0.05
+    assert "on keys" in result.reason and "sketch's 0.81% error" in result.reason
+
+
+def test_too_few_keys_are_not_tested() -> None:
+    result = sample_ratio_mismatch([40, 1], [0.9, 0.1], unit="keys", min_expected=5)
+    assert (result.checked, result.mismatch, result.p_value) == (False, False, 1.0)
+    assert "too few keys" in result.reason

@@ -46,3 +46,5 @@ def test_demo_runs_the_whole_loop_and_its_report_renders(tmp_path: Path):
     ):
         assert chart in dom, f"{chart} not rendered"
     assert dom.count("<polyline") + dom.count("<path") > 20
+    # The demo's requests are keyed by sensor: the A/B sample ratio is checked on keys.
+    assert " on keys " in dom, "the SRM line does not name keys as its unit"

@@ -270,6 +270,13 @@ def test_daemon_promotes_the_better_model_and_rolls_back_the_worse(
         assert min(st["variants"][arm]["n"] for arm in ("champion", "challenger")) >= 100
         assert st["sequential"]["p_value"] <= 0.05
         assert not st["srm"]["flag"]
+        # The app's requests carry routing keys: the sample ratio is tested on distinct keys
+        # (the agents' merged sketches), not on requests.
+        assert st["srm"]["unit"] == "keys" and st["srm"]["checked"], st["srm"]
+        assert st["srm"]["relative_error"] == pytest.approx(1.04 / 128)
+        assert sum(st["srm"]["observed"]) >= 100
+        text = cli(ws, broker, "ab", "status", second)
+        assert "unit: keys" in text.stdout and "consistent on keys" in text.stdout, text.stdout
         assert all(g["passed"] for g in st["guardrails"])
         assert st["looks"] and st["looks"][-1]["p_value"] == st["sequential"]["p_value"]
     finally:

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from edgeloop_agent.wire import keysketch
 from edgeloop_agent.wire.histogram import LatencyHistogram
 from edgeloop_agent.wire.jsontext import json_text
 
@@ -24,9 +25,12 @@ class VariantMetrics:
     """Counters of one variant for one interval."""
 
     __slots__ = (
+        "assigned_keyed",
+        "assigned_unkeyed",
         "cls_correct",
         "cls_n",
         "errors",
+        "key_sketch",
         "latency",
         "outcome_invalid",
         "predictions",
@@ -47,6 +51,19 @@ class VariantMetrics:
         self.reg_sum_abs = 0.0
         self.reg_sum_sq = 0.0
         self.outcome_invalid = 0
+        # Requests the router assigned here, with and without a key, and the distinct keys
+        # (a HyperLogLog sketch, 16 KiB, allocated at the first key).
+        self.assigned_keyed = 0
+        self.assigned_unkeyed = 0
+        self.key_sketch: keysketch.Registers | None = None
+
+    def add_assigned(self, hashes: keysketch.Hashes, unkeyed: int) -> None:
+        self.assigned_unkeyed += unkeyed
+        if len(hashes):
+            self.assigned_keyed += len(hashes)
+            if self.key_sketch is None:
+                self.key_sketch = keysketch.empty()
+            keysketch.add_hashes(self.key_sketch, hashes)
 
     def merge(self, other: VariantMetrics) -> None:
         self.requests += other.requests
@@ -60,6 +77,12 @@ class VariantMetrics:
         self.reg_sum_abs += other.reg_sum_abs
         self.reg_sum_sq += other.reg_sum_sq
         self.outcome_invalid += other.outcome_invalid
+        self.assigned_keyed += other.assigned_keyed
+        self.assigned_unkeyed += other.assigned_unkeyed
+        if other.key_sketch is not None:
+            if self.key_sketch is None:
+                self.key_sketch = keysketch.empty()
+            keysketch.merge(self.key_sketch, other.key_sketch)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -80,6 +103,11 @@ class VariantMetrics:
                 "rmse": math.sqrt(self.reg_sum_sq / self.reg_n) if self.reg_n else None,
             },
             "outcome_invalid": self.outcome_invalid,
+            "assigned": {
+                "keyed": self.assigned_keyed,
+                "unkeyed": self.assigned_unkeyed,
+                "keys": None if self.key_sketch is None else keysketch.to_wire(self.key_sketch),
+            },
         }
 
     @classmethod
@@ -96,6 +124,11 @@ class VariantMetrics:
             m.reg_sum_abs = float(data["regression"]["sum_abs_error"])
             m.reg_sum_sq = float(data["regression"]["sum_sq_error"])
             m.outcome_invalid = int(data.get("outcome_invalid", 0))
+            assigned = data.get("assigned") or {}
+            m.assigned_keyed = int(assigned.get("keyed", 0))
+            m.assigned_unkeyed = int(assigned.get("unkeyed", 0))
+            if assigned.get("keys") is not None:
+                m.key_sketch = keysketch.from_wire(assigned["keys"])
         except KeyError as exc:
             raise ValueError(f"variant metrics: missing field {json_text(exc.args[0])}") from exc
         except (TypeError, AttributeError, ValueError) as exc:
@@ -158,6 +191,12 @@ class Metrics:
                     error if (error in m.errors or len(m.errors) < self.max_error_codes) else OTHER
                 )
                 m.errors[code] = m.errors.get(code, 0) + 1
+
+    def record_assigned(self, variant: str, hashes: keysketch.Hashes, unkeyed: int) -> None:
+        """The router assigned requests to ``variant``: the sketch hashes of their keys
+        (:func:`~edgeloop_agent.wire.keysketch.key_hashes`) and how many had no key."""
+        with self._lock:
+            self._variant(variant).add_assigned(hashes, unkeyed)
 
     def record_classification(self, variant: str, correct: bool) -> None:
         """A classifier's prediction met its label."""

@@ -99,6 +99,10 @@ class ServingHooks:
 
     def on_error(self, variant: str | None, code: str) -> None: ...
 
+    def on_routed(self, variant: str, keys: list[str | None], experiment_id: str) -> None:
+        """The router assigned these requests (their keys, None if unkeyed) to ``variant``
+        in router experiment ``experiment_id``; once per variant per micro-batch."""
+
     def on_predictions(
         self,
         variant: str,
@@ -219,12 +223,13 @@ class Server:
         groups: dict[str, _VariantBatch] = {}
         predict_topic = self.topics.predict
         feedback: list[mqtt.MQTTMessage] = []
+        routed: dict[str, list[str | None]] = {}
         # Replies and acks of the whole batch wake paho's network thread once.
         with self.link.coalesced():
             for msg, arrived in batch:
                 try:
                     if msg.topic == predict_topic:
-                        self._admit(msg, arrived, deployment, groups)
+                        self._admit(msg, arrived, deployment, groups, routed)
                     elif not isinstance(msg, LocalRequest):
                         feedback.append(msg)
                 except Exception:  # a bug on one message must not stop the others
@@ -232,6 +237,7 @@ class Server:
                     self._internal_error(msg, None, self.topics.predictions, None)
             for variant, group in groups.items():
                 self._run_group(variant, group, deployment)
+            self._report_routed(routed, deployment)
             # Labels after predictions: a label that arrives in the same
             # micro-batch as its request must find the prediction recorded.
             for msg in feedback:
@@ -255,6 +261,7 @@ class Server:
         arrived: float,
         deployment: Deployment | None,
         groups: dict[str, _VariantBatch],
+        routed: dict[str, list[str | None]],
     ) -> None:
         predictions = self.topics.predictions
         local = msg if isinstance(msg, LocalRequest) else None
@@ -287,8 +294,11 @@ class Server:
                 self._refuse(msg, topic, correlation, unserved, None, request.id)
                 return
             variant = forced or deployment.route(request.key)
+            if forced is None:
+                routed.setdefault(variant, []).append(request.key)
         else:
             variant = deployment.route(request.key)
+            routed.setdefault(variant, []).append(request.key)
         model = deployment.models[variant]
         try:
             if request.batch:
@@ -310,6 +320,20 @@ class Server:
         start = len(group.rows)
         group.items.append(_Pending(msg, arrived, request, rows, topic, correlation, start))
         group.rows.extend(rows)
+
+    def _report_routed(
+        self, routed: dict[str, list[str | None]], deployment: Deployment | None
+    ) -> None:
+        # Assignments, counted where the router decides (a forced version is not one):
+        # the sample-ratio check's unit, keys or requests (docs/ab-statistics.md).
+        if deployment is None:
+            return
+        experiment_id = deployment.router.experiment_id
+        for variant, keys in routed.items():
+            try:
+                self.hooks.on_routed(variant, keys, experiment_id)
+            except Exception:  # telemetry trouble never stops serving
+                log.exception("counting routed keys failed for variant %s", variant)
 
     def _run_group(self, variant: str, group: _VariantBatch, deployment: Deployment | None) -> None:
         try:

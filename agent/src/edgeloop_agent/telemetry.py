@@ -36,6 +36,7 @@ from edgeloop_agent.procstats import ProcessStats
 from edgeloop_agent.protocol import Code
 from edgeloop_agent.serving import ServingHooks
 from edgeloop_agent.wire.calibration import Calibration
+from edgeloop_agent.wire.keysketch import key_hashes
 from edgeloop_agent.wire.profile import ReferenceProfile
 from edgeloop_agent.wire.topics import Topics
 
@@ -161,6 +162,12 @@ class Telemetry(ServingHooks):
 
     def on_error(self, variant: str | None, code: str) -> None:
         self.metrics.record_request(variant or UNROUTED, None, error=code, predictions=0)
+
+    def on_routed(self, variant: str, keys: list[str | None], experiment_id: str) -> None:
+        keyed = [k for k in keys if k is not None]
+        self.metrics.record_assigned(
+            variant, key_hashes(experiment_id, keyed), len(keys) - len(keyed)
+        )
 
     def on_predictions(
         self,

@@ -462,7 +462,7 @@ def _detail(r: dict[str, Any]) -> None:
             f"{fixed.get('test', 'fixed-horizon test')} (reference only)",
             f"p {_num(fixed.get('p_value'), '.3g')}",
         ],
-        ["sample ratio (requests)", srm.get("reason", "-")],
+        [f"sample ratio (unit: {srm.get('unit', 'requests')})", srm.get("reason", "-")],
     ]
     console.print(table(None, ["statistic", "value"], tests, wrap=("statistic", "value")))
     guards = [

@@ -32,7 +32,8 @@ def pump_features(row: dict[str, Any]) -> dict[str, Any]:
 
 
 class Traffic:
-    """Sends keyed requests to every device at a steady rate; labels follow later.
+    """Sends requests keyed by sensor id (a few hundred per device) to every device at a
+    steady rate; labels follow later.
 
     Each reading's true outcome (``fault``) becomes known 0.5-2 s after the
     prediction, like a maintenance ticket closing, and is sent as feedback.
@@ -52,11 +53,13 @@ class Traffic:
         rows: RowSource = pump_rows,
         encode: Encoder = pump_features,
         target: str = TARGET,
+        sensors_per_device: int = 300,
     ) -> None:
         self.client = client
         self.devices = devices
         self.rate = rate_per_device * len(devices)
         self.label_delay_s = label_delay_s
+        self.sensors_per_device = sensors_per_device
         self._rng = random.Random(seed)
         self._seed = seed
         self._chunk = 0
@@ -93,6 +96,9 @@ class Traffic:
             self._rng.shuffle(self._rows)
         return self._rows.pop()
 
+    def _sensor(self, device: str) -> str:
+        return f"{device}-sensor-{self._rng.randrange(self.sensors_per_device):03d}"
+
     def _run(self) -> None:
         interval = 1.0 / self.rate
         next_send = time.monotonic()
@@ -111,10 +117,10 @@ class Traffic:
             device = self.devices[i % len(self.devices)]
             rid = f"r{i}"
             features = self._encode(row)
-            # No routing key: requests are assigned at random by weight, so the
-            # experiment's sample-ratio check is valid on request counts (with 40
-            # pump ids as keys, traffic per arm would cluster by pump).
-            self.client.request(device, rid, features)
+            # Keyed by sensor: every reading of one sensor goes to the same arm. The key is
+            # then the unit of assignment, and the experiment's sample-ratio check counts
+            # distinct sensors per arm (agents send key sketches), not requests.
+            self.client.request(device, rid, features, key=self._sensor(device))
             delay = self._rng.uniform(*self.label_delay_s)
             heapq.heappush(self._labels, (now + delay, device, rid, int(row[self._target])))
             self.sent += 1

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from edgeloop_agent.wire.histogram import LatencyHistogram
+from edgeloop_agent.wire import keysketch
 from edgeloop_control.fleet.messages import (
     PoisonMessage,
     load_json,
@@ -48,6 +49,29 @@ def ingest_message(db: ControlDB, prefix: str, topic: str, payload: bytes) -> st
         handle_status(db, device, doc)
         return "status"
     return "telemetry" if handle_report(db, doc, device) else "duplicate"
+
+
+def _store_assigned(conn: Any, report_id: str, variant: str, assigned: Any) -> None:
+    """The variant's assignment counts and key sketch (agents that count them)."""
+    if not isinstance(assigned, dict):
+        return
+    keyed, unkeyed = assigned.get("keyed"), assigned.get("unkeyed")
+    if not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in (keyed, unkeyed)):
+        log.warning("ignoring the assignment counts of report %s: not counts", report_id)
+        return
+    sketch = None
+    if assigned.get("keys") is not None:
+        try:
+            keysketch.from_wire(assigned["keys"])
+            sketch = json.dumps(assigned["keys"])
+        except ValueError as exc:
+            # The counts stay usable; only the distinct-key estimate of this report is lost.
+            log.warning("ignoring the key sketch of report %s: %s", report_id, exc)
+    conn.execute(
+        "INSERT OR IGNORE INTO variant_keys(report_id, variant, keyed, unkeyed, sketch) "
+        "VALUES (?,?,?,?,?)",
+        (report_id, variant, keyed, unkeyed, sketch),
+    )
 
 
 def handle_status(db: ControlDB, device: str, doc: Any) -> None:
@@ -124,6 +148,7 @@ def handle_report(db: ControlDB, envelope: Any, device: str | None = None) -> bo
                     json.dumps(m.get("latency")) if m.get("latency") else None,
                 ),
             )
+            _store_assigned(conn, report_id, variant, m.get("assigned"))
         for idx, window in enumerate(report.get("drift") or []):
             features = window.get("features") or []
             output = window.get("output") or {}

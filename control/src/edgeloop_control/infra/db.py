@@ -69,6 +69,17 @@ CREATE INDEX IF NOT EXISTS variant_stats_ts ON variant_stats(variant, ts);
 -- Per-device reads (the fleet view, the report): one scan per device without it
 -- (1.5 s for 1,000 devices measured by bench/scale_ingest.py; 15 ms with it).
 CREATE INDEX IF NOT EXISTS variant_stats_device ON variant_stats(device, ts);
+-- Assignments per report and variant when the agent counts them: requests the router
+-- assigned with and without a routing key, and the distinct keys as a HyperLogLog sketch
+-- (edgeloop_agent.wire.keysketch, its JSON wire form). The sample-ratio check's unit.
+CREATE TABLE IF NOT EXISTS variant_keys (
+    report_id TEXT NOT NULL,
+    variant TEXT NOT NULL,
+    keyed INTEGER NOT NULL,
+    unkeyed INTEGER NOT NULL,
+    sketch TEXT,
+    PRIMARY KEY (report_id, variant)
+);
 CREATE TABLE IF NOT EXISTS drift_windows (
     report_id TEXT NOT NULL,
     idx INTEGER NOT NULL,

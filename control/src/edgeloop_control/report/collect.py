@@ -104,7 +104,8 @@ def experiment_section(exp: dict[str, Any]) -> dict[str, Any]:
         "srm": None
         if srm is None
         else {"p_value": _number(srm.get("p_value")),
-              "flag": bool(srm.get("flag", srm.get("mismatch", False)))},
+              "flag": bool(srm.get("flag", srm.get("mismatch", False))),
+              "unit": str(srm.get("unit") or "requests")},
         "decision": None
         if decision is None or not decision.get("action")
         else {"action": str(decision["action"]), "reason": str(decision.get("reason") or ""),

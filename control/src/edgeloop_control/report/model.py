@@ -78,6 +78,7 @@ class Look:
 class Srm:
     p_value: float | None
     flag: bool
+    unit: str = "requests"  # what was counted: requests, keys (distinct routing keys), ...
 
 
 @dataclass(frozen=True)

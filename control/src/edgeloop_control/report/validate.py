@@ -286,6 +286,7 @@ def _srm(value: object, path: str) -> Srm | None:
     return Srm(
         p_value=_measurement(_get(obj, "p_value", path, required=False), f"{path}.p_value"),
         flag=_flag(_get(obj, "flag", path, required=True), f"{path}.flag"),
+        unit=_optional_text(_get(obj, "unit", path, required=False), f"{path}.unit") or "requests",
     )
 
 

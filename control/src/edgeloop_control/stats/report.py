@@ -11,7 +11,7 @@ from .decision import Guardrail
 from .means import ContinuousStats, t_interval, welch_ttest
 from .proportions import BinaryStats, two_proportion_ztest, wilson_interval
 from .sequential import MixtureSPRT
-from .srm import DEFAULT_SRM_THRESHOLD, sample_ratio_mismatch
+from .srm import DEFAULT_SRM_THRESHOLD, SRMResult, sample_ratio_mismatch
 
 REPORT_SCHEMA = 1
 
@@ -53,6 +53,7 @@ def experiment_report(
     assignments: Sequence[int] | None = None,
     guardrails: Sequence[Guardrail] = (),
     srm_threshold: float = DEFAULT_SRM_THRESHOLD,
+    srm_result: SRMResult | None = None,
 ) -> dict[str, Any]:
     """Report of ``test`` after its latest update, ready for ``json.dumps(allow_nan=False)``.
 
@@ -60,7 +61,8 @@ def experiment_report(
     sample ratio is checked on ``assignments`` (requests routed per variant, the better
     input) or, if not given, on the labelled outcome counts. A sample-ratio mismatch is
     added as a failed ``sample_ratio`` guardrail, so the decision rolls back: the comparison
-    cannot be trusted, and the champion is the known-good state.
+    cannot be trusted, and the champion is the known-good state. ``srm_result``: a check
+    the caller ran itself (on distinct routing keys, say), used instead.
     """
     if not isinstance(test, MixtureSPRT):
         raise TypeError(f"test must be a MixtureSPRT, got {type(test).__name__}")
@@ -75,7 +77,11 @@ def experiment_report(
 
     srm = None
     all_guardrails = list(guardrails)
-    if weights is not None:
+    if srm_result is not None:
+        srm = {**srm_result.to_dict(), "source": "assignments"}
+        if srm_result.mismatch:
+            all_guardrails.append(Guardrail("sample_ratio", False, srm_result.reason))
+    elif weights is not None:
         weights = _pair("weights", weights)
         counts = (a.n, b.n) if assignments is None else _pair("assignments", assignments)
         result = sample_ratio_mismatch(

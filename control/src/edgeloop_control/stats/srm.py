@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from scipy import stats as _st
 
 from ._validation import check_count, check_finite, check_open_unit
@@ -31,6 +32,9 @@ class SRMResult:
     df: int
     threshold: float
     mismatch: bool
+    unit: str = "requests"  # what was counted: "requests" or "keys" (distinct routing keys)
+    relative_error: float = 0.0  # the counts' relative standard error (a sketch's), 0: exact
+    checked: bool = True  # False: nothing counted yet, or too few (below ``min_expected``)
 
     @property
     def reason(self) -> str:
@@ -39,10 +43,18 @@ class SRMResult:
             for v, o, e in zip(self.variants, self.observed, self.expected, strict=True)
         )
         if sum(self.observed) == 0:
-            return "no traffic counted yet, sample ratio not checked"
+            return f"no traffic counted yet ({self.unit}), sample ratio not checked"
+        if not self.checked:
+            return f"too few {self.unit} to check the sample ratio yet: {counts}"
         verdict = "sample ratio mismatch" if self.mismatch else "sample ratio consistent"
         cmp = "<" if self.mismatch else ">="
-        return f"{verdict}: {counts}; chi-square p={self.p_value:.3g} {cmp} {self.threshold:g}"
+        test = "chi-square"
+        if self.relative_error:
+            test = f"chi-square allowing the sketch's {self.relative_error:.2%} error"
+        return (
+            f"{verdict} on {self.unit}: {counts}; {test} p={self.p_value:.3g} {cmp} "
+            f"{self.threshold:g}"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -54,6 +66,9 @@ class SRMResult:
             "df": self.df,
             "threshold": self.threshold,
             "mismatch": self.mismatch,
+            "unit": self.unit,
+            "relative_error": self.relative_error,
+            "checked": self.checked,
             "reason": self.reason,
         }
 
@@ -63,6 +78,9 @@ def sample_ratio_mismatch(
     weights: Sequence[float] | Mapping[str, float],
     *,
     threshold: float = DEFAULT_SRM_THRESHOLD,
+    unit: str = "requests",
+    relative_error: float = 0.0,
+    min_expected: float = 0.0,
 ) -> SRMResult:
     """Chi-square test of ``observed`` counts against ``weights`` (normalised to sum to 1).
 
@@ -70,6 +88,15 @@ def sample_ratio_mismatch(
     same keys. The mismatch flag is raised at ``p < threshold`` (0.001 by default: the check
     runs at every look, so it must be strict to avoid crying wolf). Weights must be positive;
     a variant with no configured traffic is not part of the experiment.
+
+    ``relative_error`` > 0: the counts are estimates, each off by an independent error of that
+    relative standard deviation (a HyperLogLog sketch of distinct keys: ``1.04 / sqrt(m)``).
+    The statistic is then the Wald statistic of the deviations ``observed - total * w`` with
+    their covariance under H0, multinomial plus the estimates' own variance
+    ``(relative_error * expected)^2``, on ``k - 1`` degrees of freedom; with no error it is
+    exactly Pearson's. Without that term a sketch's error alone would flag a mismatch once
+    it exceeds the binomial noise (docs/ab-statistics.md). Below ``min_expected`` expected
+    per variant nothing is tested (``checked`` False).
     """
     threshold = check_open_unit("threshold", threshold)
     if isinstance(observed, Mapping) and isinstance(weights, Mapping):
@@ -101,10 +128,53 @@ def sample_ratio_mismatch(
     total = sum(counts)
     expected = tuple(total * w / total_w for w in ws)
     df = len(counts) - 1
-    if total == 0:
-        return SRMResult(names, counts, expected, 0.0, 1.0, df, threshold, False)
-    statistic = sum((o - e) ** 2 / e for o, e in zip(counts, expected, strict=True))
+    relative_error = check_finite("relative_error", relative_error)
+    if relative_error < 0.0:
+        raise ValueError(f"relative_error must be >= 0, got {relative_error}")
+    if total == 0 or min(expected) < min_expected:
+        return SRMResult(
+            names,
+            counts,
+            expected,
+            0.0,
+            1.0,
+            df,
+            threshold,
+            False,
+            unit,
+            relative_error,
+            checked=False,
+        )
+    if relative_error == 0.0:
+        statistic = sum((o - e) ** 2 / e for o, e in zip(counts, expected, strict=True))
+    else:
+        statistic = _wald(counts, [w / total_w for w in ws], relative_error)
     p_value = float(_st.chi2.sf(statistic, df))
     return SRMResult(
-        names, counts, expected, float(statistic), p_value, df, threshold, p_value < threshold
+        names,
+        counts,
+        expected,
+        float(statistic),
+        p_value,
+        df,
+        threshold,
+        p_value < threshold,
+        unit,
+        relative_error,
     )
+
+
+def _wald(counts: Sequence[int], shares: Sequence[float], relative_error: float) -> float:
+    """d' C^-1 d on the first k-1 deviations d = n - N w, C their covariance under H0."""
+    n = np.asarray(counts, dtype=float)
+    w = np.asarray(shares, dtype=float)
+    total = float(n.sum())
+    k = len(w)
+    # d = A n with A = I - w 1'; Cov(n) = N (diag w - w w') + diag((r N w)^2). The
+    # multinomial part has zero row sums, so A leaves it unchanged.
+    a = np.eye(k) - np.outer(w, np.ones(k))
+    cov = total * (np.diag(w) - np.outer(w, w))
+    cov += a @ np.diag((relative_error * total * w) ** 2) @ a.T
+    d = (n - total * w)[: k - 1]
+    c = cov[: k - 1, : k - 1]
+    return float(d @ np.linalg.solve(c, d))

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from edgeloop_agent.wire import keysketch
 from edgeloop_control.stats import (
     BinaryStats,
     ContinuousStats,
@@ -20,6 +21,7 @@ from edgeloop_control.stats import (
     experiment_report,
 )
 from edgeloop_control.stats.sequential import Kind
+from edgeloop_control.stats.srm import SRMResult, sample_ratio_mismatch
 
 from .config import ExperimentConfig
 from .estimated import EstimatedArms, estimated_guardrail
@@ -157,6 +159,50 @@ def guardrails(
     return out
 
 
+# Below this many expected distinct keys in an arm the keys are not tested yet (the usual
+# rule for the chi-square approximation; docs/ab-statistics.md).
+MIN_EXPECTED_KEYS = 5.0
+
+
+def assignment_srm(totals: Totals, weight: float, threshold: float) -> SRMResult:
+    """The sample-ratio check on the unit of assignment (docs/ab-statistics.md).
+
+    Keyed requests are assigned by key, so their unit is the distinct key (the merged
+    sketches' estimates, tested allowing the sketch's error); unkeyed requests are assigned
+    one by one, so theirs is the request. Both kinds present: both are tested, each at
+    ``threshold / 2`` (Bonferroni), and the smaller p-value is reported. Totals without
+    assignment counts (older agents), or with a key sketch lost on the way (its arm's keys
+    would be undercounted), test requests, as before. An arm whose requests go
+    missing (a router bug, a crashing variant) shows here even before any label arrives.
+    """
+    a, b = totals.champion, totals.challenger
+    weights = {"champion": 100.0 - weight, "challenger": weight}
+    keyed = a.keyed + b.keyed
+    if not keyed or not (a.keys_complete and b.keys_complete):
+        return sample_ratio_mismatch(
+            {"champion": a.requests, "challenger": b.requests}, weights, threshold=threshold
+        )
+    both = a.unkeyed + b.unkeyed > 0
+    level = threshold / 2 if both else threshold
+    keys = sample_ratio_mismatch(
+        {"champion": a.distinct_keys, "challenger": b.distinct_keys},
+        weights,
+        threshold=level,
+        unit="keys",
+        relative_error=keysketch.RELATIVE_ERROR,
+        min_expected=MIN_EXPECTED_KEYS,
+    )
+    if not both:
+        return keys
+    requests = sample_ratio_mismatch(
+        {"champion": a.unkeyed, "challenger": b.unkeyed},
+        weights,
+        threshold=level,
+        unit="unkeyed requests",
+    )
+    return keys if keys.checked and keys.p_value <= requests.p_value else requests
+
+
 @dataclass(frozen=True)
 class Evaluation:
     report: dict[str, Any]  # experiment_report(...) plus per-arm operational numbers
@@ -179,11 +225,8 @@ def evaluate(
     report = experiment_report(
         test,
         weights=(100.0 - weight, weight),
-        # Requests routed per arm are the assignment counts: an arm whose requests go missing
-        # (a router bug, a crashing variant) shows here even before any label arrives.
-        assignments=(totals.champion.requests, totals.challenger.requests),
         guardrails=checks,
-        srm_threshold=config.srm_threshold,
+        srm_result=assignment_srm(totals, weight, config.srm_threshold),
     )
     if report["srm"] is not None:
         report["srm"]["flag"] = report["srm"]["mismatch"]

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from edgeloop_agent.wire import keysketch
 from edgeloop_agent.wire.histogram import LatencyHistogram
 from edgeloop_control.infra.db import ControlDB
 from edgeloop_control.stats import BinaryStats, ContinuousStats
@@ -43,6 +44,23 @@ class ArmTotals:
     reg_sum_sq: float = 0.0
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     requests_by_device: dict[str, int] = field(default_factory=dict)
+    # Assignments, the sample-ratio check's unit: requests routed with and without a key
+    # (an agent that does not count them: all its requests as unkeyed), and the distinct
+    # keys, every device's and interval's sketch merged (register-wise max = union).
+    keyed: int = 0
+    unkeyed: int = 0
+    key_sketch: keysketch.Registers | None = None
+    # Keyed requests whose report's sketch was unusable: the arm's distinct keys would be
+    # undercounted, so the sample ratio falls back to requests (a false mismatch otherwise).
+    keyed_unsketched: int = 0
+
+    @property
+    def keys_complete(self) -> bool:
+        return self.keyed_unsketched == 0 and (self.key_sketch is not None or self.keyed == 0)
+
+    @property
+    def distinct_keys(self) -> int:
+        return 0 if self.key_sketch is None else round(keysketch.estimate(self.key_sketch))
 
     @property
     def labelled(self) -> int:
@@ -76,6 +94,7 @@ class ArmTotals:
         self.reg_n += int(row["reg_n"])
         self.reg_sum_abs += float(row["reg_sum_abs"])
         self.reg_sum_sq += float(row["reg_sum_sq"])
+        self._add_assigned(row)
         device = str(row["device"])
         self.requests_by_device[device] = self.requests_by_device.get(device, 0) + int(
             row["requests"]
@@ -87,8 +106,33 @@ class ArmTotals:
                 # A histogram we cannot read loses its latency only, not the counts.
                 log.warning("ignoring the latency of report %s: %s", row["report_id"], exc)
 
+    def _add_assigned(self, row: Mapping[str, Any]) -> None:
+        if row["keyed"] is None:  # an agent that does not count assignments
+            self.unkeyed += int(row["requests"])
+            return
+        keyed = int(row["keyed"])
+        self.keyed += keyed
+        self.unkeyed += int(row["unkeyed"])
+        if not row["sketch"]:
+            self.keyed_unsketched += keyed
+        else:
+            try:
+                registers = keysketch.from_wire(json.loads(row["sketch"]))
+            except (ValueError, TypeError) as exc:
+                log.warning("ignoring the key sketch of report %s: %s", row["report_id"], exc)
+                self.keyed_unsketched += keyed
+                return
+            if self.key_sketch is None:
+                self.key_sketch = registers
+            else:
+                keysketch.merge(self.key_sketch, registers)
+
     def to_dict(self) -> dict[str, Any]:
         return {
+            "keyed": self.keyed,
+            "unkeyed": self.unkeyed,
+            "key_sketch": None if self.key_sketch is None else keysketch.to_wire(self.key_sketch),
+            "keyed_unsketched": self.keyed_unsketched,
             "requests": self.requests,
             "predictions": self.predictions,
             "errors": self.errors,
@@ -103,7 +147,13 @@ class ArmTotals:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ArmTotals:
+        # Totals stored before assignments were counted: every request was unkeyed.
+        sketch = data.get("key_sketch")
         return cls(
+            keyed=int(data.get("keyed", 0)),
+            unkeyed=int(data.get("unkeyed", data["requests"])),
+            key_sketch=None if sketch is None else keysketch.from_wire(sketch),
+            keyed_unsketched=int(data.get("keyed_unsketched", 0)),
             requests=int(data["requests"]),
             predictions=int(data["predictions"]),
             errors=int(data["errors"]),
@@ -158,9 +208,11 @@ class Totals:
         a row with a smaller rowid can never appear after one with a larger rowid was read.
         """
         rows = db.conn.execute(
-            "SELECT rowid AS rid, report_id, variant, device, requests, predictions, errors, "
-            "cls_n, cls_correct, reg_n, reg_sum_abs, reg_sum_sq, latency FROM variant_stats "
-            "WHERE experiment = ? AND rowid > ? ORDER BY rowid",
+            "SELECT s.rowid AS rid, s.report_id, s.variant, device, requests, predictions, "
+            "errors, cls_n, cls_correct, reg_n, reg_sum_abs, reg_sum_sq, latency, k.keyed, "
+            "k.unkeyed, k.sketch FROM variant_stats s LEFT JOIN variant_keys k "
+            "ON k.report_id = s.report_id AND k.variant = s.variant "
+            "WHERE experiment = ? AND s.rowid > ? ORDER BY s.rowid",
             (experiment, self.cursor),
         ).fetchall()
         allowed = set(devices)

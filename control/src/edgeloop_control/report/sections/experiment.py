@@ -234,7 +234,7 @@ def _last_look(exp: Experiment, look: Look, clock: Clock) -> Html:
     srm_text: object = "not checked"
     if srm is not None:
         srm_text = Html(
-            f"p {esc(p_value(srm.p_value))} "
+            f"p {esc(p_value(srm.p_value))} on {esc(srm.unit)} "
             + (
                 badge("mismatch: do not trust the comparison", "failed")
                 if srm.flag

@@ -13,8 +13,8 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from edgeloop_agent.wire.histogram import LatencyHistogram
 from edgeloop_agent.wire import keysketch
+from edgeloop_agent.wire.histogram import LatencyHistogram
 from edgeloop_control.fleet.messages import (
     PoisonMessage,
     load_json,

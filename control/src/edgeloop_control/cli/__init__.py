@@ -64,6 +64,9 @@ def _register() -> None:
     train.register(app)
     demo.register(app)
     fleet.register(app)
+    from edgeloop_control.cli import enrol
+
+    enrol.register(app)  # fleet revoke / identities, on whatever `fleet` is by now
     serve.register(app)
     app.add_typer(models.app, name="models", help="Model registry (git + DVC, GTO tags).")
     app.add_typer(features.app, name="features", help="Versioned feature store.")

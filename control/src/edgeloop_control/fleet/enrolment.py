@@ -247,8 +247,8 @@ def enrol(
         _passwd(["-b", str(settings.password_file), device, password], settings.password_file)
         fields = {"username": device, "password": password}
     doc = _bundle(ws, settings, ca, device, method, fields)
+    _table(db)  # outside the transaction: executescript commits
     with db.transaction() as conn:
-        _table(db)
         conn.execute(
             "INSERT INTO device_identities(device, method, serial, issued_at, not_after, "
             "revoked_at) VALUES (?, ?, ?, ?, ?, NULL) ON CONFLICT(device) DO UPDATE SET "

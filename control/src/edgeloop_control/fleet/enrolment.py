@@ -355,7 +355,7 @@ def device_acl(device: str, prefix: str) -> list[str]:
     writes = (t.predictions, t.errors, t.status, t.telemetry, t.samples, t.labels, t.events)
     lines += [f"topic write {topic}" for topic in writes]
     # Replies to apps' response topics (edgeloop_agent.replypolicy's default subtree).
-    lines.append(f"topic write {prefix}/{device}/replies/#")
+    lines.append(f"topic write {t.replies}")
     lines.append(f"topic read {Topics.every_artifact(prefix)}")
     return lines
 

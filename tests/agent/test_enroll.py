@@ -129,3 +129,55 @@ def test_enroll_command_one_line_and_no_files_for_a_missing_bundle(tmp_path: Pat
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "cannot read bundle" in done.stderr
     assert not (tmp_path / "etc").exists()
+
+
+def test_unit_dropin_loads_every_file_the_config_names(tmp_path: Path):
+    """Under the unit the config is read from the credentials directory, so every file
+    it names by relative path must be one the drop-in loads there."""
+    import tomllib
+
+    from edgeloop_agent.enroll import _files, systemd_dropin
+
+    for identity in ("certificate", "password"):
+        bundle = make_bundle(tmp_path / identity, identity)
+        etc = tmp_path / identity / "etc"
+        install(bundle, etc)
+        names = sorted(_files(bundle))
+        dropin = systemd_dropin(etc, names)
+        loaded = {
+            line.split("=", 1)[1].split(":", 1)[0]
+            for line in dropin.splitlines()
+            if line.startswith("LoadCredential=")
+        }
+        raw = tomllib.loads((etc / "agent.toml").read_text())
+        named = {raw[k] for k in ("ca_file", "cert_file", "key_file", "password_file") if k in raw}
+        named |= set(raw["trusted_keys"])
+        assert named <= loaded, (identity, named - loaded)
+        assert "agent.toml" in loaded  # --etc is not /etc/edgeloop: the unit's default is wrong
+        assert f"LoadCredential=agent.toml:{etc / 'agent.toml'}" in dropin
+
+
+def test_enroll_without_systemd_says_how_to_start(tmp_path: Path):
+    bundle = tmp_path / "b.json"
+    bundle.write_bytes(make_bundle(tmp_path).to_bytes())
+    bundle.chmod(0o644)
+    done = subprocess.run(
+        [
+            str(VENV_BIN / "edgeloop-agent"),
+            "enroll",
+            str(bundle),
+            "--etc",
+            str(tmp_path / "etc"),
+            "--unit-dir",
+            str(tmp_path / "units"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    if Path("/run/systemd/system").is_dir():
+        pytest.skip("systemd runs here: enabling is tested in the booted container")
+    assert "systemd is not running here" in done.stdout
+    assert "readable by others" in done.stdout  # the 0644 bundle is warned about
+    assert not (tmp_path / "units").exists()

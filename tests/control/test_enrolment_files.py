@@ -43,6 +43,7 @@ def openssl_verify(ca: CertificateAuthority, cert_pem: str, tmp: Path, crl: bool
 def test_ca_issues_client_certs_openssl_accepts_until_revoked(tmp_path: Path):
     ca = CertificateAuthority(tmp_path / "ca")
     assert (ca.key_path.stat().st_mode & 0o777) == 0o600
+    assert (ca.directory.stat().st_mode & 0o777) == 0o700
     issued = ca.issue_client("pump-1")
     cert = x509.load_pem_x509_certificate(issued.cert_pem.encode())
     assert cert.subject.rfc4514_string() == "CN=pump-1"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,6 +83,7 @@ class CertificateAuthority:
 
     def _create(self) -> None:
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.directory, 0o700)  # mkdir's mode is filtered by the umask
         key = ec.generate_private_key(ec.SECP256R1())
         now = _now()
         cert = (

@@ -26,6 +26,7 @@ broker's certificate; default this CA), ``ca_dir`` (``ca``), ``acl_file``
 
 from __future__ import annotations
 
+import fcntl
 import os
 import secrets
 import shutil
@@ -361,8 +362,19 @@ def device_acl(device: str, prefix: str) -> list[str]:
 
 
 def write_acl(db: ControlDB, settings: EnrolmentSettings) -> None:
-    """Rewrite the managed block of the ACL file from the enrolled devices."""
+    """Rewrite the managed block of the ACL file from the enrolled devices.
+
+    Under a lock: two enrolments at once would otherwise each write the block as
+    they read it, and the later file could miss the other's device.
+    """
     path = settings.acl_file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _write_acl(db, settings, path)
+
+
+def _write_acl(db: ControlDB, settings: EnrolmentSettings, path: Path) -> None:
     try:
         text = path.read_text() if path.exists() else ""
     except OSError as exc:
@@ -381,7 +393,6 @@ def write_acl(db: ControlDB, settings: EnrolmentSettings) -> None:
         if dev.revoked_at is None:
             block += device_acl(dev.device, settings.prefix)
     block.append(END)
-    path.parent.mkdir(parents=True, exist_ok=True)
     # 0640: Mosquitto reads it (group mosquitto in production), nobody else needs to.
     atomic_write(path, (head + "\n".join(block) + tail).encode(), mode=0o640)
 

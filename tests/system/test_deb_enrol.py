@@ -61,6 +61,9 @@ def test_enroll_enables_the_unit_and_the_agent_serves_with_its_certificate(
     try:
         bundle = enrol(site.ws, db, DEVICE, method="certificate", bundle=tmp_path / "b.bundle")
         device.write("/root/device.bundle", bundle.bundle.read_bytes(), 0o600)
+        # A debootstrap minbase tree has no /etc/hosts (an installed Debian does): the
+        # broker's certificate names "localhost", which must resolve.
+        device.write("/etc/hosts", "127.0.0.1 localhost\n::1 localhost\n", 0o644)
         done = device.run("/usr/bin/edgeloop-agent", "enroll", "/root/device.bundle", timeout=120)
         assert f"enabled {UNIT}" in done.stdout, done.stdout + done.stderr
         assert device.run("systemctl", "is-enabled", UNIT).stdout.strip() == "enabled"
@@ -76,11 +79,15 @@ def test_enroll_enables_the_unit_and_the_agent_serves_with_its_certificate(
 
         probe.subscribe(f"edgeloop/{DEVICE}/status")
         device.run("systemctl", "start", UNIT, timeout=120)
-        wait_until(
-            lambda: "connected" in device.show(UNIT, "StatusText")["StatusText"],
-            60,
-            "the agent connected with its certificate",
-        )
+        try:
+            wait_until(
+                lambda: ", connected" in device.show(UNIT, "StatusText")["StatusText"],
+                60,
+                "the agent connected with its certificate",
+            )
+        except TimeoutError:
+            journal = device.run("journalctl", "-u", UNIT, "--no-pager", check=False).stdout
+            raise AssertionError(journal[-4000:]) from None
         deploy_signed(probe, DEVICE, 1, sensor_model("v1"), site.ws.signing_key_path)
         probe.wait_for(f"edgeloop/{DEVICE}/status", lambda s: s.get("revision") == 1, 60)
         probe.subscribe(f"edgeloop/{DEVICE}/predictions")

@@ -64,6 +64,11 @@ def test_bundle_round_trip_and_every_refusal(tmp_path: Path):
     refused({"client_key": doc["client_key"][:80]}, "client_key is not a PEM")
     refused({"trusted_keys": []}, "at least one public key")
     refused({"identity": "psk"}, "identity 'psk'")
+    other = CertificateAuthority(tmp_path / "other").issue_client("pump-2")
+    refused({"client_cert": other.cert_pem, "client_key": other.key_pem}, "not for device pump-1")
+    refused({"client_key": other.key_pem}, "does not belong to client_cert")
+    rsa_like = doc["ca_cert"].replace("CERTIFICATE", "PUBLIC KEY")  # a PEM, not an Ed25519 key
+    refused({"trusted_keys": [rsa_like]}, "trusted_keys\\[0\\]")
     with pytest.raises(BundleError, match="not JSON"):
         EnrolmentBundle.from_bytes(raw[:-10])
 
@@ -129,6 +134,13 @@ def test_enroll_command_one_line_and_no_files_for_a_missing_bundle(tmp_path: Pat
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "cannot read bundle" in done.stderr
     assert not (tmp_path / "etc").exists()
+    done = subprocess.run(
+        [str(VENV_BIN / "edgeloop-agent"), "enroll", "/dev/zero", "--etc", str(tmp_path / "etc")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and "more than a bundle" in done.stderr
 
 
 def test_unit_dropin_loads_every_file_the_config_names(tmp_path: Path):

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edgeloop_agent.config import AgentConfig, ConfigError
-from edgeloop_agent.wire.bundle import BundleError, EnrolmentBundle
+from edgeloop_agent.wire.bundle import MAX_BUNDLE_BYTES, BundleError, EnrolmentBundle
 
 DEFAULT_ETC = Path("/etc/edgeloop")
 DEFAULT_UNIT_DIR = Path("/etc/systemd/system")
@@ -62,7 +62,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def read_bundle(path: Path) -> EnrolmentBundle:
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as fh:
+            # Bounded: a wrong path (a disk image, /dev/zero) is refused, not read whole.
+            raw = fh.read(MAX_BUNDLE_BYTES + 1)
     except OSError as exc:
         raise EnrollError(f"cannot read bundle {path}: {exc.strerror}") from None
     try:

@@ -23,8 +23,13 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import NameOID
+
 from edgeloop_agent.wire.names import check_device_id
 from edgeloop_agent.wire.network import BrokerAddress
+from edgeloop_agent.wire.signature import SignatureError, load_public_key_pem
 from edgeloop_agent.wire.topics import DEFAULT_PREFIX, validate_prefix
 
 FORMAT: Final = "edgeloop-enrolment/1"
@@ -118,6 +123,11 @@ class EnrolmentBundle:
             raise BundleError("trusted_keys must list at least one public key")
         if not all(_pem(k, "PUBLIC KEY") for k in self.trusted_keys):
             raise BundleError("trusted_keys must be PEM public keys")
+        for i, pem in enumerate(self.trusted_keys):
+            try:
+                load_public_key_pem(pem.encode(), source=f"trusted_keys[{i}]")
+            except SignatureError as exc:
+                raise BundleError(str(exc)) from None
         if self.identity == "certificate":
             self._check_certificate(address)
         elif not self.password or self.username != self.device_id:
@@ -130,6 +140,21 @@ class EnrolmentBundle:
             raise BundleError("client_cert is not a PEM certificate")
         if not _pem(self.client_key, "PRIVATE KEY"):
             raise BundleError("client_key is not a PEM private key")
+        try:
+            cert = x509.load_pem_x509_certificate(self.client_cert.encode())
+            key = serialization.load_pem_private_key(self.client_key.encode(), password=None)
+        except (ValueError, TypeError) as exc:
+            raise BundleError(f"client certificate or key does not load: {exc}") from None
+        names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        if [n.value for n in names] != [self.device_id]:
+            raise BundleError(f"client_cert is not for device {self.device_id} (its CN differs)")
+        # The broker would refuse the pair only at the handshake, in a log line far away.
+        public = serialization.PublicFormat.SubjectPublicKeyInfo
+        pem = serialization.Encoding.PEM
+        if key.public_key().public_bytes(pem, public) != cert.public_key().public_bytes(
+            pem, public
+        ):
+            raise BundleError("client_key does not belong to client_cert")
 
 
 def _pem(text: Any, kind: str) -> bool:

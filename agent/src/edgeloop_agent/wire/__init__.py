@@ -15,7 +15,9 @@ agent module, so the contract can be read, and changed, on its own:
 * :mod:`~edgeloop_agent.wire.network`: broker URLs, TLS options, connect errors, listen addresses;
 * :mod:`~edgeloop_agent.wire.histogram` and :mod:`~edgeloop_agent.wire.exposition`: the
   telemetry latency histogram and its Prometheus rendering;
-* :mod:`~edgeloop_agent.wire.numeric`: what counts as a number (bool, NaN and inf rules).
+* :mod:`~edgeloop_agent.wire.numeric`: what counts as a number (bool, NaN and inf rules);
+* :mod:`~edgeloop_agent.wire.bundle`: the enrolment bundle ``edgeloop fleet add`` writes
+  and ``edgeloop-agent enroll`` installs.
 
 Nothing is re-exported here: importing one module does not load the others (the
 profile needs numpy, signatures need cryptography).

@@ -12,7 +12,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import typer
 from cryptography import x509
+from typer.testing import CliRunner
 
 from edgeloop_agent.wire.bundle import EnrolmentBundle
 from edgeloop_control.errors import ConfigError, EdgeloopError
@@ -177,3 +179,43 @@ def test_the_bundle_is_0600_and_names_no_credentials_in_its_url(tmp_path: Path):
     doc = json.loads(path.read_bytes())
     assert doc["broker"] == "mqtts://broker.example:8883" and doc["username"] == "pump-1"
     assert len(doc["password"]) >= 24 and len(doc["sha256"]) == 64
+
+
+def test_fleet_revoke_cli_one_line_and_on_either_kind_of_fleet(tmp_path: Path):
+    from tests.mqtt_helpers import VENV_BIN
+
+    ws = workspace(tmp_path)
+    done = subprocess.run(
+        [str(VENV_BIN / "edgeloop"), "-w", str(ws.root), "fleet", "revoke", "pump-9"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip() == "error: device pump-9 has no identity issued by this control node"
+
+    # `fleet` as a single command (today) or as a group (once `fleet add` lands).
+    from edgeloop_control.cli import enrol as enrol_cli
+
+    seen: list[str] = []
+
+    def view(ctx: typer.Context, as_json: bool = False) -> None:
+        seen.append(f"view json={as_json}")
+
+    as_command = typer.Typer()
+    as_command.command("fleet")(view)
+    as_command.command("other")(lambda: None)
+    enrol_cli.register(as_command)
+    as_group = typer.Typer()
+    group = typer.Typer()
+    group.command("add")(lambda: None)
+    as_group.add_typer(group, name="fleet")
+    enrol_cli.register(as_group)
+    assert [c.name for c in group.registered_commands] == ["add", "revoke", "identities"]
+    runner = CliRunner()
+    env = {"EDGELOOP_WORKSPACE": str(ws.root)}
+    assert runner.invoke(as_command, ["fleet", "--as-json"], env=env).exit_code == 0
+    assert seen == ["view json=True"]  # the bare group runs the view, options kept
+    result = runner.invoke(as_command, ["fleet", "identities", "--json"], env=env)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == [] and seen == ["view json=True"]

@@ -159,6 +159,16 @@ def test_refusals_are_one_line_errors(tmp_path: Path):
             enrol(plain, db, "pump-1", method="certificate", bundle=tmp_path / "p.bundle")
     finally:
         db.close()
+    nokey = workspace(tmp_path / "nokey")
+    nokey.public_key_path.unlink()
+    db = ControlDB(nokey.state_db)
+    try:
+        with pytest.raises(EnrolmentError, match="signing public key"):
+            enrol(nokey, db, "pump-1", method="password", bundle=tmp_path / "p.bundle")
+        assert not (nokey.root / "broker" / "edgeloop.passwd").exists()  # nothing half-done
+        assert identities(db) == {}
+    finally:
+        db.close()
     bad = workspace(tmp_path / "bad", colour='"blue"')
     db = ControlDB(bad.state_db)
     try:
@@ -169,7 +179,7 @@ def test_refusals_are_one_line_errors(tmp_path: Path):
 
 
 def test_the_bundle_is_0600_and_names_no_credentials_in_its_url(tmp_path: Path):
-    ws = workspace(tmp_path)
+    ws = workspace(tmp_path, password_broker_url='"mqtts://u:p@broker.example:8884"')
     db = ControlDB(ws.state_db)
     try:
         path = enrol(ws, db, "pump-1", method="password", bundle=tmp_path / "p.bundle").bundle
@@ -177,7 +187,8 @@ def test_the_bundle_is_0600_and_names_no_credentials_in_its_url(tmp_path: Path):
         db.close()
     assert (path.stat().st_mode & 0o777) == 0o600
     doc = json.loads(path.read_bytes())
-    assert doc["broker"] == "mqtts://broker.example:8883" and doc["username"] == "pump-1"
+    # Password devices dial their own listener; credentials never ride in the URL.
+    assert doc["broker"] == "mqtts://broker.example:8884" and doc["username"] == "pump-1"
     assert len(doc["password"]) >= 24 and len(doc["sha256"]) == 64
 
 

@@ -17,7 +17,8 @@ topics; with its section gone every publish and delivery to it is refused at onc
 
 Settings (``[enrolment]`` in edgeloop.toml, relative paths against the workspace):
 ``broker_url`` (what devices dial, e.g. mqtts://broker.example:8883; default the
-control node's own broker URL without credentials), ``broker_ca_file`` (CA of the
+control node's own broker URL without credentials), ``password_broker_url`` (what
+password devices dial, default ``broker_url``), ``broker_ca_file`` (CA of the
 broker's certificate; default this CA), ``ca_dir`` (``ca``), ``acl_file``
 (``broker/edgeloop.acl``), ``password_file`` (``broker/edgeloop.passwd``),
 ``broker_pid_file`` (SIGHUP that process) or ``reload_command`` (argv; default
@@ -115,6 +116,8 @@ class Identity:
 @dataclass(frozen=True)
 class EnrolmentSettings:
     broker_url: str
+    # Where password devices dial: the certificate listener never asks for a password.
+    password_broker_url: str
     broker_ca_file: Path | None
     ca_dir: Path
     acl_file: Path
@@ -128,6 +131,7 @@ class EnrolmentSettings:
         section = ws.section("enrolment")
         known = {
             "broker_url",
+            "password_broker_url",
             "broker_ca_file",
             "ca_dir",
             "acl_file",
@@ -147,8 +151,10 @@ class EnrolmentSettings:
         def optional(key: str) -> Path | None:
             return ws.path_setting("enrolment", key, "") if section.get(key) else None
 
+        broker_url = _device_url(str(section.get("broker_url") or ws.broker_url()))
         return cls(
-            broker_url=_device_url(str(section.get("broker_url") or ws.broker_url())),
+            broker_url=broker_url,
+            password_broker_url=_device_url(str(section.get("password_broker_url") or broker_url)),
             broker_ca_file=optional("broker_ca_file"),
             ca_dir=ws.path_setting("enrolment", "ca_dir", "ca"),
             acl_file=ws.path_setting("enrolment", "acl_file", "broker/edgeloop.acl"),
@@ -244,10 +250,11 @@ def enrol(
         fields = {"client_cert": issued.cert_pem, "client_key": issued.key_pem}
         serial, not_after = format(issued.serial, "x"), issued.not_after
     else:
-        password = secrets.token_urlsafe(24)
-        _passwd(["-b", str(settings.password_file), device, password], settings.password_file)
-        fields = {"username": device, "password": password}
+        fields = {"username": device, "password": secrets.token_urlsafe(24)}
+    # The whole bundle is built and checked before the broker's files change.
     doc = _bundle(ws, settings, ca, device, method, fields)
+    if method == "password":
+        _passwd(["-b", str(settings.password_file), device, doc.password], settings.password_file)
     _table(db)  # outside the transaction: executescript commits
     with db.transaction() as conn:
         conn.execute(
@@ -270,7 +277,7 @@ def enrol(
     # error says so and the bundle works from the operator's manual reload on.
     atomic_write(bundle, doc.to_bytes(), mode=0o600)
     reload_broker(settings)
-    return EnrolmentResult(device, method, bundle, settings.broker_url, serial, not_after)
+    return EnrolmentResult(device, method, bundle, doc.broker, serial, not_after)
 
 
 def _bundle(
@@ -287,8 +294,9 @@ def _bundle(
         raise EnrolmentError(
             f"cannot read the signing public key {ws.public_key_path}: {exc.strerror}"
         ) from None
+    url = settings.password_broker_url if method == "password" else settings.broker_url
     ca_cert = ""
-    if settings.broker_url.startswith("mqtts://"):
+    if url.startswith("mqtts://"):
         ca_file = settings.broker_ca_file
         try:
             ca_cert = ca_file.read_text() if ca_file else ca.cert_pem
@@ -297,7 +305,7 @@ def _bundle(
     doc = EnrolmentBundle(
         device_id=device,
         identity=method,
-        broker=settings.broker_url,
+        broker=url,
         ca_cert=ca_cert,
         trusted_keys=[trusted],
         topic_prefix=settings.prefix,

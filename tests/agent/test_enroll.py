@@ -100,9 +100,14 @@ def test_password_identity_reads_its_password_file(tmp_path: Path):
     assert (address.username, address.password) == ("pump-1", "s3cret-pw")
     assert "s3cret" not in (etc / "agent.toml").read_text()
     assert (etc / "broker.password").stat().st_mode & 0o777 == 0o600
-    # Re-enrolled with a certificate: the old secret does not linger.
+    # Re-enrolled with a certificate: the old secret does not linger, and the previous
+    # agent.toml (with whatever the operator added) is kept beside it, 0600.
+    with (etc / "agent.toml").open("a") as fh:
+        fh.write("capture_rate = 0.5\n")
     install(make_bundle(tmp_path / "again"), etc)
     assert not (etc / "broker.password").exists()
+    assert "capture_rate = 0.5" in (etc / "agent.toml.bak").read_text()
+    assert (etc / "agent.toml.bak").stat().st_mode & 0o777 == 0o600
 
 
 def test_client_certificate_settings_are_checked(tmp_path: Path):

@@ -144,7 +144,11 @@ def install(bundle: EnrolmentBundle, etc: Path) -> AgentConfig:
                 (etc / stale).unlink(missing_ok=True)
         for name, (text, mode) in files.items():
             _write(etc / name, text, mode, as_root)
-        _write(etc / "agent.toml", agent_toml(bundle, files), 0o600, as_root)
+        config = etc / "agent.toml"
+        if config.exists():
+            # Settings the operator added (or the packaged file) are kept, not lost.
+            _write(etc / "agent.toml.bak", config.read_text(encoding="utf-8"), 0o600, as_root)
+        _write(config, agent_toml(bundle, files), 0o600, as_root)
     except OSError as exc:
         raise EnrollError(f"cannot write {etc}: {exc.strerror or exc}") from None
     try:

@@ -15,7 +15,8 @@ from edgeloop_agent.systemd import setup_logging
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="edgeloop-agent",
-        description="edgeloop device agent: ONNX inference, A/B routing and drift over MQTT.",
+        description="edgeloop device agent: ONNX inference, A/B routing and drift over MQTT. "
+        "`edgeloop-agent enroll BUNDLE` installs an enrolment bundle as its configuration.",
     )
     p.add_argument("--config", "-c", type=Path, help="TOML config file (flags override it)")
     p.add_argument("--broker", help="broker URL, e.g. mqtt://host:1883")
@@ -98,6 +99,12 @@ def build_config(args: argparse.Namespace) -> AgentConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["enroll"]:
+        # A subcommand of its own: it installs a config rather than running with one.
+        from edgeloop_agent.enroll import main as enroll
+
+        return enroll(argv[1:])
     args = parse_args(argv)
     try:
         config = build_config(args)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,13 @@ class AgentConfig:
     # With mqtts://: PEM file of the CA that signed the broker's certificate
     # ("": the system's CA store).
     ca_file: str = ""
+    # A broker that requires client certificates (Mosquitto require_certificate, the
+    # device id as the certificate's CN): this device's certificate and key (PEM).
+    cert_file: str = ""
+    key_file: str = ""
+    # A file holding the broker password (kept out of agent.toml); the user name is
+    # the URL's, else the device id. Written by `edgeloop-agent enroll`.
+    password_file: str = ""
     state_dir: Path = Path("/var/lib/edgeloop-agent")
     topic_prefix: str = DEFAULT_PREFIX
     # Request limits: a payload over max_payload_bytes is refused unparsed.
@@ -182,9 +189,22 @@ class AgentConfig:
     @property
     def broker_address(self) -> BrokerAddress:
         try:
-            return BrokerAddress.parse(self.broker).with_ca_file(self.ca_file)
+            address = (
+                BrokerAddress.parse(self.broker)
+                .with_ca_file(self.ca_file)
+                .with_client_cert(self.cert_file, self.key_file)
+            )
         except BrokerAddressError as exc:
             raise ConfigError(str(exc)) from None
+        if not self.password_file:
+            return address
+        try:
+            secret = Path(self.password_file).read_text(encoding="utf-8").strip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read password_file {self.password_file}: {exc}") from None
+        if not secret:
+            raise ConfigError(f"password_file {self.password_file} is empty")
+        return replace(address, username=address.username or self.device_id, password=secret)
 
     @classmethod
     def from_file(cls, path: Path) -> AgentConfig:
@@ -194,7 +214,16 @@ class AgentConfig:
             raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config {path} is not valid TOML: {exc}") from None
-        return cls.from_mapping(data, source=str(path))
+        config = cls.from_mapping(data, source=str(path))
+        # Relative file settings are relative to the config file, so a config and its
+        # files move together (/etc/edgeloop, or the unit's credentials directory).
+        base = path.parent
+        for name in _FILE_SETTINGS:
+            value = getattr(config, name)
+            if value and not Path(value).is_absolute():
+                setattr(config, name, str(base / value))
+        config.trusted_keys = [k if k.is_absolute() else base / k for k in config.trusted_keys]
+        return config
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any], source: str = "config") -> AgentConfig:
@@ -279,6 +308,8 @@ def _optional_int(key: str, value: Any, source: str) -> int | None:
         raise ConfigError(f"{source}: {key} must be an integer, got {json_text(value)}")
     return value
 
+
+_FILE_SETTINGS = ("ca_file", "cert_file", "key_file", "password_file")
 
 # Checked by name: a list's or an optional setting's current value does not say its type.
 _LIST_SETTINGS: dict[str, Callable[[str, Any, str], Any]] = {

@@ -435,7 +435,7 @@ class MqttLink:
         if broker.username:
             client.username_pw_set(broker.username, broker.password)
         if broker.tls:
-            client.tls_set(**tls_options(broker.ca_file))
+            client.tls_set(**tls_options(broker.ca_file, broker.cert_file, broker.key_file))
         client.on_socket_open = no_delay
         client.on_connect = self._handle_connect
         client.on_connect_fail = self._handle_connect_fail

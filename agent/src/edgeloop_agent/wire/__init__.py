@@ -19,6 +19,8 @@ agent module, so the contract can be read, and changed, on its own:
   telemetry latency histogram and its Prometheus rendering;
 * :mod:`~edgeloop_agent.wire.numeric`: what counts as a number (bool, NaN and inf rules);
 * :mod:`~edgeloop_agent.wire.jsontext`: how an error message quotes a value (as JSON, clipped).
+* :mod:`~edgeloop_agent.wire.bundle`: the enrolment bundle ``edgeloop fleet add`` writes
+  and ``edgeloop-agent enroll`` installs.
 
 Nothing is re-exported here: importing one module does not load the others (the
 profile needs numpy, signatures need cryptography).

@@ -34,6 +34,10 @@ class BrokerAddress:
     # store. From the agent's ca_file setting, or the URL's ?ca_file=/path (which is
     # how the control node's [broker] url carries it).
     ca_file: str | None = None
+    # The client's own certificate and key (PEM), for a broker that requires one
+    # (Mosquitto's require_certificate): the agent's cert_file/key_file settings.
+    cert_file: str | None = None
+    key_file: str | None = None
 
     @classmethod
     def parse(cls, url: str) -> BrokerAddress:
@@ -75,6 +79,21 @@ class BrokerAddress:
             raise BrokerAddressError(f"CA file {ca_file} does not exist or is not a file")
         return replace(self, ca_file=ca_file)
 
+    def with_client_cert(self, cert_file: str | None, key_file: str | None) -> BrokerAddress:
+        """This address presenting ``cert_file``/``key_file`` (both or neither) to the broker."""
+        if not cert_file and not key_file:
+            return self
+        if not cert_file or not key_file:
+            raise BrokerAddressError("a client certificate needs both cert_file and key_file")
+        if not self.tls:
+            raise BrokerAddressError(
+                f"a client certificate is set but the broker {self} is not mqtts://"
+            )
+        for path in (cert_file, key_file):
+            if not Path(path).is_file():
+                raise BrokerAddressError(f"client certificate file {path} is not a file")
+        return replace(self, cert_file=cert_file, key_file=key_file)
+
     def __str__(self) -> str:
         # Never the credentials: this string goes into logs.
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
@@ -87,9 +106,15 @@ def _redact(url: str) -> str:
     return url.replace(f":{parts.password}@", ":***@", 1)
 
 
-def tls_options(ca_file: str | None) -> dict[str, Any]:
-    """paho ``tls_set`` arguments: verify the broker's chain and host name."""
-    return {"ca_certs": ca_file or None, "cert_reqs": ssl.CERT_REQUIRED}
+def tls_options(
+    ca_file: str | None, cert_file: str | None = None, key_file: str | None = None
+) -> dict[str, Any]:
+    """paho ``tls_set`` arguments: verify the broker's chain and host name, and
+    present the client certificate when there is one."""
+    options: dict[str, Any] = {"ca_certs": ca_file or None, "cert_reqs": ssl.CERT_REQUIRED}
+    if cert_file and key_file:
+        options.update(certfile=cert_file, keyfile=key_file)
+    return options
 
 
 # X509_V_ERR_* codes that mean "the certificate is fine, but nothing you trust

@@ -60,6 +60,9 @@ class Topics:
         self.samples = f"{base}/samples"
         self.labels = f"{base}/labels"
         self.events = f"{base}/events"
+        # A filter, not a topic: the subtree apps pick their response topics from
+        # (the reply policy's default, and the broker ACL's grant to the device).
+        self.replies = f"{base}/replies/#"
 
     @staticmethod
     def every_device(leaf: str, prefix: str = DEFAULT_PREFIX) -> str:

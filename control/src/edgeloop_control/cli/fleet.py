@@ -35,10 +35,11 @@ from edgeloop_control.infra.workspace import Workspace
 
 
 def register(app: typer.Typer) -> None:
-    from edgeloop_control.cli import inventory
+    from edgeloop_control.cli import enrol, inventory
 
     app.command("deploy")(deploy)
     inventory.register_commands(fleet_app)
+    enrol.register_commands(fleet_app)
     app.add_typer(fleet_app, name="fleet")
     app.command("events")(events)
 
@@ -186,6 +187,9 @@ def fleet(
     try:
         desired = db.all_desired()
         inventory = {d["device"]: d for d in db.devices()}
+        from edgeloop_control.fleet.enrolment import identities
+
+        issued = {device: ident.state for device, ident in identities(db).items()}
     finally:
         db.close()
     reported: dict[str, dict[str, Any]] = {}
@@ -213,7 +217,7 @@ def fleet(
             str(exc), max((d["last_seen"] or 0 for d in inventory.values()), default=None) or None
         )
         err_console.print(broker_down, highlight=False, markup=False, soft_wrap=True)
-    out = fleet_rows(desired, inventory, reported, live=broker_down is None)
+    out = fleet_rows(desired, inventory, reported, live=broker_down is None, identities=issued)
     if as_json:
         print_json(out)
         return
@@ -231,10 +235,12 @@ def fleet_rows(
     reported: dict[str, dict[str, Any]],
     *,
     live: bool = True,
+    identities: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """One dict per device (the ``--json`` output), from what the database and the
     broker's retained status say; no query per device. Without ``live`` status (the
-    broker is unreachable) ``online`` is None: unknown, not offline."""
+    broker is unreachable) ``online`` is None: unknown, not offline. ``identities`` maps
+    a device to the state of the broker identity enrolment issued it (enrolled, revoked)."""
     out: list[dict[str, Any]] = []
     for dev in sorted(set(desired) | set(reported) | set(inventory)):
         want = desired.get(dev)
@@ -249,6 +255,7 @@ def fleet_rows(
                 "device": dev,
                 "online": bool(have.get("online")) if live else None,
                 "known": dev in inventory,
+                "identity": (identities or {}).get(dev),
                 "desired_revision": want["revision"] if want else None,
                 "desired": _summary(want["models"]) if want else "",
                 "reported_revision": have.get("revision"),
@@ -390,6 +397,8 @@ def _flags(r: dict[str, Any]) -> str:
         parts.append("desired expired")
     if not r["known"]:
         parts.append("not in inventory")
+    if r["identity"] == "revoked":
+        parts.append("REVOKED")
     return ", ".join(parts)
 
 

@@ -34,41 +34,53 @@ def add(
         typer.Option(help="how the device proves who it is: certificate, password or none"),
     ] = "none",
     bundle: Annotated[
-        Path | None, typer.Option(help="where to write the device's enrolment bundle")
+        Path | None,
+        typer.Option(help="where to write the device's enrolment bundle (default: ID.bundle)"),
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Register devices before they first connect, so commands may target them."""
+    """Register devices before they first connect, so commands may target them; with
+    --identity, also issue each one's broker identity and write its enrolment bundle
+    (0600) for `edgeloop-agent enroll` on the device."""
     from edgeloop_control.fleet import inventory
 
     if identity not in IDENTITIES:
         fail(f"--identity {identity!r}: choose one of {', '.join(IDENTITIES)}", 2)
     if bundle is not None and identity == "none":
         fail("--bundle holds an enrolled identity: give --identity certificate or password", 2)
+    unique = list(dict.fromkeys(devices))
+    if bundle is not None and len(unique) > 1:
+        fail("--bundle names one file: enrol one device per command, or leave it out", 2)
     st = state(ctx)
     ws = st.workspace
-    enrol: Any = None
-    if identity != "none":
-        import importlib
-
-        try:
-            # Device enrolment (X.509 or password identity, a bundle) ships separately;
-            # looked up by name so this builds with or without it.
-            enrol = importlib.import_module("edgeloop_control.fleet.enrolment").enrol
-        except (ImportError, AttributeError):
-            fail("enrolment is not available in this build", 2)
     db = ControlDB(ws.state_db)
+    enrolled: list[dict[str, Any]] = []
     try:
-        added = inventory.register(db, devices, source="edgeloop fleet add")
-        enrolled: list[Any] = []
-        if enrol is not None:
-            for device in devices:
-                enrolled.append(enrol(ws, db, device, method=identity, bundle=bundle))
+        added = inventory.register(db, unique, source="edgeloop fleet add")
+        if identity != "none":
+            from edgeloop_control.fleet.enrolment import enrol
+
+            for device in unique:
+                # EnrolmentError is an EdgeloopError: printed as one line, exit 1. The
+                # device stays registered; `fleet add` again retries the identity.
+                done = enrol(
+                    ws, db, device, method=identity, bundle=bundle or Path(f"{device}.bundle")
+                )
+                enrolled.append(
+                    {
+                        "device": done.device,
+                        "method": done.method,
+                        "bundle": str(done.bundle),
+                        "broker": done.broker,
+                        "serial": done.serial,
+                        "not_after": done.not_after,
+                    }
+                )
     except (DeployError, UnknownDevice) as exc:
         fail(str(exc))
     finally:
         db.close()
-    already = [d for d in dict.fromkeys(devices) if d not in added]
+    already = [d for d in unique if d not in added]
     if as_json:
         print_json({"added": added, "already_known": already, "enrolled": enrolled})
         return
@@ -76,6 +88,13 @@ def add(
         console.print(f"registered {', '.join(added)}", highlight=False)
     if already:
         console.print(f"already known: {', '.join(already)}", highlight=False)
+    for e in enrolled:
+        console.print(
+            f"{e['device']}: {e['method']} identity issued, bundle written to {e['bundle']} "
+            f"(0600); on the device: edgeloop-agent enroll {Path(e['bundle']).name}",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 def rm(

@@ -108,7 +108,13 @@ def daemon(workspace: Workspace, broker: PrivateBroker) -> Iterator[dict[str, An
 
 
 def cli(ws: Workspace, broker: PrivateBroker, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "EDGELOOP_WORKSPACE": str(ws.root), "EDGELOOP_BROKER": broker.url}
+    # Wide enough that no table cell wraps: the assertions read phrases out of cells.
+    env = {
+        **os.environ,
+        "EDGELOOP_WORKSPACE": str(ws.root),
+        "EDGELOOP_BROKER": broker.url,
+        "COLUMNS": "200",
+    }
     return subprocess.run([EDGELOOP, *args], capture_output=True, text=True, env=env, timeout=120)
 
 

@@ -11,6 +11,7 @@ captured samples written where the daemon writes them.
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -226,6 +227,23 @@ def test_a_failing_episode_backs_off_with_one_event_and_no_tracking_run(
     assert len(events(db, "retrain")) == 1  # the attempt itself is news once
     # Refused before training started: no tracking run was opened for it.
     assert tracking_runs(ws) == runs_before
+
+    # The operator sees the stuck loop under `edgeloop ab status` (and `edgeloop fleet`).
+    from edgeloop_control.cli.retraining import failing_lines
+
+    [line] = failing_lines(db, now=t)
+    assert line.startswith("retraining loan is failing (4 attempts, next try in 4m): ")
+    assert "single class" in line
+    from tests.mqtt_helpers import VENV_BIN
+
+    shown = subprocess.run(
+        [str(VENV_BIN / "edgeloop"), "-w", str(ws.root), "ab", "status"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "warning: retraining loan is failing (4 attempts" in shown.stderr
 
 
 def test_an_unexpected_error_is_contained_and_backed_off(ws: Workspace, champion: str) -> None:

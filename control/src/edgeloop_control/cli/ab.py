@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from edgeloop_control.cli.common import console, fail, print_json, state, table
+from edgeloop_control.cli.common import console, err_console, fail, print_json, state, table
 from edgeloop_control.fleet.desired import DeployError
 from edgeloop_control.fleet.inventory import UnknownDevice, require_known
 from edgeloop_control.infra.db import ControlDB
@@ -142,10 +142,15 @@ def status(
     db = ControlDB(ws.state_db)
     try:
         reports = ExperimentManager(ws, db, None).status(experiment)
+        from edgeloop_control.cli.retraining import failing_lines
+
+        warnings = [] if as_json else failing_lines(db)
     except (ExperimentError, WorkspaceError) as exc:
         fail(str(exc))
     finally:
         db.close()
+    for line in warnings:
+        err_console.print(f"warning: {line}", style="yellow", highlight=False, markup=False)
     if as_json:
         print_json(reports if experiment is None else reports[0])
         return

@@ -190,6 +190,9 @@ def fleet(
         from edgeloop_control.fleet.enrolment import identities
 
         issued = {device: ident.state for device, ident in identities(db).items()}
+        from edgeloop_control.cli.retraining import failing_lines
+
+        warnings = failing_lines(db)
     finally:
         db.close()
     reported: dict[str, dict[str, Any]] = {}
@@ -227,6 +230,8 @@ def fleet(
         )
         return
     _print_fleet(out, time.time())
+    for line in warnings:
+        err_console.print(f"warning: {line}", style="yellow", highlight=False, markup=False)
 
 
 def fleet_rows(

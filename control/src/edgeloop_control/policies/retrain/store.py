@@ -113,6 +113,19 @@ class RetrainStore:
         ).fetchone()
         return RetrainState(model) if row is None else _from_row(dict(row))
 
+    def failing(self) -> list[RetrainState]:
+        """Models whose last retraining attempt failed (backing off), readable rows only."""
+        rows = self.db.conn.execute(
+            "SELECT * FROM retrain_state WHERE failures > 0 ORDER BY model"
+        ).fetchall()
+        out = []
+        for row in rows:
+            try:
+                out.append(_from_row(dict(row)))
+            except CorruptColumn:
+                continue  # the policy itself reports a corrupt row, once, as an event
+        return out
+
     def models(self) -> list[str]:
         rows = self.db.conn.execute("SELECT model FROM retrain_state ORDER BY model")
         return [r[0] for r in rows]

@@ -63,7 +63,7 @@ def test_bundle_round_trip_and_every_refusal(tmp_path: Path):
     refused({"broker": "mqtts://u:p@broker.example:8883"}, "must not carry credentials")
     refused({"client_key": doc["client_key"][:80]}, "client_key is not a PEM")
     refused({"trusted_keys": []}, "at least one public key")
-    refused({"identity": "psk"}, "identity 'psk'")
+    refused({"identity": "psk"}, 'identity "psk"')
     other = CertificateAuthority(tmp_path / "other").issue_client("pump-2")
     refused({"client_cert": other.cert_pem, "client_key": other.key_pem}, "not for device pump-1")
     refused({"client_key": other.key_pem}, "does not belong to client_cert")

@@ -27,6 +27,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
+from edgeloop_agent.wire.jsontext import json_text
 from edgeloop_agent.wire.names import check_device_id
 from edgeloop_agent.wire.network import BrokerAddress
 from edgeloop_agent.wire.signature import SignatureError, load_public_key_pem
@@ -83,7 +84,7 @@ class EnrolmentBundle:
         if not isinstance(doc, dict):
             raise BundleError("is not a JSON object")
         if doc.get("format") != FORMAT:
-            raise BundleError(f"format {doc.get('format')!r} is not {FORMAT!r}")
+            raise BundleError(f"format {json_text(doc.get('format'))} is not {json_text(FORMAT)}")
         digest = doc.pop("sha256", None)
         known = {f for f in cls.__dataclass_fields__}
         missing = sorted(known - set(doc) - {"format"})
@@ -116,7 +117,9 @@ class EnrolmentBundle:
         if address.username or address.password:
             raise BundleError("broker URL must not carry credentials (they have fields)")
         if self.identity not in IDENTITIES:
-            raise BundleError(f"identity {self.identity!r} is not one of {', '.join(IDENTITIES)}")
+            raise BundleError(
+                f"identity {json_text(self.identity)} is not one of {', '.join(IDENTITIES)}"
+            )
         if address.tls and not _pem(self.ca_cert, "CERTIFICATE"):
             raise BundleError("ca_cert is not a PEM certificate (needed for mqtts://)")
         if not isinstance(self.trusted_keys, list) or not self.trusted_keys:

@@ -34,6 +34,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from edgeloop_agent.wire.jsontext import json_text
+
 P = 14
 M = 1 << P
 Q = 64 - P  # hash bits left for the rank
@@ -137,7 +139,7 @@ def from_wire(doc: Any) -> Registers:
     if not isinstance(doc, Mapping):
         raise ValueError(f"key sketch must be an object, got {type(doc).__name__}")
     if doc.get("p") != P or isinstance(doc.get("p"), bool):
-        raise ValueError(f"key sketch: precision must be {P}, got {doc.get('p')!r}")
+        raise ValueError(f"key sketch: precision must be {P}, got {json_text(doc.get('p'))}")
     chunks = doc.get("registers")
     if not isinstance(chunks, list) or not all(isinstance(c, str) for c in chunks):
         raise ValueError("key sketch: registers must be a list of base64 strings")

@@ -40,7 +40,11 @@ COMMANDS: dict[str, Lazy] = {
         "demo", "Run the whole loop on this machine with a private broker and real agents."
     ),
     "deploy": Lazy("fleet", "Publish desired state (and the artifacts) to devices."),
-    "fleet": Lazy("fleet", "Devices with desired vs reported model versions and online state."),
+    "fleet": Lazy(
+        "fleet",
+        "The fleet: devices with desired vs reported versions, traffic and state. "
+        "`edgeloop fleet add|rm` registers and removes devices.",
+    ),
     "events": Lazy(
         "fleet",
         "What the control node did and why: deployments, drift, retraining, A/B, rollouts.",

@@ -340,6 +340,18 @@ def test_cli_push_failure_is_one_line(ws: Workspace, monkeypatch: pytest.MonkeyP
     assert len(lines) == 1 and "not reachable" in lines[0]
 
 
+def test_cli_push_never_prints_the_password_in_the_uri(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Tracker.for_workspace(ws).start_run("cli") as run:
+        run.log_metric("m", 1.0)
+    port = free_port()
+    result = _cli(ws, monkeypatch, "push", "--to", f"http://bob:hunter2@127.0.0.1:{port}")
+    assert result.exit_code == 1
+    assert "hunter2" not in result.stderr + result.stdout, result.stderr
+    assert f"http://127.0.0.1:{port}" in result.stderr, result.stderr
+
+
 def test_documented_tags_find_a_trained_model_on_the_server(
     server: MlflowServer, client: Any, ws: Workspace
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
 from typing import Annotated, Any
 
@@ -86,7 +87,7 @@ def push(
     try:
         results = push_local_runs(ws, to, mlflow_experiment=experiment)
     except TrackingError as exc:
-        fail(str(exc))
+        fail(without_credentials(str(exc)))
     linked = link_pushed_versions(ws, results, to)
     if as_json:
         print_json(
@@ -105,12 +106,21 @@ def push(
     ]
     console.print(
         table(
-            f"push to {to}",
+            f"push to {without_credentials(to)}",
             ["local run", "experiment", "result", "remote run", "note"],
             rows,
             wrap=("note",),
         )
     )
+
+
+def without_credentials(text: str) -> str:
+    """``text`` with the user and password of every URL in it removed: `--to` may carry
+    them (http://user:pass@host), and errors and titles are printed and logged."""
+    return _URL_CREDENTIALS.sub("://", text)
+
+
+_URL_CREDENTIALS = re.compile(r"://[^/@\s]+@")
 
 
 def link_pushed_versions(ws: Any, results: list[Any], to: str) -> dict[str, list[str]]:

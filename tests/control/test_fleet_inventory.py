@@ -164,21 +164,17 @@ def test_fleet_add_registers_idempotently_and_refuses_bad_ids(env: Env) -> None:
     assert "never seen" in env.cli("fleet").stdout
 
 
-def test_fleet_add_with_an_identity_needs_enrolment(env: Env) -> None:
-    try:
-        import edgeloop_control.fleet.enrolment  # noqa: F401
-    except ImportError:
-        result = env.cli("fleet", "add", "pump-1", "--identity", "certificate")
-        assert result.exit_code == 2
-        assert one_line(result) == "error: enrolment is not available in this build"
-        assert env.db.device("pump-1") is None
-    else:  # pragma: no cover - the enrolment branch is merged: its own tests cover it
-        pytest.skip("enrolment is available in this build")
+def test_fleet_add_identity_options_are_checked_before_anything_is_written(env: Env) -> None:
+    # Enrolling itself (CA, ACL, bundle, broker reload) is tests/integration/test_enrolment.py.
     bad = env.cli("fleet", "add", "pump-1", "--identity", "magic")
     assert bad.exit_code == 2 and "choose one of none, certificate, password" in one_line(bad)
     bad = env.cli("fleet", "add", "pump-1", "--bundle", "/tmp/b.tar")
     assert bad.exit_code == 2 and "give --identity certificate or password" in one_line(bad)
-    assert env.db.device("pump-1") is None
+    bad = env.cli(
+        "fleet", "add", "pump-1", "pump-2", "--identity", "password", "--bundle", "/tmp/b.tar"
+    )
+    assert bad.exit_code == 2 and "--bundle names one file" in one_line(bad)
+    assert env.db.device("pump-1") is None and env.db.device("pump-2") is None
 
 
 def test_fleet_rm_clears_desired_state_groups_and_keeps_history(env: Env) -> None:

@@ -220,12 +220,16 @@ class Views:
             since = history.parse_when(since_text, option="since")
         except history.HistoryError as exc:
             raise BadRequest(str(exc)) from None
+        hourly = "drift_hourly" if history.has_table(db, "drift_hourly") else "drift_windows"
         devices = [
             r[0]
             for r in db.conn.execute(
-                "SELECT device, MAX(dataset_drift) FROM drift_windows WHERE end >= ? "
-                "GROUP BY device ORDER BY MAX(dataset_drift) DESC, device LIMIT ?",
-                (since, PAGE_ROWS),
+                # Hours retention folded count too (their dataset_drift is a count).
+                "SELECT device, MAX(flagged) FROM (SELECT device, dataset_drift > 0 AS flagged "
+                "FROM drift_windows WHERE end >= ? UNION ALL SELECT device, dataset_drift > 0 "
+                f"FROM {hourly} WHERE end >= ?) "
+                "GROUP BY device ORDER BY MAX(flagged) DESC, device LIMIT ?",
+                (since, since, PAGE_ROWS),
             )
         ]
         device = request.query_params.get("device") or (devices[0] if devices else None)

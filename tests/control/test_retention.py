@@ -30,6 +30,7 @@ from edgeloop_control.report import history
 from edgeloop_control.report.collect import collect_report
 from edgeloop_control.report.history import Selection
 from tests.control.retention_history import FEATURES, VARIANT, Sim, ingest, reports
+from tests.control.web_client import Browser, start
 
 DAY = 86400.0
 SPAN_DAYS = 31
@@ -385,3 +386,18 @@ def test_a_database_of_an_older_release_is_read_without_the_hourly_tables(tmp_pa
     db.path, db.conn = path, ro
     assert history.drift_windows(db, Selection()) == []
     assert history.aggregated_before(db) is None
+
+
+def test_the_dashboard_drift_page_shows_hourly_rows_and_says_so(ws: Workspace, now: float) -> None:
+    db = ControlDB(ws.state_db)
+    RetentionJob(db, RetentionConfig()).run_once(now)
+    # pump-1 silent for the raw week: its newest windows are hourly rows.
+    db.conn.execute("DELETE FROM drift_windows WHERE device = 'pump-1'")
+    db.close()
+    server = start(ws, None)
+    try:
+        page = Browser(f"http://{server.listen}").get("/drift?since=30d&device=pump-1")
+    finally:
+        server.stop()
+    assert page.status == 200
+    assert "hourly aggregated (retention)" in page.text and "PSI of vibration" in page.text

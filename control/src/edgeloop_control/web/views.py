@@ -249,6 +249,9 @@ class Views:
                 db, Selection(since=since, devices=(device,)), last=DRIFT_WINDOWS
             )
             charts = self._drift_html(windows, clk, f"no drift windows from {device}")
+            if any(w.get("aggregated") for w in windows):
+                note = history.aggregation_note(db, Selection(since=since))
+                charts = Html((f"<p>{esc(note)}.</p>" if note else "") + charts)
         body = (
             f'<h1>Drift</h1><p class="facts">Devices with drift windows since {esc(since_text)}'
             f" (flagged first): {picker or '–'}</p>"

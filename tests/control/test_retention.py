@@ -9,6 +9,7 @@ import json
 import shutil
 import sqlite3
 import statistics
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from edgeloop_control.errors import ConfigError
 from edgeloop_control.fleet.desired import DesiredState, Owner
 from edgeloop_control.fleet.ingest import handle_report
 from edgeloop_control.infra.db import SCHEMA, ControlDB, merged_p99_ms
+from edgeloop_control.infra.mosquitto import PrivateBroker
 from edgeloop_control.infra.workspace import Workspace
 from edgeloop_control.policies.retention.aggregate import hour_of
 from edgeloop_control.policies.retention.config import RetentionConfig
@@ -31,6 +33,7 @@ from edgeloop_control.report.collect import collect_report
 from edgeloop_control.report.history import Selection
 from tests.control.retention_history import FEATURES, VARIANT, Sim, ingest, reports
 from tests.control.web_client import Browser, start
+from tests.mqtt_helpers import Probe
 
 DAY = 86400.0
 SPAN_DAYS = 31
@@ -401,3 +404,45 @@ def test_the_dashboard_drift_page_shows_hourly_rows_and_says_so(ws: Workspace, n
         server.stop()
     assert page.status == 200
     assert "hourly aggregated (retention)" in page.text and "PSI of vibration" in page.text
+
+
+def test_the_daemon_runs_retention_while_it_ingests(
+    ws: Workspace, now: float, broker: PrivateBroker, probe: Probe
+) -> None:
+    from edgeloop_control.daemon.build import build_daemon
+
+    config = ws.root / "edgeloop.toml"
+    config.write_text(
+        config.read_text() + "\n[retention]\nbatch_rows = 200\ntick_budget_s = 0.02\n"
+    )
+    holder: dict[str, Any] = {}
+    ready = threading.Event()
+
+    def run() -> None:  # SQLite connections belong to the thread that runs the daemon
+        holder["daemon"] = build_daemon(Workspace.open(ws.root), broker.url, tick_s=0.05)
+        ready.set()
+        holder["daemon"].run(install_signals=False)
+
+    thread = threading.Thread(target=run, name="control-daemon", daemon=True)
+    thread.start()
+    assert ready.wait(30) and holder["daemon"].connected.wait(10)
+    try:
+        live = list(reports(Sim(devices=("pump-1",), seed=11), now - 50 * 600, now))
+        for i, (device, envelope) in enumerate(live):
+            envelope["id"] = envelope["payload"]["report_id"] = f"{device}:live:{i}"
+            probe.publish(f"edgeloop/{device}/telemetry", envelope)
+        db = ControlDB(ws.state_db)
+        stored = "SELECT COUNT(*) FROM variant_stats WHERE report_id LIKE 'pump-1:live:%'"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (
+            db.events(kind="retention") and db.conn.execute(stored).fetchone()[0] == len(live)
+        ):
+            time.sleep(0.1)
+        (event,) = db.events(kind="retention")
+        assert db.conn.execute(stored).fetchone()[0] == len(live)
+        assert event["data"]["slices"] > 1 and event["data"]["folded"]["variant_stats"] > 0
+        assert holder["daemon"].counters["telemetry"] == len(live)
+        assert not db.events(kind="retention_failed")
+    finally:
+        holder["daemon"].stop_event.set()
+        thread.join(30)

@@ -214,6 +214,13 @@ def main() -> None:
             "hourly_longest_tx_ms": 1000 * max(r.longest_tx_s for r in runs),
             "hourly_rows_folded_per_run": sum(sum(r.folded.values()) for r in steady)
             / max(1, len(steady)),
+            "hourly_longest_tx_ms_by_step": {
+                step: 1000 * max(r.longest_by_step.get(step, 0.0) for r in runs)
+                for step in sorted({k for r in runs for k in r.longest_by_step})
+            },
+            "catch_up_longest_tx_ms_by_step": {
+                k: 1000 * v for k, v in sorted(catch_up.longest_by_step.items())
+            },
             "catch_up_s": catch_up.busy_s,
             "catch_up_rows_folded": sum(catch_up.folded.values()),
             "catch_up_longest_tx_ms": 1000 * catch_up.longest_tx_s,
@@ -232,6 +239,12 @@ def main() -> None:
             f"{catch_up.transactions} transactions, longest {result['catch_up_longest_tx_ms']:.1f}"
             f" ms; {days[-1]['no_retention_mb']:.1f} MB -> {after_catch_up:.1f} MB"
         )
+        for what in ("hourly", "catch_up"):
+            by_step = result[f"{what}_longest_tx_ms_by_step"]
+            print(
+                f"longest transaction per step ({what.replace('_', '-')}): "
+                + ", ".join(f"{k} {v:.1f} ms" for k, v in by_step.items())
+            )
         print(
             f"per device after {args.days} days: {result['per_device_mb_no_retention']:.2f} MB "
             f"without retention, {result['per_device_mb_retention']:.2f} MB with "

@@ -27,22 +27,26 @@ log = logging.getLogger("edgeloop.control.retention")
 
 FIRST_RETRY_S = 60.0
 
+# A row value walks the time index in order: "(ts, rowid) > (?, ?)" is one index range,
+# where "ts > ? OR (ts = ? AND rowid > ?)" made SQLite collect and sort every older row for
+# each batch (a multi-index OR and a temporary B-tree): 11.4 ms against 3.3 ms for a batch of
+# 1,000 out of 10,800 older rows, and growing with them.
 _STATS_QUERY = (
     "SELECT s.rowid AS rid, s.report_id, s.device, s.variant, s.version, s.ts, s.requests, "
     "s.predictions, s.errors, s.cls_n, s.cls_correct, s.reg_n, s.reg_sum_abs, s.reg_sum_sq, "
     "s.latency, COALESCE(k.keyed, 0) AS keyed, COALESCE(k.unkeyed, 0) AS unkeyed "
     "FROM variant_stats s LEFT JOIN variant_keys k "
     "ON k.report_id = s.report_id AND k.variant = s.variant "
-    "WHERE s.ts < ? AND (s.ts > ? OR (s.ts = ? AND s.rowid > ?)) ORDER BY s.ts, s.rowid LIMIT ?"
+    "WHERE (s.ts, s.rowid) > (?, ?) AND s.ts < ? ORDER BY s.ts, s.rowid LIMIT ?"
 )
 _WINDOWS_QUERY = (
     "SELECT rowid AS rid, device, variant, version, start, end, n, enough_data, "
     "dataset_drift, output_drift, doc FROM drift_windows "
-    "WHERE end < ? AND (end > ? OR (end = ? AND rowid > ?)) ORDER BY end, rowid LIMIT ?"
+    "WHERE (end, rowid) > (?, ?) AND end < ? ORDER BY end, rowid LIMIT ?"
 )
 _CONCEPT_QUERY = (
     "SELECT rowid AS rid, device, ts FROM concept_drift "
-    "WHERE ts < ? AND (ts > ? OR (ts = ? AND rowid > ?)) ORDER BY ts, rowid LIMIT ?"
+    "WHERE (ts, rowid) > (?, ?) AND ts < ? ORDER BY ts, rowid LIMIT ?"
 )
 
 
@@ -59,6 +63,7 @@ class RetentionRun:
     pages_freed: int = 0
     transactions: int = 0
     longest_tx_s: float = 0.0
+    longest_by_step: dict[str, float] = field(default_factory=dict)  # seconds, per table
     busy_s: float = 0.0  # time spent working, summed over the slices
     slices: int = 0
     finished_at: float | None = None
@@ -86,8 +91,8 @@ class _Cursor:
         self.t = float("-inf")
         self.rowid = 0
 
-    def args(self) -> tuple[float, float, int]:
-        return self.t, self.t, self.rowid
+    def args(self) -> tuple[float, int]:
+        return self.t, self.rowid
 
     def advance(self, t: float, rowid: int) -> None:
         self.t, self.rowid = t, rowid
@@ -195,16 +200,20 @@ class RetentionJob:
 
     # -- the steps: each does one batch and says whether there is more ----------------
 
-    def _timed(self, work: Callable[[sqlite3.Connection], bool]) -> bool:
-        run = self._run
-        assert run is not None
+    def _timed(self, step: str, work: Callable[[sqlite3.Connection], bool]) -> bool:
         t0 = time.monotonic()
         with self.db.transaction() as conn:
             more = work(conn)
-        elapsed = time.monotonic() - t0
+        self._held(step, time.monotonic() - t0)
+        return more
+
+    def _held(self, step: str, elapsed: float) -> None:
+        """Count one transaction that held the write lock ``elapsed`` seconds."""
+        run = self._run
+        assert run is not None
         run.transactions += 1
         run.longest_tx_s = max(run.longest_tx_s, elapsed)
-        return more
+        run.longest_by_step[step] = max(run.longest_by_step.get(step, 0.0), elapsed)
 
     def _fold(
         self,
@@ -221,7 +230,7 @@ class RetentionJob:
         time_col = "end" if table == "drift_windows" else "ts"
 
         def work(conn: sqlite3.Connection) -> bool:
-            rows = conn.execute(query, (run.raw_before, *cursor.args(), batch)).fetchall()
+            rows = conn.execute(query, (*cursor.args(), run.raw_before, batch)).fetchall()
             if not rows:
                 return False
             cursor.advance(float(rows[-1][time_col]), int(rows[-1]["rid"]))
@@ -241,7 +250,7 @@ class RetentionJob:
             counts[table] = counts.get(table, 0) + len(gone)
             return len(rows) == batch
 
-        return self._timed(work)
+        return self._timed(table, work)
 
     def _prune_ordered(
         self, table: str, key: str, position: list[int], cutoff: float, extra: str = ""
@@ -265,7 +274,7 @@ class RetentionJob:
             run.deleted[table] = run.deleted.get(table, 0) + len(gone)
             return len(rows) == batch and len(old) == len(rows)
 
-        return self._timed(work)
+        return self._timed(table, work)
 
     def _prune_events(self, position: list[int], cutoff: float) -> bool:
         return self._prune_ordered("events", "id", position, cutoff, ", kind")
@@ -287,7 +296,7 @@ class RetentionJob:
             run.deleted[table] = run.deleted.get(table, 0) + n
             return bool(n == batch)
 
-        return self._timed(work)
+        return self._timed(table, work)
 
     def _vacuum(self) -> bool:
         """Give freed pages back to the file system, ``vacuum_pages`` at a time, when the
@@ -304,9 +313,7 @@ class RetentionJob:
         t0 = time.monotonic()
         # executescript steps the pragma to the end (execute() frees one page per step).
         conn.executescript(f"PRAGMA incremental_vacuum({int(self.config.vacuum_pages)});")
-        elapsed = time.monotonic() - t0
-        run.transactions += 1
-        run.longest_tx_s = max(run.longest_tx_s, elapsed)
+        self._held("vacuum", time.monotonic() - t0)
         after = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
         run.pages_freed += before - after
         return after > 0 and after < before

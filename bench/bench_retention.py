@@ -144,6 +144,9 @@ def copy_new_rows(a: ControlDB, b: ControlDB, marks: dict[str, int], sim_now: fl
                 marks[table] = int(top or 0)
     finally:
         b.conn.execute("DETACH DATABASE a")
+    # The copy's pages are checkpointed here, as the daemon's ingest commits checkpoint their
+    # own: otherwise the retention run's first commit would pay for them.
+    b.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
 
 def size_mb(db: ControlDB) -> float:
@@ -159,7 +162,7 @@ def main() -> None:
     ap.add_argument("--telemetry-s", type=float, default=60.0)
     ap.add_argument("--window-s", type=float, default=600.0)
     ap.add_argument("--raw-days", type=float, default=7.0)
-    ap.add_argument("--batch-rows", type=int, default=1000)
+    ap.add_argument("--batch-rows", type=int, default=RetentionConfig.batch_rows)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
 

@@ -27,9 +27,9 @@ class RetentionConfig:
     event_kinds: tuple[str, ...] = ("device", "device_error", "poison")
     dedup_days: float = 30.0  # seen_messages (report ids already stored)
     interval_s: float = 3600.0  # between the starts of two runs
-    batch_rows: int = 1000  # rows per transaction: bounds the write lock ingest waits on
+    batch_rows: int = 500  # rows per transaction: bounds the write lock others wait on
     tick_budget_s: float = 0.2  # work per daemon tick; a run continues at the next tick
-    vacuum_pages: int = 2000  # pages returned to the file system per step (8 MB at 4 KB)
+    vacuum_pages: int = 500  # pages returned to the file system per step (2 MB at 4 KB)
 
     def __post_init__(self) -> None:
         if not isinstance(self.enabled, bool):

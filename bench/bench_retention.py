@@ -155,6 +155,18 @@ def size_mb(db: ControlDB) -> float:
     return (db.path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)) / 1e6
 
 
+def table_mb(db: ControlDB) -> dict[str, float]:
+    """MB per table, its indexes included (SQLite's dbstat; empty if it was built without)."""
+    try:
+        rows = db.conn.execute(
+            "SELECT COALESCE(m.tbl_name, d.name) AS t, SUM(d.pgsize) AS b FROM dbstat d "
+            "LEFT JOIN sqlite_master m ON m.name = d.name GROUP BY t ORDER BY b DESC"
+        ).fetchall()
+    except Exception:
+        return {}
+    return {str(r["t"]): round(r["b"] / 1e6, 2) for r in rows if r["b"] >= 10_000}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--devices", type=int, default=10)
@@ -196,6 +208,7 @@ def main() -> None:
                   f"{row['ratio']:>6.3f}", flush=True)  # fmt: skip
         busy = sorted(r.busy_s for r in runs)
         steady = [r for r in runs if sum(r.folded.values())]
+        tables = {"no_retention": table_mb(a), "retention": table_mb(b)}
         # Retention first enabled on a database with the whole month raw (A): the catch-up.
         catch_up = RetentionJob(a, config).run_once(start + args.days * DAY)
         after_catch_up = size_mb(a)
@@ -224,6 +237,7 @@ def main() -> None:
             "catch_up_longest_tx_ms_by_step": {
                 k: 1000 * v for k, v in sorted(catch_up.longest_by_step.items())
             },
+            "table_mb": tables,
             "catch_up_s": catch_up.busy_s,
             "catch_up_rows_folded": sum(catch_up.folded.values()),
             "catch_up_longest_tx_ms": 1000 * catch_up.longest_tx_s,
@@ -242,6 +256,9 @@ def main() -> None:
             f"{catch_up.transactions} transactions, longest {result['catch_up_longest_tx_ms']:.1f}"
             f" ms; {days[-1]['no_retention_mb']:.1f} MB -> {after_catch_up:.1f} MB"
         )
+        for what, sizes in tables.items():
+            print(f"MB per table ({what.replace('_', ' ')}): "
+                  + ", ".join(f"{t} {mb:.1f}" for t, mb in sizes.items()))  # fmt: skip
         for what in ("hourly", "catch_up"):
             by_step = result[f"{what}_longest_tx_ms_by_step"]
             print(

@@ -24,7 +24,7 @@ from edgeloop_control.fleet.ingest import handle_report
 from edgeloop_control.infra.db import SCHEMA, ControlDB, merged_p99_ms
 from edgeloop_control.infra.mosquitto import PrivateBroker
 from edgeloop_control.infra.workspace import Workspace
-from edgeloop_control.policies.retention.aggregate import hour_of
+from edgeloop_control.policies.retention.aggregate import hour_as_window, hour_of
 from edgeloop_control.policies.retention.config import RetentionConfig
 from edgeloop_control.policies.retention.job import RetentionJob
 from edgeloop_control.policies.retrain.store import RetrainState, RetrainStore
@@ -217,9 +217,12 @@ def test_a_late_report_adds_to_its_hour(ws: Workspace, now: float) -> None:
     key = ("pump-1", VARIANT, hour_of(late_ts))
     hourly = "SELECT * FROM variant_stats_hourly WHERE device = ? AND variant = ? AND hour = ?"
     first = db.conn.execute(hourly, key).fetchone()
+    drift_hour = "SELECT * FROM drift_hourly WHERE device = ? AND variant = ? AND hour = ?"
+    first_hour = hour_as_window(db.conn.execute(drift_hour, key).fetchone())
     # The same device's report for that hour, delivered late under a new id (outbox backlog).
     _, envelope = next(reports(Sim(devices=("pump-1",), seed=99), late_ts, late_ts + 1))
     envelope["id"] = envelope["payload"]["report_id"] = "pump-1:late:1"
+    (late_window,) = envelope["payload"]["drift"]
     assert handle_report(db, envelope, "pump-1")
     late = db.conn.execute(
         "SELECT requests, errors, latency FROM variant_stats WHERE report_id = 'pump-1:late:1'"
@@ -230,6 +233,8 @@ def test_a_late_report_adds_to_its_hour(ws: Workspace, now: float) -> None:
     assert job.run_once(now).folded["variant_stats"] == 0
     _, newer = next(reports(Sim(devices=("pump-2",), seed=5), now - 600, now))
     newer["id"] = newer["payload"]["report_id"] = "pump-2:new:1"
+    bounds = {"kind": "time", "start": now - 1200, "end": now - 600, "n_rows": 500}
+    newer["payload"]["drift"] = [{**late_window, "window": bounds}]
     assert handle_report(db, newer, "pump-2")  # a newer report arrives
 
     again = job.run_once(now)
@@ -240,6 +245,16 @@ def test_a_late_report_adds_to_its_hour(ws: Workspace, now: float) -> None:
     assert second["requests"] == first["requests"] + late["requests"]
     assert second["errors"] == first["errors"] + late["errors"]
     assert merged_p99_ms([second["latency"]]) == merged_p99_ms([first["latency"], late["latency"]])
+    hour = hour_as_window(db.conn.execute(drift_hour, key).fetchone())
+    assert hour["windows"] == first_hour["windows"] + 1
+    assert hour["flagged"] == first_hour["flagged"] + late_window["dataset_drift"]
+    for was, now_f, late_f in zip(
+        first_hour["features"], hour["features"], late_window["features"], strict=True
+    ):
+        n = first_hour["windows"]
+        assert now_f["psi"] == pytest.approx((was["psi"] * n + late_f["psi"]) / (n + 1), rel=1e-12)
+        assert now_f["psi_max"] == max(was["psi_max"], late_f["psi"])
+        assert now_f["ks_p_adjusted"] == min(was["ks_p_adjusted"], late_f["ks_p_adjusted"])
 
 
 def test_noisy_events_and_old_dedup_ids_are_deleted(ws: Workspace, now: float) -> None:

@@ -148,7 +148,7 @@ def fold_windows(conn: sqlite3.Connection, rows: Sequence[sqlite3.Row]) -> int:
                 acc["output_drift"],
                 acc["start"],
                 acc["end"],
-                json.dumps(acc["doc"], allow_nan=False),
+                encode_doc(acc["doc"]),
             ),
         )
     return len(groups)
@@ -253,10 +253,7 @@ def _merge_hours(acc: dict[str, Any], old: sqlite3.Row) -> None:
     if is_number(old["start"]):
         acc["start"] = min(acc["start"], old["start"]) if is_number(acc["start"]) else old["start"]
     acc["end"] = max(acc["end"], float(old["end"]))
-    try:
-        prev = json.loads(old["doc"])
-    except ValueError:
-        return
+    prev = decode_doc(old["doc"])
     doc = acc["doc"]
     for name, test in (prev.get("features") or {}).items():
         if name in doc["features"]:
@@ -279,6 +276,71 @@ def _merge_hours(acc: dict[str, Any], old: sqlite3.Row) -> None:
             doc["estimated"]["weight"] += e_old.get("weight", 0.0)
 
 
+# -- the stored form of an hour's tests ------------------------------------------------
+
+# An hour of 8 features is ~2 KB of JSON with the long names: one-letter keys (and the
+# p-value's key as its index in P_KEYS) make drift_hourly the smaller part of what grows.
+_SHORT = {
+    "windows": "w",
+    "flagged": "f",
+    "psi_sum": "s",
+    "psi_n": "n",
+    "psi_max": "x",
+    "p_min": "p",
+    "p_key": "k",
+    "kind": "t",
+}
+_LONG = {v: k for k, v in _SHORT.items()}
+
+
+def _pack(test: dict[str, Any]) -> dict[str, Any]:
+    out = {_SHORT[k]: v for k, v in test.items() if k in _SHORT and v is not None}
+    if "k" in out:
+        out["k"] = P_KEYS.index(out["k"])
+    return out
+
+
+def _unpack(packed: Any) -> dict[str, Any]:
+    test: dict[str, Any] = dict.fromkeys(_SHORT)
+    test.update(windows=0, flagged=0, psi_sum=0.0, psi_n=0)
+    if isinstance(packed, dict):
+        test.update({_LONG[k]: v for k, v in packed.items() if k in _LONG})
+    key = test["p_key"]
+    test["p_key"] = P_KEYS[key] if isinstance(key, int) and 0 <= key < len(P_KEYS) else None
+    return test
+
+
+def encode_doc(doc: dict[str, Any]) -> str:
+    """The ``drift_hourly.doc`` text of an hour's accumulated tests."""
+    stored = {
+        **doc,
+        "features": {name: _pack(t) for name, t in doc["features"].items()},
+        "output": None if doc["output"] is None else _pack(doc["output"]),
+        "multivariate": None if doc["multivariate"] is None else _pack(doc["multivariate"]),
+    }
+    return json.dumps({k: v for k, v in stored.items() if v is not None}, allow_nan=False)
+
+
+def decode_doc(text: str | None) -> dict[str, Any]:
+    """An hour's accumulated tests from ``drift_hourly.doc``; a damaged one reads as empty."""
+    try:
+        doc = json.loads(text or "{}")
+    except ValueError:
+        doc = {}
+    doc = doc if isinstance(doc, dict) else {}
+    features = doc.get("features")
+    features = features if isinstance(features, dict) else {}
+    return {
+        "features": {str(name): _unpack(t) for name, t in features.items()},
+        "output": _unpack(doc["output"]) if isinstance(doc.get("output"), dict) else None,
+        "multivariate": _unpack(doc["multivariate"])
+        if isinstance(doc.get("multivariate"), dict)
+        else None,
+        "thresholds": doc.get("thresholds") if isinstance(doc.get("thresholds"), dict) else {},
+        "estimated": doc.get("estimated") if isinstance(doc.get("estimated"), dict) else None,
+    }
+
+
 # -- reading an hourly drift row as a window ------------------------------------------
 
 
@@ -287,11 +349,7 @@ def hour_as_window(row: sqlite3.Row) -> dict[str, Any]:
     feature the mean PSI (``psi``), its maximum, the smallest deciding p-value under the key
     the windows used, and ``drift`` when any window flagged it; plus ``aggregated``,
     ``windows`` and ``flagged`` (windows with dataset drift)."""
-    try:
-        doc = json.loads(row["doc"])
-    except ValueError:
-        doc = {}
-    doc = doc if isinstance(doc, dict) else {}
+    doc = decode_doc(row["doc"])
     features = [_test_view(name, t) for name, t in (doc.get("features") or {}).items()]
     estimated = doc.get("estimated") if isinstance(doc.get("estimated"), dict) else None
     return {

@@ -22,7 +22,7 @@ class RetentionConfig:
     enabled: bool = True
     raw_days: float = 7.0  # per-report telemetry, drift windows, concept-drift rows
     # Hourly aggregates after that; None (``"forever"`` in the file) keeps them.
-    aggregate_days: float | None = 400.0
+    aggregate_days: float | None = 90.0
     events_days: float = 30.0  # events of the kinds below; every other kind is kept
     event_kinds: tuple[str, ...] = ("device", "device_error", "poison")
     dedup_days: float = 30.0  # seen_messages (report ids already stored)

@@ -24,7 +24,8 @@ class RetentionConfig:
     # Hourly aggregates after that; None (``"forever"`` in the file) keeps them.
     aggregate_days: float | None = 90.0
     events_days: float = 30.0  # events of the kinds below; every other kind is kept
-    event_kinds: tuple[str, ...] = ("device", "device_error", "poison")
+    # Connection noise, and this job's own hourly record.
+    event_kinds: tuple[str, ...] = ("device", "device_error", "poison", "retention")
     dedup_days: float = 30.0  # seen_messages (report ids already stored)
     interval_s: float = 3600.0  # between the starts of two runs
     batch_rows: int = 500  # rows per transaction: bounds the write lock others wait on

@@ -73,11 +73,12 @@ class RetentionRun:
 
     def summary(self) -> str:
         folded = sum(self.folded.values())
-        deleted = ", ".join(f"{n:,} {t}" for t, n in sorted(self.deleted.items()) if n) or "none"
+        deleted = ", ".join(f"{n:,} from {t}" for t, n in sorted(self.deleted.items()) if n)
         return (
             f"retention: folded {self.folded.get('variant_stats', 0):,} telemetry rows and "
             f"{self.folded.get('drift_windows', 0):,} drift windows ({folded:,} rows) into "
-            f"{self.hourly_rows:,} hourly rows; deleted {deleted}; {self.pages_freed:,} pages "
+            f"{self.hourly_rows:,} hourly rows; deleted {deleted or 'nothing'}; "
+            f"{self.pages_freed:,} pages "
             f"freed; {self.busy_s:.2f} s in {self.slices} slices, {self.transactions} "
             f"transactions, longest {self.longest_tx_s * 1000:.0f} ms; "
             f"{self.protected} devices held by experiments/rollouts/retraining kept raw"

@@ -27,10 +27,12 @@ from edgeloop_control.infra.workspace import Workspace
 from edgeloop_control.policies.retention.aggregate import hour_as_window, hour_of
 from edgeloop_control.policies.retention.config import RetentionConfig
 from edgeloop_control.policies.retention.job import RetentionJob
+from edgeloop_control.policies.retention.protect import protected_devices
 from edgeloop_control.policies.retrain.store import RetrainState, RetrainStore
 from edgeloop_control.report import history
 from edgeloop_control.report.collect import collect_report
 from edgeloop_control.report.history import Selection
+from tests.control.fleet_history import DEVICES, History
 from tests.control.retention_history import FEATURES, VARIANT, Sim, ingest, reports
 from tests.control.web_client import Browser, start
 from tests.mqtt_helpers import Probe
@@ -461,3 +463,39 @@ def test_the_daemon_runs_retention_while_it_ingests(
     finally:
         holder["daemon"].stop_event.set()
         thread.join(30)
+
+
+def test_a_running_experiment_keeps_its_devices_raw_and_goes_on(
+    fleet_history: History, tmp_path: Path
+) -> None:
+    """The shared history: a running A/B test on pump-1 and pump-2, two finished rollouts on
+    pump-3, five days of drift windows. With raw_days 1 the older windows of pump-3 and the
+    long-named device are folded; the experiment's devices keep every raw row, by its
+    device claims and by its own record alike, and the experiment still ticks."""
+    from edgeloop_control.policies.experiments import ACTIVE, ExperimentManager
+
+    shutil.copytree(fleet_history.ws.root, tmp_path / "ws")
+    ws = Workspace.open(tmp_path / "ws")
+    db = ControlDB(ws.state_db)
+    running = fleet_history.experiments[-1]
+    assert protected_devices(db) == set(DEVICES[:2])
+    db.conn.execute("DELETE FROM device_owners")  # the experiments table alone still says so
+    assert protected_devices(db) == set(DEVICES[:2])
+    count = "SELECT device, COUNT(*) FROM drift_windows GROUP BY device"
+    before = dict(db.conn.execute(count).fetchall())
+
+    run = RetentionJob(db, RetentionConfig(raw_days=1)).run_once(time.time())
+
+    after = dict(db.conn.execute(count).fetchall())
+    assert {d: after[d] for d in DEVICES[:2]} == {d: before[d] for d in DEVICES[:2]}
+    assert after[DEVICES[2]] < before[DEVICES[2]] and run.folded["drift_windows"] > 0
+    # Its next look reads the same evidence as on a copy retention never touched.
+    shutil.copytree(fleet_history.ws.root, tmp_path / "untouched")
+    untouched = Workspace.open(tmp_path / "untouched")
+    looks = []
+    for w, d in ((ws, db), (untouched, ControlDB(untouched.state_db))):
+        manager = ExperimentManager(w, d, None)
+        manager.tick(time.time())
+        (status,) = [e for e in manager.status() if e["id"] == running]
+        looks.append((status["state"], [{**lk, "t": None} for lk in status["looks"]]))
+    assert looks[0] == looks[1] and looks[0][0] in ACTIVE

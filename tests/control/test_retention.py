@@ -32,6 +32,7 @@ from edgeloop_control.policies.retrain.store import RetrainState, RetrainStore
 from edgeloop_control.report import history
 from edgeloop_control.report.collect import collect_report
 from edgeloop_control.report.history import Selection
+from edgeloop_control.report.page import render_report
 from tests.control.fleet_history import DEVICES, History
 from tests.control.retention_history import FEATURES, VARIANT, Sim, ingest, reports
 from tests.control.web_client import Browser, start
@@ -155,8 +156,10 @@ def test_the_report_over_the_whole_span_gives_the_raw_figures(ws: Workspace, now
             assert f["psi_max"] == want["psi_max"][f["name"]]
             assert f["ks_p_adjusted"] == want["p"][f["name"]]
         assert w["estimated"]["value"] == pytest.approx(want["estimated"], rel=1e-12)
-    note = collect_report(ws, db, Selection())["summary"]["older data"]
-    assert "hourly aggregated" in note
+    data = collect_report(ws, db, Selection())
+    assert "hourly aggregated" in data["summary"]["older data"]
+    page = render_report(data)  # the HTML page over the whole month renders, and says so
+    assert "hourly aggregated (retention)" in page and 'id="drift-chart-vibration"' in page
 
 
 def test_recent_rows_stay_raw_and_old_ones_are_gone(ws: Workspace, now: float) -> None:
@@ -408,7 +411,7 @@ def test_a_database_of_an_older_release_is_read_without_the_hourly_tables(tmp_pa
     assert history.aggregated_before(db) is None
 
 
-def test_the_dashboard_drift_page_shows_hourly_rows_and_says_so(ws: Workspace, now: float) -> None:
+def test_the_dashboard_drift_pages_show_hourly_rows_and_say_so(ws: Workspace, now: float) -> None:
     db = ControlDB(ws.state_db)
     RetentionJob(db, RetentionConfig()).run_once(now)
     # pump-1 silent for the raw week: its newest windows are hourly rows.
@@ -416,11 +419,13 @@ def test_the_dashboard_drift_page_shows_hourly_rows_and_says_so(ws: Workspace, n
     db.close()
     server = start(ws, None)
     try:
-        page = Browser(f"http://{server.listen}").get("/drift?since=30d&device=pump-1")
+        browser = Browser(f"http://{server.listen}")
+        pages = [browser.get("/drift?since=30d&device=pump-1"), browser.get("/devices/pump-1")]
     finally:
         server.stop()
-    assert page.status == 200
-    assert "hourly aggregated (retention)" in page.text and "PSI of vibration" in page.text
+    for page in pages:
+        assert page.status == 200
+        assert "hourly aggregated (retention)" in page.text and "PSI of vibration" in page.text
 
 
 def test_the_daemon_runs_retention_while_it_ingests(

@@ -98,7 +98,9 @@ class Views:
             ]
         )
         windows = history.drift_windows(db, Selection(devices=(device,)), last=DRIFT_WINDOWS)
-        drift = self._drift_html(windows, clk, f"no drift windows from {device}")
+        drift = self._with_note(
+            db, windows, self._drift_html(windows, clk, f"no drift windows from {device}")
+        )
         events = viewparts.events(db, subject=device, like=device, limit=50)
         body = (
             f"<h1>Device <code>{esc(device)}</code></h1>{facts}{drift}"
@@ -212,6 +214,14 @@ class Views:
         )
         return mv.ref, "/models", body, False
 
+    @staticmethod
+    def _with_note(db: ControlDB, windows: list[dict[str, Any]], charts: Html) -> Html:
+        """Charts with retention's note in front when some points are hourly aggregates."""
+        if not any(w.get("aggregated") for w in windows):
+            return charts
+        note = history.aggregation_note(db, Selection())
+        return Html((f"<p>{esc(note)}.</p>" if note else "") + charts)
+
     def drift_page(
         self, request: Request, db: ControlDB, viewer: Viewer
     ) -> tuple[str, str, str, bool]:
@@ -248,10 +258,9 @@ class Views:
             windows = history.drift_windows(
                 db, Selection(since=since, devices=(device,)), last=DRIFT_WINDOWS
             )
-            charts = self._drift_html(windows, clk, f"no drift windows from {device}")
-            if any(w.get("aggregated") for w in windows):
-                note = history.aggregation_note(db, Selection(since=since))
-                charts = Html((f"<p>{esc(note)}.</p>" if note else "") + charts)
+            charts = self._with_note(
+                db, windows, self._drift_html(windows, clk, f"no drift windows from {device}")
+            )
         body = (
             f'<h1>Drift</h1><p class="facts">Devices with drift windows since {esc(since_text)}'
             f" (flagged first): {picker or '–'}</p>"

@@ -49,6 +49,7 @@ def drift(
     db = ControlDB(ws.state_db)
     try:
         found = history.drift_windows(db, sel, last=windows)
+        note = history.aggregation_note(db, sel) if _any_hourly(found) else None
     finally:
         db.close()
     if as_json:
@@ -56,9 +57,17 @@ def drift(
         return
     from rich.console import Console
 
+    from edgeloop_control.cli.layout import safe_text
+
     # Made here, not at import: the width follows COLUMNS at the time of the call.
     console = Console(highlight=False)
     print_drift(console, found, sel.describe())
+    if note:
+        console.print(safe_text(note), soft_wrap=True)
+
+
+def _any_hourly(found: list[dict[str, Any]]) -> bool:
+    return any(w.get("aggregated") for w in found)
 
 
 def _json_window(w: dict[str, Any]) -> dict[str, Any]:
@@ -87,6 +96,11 @@ def _json_window(w: dict[str, Any]) -> dict[str, Any]:
         "output": w["output"],
         "multivariate": w.get("multivariate"),
         "estimated": w.get("estimated"),
+        **(
+            {"aggregated": "hourly", "windows": w["windows"], "flagged": w["flagged"]}
+            if w.get("aggregated")
+            else {}
+        ),
     }
 
 
@@ -177,7 +191,13 @@ def print_drift(console: Any, found: list[dict[str, Any]], scope: str) -> None:
         for w in ws:
             verdict = _window_verdict(w)
             when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(w["end"]))
-            head = safe_text(f"{device} · {variant} · window ending {when} · n={w['n']:,} · ")
+            what = f"window ending {when}"
+            if w.get("aggregated"):
+                what = (
+                    f"hour ending {when}: {w['windows']} windows aggregated, "
+                    f"{w['flagged']} flagged, mean PSI, smallest p"
+                )
+            head = safe_text(f"{device} · {variant} · {what} · n={w['n']:,} · ")
             head.append(safe_text(verdict, "bold red" if w["dataset_drift"] else "green"))
             console.print(head, soft_wrap=True)
             if w.get("estimated"):

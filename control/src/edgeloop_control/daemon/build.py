@@ -10,9 +10,12 @@ def build_daemon(ws: Workspace, broker_url: str, *, tick_s: float = 1.0) -> Cont
     from edgeloop_control.fleet.desired import DesiredState
     from edgeloop_control.fleet.refresh import DesiredRefresh
     from edgeloop_control.policies.experiments import ExperimentManager
+    from edgeloop_control.policies.retention.config import RetentionConfig
+    from edgeloop_control.policies.retention.job import RetentionJob
     from edgeloop_control.policies.retrain.policy import RetrainPolicy
     from edgeloop_control.policies.rollout import RolloutManager
 
+    retention = RetentionConfig.from_workspace(ws)  # a bad [retention] stops here
     daemon = ControlDaemon(ws, broker_url, tick_s=tick_s)
     rollouts = RolloutManager(ws, daemon.db, daemon.publisher)
     experiments = ExperimentManager(ws, daemon.db, daemon.publisher, rollouts=rollouts)
@@ -22,4 +25,8 @@ def build_daemon(ws: Workspace, broker_url: str, *, tick_s: float = 1.0) -> Cont
     # Last: it re-signs documents no policy touched for half their lifetime.
     refresh = DesiredRefresh(DesiredState.for_workspace(ws, daemon.db, daemon.publisher))
     daemon.policies = [retrain, experiments, rollouts, refresh]
+    if retention.enabled:
+        # Last: it reads which devices the policies hold after they moved this tick.
+        daemon.policies.append(RetentionJob(daemon.db, retention))
+        daemon.forget_seen = False  # the job prunes seen_messages, in batches
     return daemon

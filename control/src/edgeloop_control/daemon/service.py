@@ -84,6 +84,9 @@ class ControlDaemon:
         self._traced: set[tuple[str, str]] = set()
         self._last_flush = time.monotonic()
         self._last_forget = 0.0
+        # Without a retention job ([retention] enabled = false) the daemon still keeps
+        # seen_messages bounded itself, in one statement an hour.
+        self.forget_seen = True
         self.counters = {
             "status": 0,
             "telemetry": 0,
@@ -311,7 +314,7 @@ class ControlDaemon:
 
     def _tick(self) -> None:
         now = time.time()
-        if now - self._last_forget >= 3600:
+        if self.forget_seen and now - self._last_forget >= 3600:
             self._last_forget = now
             self.db.forget_seen(SEEN_RETENTION_S)
         for policy in self.policies:

@@ -112,6 +112,51 @@ CREATE TABLE IF NOT EXISTS concept_drift (
     PRIMARY KEY (report_id, variant)
 );
 CREATE INDEX IF NOT EXISTS concept_drift_device ON concept_drift(device, variant, ts);
+-- Retention (policies/retention/, docs/operations.md "Retention"): raw rows older than
+-- [retention] raw_days are folded into these hourly rows per (device, variant, hour), then
+-- deleted. The time indexes let each batch find the oldest rows without a table scan.
+CREATE INDEX IF NOT EXISTS variant_stats_time ON variant_stats(ts);
+CREATE INDEX IF NOT EXISTS drift_windows_time ON drift_windows(end);
+CREATE INDEX IF NOT EXISTS concept_drift_time ON concept_drift(ts);
+CREATE TABLE IF NOT EXISTS variant_stats_hourly (
+    device TEXT NOT NULL,
+    variant TEXT NOT NULL,
+    hour REAL NOT NULL,
+    version TEXT,
+    reports INTEGER NOT NULL,
+    requests INTEGER NOT NULL,
+    predictions INTEGER NOT NULL,
+    errors INTEGER NOT NULL,
+    cls_n INTEGER NOT NULL,
+    cls_correct INTEGER NOT NULL,
+    reg_n INTEGER NOT NULL,
+    reg_sum_abs REAL NOT NULL,
+    reg_sum_sq REAL NOT NULL,
+    keyed INTEGER NOT NULL DEFAULT 0,
+    unkeyed INTEGER NOT NULL DEFAULT 0,
+    latency TEXT,
+    first_ts REAL NOT NULL,
+    last_ts REAL NOT NULL,
+    PRIMARY KEY (device, variant, hour)
+);
+CREATE INDEX IF NOT EXISTS variant_stats_hourly_hour ON variant_stats_hourly(hour);
+CREATE TABLE IF NOT EXISTS drift_hourly (
+    device TEXT NOT NULL,
+    variant TEXT NOT NULL,
+    hour REAL NOT NULL,
+    version TEXT,
+    windows INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    enough_data INTEGER NOT NULL,
+    dataset_drift INTEGER NOT NULL,
+    output_drift INTEGER NOT NULL,
+    start REAL,
+    end REAL NOT NULL,
+    doc TEXT NOT NULL,
+    PRIMARY KEY (device, variant, hour)
+);
+CREATE INDEX IF NOT EXISTS drift_hourly_hour ON drift_hourly(hour);
+CREATE INDEX IF NOT EXISTS drift_hourly_end ON drift_hourly(end);
 CREATE TABLE IF NOT EXISTS counters (
     name TEXT PRIMARY KEY,
     value INTEGER NOT NULL
@@ -133,6 +178,10 @@ class ControlDB:
             self.path, timeout=30, isolation_level=None, check_same_thread=False
         )
         self.conn.row_factory = sqlite3.Row
+        # Before WAL and the first table, or it does not take: a new database frees the
+        # pages retention empties with PRAGMA incremental_vacuum (an existing one keeps
+        # its mode until an offline VACUUM; docs/operations.md "Retention").
+        self.conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
         self.conn.execute("PRAGMA foreign_keys=ON")

@@ -75,6 +75,9 @@ def drift_section(
                 "output_psi": _number((w["output"] or {}).get("psi")),
                 "estimated": _number((w.get("estimated") or {}).get("value")),
                 "estimated_reference": _number((w.get("estimated") or {}).get("reference")),
+                # An hour of windows folded by retention: how many, how many flagged.
+                "windows": int(w.get("windows", 1)),
+                "flagged": int(w.get("flagged", 1 if w["dataset_drift"] else 0)),
             }
             for w in windows
         ],
@@ -190,6 +193,9 @@ def collect_report(
         },
     }
     data["summary"] = summary(data, sel)
+    note = history.aggregation_note(db, sel)
+    if note is not None:
+        data["summary"]["older data"] = note
     return data
 
 
@@ -214,8 +220,10 @@ def summary(data: dict[str, Any], sel: Selection) -> dict[str, Any]:
     out.update(
         {
             "devices": len(data["devices"]),
-            "drift windows": len(drift["windows"]),
-            "windows flagged": sum(1 for w in drift["windows"] if w["dataset_drift"]),
+            "drift windows": sum(w.get("windows", 1) for w in drift["windows"]),
+            "windows flagged": sum(
+                w.get("flagged", 1 if w["dataset_drift"] else 0) for w in drift["windows"]
+            ),
             "experiments": len(data["experiments"]),
             "rollouts": len(data["rollouts"]),
             "events": len(data["events"]),

@@ -103,7 +103,7 @@ def _iso(t: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
 
 
-def _has_table(db: ControlDB, name: str) -> bool:
+def has_table(db: ControlDB, name: str) -> bool:
     row = db.conn.execute(
         "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
     ).fetchone()
@@ -112,7 +112,7 @@ def _has_table(db: ControlDB, name: str) -> bool:
 
 def _overlapping(db: ControlDB, table: str, start: str, end: str, sel: Selection) -> bool:
     """Does ``table`` exist and hold a row whose [start, end] meets the selected range?"""
-    if not _has_table(db, table):
+    if not has_table(db, table):
         return False
     # Table and column names are this module's constants, never user input.
     query, args = f"SELECT 1 FROM {table} WHERE 1=1", []
@@ -151,7 +151,7 @@ def drift_windows(
     if sel.devices:
         query += f" AND device IN ({', '.join('?' * len(sel.devices))})"
         args.extend(sel.devices)
-    out = []
+    out = _hourly_windows(db, sel)
     for r in db.conn.execute(query + " ORDER BY end, rowid", args):
         if not sel.model_ok(r["variant"]):
             continue
@@ -184,6 +184,8 @@ def drift_windows(
                 "estimated": estimated,
             }
         )
+    if out and out[0].get("aggregated"):
+        out.sort(key=lambda w: w["end"])  # stable: raw windows keep their order
     if last is not None:
         streams: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for w in out:
@@ -191,6 +193,51 @@ def drift_windows(
         keep = {id(w) for ws in streams.values() for w in ws[-last:]}
         out = [w for w in out if id(w) in keep]
     return out
+
+
+def _hourly_windows(db: ControlDB, sel: Selection) -> list[dict[str, Any]]:
+    """Hours of windows older than the retention's raw window (``drift_hourly``), each as
+    one window-shaped dict with ``aggregated``, ``windows`` and ``flagged``; selected by
+    the end of their newest window, like raw windows."""
+    if not has_table(db, "drift_hourly"):
+        return []  # a read-only view of a database no daemon of this release opened
+    from edgeloop_control.policies.retention.aggregate import hour_as_window
+
+    query, args = "SELECT * FROM drift_hourly WHERE 1=1", list[Any]()
+    if sel.since is not None:
+        query += " AND end >= ?"
+        args.append(sel.since)
+    if sel.until is not None:
+        query += " AND end <= ?"
+        args.append(sel.until)
+    if sel.devices:
+        query += f" AND device IN ({', '.join('?' * len(sel.devices))})"
+        args.extend(sel.devices)
+    rows = db.conn.execute(query + " ORDER BY end", args)
+    return [hour_as_window(r) for r in rows if sel.model_ok(r["variant"])]
+
+
+def aggregated_before(db: ControlDB) -> float | None:
+    """The end of the newest hour retention folded (data older than it is hourly
+    aggregates, not raw rows), or None when nothing was ever aggregated."""
+    newest = None
+    for table in ("variant_stats_hourly", "drift_hourly"):
+        if has_table(db, table):
+            value = db.conn.execute(f"SELECT MAX(hour) FROM {table}").fetchone()[0]
+            if value is not None:
+                newest = max(newest or value, value)
+    return None if newest is None else float(newest) + 3600.0
+
+
+def aggregation_note(db: ControlDB, sel: Selection) -> str | None:
+    """The sentence readers print when the selection reaches into aggregated data."""
+    before = aggregated_before(db)
+    if before is None or (sel.since is not None and sel.since >= before):
+        return None
+    return (
+        f"data before {_iso(before)} is hourly aggregated (retention): one row per device, "
+        "model and hour with counts, mean and max PSI, the smallest p-value"
+    )
 
 
 # The window's PCA reconstruction-error block, shown as one more row beside the features.
@@ -351,6 +398,21 @@ def _rate(stats: list[Any]) -> float | None:
     return sum(int(s["errors"] or 0) for s in stats) / requests if requests else None
 
 
+def _hourly_stats(db: ControlDB, device: str, sel: Selection) -> list[Any]:
+    """The device's aggregated hours that meet the selected range (an hour counts whole)."""
+    if not has_table(db, "variant_stats_hourly"):
+        return []
+    query = "SELECT requests, errors, latency FROM variant_stats_hourly WHERE device = ?"
+    args: list[Any] = [device]
+    if sel.since is not None:
+        query += " AND hour > ?"
+        args.append(sel.since - 3600.0)
+    if sel.until is not None:
+        query += " AND hour <= ?"
+        args.append(sel.until)
+    return db.conn.execute(query, args).fetchall()
+
+
 def fleet(db: ControlDB, sel: Selection) -> list[dict[str, Any]]:
     """One row per device in the inventory (and every device with a desired state): online,
     served and desired versions, drift state, traffic in the range, memory, outbox depth."""
@@ -380,6 +442,7 @@ def fleet(db: ControlDB, sel: Selection) -> list[dict[str, Any]]:
             query += " AND ts <= ?"
             args.append(sel.until)
         stats = db.conn.execute(query, args).fetchall()  # every variant the device served
+        stats += _hourly_stats(db, name, sel)
         drift: dict[str, Any] = _dict(row.get("drift"))
         drifting = [
             f"{v}: {', '.join(d.get('drifted') or []) or 'dataset'}"

@@ -98,7 +98,9 @@ class Views:
             ]
         )
         windows = history.drift_windows(db, Selection(devices=(device,)), last=DRIFT_WINDOWS)
-        drift = self._drift_html(windows, clk, f"no drift windows from {device}")
+        drift = self._with_note(
+            db, windows, self._drift_html(windows, clk, f"no drift windows from {device}")
+        )
         events = viewparts.events(db, subject=device, like=device, limit=50)
         body = (
             f"<h1>Device <code>{esc(device)}</code></h1>{facts}{drift}"
@@ -212,6 +214,14 @@ class Views:
         )
         return mv.ref, "/models", body, False
 
+    @staticmethod
+    def _with_note(db: ControlDB, windows: list[dict[str, Any]], charts: Html) -> Html:
+        """Charts with retention's note in front when some points are hourly aggregates."""
+        if not any(w.get("aggregated") for w in windows):
+            return charts
+        note = history.aggregation_note(db, Selection())
+        return Html((f"<p>{esc(note)}.</p>" if note else "") + charts)
+
     def drift_page(
         self, request: Request, db: ControlDB, viewer: Viewer
     ) -> tuple[str, str, str, bool]:
@@ -220,12 +230,16 @@ class Views:
             since = history.parse_when(since_text, option="since")
         except history.HistoryError as exc:
             raise BadRequest(str(exc)) from None
+        hourly = "drift_hourly" if history.has_table(db, "drift_hourly") else "drift_windows"
         devices = [
             r[0]
             for r in db.conn.execute(
-                "SELECT device, MAX(dataset_drift) FROM drift_windows WHERE end >= ? "
-                "GROUP BY device ORDER BY MAX(dataset_drift) DESC, device LIMIT ?",
-                (since, PAGE_ROWS),
+                # Hours retention folded count too (their dataset_drift is a count).
+                "SELECT device, MAX(flagged) FROM (SELECT device, dataset_drift > 0 AS flagged "
+                "FROM drift_windows WHERE end >= ? UNION ALL SELECT device, dataset_drift > 0 "
+                f"FROM {hourly} WHERE end >= ?) "
+                "GROUP BY device ORDER BY MAX(flagged) DESC, device LIMIT ?",
+                (since, since, PAGE_ROWS),
             )
         ]
         device = request.query_params.get("device") or (devices[0] if devices else None)
@@ -244,7 +258,9 @@ class Views:
             windows = history.drift_windows(
                 db, Selection(since=since, devices=(device,)), last=DRIFT_WINDOWS
             )
-            charts = self._drift_html(windows, clk, f"no drift windows from {device}")
+            charts = self._with_note(
+                db, windows, self._drift_html(windows, clk, f"no drift windows from {device}")
+            )
         body = (
             f'<h1>Drift</h1><p class="facts">Devices with drift windows since {esc(since_text)}'
             f" (flagged first): {picker or '–'}</p>"

@@ -29,6 +29,13 @@ from threadpoolctl import threadpool_limits
 from edgeloop_agent.wire.modelmeta import ModelMeta
 from edgeloop_agent.wire.profile import build_reference_profile
 from edgeloop_control.training.calibration import fit_calibration
+from edgeloop_control.training.checks import (
+    check_finite,
+    check_frame,
+    check_training_features,
+    resolve_features,
+    timestamp_values,
+)
 from edgeloop_control.training.columns import (
     STRING_MISSING,
     FeatureKind,
@@ -158,8 +165,8 @@ class PreparedData:
 def prepare(df: pd.DataFrame, config: TrainConfig) -> PreparedData:
     """Validate, order and split ``df``; raises :class:`TrainingError`."""
     started = time.perf_counter()
-    _check_frame(df)
-    features = _resolve_features(df, config)
+    check_frame(df)
+    features = resolve_features(df, config)
 
     labelled = df[df[config.target].notna()]
     n_dropped = len(df) - len(labelled)
@@ -176,9 +183,7 @@ def prepare(df: pd.DataFrame, config: TrainConfig) -> PreparedData:
     numeric = [f for f in features if kinds[f] == "float"]
     categorical = [f for f in features if kinds[f] == "string"]
     timestamps = (
-        _timestamp_values(labelled[config.timestamp], config.timestamp)
-        if config.timestamp
-        else None
+        timestamp_values(labelled[config.timestamp], config.timestamp) if config.timestamp else None
     )
 
     used_columns = [*features, config.target] + ([config.timestamp] if config.timestamp else [])
@@ -214,9 +219,9 @@ def prepare(df: pd.DataFrame, config: TrainConfig) -> PreparedData:
             f"{len(y_train)} training rows; classification needs two"
         )
     x_train = feature_frame(train_rows, numeric, categorical)
-    _check_training_features(x_train, numeric, categorical, config.max_categories)
+    check_training_features(x_train, numeric, categorical, config.max_categories)
     x_holdout = feature_frame(holdout_frame, numeric, categorical)
-    _check_finite(x_holdout, numeric, "held-out")
+    check_finite(x_holdout, numeric, "held-out")
     return PreparedData(
         config=config,
         features=features,
@@ -354,102 +359,6 @@ def _fit(p: PreparedData) -> TrainResult:
             "total_s": time.perf_counter() - started,
         },
     )
-
-
-def _check_frame(df: Any) -> None:
-    if not isinstance(df, pd.DataFrame):
-        raise TrainingError(f"expected a pandas DataFrame, got {type(df).__name__}")
-    if len(df) == 0:
-        raise TrainingError("the training frame has no rows")
-    bad = [c for c in df.columns if not isinstance(c, str) or not c]
-    if bad:
-        raise TrainingError(f"column names must be non-empty strings, got {bad!r}")
-    if not df.columns.is_unique:
-        dupes = sorted(set(df.columns[df.columns.duplicated()]))
-        raise TrainingError(f"the frame repeats column(s) {', '.join(dupes)}")
-
-
-def _resolve_features(df: pd.DataFrame, config: TrainConfig) -> list[str]:
-    available = list(df.columns)
-
-    def unknown(names: list[str], what: str) -> None:
-        absent = [n for n in names if n not in df.columns]
-        if absent:
-            raise TrainingError(f"unknown {what} column(s) {absent}; the frame has {available}")
-
-    unknown([config.target], "target")
-    if config.timestamp:
-        unknown([config.timestamp], "timestamp")
-    unknown(list(config.exclude), "exclude")
-    reserved = {config.target, config.timestamp}
-    if config.features is not None:
-        unknown(list(config.features), "feature")
-        clash = [f for f in config.features if f in reserved]
-        if clash:
-            raise TrainingError(f"feature(s) {clash} are also the target or the timestamp column")
-        features = [f for f in config.features if f not in config.exclude]
-    else:
-        features = [c for c in available if c not in reserved and c not in config.exclude]
-    if not features:
-        raise TrainingError("no feature columns left after removing target/timestamp/exclude")
-    return features
-
-
-def _timestamp_values(series: pd.Series, name: str) -> np.ndarray:
-    """Sortable timestamps: int64 nanoseconds (UTC) for dates, float64 for numbers."""
-    if pd.api.types.is_bool_dtype(series.dtype):
-        raise TrainingError(f"timestamp {name!r} is boolean")
-    if pd.api.types.is_numeric_dtype(series.dtype):
-        values = series.to_numpy(dtype=np.float64, na_value=np.nan)
-        if not np.isfinite(values).all():
-            raise TrainingError(
-                f"timestamp {name!r} has {int((~np.isfinite(values)).sum())} missing or "
-                "non-finite values"
-            )
-        return values
-    try:
-        parsed = pd.to_datetime(series, utc=True)
-    except (ValueError, TypeError) as exc:
-        raise TrainingError(f"timestamp {name!r} cannot be read as dates: {exc}") from None
-    if parsed.isna().any():
-        raise TrainingError(f"timestamp {name!r} has {int(parsed.isna().sum())} missing values")
-    return parsed.dt.tz_localize(None).astype("datetime64[ns]").to_numpy().view(np.int64)
-
-
-def _check_training_features(
-    x_train: pd.DataFrame, numeric: list[str], categorical: list[str], max_categories: int
-) -> None:
-    for name in numeric:
-        if np.isnan(x_train[name].to_numpy()).all():
-            raise TrainingError(
-                f"feature {name!r} has no values in the {len(x_train)} training rows "
-                "(all missing); drop it or list it in exclude"
-            )
-    _check_finite(x_train, numeric, "training")
-    for name in categorical:
-        values = x_train[name]
-        if (values == STRING_MISSING).all():
-            raise TrainingError(
-                f"feature {name!r} has no values in the {len(x_train)} training rows "
-                "(all missing); drop it or list it in exclude"
-            )
-        n_distinct = values.nunique()
-        if n_distinct > max_categories:
-            raise TrainingError(
-                f"categorical feature {name!r} has {n_distinct} distinct values in the "
-                f"training rows (max_categories={max_categories}); it looks like an "
-                "identifier or free text: exclude it or raise max_categories"
-            )
-
-
-def _check_finite(frame: pd.DataFrame, numeric: list[str], where: str) -> None:
-    for name in numeric:
-        infinite = np.isinf(frame[name].to_numpy())
-        if infinite.any():
-            raise TrainingError(
-                f"feature {name!r} has {int(infinite.sum())} infinite values in the {where} "
-                "rows; replace them with NaN (missing) or finite values"
-            )
 
 
 def _reference_profile(

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import queue
 import signal
 import sqlite3
 import threading
@@ -26,6 +25,7 @@ from paho.mqtt.properties import Properties
 
 from edgeloop_agent.wire.network import BrokerAddress
 from edgeloop_agent.wire.topics import Topics
+from edgeloop_control.daemon.intake import Intake
 from edgeloop_control.featurestore import FeatureStore
 from edgeloop_control.fleet.captured import store_captured
 from edgeloop_control.fleet.ingest import IngestError, handle_report, handle_status, touch_seen
@@ -63,6 +63,7 @@ class ControlDaemon:
         tick_s: float = 1.0,
         flush_s: float = 2.0,
         flush_max: int = 2000,
+        intake_max: int = 10_000,
     ) -> None:
         self.ws = ws
         self.prefix = ws.topic_prefix
@@ -76,7 +77,11 @@ class ControlDaemon:
         self._stop_signal = ""  # the signal that asked the daemon to stop, for its log line
         self.connected = threading.Event()
         self.policies: list[Policy] = []
-        self._queue: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
+        self._started = False
+        # Bounded: a backlog waits at the broker, not in this process (daemon/intake.py).
+        self._queue: Intake[mqtt.MQTTMessage] = Intake(
+            intake_max, may_wait=lambda: not self.stop_event.is_set()
+        )
         self._captured: list[tuple[mqtt.MQTTMessage, Captured]] = []
         self._retry: list[mqtt.MQTTMessage] = []
         self._last_retry = 0.0
@@ -105,9 +110,14 @@ class ControlDaemon:
         # Without it an unreachable broker is silent: paho retries without a word.
         self._connect_fail = ConnectFailureLog(self.address, log, "control daemon")
         client.on_connect_fail = self._connect_fail
-        client.on_message = lambda _c, _u, msg: self._queue.put(msg)
+        client.on_message = lambda _c, _u, msg: self._queue.put(msg)  # may wait: see Intake
         self.client = client
-        self.publisher = SessionPublisher(client)
+        # Policies publish (desired state, artifacts, events) on a connection of their own:
+        # the ingest session's network thread waits while the intake is full, and a
+        # publish on it would then wait for an acknowledgement that thread cannot read.
+        self.publish_client = new_client(self.address, f"edgeloop-control-{ident}-pub")
+        self.publish_client.reconnect_delay_set(1, 15)
+        self.publisher = SessionPublisher(self.publish_client)
 
     # -- MQTT ------------------------------------------------------------------
 
@@ -134,12 +144,18 @@ class ControlDaemon:
         log.info("control daemon connected to %s", self.address)
 
     def start(self) -> None:
+        """Connect and start paho's network thread (once; ``run`` calls it too)."""
+        if self._started:
+            return
+        self._started = True
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = 7 * 24 * 3600
         self.client.connect_async(
             self.address.host, self.address.port, keepalive=30, clean_start=False, properties=props
         )
         self.client.loop_start()
+        self.publish_client.connect_async(self.address.host, self.address.port, keepalive=30)
+        self.publish_client.loop_start()
 
     # -- the worker ---------------------------------------------------------------
 
@@ -151,10 +167,7 @@ class ControlDaemon:
         next_tick = time.monotonic()
         try:
             while not self.stop_event.is_set() and not (until and until()):
-                try:
-                    msg = self._queue.get(timeout=0.1)
-                except queue.Empty:
-                    msg = None
+                msg = self._queue.get(timeout=0.1)
                 if msg is not None:
                     self._handle(msg)
                 now = time.monotonic()
@@ -185,17 +198,15 @@ class ControlDaemon:
 
     def _drain_and_stop(self) -> None:
         self._queue_retries()
-        while True:
-            try:
-                self._handle(self._queue.get_nowait())
-            except queue.Empty:
-                break
+        while (msg := self._queue.get(timeout=0)) is not None:
+            self._handle(msg)
         self._flush_captured()
         self.client.disconnect()
         # With the broker gone, paho's network thread sleeps out its reconnect back-off in
         # steps of up to 1 s before it sees the stop (0.9 s measured). Nothing is left to
         # send then, and the thread is a daemon: wait briefly, not for the whole step.
-        stopper = threading.Thread(target=self.client.loop_stop, name="mqtt-stop", daemon=True)
+        self.publish_client.disconnect()
+        stopper = threading.Thread(target=self._stop_loops, name="mqtt-stop", daemon=True)
         stopper.start()
         stopper.join(timeout=0.3)
         self.db.close()
@@ -303,10 +314,14 @@ class ControlDaemon:
                 self._poison(m, leaf, device, refused[i])
             self._ack(m)
 
+    def _stop_loops(self) -> None:
+        self.client.loop_stop()
+        self.publish_client.loop_stop()
+
     def _queue_retries(self) -> None:
         retry, self._retry = self._retry, []
         for msg in retry:
-            self._queue.put(msg)
+            self._queue.put_nowait(msg)  # the worker must never wait on its own intake
 
     def _ack(self, msg: mqtt.MQTTMessage) -> None:
         if msg.qos > 0:

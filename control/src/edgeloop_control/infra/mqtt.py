@@ -80,7 +80,7 @@ class Publisher(Protocol):
 
 
 class SessionPublisher:
-    """:class:`Publisher` over an already connected paho client (the daemon's session)."""
+    """:class:`Publisher` over a connected paho client (the daemon's publishing connection)."""
 
     def __init__(self, client: mqtt.Client) -> None:
         self.client = client

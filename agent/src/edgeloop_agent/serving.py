@@ -135,6 +135,7 @@ class Server:
         reply_qos: int,
         get_deployment: Callable[[], Deployment | None],
         policy: ReplyPolicy | None = None,
+        max_queue: int = 1024,
     ) -> None:
         self.topics = topics
         self.policy = policy or ReplyPolicy(prefix=topics.prefix, device=topics.device)
@@ -152,7 +153,16 @@ class Server:
         self._idle = False
         self._accepting = True
         self._reply_failed: set[int] = set()
+        # Replies whose PUBACK the request's ack must wait for (see MqttLink.ack).
+        self._ack_after: dict[int, mqtt.MQTTMessageInfo] = {}
         self.last_beat = time.monotonic()
+        # The intake bound: past it the link stops reading the socket (the burst
+        # waits in the broker) until the queue is down to half (hysteresis: one
+        # wake-up per half queue, not per request).
+        self.max_queue = max(2, max_queue)
+        self._resume_at = self.max_queue // 2
+        self.high_water = 0  # the longest the queue has been
+        link.set_intake_gate(self._intake_full)
 
     # -- intake (paho network thread) ----------------------------------------
 
@@ -161,9 +171,20 @@ class Server:
             # Not acknowledged: the broker keeps it in our persistent session
             # and redelivers it after the restart.
             return
-        self._queue.append((msg, time.perf_counter()))
+        queue = self._queue
+        queue.append((msg, time.perf_counter()))
+        if len(queue) > self.high_water:
+            self.high_water = len(queue)
         if self._idle:
             self._wakeup.set()
+
+    def _intake_full(self) -> bool:
+        """The link's gate (network thread, before each packet): closed at the bound,
+        open again at half of it."""
+        n = len(self._queue)
+        if n >= self.max_queue:
+            return True
+        return self.link.intake_paused and n > self._resume_at
 
     def submit_local(self, item: LocalRequest) -> bool:
         """Queue a request from another front end; False once shutting down."""
@@ -215,6 +236,8 @@ class Server:
             except IndexError:
                 break
         if batch:
+            if self.link.intake_paused and len(queue) <= self._resume_at:
+                self.link.wake_intake()
             self.process(batch)
         return len(batch)
 
@@ -253,7 +276,8 @@ class Server:
                 # A request whose reply paho refused stays unacknowledged: the
                 # broker redelivers it on the next session instead of losing it.
                 if id(msg) not in failed and not isinstance(msg, LocalRequest):
-                    self.link.ack(msg)
+                    self.link.ack(msg, self._ack_after.pop(id(msg), None))
+            self._ack_after.clear()
 
     def _admit(
         self,
@@ -575,7 +599,11 @@ class Server:
             msg.deliver(payload)
             return
         try:
-            info = self.link.publish(topic, payload, qos=self.reply_qos, correlation=correlation)
+            info, deferred = self.link.publish_reply(
+                topic, payload, qos=self.reply_qos, correlation=correlation
+            )
+            if deferred:
+                self._ack_after[id(msg)] = info
         except Exception as exc:
             log.warning("cannot publish a reply on %r: %s", topic, exc)
             fallback = self.topics.errors if msg.topic == self.topics.feedback else None

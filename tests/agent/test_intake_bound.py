@@ -97,7 +97,7 @@ def _serve(
         link.stop()
 
 
-def _burst(broker: PrivateBroker, n: int) -> None:
+def burst(broker: PrivateBroker, n: int, topic: str = "edgeloop/d1/predict") -> None:
     """Publish ``n`` QoS 1 requests as fast as paho takes them, each with its id."""
     addr = BrokerAddress.parse(broker.url)
     client = mqtt.Client(
@@ -115,7 +115,7 @@ def _burst(broker: PrivateBroker, n: int) -> None:
     try:
         infos = [
             client.publish(
-                "edgeloop/d1/predict",
+                topic,
                 json.dumps({"id": f"r{i}", "features": features}),
                 qos=1,
                 properties=props,
@@ -142,7 +142,7 @@ def test_a_burst_waits_in_the_broker_and_is_answered_completely(slow_agent, prob
     srv, link = slow_agent
     probe.subscribe(REPLIES)
     n = 5000
-    _burst(broker, n)
+    burst(broker, n)
     ids = _reply_ids(probe, n, timeout=120)
     # Every request answered exactly once...
     assert len(ids) == n and set(ids) == {f"r{i}" for i in range(n)}
@@ -171,7 +171,7 @@ def test_a_pause_longer_than_the_keepalive_keeps_the_connection(stalled_agent, p
     srv, link = stalled_agent
     probe.subscribe(REPLIES)
     n = 300
-    _burst(broker, n)
+    burst(broker, n)
     seen_paused = False
     deadline = time.monotonic() + 7
     while time.monotonic() < deadline:

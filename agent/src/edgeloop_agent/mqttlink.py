@@ -96,7 +96,6 @@ class MqttLink:
         # Requests waiting for the broker's PUBACK of their reply (reply connection),
         # by id() of the reply's MQTTMessageInfo (kept alive by the value).
         self._awaiting: dict[int, tuple[mqtt.MQTTMessageInfo, mqtt.MQTTMessage]] = {}
-        self._awaiting_lock = threading.Lock()
         self.max_unacked_replies = max_unacked_replies
         self._intake_full: Callable[[], bool] | None = None
         self.intake_pauses = 0  # times the gate closed
@@ -302,8 +301,7 @@ class MqttLink:
     def _reply_acked(self, info: mqtt.MQTTMessageInfo) -> None:
         """The reply client's thread, inside the session's coalesced(): the broker has
         the reply, so its request may be acknowledged."""
-        with self._awaiting_lock:
-            entry = self._awaiting.pop(id(info), None)
+        entry = self._awaiting.pop(id(info), None)
         if entry is not None:
             self._ack_now(entry[1])
             if self._paused:
@@ -375,11 +373,15 @@ class MqttLink:
         once the broker has acknowledged that reply."""
         if msg.qos == 0:
             return
-        if after is not None:
-            with self._awaiting_lock:
-                if not after.is_published():
-                    self._awaiting[id(after)] = (after, msg)
-                    return
+        if after is not None and not after.is_published():
+            # No lock: dict.pop is atomic, so whichever of this thread and the reply
+            # client's (``_reply_acked``, which runs after paho marks the reply
+            # published) pops the entry acknowledges the request, exactly once.
+            key = id(after)
+            awaiting = self._awaiting
+            awaiting[key] = (after, msg)
+            if not after.is_published() or awaiting.pop(key, None) is None:
+                return
         self._ack_now(msg)
 
     def _ack_now(self, msg: mqtt.MQTTMessage) -> None:

@@ -47,9 +47,29 @@ def vm_hwm_kib(pid: int) -> int | None:
     return None
 
 
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds (user + system) of each thread of a process, by thread id."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    out: dict[int, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[int(task.name)] = (int(fields[11]) + int(fields[12])) / ticks
+    return out
+
+
 def burst(server: ba.Server, port: int, work: Path, names: list[str], n: int) -> dict[str, Any]:
     sampler = RssSampler(server.pid, 0.2).start()
+    cpu0 = thread_cpu(server.pid)
     res = ba.saturation(server, port, work, names, n)
+    cpu1 = thread_cpu(server.pid)
+    answered = max(res.get("answered", 0), 1)
+    # Per thread, in creation order (main, then the agent's threads as they start).
+    res["thread_us"] = [
+        round((cpu1[t] - cpu0.get(t, 0.0)) / answered * 1e6, 1) for t in sorted(cpu1)
+    ]
     time.sleep(3.0)
     samples = sampler.stop()
     res["peak_mb"] = max(k for _, k in samples) / 1024 if samples else None
@@ -136,6 +156,8 @@ def report(servers: dict[str, ba.Server], args: Any) -> None:
         tl = res["sus"]["rss"]["timeline"]
         print(f"  {name} RSS timeline (s, MB): " + ", ".join(f"{t}:{m}" for t, m in tl))
         print(f"  {name} burst rates by round: {[round(b['rate']) for b in res['bursts']]}")
+        print(f"  {name} CPU us per request by thread (creation order), last burst: "
+              f"{res['bursts'][-1]['thread_us']}")  # fmt: skip
 
 
 def main() -> int:

@@ -16,7 +16,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, suppress
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -131,6 +131,7 @@ class FastClient(mqtt.Client):
         self._rsock: Any = None
         # Threads inside coalesced(): their packets wake the network thread once.
         self._quiet_threads: set[int] = set()
+        self._unwoken_thread: int | None = None  # inside unwoken(): no wake at all
         self._wake_pending = False
         self._puback_reason = ReasonCode(PacketTypes.PUBACK)
         self._puback_props = Properties(PacketTypes.PUBACK)
@@ -142,9 +143,6 @@ class FastClient(mqtt.Client):
         # Told each QoS 1 message's info once the broker has acknowledged it (after
         # paho marks it published, so info.is_published() is already True).
         self.after_puback: Callable[[mqtt.MQTTMessageInfo], None] | None = None
-        # Wraps each loop_read (e.g. another client's coalesced(): the acks that
-        # after_puback queues there wake that client's network thread once per read).
-        self.read_block: Callable[[], AbstractContextManager[None]] | None = None
 
     def reconnect(self) -> MQTTErrorCode:
         # paho's on_connect_fail is told nothing; keep the reason for it to read.
@@ -191,13 +189,6 @@ class FastClient(mqtt.Client):
         return data[:bufsize]
 
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
-        block = self.read_block
-        if block is None:
-            return self._loop_read(max_packets)
-        with block():
-            return self._loop_read(max_packets)
-
-    def _loop_read(self, max_packets: int) -> MQTTErrorCode:
         gate = self.intake_paused
         if gate is None:
             rc = super().loop_read(max_packets)
@@ -419,7 +410,8 @@ class FastClient(mqtt.Client):
     def _packet_queue(
         self, command: int, packet: bytes | bytearray, mid: int, qos: int, info: Any = None
     ) -> MQTTErrorCode:
-        if not self._quiet_threads or threading.get_ident() not in self._quiet_threads:
+        me = threading.get_ident()
+        if not self._quiet_threads or me not in self._quiet_threads:
             return super()._packet_queue(command, packet, mid, qos, info)
         self._out_packet.append(
             {
@@ -432,7 +424,8 @@ class FastClient(mqtt.Client):
                 "info": info,
             }
         )
-        self._wake_pending = True
+        if me != self._unwoken_thread:
+            self._wake_pending = True
         return _OK
 
     @contextmanager
@@ -448,6 +441,25 @@ class FastClient(mqtt.Client):
         finally:
             self._quiet_threads.discard(me)
             self.wake()
+
+    @contextmanager
+    def unwoken(self) -> Iterator[None]:
+        """Within the block, this thread's packets are queued without waking the
+        network thread: they leave with its next write, which follows its next read
+        (for the agent's session under load, the next request)."""
+        if self._thread is None or self._sockpairW is None:
+            yield
+            return
+        me = threading.get_ident()
+        was_quiet = me in self._quiet_threads
+        self._quiet_threads.add(me)
+        self._unwoken_thread = me
+        try:
+            yield
+        finally:
+            self._unwoken_thread = None
+            if not was_quiet:
+                self._quiet_threads.discard(me)
 
     def wake_intake(self) -> None:
         """Wake the network loop (any thread): the intake gate may have opened."""

@@ -163,6 +163,7 @@ class Server:
         self._resume_at = self.max_queue // 2
         self.high_water = 0  # the longest the queue has been
         link.set_intake_gate(self._intake_full)
+        link.on_acks_ready = self._acks_ready
 
     # -- intake (paho network thread) ----------------------------------------
 
@@ -175,6 +176,10 @@ class Server:
         queue.append((msg, time.perf_counter()))
         if len(queue) > self.high_water:
             self.high_water = len(queue)
+        if self._idle:
+            self._wakeup.set()
+
+    def _acks_ready(self) -> None:
         if self._idle:
             self._wakeup.set()
 
@@ -214,10 +219,13 @@ class Server:
         while not stop.is_set():
             self.last_beat = time.monotonic()
             if not self._queue:
+                if self.link.acks_ready:
+                    with self.link.coalesced():
+                        self.link.flush_acks()
                 self._idle = True
-                # Re-check after raising the flag: a message queued before submit()
-                # could see it must not wait for the timeout.
-                if not self._queue:
+                # Re-check after raising the flag: a message queued (or an ack made
+                # ready) before the flag was seen must not wait for the timeout.
+                if not self._queue and not self.link.acks_ready:
                     self._wakeup.wait(idle_timeout)
                 self._wakeup.clear()
                 self._idle = False
@@ -226,6 +234,12 @@ class Server:
         self.stop_accepting()
         while self._queue:
             self.process_available()
+        # The last replies' PUBACKs: their requests are acknowledged before the link
+        # closes (else they are redelivered after the restart: duplicates, not loss).
+        deadline = time.monotonic() + 2.0
+        while self.link.unacked_replies and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.link.flush_acks()
 
     def process_available(self) -> int:
         batch: list[tuple[mqtt.MQTTMessage | LocalRequest, float]] = []
@@ -248,6 +262,8 @@ class Server:
         feedback: list[mqtt.MQTTMessage] = []
         routed: dict[str, list[str | None]] = {}
         # Replies and acks of the whole batch wake paho's network thread once.
+        # Earlier batches' requests whose replies the broker has.
+        self.link.flush_acks(wake=False)
         with self.link.coalesced():
             for msg, arrived in batch:
                 try:

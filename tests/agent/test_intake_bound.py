@@ -185,3 +185,26 @@ def test_a_pause_longer_than_the_keepalive_keeps_the_connection(stalled_agent, p
     assert probe.messages.empty(), "a request was answered twice (redelivered)"
     assert link.disconnects == 0
     assert srv.high_water <= 16
+
+
+def test_a_reply_queued_while_the_reply_connection_drops_defers_its_ack(broker):
+    """paho returns rc NO_CONN for a reply published while its connection is down and
+    sends it after reconnecting; the request's ack must wait for that, not raise (an
+    exception here would stop the serving loop)."""
+    link = MqttLink(
+        client_id="ack-agent",
+        broker=BrokerAddress.parse(broker.url),
+        session_expiry_s=60,
+        keepalive_s=30,
+        will_topic="edgeloop/d1/status",
+        will_payload=b"{}",
+        subscriptions=[],
+        on_message=lambda _m: None,
+    )
+    assert link.reply_client is not None
+    info = link.reply_client.publish(REPLIES, b"{}", qos=1)  # never connected
+    assert info.rc == mqtt.MQTT_ERR_NO_CONN
+    request = mqtt.MQTTMessage(mid=7, topic=b"edgeloop/d1/predict")
+    request.qos = 1
+    link.ack(request, info)
+    assert link.unacked_replies == 1 and not link.acks_ready

@@ -409,14 +409,17 @@ class MqttLink:
         once the broker has acknowledged that reply."""
         if msg.qos == 0:
             return
-        if after is not None and not after.is_published():
+        # ``_published``, not ``is_published()``: that takes a lock and raises for a
+        # reply queued while the reply connection was dropping (rc NO_CONN), which
+        # paho sends after reconnecting; its PUBACK acknowledges the request then.
+        if after is not None and not after._published:
             # No lock: dict.pop is atomic, so whichever of this thread and the reply
             # client's (``_reply_acked``, which runs after paho marks the reply
             # published) pops the entry acknowledges the request, exactly once.
             key = id(after)
             awaiting = self._awaiting
             awaiting[key] = (after, msg)
-            if not after.is_published() or awaiting.pop(key, None) is None:
+            if not after._published or awaiting.pop(key, None) is None:
                 return
         self._ack_now(msg)
 

@@ -143,6 +143,9 @@ class FastClient(mqtt.Client):
         # Told each QoS 1 message's info once the broker has acknowledged it (after
         # paho marks it published, so info.is_published() is already True).
         self.after_puback: Callable[[mqtt.MQTTMessageInfo], None] | None = None
+        # Read only after each write or wait (never woken by incoming bytes): for a
+        # client that only publishes, whose PUBACKs can wait for its next write.
+        self.lazy_read = False
 
     def reconnect(self) -> MQTTErrorCode:
         # paho's on_connect_fail is told nothing; keep the reason for it to read.
@@ -209,6 +212,11 @@ class FastClient(mqtt.Client):
         return _OK
 
     def _loop(self, timeout: float = 1.0) -> MQTTErrorCode:
+        if self.lazy_read and self._sock is not None:
+            rc = self._loop_paused(timeout, hold_keepalive=False)
+            if rc or self._sock is None:
+                return rc
+            return self.loop_read()
         gate = self.intake_paused
         if gate is None or self._sock is None:
             return super()._loop(timeout)
@@ -226,7 +234,7 @@ class FastClient(mqtt.Client):
             return self.loop_misc()
         return super()._loop(timeout)
 
-    def _loop_paused(self, timeout: float) -> MQTTErrorCode:
+    def _loop_paused(self, timeout: float, *, hold_keepalive: bool = True) -> MQTTErrorCode:
         """One turn of the network loop with reading stopped: the broker keeps what it
         has not sent (its queue limits apply), and TCP stops it sending more. Writes
         (acks, telemetry) go on; the wake-up socket ends the wait when the serving
@@ -259,9 +267,10 @@ class FastClient(mqtt.Client):
         # heard from, and let paho go on sending PINGREQ when we have been quiet for
         # a keepalive, so the broker hears from us. A dead peer still shows on the
         # next write; the pause ends when the serving queue drains, not later.
-        with self._msgtime_mutex:
-            self._last_bytes_received = time.monotonic()
-        self._ping_t = 0
+        if hold_keepalive:
+            with self._msgtime_mutex:
+                self._last_bytes_received = time.monotonic()
+            self._ping_t = 0
         return self.loop_misc()
 
     def _packet_read(self) -> MQTTErrorCode:

@@ -7,6 +7,9 @@ falls back to paho's code for anything unusual.
 The intake gate (``intake_paused``): while it says the serving queue is full, the
 network loop stops reading the socket, so a burst waits in the broker (TCP flow
 control) instead of in the agent's memory. Writes and keepalive go on meanwhile.
+
+``lazy_read``: for a client that only publishes (the reply connection), the socket is
+read after each write or wait instead of on every arrival of a PUBACK.
 """
 
 from __future__ import annotations

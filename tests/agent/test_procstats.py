@@ -85,3 +85,52 @@ def test_status_file_parsing_and_missing_file(tmp_path: Path) -> None:
     assert read_memory(str(status)) == {"rss_bytes": None, "peak_rss_bytes": None}
     missing = ProcessStats(status_path=str(tmp_path / "absent")).sample()
     assert missing.rss_bytes is None and missing.cpu_user_s > 0
+
+
+ARENA_PROBE = """
+import ctypes, sys, threading
+from edgeloop_agent.procstats import limit_malloc_arenas
+limited = limit_malloc_arenas(1) if sys.argv[1] == "limit" else None
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+go = threading.Barrier(6)
+def work():
+    go.wait()
+    blocks = [libc.malloc(4096) for _ in range(1000)]  # each thread's first malloc picks its arena
+    go.wait()
+    for b in blocks:
+        libc.free(b)
+threads = [threading.Thread(target=work) for _ in range(6)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+print(limited, flush=True)
+libc.malloc_stats()  # one "Arena N:" section per arena, on stderr
+"""
+
+
+def _arenas(mode: str, env: dict[str, str] | None = None) -> tuple[str, int]:
+    import os
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", ARENA_PROBE, mode],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, **(env or {})},
+    )
+    return out.stdout.strip(), sum(line.startswith("Arena ") for line in out.stderr.splitlines())
+
+
+def test_limit_malloc_arenas_keeps_every_thread_in_one_arena() -> None:
+    # Six threads allocating at once: glibc gives each its own arena by default...
+    limited, default = _arenas("default")
+    assert limited == "None" and default > 1
+    # ...and one arena for all of them once limited, as the agent does at start.
+    limited, arenas = _arenas("limit")
+    assert limited == "True" and arenas == 1
+    # An operator's MALLOC_ARENA_MAX is left alone.
+    limited, arenas = _arenas("limit", {"MALLOC_ARENA_MAX": "3"})
+    assert limited == "False" and 1 < arenas <= 3

@@ -131,10 +131,12 @@ class Agent:
             max_payload=config.max_payload_bytes,
             max_rows=config.max_batch_rows,
             max_micro_batch=config.max_micro_batch,
+            max_queue=config.max_intake,
             reply_qos=config.reply_qos,
             get_deployment=lambda: self.deployment,
             policy=config.reply_policy(),
         )
+        self.telemetry.intake_stats = self.intake_stats
         self.http: OipHttpServer | None = None
         if config.http_listen:
             host, port = parse_listen(config.http_listen)
@@ -244,6 +246,17 @@ class Agent:
     def _with_storage_note(self, text: str) -> str:
         notes = [n for n in (self._storage_note(), self._link_note()) if n]
         return f"{text} ({'; '.join(notes)})" if notes else text
+
+    def intake_stats(self) -> dict[str, int]:
+        """The intake bound at work: a high-water mark at the bound and a count of
+        pauses mean bursts waited in the broker, not in this process."""
+        return {
+            "bound": self.server.max_queue,
+            "queued": self.server.backlog,
+            "high_water": self.server.high_water,
+            "pauses": self.link.intake_pauses,
+            "unacked_replies": self.link.unacked_replies,
+        }
 
     def _link_note(self) -> str:
         # After READY, STATUS= must follow the broker link both ways: a line that

@@ -45,6 +45,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-desired-bytes", type=int)
     p.add_argument("--max-payload-bytes", type=int)
     p.add_argument("--capture-rate", type=float)
+    p.add_argument(
+        "--max-intake",
+        type=int,
+        help="requests read and not yet served; past it a burst waits in the broker",
+    )
     p.add_argument("--telemetry-interval", type=float, dest="telemetry_interval_s")
     p.add_argument("--drift-window", type=int, help="rows per drift window (count windows)")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
@@ -86,6 +91,7 @@ def build_config(args: argparse.Namespace) -> AgentConfig:
         max_desired_bytes=args.max_desired_bytes,
         max_payload_bytes=args.max_payload_bytes,
         capture_rate=args.capture_rate,
+        max_intake=args.max_intake,
         telemetry_interval_s=args.telemetry_interval_s,
         drift_window=args.drift_window,
         log_level=args.log_level,
@@ -132,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
             "no --trusted-key: every desired state will be refused until one is configured "
             "(or --allow-unsigned is given, for development only)"
         )
+    # Before onnxruntime and the agent's threads exist: arenas are made per thread.
+    from edgeloop_agent.procstats import limit_malloc_arenas
+
+    limit_malloc_arenas(1)
     from edgeloop_agent.agent import Agent  # heavy imports only once arguments are valid
     from edgeloop_agent.outbox import OutboxError
 

@@ -75,6 +75,10 @@ class AgentConfig:
     ready_grace_s: float = 5.0
     # Micro-batching of the intake: at most this many requests per inference call.
     max_micro_batch: int = 64
+    # The intake bound: requests read from the broker and not yet served. Past it
+    # the agent stops reading its socket and a burst waits in the broker (~1 KB
+    # per queued request here; docs/performance.md).
+    max_intake: int = 1024
     inference_threads: int = 1
     # Telemetry and data capture (see docs/telemetry.md).
     telemetry_interval_s: float = 10.0
@@ -125,6 +129,7 @@ class AgentConfig:
             "max_desired_bytes",
             "keepalive_s",
             "max_micro_batch",
+            "max_intake",
             "inference_threads",
             "outbox_max_bytes",
             "feedback_window",

@@ -1,19 +1,30 @@
-"""The agent's one MQTT connection (paho-mqtt 2.x, MQTT 5).
+"""The agent's MQTT connections (paho-mqtt 2.x, MQTT 5): the session, and one for replies.
 
 Why these settings:
 - persistent session (clean start off, session expiry) and QoS 1 subscriptions,
   so requests sent while the agent restarts wait at the broker;
-- manual acknowledgement: a request is acknowledged only after its reply is
-  queued, so a crash mid-request means redelivery, not loss;
+- manual acknowledgement: a request is acknowledged only once the broker has
+  acknowledged its reply (QoS 1 end to end), so a crash mid-request means
+  redelivery, not loss;
+- a bounded intake: while the serving queue is full the session's socket is not
+  read (``FastClient.intake_paused``), so a burst waits in the broker, whose queue
+  limits the operator sets, and TCP flow control holds it there;
+- replies go out on a second, clean connection (``-replies``): on one connection
+  the broker's PUBACKs for our replies queue behind every request it has sent
+  and we have not read, so with reading paused the replies awaiting them piled up
+  instead (57,000 after 15 s, on the way to paho's 65,535 message ids; see
+  docs/performance.md). On its own connection a reply's PUBACK comes back at once.
+  While that connection is down, replies use the session (and are acknowledged
+  as soon as they are queued, as before);
 - unlimited client-side in-flight window: paho's default of 20 caps QoS 1
   replies at a few hundred per second on loopback (see docs/performance.md);
 - Receive Maximum 1,024 (MQTT 5 flow control): a broker that holds to it keeps a
   burst in its queue instead of the agent's memory. Mosquitto 2.0.11 does not
   once acknowledgements flow (measured: 2,695 outstanding with a maximum of 10),
   so there the intake can still reach 65,535 requests, ~1 KB each with the
-  FastClient below (~8 KB each with paho's Properties objects);
-- a paho client with a cheaper per-message path (``FastClient``, below): on one
-  core, paho's own per-packet work was about half of the agent's CPU time.
+  FastClient (~8 KB each with paho's Properties objects): hence the gate above;
+- a paho client with a cheaper per-message path (``fastclient.FastClient``): on
+  one core, paho's own per-packet work was about half of the agent's CPU time.
 """
 
 from __future__ import annotations
@@ -21,18 +32,14 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import MQTTErrorCode
-from paho.mqtt.exception import MalformedPacket
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
 
 from edgeloop_agent.connectlog import (
     RETRY_MAX_S,
@@ -40,6 +47,7 @@ from edgeloop_agent.connectlog import (
     ConnectFailureLog,
     is_config_error,
 )
+from edgeloop_agent.fastclient import RECEIVE_MAXIMUM, FastClient
 from edgeloop_agent.wire.network import BrokerAddress, describe_connect_error, tls_options
 
 log = logging.getLogger("edgeloop.agent.mqtt")
@@ -52,341 +60,6 @@ def no_delay(_client: Any, _userdata: Any, sock: Any) -> None:
     # Not a TCP socket (unix, websockets): nothing to tune.
     with suppress(OSError, AttributeError):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-_PUBLISH = 0x30
-_PUBACK = 0x40
-_DISCONNECT = 0xE0
-_READ_SIZE = 65536  # one recv() serves every packet already in the kernel buffer
-_WRITE_COALESCE = 65536  # bytes of queued packets joined into one send()
-_OK = MQTTErrorCode.MQTT_ERR_SUCCESS
-# Unacknowledged requests the broker may push to us: 16 micro-batches of 64 keep the
-# serving loop fed; where the broker holds to it, the intake stays under ~1 MB.
-RECEIVE_MAXIMUM = 1024
-
-
-class PublishProperties:
-    """The PUBLISH properties the request path reads (MQTT 5 response topic and
-    correlation data), decoded without paho's ``Properties``: building one of those
-    costs ~10 us and ~5 KB per message (two dicts of every property name).
-
-    Attributes are set only when present, like paho's ``Properties``, so
-    ``getattr(props, "ResponseTopic", None)`` reads both the same way.
-    """
-
-    __slots__ = ("CorrelationData", "ResponseTopic")
-    packetType = PacketTypes.PUBLISH
-    ResponseTopic: str
-    CorrelationData: bytes
-
-
-def _varint(buf: Any, pos: int, end: int) -> tuple[int, int] | None:
-    """The MQTT variable byte integer at ``pos``: (value, next position), or None when
-    it is cut off before ``end`` or longer than the protocol's four bytes."""
-    value, mult = 0, 1
-    for _ in range(4):
-        if pos >= end:
-            return None
-        byte = buf[pos]
-        pos += 1
-        value += (byte & 0x7F) * mult
-        if byte < 0x80:
-            return value, pos
-        mult <<= 7
-    return None
-
-
-def _parse_publish_properties(
-    packet: bytes | bytearray, pos: int
-) -> tuple[PublishProperties | None, int]:
-    """Decode the properties at ``pos``; ``None`` when any property other than the
-    response topic or correlation data is present (paho's full decoder handles it)."""
-    decoded = _varint(packet, pos, len(packet))
-    if decoded is None:
-        return None, pos
-    length, pos = decoded
-    props = PublishProperties()
-    end = pos + length
-    if end > len(packet):
-        return None, pos
-    while pos < end:
-        ident = packet[pos]
-        if ident not in (8, 9) or pos + 3 > end:
-            return None, pos
-        size = (packet[pos + 1] << 8) | packet[pos + 2]
-        value = packet[pos + 3 : pos + 3 + size]
-        pos += 3 + size
-        if pos > end:
-            return None, pos
-        if ident == 8:
-            if hasattr(props, "ResponseTopic"):
-                return None, pos
-            try:
-                props.ResponseTopic = bytes(value).decode("utf-8")
-            except UnicodeDecodeError:
-                return None, pos
-        else:
-            if hasattr(props, "CorrelationData"):
-                return None, pos
-            props.CorrelationData = bytes(value)
-    return props, end
-
-
-class FastClient(mqtt.Client):
-    """paho's client with a cheaper path for the packets the agent sees most.
-
-    Measured on one core (docs/performance.md), paho spent more time per request
-    than everything else the agent does. Every override below keeps paho's
-    behaviour and falls back to paho's own code for anything unusual:
-
-    - reads: one ``recv(64 KiB)`` feeds every complete packet in it, instead of
-      three ``recv`` calls per packet (command byte, length, body);
-    - PUBLISH (QoS 0/1, MQTT 5) with no property but response topic and
-      correlation data: decoded without paho's ``Properties`` and logging;
-    - PUBACK with no reason code or properties: no ``ReasonCode``/``Properties``
-      objects per acknowledgement;
-    - writes: queued packets are joined into one ``send`` (paho sends each alone);
-    - ``coalesced()``: packets queued by one thread inside the block wake the
-      network thread once, not once per packet (one syscall each);
-    - dispatch: without ``message_callback_add`` filters, ``on_message`` is called
-      without paho's topic matcher and callback lock.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._rbuf = b""
-        self._rpos = 0
-        self._rsock: Any = None
-        self._quiet_thread: int | None = None
-        self._wake_pending = False
-        self._puback_reason = ReasonCode(PacketTypes.PUBACK)
-        self._puback_props = Properties(PacketTypes.PUBACK)
-        self._filtered_callbacks = False
-        self.connect_error: OSError | None = None  # why the last attempt failed
-
-    def reconnect(self) -> MQTTErrorCode:
-        # paho's on_connect_fail is told nothing; keep the reason for it to read.
-        try:
-            rc = super().reconnect()
-        except OSError as exc:
-            self.connect_error = exc
-            raise
-        self.connect_error = None
-        return rc
-
-    def message_callback_add(self, sub: str, callback: Any) -> None:
-        self._filtered_callbacks = True
-        super().message_callback_add(sub, callback)
-
-    def _handle_on_message(self, message: mqtt.MQTTMessage) -> None:
-        on_message = self._on_message
-        if self._filtered_callbacks or on_message is None:
-            super()._handle_on_message(message)
-            return
-        with self._in_callback_mutex:
-            try:
-                on_message(self, self._userdata, message)
-            except Exception as err:  # what paho does with a failing callback
-                self._easy_log(mqtt.MQTT_LOG_ERR, "Caught exception in on_message: %s", err)
-                if not self.suppress_exceptions:
-                    raise
-
-    # -- reads (network thread) ----------------------------------------------
-
-    def _sock_recv(self, bufsize: int) -> bytes:
-        if self._sock is not self._rsock:  # a new connection: drop the old bytes
-            self._rsock, self._rbuf, self._rpos = self._sock, b"", 0
-        buf, pos = self._rbuf, self._rpos
-        if pos < len(buf):
-            end = min(len(buf), pos + bufsize)
-            self._rpos = end
-            return buf[pos:end]
-        data = super()._sock_recv(max(bufsize, _READ_SIZE))
-        if len(data) <= bufsize:
-            self._rbuf, self._rpos = b"", 0
-            return data
-        self._rbuf, self._rpos = data, bufsize
-        return data[:bufsize]
-
-    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
-        rc = super().loop_read(max_packets)
-        # select() cannot see bytes already in our buffer: drain them before returning.
-        while rc == _OK and self._sock is not None and self._rpos < len(self._rbuf):
-            rc = super().loop_read(max_packets)
-        return rc
-
-    def _packet_read(self) -> MQTTErrorCode:
-        inp = self._in_packet
-        if inp["command"] != 0 or self._sock is not self._rsock:
-            return super()._packet_read()
-        buf, start = self._rbuf, self._rpos
-        end = len(buf)
-        decoded = _varint(buf, start + 1, end)
-        if decoded is None:
-            # Header cut off (paho keeps the state) or over four bytes (paho reports it).
-            return super()._packet_read()
-        length, pos = decoded
-        if pos + length > end:
-            return super()._packet_read()  # body incomplete
-        inp["command"] = buf[start]
-        inp["remaining_length"] = length
-        inp["have_remaining"] = 1
-        inp["to_process"] = 0
-        # A bytes slice, not a bytearray copy: paho only reads the packet.
-        inp["packet"] = buf[pos : pos + length]  # type: ignore[typeddict-item]
-        inp["pos"] = 0
-        self._rpos = pos + length
-        try:
-            rc = self._packet_handle()
-        except MalformedPacket:
-            rc = MQTTErrorCode.MQTT_ERR_PROTOCOL
-        self._in_packet = {
-            "command": 0,
-            "have_remaining": 0,
-            "remaining_count": [],
-            "remaining_mult": 1,
-            "remaining_length": 0,
-            "packet": bytearray(b""),
-            "to_process": 0,
-            "pos": 0,
-        }
-        self._last_bytes_received = time.monotonic()  # keepalive: an unlocked float store
-        return rc
-
-    def _handle_publish(self) -> MQTTErrorCode:
-        header = self._in_packet["command"]
-        qos = (header & 0x06) >> 1
-        if qos == 2 or self._protocol != mqtt.MQTTv5:
-            return super()._handle_publish()
-        packet = self._in_packet["packet"]
-        try:
-            pos = 2 + ((packet[0] << 8) | packet[1])
-            topic = bytes(packet[2:pos])
-            mid = 0
-            if qos:
-                mid = (packet[pos] << 8) | packet[pos + 1]
-                pos += 2
-            props, pos = _parse_publish_properties(packet, pos)
-        except IndexError:
-            props = None
-        if props is None or not topic:
-            return super()._handle_publish()  # malformed or unusual: paho decides
-        message = mqtt.MQTTMessage.__new__(mqtt.MQTTMessage)
-        # A received message has no delivery to wait for: no MQTTMessageInfo (it
-        # would allocate a Condition per message).
-        message.info = None  # type: ignore[assignment]
-        message.state = mqtt.mqtt_ms_invalid
-        message.mid = mid
-        message._topic = topic
-        message.dup = bool(header & 0x08)
-        message.qos = qos
-        message.retain = bool(header & 0x01)
-        message.properties = props  # type: ignore[assignment]
-        message.payload = bytes(packet[pos:])
-        message.timestamp = time.monotonic()
-        self._handle_on_message(message)
-        if qos == 1 and not self._manual_ack:
-            return self._send_puback(mid)
-        return _OK
-
-    def _handle_pubackcomp(self, cmd: Any) -> MQTTErrorCode:
-        packet = self._in_packet["packet"]
-        if cmd != "PUBACK" or len(packet) != 2:
-            return super()._handle_pubackcomp(cmd)
-        mid = (packet[0] << 8) | packet[1]  # no reason code: success (MQTT 5, 3.4.2.1)
-        with self._out_message_mutex:
-            if mid in self._out_messages:
-                return self._do_on_publish(mid, self._puback_reason, self._puback_props)
-        return _OK
-
-    # -- writes --------------------------------------------------------------
-
-    def _packet_write(self) -> MQTTErrorCode:
-        out: deque[Any] = self._out_packet
-        while True:
-            batch: list[Any] = []
-            size = 0
-            # Only this thread pops; other threads append on the right.
-            while out and size < _WRITE_COALESCE:
-                head = out[0]
-                command = head["command"] & 0xF0
-                if (command == _PUBLISH and head["qos"] == 0) or command == _DISCONNECT:
-                    break  # these need paho's per-packet completion work
-                batch.append(out.popleft())
-                size += head["to_process"]
-            if not batch:
-                return super()._packet_write() if out else _OK
-            data = b"".join(
-                p["packet"] if p["pos"] == 0 else p["packet"][p["pos"] :] for p in batch
-            )
-            try:
-                sent = self._sock_send(data)
-            except (AttributeError, ValueError):
-                out.extendleft(reversed(batch))
-                return _OK
-            except BlockingIOError:
-                out.extendleft(reversed(batch))
-                return MQTTErrorCode.MQTT_ERR_AGAIN
-            except OSError as err:
-                out.extendleft(reversed(batch))
-                self._easy_log(mqtt.MQTT_LOG_ERR, "failed to send on socket: %s", err)
-                return MQTTErrorCode.MQTT_ERR_CONN_LOST
-            if sent <= 0:
-                out.extendleft(reversed(batch))
-                break
-            for k, p in enumerate(batch):
-                if sent >= p["to_process"]:
-                    sent -= p["to_process"]
-                    p["pos"] += p["to_process"]
-                    p["to_process"] = 0
-                    continue
-                p["pos"] += sent
-                p["to_process"] -= sent
-                out.extendleft(reversed(batch[k:]))  # the rest goes on the next pass
-                break
-        with self._msgtime_mutex:
-            self._last_msg_out = time.monotonic()
-        return _OK
-
-    def _packet_queue(
-        self, command: int, packet: bytes | bytearray, mid: int, qos: int, info: Any = None
-    ) -> MQTTErrorCode:
-        if self._quiet_thread is None or self._quiet_thread != threading.get_ident():
-            return super()._packet_queue(command, packet, mid, qos, info)
-        self._out_packet.append(
-            {
-                "command": command,
-                "mid": mid,
-                "qos": qos,
-                "pos": 0,
-                "to_process": len(packet),
-                "packet": packet,
-                "info": info,
-            }
-        )
-        self._wake_pending = True
-        return _OK
-
-    @contextmanager
-    def coalesced(self) -> Iterator[None]:
-        """Within the block, this thread's packets wake the network thread once."""
-        if self._thread is None or self._sockpairW is None:
-            yield  # no network thread to wake: paho writes directly
-            return
-        self._quiet_thread = threading.get_ident()
-        try:
-            yield
-        finally:
-            self._quiet_thread = None
-            self.wake()
-
-    def wake(self) -> None:
-        """Send what ``coalesced()`` has queued so far, without ending the block."""
-        if self._wake_pending and self._sockpairW is not None:
-            self._wake_pending = False
-            with suppress(OSError, AttributeError):  # BlockingIOError: a wake is pending
-                self._sockpairW.send(mqtt.sockpair_data)
-            self._call_socket_register_write()
 
 
 class MqttLink:
@@ -404,6 +77,8 @@ class MqttLink:
         on_connected: Callable[[], object] | None = None,
         receive_maximum: int = RECEIVE_MAXIMUM,
         max_packet_bytes: int | None = None,
+        reply_connection: bool = True,
+        max_unacked_replies: int = 4096,
     ) -> None:
         self.broker = broker
         self._receive_maximum = receive_maximum
@@ -419,6 +94,17 @@ class MqttLink:
         self._extra_subs: dict[str, int] = {}
         self.publish_failures = 0
         self.connect_failures = ConnectFailureLog(str(broker), log)
+        # Requests waiting for the broker's PUBACK of their reply (reply connection),
+        # by id() of the reply's MQTTMessageInfo (kept alive by the value).
+        self._awaiting: dict[int, tuple[mqtt.MQTTMessageInfo, mqtt.MQTTMessage]] = {}
+        self._acks_ready: deque[mqtt.MQTTMessage] = deque()
+        # Called (reply client's thread) when acks are ready: the serving loop wakes.
+        self.on_acks_ready: Callable[[], object] | None = None
+        self.max_unacked_replies = max_unacked_replies
+        self._intake_full: Callable[[], bool] | None = None
+        self.intake_pauses = 0  # times the gate closed
+        self.disconnects = 0  # lost connections of the session (not refused attempts)
+        self._paused = False
 
         client = FastClient(
             callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
@@ -442,6 +128,65 @@ class MqttLink:
         client.on_disconnect = self._handle_disconnect
         client.on_message = self._handle_message
         self.client = client
+        self.replies_connected = threading.Event()
+        self.reply_client: FastClient | None = None
+        if reply_connection:
+            self.reply_client = self._make_reply_client(f"{client_id}-replies")
+
+    def _make_reply_client(self, client_id: str) -> FastClient:
+        """A clean session that only publishes: its only inbound packets are
+        CONNACK, PUBACK and PINGRESP, so nothing ever queues ahead of a PUBACK."""
+        client = FastClient(
+            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=mqtt.MQTTv5,
+        )
+        client.max_inflight_messages_set(0)
+        client.max_queued_messages_set(0)
+        client.reconnect_delay_set(min_delay=int(RETRY_MIN_S), max_delay=int(RETRY_MAX_S))
+        broker = self.broker
+        if broker.username:
+            client.username_pw_set(broker.username, broker.password)
+        if broker.tls:
+            client.tls_set(**tls_options(broker.ca_file, broker.cert_file, broker.key_file))
+        client.on_socket_open = no_delay
+        client.on_connect = self._handle_reply_connect
+        client.on_disconnect = self._handle_reply_disconnect
+        client.after_puback = self._reply_acked
+        # Its PUBACKs are read after each write of replies, not on arrival: a wake-up
+        # of this thread per read of PUBACKs cost ~5 us per request (the thread's own
+        # CPU, bench/bench_memory.py). Acks wait at most one write, or the 1 s wait.
+        client.lazy_read = True
+        return client
+
+    # -- the intake gate ---------------------------------------------------------
+
+    def set_intake_gate(self, full: Callable[[], bool]) -> None:
+        """``full()`` (called on the network thread before each packet is read) says
+        the serving queue has no room; reading stops until it says otherwise and
+        ``wake_intake()`` is called."""
+        self._intake_full = full
+        self.client.intake_paused = self._gate
+
+    def _gate(self) -> bool:
+        full = self._intake_full
+        paused = (full is not None and full()) or len(self._awaiting) >= self.max_unacked_replies
+        if paused and not self._paused:
+            self.intake_pauses += 1
+        self._paused = paused
+        return paused
+
+    @property
+    def intake_paused(self) -> bool:
+        return self._paused
+
+    def wake_intake(self) -> None:
+        """The serving loop made room: let the network thread read again."""
+        self.client.wake_intake()
+
+    @property
+    def unacked_replies(self) -> int:
+        return len(self._awaiting)
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -465,12 +210,30 @@ class MqttLink:
             properties=props,
         )
         self.client.loop_start()
+        if self.reply_client is not None:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = 0
+            self.reply_client.connect_async(
+                self.broker.host,
+                self.broker.port,
+                keepalive=self._keepalive,
+                clean_start=True,
+                properties=props,
+            )
+            self.reply_client.loop_start()
 
     def stop(self) -> None:
         try:
-            self.client.disconnect()
+            if self.reply_client is not None:
+                try:
+                    self.reply_client.disconnect()
+                finally:
+                    self.reply_client.loop_stop()
         finally:
-            self.client.loop_stop()
+            try:
+                self.client.disconnect()
+            finally:
+                self.client.loop_stop()
 
     # -- callbacks (paho's network thread) -----------------------------------
 
@@ -524,9 +287,65 @@ class MqttLink:
         self.connected.clear()
         # A refused CONNACK ends in a disconnect too; connect_failures has said it.
         if was_connected:
+            self.disconnects += 1
             log.warning("disconnected from %s: %s", self.broker, rc)
         else:
             log.debug("disconnected from %s before connecting: %s", self.broker, rc)
+
+    def _handle_reply_connect(self, _c: Any, _ud: Any, _flags: Any, rc: Any, _p: Any) -> None:
+        if rc.is_failure:
+            log.warning("reply connection refused: %s (replies use the session)", rc)
+            return
+        self.replies_connected.set()
+
+    def _handle_reply_disconnect(self, _c: Any, _ud: Any, _f: Any, rc: Any, _p: Any) -> None:
+        if self.replies_connected.is_set():
+            log.warning("reply connection lost: %s (replies use the session)", rc)
+        self.replies_connected.clear()
+
+    def _reply_acked(self, info: mqtt.MQTTMessageInfo) -> None:
+        """The reply client's thread, inside the session's coalesced(): the broker has
+        the reply, so its request may be acknowledged."""
+        entry = self._awaiting.pop(id(info), None)
+        if entry is None:
+            return
+        # Sent by the serving thread with its next batch (flush_acks): acking from here
+        # cost a wake-up of the session's network thread per read of PUBACKs, 6-10 %
+        # more CPU per request at 5,000 req/s (bench/bench_memory.py).
+        self._acks_ready.append(entry[1])
+        ready = self.on_acks_ready
+        if ready is not None:
+            ready()
+        if self._paused and len(self._awaiting) == self.max_unacked_replies - 1:
+            self.wake_intake()  # the gate closed on unacknowledged replies may open
+
+    @property
+    def acks_ready(self) -> bool:
+        return bool(self._acks_ready)
+
+    def flush_acks(self, *, wake: bool = True) -> None:
+        """Acknowledge the requests whose replies the broker has (any thread).
+        ``wake=False`` (the serving loop under load): the acks leave with the session's
+        next write instead of waking its network thread, which wakes anyway for the
+        next request; a wake-up per micro-batch for acks alone cost ~5 % more CPU per
+        request (bench/bench_memory.py)."""
+        ready = self._acks_ready
+        if not ready:
+            return
+        if wake or self._paused:
+            self._drain_acks()
+            return
+        with self.client.unwoken():
+            self._drain_acks()
+
+    def _drain_acks(self) -> None:
+        ready = self._acks_ready
+        while ready:
+            try:
+                msg = ready.popleft()
+            except IndexError:  # another thread took the last one
+                return
+            self._ack_now(msg)
 
     def _handle_message(self, _c: Any, _ud: Any, msg: mqtt.MQTTMessage) -> None:
         try:
@@ -556,17 +375,60 @@ class MqttLink:
             log.warning("publish to %s failed: %s", topic, mqtt.error_string(info.rc))
         return info
 
-    def coalesced(self) -> Any:
-        """A block whose publishes and acks wake paho's network thread once."""
-        return self.client.coalesced()
+    def publish_reply(
+        self, topic: str, payload: bytes, *, qos: int, correlation: bytes | None
+    ) -> tuple[mqtt.MQTTMessageInfo, bool]:
+        """Queue a reply: on the reply connection while it is up (then ``True``: the
+        request's ack waits for this reply's PUBACK, see ``ack``), else on the session."""
+        client = self.reply_client
+        if client is None or not self.replies_connected.is_set():
+            return self.publish(topic, payload, qos=qos, correlation=correlation), False
+        props = None
+        if correlation is not None:
+            props = Properties(PacketTypes.PUBLISH)
+            props.CorrelationData = correlation
+        info = client.publish(topic, payload, qos=qos, properties=props)
+        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            self.publish_failures += 1
+            log.warning("publish to %s failed: %s", topic, mqtt.error_string(info.rc))
+        return info, qos > 0
+
+    @contextmanager
+    def coalesced(self) -> Iterator[None]:
+        """A block whose publishes and acks wake each network thread once."""
+        with ExitStack() as stack:
+            stack.enter_context(self.client.coalesced())
+            if self.reply_client is not None:
+                stack.enter_context(self.reply_client.coalesced())
+            yield
 
     def flush(self) -> None:
         """Inside ``coalesced()``: send the replies queued so far now."""
+        if self.reply_client is not None:
+            self.reply_client.wake()
         self.client.wake()
 
-    def ack(self, msg: mqtt.MQTTMessage) -> None:
-        if msg.qos > 0:
-            self.client.ack(msg.mid, msg.qos)
+    def ack(self, msg: mqtt.MQTTMessage, after: mqtt.MQTTMessageInfo | None = None) -> None:
+        """Acknowledge a request, or (``after``: its reply on the reply connection)
+        once the broker has acknowledged that reply."""
+        if msg.qos == 0:
+            return
+        # ``_published``, not ``is_published()``: that takes a lock and raises for a
+        # reply queued while the reply connection was dropping (rc NO_CONN), which
+        # paho sends after reconnecting; its PUBACK acknowledges the request then.
+        if after is not None and not after._published:
+            # No lock: dict.pop is atomic, so whichever of this thread and the reply
+            # client's (``_reply_acked``, which runs after paho marks the reply
+            # published) pops the entry acknowledges the request, exactly once.
+            key = id(after)
+            awaiting = self._awaiting
+            awaiting[key] = (after, msg)
+            if not after._published or awaiting.pop(key, None) is None:
+                return
+        self._ack_now(msg)
+
+    def _ack_now(self, msg: mqtt.MQTTMessage) -> None:
+        self.client.ack(msg.mid, msg.qos)
 
     def subscribe(self, topic: str, qos: int = 1) -> None:
         with self._lock:

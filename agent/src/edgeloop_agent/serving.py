@@ -135,6 +135,7 @@ class Server:
         reply_qos: int,
         get_deployment: Callable[[], Deployment | None],
         policy: ReplyPolicy | None = None,
+        max_queue: int = 1024,
     ) -> None:
         self.topics = topics
         self.policy = policy or ReplyPolicy(prefix=topics.prefix, device=topics.device)
@@ -152,7 +153,17 @@ class Server:
         self._idle = False
         self._accepting = True
         self._reply_failed: set[int] = set()
+        # Replies whose PUBACK the request's ack must wait for (see MqttLink.ack).
+        self._ack_after: dict[int, mqtt.MQTTMessageInfo] = {}
         self.last_beat = time.monotonic()
+        # The intake bound: past it the link stops reading the socket (the burst
+        # waits in the broker) until the queue is down to half (hysteresis: one
+        # wake-up per half queue, not per request).
+        self.max_queue = max(2, max_queue)
+        self._resume_at = self.max_queue // 2
+        self.high_water = 0  # the longest the queue has been
+        link.set_intake_gate(self._intake_full)
+        link.on_acks_ready = self._acks_ready
 
     # -- intake (paho network thread) ----------------------------------------
 
@@ -161,9 +172,24 @@ class Server:
             # Not acknowledged: the broker keeps it in our persistent session
             # and redelivers it after the restart.
             return
-        self._queue.append((msg, time.perf_counter()))
+        queue = self._queue
+        queue.append((msg, time.perf_counter()))
+        if len(queue) > self.high_water:
+            self.high_water = len(queue)
         if self._idle:
             self._wakeup.set()
+
+    def _acks_ready(self) -> None:
+        if self._idle:
+            self._wakeup.set()
+
+    def _intake_full(self) -> bool:
+        """The link's gate (network thread, before each packet): closed at the bound,
+        open again at half of it."""
+        n = len(self._queue)
+        if n >= self.max_queue:
+            return True
+        return self.link.intake_paused and n > self._resume_at
 
     def submit_local(self, item: LocalRequest) -> bool:
         """Queue a request from another front end; False once shutting down."""
@@ -193,10 +219,13 @@ class Server:
         while not stop.is_set():
             self.last_beat = time.monotonic()
             if not self._queue:
+                if self.link.acks_ready:
+                    with self.link.coalesced():
+                        self.link.flush_acks()
                 self._idle = True
-                # Re-check after raising the flag: a message queued before submit()
-                # could see it must not wait for the timeout.
-                if not self._queue:
+                # Re-check after raising the flag: a message queued (or an ack made
+                # ready) before the flag was seen must not wait for the timeout.
+                if not self._queue and not self.link.acks_ready:
                     self._wakeup.wait(idle_timeout)
                 self._wakeup.clear()
                 self._idle = False
@@ -205,6 +234,12 @@ class Server:
         self.stop_accepting()
         while self._queue:
             self.process_available()
+        # The last replies' PUBACKs: their requests are acknowledged before the link
+        # closes (else they are redelivered after the restart: duplicates, not loss).
+        deadline = time.monotonic() + 2.0
+        while self.link.unacked_replies and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.link.flush_acks()
 
     def process_available(self) -> int:
         batch: list[tuple[mqtt.MQTTMessage | LocalRequest, float]] = []
@@ -215,6 +250,8 @@ class Server:
             except IndexError:
                 break
         if batch:
+            if self.link.intake_paused and len(queue) <= self._resume_at:
+                self.link.wake_intake()
             self.process(batch)
         return len(batch)
 
@@ -225,6 +262,8 @@ class Server:
         feedback: list[mqtt.MQTTMessage] = []
         routed: dict[str, list[str | None]] = {}
         # Replies and acks of the whole batch wake paho's network thread once.
+        # Earlier batches' requests whose replies the broker has.
+        self.link.flush_acks(wake=False)
         with self.link.coalesced():
             for msg, arrived in batch:
                 try:
@@ -253,7 +292,8 @@ class Server:
                 # A request whose reply paho refused stays unacknowledged: the
                 # broker redelivers it on the next session instead of losing it.
                 if id(msg) not in failed and not isinstance(msg, LocalRequest):
-                    self.link.ack(msg)
+                    self.link.ack(msg, self._ack_after.pop(id(msg), None))
+            self._ack_after.clear()
 
     def _admit(
         self,
@@ -575,7 +615,11 @@ class Server:
             msg.deliver(payload)
             return
         try:
-            info = self.link.publish(topic, payload, qos=self.reply_qos, correlation=correlation)
+            info, deferred = self.link.publish_reply(
+                topic, payload, qos=self.reply_qos, correlation=correlation
+            )
+            if deferred:
+                self._ack_after[id(msg)] = info
         except Exception as exc:
             log.warning("cannot publish a reply on %r: %s", topic, exc)
             fallback = self.topics.errors if msg.topic == self.topics.feedback else None

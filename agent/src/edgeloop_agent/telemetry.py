@@ -19,6 +19,7 @@ import random
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,6 +85,8 @@ class Telemetry(ServingHooks):
         self.feedback_max_age_s = feedback_max_age_s
         self.metrics = Metrics()
         self.proc = ProcessStats()
+        # Set by the agent: the intake's state (bound, high-water mark, pauses).
+        self.intake_stats: Callable[[], dict[str, int]] | None = None
         self._rng = random.Random(seed)
         self._variants: dict[str, _VariantState] = {}
         self._joiner: FeedbackJoiner | None = None
@@ -420,6 +423,7 @@ class Telemetry(ServingHooks):
             "labels": {"sent": self.labels_sent, "failures": self.label_failures},
             "dropped": self.dropped(),
             "outbox": self.outbox.stats(),
+            "intake": self.intake_stats() if self.intake_stats is not None else {},
             "process": {
                 "rss_bytes": proc.rss_bytes,
                 "peak_rss_bytes": proc.peak_rss_bytes,

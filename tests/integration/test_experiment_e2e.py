@@ -127,6 +127,7 @@ class App:
         self.sent = 0
         self.frame = generate(4000, seed=7)
         self.served: dict[str, list[bool]] = {}
+        self.duplicates = 0
 
     def batch(self, device: str, n: int) -> None:
         rows = self.frame.iloc[self.sent % 3500 : self.sent % 3500 + n]
@@ -140,9 +141,14 @@ class App:
                 f"edgeloop/{device}/predict", body, response_topic="app/replies",
                 correlation=rid.encode(),
             )  # fmt: skip
-        for _ in range(n):
+        while labels:
             reply = json.loads(self.replies.next(15, topic="app/replies").payload)
-            label = labels[reply["id"]]
+            # QoS 1 is at-least-once: across a broker restart a reply already read can
+            # come again. A real app drops what it is not waiting for, and so does this.
+            if reply["id"] not in labels:
+                self.duplicates += 1
+                continue
+            label = labels.pop(reply["id"])
             self.served.setdefault(reply["variant"], []).append(reply["prediction"] == label)
             self.replies.publish(f"edgeloop/{device}/feedback", {"id": reply["id"], "label": label})
 

@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import math
 import threading
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
+from edgeloop_agent.idring import Hasher, IdRing, keyed_hasher
 from edgeloop_agent.wire.jsontext import json_text
 from edgeloop_agent.wire.numeric import is_number
 
@@ -56,10 +56,15 @@ class FeedbackJoiner:
 
     Memory: at most ``max_entries`` predictions plus ``remember`` ids each of recently evicted
     and recently joined requests (to tell ``late`` and ``duplicate`` from ``unknown``; older
-    ones read as ``unknown``). Measured with tracemalloc: about 270 bytes per prediction with
-    UUID request ids, so ~30 MB at the default 100,000. Age eviction follows insertion order:
-    if the clock steps back, an entry with a young timestamp can shield older ones behind it
-    until the count bound or its own age removes it. Thread-safe (one lock).
+    ones read as ``unknown``). Ids are kept as keyed 96-bit hashes in flat columns
+    (:mod:`edgeloop_agent.idring`), variants and string classes as indices into one small
+    table of names, so the cost does not depend on the id's length: measured with
+    tracemalloc, ~45 bytes per prediction and ~25 per remembered id (docs/performance.md),
+    where the ordered dicts of strings before took ~270 bytes per prediction with UUID ids.
+    ``hasher`` replaces the keyed hash (tests force collisions with it). Age eviction
+    follows insertion order: if the clock steps back, an entry with a young timestamp can
+    shield older ones behind it until the count bound or its own age removes it.
+    Thread-safe (one lock).
     """
 
     def __init__(
@@ -69,6 +74,7 @@ class FeedbackJoiner:
         max_entries: int = 100_000,
         max_age_s: float = 3600.0,
         remember: int = 10_000,
+        hasher: Hasher | None = None,
     ) -> None:
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {json_text(task)}")
@@ -83,10 +89,20 @@ class FeedbackJoiner:
         self.max_entries = max_entries
         self.max_age_s = float(max_age_s)
         self.remember = remember
+        self._hash = hasher if hasher is not None else keyed_hasher()
         self._lock = threading.Lock()
-        self._entries: OrderedDict[str, tuple[str, Any, float, Any]] = OrderedDict()
-        self._evicted: OrderedDict[str, None] = OrderedDict()
-        self._joined: OrderedDict[str, None] = OrderedDict()
+        # A quarter more slots than entries: holes left by joins are squeezed out at most
+        # once per max_entries / 4 predictions.
+        self._window = IdRing(
+            max_entries + max(16, max_entries // 4),
+            self._hash,
+            {"ts": "d", "value": "q", "kind": "B", "variant": "i"},
+        )
+        self._window.moved = self._moved
+        self._extras: dict[int, Any] = {}  # slot -> extra, for the few predictions with one
+        self._names = _Names()
+        self._evicted = IdRing(remember, self._hash)
+        self._joined = IdRing(remember, self._hash)
         self._counts = dict.fromkeys(
             (
                 "recorded",
@@ -103,7 +119,16 @@ class FeedbackJoiner:
         )
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return self._window.live
+
+    @property
+    def collisions(self) -> int:
+        """Lookups that met another id's 64-bit hash word (told apart by the check word)."""
+        return self._window.collisions + self._evicted.collisions + self._joined.collisions
+
+    def nbytes(self) -> int:
+        """Bytes of the window's and the remembered ids' columns and indexes."""
+        return self._window.nbytes() + self._evicted.nbytes() + self._joined.nbytes()
 
     def record(
         self, request_id: str, variant: str, prediction: Any, ts: float, extra: Any = None
@@ -127,16 +152,23 @@ class FeedbackJoiner:
             )
         if not is_number(ts):
             raise ValueError(f"ts must be a finite number, got {json_text(ts)}")
+        h, v = self._hash(request_id)
         with self._lock:
             self._expire(ts)
-            if request_id in self._entries:
+            window = self._window
+            if window.find(h, v) >= 0:
                 self._counts["duplicate_records"] += 1
                 return False
-            self._entries[request_id] = (variant, prediction, float(ts), extra)
+            slot = window.append(h, v)
+            cols = window.cols
+            cols["ts"].items[slot] = float(ts)
+            cols["variant"].items[slot] = self._intern(variant)
+            self._put_prediction(cols, slot, prediction)
+            if extra is not None:
+                self._extras[slot] = extra
             self._counts["recorded"] += 1
-            while len(self._entries) > self.max_entries:
-                old, _ = self._entries.popitem(last=False)
-                self._remember(self._evicted, old)
+            while window.live > self.max_entries:
+                self._evict()
                 self._counts["evicted_count"] += 1
         return True
 
@@ -149,19 +181,25 @@ class FeedbackJoiner:
         if not is_number(now):
             raise ValueError(f"now must be a finite number, got {json_text(now)}")
         label = _plain(label)
+        h, v = self._hash(request_id)
         with self._lock:
             self._expire(now)
-            entry = self._entries.get(request_id)
-            if entry is None:
-                if request_id in self._joined:
+            window = self._window
+            slot = window.find(h, v)
+            if slot < 0:
+                if self._joined.find(h, v) >= 0:
                     status: Status = "duplicate"
-                elif request_id in self._evicted:
+                elif self._evicted.find(h, v) >= 0:
                     status = "late"
                 else:
                     status = "unknown"
                 self._counts[status] += 1
                 return JoinResult(status, request_id, label=label)
-            variant, prediction, ts, extra = entry
+            cols = window.cols
+            variant = self._names.names[cols["variant"].items[slot]]
+            prediction = self._get_prediction(cols, slot)
+            ts = cols["ts"].items[slot]
+            extra = self._extras.get(slot)
             # True/False when a class was graded, the error when a value was.
             outcome: bool | float | None
             if self.task == "classification":
@@ -173,8 +211,9 @@ class FeedbackJoiner:
                 return JoinResult(
                     "invalid", request_id, variant, prediction, label, reason=reason, extra=extra
                 )
-            del self._entries[request_id]
-            self._remember(self._joined, request_id)
+            window.remove(slot)
+            self._extras.pop(slot, None)
+            _remember(self._joined, h, v)
             self._counts["matched"] += 1
         return JoinResult(
             "matched",
@@ -206,31 +245,112 @@ class FeedbackJoiner:
 
     def stats(self) -> dict[str, int]:
         with self._lock:
-            return {**self._counts, "size": len(self._entries)}
+            return {**self._counts, "size": self._window.live}
 
     def _expire(self, now: float) -> int:
         limit = now - self.max_age_s
         n = 0
-        entries = self._entries
-        while entries:
-            rid, entry = next(iter(entries.items()))
-            if entry[2] >= limit:
+        window = self._window
+        while True:
+            slot = window.oldest()
+            if slot < 0 or window.cols["ts"].items[slot] >= limit:
                 break
-            entries.popitem(last=False)
-            self._remember(self._evicted, rid)
+            self._evict()
             n += 1
         self._counts["evicted_age"] += n
         return n
 
-    def _remember(self, memory: OrderedDict[str, None], rid: str) -> None:
-        memory[rid] = None
-        if len(memory) > self.remember:
-            memory.popitem(last=False)
+    def _evict(self) -> None:
+        window = self._window
+        slot = window.pop_oldest()
+        self._extras.pop(slot, None)
+        _remember(self._evicted, window.cols["h"].items[slot], window.cols["v"].items[slot])
+
+    def _put_prediction(self, cols: dict[str, Any], slot: int, prediction: Any) -> None:
+        # bool before int: True is an int too, and must come back as True.
+        if isinstance(prediction, bool):
+            kind, value = _BOOL, int(prediction)
+        elif isinstance(prediction, int) and _INT64_MIN <= prediction <= _INT64_MAX:
+            kind, value = _INT, prediction
+        elif isinstance(prediction, float):
+            cols["kind"].items[slot] = _FLOAT
+            cols["value"].floats[slot] = prediction
+            return
+        else:  # a string class, or an int beyond 64 bits
+            kind, value = _NAMED, self._intern(prediction)
+        cols["kind"].items[slot] = kind
+        cols["value"].items[slot] = value
+
+    def _get_prediction(self, cols: dict[str, Any], slot: int) -> Any:
+        kind = cols["kind"].items[slot]
+        if kind == _FLOAT:
+            return cols["value"].floats[slot]
+        value = cols["value"].items[slot]
+        if kind == _INT:
+            return value
+        if kind == _BOOL:
+            return bool(value)
+        return self._names.names[value]
+
+    def _intern(self, name: Any) -> int:
+        names = self._names
+        i = names.index.get(name)
+        if i is None:
+            if len(names.names) >= names.limit:
+                self._compact_names()
+            i = names.index[name] = len(names.names)
+            names.names.append(name)
+        return i
+
+    def _compact_names(self) -> None:
+        """Drop names no prediction in the window refers to any more (variants of past
+        deployments, classes of past models); keeps the table bounded by the window."""
+        window, names = self._window, self._names
+        slots = window.live_slots()
+        cols = window.cols
+        kinds = cols["kind"].array[slots]
+        named = slots[kinds == _NAMED]
+        used = np.union1d(cols["variant"].array[slots], cols["value"].array[named])
+        remap = np.zeros(len(names.names), dtype=np.int64)
+        remap[used] = np.arange(len(used))
+        cols["variant"].array[slots] = remap[cols["variant"].array[slots]]
+        cols["value"].array[named] = remap[cols["value"].array[named]]
+        names.names = [names.names[i] for i in used.tolist()]
+        names.index = {name: i for i, name in enumerate(names.names)}
+        names.limit = max(_MIN_NAMES, 2 * len(names.names))
+
+    def _moved(self, old_slots: list[int]) -> None:
+        if self._extras:
+            new = {old: i for i, old in enumerate(old_slots)}
+            self._extras = {new[old]: e for old, e in self._extras.items()}
 
     def _invalid(self, request_id: str | None, label: Any, reason: str) -> JoinResult:
         with self._lock:
             self._counts["invalid"] += 1
         return JoinResult("invalid", request_id, label=label, reason=reason)
+
+
+# How a prediction is held in the window's 8-byte value column.
+_FLOAT, _INT, _BOOL, _NAMED = 1, 2, 3, 4
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+_MIN_NAMES = 256
+
+
+class _Names:
+    """Variants and string classes (and ints beyond 64 bits), each held once."""
+
+    def __init__(self) -> None:
+        self.names: list[Any] = []
+        self.index: dict[Any, int] = {}
+        self.limit = _MIN_NAMES
+
+
+def _remember(memory: IdRing, h: int, v: int) -> None:
+    if memory.find(h, v) >= 0:
+        return
+    if memory.live >= memory.max_capacity:
+        memory.pop_oldest()
+    memory.append(h, v)
 
 
 def _plain(x: Any) -> Any:

@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from edgeloop_agent.idring import Hasher, IdRing, keyed_hasher
+from edgeloop_agent.idring import Hasher, IdFifo, IdRing, keyed_hasher
 from edgeloop_agent.wire.jsontext import json_text
 from edgeloop_agent.wire.numeric import is_number
 
@@ -99,10 +99,14 @@ class FeedbackJoiner:
             {"ts": "d", "value": "q", "kind": "B", "variant": "i"},
         )
         self._window.moved = self._moved
+        self._views()
         self._extras: dict[int, Any] = {}  # slot -> extra, for the few predictions with one
         self._names = _Names()
-        self._evicted = IdRing(remember, self._hash)
-        self._joined = IdRing(remember, self._hash)
+        # Every eviction pushes an id, so that memory is a plain FIFO, scanned only for
+        # labels that missed the window; joined ids are indexed (one more slot than
+        # remembered: a new id goes in before the oldest goes out).
+        self._evicted = IdFifo(remember)
+        self._joined = IdRing(remember + 1, self._hash)
         self._counts = dict.fromkeys(
             (
                 "recorded",
@@ -124,7 +128,7 @@ class FeedbackJoiner:
     @property
     def collisions(self) -> int:
         """Lookups that met another id's 64-bit hash word (told apart by the check word)."""
-        return self._window.collisions + self._evicted.collisions + self._joined.collisions
+        return self._window.collisions + self._joined.collisions
 
     def nbytes(self) -> int:
         """Bytes of the window's and the remembered ids' columns and indexes."""
@@ -156,14 +160,13 @@ class FeedbackJoiner:
         with self._lock:
             self._expire(ts)
             window = self._window
-            if window.find(h, v) >= 0:
+            slot = window.add(h, v)  # may move the columns: views read after it
+            if slot < 0:
                 self._counts["duplicate_records"] += 1
                 return False
-            slot = window.append(h, v)
-            cols = window.cols
-            cols["ts"].items[slot] = float(ts)
-            cols["variant"].items[slot] = self._intern(variant)
-            self._put_prediction(cols, slot, prediction)
+            self._ts[slot] = float(ts)
+            self._variant[slot] = self._intern(variant)
+            self._put_prediction(slot, prediction)
             if extra is not None:
                 self._extras[slot] = extra
             self._counts["recorded"] += 1
@@ -189,16 +192,15 @@ class FeedbackJoiner:
             if slot < 0:
                 if self._joined.find(h, v) >= 0:
                     status: Status = "duplicate"
-                elif self._evicted.find(h, v) >= 0:
+                elif self._evicted.contains(h, v):
                     status = "late"
                 else:
                     status = "unknown"
                 self._counts[status] += 1
                 return JoinResult(status, request_id, label=label)
-            cols = window.cols
-            variant = self._names.names[cols["variant"].items[slot]]
-            prediction = self._get_prediction(cols, slot)
-            ts = cols["ts"].items[slot]
+            variant = self._names.names[self._variant[slot]]
+            prediction = self._get_prediction(slot)
+            ts = self._ts[slot]
             extra = self._extras.get(slot)
             # True/False when a class was graded, the error when a value was.
             outcome: bool | float | None
@@ -213,7 +215,7 @@ class FeedbackJoiner:
                 )
             window.remove(slot)
             self._extras.pop(slot, None)
-            _remember(self._joined, h, v)
+            self._joined.push(h, v, self.remember)
             self._counts["matched"] += 1
         return JoinResult(
             "matched",
@@ -250,10 +252,10 @@ class FeedbackJoiner:
     def _expire(self, now: float) -> int:
         limit = now - self.max_age_s
         n = 0
-        window = self._window
+        window, stamps = self._window, self._ts
         while True:
             slot = window.oldest()
-            if slot < 0 or window.cols["ts"].items[slot] >= limit:
+            if slot < 0 or stamps[slot] >= limit:
                 break
             self._evict()
             n += 1
@@ -264,28 +266,28 @@ class FeedbackJoiner:
         window = self._window
         slot = window.pop_oldest()
         self._extras.pop(slot, None)
-        _remember(self._evicted, window.cols["h"].items[slot], window.cols["v"].items[slot])
+        self._evicted.push(window.hs[slot], window.vs[slot])
 
-    def _put_prediction(self, cols: dict[str, Any], slot: int, prediction: Any) -> None:
+    def _put_prediction(self, slot: int, prediction: Any) -> None:
         # bool before int: True is an int too, and must come back as True.
         if isinstance(prediction, bool):
             kind, value = _BOOL, int(prediction)
         elif isinstance(prediction, int) and _INT64_MIN <= prediction <= _INT64_MAX:
             kind, value = _INT, prediction
         elif isinstance(prediction, float):
-            cols["kind"].items[slot] = _FLOAT
-            cols["value"].floats[slot] = prediction
+            self._kind[slot] = _FLOAT
+            self._floats[slot] = prediction
             return
         else:  # a string class, or an int beyond 64 bits
             kind, value = _NAMED, self._intern(prediction)
-        cols["kind"].items[slot] = kind
-        cols["value"].items[slot] = value
+        self._kind[slot] = kind
+        self._value[slot] = value
 
-    def _get_prediction(self, cols: dict[str, Any], slot: int) -> Any:
-        kind = cols["kind"].items[slot]
+    def _get_prediction(self, slot: int) -> Any:
+        kind = self._kind[slot]
         if kind == _FLOAT:
-            return cols["value"].floats[slot]
-        value = cols["value"].items[slot]
+            return self._floats[slot]
+        value = self._value[slot]
         if kind == _INT:
             return value
         if kind == _BOOL:
@@ -323,6 +325,16 @@ class FeedbackJoiner:
         if self._extras:
             new = {old: i for i, old in enumerate(old_slots)}
             self._extras = {new[old]: e for old, e in self._extras.items()}
+        self._views()
+
+    def _views(self) -> None:
+        """The window's column views, one attribute lookup away on the hot paths; taken
+        again whenever the window moves to fresh storage."""
+        cols = self._window.cols
+        self._ts = cols["ts"].items
+        self._value, self._floats = cols["value"].items, cols["value"].floats
+        self._kind = cols["kind"].items
+        self._variant = cols["variant"].items
 
     def _invalid(self, request_id: str | None, label: Any, reason: str) -> JoinResult:
         with self._lock:
@@ -343,14 +355,6 @@ class _Names:
         self.names: list[Any] = []
         self.index: dict[Any, int] = {}
         self.limit = _MIN_NAMES
-
-
-def _remember(memory: IdRing, h: int, v: int) -> None:
-    if memory.find(h, v) >= 0:
-        return
-    if memory.live >= memory.max_capacity:
-        memory.pop_oldest()
-    memory.append(h, v)
 
 
 def _plain(x: Any) -> Any:

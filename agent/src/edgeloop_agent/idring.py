@@ -21,6 +21,7 @@ owner holds a lock.
 from __future__ import annotations
 
 import os
+import struct
 from collections.abc import Callable
 from hashlib import blake2b
 from typing import Any, cast
@@ -31,7 +32,6 @@ Hasher = Callable[[str], tuple[int, int]]
 
 _EMPTY = 0  # table cells hold slot + 1; 0 is an empty cell
 _TOMB = -1  # a removed entry: probes go on past it
-_MASK64 = (1 << 64) - 1
 _NUMPY = {
     "Q": np.uint64,
     "I": np.uint32,
@@ -47,13 +47,14 @@ def keyed_hasher(key: bytes | None = None) -> Hasher:
     # Keying costs a compression of the key block; done once, then each id copies the state
     # (~470 ns a UUID-sized id, against ~600 ns keying each time).
     keyed = blake2b(digest_size=12, key=key if key is not None else os.urandom(16))
+    split = struct.Struct("<QI").unpack
 
     def hasher(request_id: str) -> tuple[int, int]:
         h = keyed.copy()
         # surrogatepass: a JSON id may hold a lone surrogate; the encoding stays one-to-one.
         h.update(request_id.encode("utf-8", "surrogatepass"))
-        word = int.from_bytes(h.digest(), "little")
-        return word & _MASK64, word >> 64
+        words: tuple[int, int] = split(h.digest())
+        return words
 
     return hasher
 
@@ -104,58 +105,86 @@ class IdRing:
 
     def find(self, h: int, v: int) -> int:
         """The slot holding (h, v), or -1."""
-        table, hs, vs = self._table, self.cols["h"].items, self.cols["v"].items
-        mask = self._mask
+        table, hs, mask = self._table, self.hs, self._mask
         b = h & mask
         while True:
             cell = table[b]
             if cell == _EMPTY:
                 return -1
             if cell > 0 and hs[cell - 1] == h:
-                if vs[cell - 1] == v:
+                if self.vs[cell - 1] == v:
                     return cell - 1
                 self.collisions += 1
             b = (b + 1) & mask
 
     # -- changes -------------------------------------------------------------------
 
-    def append(self, h: int, v: int) -> int:
-        """Take the next slot for (h, v), which the caller knows is absent; returns it."""
+    def add(self, h: int, v: int) -> int:
+        """Append (h, v) unless it is held (one probe for both); returns its new slot, or
+        -1 if it was already held."""
         if self.span == self.capacity:
             # Grow if more than half is held, else squeeze out the holes. The owner keeps
             # ``live`` below ``max_capacity``, so either leaves room.
             grow = self.capacity < self.max_capacity and self.live * 2 > self.capacity
             self._resize(min(self.max_capacity, self.capacity * 2) if grow else self.capacity)
-        slot = (self.head + self.span) % self.capacity
+        table, hs, mask = self._table, self.hs, self._mask
+        b = h & mask
+        free = -1  # the first tombstone on the way, reused
+        while True:
+            cell = table[b]
+            if cell == _EMPTY:
+                break
+            if cell < 0:
+                if free < 0:
+                    free = b
+            elif hs[cell - 1] == h:
+                if self.vs[cell - 1] == v:
+                    return -1
+                self.collisions += 1
+            b = (b + 1) & mask
+        if free < 0:
+            free = b
+            self._used += 1
+        slot = self.head + self.span
+        if slot >= self.capacity:
+            slot -= self.capacity
         self.span += 1
         self.live += 1
-        cols = self.cols
-        cols["h"].items[slot] = h
-        cols["v"].items[slot] = v
-        cols["live"].items[slot] = 1
-        self._index(h, slot)
+        hs[slot] = h
+        self.vs[slot] = v
+        self.lv[slot] = 1
+        table[free] = slot + 1
+        if self._used * 10 > mask * 7:  # tombstones pile up: clear them
+            self._rebuild()
         return slot
+
+    def push(self, h: int, v: int, limit: int) -> None:
+        """Remember (h, v) first in first out, forgetting the oldest beyond ``limit`` ids
+        (for rings that :meth:`remove` nothing; ``max_capacity`` > ``limit``)."""
+        if self.add(h, v) >= 0 and self.live > limit:
+            self.pop_oldest()
 
     def remove(self, slot: int) -> None:
         """Forget the id in ``slot`` (a live one)."""
-        h = self.cols["h"].items[slot]
         table, mask, want = self._table, self._mask, slot + 1
-        b = h & mask
+        b = self.hs[slot] & mask
         while table[b] != want:
             b = (b + 1) & mask
         table[b] = _TOMB
-        self.cols["live"].items[slot] = 0
+        self.lv[slot] = 0
         self.live -= 1
         if self.live == 0:
             self.head = self.span = 0
 
     def oldest(self) -> int:
         """The slot of the oldest id held (skipping holes at the head), or -1."""
-        live = self.cols["live"].items
+        lv = self.lv
         while self.span:
-            if live[self.head]:
+            if lv[self.head]:
                 return self.head
-            self.head = (self.head + 1) % self.capacity
+            self.head += 1
+            if self.head == self.capacity:
+                self.head = 0
             self.span -= 1
         return -1
 
@@ -164,16 +193,12 @@ class IdRing:
         slot = self.oldest()
         if slot >= 0:
             self.remove(slot)
-            if self.span and slot == self.head:
-                self.head = (self.head + 1) % self.capacity
+            if self.span:  # the head was this slot: step past it
+                self.head = slot + 1 if slot + 1 < self.capacity else 0
                 self.span -= 1
         return slot
 
     # -- storage -----------------------------------------------------------------
-
-    @property
-    def capacity(self) -> int:
-        return len(self.cols["live"].items)
 
     def nbytes(self) -> int:
         return sum(c.array.nbytes for c in self.cols.values()) + self._table_array.nbytes
@@ -185,6 +210,9 @@ class IdRing:
 
     def _alloc(self, capacity: int) -> None:
         self.cols = {name: _Column(code, capacity) for name, code in self._spec.items()}
+        self.capacity = capacity
+        # The hot paths' item views, one attribute lookup away.
+        self.hs, self.vs, self.lv = (self.cols[c].items for c in ("h", "v", "live"))
         # Live ids fill at most half the table, so probes stay short.
         size = 1 << max(4, (2 * capacity - 1).bit_length())
         self._mask = size - 1
@@ -233,3 +261,41 @@ class IdRing:
             placed[np.flatnonzero(free)[first]] = True
             slots, home = slots[~placed], (home[~placed] + 1) & self._mask
         self._used = self.live
+
+
+class IdFifo:
+    """The last ``limit`` ids pushed, without an index: pushing (once per evicted
+    prediction) costs two item writes, looking up (only for a label that missed the
+    window) one numpy scan. An id pushed twice takes two places."""
+
+    def __init__(self, limit: int, initial: int = 1024) -> None:
+        self.limit = limit
+        self.n = 0  # ids held
+        self.pos = 0  # the next place written
+        self._alloc(min(limit, initial))
+
+    def _alloc(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._h, self._v = _Column("Q", capacity), _Column("I", capacity)
+        self.hs, self.vs = self._h.items, self._v.items
+
+    def push(self, h: int, v: int) -> None:
+        if self.n == self.capacity and self.capacity < self.limit:
+            # Storage grows by doubling up to ``limit``; held ids are in order from 0.
+            old_h, old_v, n = self._h.array, self._v.array, self.n
+            self._alloc(min(self.limit, 2 * self.capacity))
+            self._h.array[:n], self._v.array[:n] = old_h, old_v
+            self.pos = n
+        pos = self.pos
+        self.hs[pos] = h
+        self.vs[pos] = v
+        self.pos = pos + 1 if pos + 1 < self.capacity else 0
+        if self.n < self.capacity:
+            self.n += 1
+
+    def contains(self, h: int, v: int) -> bool:
+        hits = np.flatnonzero(self._h.array[: self.n] == np.uint64(h))
+        return any(self.vs[i] == v for i in hits.tolist())
+
+    def nbytes(self) -> int:
+        return self._h.array.nbytes + self._v.array.nbytes

@@ -1,0 +1,110 @@
+"""What a serving agent's Python heap gains from traffic: tracemalloc, idle vs steady state.
+
+Same set-up as ``bench_memory.py`` (two 32-feature HGB models A/B 50/50, drift, feedback
+window 20,000, 5 % capture). The agent runs with tracemalloc on (a ``sitecustomize`` on its
+path starts it and dumps a snapshot when asked through a file), so it is slower than
+usual: the load is paced at ``--rate`` (default 2,000/s). Snapshots: after deployment and a
+2,000-request warm-up (idle), then after ``--requests`` more (steady: the feedback window,
+drift windows and remembered ids full). Prints the top allocations gained, by line.
+
+    .venv/bin/python bench/trace_agent_memory.py
+    .venv/bin/python bench/trace_agent_memory.py --before /work/before-fb/agent/src
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_agent as ba
+from common import LOAD_CPU, Client, pin, rss_kib, start_broker
+
+SITECUSTOMIZE = r"""
+import os, threading, time, tracemalloc
+
+tracemalloc.start(1)
+_ask = os.environ["EDGELOOP_TRACE_ASK"]
+
+def _watch():
+    n = 0
+    while True:
+        time.sleep(0.2)
+        if os.path.exists(_ask):
+            out = open(_ask).read().strip()
+            os.unlink(_ask)
+            tracemalloc.take_snapshot().dump(out + ".tmp")
+            os.replace(out + ".tmp", out)
+
+threading.Thread(target=_watch, daemon=True, name="trace-dump").start()
+"""
+
+
+def snapshot(ask: Path, out: Path) -> tracemalloc.Snapshot:
+    ask.write_text(str(out))
+    deadline = time.time() + 120
+    while not out.exists():
+        if time.time() > deadline:
+            raise TimeoutError("the agent did not dump its snapshot")
+        time.sleep(0.2)
+    return tracemalloc.Snapshot.load(str(out))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--before", type=Path, metavar="AGENT_SRC", help="trace that agent instead")
+    ap.add_argument("--requests", type=int, default=60_000)
+    ap.add_argument("--rate", type=float, default=2000.0)
+    ap.add_argument("--top", type=int, default=15)
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="edgeloop-trace-"))
+    trace_dir = work / "trace"
+    trace_dir.mkdir()
+    (trace_dir / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    ask = work / "ask"
+    models = ba.train_models("hgb", 5000)
+    pin(os.getpid(), LOAD_CPU)
+    broker = start_broker(work)
+    setup = Client(broker.port, "trace-setup")
+    names = models[0].feature_names
+    # On the agent's path (start_agent passes this environment on): the tracing
+    # sitecustomize, then the other checkout's source if one is traced.
+    path = [str(trace_dir)] + ([str(args.before.resolve())] if args.before else [])
+    os.environ["PYTHONPATH"] = os.pathsep.join(path)
+    os.environ["EDGELOOP_TRACE_ASK"] = str(ask)
+    server = ba.start_agent(broker.port, work, models, setup)
+    try:
+        ba.warm_up(server, broker.port, work, names, 2000)
+        time.sleep(1.0)
+        idle = snapshot(ask, work / "idle.snap")
+        rss_idle = (rss_kib(server.pid) or 0) / 1024
+        sus = ba.sustained(server, broker.port, work, names, args.rate, args.requests)
+        time.sleep(1.0)
+        steady = snapshot(ask, work / "steady.snap")
+        rss_steady = (rss_kib(server.pid) or 0) / 1024
+    finally:
+        server.stop()
+        setup.close()
+        broker.stop()
+    total = [sum(st.size for st in s.statistics("filename")) for s in (idle, steady)]
+    print(f"agent {args.before or 'this checkout'}; {args.requests:,} at {args.rate:,.0f}/s, "
+          f"lost {sus['lost']}")  # fmt: skip
+    print(f"traced Python heap: idle {total[0] / 1e6:.2f} MB, steady {total[1] / 1e6:.2f} MB "
+          f"(+{(total[1] - total[0]) / 1e6:.2f}); VmRSS (with tracemalloc's own cost) "
+          f"{rss_idle:.1f} -> {rss_steady:.1f} MB")  # fmt: skip
+    print(f"top {args.top} gains by line:")
+    for stat in steady.compare_to(idle, "lineno")[: args.top]:
+        frame = stat.traceback[0]
+        name = "/".join(Path(frame.filename).parts[-2:])
+        print(f"  {stat.size_diff / 1e3:+10.1f} kB {stat.count_diff:+8d} blocks  "
+              f"{name}:{frame.lineno}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -88,19 +88,21 @@ def _seen(res: Any) -> tuple[Any, ...]:
 
 
 @pytest.mark.parametrize(
-    ("seed", "max_entries", "remember", "hasher"),
+    ("seed", "max_entries", "remember", "hasher", "churn"),
     [
-        (1, 7, 5, None),
-        (2, 50, 20, None),
-        (3, 300, 64, None),
+        (1, 7, 5, None, False),
+        (2, 50, 20, None, False),
+        (3, 300, 64, None, False),
+        (6, 20, 10, None, True),
+        (7, 150, 10, None, True),
         # Every id shares one 64-bit word: only the check word tells them apart.
-        (4, 40, 16, lambda rid: (12345, zlib.crc32(rid.encode()))),
+        (4, 40, 16, lambda rid: (12345, zlib.crc32(rid.encode())), False),
         # A handful of 64-bit words: long probe chains through tombstones.
-        (5, 60, 30, lambda rid: (zlib.adler32(rid.encode()) % 3, zlib.crc32(rid.encode()))),
+        (5, 60, 30, lambda rid: (zlib.adler32(rid.encode()) % 3, zlib.crc32(rid.encode())), False),
     ],
 )
 def test_the_window_behaves_as_the_reference(
-    seed: int, max_entries: int, remember: int, hasher: Any
+    seed: int, max_entries: int, remember: int, hasher: Any, churn: bool
 ) -> None:
     """Random records, joins (making holes), repeats, expiry and clock steps back, long
     enough for the ring to wrap, squeeze its holes out and rebuild its index many times."""
@@ -118,7 +120,7 @@ def test_the_window_behaves_as_the_reference(
     for step in range(6_000):
         jump = rng.random()
         if step % 2_500 == 2_499 or jump < 1 / (8 * max_entries):
-            now += 30.0  # ... and sometimes ages out
+            now += 45.0  # ... and sometimes ages out
         elif jump < 0.03:
             now -= 2.0  # the clock steps back
         else:
@@ -126,14 +128,18 @@ def test_the_window_behaves_as_the_reference(
         op = rng.random()
         rid = rng.choice(ids)
         if op < 0.55:
-            variant = rng.choice(("v1", "v2", "shadow"))
-            prediction = rng.choice((0, 1, 2, "cat", True))
+            if churn:  # names come and go: the table of names is squeezed many times
+                variant = f"v{rng.randrange(400)}"
+                prediction = rng.choice((f"c{rng.randrange(2_000)}", 1, 2**64))
+            else:
+                variant = rng.choice(("v1", "v2", "shadow"))
+                prediction = rng.choice((0, 1, 2, "cat", True))
             extra = f"s{step}" if rng.random() < 0.2 else None
             assert j.record(rid, variant, prediction, now, extra) == ref.record(
                 rid, variant, prediction, now, extra
             )
         elif op < 0.95:
-            label = rng.choice((0, 1, 2, "cat", "dog"))
+            label = rng.choice((0, 1, 2, "cat", "dog", "c7", 2**64))
             assert _seen(j.join(rid, label, now)) == ref.join(rid, label, now), step
         else:
             assert j.expire(now) == ref.expire(now)
@@ -274,3 +280,22 @@ def test_keyed_hasher_depends_on_the_key() -> None:
     assert a("req-1") == a("req-1") != b("req-1")
     h, v = a("\ud800 lone surrogate")
     assert 0 <= h < 2**64 and 0 <= v < 2**32
+
+
+def test_dropping_names_never_reads_a_slot_not_yet_written() -> None:
+    """Names are held before a slot is taken: squeezing the name table never reads a slot
+    whose columns still hold an old occupant's name numbers (from a larger table), nor
+    renumbers a name between the variant and the class of one record."""
+    j = FeedbackJoiner(task="classification", max_entries=300)
+    ts = 0.0
+    for i in range(2_000):  # many live classes: the table's bound grows
+        ts += 0.001
+        j.record(f"a{i}", "v", f"class-{i}", ts)
+    for i in range(400):  # one class, numbered high, in every slot
+        ts += 0.001
+        j.record(f"b{i}", "v", "same", ts)
+    for i in range(1_000):  # new names only: the table is squeezed, then again
+        ts += 0.001
+        assert j.record(f"c{i}", f"variant-{i}", f"new-{i}", ts)
+    res = j.join("c999", "new-999", now=ts)
+    assert (res.status, res.variant, res.correct) == ("matched", "variant-999", True)

@@ -159,14 +159,24 @@ class FeedbackJoiner:
         h, v = self._hash(request_id)
         with self._lock:
             self._expire(ts)
+            # Names first: dropping unused names reads every held slot (so none may be held
+            # before its columns are written) and renumbers them (so not between the two).
+            if len(self._names.names) + 2 > self._names.limit:
+                self._compact_names()
+            variant_index = self._intern(variant)
+            kind, value = self._encode(prediction)
             window = self._window
             slot = window.add(h, v)  # may move the columns: views read after it
             if slot < 0:
                 self._counts["duplicate_records"] += 1
                 return False
             self._ts[slot] = float(ts)
-            self._variant[slot] = self._intern(variant)
-            self._put_prediction(slot, prediction)
+            self._variant[slot] = variant_index
+            self._kind[slot] = kind
+            if kind == _FLOAT:
+                self._floats[slot] = value
+            else:
+                self._value[slot] = value
             if extra is not None:
                 self._extras[slot] = extra
             self._counts["recorded"] += 1
@@ -268,20 +278,16 @@ class FeedbackJoiner:
         self._extras.pop(slot, None)
         self._evicted.push(window.hs[slot], window.vs[slot])
 
-    def _put_prediction(self, slot: int, prediction: Any) -> None:
+    def _encode(self, prediction: Any) -> tuple[int, Any]:
+        """How a prediction is held: a kind and an 8-byte value (int or float)."""
         # bool before int: True is an int too, and must come back as True.
         if isinstance(prediction, bool):
-            kind, value = _BOOL, int(prediction)
-        elif isinstance(prediction, int) and _INT64_MIN <= prediction <= _INT64_MAX:
-            kind, value = _INT, prediction
-        elif isinstance(prediction, float):
-            self._kind[slot] = _FLOAT
-            self._floats[slot] = prediction
-            return
-        else:  # a string class, or an int beyond 64 bits
-            kind, value = _NAMED, self._intern(prediction)
-        self._kind[slot] = kind
-        self._value[slot] = value
+            return _BOOL, int(prediction)
+        if isinstance(prediction, int) and _INT64_MIN <= prediction <= _INT64_MAX:
+            return _INT, prediction
+        if isinstance(prediction, float):
+            return _FLOAT, prediction
+        return _NAMED, self._intern(prediction)  # a string class, or an int beyond 64 bits
 
     def _get_prediction(self, slot: int) -> Any:
         kind = self._kind[slot]
@@ -298,8 +304,6 @@ class FeedbackJoiner:
         names = self._names
         i = names.index.get(name)
         if i is None:
-            if len(names.names) >= names.limit:
-                self._compact_names()
             i = names.index[name] = len(names.names)
             names.names.append(name)
         return i

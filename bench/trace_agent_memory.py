@@ -14,6 +14,7 @@ drift windows and remembered ids full). Prints the top allocations gained, by li
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -27,10 +28,38 @@ import bench_agent as ba
 from common import LOAD_CPU, Client, pin, rss_kib, start_broker
 
 SITECUSTOMIZE = r"""
-import os, threading, time, tracemalloc
+import ctypes, json, os, threading, time, tracemalloc
 
-tracemalloc.start(1)
+if os.environ.get("EDGELOOP_TRACE_PYTHON") == "1":
+    tracemalloc.start(1)
 _ask = os.environ["EDGELOOP_TRACE_ASK"]
+
+
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+
+def _native():
+    # glibc's view of the malloc heap, SQLite's own count, the kernel's resident set.
+    out = {}
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = _Mallinfo2
+    mi = libc.mallinfo2()
+    out.update({n: getattr(mi, n) for n, _ in _Mallinfo2._fields_})
+    import sqlite3  # noqa: F401 - the agent has it loaded; find its library
+    lib = next((line.split()[-1] for line in open("/proc/self/maps")
+                if "libsqlite3" in line), None)
+    if lib:
+        sq = ctypes.CDLL(lib)
+        sq.sqlite3_memory_used.restype = ctypes.c_int64
+        out["sqlite_bytes"] = sq.sqlite3_memory_used()
+    for line in open("/proc/self/smaps_rollup"):
+        k = line.split(":")[0]
+        if k in ("Rss", "Anonymous"):
+            out[k.lower() + "_bytes"] = int(line.split()[1]) * 1024
+    return out
 
 def _watch():
     n = 0
@@ -39,21 +68,30 @@ def _watch():
         if os.path.exists(_ask):
             out = open(_ask).read().strip()
             os.unlink(_ask)
-            tracemalloc.take_snapshot().dump(out + ".tmp")
-            os.replace(out + ".tmp", out)
+            with open(out + ".json", "w") as fh:
+                json.dump(_native(), fh)
+            if tracemalloc.is_tracing():
+                tracemalloc.take_snapshot().dump(out + ".tmp")
+                os.replace(out + ".tmp", out)
+            else:
+                os.replace(out + ".json", out + ".json.done")
+                open(out, "w").close()
 
 threading.Thread(target=_watch, daemon=True, name="trace-dump").start()
 """
 
 
-def snapshot(ask: Path, out: Path) -> tracemalloc.Snapshot:
+def snapshot(ask: Path, out: Path) -> tuple[tracemalloc.Snapshot | None, dict[str, int]]:
     ask.write_text(str(out))
     deadline = time.time() + 120
     while not out.exists():
         if time.time() > deadline:
             raise TimeoutError("the agent did not dump its snapshot")
         time.sleep(0.2)
-    return tracemalloc.Snapshot.load(str(out))
+    done = Path(str(out) + ".json.done")
+    native = json.loads((done if done.exists() else Path(str(out) + ".json")).read_text())
+    snap = tracemalloc.Snapshot.load(str(out)) if out.stat().st_size else None
+    return snap, native
 
 
 def main() -> None:
@@ -62,6 +100,11 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=60_000)
     ap.add_argument("--rate", type=float, default=2000.0)
     ap.add_argument("--top", type=int, default=15)
+    ap.add_argument(
+        "--native-only",
+        action="store_true",
+        help="no tracemalloc (its own allocations skew the native figures): malloc and SQLite",
+    )
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="edgeloop-trace-"))
     trace_dir = work / "trace"
@@ -78,26 +121,43 @@ def main() -> None:
     path = [str(trace_dir)] + ([str(args.before.resolve())] if args.before else [])
     os.environ["PYTHONPATH"] = os.pathsep.join(path)
     os.environ["EDGELOOP_TRACE_ASK"] = str(ask)
+    os.environ["EDGELOOP_TRACE_PYTHON"] = "0" if args.native_only else "1"
     server = ba.start_agent(broker.port, work, models, setup)
     try:
         ba.warm_up(server, broker.port, work, names, 2000)
         time.sleep(1.0)
-        idle = snapshot(ask, work / "idle.snap")
+        idle, native_idle = snapshot(ask, work / "idle.snap")
         rss_idle = (rss_kib(server.pid) or 0) / 1024
         sus = ba.sustained(server, broker.port, work, names, args.rate, args.requests)
         time.sleep(1.0)
-        steady = snapshot(ask, work / "steady.snap")
+        steady, native_steady = snapshot(ask, work / "steady.snap")
         rss_steady = (rss_kib(server.pid) or 0) / 1024
     finally:
         server.stop()
         setup.close()
         broker.stop()
-    total = [sum(st.size for st in s.statistics("filename")) for s in (idle, steady)]
     print(f"agent {args.before or 'this checkout'}; {args.requests:,} at {args.rate:,.0f}/s, "
-          f"lost {sus['lost']}")  # fmt: skip
-    print(f"traced Python heap: idle {total[0] / 1e6:.2f} MB, steady {total[1] / 1e6:.2f} MB "
-          f"(+{(total[1] - total[0]) / 1e6:.2f}); VmRSS (with tracemalloc's own cost) "
-          f"{rss_idle:.1f} -> {rss_steady:.1f} MB")  # fmt: skip
+          f"lost {sus['lost']}; VmRSS {rss_idle:.1f} -> {rss_steady:.1f} MB")  # fmt: skip
+    if idle is not None and steady is not None:
+        total = [sum(st.size for st in s.statistics("filename")) for s in (idle, steady)]
+        print(f"traced Python heap: idle {total[0] / 1e6:.2f} MB, steady {total[1] / 1e6:.2f} "
+              f"MB (+{(total[1] - total[0]) / 1e6:.2f}); tracemalloc's own memory is in the "
+              "figures below")  # fmt: skip
+    print("native (MB)           idle   steady   gain")
+    for key, label in (
+        ("rss_bytes", "resident"),
+        ("anonymous_bytes", "  anonymous"),
+        ("arena", "malloc heap (sbrk)"),
+        ("hblkhd", "malloc mmapped"),
+        ("uordblks", "  malloc in use"),
+        ("fordblks", "  malloc free, kept"),
+        ("keepcost", "  trimmable top"),
+        ("sqlite_bytes", "SQLite's own"),
+    ):
+        a, b = native_idle.get(key, 0) / 1e6, native_steady.get(key, 0) / 1e6
+        print(f"  {label:20} {a:7.2f} {b:8.2f} {b - a:+6.2f}")
+    if idle is None or steady is None:
+        return
     print(f"top {args.top} gains by line:")
     for stat in steady.compare_to(idle, "lineno")[: args.top]:
         frame = stat.traceback[0]

@@ -59,6 +59,7 @@ DEFAULT_KINDS: Mapping[str, int] = {"sample": 0, "label": 1, "report": 2, "event
 _SCHEMA_VERSION = 1
 # SQLite's default limit on bound parameters is 999 on older builds.
 _CHUNK = 500
+_CACHE_KIB = 256  # SQLite's page cache for the outbox file, in KiB
 _MAX_TOPIC_BYTES = 65535  # MQTT's limit on a topic name
 
 _SCHEMA = """
@@ -296,6 +297,10 @@ class Outbox(DiskCare):
             # power cut can lose the last commits, never corrupt the file. FULL adds an fsync
             # per commit for power-cut safety. Rationale and figures: docs/outbox.md.
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
+            # SQLite's default page cache (2 MB) filled at steady state and stayed resident;
+            # the outbox writes at the tail and reads at the head, and a miss is a read from
+            # the OS's cache. docs/performance.md, issue 13.
+            conn.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")
             conn.execute(f"PRAGMA journal_size_limit={self.wal_limit}")
             conn.execute(f"PRAGMA wal_autocheckpoint={self._wal_pages(conn)}")
             if self.file_limit_bytes is not None:

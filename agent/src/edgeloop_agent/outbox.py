@@ -58,7 +58,7 @@ DEFAULT_KINDS: Mapping[str, int] = {"sample": 0, "label": 1, "report": 2, "event
 
 _SCHEMA_VERSION = 1
 # SQLite's default limit on bound parameters is 999 on older builds.
-_CHUNK = 500
+_CHUNK = 512  # a power of two: see _chunks
 _CACHE_KIB = 256  # SQLite's page cache for the outbox file, in KiB
 _MAX_TOPIC_BYTES = 65535  # MQTT's limit on a topic name
 
@@ -793,5 +793,11 @@ def _check_ids(ids: Any) -> list[str]:
 
 
 def _chunks(items: list[str]) -> Iterable[list[str]]:
+    """Ids for ``id IN (?, ...)`` statements, at most ``_CHUNK`` at a time, each chunk padded
+    to a power of two by repeating its last id (the same rows match). Python's sqlite3
+    keeps up to 128 prepared statements a connection, and one per distinct list length
+    (acks come in every size) held ~2 MB; padded, there are ten lengths."""
     for start in range(0, len(items), _CHUNK):
-        yield items[start : start + _CHUNK]
+        chunk = items[start : start + _CHUNK]
+        size = 1 << (len(chunk) - 1).bit_length()
+        yield chunk + chunk[-1:] * (size - len(chunk))

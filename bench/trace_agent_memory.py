@@ -81,6 +81,23 @@ threading.Thread(target=_watch, daemon=True, name="trace-dump").start()
 """
 
 
+def smaps(pid: int) -> dict[str, tuple[int, int]]:
+    """Resident kB by mapping (start address and name: the heap grows at its end) from
+    /proc/PID/smaps, with the mapping's size."""
+    out: dict[str, tuple[int, int]] = {}
+    key, size = "", 0
+    with open(f"/proc/{pid}/smaps") as fh:
+        for line in fh:
+            head = line.split()
+            if "-" in head[0] and not head[0].endswith(":"):
+                lo, hi = (int(x, 16) for x in head[0].split("-"))
+                name = head[5] if len(head) > 5 else "[anon]"
+                key, size = f"{head[0].split('-')[0]} {name}", (hi - lo) >> 10
+            elif head[0] == "Rss:":
+                out[key] = (int(head[1]), size)
+    return out
+
+
 def snapshot(ask: Path, out: Path) -> tuple[tracemalloc.Snapshot | None, dict[str, int]]:
     ask.write_text(str(out))
     deadline = time.time() + 120
@@ -127,10 +144,12 @@ def main() -> None:
         ba.warm_up(server, broker.port, work, names, 2000)
         time.sleep(1.0)
         idle, native_idle = snapshot(ask, work / "idle.snap")
+        maps_idle = smaps(server.pid)
         rss_idle = (rss_kib(server.pid) or 0) / 1024
         sus = ba.sustained(server, broker.port, work, names, args.rate, args.requests)
         time.sleep(1.0)
         steady, native_steady = snapshot(ask, work / "steady.snap")
+        maps_steady = smaps(server.pid)
         rss_steady = (rss_kib(server.pid) or 0) / 1024
     finally:
         server.stop()
@@ -156,6 +175,13 @@ def main() -> None:
     ):
         a, b = native_idle.get(key, 0) / 1e6, native_steady.get(key, 0) / 1e6
         print(f"  {label:20} {a:7.2f} {b:8.2f} {b - a:+6.2f}")
+    grown = sorted(
+        ((rss - maps_idle.get(k, (0, 0))[0], k, size) for k, (rss, size) in maps_steady.items()),
+        reverse=True,
+    )
+    print("mappings that grew most (resident kB gained, mapping, its size kB):")
+    for gain, k, size in grown[:8]:
+        print(f"  {gain:+7d} kB  {k}  ({size} kB)")
     if idle is None or steady is None:
         return
     print(f"top {args.top} gains by line:")

@@ -41,6 +41,30 @@ class _Mallinfo2(ctypes.Structure):
         "fordblks", "keepcost")]
 
 
+def _pymalloc():
+    # CPython's small-object allocator (its own mmapped arenas, outside malloc's figures):
+    # sys._debugmallocstats() writes to C's stderr, so catch fd 2 for the call.
+    import sys, tempfile
+    keep, tmp = os.dup(2), tempfile.TemporaryFile()
+    os.dup2(tmp.fileno(), 2)
+    try:
+        sys._debugmallocstats()
+    finally:
+        os.dup2(keep, 2)
+        os.close(keep)
+    tmp.seek(0)
+    out = {}
+    for line in tmp.read().decode(errors="replace").splitlines():
+        for key, name in (("# arenas allocated current", "pymalloc_arenas"),
+                          ("# bytes in allocated blocks", "pymalloc_used"),
+                          ("# bytes in available blocks", "pymalloc_free")):
+            if line.startswith(key):
+                out[name] = int(line.split("=")[1].replace(",", "").strip())
+    if "pymalloc_arenas" in out:
+        out["pymalloc_arenas"] <<= 20  # 1 MiB arenas (CPython 3.10+): bytes mapped
+    return out
+
+
 def _native():
     # glibc's view of the malloc heap, SQLite's own count, the kernel's resident set.
     out = {}
@@ -55,6 +79,7 @@ def _native():
         sq = ctypes.CDLL(lib)
         sq.sqlite3_memory_used.restype = ctypes.c_int64
         out["sqlite_bytes"] = sq.sqlite3_memory_used()
+    out.update(_pymalloc())
     for line in open("/proc/self/smaps_rollup"):
         k = line.split(":")[0]
         if k in ("Rss", "Anonymous"):
@@ -172,6 +197,9 @@ def main() -> None:
         ("fordblks", "  malloc free, kept"),
         ("keepcost", "  trimmable top"),
         ("sqlite_bytes", "SQLite's own"),
+        ("pymalloc_arenas", "CPython arenas"),
+        ("pymalloc_used", "  objects in them"),
+        ("pymalloc_free", "  free blocks"),
     ):
         a, b = native_idle.get(key, 0) / 1e6, native_steady.get(key, 0) / 1e6
         print(f"  {label:20} {a:7.2f} {b:8.2f} {b - a:+6.2f}")

@@ -58,9 +58,10 @@ class FeedbackJoiner:
     and recently joined requests (to tell ``late`` and ``duplicate`` from ``unknown``; older
     ones read as ``unknown``). Ids are kept as keyed 96-bit hashes in flat columns
     (:mod:`edgeloop_agent.idring`), variants and string classes as indices into one small
-    table of names, so the cost does not depend on the id's length: measured with
-    tracemalloc, ~45 bytes per prediction and ~25 per remembered id (docs/performance.md),
-    where the ordered dicts of strings before took ~270 bytes per prediction with UUID ids.
+    table of names, so the cost does not depend on the id's length: ~56 bytes a prediction
+    (columns for ``max_entries`` + 25 % and the index), 12 per evicted id; with tracemalloc
+    1.43 MB at 20,000 + 10,000 with UUID ids, where the ordered dicts of the id strings took
+    7.65 MB (``bench/bench_feedback.py``, docs/performance.md).
     ``hasher`` replaces the keyed hash (tests force collisions with it). Age eviction
     follows insertion order: if the clock steps back, an entry with a young timestamp can
     shield older ones behind it until the count bound or its own age removes it.

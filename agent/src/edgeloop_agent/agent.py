@@ -109,6 +109,7 @@ class Agent:
             prefix=config.topic_prefix,
             spool=self.state.root / "update",
             chunk_timeout_s=config.artifact_timeout_s,
+            on_change=self._publish_status_safely,
         )
         self.updater.self_update = self.self_update
         t = self.topics

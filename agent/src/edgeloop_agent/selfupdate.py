@@ -86,12 +86,14 @@ class SelfUpdate:
         chunk_timeout_s: float,
         version: str | None = None,
         architecture: str | None = None,
+        on_change: Callable[[], None] = lambda: None,
     ) -> None:
         self.prefix = prefix
         self.spool = spool
         self.chunk_timeout_s = chunk_timeout_s
         self.version = version or package_version()
         self.architecture = architecture or dpkg_architecture()
+        self.on_change = on_change  # publishes status: each step is reported
         self.refused = 0  # packages refused here (size, sha256, architecture, timeout)
         self._state: dict[str, Any] | None = None
         self._lock = threading.Lock()
@@ -201,6 +203,29 @@ class SelfUpdate:
         dl = _Download(pkg, fd, topic[:-1])
         with self._lock:
             self._download = dl
+        try:
+            self._receive(dl, topic, subscribe, unsubscribe, beat)
+            actual = _file_sha256(part)
+            if actual != pkg.sha256:
+                raise SelfUpdateError(
+                    "agent_package_sha256_mismatch",
+                    f"agent package {pkg.version} has sha256 {actual}, "
+                    f"the signed document says {pkg.sha256}",
+                )
+            os.replace(part, final)
+        finally:
+            part.unlink(missing_ok=True)  # nothing half-fetched or refused stays
+        return final
+
+    def _receive(
+        self,
+        dl: _Download,
+        topic: str,
+        subscribe: Callable[[str], None],
+        unsubscribe: Callable[[str], None],
+        beat: Callable[[], None],
+    ) -> None:
+        pkg, fd = dl.package, dl.fd
         subscribe(topic)
         try:
             # The timeout runs from the last chunk received: a slow link that keeps
@@ -221,18 +246,6 @@ class SelfUpdate:
                 self._download = None
             unsubscribe(topic)
             os.close(fd)
-        try:
-            actual = _file_sha256(part)
-            if actual != pkg.sha256:
-                raise SelfUpdateError(
-                    "agent_package_sha256_mismatch",
-                    f"agent package {pkg.version} has sha256 {actual}, "
-                    f"the signed document says {pkg.sha256}",
-                )
-            os.replace(part, final)
-        finally:
-            part.unlink(missing_ok=True)
-        return final
 
     # -- status ----------------------------------------------------------------
 
@@ -262,6 +275,10 @@ class SelfUpdate:
             "ts": time.time(),
             **extra,
         }
+        try:
+            self.on_change()
+        except Exception:  # offline: the next status carries the state anyway
+            log.debug("self-update state not published", exc_info=True)
 
     def status(self) -> dict[str, Any]:
         """``agent_update`` on status: this agent's own step, or the one-shot's verdict

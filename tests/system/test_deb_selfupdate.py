@@ -1,0 +1,212 @@
+"""The agent updates itself, on a packaged device under a real systemd.
+
+Inside a booted Debian 12 container: the current edgeloop-agent .deb is installed
+and enrolled (as test_deb_enrol does) and serves a signed model from the host's
+broker. The control side (``fleet/agentpackages.py`` + ``DesiredState``) publishes
+the "+upgrade1" package and names it in the device's signed desired state; the
+agent fetches and verifies it and writes its request; the path unit starts the
+root one-shot, which installs it and restarts the agent, which comes back READY
+on the new version and still serves. Then a broken package (its entry point
+exits 1) is rolled back: the one-shot reinstalls the version it replaced, which
+serves again, and the agent reports ``rolled_back`` with the reason. Purge
+leaves nothing of the self-update behind.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edgeloop_control.fleet.agentpackages import AgentPackages, with_agent
+from edgeloop_control.fleet.desired import DesiredState
+from edgeloop_control.fleet.enrolment import enrol
+from edgeloop_control.infra.db import ControlDB
+from edgeloop_control.infra.mqtt import ControlClient
+from tests.integration.enrolled import CONTROL_PASSWORD, EnrolledSite
+from tests.integration.models import sample_features, sensor_model
+from tests.mqtt_helpers import Probe
+from tests.system.debian import BootedContainer, build_deb, unpack_rootfs, wait_until
+
+DEVICE = "deb-update-1"
+UNIT = "edgeloop-agent.service"
+STATUS = f"edgeloop/{DEVICE}/status"
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[EnrolledSite]:
+    s = EnrolledSite(tmp_path / "site").start()
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture
+def device(tmp_path: Path, agent_deb_amd64: Path) -> Iterator[BootedContainer]:
+    root = unpack_rootfs("amd64", tmp_path / "root")
+    (root / "root" / agent_deb_amd64.name).write_bytes(agent_deb_amd64.read_bytes())
+    ct = BootedContainer(root, tmp_path / "console.log").boot()
+    try:
+        ct.run("dpkg", "-i", f"/root/{agent_deb_amd64.name}", timeout=300)
+        yield ct
+    finally:
+        ct.poweroff()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def broken_deb(deb_dir: Path, agent_deb_amd64: Path, tmp_path: Path) -> Path:
+    """A package whose postinst leaves an entry point that exits 1: the new agent
+    never reports READY."""
+    version = agent_deb_amd64.name.split("_")[1] + "+broken1"
+    built = build_deb("edgeloop-agent", "amd64", tmp_path / "broken-build", version=version)
+    tree = tmp_path / "broken-tree"
+    subprocess.run(["dpkg-deb", "-R", built, tree], check=True)
+    postinst = tree / "DEBIAN" / "postinst"
+    text = postinst.read_text()
+    assert "        build_venv\n" in text
+    postinst.write_text(
+        text.replace(
+            "        build_venv\n",
+            "        build_venv\n"
+            "        printf '#!/bin/sh\\nexit 1\\n' >\"$VENV/bin/edgeloop-agent\"\n",
+            1,
+        )
+    )
+    out = deb_dir / f"edgeloop-agent_{version}_amd64.deb"
+    subprocess.run(
+        ["dpkg-deb", "--root-owner-group", "-Zgzip", "-b", tree, out],
+        check=True,
+        capture_output=True,
+    )
+    return out
+
+
+def _update_state(status: dict[str, Any]) -> tuple[str | None, str | None]:
+    update = status.get("agent_update") or {}
+    return status.get("agent_package_version"), update.get("state")
+
+
+def _journal(ct: BootedContainer) -> str:
+    out = ct.run(
+        "journalctl", "-u", UNIT, "-u", "edgeloop-agent-update.service", "--no-pager", check=False
+    )
+    return out.stdout[-6000:]
+
+
+def test_agent_upgrades_itself_and_a_broken_package_is_rolled_back(
+    site: EnrolledSite,
+    device: BootedContainer,
+    agent_deb_amd64: Path,
+    agent_deb_amd64_upgrade: Path,
+    broken_deb: Path,
+    tmp_path: Path,
+):
+    db = ControlDB(site.ws.state_db)
+    probe = Probe(
+        f"mqtt://127.0.0.1:{site.port}", username="edgeloop-control", password=CONTROL_PASSWORD
+    )
+    client = ControlClient(
+        f"mqtt://edgeloop-control:{CONTROL_PASSWORD}@127.0.0.1:{site.port}"
+    ).connect()
+    try:
+        bundle = enrol(site.ws, db, DEVICE, method="certificate", bundle=tmp_path / "b.bundle")
+        device.write("/root/device.bundle", bundle.bundle.read_bytes(), 0o600)
+        device.write("/etc/hosts", "127.0.0.1 localhost\n::1 localhost\n", 0o644)
+        device.run("/usr/bin/edgeloop-agent", "enroll", "/root/device.bundle", timeout=120)
+        # Enrolment armed the trigger; the one-shot is only ever started by it.
+        path_unit = device.show("edgeloop-agent-update.path", "ActiveState", "UnitFileState")
+        assert path_unit == {"ActiveState": "active", "UnitFileState": "enabled"}, path_unit
+        device.write(
+            "/etc/systemd/system/edgeloop-agent-update.service.d/timeout.conf",
+            "[Service]\nEnvironment=EDGELOOP_UPDATE_READY_TIMEOUT=60\n",
+        )
+        device.run("systemctl", "daemon-reload")
+        probe.subscribe(STATUS)
+        device.run("systemctl", "start", UNIT, timeout=120)
+
+        desired = DesiredState.for_workspace(site.ws, db, client)
+        model = sensor_model("v1")
+        desired.publish_artifact(model, model.data)
+        desired.publish(DEVICE, desired.plan(DEVICE, [(model, 100.0)], []))
+        first = probe.wait_for(STATUS, lambda s: s.get("revision") == 1, 90)
+        old_version = agent_deb_amd64.name.split("_")[1]
+        assert _update_state(first) == (old_version, "idle"), first
+
+        # 1. A good upgrade, published and named through the control side.
+        store = AgentPackages(site.ws.root / "agent-packages")
+        upgrade = store.add(agent_deb_amd64_upgrade)
+        assert store.publish(client, site.ws.topic_prefix, upgrade) >= 10  # ~50 MB in 4 MiB
+        new_version = upgrade.package.version
+        desired.publish(DEVICE, with_agent(desired.current(DEVICE) or {}, upgrade.package))
+        try:
+            probe.wait_for(STATUS, lambda s: _update_state(s) == (new_version, "done"), 300)
+        except TimeoutError:
+            raise AssertionError(_journal(device)) from None
+        installed = device.run("dpkg-query", "-W", "-f=${Version}", "edgeloop-agent").stdout
+        assert installed == new_version
+        assert device.show(UNIT, "ActiveState")["ActiveState"] == "active"
+        _assert_serves(probe, "r1")
+        # Only the new version's virtualenv is left.
+        venvs = device.sh("ls -d /opt/edgeloop-agent/venv-*").stdout.split()
+        assert venvs == [f"/opt/edgeloop-agent/venv-{new_version}"], venvs
+
+        # 2. A broken package: the one-shot reinstalls the version it replaced.
+        broken = store.add(broken_deb)
+        store.publish(client, site.ws.topic_prefix, broken)
+        desired.publish(DEVICE, with_agent(desired.current(DEVICE) or {}, broken.package))
+        try:
+            back = probe.wait_for(
+                STATUS, lambda s: _update_state(s) == (new_version, "rolled_back"), 300
+            )
+        except TimeoutError:
+            raise AssertionError(_journal(device)) from None
+        assert back["agent_update"]["version"] == broken.package.version
+        assert "exited (status 1) before it reported READY" in back["agent_update"]["reason"]
+        installed = device.run("dpkg-query", "-W", "-f=${Version}", "edgeloop-agent").stdout
+        assert installed == new_version
+        _assert_serves(probe, "r2")
+        # The request is consumed (the path unit does not loop) and not made again.
+        spool = device.sh("ls -A /var/lib/private/edgeloop-agent/update").stdout.split()
+        assert spool == ["result.json"], spool
+
+        # 3. Purge leaves nothing of the self-update behind.
+        device.run("dpkg", "--purge", "edgeloop-agent", timeout=120)
+        left = device.sh(
+            "ls -d /var/cache/edgeloop-agent /opt/edgeloop-agent /var/lib/private/edgeloop-agent "
+            "/etc/systemd/system/*.wants/edgeloop-agent* /usr/libexec/edgeloop-agent "
+            "/lib/systemd/system/edgeloop-agent* 2>/dev/null",
+            check=False,
+        ).stdout.split()
+        assert left == [], left
+        wait_until(
+            lambda: (
+                re.search(
+                    r"inactive|not-found",
+                    device.show("edgeloop-agent-update.path", "ActiveState", "LoadState")[
+                        "LoadState"
+                    ]
+                    + device.show("edgeloop-agent-update.path", "ActiveState")["ActiveState"],
+                )
+                is not None
+            ),
+            10,
+            "the path unit gone",
+        )
+    finally:
+        client.close()
+        probe.close()
+        db.close()
+
+
+def _assert_serves(probe: Probe, rid: str) -> None:
+    probe.subscribe(f"edgeloop/{DEVICE}/predictions")
+    probe.publish(f"edgeloop/{DEVICE}/predict", {"id": rid, "features": sample_features(1)[0]})
+    reply = probe.wait_for(f"edgeloop/{DEVICE}/predictions", lambda r: r.get("id") == rid, 60)
+    assert "prediction" in reply, reply

@@ -384,6 +384,8 @@ class Agent:
             if report or now >= next_storage_check:
                 next_storage_check = now + 1.0
                 self._check_storage(report=report)
+                if self.self_update.result_changed():
+                    self._publish_status_safely()
             connected = self.link.connected.is_set()
             # The link's state, and while it is down each back-off step of the retries
             # (not every attempt): STATUS= says why and since when, without flooding PID 1.

@@ -98,6 +98,7 @@ class SelfUpdate:
         self._state: dict[str, Any] | None = None
         self._lock = threading.Lock()
         self._download: _Download | None = None
+        self._result_seen = self._result_stamp()
 
     # -- chunks (paho network thread) -----------------------------------------
 
@@ -256,6 +257,22 @@ class SelfUpdate:
             return None
         sha = doc.get("sha256") if isinstance(doc, dict) else None
         return sha if isinstance(sha, str) else None
+
+    def _result_stamp(self) -> tuple[int, int] | None:
+        try:
+            st = (self.spool / RESULT_FILE).stat()
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size
+
+    def result_changed(self) -> bool:
+        """True once each time the one-shot rewrites its result (checked every second:
+        it may say "done" after this agent started and published its status)."""
+        stamp = self._result_stamp()
+        if stamp == self._result_seen:
+            return False
+        self._result_seen = stamp
+        return True
 
     def result(self) -> dict[str, Any] | None:
         """What the one-shot wrote last, or None."""

@@ -35,6 +35,8 @@ from edgeloop_control.infra.db import ControlDB
 from edgeloop_control.infra.mqtt import ControlClient
 from edgeloop_control.infra.signing import ensure_keypair, generate_keypair, load_signing_key
 from edgeloop_control.infra.workspace import Workspace
+from edgeloop_control.policies.rollout import FINAL, ROLLED_BACK, RolloutConfig, RolloutManager
+from edgeloop_control.policies.rollout.feed import BrokerFeed
 from tests.integration.models import sample_features, sensor_model
 from tests.integration.signed import envelope
 from tests.mqtt_helpers import AgentProcess, Probe
@@ -208,14 +210,16 @@ def test_an_unsigned_or_tampered_agent_entry_is_refused_before_anything_is_fetch
     assert status["applied_revision"] == 1
 
 
-def _tiny_deb(tmp_path: Path, version: str, package: str = "edgeloop-agent") -> Path:
+def _tiny_deb(
+    tmp_path: Path, version: str, package: str = "edgeloop-agent", arch: str = "amd64"
+) -> Path:
     tree = tmp_path / f"tree-{version}"
     (tree / "DEBIAN").mkdir(parents=True)
     (tree / "DEBIAN" / "control").write_text(
-        f"Package: {package}\nVersion: {version}\nArchitecture: amd64\n"
+        f"Package: {package}\nVersion: {version}\nArchitecture: {arch}\n"
         "Maintainer: t <t@example.org>\nDescription: test\n"
     )
-    out = tmp_path / f"{package}_{version}_amd64.deb"
+    out = tmp_path / f"{package}_{version}_{arch}.deb"
     subprocess.run(
         ["dpkg-deb", "--root-owner-group", "-b", tree, out], check=True, capture_output=True
     )
@@ -254,5 +258,60 @@ def test_control_publishes_a_package_and_signs_it_into_the_document(broker, tmp_
         assert doc.agent.sha256 == hashlib.sha256(stored.path.read_bytes()).hexdigest()
     finally:
         probe.close()
+        client.close()
+        db.close()
+
+
+def test_an_agent_rollout_fails_its_gate_when_the_device_refuses_the_package(
+    broker, agents, tmp_path: Path
+):
+    """The rollout machinery with an agent package as its target: published (chunks),
+    named in the signed document, and failed by the device's own refusal, then
+    rolled back. (Its success path runs under systemd: tests/system.)"""
+    ws = Workspace.init(tmp_path / "ws", broker=broker.url)
+    ensure_keypair(ws.signing_key_path, ws.public_key_path)
+    agent = AgentProcess(
+        broker_url=broker.url,
+        device_id=DEVICE,
+        state_dir=tmp_path / "state",
+        extra=["--trusted-key", str(ws.public_key_path), "--telemetry-interval", "0.5"],
+        env={"EDGELOOP_AGENT_PACKAGE_VERSION": "1.0.0"},
+    ).start()
+    agents.append(agent)
+    # Built for another architecture: the agent must refuse it and say so.
+    other = "s390x" if dpkg_architecture() != "s390x" else "amd64"
+    deb = _tiny_deb(tmp_path, "2.0.0", arch=other)
+    AgentPackages.for_workspace(ws).add(deb)
+    db = ControlDB(ws.state_db)
+    client = ControlClient(broker.url).connect()
+    try:
+        desired = ControlDesired.for_workspace(ws, db, client)
+        model = sensor_model("v1")
+        desired.publish_artifact(model, model.data)
+        desired.publish(DEVICE, desired.plan(DEVICE, [(model, 100.0)], []))
+        feed = BrokerFeed(client, db, ws.topic_prefix)
+        config = RolloutConfig(soak_s=0.5, batch_timeout_s=60.0, max_p99_ms=1000.0)
+        manager = RolloutManager(ws, db, client, config=config)
+        deadline = time.monotonic() + 20
+        while (db.device(DEVICE) or {}).get("status", {}).get("revision") != 1:
+            assert time.monotonic() < deadline, db.device(DEVICE)
+            feed.pump()
+            time.sleep(0.2)
+        info = manager.start("edgeloop-agent=2.0.0", devices=[DEVICE])
+        assert info["model"] == "edgeloop-agent=2.0.0", info
+        deadline = time.monotonic() + 60
+        while info["state"] not in FINAL:
+            assert time.monotonic() < deadline, info
+            feed.pump()
+            manager.tick()
+            info = manager.status(info["id"])[0]
+            time.sleep(0.2)
+        assert info["state"] == ROLLED_BACK, info
+        assert "agent_package_wrong_architecture" in info["failure"], info
+        # The document the device got named the package, signed; the rollback's does not.
+        sent = db.desired(DEVICE)
+        assert sent is not None and "agent" not in sent[1]
+        assert agent.alive()
+    finally:
         client.close()
         db.close()

@@ -32,7 +32,9 @@ from edgeloop_agent.wire.agentpackage import (
 )
 from edgeloop_control.errors import EdgeloopError
 from edgeloop_control.infra.mqtt import Publisher
+from edgeloop_control.infra.workspace import Workspace
 
+STORE_DIR = "agent-packages"
 INDEX = "index.json"
 _SEALED = ("device", "expires")
 
@@ -94,6 +96,10 @@ class AgentPackages:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+
+    @classmethod
+    def for_workspace(cls, ws: Workspace) -> AgentPackages:
+        return cls(ws.root / STORE_DIR)
 
     def _index(self) -> list[dict[str, Any]]:
         try:

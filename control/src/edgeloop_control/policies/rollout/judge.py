@@ -16,7 +16,14 @@ from typing import Any
 from edgeloop_control.fleet.inventory import offline_for
 from edgeloop_control.policies.rollout.config import RolloutConfig
 from edgeloop_control.policies.rollout.context import RolloutContext, online
-from edgeloop_control.policies.rollout.gate import Health, load_error, measure, soaked, unhealthy
+from edgeloop_control.policies.rollout.gate import (
+    Health,
+    agent_update_failure,
+    load_error,
+    measure,
+    soaked,
+    unhealthy,
+)
 from edgeloop_control.policies.rollout.plan import Target, serves_target
 from edgeloop_control.policies.rollout.store import Member, Rollout
 
@@ -120,7 +127,7 @@ def _count_restarts(dev: Member, seen: Observation) -> None:
 
 def _load_failure(dev: Member, status: dict[str, Any], target: Target) -> str | None:
     """The agent reported it cannot apply the target revision (load, fetch, verify)."""
-    error = load_error(status, dev.target_revision)
+    error = load_error(status, dev.target_revision) or agent_update_failure(status, target)
     return f"{dev.device} could not load {target.variant}: {error}" if error else None
 
 

@@ -2,13 +2,15 @@
 
 Inside a booted Debian 12 container: the current edgeloop-agent .deb is installed
 and enrolled (as test_deb_enrol does) and serves a signed model from the host's
-broker. The control side (``fleet/agentpackages.py`` + ``DesiredState``) publishes
-the "+upgrade1" package and names it in the device's signed desired state; the
+broker. The control side rolls the "+upgrade1" package out (``edgeloop rollout
+start edgeloop-agent=VERSION``: ``RolloutManager`` driven as ``--wait`` drives it),
+which publishes it and names it in the device's signed desired state; the
 agent fetches and verifies it and writes its request; the path unit starts the
 root one-shot, which installs it and restarts the agent, which comes back READY
 on the new version and still serves. Then a broken package (its entry point
 exits 1) is rolled back: the one-shot reinstalls the version it replaced, which
-serves again, and the agent reports ``rolled_back`` with the reason. Purge
+serves again, the agent reports ``rolled_back`` with the reason, and the rollout's
+gate fails on that report and rolls the rollout back. Purge
 leaves nothing of the self-update behind.
 """
 
@@ -17,17 +19,26 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from edgeloop_control.fleet.agentpackages import AgentPackages, with_agent
+from edgeloop_control.fleet.agentpackages import AgentPackages
 from edgeloop_control.fleet.desired import DesiredState
 from edgeloop_control.fleet.enrolment import enrol
 from edgeloop_control.infra.db import ControlDB
 from edgeloop_control.infra.mqtt import ControlClient
+from edgeloop_control.policies.rollout import (
+    COMPLETED,
+    FINAL,
+    ROLLED_BACK,
+    RolloutConfig,
+    RolloutManager,
+)
+from edgeloop_control.policies.rollout.feed import BrokerFeed
 from tests.integration.enrolled import CONTROL_PASSWORD, EnrolledSite
 from tests.integration.models import sample_features, sensor_model
 from tests.mqtt_helpers import Probe
@@ -36,6 +47,8 @@ from tests.system.debian import BootedContainer, build_deb, unpack_rootfs, wait_
 DEVICE = "deb-update-1"
 UNIT = "edgeloop-agent.service"
 STATUS = f"edgeloop/{DEVICE}/status"
+# The device reports telemetry every 10 s (the enrolment's default): the soak needs one.
+CONFIG = RolloutConfig(soak_s=1.0, batch_timeout_s=180.0, max_p99_ms=1000.0)
 
 
 @pytest.fixture
@@ -139,16 +152,19 @@ def test_agent_upgrades_itself_and_a_broken_package_is_rolled_back(
         old_version = agent_deb_amd64.name.split("_")[1]
         assert _update_state(first) == (old_version, "idle"), first
 
-        # 1. A good upgrade, published and named through the control side.
-        store = AgentPackages(site.ws.root / "agent-packages")
+        # 1. A good upgrade: a staged rollout of the "+upgrade1" package, gated on the
+        # device reporting the new version (and its telemetry after the soak).
+        store = AgentPackages.for_workspace(site.ws)
         upgrade = store.add(agent_deb_amd64_upgrade)
-        assert store.publish(client, site.ws.topic_prefix, upgrade) >= 10  # ~50 MB in 4 MiB
         new_version = upgrade.package.version
-        desired.publish(DEVICE, with_agent(desired.current(DEVICE) or {}, upgrade.package))
-        try:
-            probe.wait_for(STATUS, lambda s: _update_state(s) == (new_version, "done"), 300)
-        except TimeoutError:
-            raise AssertionError(_journal(device)) from None
+        feed = BrokerFeed(client, db, site.ws.topic_prefix)
+        manager = RolloutManager(site.ws, db, client, config=CONFIG)
+        started = manager.start(f"edgeloop-agent={new_version}", devices=[DEVICE])
+        info = _drive(feed, manager, started)
+        assert info["state"] == COMPLETED, (info, _journal(device))
+        # Judged on the new version, not passed as "offline": installing stops the agent.
+        assert info["devices_loaded"] == 1, info
+        probe.wait_for(STATUS, lambda s: _update_state(s) == (new_version, "done"), 60)
         installed = device.run("dpkg-query", "-W", "-f=${Version}", "edgeloop-agent").stdout
         assert installed == new_version
         assert device.show(UNIT, "ActiveState")["ActiveState"] == "active"
@@ -157,16 +173,16 @@ def test_agent_upgrades_itself_and_a_broken_package_is_rolled_back(
         venvs = device.sh("ls -d /opt/edgeloop-agent/venv-*").stdout.split()
         assert venvs == [f"/opt/edgeloop-agent/venv-{new_version}"], venvs
 
-        # 2. A broken package: the one-shot reinstalls the version it replaced.
+        # 2. A broken package: the one-shot reinstalls the version it replaced, and the
+        # rollout's gate sees the device's report and rolls the rollout back.
         broken = store.add(broken_deb)
-        store.publish(client, site.ws.topic_prefix, broken)
-        desired.publish(DEVICE, with_agent(desired.current(DEVICE) or {}, broken.package))
-        try:
-            back = probe.wait_for(
-                STATUS, lambda s: _update_state(s) == (new_version, "rolled_back"), 300
-            )
-        except TimeoutError:
-            raise AssertionError(_journal(device)) from None
+        started = manager.start(f"edgeloop-agent={broken.package.version}", devices=[DEVICE])
+        info = _drive(feed, manager, started)
+        assert info["state"] == ROLLED_BACK, (info, _journal(device))
+        assert "agent_update rolled_back" in info["failure"], info
+        back = probe.wait_for(
+            STATUS, lambda s: _update_state(s) == (new_version, "rolled_back"), 60
+        )
         assert back["agent_update"]["version"] == broken.package.version
         assert "exited (status 1) before it reported READY" in back["agent_update"]["reason"]
         installed = device.run("dpkg-query", "-W", "-f=${Version}", "edgeloop-agent").stdout
@@ -203,6 +219,17 @@ def test_agent_upgrades_itself_and_a_broken_package_is_rolled_back(
         client.close()
         probe.close()
         db.close()
+
+
+def _drive(feed: BrokerFeed, manager: RolloutManager, info: dict[str, Any]) -> dict[str, Any]:
+    """What `edgeloop rollout start --wait` does: ingest the fleet's reports, tick."""
+    deadline = time.monotonic() + 240
+    while info["state"] not in FINAL and time.monotonic() < deadline:
+        feed.pump()
+        manager.tick()
+        info = manager.status(info["id"])[0]
+        time.sleep(0.5)
+    return info
 
 
 def _assert_serves(probe: Probe, rid: str) -> None:

@@ -71,7 +71,7 @@ def judge(ctx: RolloutContext, r: Rollout, idx: int, config: RolloutConfig, now:
             continue
         if seen.failure:
             failures.append(seen.failure)
-        _classify(verdict, dev, inventory, seen, config, ctx.offline_after_s, now)
+        _classify(verdict, dev, inventory, seen, config, ctx.offline_after_s, now, r.target)
     if failures:
         verdict.failure = "; ".join(failures)
         return verdict
@@ -181,10 +181,11 @@ def _classify(
     config: RolloutConfig,
     offline_after_s: float,
     now: float,
+    target: Target,
 ) -> None:
     gone = offline_for(inventory, now)
     # Offline longer than [fleet] offline_after_s: not crashing, gone; skipped, not waited for.
-    if _not_waited_for(dev, seen) or (gone is not None and gone > offline_after_s):
+    if _not_waited_for(dev, seen, target) or (gone is not None and gone > offline_after_s):
         verdict.offline.append(dev.device)
         return
     why = _waiting_for(dev, inventory, seen, config)
@@ -194,12 +195,13 @@ def _classify(
         verdict.judged[dev.device] = seen.health
 
 
-def _not_waited_for(dev: Member, seen: Observation) -> bool:
+def _not_waited_for(dev: Member, seen: Observation, target: Target) -> bool:
     """Offline when its batch came (or shut down cleanly since): the retained desired
     state reaches it when it returns. A device seen online that then vanished
-    ("lost") may be crashing: that one is waited for."""
+    ("lost") may be crashing: that one is waited for. So is one that stopped
+    during an agent package's rollout: installing the package stops it."""
     ever_seen = dev.seen_online or seen.online
-    stopped = not seen.online and seen.status.get("reason") == "stopped"
+    stopped = target.agent is None and not seen.online and seen.status.get("reason") == "stopped"
     return not ever_seen or stopped
 
 

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -315,3 +316,33 @@ def test_an_agent_rollout_fails_its_gate_when_the_device_refuses_the_package(
     finally:
         client.close()
         db.close()
+
+
+def test_edgeloop_agent_publish_and_list_on_the_command_line(broker, tmp_path: Path):
+    edgeloop = str(Path(sys.executable).parent / "edgeloop")
+    ws = Workspace.init(tmp_path / "ws", broker=broker.url)
+    deb = _tiny_deb(tmp_path, "3.1.4")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [edgeloop, "-w", str(ws.root), *args], capture_output=True, text=True, timeout=60
+        )
+
+    published = run("agent", "publish", str(deb), "--json")
+    assert published.returncode == 0, published.stderr
+    info = json.loads(published.stdout)
+    assert info["version"] == "3.1.4" and info["chunks_published"] == 1
+    client = ControlClient(broker.url).connect()
+    try:
+        retained = client.retained(f"edgeloop/models/_agent/{info['sha256']}/+")
+    finally:
+        client.close()
+    assert [m.payload for m in retained] == [deb.read_bytes()]
+    listed = run("agent", "list", "--json")
+    assert [p["version"] for p in json.loads(listed.stdout)] == ["3.1.4"]
+    bad = tmp_path / "not-a.deb"
+    bad.write_bytes(b"hello")
+    refused = run("agent", "publish", str(bad), "--no-broker")
+    assert refused.returncode == 1
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert "not-a.deb" in refused.stderr

@@ -10,7 +10,8 @@ root one-shot, which installs it and restarts the agent, which comes back READY
 on the new version and still serves. Then a broken package (its entry point
 exits 1) is rolled back: the one-shot reinstalls the version it replaced, which
 serves again, the agent reports ``rolled_back`` with the reason, and the rollout's
-gate fails on that report and rolls the rollout back. Purge
+gate fails on that report and rolls the rollout back; so is a package whose agent
+never reports READY, once the one-shot's timeout runs out. Purge
 leaves nothing of the self-update behind.
 """
 
@@ -73,22 +74,21 @@ def device(tmp_path: Path, agent_deb_amd64: Path) -> Iterator[BootedContainer]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.fixture
-def broken_deb(deb_dir: Path, agent_deb_amd64: Path, tmp_path: Path) -> Path:
-    """A package whose postinst leaves an entry point that exits 1: the new agent
-    never reports READY."""
-    version = agent_deb_amd64.name.split("_")[1] + "+broken1"
-    built = build_deb("edgeloop-agent", "amd64", tmp_path / "broken-build", version=version)
-    tree = tmp_path / "broken-tree"
+def _sabotaged(deb_dir: Path, base: Path, work: Path, suffix: str, entry_point: str) -> Path:
+    """A real package of the agent whose postinst then replaces the agent's entry
+    point with ``entry_point`` (a shell script body)."""
+    version = base.name.split("_")[1] + suffix
+    built = build_deb("edgeloop-agent", "amd64", work / f"build{suffix}", version=version)
+    tree = work / f"tree{suffix}"
     subprocess.run(["dpkg-deb", "-R", built, tree], check=True)
     postinst = tree / "DEBIAN" / "postinst"
     text = postinst.read_text()
     assert "        build_venv\n" in text
+    script = "#!/bin/sh\\n" + entry_point + "\\n"
     postinst.write_text(
         text.replace(
             "        build_venv\n",
-            "        build_venv\n"
-            "        printf '#!/bin/sh\\nexit 1\\n' >\"$VENV/bin/edgeloop-agent\"\n",
+            f"        build_venv\n        printf '{script}' >\"$VENV/bin/edgeloop-agent\"\n",
             1,
         )
     )
@@ -99,6 +99,18 @@ def broken_deb(deb_dir: Path, agent_deb_amd64: Path, tmp_path: Path) -> Path:
         capture_output=True,
     )
     return out
+
+
+@pytest.fixture
+def broken_deb(deb_dir: Path, agent_deb_amd64: Path, tmp_path: Path) -> Path:
+    """The new agent exits 1 at once."""
+    return _sabotaged(deb_dir, agent_deb_amd64, tmp_path, "+broken1", "exit 1")
+
+
+@pytest.fixture
+def hanging_deb(deb_dir: Path, agent_deb_amd64: Path, tmp_path: Path) -> Path:
+    """The new agent runs and never sends READY=1."""
+    return _sabotaged(deb_dir, agent_deb_amd64, tmp_path, "+hang1", "exec sleep 3600")
 
 
 def _update_state(status: dict[str, Any]) -> tuple[str | None, str | None]:
@@ -119,6 +131,7 @@ def test_agent_upgrades_itself_and_a_broken_package_is_rolled_back(
     agent_deb_amd64: Path,
     agent_deb_amd64_upgrade: Path,
     broken_deb: Path,
+    hanging_deb: Path,
     tmp_path: Path,
 ):
     db = ControlDB(site.ws.state_db)
@@ -138,7 +151,7 @@ def test_agent_upgrades_itself_and_a_broken_package_is_rolled_back(
         assert path_unit == {"ActiveState": "active", "UnitFileState": "enabled"}, path_unit
         device.write(
             "/etc/systemd/system/edgeloop-agent-update.service.d/timeout.conf",
-            "[Service]\nEnvironment=EDGELOOP_UPDATE_READY_TIMEOUT=60\n",
+            "[Service]\nEnvironment=EDGELOOP_UPDATE_READY_TIMEOUT=30\n",
         )
         device.run("systemctl", "daemon-reload")
         probe.subscribe(STATUS)
@@ -159,6 +172,16 @@ def test_agent_upgrades_itself_and_a_broken_package_is_rolled_back(
         new_version = upgrade.package.version
         feed = BrokerFeed(client, db, site.ws.topic_prefix)
         manager = RolloutManager(site.ws, db, client, config=CONFIG)
+        # The control DB knows the device is online (as `--wait` does, which takes the
+        # retained statuses in first): an offline device would not be waited for.
+        wait_until(
+            lambda: (
+                feed.pump() >= 0
+                and ((db.device(DEVICE) or {}).get("status") or {}).get("revision") == 1
+            ),
+            30,
+            "the device's status in the control DB",
+        )
         started = manager.start(f"edgeloop-agent={new_version}", devices=[DEVICE])
         info = _drive(feed, manager, started)
         assert info["state"] == COMPLETED, (info, _journal(device))
@@ -188,11 +211,22 @@ def test_agent_upgrades_itself_and_a_broken_package_is_rolled_back(
         installed = device.run("dpkg-query", "-W", "-f=${Version}", "edgeloop-agent").stdout
         assert installed == new_version
         _assert_serves(probe, "r2")
+        # 3. A package whose agent never reports READY: the one-shot's timeout
+        # (EDGELOOP_UPDATE_READY_TIMEOUT, 30 s here) runs out and it goes back too.
+        hanging = store.add(hanging_deb)
+        started = manager.start(f"edgeloop-agent={hanging.package.version}", devices=[DEVICE])
+        info = _drive(feed, manager, started)
+        assert info["state"] == ROLLED_BACK, (info, _journal(device))
+        assert "did not report READY within 30 s" in info["failure"], info
+        installed = device.run("dpkg-query", "-W", "-f=${Version}", "edgeloop-agent").stdout
+        assert installed == new_version
+        _assert_serves(probe, "r3")
+
         # The request is consumed (the path unit does not loop) and not made again.
         spool = device.sh("ls -A /var/lib/private/edgeloop-agent/update").stdout.split()
         assert spool == ["result.json"], spool
 
-        # 3. Purge leaves nothing of the self-update behind.
+        # 4. Purge leaves nothing of the self-update behind.
         device.run("dpkg", "--purge", "edgeloop-agent", timeout=120)
         left = device.sh(
             "ls -d /var/cache/edgeloop-agent /opt/edgeloop-agent /var/lib/private/edgeloop-agent "

@@ -99,6 +99,7 @@ class SelfUpdate:
         self._lock = threading.Lock()
         self._download: _Download | None = None
         self._result_seen = self._result_stamp()
+        remove_partial(spool)
 
     # -- chunks (paho network thread) -----------------------------------------
 
@@ -330,8 +331,10 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def remove_spool(spool: Path) -> None:
-    """Drop a half-written package left by a crash (called at start-up)."""
+def remove_partial(spool: Path) -> None:
+    """Drop a half-fetched package a crash or a kill left behind (at start-up)."""
+    if not spool.is_dir():
+        return
     for stale in spool.glob(".*.part"):
         with contextlib.suppress(OSError):
             stale.unlink()

@@ -1,0 +1,81 @@
+"""The agent's self-update bookkeeping on real files (selfupdate.py), no broker.
+
+The fetch itself runs against a real Mosquitto in tests/integration/test_selfupdate.py
+and the one-shot under systemd in tests/system/test_deb_selfupdate.py.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from edgeloop_agent.selfupdate import RESULT_FILE, SelfUpdate
+from edgeloop_agent.wire.agentpackage import AgentPackage
+
+SHA = "ef" * 32
+PKG = AgentPackage("1.1.0", "amd64", SHA, 10_000, 4096)
+
+
+def updater(spool: Path) -> SelfUpdate:
+    return SelfUpdate(
+        prefix="edgeloop", spool=spool, chunk_timeout_s=5, version="1.0.0", architecture="amd64"
+    )
+
+
+def no_broker(_topic: str) -> None:
+    raise AssertionError("nothing may be fetched")
+
+
+def write_result(spool: Path, **doc: object) -> None:
+    spool.mkdir(parents=True, exist_ok=True)
+    (spool / RESULT_FILE).write_text(json.dumps({"ts": time.time(), **doc}))
+
+
+def test_a_package_the_one_shot_rolled_back_is_not_asked_for_again(tmp_path: Path):
+    spool = tmp_path / "update"
+    write_result(spool, state="rolled_back", version="1.1.0", sha256=SHA, reason="exited")
+    su = updater(spool)
+    su.handle(PKG, b"{}", subscribe=no_broker, unsubscribe=no_broker, beat=lambda: None)
+    assert not (spool / "request.json").exists()
+    status = su.status()
+    assert status["state"] == "rolled_back" and status["reason"] == "exited"
+    assert status["running"] == "1.0.0"
+
+
+def test_the_running_version_and_no_entry_ask_for_nothing(tmp_path: Path):
+    su = updater(tmp_path / "update")
+    same = AgentPackage("1.0.0", "amd64", SHA, 10_000, 4096)
+    for pkg in (None, same):
+        su.handle(pkg, b"{}", subscribe=no_broker, unsubscribe=no_broker, beat=lambda: None)
+    assert su.status()["state"] == "idle"
+    assert not (tmp_path / "update").exists()
+
+
+def test_the_one_shots_verdict_is_noticed_once_and_reported(tmp_path: Path):
+    spool = tmp_path / "update"
+    su = updater(spool)
+    assert not su.result_changed()
+    write_result(spool, state="installing", version="1.1.0", sha256=SHA)
+    assert su.result_changed() and not su.result_changed()
+    time.sleep(0.01)
+    write_result(spool, state="done", version="1.1.0", sha256=SHA, extra="x" * 10)
+    assert su.result_changed()
+    assert su.status()["state"] == "done"
+
+
+def test_an_unreadable_result_is_reported_not_raised(tmp_path: Path):
+    spool = tmp_path / "update"
+    spool.mkdir()
+    (spool / RESULT_FILE).write_text("{not json")
+    status = updater(spool).status()
+    assert status["state"] == "unknown" and RESULT_FILE in status["reason"]
+
+
+def test_a_half_fetched_package_is_removed_at_start(tmp_path: Path):
+    spool = tmp_path / "update"
+    spool.mkdir()
+    (spool / ".0123456789abcdef.part").write_bytes(b"half")
+    (spool / RESULT_FILE).write_text("{}")
+    updater(spool)
+    assert sorted(p.name for p in spool.iterdir()) == [RESULT_FILE]

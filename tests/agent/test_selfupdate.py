@@ -6,10 +6,15 @@ and the one-shot under systemd in tests/system/test_deb_selfupdate.py.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import time
 from pathlib import Path
 
+import pytest
+
+from edgeloop_agent.selfinstall import Refused, verify
 from edgeloop_agent.selfupdate import RESULT_FILE, SelfUpdate
 from edgeloop_agent.wire.agentpackage import AgentPackage
 
@@ -79,3 +84,44 @@ def test_a_half_fetched_package_is_removed_at_start(tmp_path: Path):
     (spool / RESULT_FILE).write_text("{}")
     updater(spool)
     assert sorted(p.name for p in spool.iterdir()) == [RESULT_FILE]
+
+
+def _request(tmp_path: Path, data: bytes, *, device: str, expires: float, agent: bool) -> Path:
+    from edgeloop_control.infra.signing import generate_keypair, load_signing_key
+    from tests.integration.signed import envelope
+
+    generate_keypair(tmp_path / "k.key", tmp_path / "k.pub")
+    key = load_signing_key(tmp_path / "k.key")
+    model = {"name": "m", "version": "v1", "sha256": "ab" * 32, "size": 10, "signature": None}
+    extra = {}
+    if agent:
+        extra["agent"] = {
+            "version": "1.1.0",
+            "architecture": "amd64",
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "size": len(data),
+        }
+    raw = envelope(device, 3, [model], [key], expires=expires, **extra)
+    request = tmp_path / "request.json"
+    request.write_text(json.dumps({"envelope": base64.b64encode(raw).decode()}))
+    (tmp_path / "agent.toml").write_text('device_id = "self-1"\ntrusted_keys = ["k.pub"]\n')
+    return request
+
+
+@pytest.mark.parametrize(
+    ("device", "expires_in", "agent", "needle"),
+    [
+        ("other-1", 600, True, "is for 'other-1', not 'self-1'"),
+        ("self-1", -1, True, "expired"),
+        ("self-1", 600, False, "names no agent package"),
+    ],
+)
+def test_the_one_shots_check_refuses_what_the_control_key_did_not_sign_for_this_device(
+    tmp_path: Path, device: str, expires_in: float, agent: bool, needle: str
+):
+    data = b"package bytes"
+    deb = tmp_path / "p.deb"
+    deb.write_bytes(data)
+    request = _request(tmp_path, data, device=device, expires=time.time() + expires_in, agent=agent)
+    with pytest.raises(Refused, match=needle):
+        verify(request, deb, tmp_path / "agent.toml", time.time())

@@ -346,3 +346,59 @@ def test_edgeloop_agent_publish_and_list_on_the_command_line(broker, tmp_path: P
     assert refused.returncode == 1
     assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
     assert "not-a.deb" in refused.stderr
+
+
+def test_a_rolled_back_agent_rollout_names_the_package_the_device_ran(
+    broker, agents, tmp_path: Path
+):
+    """The rollback document tells an upgraded device which package to go back to:
+    the one it reported running, when the workspace has it (published again)."""
+    ws = Workspace.init(tmp_path / "ws", broker=broker.url)
+    ensure_keypair(ws.signing_key_path, ws.public_key_path)
+    arch = dpkg_architecture()
+    agent = AgentProcess(
+        broker_url=broker.url,
+        device_id=DEVICE,
+        state_dir=tmp_path / "state",
+        extra=["--trusted-key", str(ws.public_key_path), "--telemetry-interval", "0.5"],
+        env={"EDGELOOP_AGENT_PACKAGE_VERSION": "1.0.0"},
+    ).start()
+    agents.append(agent)
+    store = AgentPackages.for_workspace(ws)
+    old = store.add(_tiny_deb(tmp_path, "1.0.0", arch=arch))
+    store.add(_tiny_deb(tmp_path, "2.0.0", arch=arch))
+    db = ControlDB(ws.state_db)
+    client = ControlClient(broker.url).connect()
+    reader = ControlClient(broker.url).connect()
+    try:
+        desired = ControlDesired.for_workspace(ws, db, client)
+        model = sensor_model("v1")
+        desired.publish_artifact(model, model.data)
+        desired.publish(DEVICE, desired.plan(DEVICE, [(model, 100.0)], []))
+        feed = BrokerFeed(client, db, ws.topic_prefix)
+        deadline = time.monotonic() + 20
+        while (db.device(DEVICE) or {}).get("status", {}).get("revision") != 1:
+            assert time.monotonic() < deadline, db.device(DEVICE)
+            feed.pump()
+            time.sleep(0.2)
+        # Nothing installs 2.0.0 here (no one-shot), so the batch times out and fails.
+        config = RolloutConfig(soak_s=0.5, batch_timeout_s=3.0, max_p99_ms=1000.0)
+        manager = RolloutManager(ws, db, client, config=config)
+        info = manager.start("edgeloop-agent=2.0.0", devices=[DEVICE])
+        deadline = time.monotonic() + 30
+        while info["state"] not in FINAL:
+            assert time.monotonic() < deadline, info
+            feed.pump()
+            manager.tick()
+            info = manager.status(info["id"])[0]
+            time.sleep(0.2)
+        assert info["state"] == ROLLED_BACK and "timed out" in info["failure"], info
+        sent = db.desired(DEVICE)
+        assert sent is not None and sent[1]["agent"]["version"] == "1.0.0", sent
+        assert sent[1]["agent"]["sha256"] == old.package.sha256
+        chunks = reader.retained(f"edgeloop/models/_agent/{old.package.sha256}/+")
+        assert [m.payload for m in chunks] == [old.path.read_bytes()]
+    finally:
+        reader.close()
+        client.close()
+        db.close()

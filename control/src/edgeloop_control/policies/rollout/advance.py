@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from edgeloop_control.fleet.desired import DeployError
-from edgeloop_control.policies.rollout.agenttarget import agent_doc, publish_agent_package
+from edgeloop_control.policies.rollout.agenttarget import agent_plan, publish_agent_package
 from edgeloop_control.policies.rollout.config import RolloutConfig, RolloutError
 from edgeloop_control.policies.rollout.context import (
     PUBLISH_ERRORS,
@@ -156,7 +156,7 @@ def _publish_artifact(ctx: RolloutContext, r: Rollout, now: float) -> None:
 
     target = r.target
     if target.agent is not None:
-        size = publish_agent_package(ctx, target)
+        size = publish_agent_package(ctx, target, [d.device for d in ctx.store.devices(r.id)])
         if ctx.store.update_rollout(
             r.id,
             {"artifact_published_at": now, "updated_at": now},
@@ -218,7 +218,7 @@ def _plan(ctx: RolloutContext, rollout_id: str, device: str, target: Target) -> 
         previous = current[1] if current else dev.previous_doc
         try:
             if target.agent is not None:
-                doc = agent_doc(ctx, device, previous, target)
+                doc, previous = agent_plan(ctx, device, previous, target)
             else:
                 doc = ctx.desired.plan(device, [(target, 100.0)], [])
         except DeployError as exc:

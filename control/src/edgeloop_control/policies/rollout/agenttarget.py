@@ -10,10 +10,12 @@ rollback) with three differences, each asked for by ``Target.agent``:
   (``serves_target``), and it fails when its one-shot reports the package rolled
   back or failed (``gate.agent_update_failure``).
 
-Rolling back re-publishes each device's previous document: one that named an
-earlier package brings that package back (the agent installs it the same way);
-one that named none leaves an upgraded device on the new package, since nothing
-tells it which package to go back to (docs/operations.md, "Updating the agent").
+Rolling back re-publishes each device's previous document, and it names the
+package to go back to: the one it named already, or else the package the device
+reported running when its target was planned, if that version is stored in the
+workspace (``edgeloop agent publish``); the agent then installs it the same way
+(a downgrade). A device whose previous package is not stored stays on the new
+one (docs/operations.md, "Updating the agent").
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from edgeloop_agent.wire.agentpackage import PACKAGE, AgentPackage
 from edgeloop_control.fleet.agentpackages import (
     AgentPackageRefused,
     AgentPackages,
+    StoredPackage,
     with_agent,
 )
 from edgeloop_control.fleet.desired import DeployError
@@ -50,10 +53,13 @@ def agent_target(ws: Workspace, version: str, architecture: str | None) -> Targe
     return Target(PACKAGE, pkg.version, pkg.sha256, pkg.size, None, agent=pkg.to_dict())
 
 
-def publish_agent_package(ctx: RolloutContext, target: Target) -> int:
-    """Publish the target's chunks (retained); returns the package's size."""
+def publish_agent_package(ctx: RolloutContext, target: Target, devices: list[str]) -> int:
+    """Publish the target's chunks (retained), and those of the stored packages
+    ``devices`` run now (what a rollback goes back to); returns the target's size."""
     assert target.agent is not None
     pkg = AgentPackage.from_dict(target.agent)
+    if ctx.publisher is None:
+        raise RolloutError("publishing an agent package needs a broker connection")
     try:
         stored = packages(ctx.ws).get(pkg.version, pkg.architecture)
         if stored.package.sha256 != pkg.sha256:
@@ -61,12 +67,41 @@ def publish_agent_package(ctx: RolloutContext, target: Target) -> int:
                 f"{target.variant} in the workspace (sha256 {stored.package.sha256[:12]}) is "
                 f"not the package this rollout started with ({pkg.sha256[:12]})"
             )
-        if ctx.publisher is None:
-            raise RolloutError("publishing an agent package needs a broker connection")
         packages(ctx.ws).publish(ctx.publisher, ctx.prefix, stored)
     except AgentPackageRefused as exc:
         raise RolloutError(str(exc)) from None
+    running = {_running_package(ctx, d, pkg.architecture) for d in devices} - {None}
+    for previous in running:
+        assert previous is not None
+        if previous.package.sha256 != pkg.sha256:
+            packages(ctx.ws).publish(ctx.publisher, ctx.prefix, previous)
     return pkg.size
+
+
+def _running_package(ctx: RolloutContext, device: str, arch: str) -> StoredPackage | None:
+    """The stored package of the version ``device`` reports running, if any."""
+    status = (ctx.db.device(device) or {}).get("status") or {}
+    version = status.get("agent_package_version")
+    if not isinstance(version, str):
+        return None
+    try:
+        return packages(ctx.ws).get(version, arch)
+    except AgentPackageRefused:
+        return None
+
+
+def agent_plan(
+    ctx: RolloutContext, device: str, previous: dict[str, Any] | None, target: Target
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(the target document, the document a rollback restores) for ``device``."""
+    assert target.agent is not None
+    doc = agent_doc(ctx, device, previous, target)
+    if previous is None or previous.get("agent"):
+        return doc, previous
+    running = _running_package(ctx, device, str(target.agent["architecture"]))
+    if running is None:
+        return doc, previous
+    return doc, {**previous, "agent": running.package.to_dict()}
 
 
 def agent_doc(

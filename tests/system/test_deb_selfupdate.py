@@ -11,7 +11,9 @@ on the new version and still serves. Then a broken package (its entry point
 exits 1) is rolled back: the one-shot reinstalls the version it replaced, which
 serves again, the agent reports ``rolled_back`` with the reason, and the rollout's
 gate fails on that report and rolls the rollout back; so is a package whose agent
-never reports READY, once the one-shot's timeout runs out. Purge
+never reports READY, once the one-shot's timeout runs out. A package that runs
+but fails the rollout's health gate is rolled back by the rollout: its rollback
+document names the package the device ran, which the device installs again. Purge
 leaves nothing of the self-update behind.
 """
 
@@ -108,6 +110,12 @@ def broken_deb(deb_dir: Path, agent_deb_amd64: Path, tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def upgrade2_deb(deb_dir: Path, agent_deb_amd64: Path, tmp_path: Path) -> Path:
+    version = agent_deb_amd64.name.split("_")[1] + "+upgrade2"
+    return build_deb("edgeloop-agent", "amd64", deb_dir, version=version)
+
+
+@pytest.fixture
 def hanging_deb(deb_dir: Path, agent_deb_amd64: Path, tmp_path: Path) -> Path:
     """The new agent runs and never sends READY=1."""
     return _sabotaged(deb_dir, agent_deb_amd64, tmp_path, "+hang1", "exec sleep 3600")
@@ -132,6 +140,7 @@ def test_agent_upgrades_itself_and_a_broken_package_is_rolled_back(
     agent_deb_amd64_upgrade: Path,
     broken_deb: Path,
     hanging_deb: Path,
+    upgrade2_deb: Path,
     tmp_path: Path,
 ):
     db = ControlDB(site.ws.state_db)
@@ -222,6 +231,23 @@ def test_agent_upgrades_itself_and_a_broken_package_is_rolled_back(
         assert installed == new_version
         _assert_serves(probe, "r3")
 
+        # 4. A package that installs and runs but fails the rollout's health gate
+        # (a p99 no agent meets): the rollback document names the package the device
+        # ran before, and the device goes back to it through the same one-shot.
+        upgrade2 = store.add(upgrade2_deb)
+        started = manager.start(
+            f"edgeloop-agent={upgrade2.package.version}",
+            devices=[DEVICE],
+            gates={"p99_ms": 0.0001, "min_requests": 1},
+        )
+        info = _drive(feed, manager, started, traffic=probe)
+        assert info["state"] == ROLLED_BACK, (info, _journal(device))
+        assert "p99 latency" in info["failure"], info
+        probe.wait_for(STATUS, lambda s: _update_state(s) == (new_version, "done"), 180)
+        installed = device.run("dpkg-query", "-W", "-f=${Version}", "edgeloop-agent").stdout
+        assert installed == new_version
+        _assert_serves(probe, "r4")
+
         # The request is consumed (the path unit does not loop) and not made again.
         spool = device.sh("ls -A /var/lib/private/edgeloop-agent/update").stdout.split()
         assert spool == ["result.json"], spool
@@ -255,10 +281,16 @@ def test_agent_upgrades_itself_and_a_broken_package_is_rolled_back(
         db.close()
 
 
-def _drive(feed: BrokerFeed, manager: RolloutManager, info: dict[str, Any]) -> dict[str, Any]:
-    """What `edgeloop rollout start --wait` does: ingest the fleet's reports, tick."""
+def _drive(
+    feed: BrokerFeed, manager: RolloutManager, info: dict[str, Any], traffic: Probe | None = None
+) -> dict[str, Any]:
+    """What `edgeloop rollout start --wait` does: ingest the fleet's reports, tick
+    (with ``traffic``: a prediction request each round, for the health gates)."""
     deadline = time.monotonic() + 240
     while info["state"] not in FINAL and time.monotonic() < deadline:
+        if traffic is not None:
+            features = sample_features(1)[0]
+            traffic.publish(f"edgeloop/{DEVICE}/predict", {"id": "load", "features": features})
         feed.pump()
         manager.tick()
         info = manager.status(info["id"])[0]

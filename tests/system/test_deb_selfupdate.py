@@ -50,7 +50,7 @@ from tests.system.debian import BootedContainer, build_deb, unpack_rootfs, wait_
 DEVICE = "deb-update-1"
 UNIT = "edgeloop-agent.service"
 STATUS = f"edgeloop/{DEVICE}/status"
-# The device reports telemetry every 10 s (the enrolment's default): the soak needs one.
+# The soak needs a telemetry report after loading (the test sets the interval to 2 s).
 CONFIG = RolloutConfig(soak_s=1.0, batch_timeout_s=180.0, max_p99_ms=1000.0)
 
 
@@ -155,12 +155,14 @@ def test_agent_upgrades_itself_and_a_broken_package_is_rolled_back(
         device.write("/root/device.bundle", bundle.bundle.read_bytes(), 0o600)
         device.write("/etc/hosts", "127.0.0.1 localhost\n::1 localhost\n", 0o644)
         device.run("/usr/bin/edgeloop-agent", "enroll", "/root/device.bundle", timeout=120)
+        # Telemetry every 2 s, not 10: the rollouts' soak waits for a report.
+        device.sh("echo 'telemetry_interval_s = 2.0' >>/etc/edgeloop/agent.toml")
         # Enrolment armed the trigger; the one-shot is only ever started by it.
         path_unit = device.show("edgeloop-agent-update.path", "ActiveState", "UnitFileState")
         assert path_unit == {"ActiveState": "active", "UnitFileState": "enabled"}, path_unit
         device.write(
             "/etc/systemd/system/edgeloop-agent-update.service.d/timeout.conf",
-            "[Service]\nEnvironment=EDGELOOP_UPDATE_READY_TIMEOUT=30\n",
+            "[Service]\nEnvironment=EDGELOOP_UPDATE_READY_TIMEOUT=15\n",
         )
         device.run("systemctl", "daemon-reload")
         probe.subscribe(STATUS)
@@ -221,12 +223,12 @@ def test_agent_upgrades_itself_and_a_broken_package_is_rolled_back(
         assert installed == new_version
         _assert_serves(probe, "r2")
         # 3. A package whose agent never reports READY: the one-shot's timeout
-        # (EDGELOOP_UPDATE_READY_TIMEOUT, 30 s here) runs out and it goes back too.
+        # (EDGELOOP_UPDATE_READY_TIMEOUT, 15 s here) runs out and it goes back too.
         hanging = store.add(hanging_deb)
         started = manager.start(f"edgeloop-agent={hanging.package.version}", devices=[DEVICE])
         info = _drive(feed, manager, started)
         assert info["state"] == ROLLED_BACK, (info, _journal(device))
-        assert "did not report READY within 30 s" in info["failure"], info
+        assert "did not report READY within 15 s" in info["failure"], info
         installed = device.run("dpkg-query", "-W", "-f=${Version}", "edgeloop-agent").stdout
         assert installed == new_version
         _assert_serves(probe, "r3")

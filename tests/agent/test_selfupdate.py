@@ -86,11 +86,14 @@ def test_a_half_fetched_package_is_removed_at_start(tmp_path: Path):
     assert sorted(p.name for p in spool.iterdir()) == [RESULT_FILE]
 
 
-def _request(tmp_path: Path, data: bytes, *, device: str, expires: float, agent: bool) -> Path:
+def _request(
+    tmp_path: Path, data: bytes, *, device: str, expires: float, agent: bool, revision: int = 3
+) -> Path:
     from edgeloop_control.infra.signing import generate_keypair, load_signing_key
     from tests.integration.signed import envelope
 
-    generate_keypair(tmp_path / "k.key", tmp_path / "k.pub")
+    if not (tmp_path / "k.key").exists():
+        generate_keypair(tmp_path / "k.key", tmp_path / "k.pub")
     key = load_signing_key(tmp_path / "k.key")
     model = {"name": "m", "version": "v1", "sha256": "ab" * 32, "size": 10, "signature": None}
     extra = {}
@@ -101,7 +104,7 @@ def _request(tmp_path: Path, data: bytes, *, device: str, expires: float, agent:
             "sha256": hashlib.sha256(data).hexdigest(),
             "size": len(data),
         }
-    raw = envelope(device, 3, [model], [key], expires=expires, **extra)
+    raw = envelope(device, revision, [model], [key], expires=expires, **extra)
     request = tmp_path / "request.json"
     request.write_text(json.dumps({"envelope": base64.b64encode(raw).decode()}))
     (tmp_path / "agent.toml").write_text('device_id = "self-1"\ntrusted_keys = ["k.pub"]\n')
@@ -125,3 +128,19 @@ def test_the_one_shots_check_refuses_what_the_control_key_did_not_sign_for_this_
     request = _request(tmp_path, data, device=device, expires=time.time() + expires_in, agent=agent)
     with pytest.raises(Refused, match=needle):
         verify(request, deb, tmp_path / "agent.toml", time.time())
+
+
+def test_the_one_shots_check_refuses_a_replayed_older_document(tmp_path: Path):
+    data = b"package bytes"
+    deb = tmp_path / "p.deb"
+    deb.write_bytes(data)
+    accepted = tmp_path / "accepted.json"
+    config = tmp_path / "agent.toml"
+    later = _request(tmp_path, data, device="self-1", expires=time.time() + 600, agent=True)
+    assert verify(later, deb, config, time.time(), accepted) == ("1.1.0", "amd64")
+    assert verify(later, deb, config, time.time(), accepted)  # the same one again: a retry
+    older = _request(
+        tmp_path, data, device="self-1", expires=time.time() + 600, agent=True, revision=2
+    )
+    with pytest.raises(Refused, match="revision 2 is older than revision 3"):
+        verify(older, deb, config, time.time(), accepted)

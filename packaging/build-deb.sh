@@ -158,6 +158,18 @@ cli=edgeloop-agent
 sed "s#/usr/local/bin/$cli #$opt/venv/bin/$cli #" "$repo/systemd/$pkg.service" \
   >"$root/lib/systemd/system/$pkg.service"
 grep -q "^ExecStart=$opt/venv/bin/$cli " "$root/lib/systemd/system/$pkg.service"
+if [ "$pkg" = edgeloop-agent ]; then
+  # The agent reports its package version (its Python version lacks Debian's
+  # suffixes), and the self-update's one-shot and path unit come along
+  # (docs/operations.md, "Updating the agent").
+  sed -i "s#^ExecStart=#Environment=EDGELOOP_AGENT_PACKAGE_VERSION=$version\nExecStart=#" \
+    "$root/lib/systemd/system/$pkg.service"
+  install -d "$root/usr/libexec/$pkg"
+  install -m 0755 "$here/edgeloop-agent-update" "$root/usr/libexec/$pkg/edgeloop-agent-update"
+  for unit in edgeloop-agent-update.service edgeloop-agent-update.path; do
+    install -m 0644 "$repo/systemd/$unit" "$root/lib/systemd/system/$unit"
+  done
+fi
 ln -s "$opt/venv/bin/$cli" "$root/usr/bin/$cli"
 
 if [ "$pkg" = edgeloop-agent ]; then

@@ -28,6 +28,7 @@ from edgeloop_agent.procstats import release_free_memory
 from edgeloop_agent.prometheus import MetricsServer, PrometheusExporter, write_textfile
 from edgeloop_agent.protocol import dumps
 from edgeloop_agent.publisher import OutboxPublisher
+from edgeloop_agent.selfupdate import SelfUpdate
 from edgeloop_agent.serving import Server
 from edgeloop_agent.statedir import StateDir
 from edgeloop_agent.systemd import Notifier, watchdog_interval
@@ -104,6 +105,13 @@ class Agent:
             allow_unsigned=config.allow_unsigned,
             max_desired_bytes=config.max_desired_bytes,
         )
+        self.self_update = SelfUpdate(
+            prefix=config.topic_prefix,
+            spool=self.state.root / "update",
+            chunk_timeout_s=config.artifact_timeout_s,
+            on_change=self._publish_status_safely,
+        )
+        self.updater.self_update = self.self_update
         t = self.topics
         self.link = MqttLink(
             client_id=f"edgeloop-agent-{config.device_id}",
@@ -210,6 +218,9 @@ class Agent:
             "threads": self.liveness.problems(),
             "storage": self.storage_status(),
             "agent_version": __version__,
+            # The Debian package version and the self-update's progress (selfupdate.py).
+            "agent_package_version": self.self_update.version,
+            "agent_update": self.self_update.status(),
             "started_at": self.started_at,
             "ts": time.time(),
         }
@@ -373,6 +384,8 @@ class Agent:
             if report or now >= next_storage_check:
                 next_storage_check = now + 1.0
                 self._check_storage(report=report)
+                if self.self_update.result_changed():
+                    self._publish_status_safely()
             connected = self.link.connected.is_set()
             # The link's state, and while it is down each back-off step of the retries
             # (not every attempt): STATUS= says why and since when, without flooding PID 1.

@@ -29,6 +29,8 @@ from edgeloop_agent.wire.bundle import MAX_BUNDLE_BYTES, BundleError, EnrolmentB
 DEFAULT_ETC = Path("/etc/edgeloop")
 DEFAULT_UNIT_DIR = Path("/etc/systemd/system")
 UNIT = "edgeloop-agent.service"
+UPDATE_PATH_UNIT = "edgeloop-agent-update.path"
+PACKAGED_UNIT_DIRS = (Path("/lib/systemd/system"), Path("/usr/lib/systemd/system"))
 MARKER = "# Written by `edgeloop-agent enroll` from the enrolment bundle of"
 
 
@@ -183,7 +185,11 @@ def enable_unit(etc: Path, unit_dir: Path, names: list[str], say: Callable[[str]
         _write(dropin, systemd_dropin(etc, names), 0o644, os.geteuid() == 0)
     except OSError as exc:
         raise EnrollError(f"cannot write {dropin}: {exc.strerror or exc}") from None
-    for cmd in (["systemctl", "daemon-reload"], ["systemctl", "enable", UNIT]):
+    cmds = [["systemctl", "daemon-reload"], ["systemctl", "enable", UNIT]]
+    if any((d / UPDATE_PATH_UNIT).is_file() for d in PACKAGED_UNIT_DIRS):
+        # The self-update's trigger (packaged installs only): armed with the agent.
+        cmds.append(["systemctl", "enable", "--now", UPDATE_PATH_UNIT])
+    for cmd in cmds:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
         if done.returncode != 0:
             why = (done.stderr or done.stdout).strip().splitlines()

@@ -36,6 +36,7 @@ import paho.mqtt.client as mqtt
 from edgeloop_agent.deployment import Deployment
 from edgeloop_agent.model import ModelLoadError, OnnxModel
 from edgeloop_agent.mqttlink import MqttLink
+from edgeloop_agent.selfupdate import SelfUpdate, SelfUpdateError
 from edgeloop_agent.statedir import (
     ArtifactError,
     StateDir,
@@ -115,6 +116,7 @@ class Updater:
         self._artifact_sizes: dict[str, int | None] = {}
         self._artifact_events: dict[str, threading.Event] = {}
         self._loaded: dict[str, OnnxModel] = {}  # sha256 -> model, reused across swaps
+        self.self_update: SelfUpdate | None = None  # the agent package half (selfupdate.py)
         self.applied_revision, self._applied_digest = self._load_applied()
 
     # -- intake (paho network thread) ----------------------------------------
@@ -127,6 +129,9 @@ class Updater:
         self._wakeup.set()
 
     def submit_artifact(self, msg: mqtt.MQTTMessage) -> None:
+        if self.self_update is not None and self.self_update.is_chunk_topic(msg.topic):
+            self.self_update.submit_chunk(msg)
+            return
         with self._lock:
             event = self._artifact_events.get(msg.topic)
             if event is None:
@@ -208,7 +213,31 @@ class Updater:
             )
             return None
         self._save_applied(desired.revision, digest)
+        self._agent_package(desired, payload)
         return deployment
+
+    def _agent_package(self, desired: DesiredState, envelope: bytes) -> None:
+        if self.self_update is None or self.link is None:
+            return
+        link = self.link
+
+        def beat() -> None:
+            self.last_beat = time.monotonic()
+
+        try:
+            self.self_update.handle(
+                desired.agent,
+                envelope,
+                subscribe=lambda topic: link.subscribe(topic, qos=1),
+                unsubscribe=link.unsubscribe,
+                beat=beat,
+            )
+        except SelfUpdateError as exc:
+            log.error("agent package not requested: %s", exc.message)
+            self._fail(desired.revision, UpdateError(exc.code, exc.message))
+        except OSError as exc:  # the spool: a full disk is reported, serving goes on
+            log.error("agent package not requested: %s", exc)
+            self._fail(desired.revision, UpdateError("agent_package_write_failed", str(exc)))
 
     def _check(self, raw: bytes) -> tuple[DesiredState | None, str]:
         opened = open_envelope(

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from edgeloop_agent.wire.agentpackage import AgentPackage, AgentPackageError
 from edgeloop_agent.wire.jsontext import clip, json_text
 from edgeloop_agent.wire.names import check_model_name, id_problem, utf8_problem
 from edgeloop_agent.wire.signature import (
@@ -195,6 +196,9 @@ class DesiredState:
     # in Unix seconds. Both are required in signed documents.
     device: str | None = None
     expires: float | None = None
+    # The agent package this device should run (wire/agentpackage.py), or None:
+    # no change asked for.
+    agent: AgentPackage | None = None
 
     @property
     def serving(self) -> list[ModelEntry]:
@@ -205,7 +209,7 @@ class DesiredState:
         return [m for m in self.models if m.role == "shadow"]
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        doc = {
             "revision": self.revision,
             "experiment": self.experiment,
             "models": [m.to_dict() for m in self.models],
@@ -214,6 +218,9 @@ class DesiredState:
             "device": self.device,
             "expires": self.expires,
         }
+        if self.agent is not None:
+            doc["agent"] = self.agent.to_dict()
+        return doc
 
     @classmethod
     def from_payload(cls, payload: bytes) -> DesiredState:
@@ -287,7 +294,17 @@ class DesiredState:
             settings,
             device,
             float(expires) if expires is not None else None,
+            _agent(data.get("agent")),
         )
+
+
+def _agent(item: Any) -> AgentPackage | None:
+    if item is None:
+        return None
+    try:
+        return AgentPackage.from_dict(item)
+    except AgentPackageError as exc:
+        raise DesiredStateError(str(exc), "invalid_agent_package") from None
 
 
 def _entry(index: int, item: Any) -> ModelEntry:

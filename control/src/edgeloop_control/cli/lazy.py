@@ -57,6 +57,9 @@ COMMANDS: dict[str, Lazy] = {
     "features": Lazy("features", "Versioned feature store.", group=True),
     "runs": Lazy("runs", "Experiment tracking runs (MLflow).", group=True),
     "rollout": Lazy("rollout", "Staged fleet rollout with automatic rollback.", group=True),
+    "agent": Lazy(
+        "agent", "Agent packages the devices update themselves to (publish, list).", group=True
+    ),
     "group": Lazy("groups", "Device groups (for `edgeloop rollout --group`).", group=True),
     "ab": Lazy("ab", "A/B experiments: champion vs challenger, by statistics.", group=True),
     "broker": Lazy(

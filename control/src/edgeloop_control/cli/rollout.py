@@ -51,7 +51,7 @@ from edgeloop_control.policies.rollout import (
     parse_gates,
 )
 
-_MODEL_REF = re.compile(r"[@#:]")
+_MODEL_REF = re.compile(r"[@#:=]")
 
 
 class _RolloutGroup(TyperGroup):
@@ -95,7 +95,13 @@ _STATE_STYLE = {
 @app.command("start")
 def start(
     ctx: typer.Context,
-    model: Annotated[str, typer.Argument(help="version to roll out: MODEL@vN (any registry ref)")],
+    model: Annotated[
+        str,
+        typer.Argument(
+            help="version to roll out: MODEL@vN (any registry ref), or edgeloop-agent=VERSION "
+            "(an agent package, `edgeloop agent publish`)"
+        ),
+    ],
     group: Annotated[
         str | None, typer.Option("--group", "-g", help="the devices of this group")
     ] = None,
@@ -124,6 +130,10 @@ def start(
         bool,
         typer.Option("--wait", help="drive the rollout from here until it ends (no daemon needed)"),
     ] = False,
+    arch: Annotated[
+        str | None,
+        typer.Option(help="edgeloop-agent=VERSION: the package's architecture, if several"),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Start a staged rollout: canary batch, then steps, each gated; rollback on failure.
@@ -151,6 +161,7 @@ def start(
                 gates=parse_gates(gate or []),
                 batch_timeout_s=timeout,
                 reason=reason,
+                agent_arch=arch,
             )
         except EdgeloopError as exc:  # RolloutError, ConfigError (shares, gates)
             fail(str(exc))

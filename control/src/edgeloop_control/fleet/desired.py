@@ -200,7 +200,7 @@ def plan_desired(
         {v: w for v, (_, w) in zip(variants, serving, strict=True)},
         experiment_id=experiment,
     )
-    return {
+    doc = {
         "revision": (int(previous["revision"]) + 1) if previous else 1,
         "experiment": experiment,
         "models": [_entry(mv, "serve", w) for mv, w in serving]
@@ -208,6 +208,11 @@ def plan_desired(
         "allocation": allocation.to_dict(),
         "settings": dict(settings or (previous or {}).get("settings") or {}),
     }
+    if previous and previous.get("agent"):
+        # The agent package a device was told to run (fleet/agentpackages.py) stays
+        # named when its models change.
+        doc["agent"] = previous["agent"]
+    return doc
 
 
 def publish_artifact(publisher: Publisher, prefix: str, mv: VersionLike, data: bytes) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from edgeloop_control.fleet.desired import DeployError
+from edgeloop_control.policies.rollout.agenttarget import agent_plan, publish_agent_package
 from edgeloop_control.policies.rollout.config import RolloutConfig, RolloutError
 from edgeloop_control.policies.rollout.context import (
     PUBLISH_ERRORS,
@@ -154,6 +155,15 @@ def _publish_artifact(ctx: RolloutContext, r: Rollout, now: float) -> None:
     from edgeloop_control.registry import RegistryError
 
     target = r.target
+    if target.agent is not None:
+        size = publish_agent_package(ctx, target, [d.device for d in ctx.store.devices(r.id)])
+        if ctx.store.update_rollout(
+            r.id,
+            {"artifact_published_at": now, "updated_at": now},
+            where={"artifact_published_at": None},
+        ):
+            ctx.event(r.id, "artifact_published", f"published {target.variant} ({size} bytes)")
+        return
     try:
         registry = ctx.registry()
         mv = registry.get(target.variant)
@@ -207,7 +217,10 @@ def _plan(ctx: RolloutContext, rollout_id: str, device: str, target: Target) -> 
         # even if someone deployed to the device after the rollout started.
         previous = current[1] if current else dev.previous_doc
         try:
-            doc = ctx.desired.plan(device, [(target, 100.0)], [])
+            if target.agent is not None:
+                doc, previous = agent_plan(ctx, device, previous, target)
+            else:
+                doc = ctx.desired.plan(device, [(target, 100.0)], [])
         except DeployError as exc:
             raise RolloutError(f"{device}: {exc}") from None
         ctx.store.update_device(

@@ -33,11 +33,19 @@ class Health:
 
 def measure(db: ControlDB, device: str, target: Target, revision: int) -> Health:
     """Requests, errors and merged p99 of ``target`` on ``device`` since ``revision``."""
-    rows = db.conn.execute(
-        "SELECT requests, errors, latency FROM variant_stats "
-        "WHERE device = ? AND variant = ? AND revision >= ?",
-        (device, target.variant, revision),
-    ).fetchall()
+    if target.agent is not None:
+        # An agent package: the health of everything the device serves under it.
+        rows = db.conn.execute(
+            "SELECT requests, errors, latency FROM variant_stats "
+            "WHERE device = ? AND revision >= ?",
+            (device, revision),
+        ).fetchall()
+    else:
+        rows = db.conn.execute(
+            "SELECT requests, errors, latency FROM variant_stats "
+            "WHERE device = ? AND variant = ? AND revision >= ?",
+            (device, target.variant, revision),
+        ).fetchall()
     requests = sum(int(row["requests"]) for row in rows)
     errors = sum(int(row["errors"]) for row in rows)
     p99_ms = merged_p99_ms(row["latency"] for row in rows)
@@ -54,6 +62,19 @@ def unhealthy(health: Health, config: RolloutConfig) -> str | None:
     if health.p99_ms is not None and health.p99_ms > config.max_p99_ms:
         return f"p99 latency {health.p99_ms:.1f} ms over the {config.max_p99_ms:g} ms gate"
     return None
+
+
+def agent_update_failure(status: dict[str, Any] | None, target: Target) -> str | None:
+    """The device's one-shot gave up on the target agent package (rolled back, failed)."""
+    update = (status or {}).get("agent_update")
+    if target.agent is None or not isinstance(update, dict):
+        return None
+    if update.get("sha256") != target.sha256 or update.get("state") not in (
+        "rolled_back",
+        "failed",
+    ):
+        return None
+    return f"agent_update {update.get('state')}: {update.get('reason') or 'no reason given'}"
 
 
 def load_error(status: dict[str, Any] | None, revision: int | None) -> str | None:

@@ -16,7 +16,14 @@ from typing import Any
 from edgeloop_control.fleet.inventory import offline_for
 from edgeloop_control.policies.rollout.config import RolloutConfig
 from edgeloop_control.policies.rollout.context import RolloutContext, online
-from edgeloop_control.policies.rollout.gate import Health, load_error, measure, soaked, unhealthy
+from edgeloop_control.policies.rollout.gate import (
+    Health,
+    agent_update_failure,
+    load_error,
+    measure,
+    soaked,
+    unhealthy,
+)
 from edgeloop_control.policies.rollout.plan import Target, serves_target
 from edgeloop_control.policies.rollout.store import Member, Rollout
 
@@ -64,7 +71,7 @@ def judge(ctx: RolloutContext, r: Rollout, idx: int, config: RolloutConfig, now:
             continue
         if seen.failure:
             failures.append(seen.failure)
-        _classify(verdict, dev, inventory, seen, config, ctx.offline_after_s, now)
+        _classify(verdict, dev, inventory, seen, config, ctx.offline_after_s, now, r.target)
     if failures:
         verdict.failure = "; ".join(failures)
         return verdict
@@ -120,7 +127,7 @@ def _count_restarts(dev: Member, seen: Observation) -> None:
 
 def _load_failure(dev: Member, status: dict[str, Any], target: Target) -> str | None:
     """The agent reported it cannot apply the target revision (load, fetch, verify)."""
-    error = load_error(status, dev.target_revision)
+    error = load_error(status, dev.target_revision) or agent_update_failure(status, target)
     return f"{dev.device} could not load {target.variant}: {error}" if error else None
 
 
@@ -174,10 +181,11 @@ def _classify(
     config: RolloutConfig,
     offline_after_s: float,
     now: float,
+    target: Target,
 ) -> None:
     gone = offline_for(inventory, now)
     # Offline longer than [fleet] offline_after_s: not crashing, gone; skipped, not waited for.
-    if _not_waited_for(dev, seen) or (gone is not None and gone > offline_after_s):
+    if _not_waited_for(dev, seen, target) or (gone is not None and gone > offline_after_s):
         verdict.offline.append(dev.device)
         return
     why = _waiting_for(dev, inventory, seen, config)
@@ -187,12 +195,13 @@ def _classify(
         verdict.judged[dev.device] = seen.health
 
 
-def _not_waited_for(dev: Member, seen: Observation) -> bool:
+def _not_waited_for(dev: Member, seen: Observation, target: Target) -> bool:
     """Offline when its batch came (or shut down cleanly since): the retained desired
     state reaches it when it returns. A device seen online that then vanished
-    ("lost") may be crashing: that one is waited for."""
+    ("lost") may be crashing: that one is waited for. So is one that stopped
+    during an agent package's rollout: installing the package stops it."""
     ever_seen = dev.seen_online or seen.online
-    stopped = not seen.online and seen.status.get("reason") == "stopped"
+    stopped = target.agent is None and not seen.online and seen.status.get("reason") == "stopped"
     return not ever_seen or stopped
 
 

@@ -23,9 +23,11 @@ from edgeloop_control.infra.db import ControlDB
 from edgeloop_control.infra.mqtt import Publisher
 from edgeloop_control.infra.workspace import Workspace
 from edgeloop_control.policies.rollout.advance import advance
+from edgeloop_control.policies.rollout.agenttarget import AGENT_REF, agent_target
 from edgeloop_control.policies.rollout.config import RolloutConfig, RolloutError
 from edgeloop_control.policies.rollout.context import RolloutContext
 from edgeloop_control.policies.rollout.describe import describe
+from edgeloop_control.policies.rollout.plan import Target
 from edgeloop_control.policies.rollout.rollback import begin_abort
 from edgeloop_control.policies.rollout.start import start_rollout
 from edgeloop_control.policies.rollout.store import ACTIVE, FINAL, RUNNING, RolloutStore
@@ -73,14 +75,22 @@ class RolloutManager:
         gates: dict[str, Any] | None = None,
         batch_timeout_s: float | None = None,
         reason: str | None = None,
+        agent_arch: str | None = None,
     ) -> dict[str, Any]:
-        """Record a rollout of ``model_ref``; ``tick`` carries it out. Returns its status."""
+        """Record a rollout of ``model_ref``; ``tick`` carries it out. Returns its status.
+
+        ``model_ref`` ``edgeloop-agent=VERSION`` rolls out a published agent package
+        instead (``edgeloop agent publish``; ``agent_arch`` when several are published).
+        """
         config = self.config.with_overrides(
             canary=canary, step=step, gates=gates, batch_timeout_s=batch_timeout_s
         )
         self.ctx.open_desired()
+        target: str | Target = model_ref
+        if model_ref.startswith(AGENT_REF):
+            target = agent_target(self.ws, model_ref[len(AGENT_REF) :], agent_arch)
         rollout_id = start_rollout(
-            self.ctx, config, model_ref, devices=devices, group=group, reason=reason
+            self.ctx, config, target, devices=devices, group=group, reason=reason
         )
         self._claimed.add(rollout_id)
         return self.status(rollout_id)[0]

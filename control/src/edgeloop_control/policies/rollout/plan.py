@@ -9,35 +9,45 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Target:
-    """The version being rolled out, as the desired-state planner needs it."""
+    """The version being rolled out, as the desired-state planner needs it: a model
+    version, or (``agent`` set, the wire's agent entry) an agent package, whose
+    ``name`` is then ``edgeloop-agent`` and ``version`` the package's."""
 
     name: str
     version: str
     sha256: str
     size: int
     signature: str | None
+    agent: dict[str, Any] | None = None
 
     @property
     def variant(self) -> str:
+        if self.agent is not None:
+            return f"{self.name}={self.version}"
         return f"{self.name}@{self.version}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "name": self.name,
             "version": self.version,
             "sha256": self.sha256,
             "size": self.size,
             "signature": self.signature,
         }
+        if self.agent is not None:
+            out["agent"] = self.agent
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Target:
+        agent = data.get("agent")
         return cls(
             name=str(data["name"]),
             version=str(data["version"]),
             sha256=str(data["sha256"]),
             size=int(data["size"]),
             signature=data.get("signature"),
+            agent=dict(agent) if isinstance(agent, dict) else None,
         )
 
 
@@ -77,6 +87,10 @@ def serves_target(status: dict[str, Any] | None, target: Target, revision: int |
     reported = status.get("revision")
     if not isinstance(reported, int) or reported < revision:
         return False
+    if target.agent is not None:
+        # The new agent runs: the package version it was installed with (its unit
+        # says so) and READY (status is published only by a running agent).
+        return status.get("agent_package_version") == target.version
     return any(
         isinstance(m, dict)
         and m.get("name") == target.name

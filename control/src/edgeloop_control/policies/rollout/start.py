@@ -23,14 +23,15 @@ from edgeloop_control.policies.rollout.store import RUNNING
 def start_rollout(
     ctx: RolloutContext,
     config: RolloutConfig,
-    model_ref: str,
+    model_ref: str | Target,
     *,
     devices: list[str] | None,
     group: str | None,
     reason: str | None,
 ) -> str:
-    """Record a rollout of ``model_ref`` under ``config``; returns its id."""
-    target = resolve(ctx, model_ref)
+    """Record a rollout of ``model_ref`` (or a resolved target: an agent package,
+    policies/rollout/agenttarget.py) under ``config``; returns its id."""
+    target = resolve(ctx, model_ref) if isinstance(model_ref, str) else model_ref
     now = time.time()
     rollout_id = f"ro-{secrets.token_hex(4)}"
     with ctx.store.transaction() as conn:

@@ -114,7 +114,7 @@ def _request(
 @pytest.mark.parametrize(
     ("device", "expires_in", "agent", "needle"),
     [
-        ("other-1", 600, True, "is for 'other-1', not 'self-1'"),
+        ("other-1", 600, True, 'is for "other-1", not "self-1"'),
         ("self-1", -1, True, "expired"),
         ("self-1", 600, False, "names no agent package"),
     ],

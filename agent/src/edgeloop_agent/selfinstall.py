@@ -25,6 +25,7 @@ from pathlib import Path
 
 from edgeloop_agent.config import AgentConfig, ConfigError
 from edgeloop_agent.wire.desired import DesiredState, DesiredStateError, open_envelope
+from edgeloop_agent.wire.jsontext import json_text
 from edgeloop_agent.wire.signature import SignatureError, load_public_keys
 
 
@@ -79,7 +80,10 @@ def _check(request_path: Path, deb: Path, config_path: Path, now: float) -> tupl
     except DesiredStateError as exc:
         raise Refused(f"{exc.code}: {exc}") from None
     if desired.device != config.device_id:
-        raise Refused(f"the signed document is for {desired.device!r}, not {config.device_id!r}")
+        raise Refused(
+            f"the signed document is for {json_text(desired.device)}, "
+            f"not {json_text(config.device_id)}"
+        )
     if desired.expires is None or desired.expires <= now:
         raise Refused("the signed document has expired")
     pkg = desired.agent

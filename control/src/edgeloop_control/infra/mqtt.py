@@ -101,10 +101,11 @@ class Message:
 class ControlClient:
     def __init__(self, url: str, *, client_id: str | None = None) -> None:
         self.address = BrokerAddress.parse(url)
-        self.client = new_client(
-            self.address, client_id or f"edgeloop-control-{uuid.uuid4().hex[:10]}"
-        )
+        self.client_id = client_id or f"edgeloop-control-{uuid.uuid4().hex[:10]}"
+        self.client = new_client(self.address, self.client_id)
         self._connected = threading.Event()
+        self._barrier: str | None = None
+        self._barrier_seen = threading.Event()
         self._lock = threading.Lock()
         self._inbox: list[Message] = []
         self._refused: str | None = None
@@ -119,6 +120,9 @@ class ControlClient:
         self._connected.set()
 
     def _on_message(self, _c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic == self._barrier:
+            self._barrier_seen.set()
+            return
         with self._lock:
             self._inbox.append(Message(msg.topic, bytes(msg.payload), bool(msg.retain)))
 
@@ -160,24 +164,55 @@ class ControlClient:
     def retained(
         self, topic_filter: str, *, settle: float = 0.5, timeout: float = 5.0
     ) -> list[Message]:
-        """Retained messages under a filter: wait until no new one arrives for ``settle`` s."""
+        """Retained messages under a filter.
+
+        The broker queues a subscription's retained messages before it reads the
+        client's next packet, so a message this client publishes to itself right after
+        subscribing arrives after all of them: when it arrives the listing is complete,
+        without waiting out a quiet period (at 1,000 devices the quiet period was most
+        of `edgeloop fleet`'s wall time). If it never comes (an ACL that does not let
+        this user write there), the listing ends after ``settle`` s without a new one.
+        """
         with self._lock:
             self._inbox.clear()
+        self._barrier = self._barrier_topic(topic_filter)
+        self._barrier_seen.clear()
+        if self._barrier is not None:
+            self.client.subscribe(self._barrier, qos=1)
         self.client.subscribe(topic_filter, qos=1)
+        if self._barrier is not None:
+            self.client.publish(self._barrier, b"", qos=1)
+        try:
+            self._wait_for_retained(settle, timeout)
+        finally:
+            self.client.unsubscribe(topic_filter)
+            if self._barrier is not None:
+                self.client.unsubscribe(self._barrier)
+            self._barrier = None
+        with self._lock:
+            return [m for m in self._inbox if m.retain]
+
+    def _barrier_topic(self, topic_filter: str) -> str | None:
+        # Under the filter's own first level, where the control user may write; never
+        # retained, and one level deeper than any device topic the daemon reads.
+        first = topic_filter.split("/", 1)[0]
+        if not first or first in ("+", "#") or first.startswith("$"):
+            return None
+        return f"{first}/_control/{self.client_id}/barrier"
+
+    def _wait_for_retained(self, settle: float, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         seen = -1
         quiet_since = time.monotonic()
         while time.monotonic() < deadline:
-            time.sleep(0.05)
+            if self._barrier_seen.wait(0.02):
+                return
             with self._lock:
                 count = len(self._inbox)
             if count != seen:
                 seen, quiet_since = count, time.monotonic()
             elif time.monotonic() - quiet_since >= settle:
-                break
-        self.client.unsubscribe(topic_filter)
-        with self._lock:
-            return [m for m in self._inbox if m.retain]
+                return
 
 
 def probe_reason(address: BrokerAddress, timeout: float = 2.0) -> str:

@@ -9,6 +9,8 @@ so callers that catch those still work.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 class EdgeloopError(Exception):
     """A failure the user can act on; ``str(error)`` is the one line to print."""
@@ -16,3 +18,14 @@ class EdgeloopError(Exception):
 
 class ConfigError(EdgeloopError, ValueError):
     """A setting (workspace file, flag, policy config) that cannot be used, named in the message."""
+
+
+def reject_unknown_settings(data: Iterable[str], known: Iterable[str], source: str) -> None:
+    """``ConfigError`` naming every setting of ``data`` that is not ``known`` (a typo in a
+    config file must not be silently ignored), with the known ones listed."""
+    known = sorted(known)
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(known)}"
+        )

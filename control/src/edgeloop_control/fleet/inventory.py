@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgeloop_agent.wire.numeric import is_number
 from edgeloop_agent.wire.topics import Topics
-from edgeloop_control.errors import ConfigError, EdgeloopError
+from edgeloop_control.errors import ConfigError, EdgeloopError, reject_unknown_settings
 from edgeloop_control.fleet.desired import DeployError, DesiredState, DeviceOwned, check_device_ids
 from edgeloop_control.infra.db import ControlDB
 from edgeloop_control.infra.mqtt import Publisher
@@ -197,12 +197,7 @@ def offline_after_s(ws: Workspace) -> float:
     """``[fleet] offline_after_s`` (seconds, > 0; default 600): a device offline longer
     than this is skipped by policies starting on it. ``ConfigError`` naming the setting."""
     section = ws.section("fleet")
-    unknown = sorted(set(section) - {"offline_after_s"})
-    if unknown:
-        raise ConfigError(
-            f"[fleet] in edgeloop.toml: unknown setting(s) {', '.join(unknown)}; "
-            "known: offline_after_s"
-        )
+    reject_unknown_settings(section, ("offline_after_s",), "[fleet] in edgeloop.toml")
     value = section.get("offline_after_s", DEFAULT_OFFLINE_AFTER_S)
     return check_offline_after(value, "[fleet] offline_after_s in edgeloop.toml")
 

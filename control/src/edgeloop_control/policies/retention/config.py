@@ -7,7 +7,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from edgeloop_agent.wire.numeric import is_number
-from edgeloop_control.errors import ConfigError
+from edgeloop_control.errors import ConfigError, reject_unknown_settings
 from edgeloop_control.infra.workspace import Workspace
 
 DAY_S = 86400.0
@@ -65,13 +65,7 @@ class RetentionConfig:
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any], source: str = "[retention]") -> RetentionConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(
-                f"{source}: unknown setting(s) {', '.join(unknown)}; "
-                f"known: {', '.join(sorted(known))}"
-            )
+        reject_unknown_settings(data, (f.name for f in fields(cls)), source)
         values = dict(data)
         if values.get("aggregate_days") == FOREVER:
             values["aggregate_days"] = None

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from edgeloop_agent.wire.numeric import is_number
-from edgeloop_control.errors import ConfigError, EdgeloopError
+from edgeloop_control.errors import ConfigError, EdgeloopError, reject_unknown_settings
 from edgeloop_control.infra.shares import parse_share
 from edgeloop_control.infra.workspace import Workspace
 
@@ -69,13 +69,7 @@ class RolloutConfig:
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any], source: str = "[rollout]") -> RolloutConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(
-                f"{source}: unknown setting(s) {', '.join(unknown)}; "
-                f"known: {', '.join(sorted(known))}"
-            )
+        reject_unknown_settings(data, (f.name for f in fields(cls)), source)
         values = dict(data)
         try:
             for name in ("canary", "step"):

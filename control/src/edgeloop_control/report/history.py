@@ -76,6 +76,22 @@ class Selection:
         hi = math.inf if end is None else end
         return (self.until is None or lo <= self.until) and (self.since is None or hi >= self.since)
 
+    def where(self, column: str, *, by_device: bool = False) -> tuple[str, list[Any]]:
+        """SQL conditions (each starting with `` AND``) and their arguments: ``column``
+        within the range and, with ``by_device``, ``device`` among the selected ones.
+        ``column`` is always a constant of this module, never user input."""
+        sql, args = "", list[Any]()
+        if self.since is not None:
+            sql += f" AND {column} >= ?"
+            args.append(self.since)
+        if self.until is not None:
+            sql += f" AND {column} <= ?"
+            args.append(self.until)
+        if by_device and self.devices:
+            sql += f" AND device IN ({', '.join('?' * len(self.devices))})"
+            args.extend(self.devices)
+        return sql, args
+
     def device_ok(self, device: str | None) -> bool:
         return not self.devices or device in self.devices
 
@@ -141,16 +157,8 @@ def drift_windows(
         "SELECT device, variant, version, start, end, n, enough_data, dataset_drift, "
         "output_drift, doc FROM drift_windows WHERE 1=1"
     )
-    args: list[Any] = []
-    if sel.since is not None:
-        query += " AND end >= ?"
-        args.append(sel.since)
-    if sel.until is not None:
-        query += " AND end <= ?"
-        args.append(sel.until)
-    if sel.devices:
-        query += f" AND device IN ({', '.join('?' * len(sel.devices))})"
-        args.extend(sel.devices)
+    conditions, args = sel.where("end", by_device=True)
+    query += conditions
     out = _hourly_windows(db, sel)
     for r in db.conn.execute(query + " ORDER BY end, rowid", args):
         if not sel.model_ok(r["variant"]):
@@ -203,17 +211,8 @@ def _hourly_windows(db: ControlDB, sel: Selection) -> list[dict[str, Any]]:
         return []  # a read-only view of a database no daemon of this release opened
     from edgeloop_control.policies.retention.aggregate import hour_as_window
 
-    query, args = "SELECT * FROM drift_hourly WHERE 1=1", list[Any]()
-    if sel.since is not None:
-        query += " AND end >= ?"
-        args.append(sel.since)
-    if sel.until is not None:
-        query += " AND end <= ?"
-        args.append(sel.until)
-    if sel.devices:
-        query += f" AND device IN ({', '.join('?' * len(sel.devices))})"
-        args.extend(sel.devices)
-    rows = db.conn.execute(query + " ORDER BY end", args)
+    conditions, args = sel.where("end", by_device=True)
+    rows = db.conn.execute(f"SELECT * FROM drift_hourly WHERE 1=1{conditions} ORDER BY end", args)
     return [hour_as_window(r) for r in rows if sel.model_ok(r["variant"])]
 
 
@@ -346,15 +345,12 @@ def events(
     an event is kept when its subject is a selected device or model (``name`` or
     ``name@vN``), one of ``related`` (ids of the selected experiments and rollouts, devices
     running the model), or its message names a selected device or model."""
-    query = "SELECT ts, kind, subject, message, data FROM events WHERE 1=1"
-    args: list[Any] = []
-    if sel.since is not None:
-        query += " AND ts >= ?"
-        args.append(sel.since)
-    if sel.until is not None:
-        query += " AND ts <= ?"
-        args.append(sel.until)
-    rows = db.conn.execute(query + " ORDER BY ts, id", args).fetchall()
+    conditions, args = sel.where("ts")
+    rows = db.conn.execute(
+        f"SELECT ts, kind, subject, message, data FROM events WHERE 1=1{conditions} "
+        "ORDER BY ts, id",
+        args,
+    ).fetchall()
     wanted = [*sel.devices, *sel.models]
     patterns = [re.compile(rf"(?<![\w.@-]){re.escape(w)}(?![\w.-])") for w in wanted]
     out = []
@@ -433,15 +429,11 @@ def fleet(db: ControlDB, sel: Selection) -> list[dict[str, Any]]:
         ]
         if sel.models and not any(sel.model_ok(v) for v in variants):
             continue
-        query = "SELECT requests, errors, latency FROM variant_stats WHERE device = ?"
-        args: list[Any] = [name]
-        if sel.since is not None:
-            query += " AND ts >= ?"
-            args.append(sel.since)
-        if sel.until is not None:
-            query += " AND ts <= ?"
-            args.append(sel.until)
-        stats = db.conn.execute(query, args).fetchall()  # every variant the device served
+        conditions, args = sel.where("ts")
+        stats = db.conn.execute(  # every variant the device served
+            f"SELECT requests, errors, latency FROM variant_stats WHERE device = ?{conditions}",
+            [name, *args],
+        ).fetchall()
         stats += _hourly_stats(db, name, sel)
         drift: dict[str, Any] = _dict(row.get("drift"))
         drifting = [

@@ -10,45 +10,19 @@ serves a signed model. Then ``revoke()``: the restarted agent cannot connect.
 
 from __future__ import annotations
 
-import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from edgeloop_control.fleet.enrolment import enrol, revoke
 from edgeloop_control.infra.db import ControlDB
 from tests.integration.enrolled import CONTROL_PASSWORD, EnrolledSite
 from tests.integration.models import sample_features, sensor_model
 from tests.mqtt_helpers import Probe
-from tests.system.debian import BootedContainer, unpack_rootfs, wait_until
+from tests.system.debian import BootedContainer, wait_until
 from tests.system.fleet import deploy_signed
 
 DEVICE = "deb-enrol-1"
 UNIT = "edgeloop-agent.service"
-
-
-@pytest.fixture
-def site(tmp_path: Path) -> Iterator[EnrolledSite]:
-    s = EnrolledSite(tmp_path / "site").start()
-    try:
-        yield s
-    finally:
-        s.stop()
-
-
-@pytest.fixture
-def device(tmp_path: Path, agent_deb_amd64: Path) -> Iterator[BootedContainer]:
-    root = unpack_rootfs("amd64", tmp_path / "root")
-    (root / "root" / agent_deb_amd64.name).write_bytes(agent_deb_amd64.read_bytes())
-    ct = BootedContainer(root, tmp_path / "console.log").boot()
-    try:
-        ct.run("dpkg", "-i", f"/root/{agent_deb_amd64.name}", timeout=300)
-        yield ct
-    finally:
-        ct.poweroff()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_enroll_enables_the_unit_and_the_agent_serves_with_its_certificate(

@@ -20,10 +20,8 @@ leaves nothing of the self-update behind.
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,35 +43,13 @@ from edgeloop_control.policies.rollout.feed import BrokerFeed
 from tests.integration.enrolled import CONTROL_PASSWORD, EnrolledSite
 from tests.integration.models import sample_features, sensor_model
 from tests.mqtt_helpers import Probe
-from tests.system.debian import BootedContainer, build_deb, unpack_rootfs, wait_until
+from tests.system.debian import BootedContainer, build_deb, wait_until
 
 DEVICE = "deb-update-1"
 UNIT = "edgeloop-agent.service"
 STATUS = f"edgeloop/{DEVICE}/status"
 # The soak needs a telemetry report after loading (the test sets the interval to 2 s).
 CONFIG = RolloutConfig(soak_s=1.0, batch_timeout_s=180.0, max_p99_ms=1000.0)
-
-
-@pytest.fixture
-def site(tmp_path: Path) -> Iterator[EnrolledSite]:
-    s = EnrolledSite(tmp_path / "site").start()
-    try:
-        yield s
-    finally:
-        s.stop()
-
-
-@pytest.fixture
-def device(tmp_path: Path, agent_deb_amd64: Path) -> Iterator[BootedContainer]:
-    root = unpack_rootfs("amd64", tmp_path / "root")
-    (root / "root" / agent_deb_amd64.name).write_bytes(agent_deb_amd64.read_bytes())
-    ct = BootedContainer(root, tmp_path / "console.log").boot()
-    try:
-        ct.run("dpkg", "-i", f"/root/{agent_deb_amd64.name}", timeout=300)
-        yield ct
-    finally:
-        ct.poweroff()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def _sabotaged(deb_dir: Path, base: Path, work: Path, suffix: str, entry_point: str) -> Path:

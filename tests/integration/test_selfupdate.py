@@ -65,18 +65,24 @@ def publish_chunks(probe: Probe, sha: str, data: bytes) -> None:
         probe.publish(chunk_topic("edgeloop", sha, i), chunk, retain=True)
 
 
-@pytest.fixture
-def signed_agent(broker, probe, agents, tmp_path: Path):
-    generate_keypair(tmp_path / "k.key", tmp_path / "k.pub")
-    key = load_signing_key(tmp_path / "k.key")
+def start_agent(broker, agents, tmp_path: Path, trusted_key: Path, *extra: str) -> AgentProcess:
+    """The real agent, trusting ``trusted_key``, running package version 1.0.0."""
     agent = AgentProcess(
         broker_url=broker.url,
         device_id=DEVICE,
         state_dir=tmp_path / "state",
-        extra=["--trusted-key", str(tmp_path / "k.pub")],
+        extra=["--trusted-key", str(trusted_key), *extra],
         env={"EDGELOOP_AGENT_PACKAGE_VERSION": "1.0.0"},
     ).start()
     agents.append(agent)
+    return agent
+
+
+@pytest.fixture
+def signed_agent(broker, probe, agents, tmp_path: Path):
+    generate_keypair(tmp_path / "k.key", tmp_path / "k.pub")
+    key = load_signing_key(tmp_path / "k.key")
+    agent = start_agent(broker, agents, tmp_path, tmp_path / "k.pub")
     model = sensor_model("v1")
     probe.publish(f"edgeloop/models/{model.name}/{model.version}", model.data, retain=True)
     probe.subscribe(STATUS)
@@ -271,14 +277,7 @@ def test_an_agent_rollout_fails_its_gate_when_the_device_refuses_the_package(
     rolled back. (Its success path runs under systemd: tests/system.)"""
     ws = Workspace.init(tmp_path / "ws", broker=broker.url)
     ensure_keypair(ws.signing_key_path, ws.public_key_path)
-    agent = AgentProcess(
-        broker_url=broker.url,
-        device_id=DEVICE,
-        state_dir=tmp_path / "state",
-        extra=["--trusted-key", str(ws.public_key_path), "--telemetry-interval", "0.5"],
-        env={"EDGELOOP_AGENT_PACKAGE_VERSION": "1.0.0"},
-    ).start()
-    agents.append(agent)
+    agent = start_agent(broker, agents, tmp_path, ws.public_key_path, "--telemetry-interval", "0.5")
     # Built for another architecture: the agent must refuse it and say so.
     other = "s390x" if dpkg_architecture() != "s390x" else "amd64"
     deb = _tiny_deb(tmp_path, "2.0.0", arch=other)
@@ -356,14 +355,7 @@ def test_a_rolled_back_agent_rollout_names_the_package_the_device_ran(
     ws = Workspace.init(tmp_path / "ws", broker=broker.url)
     ensure_keypair(ws.signing_key_path, ws.public_key_path)
     arch = dpkg_architecture()
-    agent = AgentProcess(
-        broker_url=broker.url,
-        device_id=DEVICE,
-        state_dir=tmp_path / "state",
-        extra=["--trusted-key", str(ws.public_key_path), "--telemetry-interval", "0.5"],
-        env={"EDGELOOP_AGENT_PACKAGE_VERSION": "1.0.0"},
-    ).start()
-    agents.append(agent)
+    start_agent(broker, agents, tmp_path, ws.public_key_path, "--telemetry-interval", "0.5")
     store = AgentPackages.for_workspace(ws)
     old = store.add(_tiny_deb(tmp_path, "1.0.0", arch=arch))
     store.add(_tiny_deb(tmp_path, "2.0.0", arch=arch))

@@ -202,6 +202,17 @@ def start_agent(
         stderr=subprocess.STDOUT,
         env=env,
     )
+    status = deploy_ab(setup, device, models)
+    try:
+        setup.wait_json(status, lambda s: s.get("revision") == 1 and s.get("online"), 60)
+    except TimeoutError:
+        raise RuntimeError(f"agent did not deploy: {log.read_text()[-2000:]}") from None
+    return Server(name, f"edgeloop/{device}/predict", proc, log)
+
+
+def deploy_ab(setup: Any, device: str, models: list[Model]) -> str:
+    """Publish ``models`` (retained) and an unsigned revision-1 desired state serving them
+    50/50 to ``device``; the device's status topic, subscribed, to wait on."""
     status = f"edgeloop/{device}/status"
     setup.subscribe(status)
     for m in models:
@@ -222,11 +233,7 @@ def start_agent(
         ],
     }
     setup.publish(f"edgeloop/{device}/desired", json.dumps(desired).encode(), retain=True)
-    try:
-        setup.wait_json(status, lambda s: s.get("revision") == 1 and s.get("online"), 60)
-    except TimeoutError:
-        raise RuntimeError(f"agent did not deploy: {log.read_text()[-2000:]}") from None
-    return Server(name, f"edgeloop/{device}/predict", proc, log)
+    return status
 
 
 # -- phases ---------------------------------------------------------------------------------------

@@ -17,7 +17,6 @@ build the rootfs; the test suite caches one in /var/cache/edgeloop-tests):
 """
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -67,26 +66,7 @@ try:
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONPATH": src},
         )
-        status = f"edgeloop/{device}/status"
-        setup.subscribe(status)
-        for m in models:
-            setup.publish(f"edgeloop/models/{m.name}/{m.version}", m.onnx, retain=True)
-        desired = {
-            "revision": 1,
-            "models": [
-                {
-                    "name": m.name,
-                    "version": m.version,
-                    "sha256": m.sha256,
-                    "size": len(m.onnx),
-                    "signature": None,
-                    "role": "serve",
-                    "weight": 50,
-                }
-                for m in models
-            ],
-        }
-        setup.publish(f"edgeloop/{device}/desired", json.dumps(desired).encode(), retain=True)
+        status = ba.deploy_ab(setup, device, models)
         setup.wait_json(status, lambda s: s.get("revision") == 1 and s.get("online"), 300)
         servers[name] = ba.Server(name, f"edgeloop/{device}/predict", proc, None)
     names = models[0].feature_names

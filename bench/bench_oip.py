@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import paho.mqtt.client as mqtt
 
-from bench_agent import N_FEATURES, Model, train_models
+from bench_agent import N_FEATURES, Model, deploy_ab, train_models
 from common import (
     LOAD_CPU,
     SERVER_CPU,
@@ -77,26 +77,7 @@ def start_agent(
         stdout=open(log, "wb"),  # noqa: SIM115 - closed with the process
         stderr=subprocess.STDOUT,
     )
-    status = f"edgeloop/{device}/status"
-    setup.subscribe(status)
-    for m in models:
-        setup.publish(f"edgeloop/models/{m.name}/{m.version}", m.onnx, retain=True)
-    desired = {
-        "revision": 1,
-        "models": [
-            {
-                "name": m.name,
-                "version": m.version,
-                "sha256": m.sha256,
-                "size": len(m.onnx),
-                "signature": None,
-                "role": "serve",
-                "weight": 50,
-            }
-            for m in models
-        ],
-    }
-    setup.publish(f"edgeloop/{device}/desired", json.dumps(desired).encode(), retain=True)
+    status = deploy_ab(setup, device, models)
     try:
         setup.wait_json(status, lambda s: s.get("revision") == 1 and s.get("online"), 60)
     except TimeoutError:

@@ -228,7 +228,7 @@ class RunningDaemon:
         self.daemon = ControlDaemon(ws, broker_url, tick_s=3600, flush_s=0.2)
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="daemon", daemon=True)
-        self.reader = ControlDB(ws.state_db)
+        self.reader = ControlDB(ws.control_db)
         self.sent = 0  # fuzzed messages published at it so far
 
     def _run(self) -> None:

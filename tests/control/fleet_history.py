@@ -129,7 +129,7 @@ def build(root: Path, broker: PrivateBroker) -> History:
                 "categorical_features": [CATEGORICAL, UNMONITORED],
             },
         )
-    db = ControlDB(ws.state_db)
+    db = ControlDB(ws.control_db)
     client = ControlClient(broker.url).connect()
     try:
         now = time.time()

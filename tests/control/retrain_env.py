@@ -87,7 +87,7 @@ class RetrainEnv:
     def copy_of(cls, template: Path, into: Path) -> RetrainEnv:
         shutil.copytree(template, into, symlinks=True)
         ws = Workspace.open(into)
-        db = ControlDB(ws.state_db)
+        db = ControlDB(ws.control_db)
         return cls(ws, db, FeatureStore(ws.feature_store_dir), [db])
 
     def close(self) -> None:
@@ -95,7 +95,7 @@ class RetrainEnv:
             db.close()
 
     def restart(self) -> None:
-        self.db = ControlDB(self.ws.state_db)
+        self.db = ControlDB(self.ws.control_db)
         self._dbs.append(self.db)
         self.fs = FeatureStore(self.ws.feature_store_dir)
 

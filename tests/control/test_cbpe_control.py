@@ -41,7 +41,7 @@ VARIANT = "sensor@v1"
 @pytest.fixture
 def ws_db(tmp_path: Path) -> Iterator[tuple[Workspace, ControlDB]]:
     ws = Workspace.init(tmp_path / "ws")
-    db = ControlDB(ws.state_db)
+    db = ControlDB(ws.control_db)
     try:
         yield ws, db
     finally:

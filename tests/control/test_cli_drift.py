@@ -112,7 +112,7 @@ def test_terminal_control_characters_from_devices_are_shown_not_obeyed(tmp_path:
 
     hostile = "temp\x1b]0;pwned\x07\x1b[2J\u202eevil"
     ws = Workspace.init(tmp_path / "ws")
-    db = ControlDB(ws.state_db)
+    db = ControlDB(ws.control_db)
     try:
         window = {
             "window": {"kind": "count", "start": 0, "end": 300, "n_rows": 300},

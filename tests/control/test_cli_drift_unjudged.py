@@ -45,7 +45,7 @@ def test_a_feature_with_too_few_values_is_not_judged_not_ok(tmp_path: Path) -> N
     payload = {"report_id": "loan-1:b:1", "device": "loan-1", "ts": 2.0, "revision": 1,
                "variants": {"loan@v1": {"name": "loan", "version": "v1", "role": "serve"}},
                "metrics": {"variants": {}}, "drift": [doc], "concept_drift": {}}  # fmt: skip
-    db = ControlDB(ws.state_db)
+    db = ControlDB(ws.control_db)
     assert handle_report(
         db,
         json.loads(json.dumps({"id": "loan-1:b:1", "device_id": "loan-1", "kind": "report",

@@ -76,7 +76,7 @@ def small_ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     run(ws.root, 200, "features", "materialize", "sensors")
     with Tracker(None, ws.local_runs_dir).start_run("loan-default", "train loan@v1") as r:
         r.log_metric("roc_auc", 0.91)
-    db = ControlDB(ws.state_db)
+    db = ControlDB(ws.control_db)
     try:
         for device in [*DEVICES, LONG_DEVICE]:
             db.upsert_device(device)

@@ -8,8 +8,8 @@ from pathlib import Path
 from edgeloop_control.infra.db import ControlDB
 
 
-def test_first_sighting_once_and_old_ids_are_forgotten(tmp_path: Path) -> None:
-    db = ControlDB(tmp_path / "control.sqlite")
+def test_first_sighting_once_and_old_ids_are_forgotten(control_db_location: str | Path) -> None:
+    db = ControlDB(control_db_location)
     try:
         assert db.first_sighting("dev:boot:1") is True
         assert db.first_sighting("dev:boot:1") is False

@@ -80,7 +80,7 @@ def test_a_burst_waits_at_the_broker_and_is_all_ingested(tmp_path: Path) -> None
         assert daemon.counters["telemetry"] == n and daemon.counters["duplicates"] == 0
         assert daemon._queue.high_water == 20, daemon._queue.high_water
         assert daemon._queue.waits >= 1
-        db = ControlDB(ws.state_db)
+        db = ControlDB(ws.control_db)
         try:
             stored = db.conn.execute("SELECT COUNT(*) FROM variant_stats").fetchone()[0]
         finally:

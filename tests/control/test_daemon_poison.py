@@ -71,7 +71,7 @@ def test_issue_poison_status_does_not_crash_loop_serve(tmp_path, broker, probe):
         probe.publish("edgeloop/d1/status", b'{"online":true,"revision":{"x":1}}')
         probe.publish("edgeloop/d2/status", b'{"online":true,"error":true}')
         probe.publish("edgeloop/d3/status", json.dumps(status_doc("d3")))
-        db = ControlDB(ws.state_db)
+        db = ControlDB(ws.control_db)
         try:
             _wait(lambda: db.device("d3") is not None, what="the valid status after the poison")
             assert proc.poll() is None, log.read_text()
@@ -89,7 +89,7 @@ def test_issue_poison_status_does_not_crash_loop_serve(tmp_path, broker, probe):
         proc = _serve(ws.root, broker.url, log)
         _wait(lambda: _connections(log) == 2, what="the restarted daemon to connect")
         probe.publish("edgeloop/d4/status", json.dumps(status_doc("d4")))
-        db = ControlDB(ws.state_db)
+        db = ControlDB(ws.control_db)
         try:
             _wait(lambda: db.device("d4") is not None, what="a status after the restart")
             assert proc.poll() is None, log.read_text()

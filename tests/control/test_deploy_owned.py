@@ -37,7 +37,7 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
         registry.register("sensor", sensor_model(version, seed=seed).data, {"algorithm": "logreg"})
     # The devices the tests target are in the inventory, as after their first connection:
     # only known devices may be targeted.
-    db = ControlDB(ws.state_db)
+    db = ControlDB(ws.control_db)
     for device in ("d1", "d2", "d3"):
         db.upsert_device(device)
     db.close()
@@ -69,7 +69,7 @@ class Env:
 def env(template: Path, tmp_path: Path, broker: PrivateBroker) -> Iterator[Env]:
     shutil.copytree(template, tmp_path / "ws", symlinks=True)
     ws = Workspace.open(tmp_path / "ws")
-    db = ControlDB(ws.state_db)
+    db = ControlDB(ws.control_db)
     client = ControlClient(broker.url).connect()
     try:
         yield Env(ws, db, client, broker)

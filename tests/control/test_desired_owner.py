@@ -45,7 +45,7 @@ def ws(tmp_path: Path) -> Workspace:
 
 @pytest.fixture
 def db(ws: Workspace) -> Iterator[ControlDB]:
-    conn = ControlDB(ws.state_db)
+    conn = ControlDB(ws.control_db)
     yield conn
     conn.close()
 
@@ -114,7 +114,7 @@ def test_racing_claims_from_separate_connections_have_exactly_one_winner(
     lock = threading.Lock()
 
     def contend(owner: Owner) -> None:
-        own = ControlDB(ws.state_db)
+        own = ControlDB(ws.control_db)
         try:
             desired = DesiredState.for_workspace(ws, own, None)
             start.wait()

@@ -44,7 +44,7 @@ def test_documents_past_half_their_lifetime_are_resigned_with_the_next_revision(
     ws = Workspace.init(tmp_path / "ws")
     ensure_keypair(ws.signing_key_path, ws.public_key_path)
     signer = DesiredSigner([load_signing_key(ws.signing_key_path)], ttl_s=4.0)
-    db = ControlDB(ws.state_db)
+    db = ControlDB(ws.control_db)
     client = ControlClient(broker.url).connect()
     try:
         desired = Desired(db, client, "edgeloop", signer)
@@ -82,7 +82,7 @@ def test_a_document_replaced_while_the_refresher_read_it_is_left_alone(
     ws = Workspace.init(tmp_path / "ws")
     ensure_keypair(ws.signing_key_path, ws.public_key_path)
     signer = DesiredSigner([load_signing_key(ws.signing_key_path)], ttl_s=3600.0)
-    db = ControlDB(ws.state_db)
+    db = ControlDB(ws.control_db)
     client = ControlClient(broker.url).connect()
     try:
         desired = Desired(db, client, "edgeloop", signer)
@@ -104,7 +104,7 @@ def test_a_broker_that_does_not_acknowledge_is_retried_at_the_next_check(
     ws = Workspace.init(tmp_path / "ws")
     ensure_keypair(ws.signing_key_path, ws.public_key_path)
     signer = DesiredSigner([load_signing_key(ws.signing_key_path)], ttl_s=3600.0)
-    db = ControlDB(ws.state_db)
+    db = ControlDB(ws.control_db)
     client = ControlClient(broker.url).connect()
     try:
         Desired(db, client, "edgeloop", signer).publish("d1", dict(DOC))

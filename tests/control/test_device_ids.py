@@ -48,7 +48,7 @@ def test_cli_commands_refuse_bad_device_ids(ws, broker, probe, bad):
         assert result.exit_code != 0, (args, result.output)
         assert "device id" in result.output, (args, result.output)
     assert probe.messages.empty(), "something was published for a bad device id"
-    db = ControlDB(ws.state_db)
+    db = ControlDB(ws.control_db)
     try:
         assert db.devices() == [] and db.all_desired() == {}
     finally:

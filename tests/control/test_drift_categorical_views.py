@@ -40,7 +40,7 @@ def _windows() -> list[dict]:
 
 def test_categorical_p_value_and_pca_row_reach_history_report_and_cli(tmp_path) -> None:
     ws = Workspace.init(tmp_path / "ws")
-    db = ControlDB(ws.state_db)
+    db = ControlDB(ws.control_db)
     try:
         assert handle_report(db, _envelope("dev-1", 1, 1_796_000_100.0, {"drift": _windows()}))
         found = history.drift_windows(db, history.Selection())

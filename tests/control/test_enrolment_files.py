@@ -80,7 +80,7 @@ def workspace(tmp_path: Path, **enrolment: str) -> Workspace:
 
 def test_enrol_writes_acl_sections_and_revoke_removes_them(tmp_path: Path):
     ws = workspace(tmp_path)
-    db = ControlDB(ws.state_db)
+    db = ControlDB(ws.control_db)
     try:
         r1 = enrol(ws, db, "pump-1", method="certificate", bundle=tmp_path / "p1.bundle")
         enrol(ws, db, "pump-2", method="password", bundle=tmp_path / "p2.bundle")
@@ -122,7 +122,7 @@ def test_operator_lines_outside_the_managed_block_survive(tmp_path: Path):
     acl = tmp_path / "edgeloop.acl"
     acl.write_text(f"user app-dashboard\ntopic read edgeloop/+/status\n\n{BEGIN}\n{END}\n# mine\n")
     ws = workspace(tmp_path, acl_file=f'"{acl}"')
-    db = ControlDB(ws.state_db)
+    db = ControlDB(ws.control_db)
     try:
         enrol(ws, db, "pump-1", method="password", bundle=tmp_path / "p1.bundle")
         text = acl.read_text()
@@ -137,7 +137,7 @@ def test_operator_lines_outside_the_managed_block_survive(tmp_path: Path):
 
 def test_refusals_are_one_line_errors(tmp_path: Path):
     ws = workspace(tmp_path, reload_command='["false"]')
-    db = ControlDB(ws.state_db)
+    db = ControlDB(ws.control_db)
     try:
         with pytest.raises(EnrolmentError, match="`false` failed"):
             enrol(ws, db, "pump-1", method="password", bundle=tmp_path / "p.bundle")
@@ -151,7 +151,7 @@ def test_refusals_are_one_line_errors(tmp_path: Path):
         db.close()
     plain = Workspace.init(tmp_path / "plain", broker="mqtt://127.0.0.1:1883")
     ensure_keypair(plain.signing_key_path, plain.public_key_path)
-    db = ControlDB(plain.state_db)
+    db = ControlDB(plain.control_db)
     try:
         with pytest.raises(EnrolmentError, match="needs a TLS broker"):
             enrol(plain, db, "pump-1", method="certificate", bundle=tmp_path / "p.bundle")
@@ -159,7 +159,7 @@ def test_refusals_are_one_line_errors(tmp_path: Path):
         db.close()
     nokey = workspace(tmp_path / "nokey")
     nokey.public_key_path.unlink()
-    db = ControlDB(nokey.state_db)
+    db = ControlDB(nokey.control_db)
     try:
         with pytest.raises(EnrolmentError, match="signing public key"):
             enrol(nokey, db, "pump-1", method="password", bundle=tmp_path / "p.bundle")
@@ -168,7 +168,7 @@ def test_refusals_are_one_line_errors(tmp_path: Path):
     finally:
         db.close()
     bad = workspace(tmp_path / "bad", colour='"blue"')
-    db = ControlDB(bad.state_db)
+    db = ControlDB(bad.control_db)
     try:
         with pytest.raises(ConfigError, match="unknown settings colour"):
             enrol(bad, db, "pump-1", method="password", bundle=tmp_path / "p.bundle")
@@ -178,7 +178,7 @@ def test_refusals_are_one_line_errors(tmp_path: Path):
 
 def test_the_bundle_is_0600_and_names_no_credentials_in_its_url(tmp_path: Path):
     ws = workspace(tmp_path, password_broker_url='"mqtts://u:p@broker.example:8884"')
-    db = ControlDB(ws.state_db)
+    db = ControlDB(ws.control_db)
     try:
         path = enrol(ws, db, "pump-1", method="password", bundle=tmp_path / "p.bundle").bundle
     finally:

@@ -68,7 +68,7 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
         registry.register("load", regression_onnx(), {"algorithm": "hgb"})
     # The devices the tests target are in the inventory, as after their first connection:
     # only known devices may be targeted.
-    db = ControlDB(ws.state_db)
+    db = ControlDB(ws.control_db)
     for device in ("d1", "d2", "d3"):
         db.upsert_device(device)
     db.close()
@@ -100,7 +100,7 @@ class Env:
 def env(template: Path, tmp_path: Path, broker: PrivateBroker) -> Iterator[Env]:
     shutil.copytree(template, tmp_path / "ws", symlinks=True)
     ws = Workspace.open(tmp_path / "ws")
-    db = ControlDB(ws.state_db)
+    db = ControlDB(ws.control_db)
     client = ControlClient(broker.url).connect()
     try:
         yield Env(ws, db, client, broker)
@@ -427,7 +427,7 @@ def test_restart_continues_the_sequential_state_exactly(env: Env, tmp_path: Path
     totals = [0, 0, 0, 0]
     for i, (na, sa, nb, sb) in enumerate(batches):
         # Every look on a new manager with its own connection: a daemon restart each time.
-        db = ControlDB(env.ws.state_db)
+        db = ControlDB(env.ws.control_db)
         try:
             m = env.manager(db=db)
             d1.serve(CHAMP, na, labelled=na, correct=sa)
@@ -730,7 +730,7 @@ def test_two_managers_on_one_database_decide_once(env: Env) -> None:
     d1.serve(CHAMP, 300, labelled=300, correct=200)
     d1.serve(CHALL, 300, labelled=300, correct=280)
     d1.report(env.db, exp_id)
-    other_db = ControlDB(env.ws.state_db)
+    other_db = ControlDB(env.ws.control_db)
     try:
         a, b = env.manager(), env.manager(db=other_db)
         a.tick(time.time())
@@ -786,7 +786,7 @@ def test_broker_outage_during_rollback_is_retried(env: Env) -> None:
 def test_actions_run_in_one_process_at_a_time(env: Env) -> None:
     """While the daemon carries out an experiment's actions, a CLI stop leaves them to it."""
     exp_id = env.manager().start("sensor", "v1", "v2", ["d1"])["id"]
-    daemon_db = ControlDB(env.ws.state_db)
+    daemon_db = ControlDB(env.ws.control_db)
     try:
         daemon, cli = env.manager(db=daemon_db), env.manager()
         # The daemon is mid-action.

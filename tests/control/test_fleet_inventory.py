@@ -73,7 +73,7 @@ class Env:
 def env(template: Path, tmp_path: Path, broker: PrivateBroker) -> Iterator[Env]:
     shutil.copytree(template, tmp_path / "ws", symlinks=True)
     ws = Workspace.open(tmp_path / "ws")
-    db = ControlDB(ws.state_db)
+    db = ControlDB(ws.control_db)
     client = ControlClient(broker.url).connect()
     try:
         yield Env(ws, db, client, broker)

@@ -35,7 +35,7 @@ from tests.control.test_report_render import Page, assert_self_contained, decode
 
 
 def collect(history: History, sel: Selection | None = None) -> dict[str, Any]:
-    db = ControlDB(history.ws.state_db)
+    db = ControlDB(history.ws.control_db)
     try:
         return collect_report(history.ws, db, sel or Selection())
     finally:
@@ -72,7 +72,7 @@ def test_every_feature_experiment_rollout_and_device_is_on_the_page(
     for ident in [*fleet_history.experiments, *fleet_history.rollouts, *DEVICES, LONG_DEVICE]:
         assert ident in text, ident
     assert "completed" in text and "rolled_back" in text
-    db = ControlDB(fleet_history.ws.state_db)
+    db = ControlDB(fleet_history.ws.control_db)
     try:
         stored_events = len(db.events(limit=100_000))
     finally:
@@ -127,7 +127,7 @@ def test_filters_narrow_every_section_and_say_why_one_is_empty(fleet_history: Hi
 
 def test_an_empty_workspace_says_why_each_section_is_empty(tmp_path: Path) -> None:
     ws = Workspace.init(tmp_path / "ws")
-    db = ControlDB(ws.state_db)
+    db = ControlDB(ws.control_db)
     try:
         data = collect_report(ws, db, Selection())
     finally:
@@ -179,7 +179,7 @@ def test_nonsense_from_an_agent_does_not_cost_the_page(tmp_path: Path) -> None:
     from tests.control.fleet_history import _envelope
 
     ws = Workspace.init(tmp_path / "ws")
-    db = ControlDB(ws.state_db)
+    db = ControlDB(ws.control_db)
     try:
         window = {
             "window": {"kind": "count", "start": 0, "end": 100, "n_rows": -5},
@@ -223,7 +223,7 @@ def test_a_broken_experiment_config_costs_only_that_section(
     with open(tmp_path / "ws" / "edgeloop.toml", "a", encoding="utf-8") as fh:
         fh.write("\n[experiment]\nalpha = 7\n")
     ws = Workspace.open(tmp_path / "ws")
-    db = ControlDB(ws.state_db)
+    db = ControlDB(ws.control_db)
     try:
         data = collect_report(ws, db, Selection())
     finally:

@@ -43,13 +43,19 @@ SPAN_DAYS = 31
 SIM = Sim(devices=("pump-1", "pump-2"))
 
 
-@pytest.fixture(scope="module")
-def month(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
-    """A control database with 31 days of reports from two devices, ending now."""
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def month(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, float, str | Path]:
+    """A control database with 31 days of reports from two devices, ending now, on each
+    engine."""
     root = tmp_path_factory.mktemp("retention")
     ws = Workspace.init(root / "ws")
     now = time.time()
-    db = ControlDB(ws.state_db)
+    location = ws.state_db
+    if request.param == "postgresql":
+        location = request.getfixturevalue("postgres").new_database()
+    db = ControlDB(location)
     ingest(db, SIM, now - SPAN_DAYS * DAY, now)
     # Events as the daemon writes them, then dated: connection noise and a decision, old and new.
     for days_ago, kind in ((40, "device"), (40, "poison"), (40, "drift_detected"), (1, "device")):
@@ -61,19 +67,29 @@ def month(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
         "(SELECT rowid FROM seen_messages ORDER BY rowid LIMIT 100)",
         (now - 31 * DAY,),
     )
-    db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    if not db.postgres:
+        db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     db.close()
-    return ws.root, now
+    return ws.root, now, location
 
 
 @pytest.fixture
-def ws(month: tuple[Path, float], tmp_path: Path) -> Workspace:
+def ws(
+    request: pytest.FixtureRequest,
+    month: tuple[Path, float, str | Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Workspace:
     shutil.copytree(month[0], tmp_path / "ws")
+    if isinstance(month[2], str):  # each test gets its own copy of the month
+        monkeypatch.setenv(
+            "EDGELOOP_CONTROL_DB", request.getfixturevalue("postgres").copy_database(month[2])
+        )
     return Workspace.open(tmp_path / "ws")
 
 
 @pytest.fixture
-def now(month: tuple[Path, float]) -> float:
+def now(month: tuple[Path, float, str | Path]) -> float:
     return month[1]
 
 
@@ -121,7 +137,7 @@ def raw_hours(db: ControlDB, before: float) -> dict[tuple[str, float], dict[str,
 
 
 def test_the_report_over_the_whole_span_gives_the_raw_figures(ws: Workspace, now: float) -> None:
-    db = ControlDB(ws.state_db)
+    db = ControlDB(ws.control_db)
     cutoff = hour_of(now - 7 * DAY)
     # Ranges on whole hours (an aggregated hour is in a range when it overlaps it): the
     # whole span, across the raw/aggregated boundary, wholly aggregated for one device.
@@ -163,7 +179,7 @@ def test_the_report_over_the_whole_span_gives_the_raw_figures(ws: Workspace, now
 
 
 def test_recent_rows_stay_raw_and_old_ones_are_gone(ws: Workspace, now: float) -> None:
-    db = ControlDB(ws.state_db)
+    db = ControlDB(ws.control_db)
     cutoff = hour_of(now - 7 * DAY)
     recent = {
         "variant_stats": "SELECT * FROM variant_stats WHERE ts >= ? ORDER BY rowid",
@@ -191,7 +207,7 @@ def test_recent_rows_stay_raw_and_old_ones_are_gone(ws: Workspace, now: float) -
 
 
 def test_devices_a_live_policy_holds_keep_their_raw_rows(ws: Workspace, now: float) -> None:
-    db = ControlDB(ws.state_db)
+    db = ControlDB(ws.control_db)
     owners = DesiredState(db, None, "edgeloop", signer=lambda: None)  # type: ignore[arg-type,return-value]
     experiment = Owner("experiment", "ab-1")
     owners.claim(experiment, ["pump-1"])
@@ -215,7 +231,7 @@ def test_devices_a_live_policy_holds_keep_their_raw_rows(ws: Workspace, now: flo
 
 
 def test_a_late_report_adds_to_its_hour(ws: Workspace, now: float) -> None:
-    db = ControlDB(ws.state_db)
+    db = ControlDB(ws.control_db)
     job = RetentionJob(db, RetentionConfig())
     job.run_once(now)
     late_ts = hour_of(now - 20 * DAY) + 1800.0
@@ -263,7 +279,7 @@ def test_a_late_report_adds_to_its_hour(ws: Workspace, now: float) -> None:
 
 
 def test_noisy_events_and_old_dedup_ids_are_deleted(ws: Workspace, now: float) -> None:
-    db = ControlDB(ws.state_db)
+    db = ControlDB(ws.control_db)
     seen = db.conn.execute("SELECT COUNT(*) FROM seen_messages").fetchone()[0]
 
     run = RetentionJob(db, RetentionConfig()).run_once(now)
@@ -283,14 +299,15 @@ def test_noisy_events_and_old_dedup_ids_are_deleted(ws: Workspace, now: float) -
 def test_hourly_rows_expire_after_aggregate_days(
     ws: Workspace, now: float, days: Any, left: int
 ) -> None:
-    db = ControlDB(ws.state_db)
+    db = ControlDB(ws.control_db)
     RetentionJob(db, RetentionConfig.from_mapping({"aggregate_days": days})).run_once(now)
     oldest = db.conn.execute("SELECT MIN(hour) FROM drift_hourly").fetchone()[0]
     assert (now - oldest) / DAY == pytest.approx(left, abs=1 / 24 + 1e-9)
 
 
+@pytest.mark.parametrize("month", ["sqlite"], indirect=True)  # PostgreSQL's autovacuum's job
 def test_the_file_shrinks(ws: Workspace, now: float) -> None:
-    db = ControlDB(ws.state_db)
+    db = ControlDB(ws.control_db)
     assert db.conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental, from birth
     size = ws.state_db.stat().st_size
     run = RetentionJob(db, RetentionConfig()).run_once(now)
@@ -300,7 +317,7 @@ def test_the_file_shrinks(ws: Workspace, now: float) -> None:
 
 
 def test_the_daemon_job_works_in_slices(ws: Workspace, now: float) -> None:
-    db = ControlDB(ws.state_db)
+    db = ControlDB(ws.control_db)
     job = RetentionJob(db, RetentionConfig(batch_rows=200, tick_budget_s=0.005))
     ticks, longest = 0, 0.0
     while job.last is None:
@@ -317,12 +334,13 @@ def test_the_daemon_job_works_in_slices(ws: Workspace, now: float) -> None:
 
 
 def test_a_failing_run_is_contained_and_backed_off(ws: Workspace, now: float) -> None:
-    db = ControlDB(ws.state_db)
+    db = ControlDB(ws.control_db)
     db.conn.execute("DROP TABLE variant_stats_hourly")  # a damaged database: the fold fails
     job = RetentionJob(db, RetentionConfig())
     job.tick(now)  # must not raise
     assert job.failures == 1 and job.next_at == now + 60.0 and job.last is None
-    assert "no such table" in db.events(kind="retention_failed")[-1]["message"]
+    message = db.events(kind="retention_failed")[-1]["message"]
+    assert "no such table" in message or "does not exist" in message  # SQLite, PostgreSQL
     job.tick(now + 30)
     assert job.failures == 1  # backing off
     job.tick(now + 60)
@@ -379,7 +397,7 @@ def test_the_daemon_runs_the_job_and_refuses_a_bad_section(tmp_path: Path) -> No
 
 
 def test_edgeloop_drift_says_older_windows_are_hourly(ws: Workspace, now: float) -> None:
-    db = ControlDB(ws.state_db)
+    db = ControlDB(ws.control_db)
     RetentionJob(db, RetentionConfig()).run_once(now)
     db.close()
     result = CliRunner().invoke(
@@ -412,7 +430,7 @@ def test_a_database_of_an_older_release_is_read_without_the_hourly_tables(tmp_pa
 
 
 def test_the_dashboard_drift_pages_show_hourly_rows_and_say_so(ws: Workspace, now: float) -> None:
-    db = ControlDB(ws.state_db)
+    db = ControlDB(ws.control_db)
     RetentionJob(db, RetentionConfig()).run_once(now)
     # pump-1 silent for the raw week: its newest windows are hourly rows.
     db.conn.execute("DELETE FROM drift_windows WHERE device = 'pump-1'")
@@ -453,7 +471,7 @@ def test_the_daemon_runs_retention_while_it_ingests(
         for i, (device, envelope) in enumerate(live):
             envelope["id"] = envelope["payload"]["report_id"] = f"{device}:live:{i}"
             probe.publish(f"edgeloop/{device}/telemetry", envelope)
-        db = ControlDB(ws.state_db)
+        db = ControlDB(ws.control_db)
         stored = "SELECT COUNT(*) FROM variant_stats WHERE report_id LIKE 'pump-1:live:%'"
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not (
@@ -481,7 +499,7 @@ def test_a_running_experiment_keeps_its_devices_raw_and_goes_on(
 
     shutil.copytree(fleet_history.ws.root, tmp_path / "ws")
     ws = Workspace.open(tmp_path / "ws")
-    db = ControlDB(ws.state_db)
+    db = ControlDB(ws.control_db)
     running = fleet_history.experiments[-1]
     assert protected_devices(db) == set(DEVICES[:2])
     db.conn.execute("DELETE FROM device_owners")  # the experiments table alone still says so
@@ -498,7 +516,7 @@ def test_a_running_experiment_keeps_its_devices_raw_and_goes_on(
     shutil.copytree(fleet_history.ws.root, tmp_path / "untouched")
     untouched = Workspace.open(tmp_path / "untouched")
     looks = []
-    for w, d in ((ws, db), (untouched, ControlDB(untouched.state_db))):
+    for w, d in ((ws, db), (untouched, ControlDB(untouched.control_db))):
         manager = ExperimentManager(w, d, None)
         manager.tick(time.time())
         (status,) = [e for e in manager.status() if e["id"] == running]

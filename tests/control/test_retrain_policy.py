@@ -161,7 +161,7 @@ def test_bool_int_float_category_string_and_missing_columns_retrain(
     ws: Workspace, champion: str
 ) -> None:
     now = T0 + 10_000
-    db = ControlDB(ws.state_db)
+    db = ControlDB(ws.control_db)
     store = FeatureStore(ws.feature_store_dir)
     serve_and_drift(db, champion, now)
     captured(store, loan_rows(500, np.random.default_rng(2)), champion, now - 250)
@@ -187,7 +187,7 @@ def test_a_failing_episode_backs_off_with_one_event_and_no_tracking_run(
     ws: Workspace, champion: str
 ) -> None:
     now = T0 + 10_000
-    db = ControlDB(ws.state_db)
+    db = ControlDB(ws.control_db)
     store = FeatureStore(ws.feature_store_dir)
     serve_and_drift(db, champion, now)
     rows = loan_rows(400, np.random.default_rng(3))
@@ -248,7 +248,7 @@ def test_a_failing_episode_backs_off_with_one_event_and_no_tracking_run(
 
 def test_an_unexpected_error_is_contained_and_backed_off(ws: Workspace, champion: str) -> None:
     now = T0 + 10_000
-    db = ControlDB(ws.state_db)
+    db = ControlDB(ws.control_db)
     store = FeatureStore(ws.feature_store_dir)
     serve_and_drift(db, champion, now)
     # A drift window whose feature list is not JSON: the evidence query breaks.

@@ -26,7 +26,7 @@ DRIFTING = [(1, 0), (1, 0), (1, 0)]
 @pytest.fixture
 def env(tmp_path: Path) -> Iterator[RetrainEnv]:
     ws = Workspace.init(tmp_path / "ws")
-    db = ControlDB(ws.state_db)
+    db = ControlDB(ws.control_db)
     env = RetrainEnv(ws, db, FeatureStore(ws.feature_store_dir), [db])
     try:
         yield env

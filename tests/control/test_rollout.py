@@ -79,7 +79,7 @@ def ws(template: Path, tmp_path: Path) -> Workspace:
 
 @pytest.fixture
 def db(ws: Workspace):
-    conn = ControlDB(ws.state_db)
+    conn = ControlDB(ws.control_db)
     yield conn
     conn.close()
 
@@ -342,7 +342,7 @@ def test_batches_gate_and_resume_without_republishing(ws, db, client, probe, bro
         assert [(m["variant"], m["weight"]) for m in doc["models"]] == [("sensor@v2", 100.0)]
 
     # The control node restarts: a new manager on a new connection to the same file.
-    db2 = ControlDB(ws.state_db)
+    db2 = ControlDB(ws.control_db)
     try:
         second = RolloutManager(ws, db2, client, config=FAST)
         second.tick()
@@ -393,7 +393,7 @@ def test_two_drivers_take_each_step_once(ws, db, broker) -> None:
     errors: list[BaseException] = []
 
     def drive() -> None:
-        own = ControlDB(ws.state_db)  # each driver has its own connection, as in production
+        own = ControlDB(ws.control_db)  # each driver has its own connection, as in production
         try:
             with connected_client(broker.url) as c:
                 manager = RolloutManager(ws, own, c, config=FAST)
@@ -621,7 +621,7 @@ def test_abort_racing_a_batch_publish_leaves_the_rollback_last(ws, db, broker) -
     the daemon was sending the target to must still end on its rollback document."""
     seed(ws, db, ["a", "b"])
     rid = RolloutManager(ws, db, None, config=FAST).start("sensor@v2", canary=1.0)["id"]
-    other = ControlDB(ws.state_db)
+    other = ControlDB(ws.control_db)
 
     class AbortAfterFirstTarget:
         """The daemon's publisher, with an operator's abort right after one PUBACK."""
@@ -673,7 +673,7 @@ def test_rollback_is_resumable(ws, db, broker) -> None:
     planned = {d.device: d.rollback_doc["revision"] for d in manager.store.devices(rid)}
     assert planned == {"a": 3, "b": 3}
     broker.start()
-    db2 = ControlDB(ws.state_db)
+    db2 = ControlDB(ws.control_db)
     try:
         with connected_client(broker.url) as c:
             resumed = RolloutManager(ws, db2, c, config=FAST)

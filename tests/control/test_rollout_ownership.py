@@ -46,7 +46,7 @@ def ws(template: Path, tmp_path: Path) -> Workspace:
 
 @pytest.fixture
 def db(ws: Workspace) -> Iterator[ControlDB]:
-    conn = ControlDB(ws.state_db)
+    conn = ControlDB(ws.control_db)
     yield conn
     conn.close()
 

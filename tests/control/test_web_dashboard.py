@@ -138,7 +138,7 @@ def acting(
 ) -> Iterator[tuple[Browser, History, HttpServer]]:
     """A private copy of the history, served with a token, with a hostile device in it."""
     ws = copy_workspace(fleet_history.ws, tmp_path_factory.mktemp("acting") / "ws")
-    db = ControlDB(ws.state_db)
+    db = ControlDB(ws.control_db)
     try:
         # The daemon refuses such a device id at its boundary (tests/control/
         # test_daemon_poison.py), so the hostile id arrives as rows an older control

@@ -176,7 +176,7 @@ def test_site_bridges_survive_a_cut_link(workspace: Workspace, tmp_path: Path, a
 
         for agent in agents:
             assert agent.stop() == 0  # last reports and the outbox flushed to the site
-        db = ControlDB(ws.state_db)
+        db = ControlDB(ws.control_db)
         store = FeatureStore(ws.feature_store_dir)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

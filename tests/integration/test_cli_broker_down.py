@@ -42,7 +42,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
         train_and_register(
             ws, name="sensor", config=TrainConfig(target="fault", seed=seed), view="pumps"
         )
-    db = ControlDB(ws.state_db)
+    db = ControlDB(ws.control_db)
     # A device the database last heard from an hour ago, when it was online.
     db.upsert_device("dev-1", online=1, last_seen=time.time() - 3600, status={"online": True})
     db.close()

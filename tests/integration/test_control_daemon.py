@@ -114,7 +114,7 @@ def test_daemon_ingests_everything_once_across_a_kill_9(workspace, broker, probe
     daemon, _ = start_daemon(ws, broker.url, log)
     burst(100)
     assert agent.stop() == 0  # last report and outbox flushed
-    db = ControlDB(ws.state_db)
+    db = ControlDB(ws.control_db)
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

@@ -166,7 +166,7 @@ def test_sign_in_act_and_see_it_live(
     d.get(base + "/events")  # type: ignore[attr-defined]
     assert not d.find_elements(By.CSS_SELECTOR, "form.action")  # type: ignore[attr-defined]
     # The page updates without a reload: an event written now appears on the open page.
-    db = ControlDB(history.ws.state_db)
+    db = ControlDB(history.ws.control_db)
     try:
         db.add_event("note", "written while the page was open", subject="pump-2")
     finally:

@@ -116,7 +116,7 @@ def test_band_drop_and_correlation_break_flagged_through_agent_and_cli(
     # The control node: ingest the very envelopes, then `edgeloop drift --json`.
     ws = Workspace.init(tmp_path / "ws")
     root = ws.root
-    db = ControlDB(ws.state_db)
+    db = ControlDB(ws.control_db)
     try:
         for env in reports:
             handle_report(db, env, DEVICE)

@@ -122,7 +122,7 @@ def mode(path: Path) -> int:
 
 def test_certificate_identity_serves_is_confined_and_revoked(cert_site, agents, tmp_path):
     site = cert_site
-    db = ControlDB(site.ws.state_db)
+    db = ControlDB(site.ws.control_db)
     control = control_probe(site)
     clients: list[TLSClient] = []
     try:
@@ -243,7 +243,7 @@ def test_a_connected_device_loses_its_topics_at_revocation(cert_site, tmp_path):
     """A reload does not drop connections: the per-device ACL section is what stops a
     revoked device that is still connected (a `pattern` line would keep granting it)."""
     site = cert_site
-    db = ControlDB(site.ws.state_db)
+    db = ControlDB(site.ws.control_db)
     try:
         result = enrol(site.ws, db, "d1", method="certificate", bundle=tmp_path / "d1.bundle")
         d1 = TLSClient(
@@ -266,7 +266,7 @@ def test_a_connected_device_loses_its_topics_at_revocation(cert_site, tmp_path):
 
 def test_password_identity_serves_is_confined_and_revoked(password_site, agents, tmp_path):
     site = password_site
-    db = ControlDB(site.ws.state_db)
+    db = ControlDB(site.ws.control_db)
     control = control_probe(site)
     probes: list[Probe] = []
     try:
@@ -347,7 +347,7 @@ def test_enroll_refuses_tampered_and_partial_bundles_in_one_line(tmp_path: Path)
     from edgeloop_control.infra.workspace import Workspace
 
     ws = Workspace.open(site.ws.root)
-    db = ControlDB(ws.state_db)
+    db = ControlDB(ws.control_db)
     try:
         bundle = enrol(ws, db, "d1", method="certificate", bundle=tmp_path / "d1.bundle").bundle
     finally:

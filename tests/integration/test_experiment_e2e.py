@@ -157,7 +157,7 @@ class App:
 
 
 def experiment_state(ws: Workspace, exp_id: str) -> str:
-    db = ControlDB(ws.state_db)
+    db = ControlDB(ws.control_db)
     try:
         row = db.conn.execute("SELECT state FROM experiments WHERE id = ?", (exp_id,)).fetchone()
         return row["state"] if row else "missing"
@@ -238,7 +238,7 @@ def test_daemon_promotes_the_better_model_and_rolls_back_the_worse(
         assert accuracy["sensor@v2"] > 0.8 > 0.3 > accuracy["sensor@v1"]
         registry = Registry.for_workspace(ws, create=False, sync_remote=False)
         assert registry.stages("sensor") == {"champion": "v2"}
-        db = ControlDB(ws.state_db)
+        db = ControlDB(ws.control_db)
         try:
             [decision] = [e for e in db.events(kind="ab_decision") if e["subject"] == first]
             assert decision["message"].startswith(
@@ -261,7 +261,7 @@ def test_daemon_promotes_the_better_model_and_rolls_back_the_worse(
         fleet.serving({"sensor@v2", "sensor@v3"})
         assert drive(app, ws, second, ("rolled_back",), timeout=30) == "rolled_back"
         fleet.serving({"sensor@v2"})
-        db = ControlDB(ws.state_db)
+        db = ControlDB(ws.control_db)
         try:
             [decision] = [e for e in db.events(kind="ab_decision") if e["subject"] == second]
             assert decision["message"].startswith(

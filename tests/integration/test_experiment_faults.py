@@ -80,7 +80,7 @@ def test_labels_that_never_arrive_defer_the_decision(
                 unlabelled(app, device, 150)  # far past min_samples_per_arm in requests
         time.sleep(2)
         assert experiment_state(ws, exp) == "running"
-        db = ControlDB(ws.state_db)
+        db = ControlDB(ws.control_db)
         try:
             waiting = [e for e in db.events(kind="ab_waiting_for_labels") if e["subject"] == exp]
             assert len(waiting) == 1, "the reason is recorded once, not every tick"
@@ -128,7 +128,7 @@ def test_broker_restart_mid_experiment_loses_no_outcome(
         agents.clear()
         start_agents(ws, broker, agents, tmp_path)
         sent = sum(len(r) for r in app.served.values())
-        db = ControlDB(ws.state_db)
+        db = ControlDB(ws.control_db)
         try:
             deadline = time.monotonic() + 90
             counted = 0

@@ -85,7 +85,7 @@ def test_simulated_fleet_against_real_daemon(workspace, broker, tmp_path):  # no
         assert sim["churn_drops"] > 0
         assert sim["reports"] > N and sim["samples"] > 0 and sim["labels"] > 0
 
-        db = ControlDB(ws.state_db)
+        db = ControlDB(ws.control_db)
         try:
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:

@@ -127,7 +127,7 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
             ).start()
             stack.callback(agent.stop)
             agents.append(agent)
-        db = ControlDB(ws.state_db)
+        db = ControlDB(ws.control_db)
         stack.callback(db.close)
         registry = Registry.for_workspace(ws, create=False, sync_remote=False)
         mv = registry.get("loan@v1")

@@ -139,7 +139,7 @@ def fleet(ws, broker, watch, agents, tmp_path) -> Callable[..., dict[str, AgentP
         registry = Registry.for_workspace(ws, create=False)
         v1 = registry.get("sensor@v1")
         assert v1.size < 100_000 < registry.get("sensor@v2").size
-        db = ControlDB(ws.state_db)
+        db = ControlDB(ws.control_db)
         try:
             register(db, DEVICES, source="test")  # as `edgeloop deploy --new-device` does
             with connected(broker.url) as client:
@@ -229,7 +229,7 @@ class Traffic:
 
 
 def status_of(ws: Workspace, rollout_id: str) -> dict[str, Any]:
-    db = ControlDB(ws.state_db)
+    db = ControlDB(ws.control_db)
     try:
         return RolloutManager(ws, db, None, config=CONFIG).status(rollout_id)[0]
     finally:
@@ -252,7 +252,7 @@ def wait_rollout(
 
 
 def steps(ws: Workspace, rollout_id: str) -> list[str]:
-    db = ControlDB(ws.state_db)
+    db = ControlDB(ws.control_db)
     try:
         return [
             e["data"]["step"]
@@ -343,7 +343,7 @@ def test_staged_rollout_v1_to_v2(ws, broker, watch, fleet, daemons) -> None:
 def test_failed_load_on_one_device_rolls_back_everyone(ws, broker, watch, fleet, daemons) -> None:
     fleet(small=("c",))
     daemons.append(DaemonThread(ws, broker.url).start())
-    db = ControlDB(ws.state_db)
+    db = ControlDB(ws.control_db)
     try:
         rid = RolloutManager(ws, db, None, config=CONFIG).start(
             "sensor@v2", devices=DEVICES, canary=0.34, step=0.34
@@ -358,7 +358,7 @@ def test_failed_load_on_one_device_rolls_back_everyone(ws, broker, watch, fleet,
     # under a new, higher revision.
     watch.wait(DEVICES, lambda s: serving(s, "v1", 3) and s.get("error") is None, timeout=30)
     assert steps(ws, rid)[-3:] == ["batch_failed", "rolling_back", "rolled_back"]
-    db = ControlDB(ws.state_db)
+    db = ControlDB(ws.control_db)
     try:
         assert [db.desired(d)[0] for d in DEVICES] == [3, 3, 3]
     finally:
@@ -373,7 +373,7 @@ def test_daemon_restart_resumes_without_republishing(ws, broker, watch, fleet, d
     watch.desired.clear()  # the fleet's own first deployment
     first = DaemonThread(ws, broker.url).start()
     daemons.append(first)
-    db = ControlDB(ws.state_db)
+    db = ControlDB(ws.control_db)
     try:
         rid = RolloutManager(ws, db, None, config=CONFIG).start(
             "sensor@v2", canary=0.34, step=0.34
@@ -405,7 +405,7 @@ def test_offline_device_gets_the_version_on_return(
     assert procs["b"].stop() == 0  # a clean shutdown: status says offline, "stopped"
     watch.wait(["b"], lambda s: s.get("online") is False, timeout=10)
     daemons.append(DaemonThread(ws, broker.url).start())
-    db = ControlDB(ws.state_db)
+    db = ControlDB(ws.control_db)
     try:
         for device in DEVICES:
             db.upsert_device(device, groups=["line-1"])
@@ -458,7 +458,7 @@ def test_cli_wait_rolls_back_a_model_that_fails_to_load(ws, broker, watch, fleet
     assert "rolled back: batch 1: a could not load sensor@v3: model_load_failed" in out.stderr
     assert 'metadata input "no_such_input" is not a graph input' in out.stderr
     watch.wait(["a"], lambda s: serving(s, "v1", 3) and s.get("error") is None, timeout=30)
-    db = ControlDB(ws.state_db)
+    db = ControlDB(ws.control_db)
     try:
         assert db.desired("b")[0] == 1  # never reached: untouched
     finally:

@@ -244,7 +244,7 @@ def test_control_publishes_a_package_and_signs_it_into_the_document(broker, tmp_
     assert store.get("2.0.1+site1").path.read_bytes() == stored.path.read_bytes()
     with pytest.raises(AgentPackageRefused, match="no published agent package 9"):
         store.get("9")
-    db = ControlDB(ws.state_db)
+    db = ControlDB(ws.control_db)
     client = ControlClient(broker.url).connect()
     probe = Probe(broker.url)
     try:
@@ -282,7 +282,7 @@ def test_an_agent_rollout_fails_its_gate_when_the_device_refuses_the_package(
     other = "s390x" if dpkg_architecture() != "s390x" else "amd64"
     deb = _tiny_deb(tmp_path, "2.0.0", arch=other)
     AgentPackages.for_workspace(ws).add(deb)
-    db = ControlDB(ws.state_db)
+    db = ControlDB(ws.control_db)
     client = ControlClient(broker.url).connect()
     try:
         desired = ControlDesired.for_workspace(ws, db, client)
@@ -359,7 +359,7 @@ def test_a_rolled_back_agent_rollout_names_the_package_the_device_ran(
     store = AgentPackages.for_workspace(ws)
     old = store.add(_tiny_deb(tmp_path, "1.0.0", arch=arch))
     store.add(_tiny_deb(tmp_path, "2.0.0", arch=arch))
-    db = ControlDB(ws.state_db)
+    db = ControlDB(ws.control_db)
     client = ControlClient(broker.url).connect()
     reader = ControlClient(broker.url).connect()
     try:

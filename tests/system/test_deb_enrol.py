@@ -28,7 +28,7 @@ UNIT = "edgeloop-agent.service"
 def test_enroll_enables_the_unit_and_the_agent_serves_with_its_certificate(
     site: EnrolledSite, device: BootedContainer, tmp_path: Path
 ):
-    db = ControlDB(site.ws.state_db)
+    db = ControlDB(site.ws.control_db)
     probe = Probe(
         f"mqtt://127.0.0.1:{site.port}", username="edgeloop-control", password=CONTROL_PASSWORD
     )

@@ -119,7 +119,7 @@ def test_agent_upgrades_itself_and_a_broken_package_is_rolled_back(
     upgrade2_deb: Path,
     tmp_path: Path,
 ):
-    db = ControlDB(site.ws.state_db)
+    db = ControlDB(site.ws.control_db)
     probe = Probe(
         f"mqtt://127.0.0.1:{site.port}", username="edgeloop-control", password=CONTROL_PASSWORD
     )

@@ -85,7 +85,7 @@ def start(
     model = _model_of(champion)
     if _model_of(challenger) != model:
         fail(f"{champion} and {challenger} are versions of different models")
-    db = ControlDB(ws.state_db)
+    db = ControlDB(ws.control_db)
     try:
         # Before connecting: a bad or unknown id is not a broker error.
         require_known(db, device, new_device=new_device, source="edgeloop ab start --new-device")
@@ -140,7 +140,7 @@ def status(
     from edgeloop_control.policies.experiments import ExperimentError, ExperimentManager
 
     ws = state(ctx).workspace
-    db = ControlDB(ws.state_db)
+    db = ControlDB(ws.control_db)
     try:
         reports = ExperimentManager(ws, db, None).status(experiment)
         from edgeloop_control.cli.retraining import failing_lines
@@ -178,7 +178,7 @@ def stop(
 
     st = state(ctx)
     ws = st.workspace
-    db = ControlDB(ws.state_db)
+    db = ControlDB(ws.control_db)
     try:
         with connected(st.broker) as client:
             exp = ExperimentManager(ws, db, client).stop(experiment, reason)
@@ -203,7 +203,7 @@ def promote(
     from edgeloop_control.policies.experiments import ExperimentError, ExperimentManager
 
     ws = state(ctx).workspace
-    db = ControlDB(ws.state_db)
+    db = ControlDB(ws.control_db)
     try:
         # The registry change happens here; the staged rollout is the daemon's (it owns the
         # rollout manager and its gates), so this command needs no broker.

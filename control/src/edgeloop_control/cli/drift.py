@@ -46,7 +46,7 @@ def drift(
 
     ws = state(ctx).workspace
     sel = selection(since, until, device, model)
-    db = ControlDB(ws.state_db)
+    db = ControlDB(ws.control_db)
     try:
         found = history.drift_windows(db, sel, last=windows)
         note = history.aggregation_note(db, sel) if _any_hourly(found) else None

@@ -34,7 +34,7 @@ def revoke(
     from edgeloop_control.fleet.enrolment import revoke as revoke_identity
 
     ws = state(ctx).workspace
-    db = ControlDB(ws.state_db)
+    db = ControlDB(ws.control_db)
     try:
         # EnrolmentError is an EdgeloopError: OneLineErrors prints it as one line.
         ident = revoke_identity(ws, db, device)
@@ -56,7 +56,7 @@ def identities(
     from edgeloop_control.fleet.enrolment import identities as all_identities
 
     ws = state(ctx).workspace
-    db = ControlDB(ws.state_db)
+    db = ControlDB(ws.control_db)
     try:
         found = all_identities(db)
     finally:

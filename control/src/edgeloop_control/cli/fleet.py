@@ -92,7 +92,7 @@ def deploy(
         signer = DesiredSigner.for_workspace(ws)
     except (DeployError, RegistryError, SigningError, UnknownDevice) as exc:
         fail(str(exc))
-    db = ControlDB(ws.state_db)
+    db = ControlDB(ws.control_db)
     results: list[dict[str, Any]] = []
     try:
         # Registered (--new-device) once the deploy is sure to be attempted.
@@ -138,7 +138,7 @@ def deploy(
 
 
 def _check_known(ws: Workspace, devices: list[str]) -> None:
-    db = ControlDB(ws.state_db)
+    db = ControlDB(ws.control_db)
     try:
         require_known(db, devices)
     finally:
@@ -183,7 +183,7 @@ def fleet(
         return
     st = state(ctx)
     ws = st.workspace
-    db = ControlDB(ws.state_db)
+    db = ControlDB(ws.control_db)
     try:
         desired = db.all_desired()
         inventory = {d["device"]: d for d in db.devices()}
@@ -431,7 +431,7 @@ def events(
 ) -> None:
     """What the control node did and why: deployments, drift, retraining, A/B, rollouts."""
     ws = state(ctx).workspace
-    db = ControlDB(ws.state_db)
+    db = ControlDB(ws.control_db)
     try:
         rows = db.events(
             kind=kind, since=(time.time() - since) if since is not None else None, limit=limit

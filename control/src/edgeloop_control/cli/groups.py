@@ -55,7 +55,7 @@ def set_group(
 ) -> None:
     """Make GROUP exactly these devices: listed ones join it, the others leave it."""
     _check_group(group)
-    db = ControlDB(state(ctx).workspace.state_db)
+    db = ControlDB(state(ctx).workspace.control_db)
     try:
         try:
             members = require_known(
@@ -90,7 +90,7 @@ def set_group(
 @app.command("ls")
 def ls(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """Groups and their devices."""
-    db = ControlDB(state(ctx).workspace.state_db)
+    db = ControlDB(state(ctx).workspace.control_db)
     try:
         groups = groups_of(db)
         online = {d["device"]: bool(d.get("online")) for d in db.devices()}
@@ -120,7 +120,7 @@ def rm(
 ) -> None:
     """Delete GROUP (its devices stay in the inventory)."""
     _check_group(group)
-    db = ControlDB(state(ctx).workspace.state_db)
+    db = ControlDB(state(ctx).workspace.control_db)
     try:
         with db.transaction():
             touched = 0

@@ -53,7 +53,7 @@ def add(
         fail("--bundle names one file: enrol one device per command, or leave it out", 2)
     st = state(ctx)
     ws = st.workspace
-    db = ControlDB(ws.state_db)
+    db = ControlDB(ws.control_db)
     enrolled: list[dict[str, Any]] = []
     try:
         added = inventory.register(db, unique, source="edgeloop fleet add")
@@ -121,7 +121,7 @@ def rm(
 
     st = state(ctx)
     ws = st.workspace
-    db = ControlDB(ws.state_db)
+    db = ControlDB(ws.control_db)
     ended: dict[str, dict[str, Any]] = {}
     try:
         owned = DesiredState(db, None, ws.topic_prefix, lambda: DesiredSigner.for_workspace(ws))

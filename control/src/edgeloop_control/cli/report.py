@@ -44,7 +44,7 @@ def report(
 
     ws = state(ctx).workspace
     sel = selection(since, until, device, model)
-    db = ControlDB(ws.state_db)
+    db = ControlDB(ws.control_db)
     try:
         data = collect_report(ws, db, sel, title=title)
     finally:

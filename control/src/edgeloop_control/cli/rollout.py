@@ -145,10 +145,10 @@ def start(
     st = state(ctx)
     if device:
         try:
-            _known(st.workspace.state_db, device)  # before the registry: the user's typo first
+            _known(st.workspace.control_db, device)  # before the registry: the user's typo first
         except (DeployError, UnknownDevice) as exc:
             fail(str(exc))
-    db = ControlDB(st.workspace.state_db)
+    db = ControlDB(st.workspace.control_db)
     try:
         manager = _manager(st, db, None)
         try:
@@ -193,7 +193,7 @@ def wait_cmd(
     Safe next to a running `edgeloop serve`: both take each step once.
     """
     st = state(ctx)
-    db = ControlDB(st.workspace.state_db)
+    db = ControlDB(st.workspace.control_db)
     try:
         _drive(st, db, rollout_id, as_json)
     finally:
@@ -208,7 +208,7 @@ def status(
 ) -> None:
     """Rollout progress: batches, each device's state, gates' measurements, timings."""
     st = state(ctx)
-    db = ControlDB(st.workspace.state_db)
+    db = ControlDB(st.workspace.control_db)
     try:
         manager = _manager(st, db, None)
         try:
@@ -259,7 +259,7 @@ def abort(
 ) -> None:
     """Stop a rollout and roll back every device it switched (new, higher revisions)."""
     st = state(ctx)
-    db = ControlDB(st.workspace.state_db)
+    db = ControlDB(st.workspace.control_db)
     try:
         try:
             with connected(st.broker) as client:
@@ -347,7 +347,7 @@ def _status_or_fail(manager: RolloutManager, rollout_id: str) -> dict[str, Any]:
         fail(str(exc))
 
 
-def _known(path: Path, devices: list[str]) -> None:
+def _known(path: str | Path, devices: list[str]) -> None:
     db = ControlDB(path)
     try:
         require_known(db, devices, new_device=None)

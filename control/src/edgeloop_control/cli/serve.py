@@ -48,7 +48,7 @@ def serve(
         try:
             token = load_token(st.workspace)
             server = HttpServer(
-                st.workspace.state_db, http, ws=st.workspace, token=token, broker=st.broker
+                st.workspace.control_db, http, ws=st.workspace, token=token, broker=st.broker
             ).start()
         except (ValueError, OSError, WorkspaceError) as exc:
             fail(f"cannot start the HTTP server: {exc}", exit_code(exc))

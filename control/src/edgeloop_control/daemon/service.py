@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import signal
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -38,6 +37,7 @@ from edgeloop_control.fleet.messages import (
     topic_device,
 )
 from edgeloop_control.fleet.poison import PoisonTally
+from edgeloop_control.infra import sql
 from edgeloop_control.infra.db import ControlDB
 from edgeloop_control.infra.mqtt import ConnectFailureLog, SessionPublisher, new_client
 from edgeloop_control.infra.workspace import Workspace
@@ -71,7 +71,7 @@ class ControlDaemon:
         self.tick_s = tick_s
         self.flush_s = flush_s
         self.flush_max = flush_max
-        self.db = ControlDB(ws.state_db)
+        self.db = ControlDB(ws.control_db)
         self.store = FeatureStore(ws.feature_store_dir)
         self.stop_event = threading.Event()
         self._stop_signal = ""  # the signal that asked the daemon to stop, for its log line
@@ -234,7 +234,7 @@ class ControlDaemon:
                 self.counters["telemetry"] += 1
             else:
                 self.counters["duplicates"] += 1
-        except sqlite3.OperationalError as exc:
+        except sql.OperationalError as exc:
             # The database, not the message (locked, disk full, I/O): keep it
             # unacknowledged and try again shortly rather than drop it.
             log.error("cannot store a %s message from %s, will retry: %s", leaf, device, exc)
@@ -257,7 +257,7 @@ class ControlDaemon:
         self.counters["poison"] += 1
         try:
             self.poison.record(leaf, device, reason, len(msg.payload or b""))
-        except sqlite3.Error:
+        except sql.Error:
             log.exception("cannot record a poison message")
 
     def _flush_captured(self) -> None:

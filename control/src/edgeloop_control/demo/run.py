@@ -150,7 +150,7 @@ def run_demo(
                 stack.callback(handle.stop)
             registry = Registry.for_workspace(ws, create=False, sync_remote=False)
             mv = registry.get("sensor@v1")
-            db = ControlDB(ws.state_db)
+            db = ControlDB(ws.control_db)
             stack.callback(db.close)
             register(db, names, source="demo")  # known before their first status arrives
             with connected(broker_url) as client:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -32,6 +31,7 @@ from edgeloop_agent.wire.allocation import Allocation, allocate
 from edgeloop_agent.wire.names import InvalidName, check_device_id
 from edgeloop_agent.wire.topics import Topics, artifact_topic
 from edgeloop_control.errors import EdgeloopError
+from edgeloop_control.infra import sql
 from edgeloop_control.infra.db import ControlDB
 from edgeloop_control.infra.mqtt import Publisher
 from edgeloop_control.infra.signing import DesiredSigner
@@ -261,7 +261,7 @@ class DesiredState:
         return self._signer
 
     @contextmanager
-    def _write(self, conn: sqlite3.Connection | None = None) -> Iterator[sqlite3.Connection]:
+    def _write(self, conn: sql.Connection | None = None) -> Iterator[sql.Connection]:
         """A write transaction (BEGIN IMMEDIATE), or the one the caller already holds."""
         if conn is not None:
             yield conn
@@ -298,7 +298,7 @@ class DesiredState:
         return [r["device"] for r in rows]
 
     def claim(
-        self, owner: Owner, devices: Iterable[str], *, conn: sqlite3.Connection | None = None
+        self, owner: Owner, devices: Iterable[str], *, conn: sql.Connection | None = None
     ) -> None:
         """Make ``owner`` the owner of ``devices``, or raise :class:`DeviceOwned`.
 
@@ -311,7 +311,7 @@ class DesiredState:
         with self._write(conn) as tx:
             self._claim(tx, owner, wanted)
 
-    def _claim(self, conn: sqlite3.Connection, owner: Owner, devices: list[str]) -> None:
+    def _claim(self, conn: sql.Connection, owner: Owner, devices: list[str]) -> None:
         taken: dict[str, Owner] = {}
         for device in devices:
             row = conn.execute(
@@ -332,7 +332,7 @@ class DesiredState:
         owner: Owner,
         devices: Iterable[str] | None = None,
         *,
-        conn: sqlite3.Connection | None = None,
+        conn: sql.Connection | None = None,
     ) -> None:
         """``owner`` lets go of ``devices`` (all of its devices by default).
 

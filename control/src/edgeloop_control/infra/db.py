@@ -1,14 +1,15 @@
-"""The control node's own state: SQLite, WAL mode, one file per workspace.
+"""The control node's own state: SQLite (WAL mode, one file per workspace) or PostgreSQL.
 
 Holds what the control node decided (desired state per device and its
 revision, events) and what the fleet reported (inventory). Every writer uses
-short transactions so the daemon and CLI commands can share the file.
+short transactions so the daemon and CLI commands can share the database.
+Which database is the workspace's choice (``[control] database``); :mod:`.sql` gives
+both one connection API.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from edgeloop_agent.wire.histogram import LatencyHistogram
+
+from . import sql
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS desired (
@@ -169,22 +172,25 @@ CREATE TABLE IF NOT EXISTS seen_messages (
 
 
 class ControlDB:
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # One owner at a time, but not always the creating thread (the daemon is
-        # built on one thread and run on another).
-        self.conn = sqlite3.connect(
-            self.path, timeout=30, isolation_level=None, check_same_thread=False
-        )
-        self.conn.row_factory = sqlite3.Row
-        # Before WAL and the first table, or it does not take: a new database frees the
-        # pages retention empties with PRAGMA incremental_vacuum (an existing one keeps
-        # its mode until an offline VACUUM; docs/operations.md "Retention").
-        self.conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=NORMAL")
-        self.conn.execute("PRAGMA foreign_keys=ON")
+    def __init__(self, location: str | Path) -> None:
+        """Open (and create or migrate) the control database: a SQLite file path, or a
+        ``postgresql://`` URL."""
+        self.location = location
+        self.postgres = sql.is_postgres(location)
+        if not self.postgres:
+            self.path = Path(location)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.conn: sql.Connection = sql.connect(location)
+        if isinstance(self.conn, sql.PgConnection):
+            self.conn.install_functions()
+        else:
+            # Before WAL and the first table, or it does not take: a new database frees the
+            # pages retention empties with PRAGMA incremental_vacuum (an existing one keeps
+            # its mode until an offline VACUUM; docs/operations.md "Retention").
+            self.conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=NORMAL")
+            self.conn.execute("PRAGMA foreign_keys=ON")
         self.conn.executescript(SCHEMA)
         self._migrate()
 
@@ -194,14 +200,14 @@ class ControlDB:
         # and does not need to: readers use dict rows and .get().
         have = {r["name"] for r in self.conn.execute("PRAGMA table_info(devices)")}
         if "registered_at" not in have:
-            with suppress(sqlite3.OperationalError):
+            with suppress(sql.OperationalError):
                 self.conn.execute("ALTER TABLE devices ADD COLUMN registered_at REAL")
 
     def close(self) -> None:
         self.conn.close()
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self) -> Iterator[sql.Connection]:
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             yield self.conn
@@ -257,11 +263,12 @@ class ControlDB:
     def add_event(
         self, kind: str, message: str, *, subject: str | None = None, data: Any = None
     ) -> int:
-        cur = self.conn.execute(
-            "INSERT INTO events(ts, kind, subject, message, data) VALUES (?, ?, ?, ?, ?)",
+        row = self.conn.execute(
+            "INSERT INTO events(ts, kind, subject, message, data) VALUES (?, ?, ?, ?, ?) "
+            "RETURNING id",
             (time.time(), kind, subject, message, json.dumps(data) if data is not None else None),
-        )
-        return int(cur.lastrowid or 0)
+        ).fetchall()[0]  # all: SQLite finishes the statement (and its write) on the last row
+        return int(row[0])
 
     def events(
         self, *, kind: str | None = None, since: float | None = None, limit: int = 200
@@ -287,7 +294,7 @@ class ControlDB:
     def bump_counter(self, name: str, n: int = 1) -> None:
         self.conn.execute(
             "INSERT INTO counters(name, value) VALUES (?, ?) "
-            "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+            "ON CONFLICT(name) DO UPDATE SET value = counters.value + excluded.value",
             (name, n),
         )
 
@@ -341,7 +348,7 @@ def merged_p99_ms(latencies: Iterable[str | None]) -> float | None:
 _JSON_FIELDS = {"groups", "labels", "status", "telemetry", "drift"}
 
 
-def _device_row(row: sqlite3.Row) -> dict[str, Any]:
+def _device_row(row: sql.Row) -> dict[str, Any]:
     out = dict(row)
     for key in _JSON_FIELDS:
         if out.get(key) is not None:

@@ -27,6 +27,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 CONFIG_NAME = "edgeloop.toml"
 ENV_WORKSPACE = "EDGELOOP_WORKSPACE"
 ENV_BROKER = "EDGELOOP_BROKER"
+ENV_CONTROL_DB = "EDGELOOP_CONTROL_DB"
 DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
 # The broker password never sits in edgeloop.toml (0644, often copied around):
 # it comes from the environment, a systemd credential (LoadCredential=
@@ -61,6 +62,13 @@ remote = "dvc-remote"
 # MLflow tracking URI. Empty: use $MLFLOW_TRACKING_URI, else keep runs in the
 # workspace (tracking/) and replay them later with `edgeloop runs push --to URI`.
 uri = ""
+
+[control]
+# The control database: empty for the embedded SQLite file (control.sqlite), or a
+# PostgreSQL URL for a larger fleet or several `edgeloop serve` workers
+# (docs/scale.md), e.g. "postgresql://edgeloop@db.example/edgeloop". Put the
+# password in ~/.pgpass or $PGPASSWORD, not here.
+database = ""
 
 [signing]
 # Ed25519 key that signs every registered artifact; give signing.pub to agents.
@@ -222,8 +230,26 @@ class Workspace:
 
     @property
     def state_db(self) -> Path:
-        """SQLite database of the control daemon (fleet, events, experiments, rollouts)."""
+        """The embedded control database: a SQLite file in the workspace."""
         return self.root / "control.sqlite"
+
+    @property
+    def control_db(self) -> str | Path:
+        """Where the control state lives (fleet, events, experiments, rollouts): a
+        ``postgresql://`` URL from ``$EDGELOOP_CONTROL_DB`` or ``[control] database``, else
+        the embedded SQLite file :attr:`state_db`."""
+        configured = self.section("control").get("database", "")
+        if not isinstance(configured, str):
+            raise WorkspaceError(f"control.database in {CONFIG_NAME} must be a string")
+        url = os.environ.get(ENV_CONTROL_DB) or configured
+        if not url:
+            return self.state_db
+        if not url.startswith(("postgresql://", "postgres://")):
+            raise WorkspaceError(
+                f"control.database in {CONFIG_NAME} must be a postgresql:// URL (or empty for "
+                f"the workspace's SQLite file), not {url.split(':', 1)[0]!r}"
+            )
+        return url
 
 
 # -- secrets --------------------------------------------------------------------

@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from edgeloop_control.errors import EdgeloopError
+from edgeloop_control.infra import sql
 from edgeloop_control.infra.db import ControlDB, merged_p99_ms
 from edgeloop_control.infra.workspace import Workspace
 
@@ -120,10 +121,7 @@ def _iso(t: float) -> str:
 
 
 def has_table(db: ControlDB, name: str) -> bool:
-    row = db.conn.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
-    ).fetchone()
-    return row is not None
+    return sql.has_table(db.conn, name)
 
 
 def _overlapping(db: ControlDB, table: str, start: str, end: str, sel: Selection) -> bool:

@@ -27,7 +27,7 @@ class Actions:
         self.broker = broker
 
     def _writable(self) -> ControlDB:
-        return ControlDB(self.ws.state_db)
+        return ControlDB(self.ws.control_db)
 
     def abort(self, request: Request, session: Session, form: dict[str, str]) -> str:
         from edgeloop_control.policies.rollout import RolloutError, RolloutManager

@@ -9,7 +9,6 @@ nonce), ``X-Frame-Options: DENY`` and ``Referrer-Policy: no-referrer``.
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -20,6 +19,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from edgeloop_agent.wire.exposition import CONTENT_TYPE
+from edgeloop_control.infra import sql
 from edgeloop_control.infra.workspace import Workspace
 from edgeloop_control.web.fleetmetrics import FleetMetrics
 
@@ -43,7 +43,7 @@ async def security_headers(request: Request, call_next: RequestResponseEndpoint)
 
 
 def create_app(
-    db_path: Path,
+    db_path: str | Path,
     *,
     ws: Workspace | None = None,
     token: str | None = None,
@@ -53,9 +53,9 @@ def create_app(
     ``token`` is set)."""
     fleet = FleetMetrics()
 
-    def connect() -> sqlite3.Connection:
+    def connect() -> sql.Connection:
         # Read-only: a scrape can never write to (or lock) the control database.
-        return sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
+        return sql.connect(db_path, readonly=True)
 
     def metrics(request: Request) -> Response:
         conn = connect()
@@ -72,7 +72,7 @@ def create_app(
         conn = connect()
         try:
             conn.execute("SELECT 1 FROM devices LIMIT 1").fetchall()
-        except sqlite3.Error as exc:
+        except sql.Error as exc:
             return PlainTextResponse(f"control database unreadable: {exc}\n", status_code=503)
         finally:
             conn.close()

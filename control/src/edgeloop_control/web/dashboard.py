@@ -112,8 +112,8 @@ class Dashboard:
             nonce = secrets.token_urlsafe(16)
             request.state.nonce = nonce
             try:
-                db = await run_in_threadpool(open_readonly, self.ws.state_db)
-            except Exception as exc:  # sqlite3.Error, missing file
+                db = await run_in_threadpool(open_readonly, self.ws.control_db)
+            except Exception as exc:  # sql.Error, missing file
                 self.counters.bump("db_unreadable")
                 return self.problem(viewer, nonce, 503, f"control database unreadable: {exc}")
             try:

@@ -17,13 +17,13 @@ only (16 buckets x variants), never per device, which alone would be 340,000.
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 from collections.abc import Mapping
 from typing import Any
 
 from edgeloop_agent.wire.exposition import TextWriter, write_histogram
 from edgeloop_agent.wire.histogram import LatencyHistogram
+from edgeloop_control.infra import sql
 
 PREFIX = "edgeloop"
 
@@ -37,7 +37,7 @@ class FleetMetrics:
         self._counts: dict[tuple[str, str], list[int]] = {}  # (device, variant) -> [req, err]
         self._latency: dict[str, LatencyHistogram] = {}
 
-    def _fold(self, conn: sqlite3.Connection) -> None:
+    def _fold(self, conn: sql.Connection) -> None:
         rows = conn.execute(
             "SELECT rowid, device, variant, requests, errors, latency FROM variant_stats "
             "WHERE rowid > ? ORDER BY rowid",
@@ -60,7 +60,7 @@ class FleetMetrics:
                         merged.merge(hist)
             self._watermark = rowid
 
-    def render(self, conn: sqlite3.Connection) -> str:
+    def render(self, conn: sql.Connection) -> str:
         with self._lock:
             self._fold(conn)
             counts = {k: list(v) for k, v in self._counts.items()}
@@ -83,7 +83,7 @@ class FleetMetrics:
             self._policies(out, conn)
             return out.text()
 
-    def _fleet(self, out: TextWriter, conn: sqlite3.Connection) -> None:
+    def _fleet(self, out: TextWriter, conn: sql.Connection) -> None:
         rows = conn.execute(
             "SELECT device, online, last_seen, telemetry, drift FROM devices ORDER BY device"
         ).fetchall()
@@ -116,7 +116,7 @@ class FleetMetrics:
                         int(state["data_drift"]),
                     )
 
-    def _policies(self, out: TextWriter, conn: sqlite3.Connection) -> None:
+    def _policies(self, out: TextWriter, conn: sql.Connection) -> None:
         for table, name, text in (
             ("experiments", "experiments", "A/B experiments by state."),
             ("rollouts", "rollouts", "Rollouts by state."),
@@ -124,7 +124,7 @@ class FleetMetrics:
             out.metric(name, "gauge", text)
             try:
                 rows = conn.execute(f"SELECT state, COUNT(*) FROM {table} GROUP BY state")
-            except sqlite3.OperationalError:  # that policy never ran on this workspace
+            except sql.OperationalError:  # that policy never ran on this workspace
                 continue
             for state, n in rows:
                 out.sample(name, {"state": str(state)}, n)

@@ -1,8 +1,9 @@
 """A read-only view of the control database for the dashboard's GET pages.
 
 It is a :class:`ControlDB` (so :mod:`edgeloop_control.report.history` and the managers' read APIs
-work unchanged) whose connection SQLite opened with ``mode=ro``: a page can never write to,
-or take the write lock of, the daemon's database, whatever code path it goes through.
+work unchanged) whose connection is read-only (SQLite's ``mode=ro``, PostgreSQL's read-only
+transactions): a page can never write to, or take the write lock of, the daemon's database,
+whatever code path it goes through.
 
 A page about some devices scopes the view to them (:meth:`ReadOnlyDB.scoped`): the
 inventory reads (``devices``, ``all_desired``) then fetch only those rows, so a page of 200
@@ -12,23 +13,22 @@ devices costs the same in a fleet of 10,000 as in a fleet of 200.
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from edgeloop_control.infra import sql
 from edgeloop_control.infra.db import ControlDB, _device_row
 
 
 class ReadOnlyDB(ControlDB):
-    def __init__(self, path: Path) -> None:  # no super(): it would create the schema
-        self.path = Path(path)
-        self.conn = sqlite3.connect(
-            f"file:{path}?mode=ro", uri=True, timeout=5, isolation_level=None,
-            check_same_thread=False,
-        )  # fmt: skip
-        self.conn.row_factory = sqlite3.Row
+    def __init__(self, location: str | Path) -> None:  # no super(): it would create the schema
+        self.location = location
+        self.postgres = sql.is_postgres(location)
+        if not self.postgres:
+            self.path = Path(location)
+        self.conn = sql.connect(location, readonly=True)
         self._scope: tuple[str, ...] | None = None
 
     @contextmanager
@@ -55,5 +55,5 @@ class ReadOnlyDB(ControlDB):
         return {r["device"]: json.loads(r["doc"]) for r in rows}
 
 
-def open_readonly(path: Path) -> ReadOnlyDB:
-    return ReadOnlyDB(path)
+def open_readonly(location: str | Path) -> ReadOnlyDB:
+    return ReadOnlyDB(location)

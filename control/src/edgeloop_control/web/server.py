@@ -34,7 +34,7 @@ def parse_listen(value: str, *, token: bool = False) -> tuple[str, int]:
 class HttpServer:
     def __init__(
         self,
-        db_path: Path,
+        db_path: str | Path,
         listen: str,
         *,
         ws: Workspace | None = None,

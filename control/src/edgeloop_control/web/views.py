@@ -235,9 +235,10 @@ class Views:
             r[0]
             for r in db.conn.execute(
                 # Hours retention folded count too (their dataset_drift is a count).
-                "SELECT device, MAX(flagged) FROM (SELECT device, dataset_drift > 0 AS flagged "
-                "FROM drift_windows WHERE end >= ? UNION ALL SELECT device, dataset_drift > 0 "
-                f"FROM {hourly} WHERE end >= ?) "
+                "SELECT device, MAX(flagged) FROM (SELECT device, "
+                "CASE WHEN dataset_drift > 0 THEN 1 ELSE 0 END AS flagged FROM drift_windows "
+                "WHERE end >= ? UNION ALL SELECT device, CASE WHEN dataset_drift > 0 THEN 1 "
+                f"ELSE 0 END FROM {hourly} WHERE end >= ?) AS flagged_windows "
                 "GROUP BY device ORDER BY MAX(flagged) DESC, device LIMIT ?",
                 (since, since, PAGE_ROWS),
             )

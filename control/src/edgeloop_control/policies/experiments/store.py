@@ -11,14 +11,13 @@ shares became fractions stay readable); :class:`Experiment` holds it as a fracti
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from edgeloop_control.infra import jsoncolumn
+from edgeloop_control.infra import jsoncolumn, sql
 from edgeloop_control.infra.db import ControlDB
 
 from .config import ExperimentConfig, percent
@@ -154,7 +153,7 @@ class Experiment:
         return percent(self.share)
 
 
-def _decode(row: sqlite3.Row) -> Experiment:
+def _decode(row: sql.Row) -> Experiment:
     exp_id = row["id"]
 
     def col(name: str, default: Any) -> Any:
@@ -246,7 +245,7 @@ class ExperimentStore:
 
     # -- writing (``conn``: the caller's open transaction) ---------------------------
 
-    def insert(self, conn: sqlite3.Connection, exp: Experiment) -> Experiment:
+    def insert(self, conn: sql.Connection, exp: Experiment) -> Experiment:
         """Store a new experiment; its ``seq`` and ``id`` are assigned here (per model)."""
         seq = int(
             conn.execute(
@@ -266,7 +265,7 @@ class ExperimentStore:
         )  # fmt: skip
         return exp
 
-    def set_revisions(self, conn: sqlite3.Connection, exp_id: str, revs: dict[str, int]) -> None:
+    def set_revisions(self, conn: sql.Connection, exp_id: str, revs: dict[str, int]) -> None:
         conn.execute(
             "UPDATE experiments SET revisions = ?, updated_at = ? WHERE id = ?",
             (jsoncolumn.encode(revs), time.time(), exp_id),
@@ -274,7 +273,7 @@ class ExperimentStore:
 
     def abort_start(
         self,
-        conn: sqlite3.Connection,
+        conn: sql.Connection,
         exp_id: str,
         decision: dict[str, Any],
         pending: list[Step],
@@ -289,7 +288,7 @@ class ExperimentStore:
 
     def save_look(
         self,
-        conn: sqlite3.Connection,
+        conn: sql.Connection,
         exp: Experiment,
         now: float,
         *,
@@ -313,7 +312,7 @@ class ExperimentStore:
         return cur.rowcount == 1
 
     def add_look(
-        self, conn: sqlite3.Connection, exp_id: str, now: float, record: dict[str, Any]
+        self, conn: sql.Connection, exp_id: str, now: float, record: dict[str, Any]
     ) -> None:
         seq = conn.execute(
             "SELECT COALESCE(MAX(seq), 0) + 1 FROM experiment_looks WHERE experiment = ?",
@@ -324,26 +323,24 @@ class ExperimentStore:
             (exp_id, seq, now, jsoncolumn.encode(record)),
         )
 
-    def set_flags(self, conn: sqlite3.Connection, exp_id: str, flags: dict[str, Any]) -> None:
+    def set_flags(self, conn: sql.Connection, exp_id: str, flags: dict[str, Any]) -> None:
         conn.execute(
             "UPDATE experiments SET flags = ? WHERE id = ?", (jsoncolumn.encode(flags), exp_id)
         )
 
-    def set_rollout(self, conn: sqlite3.Connection, exp_id: str, rollout: dict[str, Any]) -> None:
+    def set_rollout(self, conn: sql.Connection, exp_id: str, rollout: dict[str, Any]) -> None:
         conn.execute(
             "UPDATE experiments SET rollout = ? WHERE id = ?",
             (jsoncolumn.encode(rollout), exp_id),
         )
 
-    def step_failed(
-        self, conn: sqlite3.Connection, exp_id: str, error: str, retry_at: float
-    ) -> None:
+    def step_failed(self, conn: sql.Connection, exp_id: str, error: str, retry_at: float) -> None:
         conn.execute(
             "UPDATE experiments SET last_error = ?, retry_at = ? WHERE id = ?",
             (error, retry_at, exp_id),
         )
 
-    def step_done(self, conn: sqlite3.Connection, exp_id: str, step: Step) -> None:
+    def step_done(self, conn: sql.Connection, exp_id: str, step: Step) -> None:
         """Drop ``step`` from the pending list (read again inside the transaction)."""
         row = conn.execute("SELECT pending FROM experiments WHERE id = ?", (exp_id,)).fetchone()
         where = f"experiments.pending of {exp_id}"
@@ -354,7 +351,7 @@ class ExperimentStore:
             (jsoncolumn.encode(left), time.time(), exp_id),
         )
 
-    def finish(self, conn: sqlite3.Connection, exp_id: str, from_state: str, to: str) -> bool:
+    def finish(self, conn: sql.Connection, exp_id: str, from_state: str, to: str) -> bool:
         """Move to a final state if still in ``from_state``; False if someone else did."""
         now = time.time()
         cur = conn.execute(

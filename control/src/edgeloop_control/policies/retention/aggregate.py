@@ -13,12 +13,12 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
 from edgeloop_agent.wire.histogram import LatencyHistogram
 from edgeloop_agent.wire.numeric import is_number
+from edgeloop_control.infra import sql
 
 HOUR_S = 3600.0
 STAT_SUMS = (
@@ -46,7 +46,7 @@ def hour_of(ts: float) -> float:
 # -- telemetry ------------------------------------------------------------------------
 
 
-def fold_stats(conn: sqlite3.Connection, rows: Sequence[sqlite3.Row]) -> int:
+def fold_stats(conn: sql.Connection, rows: Sequence[sql.Row]) -> int:
     """Add ``variant_stats`` rows (joined with their ``variant_keys``) to their hourly rows;
     returns how many hourly rows were written."""
     groups: dict[Key, dict[str, Any]] = {}
@@ -89,7 +89,7 @@ def _empty_stats(version: Any, ts: float) -> dict[str, Any]:
     return acc
 
 
-def _add_stats(acc: dict[str, Any], row: sqlite3.Row, *, reports: int = 1) -> None:
+def _add_stats(acc: dict[str, Any], row: sql.Row, *, reports: int = 1) -> None:
     names = row.keys()
     for k in STAT_SUMS:
         acc[k] += (row[k] or 0) if k in names else 0
@@ -119,7 +119,7 @@ def _histogram(raw: str | None) -> LatencyHistogram | None:
 # -- drift windows --------------------------------------------------------------------
 
 
-def fold_windows(conn: sqlite3.Connection, rows: Sequence[sqlite3.Row]) -> int:
+def fold_windows(conn: sql.Connection, rows: Sequence[sql.Row]) -> int:
     """Add ``drift_windows`` rows to their hourly rows; returns how many were written."""
     groups: dict[Key, dict[str, Any]] = {}
     for r in rows:
@@ -169,7 +169,7 @@ def _empty_windows(version: Any) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _add_window(acc: dict[str, Any], r: sqlite3.Row) -> None:
+def _add_window(acc: dict[str, Any], r: sql.Row) -> None:
     acc["windows"] += 1
     acc["n"] += int(r["n"] or 0)
     acc["enough_data"] += 1 if r["enough_data"] else 0
@@ -246,7 +246,7 @@ def _merge_tests(acc: dict[str, Any], old: dict[str, Any]) -> None:
     acc["kind"] = acc["kind"] or old.get("kind")
 
 
-def _merge_hours(acc: dict[str, Any], old: sqlite3.Row) -> None:
+def _merge_hours(acc: dict[str, Any], old: sql.Row) -> None:
     """``old``, an hourly row already stored, into ``acc`` (the same hour's new windows)."""
     for k in ("windows", "n", "enough_data", "dataset_drift", "output_drift"):
         acc[k] += int(old[k] or 0)
@@ -344,7 +344,7 @@ def decode_doc(text: str | None) -> dict[str, Any]:
 # -- reading an hourly drift row as a window ------------------------------------------
 
 
-def hour_as_window(row: sqlite3.Row) -> dict[str, Any]:
+def hour_as_window(row: sql.Row) -> dict[str, Any]:
     """An hourly ``drift_hourly`` row in the shape report/history gives a window: per
     feature the mean PSI (``psi``), its maximum, the smallest deciding p-value under the key
     the windows used, and ``drift`` when any window flagged it; plus ``aggregated``,

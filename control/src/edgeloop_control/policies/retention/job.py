@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from edgeloop_control.infra import sql
 from edgeloop_control.infra.db import ControlDB
 from edgeloop_control.policies.retention.aggregate import fold_stats, fold_windows, hour_of
 from edgeloop_control.policies.retention.config import RetentionConfig
@@ -196,12 +196,12 @@ class RetentionJob:
         else:
             log.warning("%s (%d failures in a row)", message, self.failures)
         # When the database is what fails, the log line is the record.
-        with contextlib.suppress(sqlite3.Error):
+        with contextlib.suppress(sql.Error):
             self.db.add_event("retention_failed", message, data={"failures": self.failures})
 
     # -- the steps: each does one batch and says whether there is more ----------------
 
-    def _timed(self, step: str, work: Callable[[sqlite3.Connection], bool]) -> bool:
+    def _timed(self, step: str, work: Callable[[sql.Connection], bool]) -> bool:
         t0 = time.monotonic()
         with self.db.transaction() as conn:
             more = work(conn)
@@ -221,7 +221,7 @@ class RetentionJob:
         query: str,
         cursor: _Cursor,
         table: str,
-        fold: Callable[[sqlite3.Connection, list[sqlite3.Row]], int] | None,
+        fold: Callable[[sql.Connection, list[sql.Row]], int] | None,
     ) -> bool:
         """One batch of ``table``'s rows older than the raw window: folded into hourly rows
         (``fold``) or only deleted (None), unless a live policy holds their device."""
@@ -230,7 +230,7 @@ class RetentionJob:
         batch = self.config.batch_rows
         time_col = "end" if table == "drift_windows" else "ts"
 
-        def work(conn: sqlite3.Connection) -> bool:
+        def work(conn: sql.Connection) -> bool:
             rows = conn.execute(query, (*cursor.args(), run.raw_before, batch)).fetchall()
             if not rows:
                 return False
@@ -262,7 +262,7 @@ class RetentionJob:
         assert run is not None
         batch = self.config.batch_rows
 
-        def work(conn: sqlite3.Connection) -> bool:
+        def work(conn: sql.Connection) -> bool:
             rows = conn.execute(
                 f"SELECT {key} AS k, ts{extra} FROM {table} WHERE {key} > ? ORDER BY {key} LIMIT ?",
                 (position[0], batch),
@@ -288,7 +288,7 @@ class RetentionJob:
         assert run is not None
         batch = self.config.batch_rows
 
-        def work(conn: sqlite3.Connection) -> bool:
+        def work(conn: sql.Connection) -> bool:
             n = conn.execute(
                 f"DELETE FROM {table} WHERE rowid IN "
                 f"(SELECT rowid FROM {table} WHERE hour < ? LIMIT ?)",
@@ -302,10 +302,13 @@ class RetentionJob:
     def _vacuum(self) -> bool:
         """Give freed pages back to the file system, ``vacuum_pages`` at a time, when the
         database was created with incremental auto-vacuum (a new one is: infra/db.py); an
-        older one reuses them instead, so it stops growing without shrinking."""
+        older one reuses them instead, so it stops growing without shrinking. PostgreSQL's
+        autovacuum does this on its own there."""
         run = self._run
         assert run is not None
         conn = self.db.conn
+        if self.db.postgres:
+            return False
         if int(conn.execute("PRAGMA auto_vacuum").fetchone()[0]) != 2:
             return False
         before = int(conn.execute("PRAGMA freelist_count").fetchone()[0])

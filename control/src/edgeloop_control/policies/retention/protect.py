@@ -9,8 +9,8 @@ device, none of its rows is aggregated or deleted, however old; they are once it
 from __future__ import annotations
 
 import json
-import sqlite3
 
+from edgeloop_control.infra import sql
 from edgeloop_control.infra.db import ControlDB
 from edgeloop_control.policies.experiments.store import FINAL as EXPERIMENT_FINAL
 from edgeloop_control.policies.retrain.store import IDLE
@@ -41,7 +41,7 @@ def protected_devices(db: ControlDB) -> set[str]:
 def _column(db: ControlDB, query: str, args: tuple[str, ...] = ()) -> set[str]:
     try:
         return {str(r[0]) for r in db.conn.execute(query, args)}
-    except sqlite3.OperationalError:  # no such table: that policy never ran here
+    except sql.OperationalError:  # no such table: that policy never ran here
         return set()
 
 

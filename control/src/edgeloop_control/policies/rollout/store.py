@@ -12,13 +12,12 @@ Rows come back as frozen dataclasses (:class:`Rollout`, :class:`Batch`,
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from edgeloop_control.infra import jsoncolumn
+from edgeloop_control.infra import jsoncolumn, sql
 from edgeloop_control.infra.db import ControlDB
 from edgeloop_control.policies.rollout.plan import Target
 
@@ -97,7 +96,7 @@ def _opt_int(value: Any) -> int | None:
     return None if value is None else int(value)
 
 
-def _json(row: sqlite3.Row, column: str, table: str, key: str) -> Any:
+def _json(row: sql.Row, column: str, table: str, key: str) -> Any:
     return jsoncolumn.decode(row[column], None, where=f"{table}.{column} of {key}")
 
 
@@ -124,7 +123,7 @@ class Rollout:
     finished_at: float | None
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> Rollout:
+    def from_row(cls, row: sql.Row) -> Rollout:
         key = str(row["id"])
         target = _json(row, "target", "rollouts", key)
         if not isinstance(target, dict):
@@ -162,7 +161,7 @@ class Batch:
     failed_at: float | None
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> Batch:
+    def from_row(cls, row: sql.Row) -> Batch:
         return cls(
             rollout_id=str(row["rollout_id"]),
             idx=int(row["idx"]),
@@ -196,7 +195,7 @@ class Member:
     rolled_back_at: float | None
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> Member:
+    def from_row(cls, row: sql.Row) -> Member:
         key = f"{row['rollout_id']}/{row['device']}"
         table = "rollout_devices"
         online = row["online_at_publish"]
@@ -227,7 +226,7 @@ class RolloutStore:
         db.conn.executescript(SCHEMA)
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self) -> Iterator[sql.Connection]:
         """A write transaction, unless the caller (another policy) already holds one."""
         if self.db.conn.in_transaction:
             yield self.db.conn
@@ -320,7 +319,7 @@ class RolloutStore:
 
     def insert(
         self,
-        conn: sqlite3.Connection,
+        conn: sql.Connection,
         rollout: dict[str, Any],
         batches: list[list[str]],
         previous: dict[str, dict[str, Any]],

@@ -235,7 +235,10 @@ def test_daemon_promotes_the_better_model_and_rolls_back_the_worse(
         fleet.serving({"sensor@v1", "sensor@v2"})
         assert drive(app, ws, first, ("promoted",), timeout=30) == "promoted"
         accuracy = {v: sum(r) / len(r) for v, r in app.served.items()}
-        assert accuracy["sensor@v2"] > 0.8 > 0.3 > accuracy["sensor@v1"]
+        # The models' accuracies are about 0.84 and 0.15 (three runs: 0.83-0.84, 0.15); over
+        # the ~250-600 replies an experiment takes, 0.75 and 0.3 are more than 3.5 sd away
+        # (0.8 was under 3: CI once saw 0.792).
+        assert accuracy["sensor@v2"] > 0.75 > 0.3 > accuracy["sensor@v1"]
         registry = Registry.for_workspace(ws, create=False, sync_remote=False)
         assert registry.stages("sensor") == {"champion": "v2"}
         db = ControlDB(ws.control_db)

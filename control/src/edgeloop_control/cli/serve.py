@@ -28,15 +28,33 @@ def serve(
             "127.0.0.1:8765 (default: off); beyond loopback only with an [http] token",
         ),
     ] = None,
+    worker: Annotated[
+        str | None,
+        typer.Option(
+            "--worker",
+            metavar="NAME",
+            help="run as one of several workers of this workspace: share the ingest with "
+            "the others (MQTT 5 shared subscriptions) and run the policies only while "
+            "holding the lease (docs/scale.md); each worker needs its own name",
+        ),
+    ] = None,
+    lease: Annotated[
+        float,
+        typer.Option(
+            help="seconds a silent worker keeps the policies lease before another takes it",
+            min=2.0,
+        ),
+    ] = 15.0,
 ) -> None:
     """Ingest fleet telemetry, keep the inventory, run retraining/A-B/rollout policies."""
     from edgeloop_control.daemon.build import build_daemon
     from edgeloop_control.infra.logs import setup_logging
+    from edgeloop_control.infra.sql import redacted
 
     setup_logging(log_level)
     st = state(ctx)
     try:
-        daemon = build_daemon(st.workspace, st.broker, tick_s=tick)
+        daemon = build_daemon(st.workspace, st.broker, tick_s=tick, worker=worker, lease_s=lease)
     except ValueError as exc:  # a bad [retrain]/[experiment]/[rollout] section
         fail(f"cannot start the control daemon: {exc}", exit_code(exc))
     server = None
@@ -54,7 +72,11 @@ def serve(
             fail(f"cannot start the HTTP server: {exc}", exit_code(exc))
     # The address, not the URL: the URL may carry the broker password.
     logging.getLogger("edgeloop.control").info(
-        "control daemon for %s on %s", st.workspace.root, daemon.address
+        "control daemon%s for %s on %s (control database %s)",
+        f" worker {worker}" if worker else "",
+        st.workspace.root,
+        daemon.address,
+        redacted(st.workspace.control_db),
     )
     try:
         code = daemon.run()

@@ -6,7 +6,14 @@ from edgeloop_control.daemon.service import ControlDaemon
 from edgeloop_control.infra.workspace import Workspace
 
 
-def build_daemon(ws: Workspace, broker_url: str, *, tick_s: float = 1.0) -> ControlDaemon:
+def build_daemon(
+    ws: Workspace,
+    broker_url: str,
+    *,
+    tick_s: float = 1.0,
+    worker: str | None = None,
+    lease_s: float = 15.0,
+) -> ControlDaemon:
     from edgeloop_control.fleet.desired import DesiredState
     from edgeloop_control.fleet.refresh import DesiredRefresh
     from edgeloop_control.policies.experiments import ExperimentManager
@@ -16,7 +23,7 @@ def build_daemon(ws: Workspace, broker_url: str, *, tick_s: float = 1.0) -> Cont
     from edgeloop_control.policies.rollout import RolloutManager
 
     retention = RetentionConfig.from_workspace(ws)  # a bad [retention] stops here
-    daemon = ControlDaemon(ws, broker_url, tick_s=tick_s)
+    daemon = ControlDaemon(ws, broker_url, tick_s=tick_s, worker=worker, lease_s=lease_s)
     rollouts = RolloutManager(ws, daemon.db, daemon.publisher)
     experiments = ExperimentManager(ws, daemon.db, daemon.publisher, rollouts=rollouts)
     retrain = RetrainPolicy(ws, daemon.db, daemon.store, experiments=experiments)

@@ -2,16 +2,23 @@
 
 One MQTT session (persistent, manual QoS 1 acks) brings in every device's
 status, telemetry, captured samples and labels. A worker thread stores them
-idempotently (control.sqlite, the feature store) and only then acknowledges
+idempotently (the control database, the feature store) and only then acknowledges
 them, so a crash or restart of the daemon means redelivery, never loss, and
 the stores' keys make redelivery harmless. Between messages the worker runs the
 policies (retraining, experiments, rollouts) on a fixed tick.
+
+Several daemons can share one workspace as named workers (``edgeloop serve --worker
+NAME``, docs/scale.md): telemetry, samples and labels come through MQTT 5 shared
+subscriptions (the broker hands each message to one worker), and the policy ticks run
+only in the worker that holds the ``policies`` lease (infra/lease.py), which also
+follows the devices' statuses: retained, last-one-wins, so one reader keeps them in order.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import signal
 import threading
 import time
@@ -25,6 +32,7 @@ from paho.mqtt.properties import Properties
 from edgeloop_agent.wire.network import BrokerAddress
 from edgeloop_agent.wire.topics import Topics
 from edgeloop_control.daemon.intake import Intake
+from edgeloop_control.daemon.workers import Adoptions, Roster
 from edgeloop_control.featurestore import FeatureStore
 from edgeloop_control.fleet.captured import store_captured
 from edgeloop_control.fleet.ingest import IngestError, handle_report, handle_status, touch_seen
@@ -39,6 +47,7 @@ from edgeloop_control.fleet.messages import (
 from edgeloop_control.fleet.poison import PoisonTally
 from edgeloop_control.infra import sql
 from edgeloop_control.infra.db import ControlDB
+from edgeloop_control.infra.lease import Lease, LeaseLost
 from edgeloop_control.infra.mqtt import ConnectFailureLog, SessionPublisher, new_client
 from edgeloop_control.infra.workspace import Workspace
 
@@ -46,6 +55,8 @@ log = logging.getLogger("edgeloop.control.daemon")
 
 # De-duplication ids are kept well past the broker session's 7-day expiry.
 SEEN_RETENTION_S = 30 * 24 * 3600
+# The shared-subscription group of the workers of one workspace ($share/GROUP/filter).
+SHARE_GROUP = "edgeloop-control"
 
 
 class Policy(Protocol):
@@ -64,8 +75,15 @@ class ControlDaemon:
         flush_s: float = 2.0,
         flush_max: int = 2000,
         intake_max: int = 10_000,
+        worker: str | None = None,
+        lease_s: float = 15.0,
     ) -> None:
+        if worker is not None and not re.fullmatch(r"[A-Za-z0-9_.-]{1,40}", worker):
+            raise ValueError(
+                f"worker name {worker!r}: use 1 to 40 letters, digits, '.', '_' or '-'"
+            )
         self.ws = ws
+        self.worker = worker
         self.prefix = ws.topic_prefix
         self.address = BrokerAddress.parse(broker_url)
         self.tick_s = tick_s
@@ -102,7 +120,16 @@ class ControlDaemon:
             "poison": 0,
         }
         ident = hashlib.sha256(str(ws.root).encode()).hexdigest()[:10]
-        client = new_client(self.address, f"edgeloop-control-{ident}", manual_ack=True)
+        name = f"edgeloop-control-{ident}" + (f"-{worker}" if worker else "")
+        # Restarted under the same name, a worker takes its lease back at once.
+        self.lease = Lease(self.db, "policies", worker or name, ttl_s=lease_s)
+        self._following_status = False
+        # Workers only: the roster of heartbeats, and the sessions of silent workers the
+        # lease holder adopted (daemon/workers.py); _via says which connection acks what.
+        self.roster = Roster(self.db, worker, name, time.time()) if worker else None
+        self.adoptions = Adoptions(self.address, self._deliver_adopted)
+        self._via: dict[int, mqtt.Client] = {}
+        client = new_client(self.address, name, manual_ack=True)
         client.reconnect_delay_set(1, 15)
         client.on_connect = self._on_connect
         client.on_subscribe = self._on_subscribe
@@ -115,7 +142,7 @@ class ControlDaemon:
         # Policies publish (desired state, artifacts, events) on a connection of their own:
         # the ingest session's network thread waits while the intake is full, and a
         # publish on it would then wait for an acknowledgement that thread cannot read.
-        self.publish_client = new_client(self.address, f"edgeloop-control-{ident}-pub")
+        self.publish_client = new_client(self.address, f"{name}-pub")
         self.publish_client.reconnect_delay_set(1, 15)
         self.publisher = SessionPublisher(self.publish_client)
 
@@ -129,11 +156,29 @@ class ControlDaemon:
         # One SUBSCRIBE for every topic, and "connected" only once the broker has
         # acknowledged it: a message published between a CONNACK and the broker
         # processing a subscription is not delivered to a new session.
+        shared = f"$share/{SHARE_GROUP}/" if self.worker else ""
         topics = [
-            (Topics.every_device(leaf, self.prefix), 1)
-            for leaf in ("status", "telemetry", "samples", "labels")
+            (shared + Topics.every_device(leaf, self.prefix), 1)
+            for leaf in ("telemetry", "samples", "labels")
         ]
+        if not self.worker or self._following_status:
+            topics.append((self._status_topic, 1))
         client.subscribe(topics)
+
+    @property
+    def _status_topic(self) -> str:
+        return Topics.every_device("status", self.prefix)
+
+    def _follow_status(self, holding: bool) -> None:
+        """A worker reads statuses while it holds the lease: subscribing delivers every
+        device's retained status, so a new holder starts from the current truth."""
+        if not self.worker or holding == self._following_status:
+            return
+        self._following_status = holding
+        if holding:
+            self.client.subscribe(self._status_topic, 1)
+        else:
+            self.client.unsubscribe(self._status_topic)
 
     def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, codes: Any, _p: Any) -> None:
         refused = [c for c in codes if getattr(c, "is_failure", False)]
@@ -197,10 +242,20 @@ class ControlDaemon:
         self.stop_event.set()
 
     def _drain_and_stop(self) -> None:
+        if self.worker and self.connected.is_set():
+            # A stopped worker's session lives on (7 days) and the broker would go on
+            # queuing its share of the fleet's messages there: leave the shared group first,
+            # then store what is already on its way.
+            self._leave_share_group()
         self._queue_retries()
         while (msg := self._queue.get(timeout=0)) is not None:
             self._handle(msg)
         self._flush_captured()
+        self.adoptions.close()
+        try:
+            self.lease.release()  # the next worker takes over now, not after the lease
+        except sql.Error as exc:
+            log.warning("could not release the policies lease: %s", exc)
         self.client.disconnect()
         # With the broker gone, paho's network thread sleeps out its reconnect back-off in
         # steps of up to 1 s before it sees the stop (0.9 s measured). Nothing is left to
@@ -210,6 +265,17 @@ class ControlDaemon:
         stopper.start()
         stopper.join(timeout=0.3)
         self.db.close()
+
+    def _leave_share_group(self) -> None:
+        done = threading.Event()
+        self.client.on_unsubscribe = lambda *_a: done.set()
+        self.client.unsubscribe(
+            [f"$share/{SHARE_GROUP}/" + Topics.every_device(leaf, self.prefix)
+             for leaf in ("telemetry", "samples", "labels")]
+        )  # fmt: skip
+        if not done.wait(2.0):
+            log.warning("the broker did not confirm the unsubscribe of worker %s", self.worker)
+        time.sleep(0.2)  # what the broker sent before its UNSUBACK is read by now
 
     def _handle(self, msg: mqtt.MQTTMessage) -> None:
         leaf, device = _leaf_device(msg.topic)  # for the counters until the topic is checked
@@ -324,19 +390,57 @@ class ControlDaemon:
             self._queue.put_nowait(msg)  # the worker must never wait on its own intake
 
     def _ack(self, msg: mqtt.MQTTMessage) -> None:
+        client = self._via.pop(id(msg), self.client)
         if msg.qos > 0:
-            self.client.ack(msg.mid, msg.qos)
+            client.ack(msg.mid, msg.qos)
+
+    def _deliver_adopted(self, client: mqtt.Client, msg: mqtt.MQTTMessage) -> None:
+        self._via[id(msg)] = client
+        self._queue.put(msg)
 
     def _tick(self) -> None:
         now = time.time()
+        if self.roster is not None:
+            self._follow_workers(now)
+        if not self._hold_lease(now):
+            return
         if self.forget_seen and now - self._last_forget >= 3600:
             self._last_forget = now
             self.db.forget_seen(SEEN_RETENTION_S)
-        for policy in self.policies:
-            try:
-                policy.tick(now)
-            except Exception:  # one policy's bug must not stop ingestion or the others
-                log.exception("policy %s failed", policy.name)
+        with self.db.fenced(self.lease.check):
+            for policy in self.policies:
+                # Renewed before each policy: a long one must not outlive the lease.
+                if not self._hold_lease(time.time()):
+                    return
+                try:
+                    policy.tick(now)
+                except LeaseLost as exc:
+                    log.warning("policy %s stopped: %s", policy.name, exc)
+                    return
+                except Exception:  # one policy's bug must not stop ingestion or the others
+                    log.exception("policy %s failed", policy.name)
+
+    def _follow_workers(self, now: float) -> None:
+        assert self.roster is not None
+        try:
+            self.roster.heartbeat(now)
+            if self.lease.term:  # the holder adopts silent workers' sessions
+                self.adoptions.follow(
+                    self.roster.silent(now, self.lease.ttl_s), now, self.lease.ttl_s
+                )
+            elif self.adoptions.names:
+                self.adoptions.close()
+        except sql.Error as exc:
+            log.error("cannot read or write the workers' roster: %s", exc)
+
+    def _hold_lease(self, now: float) -> bool:
+        try:
+            holding = self.lease.hold(now)
+        except sql.Error as exc:
+            log.error("cannot renew the policies lease: %s", exc)
+            holding = False
+        self._follow_status(holding)
+        return holding
 
 
 def _leaf_device(topic: str) -> tuple[str, str]:

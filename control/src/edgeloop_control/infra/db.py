@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -181,6 +181,8 @@ class ControlDB:
             self.path = Path(location)
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self.conn: sql.Connection = sql.connect(location)
+        # Checked at the start of every write transaction while set (``fenced``).
+        self.fence: Callable[[sql.Connection], None] | None = None
         if isinstance(self.conn, sql.PgConnection):
             self.conn.install_functions()
         else:
@@ -207,9 +209,21 @@ class ControlDB:
         self.conn.close()
 
     @contextmanager
+    def fenced(self, check: Callable[[sql.Connection], None]) -> Iterator[None]:
+        """Run ``check`` inside every write transaction opened meanwhile (a worker's lease,
+        infra/lease.py: it raises when the worker may no longer write)."""
+        previous, self.fence = self.fence, check
+        try:
+            yield
+        finally:
+            self.fence = previous
+
+    @contextmanager
     def transaction(self) -> Iterator[sql.Connection]:
         self.conn.execute("BEGIN IMMEDIATE")
         try:
+            if self.fence is not None:
+                self.fence(self.conn)
             yield self.conn
         except BaseException:
             self.conn.execute("ROLLBACK")

@@ -39,7 +39,9 @@ def no_delay(_client: Any, _userdata: Any, sock: Any) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def new_client(address: BrokerAddress, client_id: str, *, manual_ack: bool = False) -> mqtt.Client:
+def new_client(
+    address: BrokerAddress, client_id: str, *, manual_ack: bool = False, reconnect: bool = True
+) -> mqtt.Client:
     """A paho MQTT 5 client for ``address``, not yet connected.
 
     Credentials and TLS (the CA named by the URL's ``?ca_file=``) come from the
@@ -51,6 +53,7 @@ def new_client(address: BrokerAddress, client_id: str, *, manual_ack: bool = Fal
         client_id=client_id,
         protocol=mqtt.MQTTv5,
         manual_ack=manual_ack,
+        reconnect_on_failure=reconnect,
     )
     client.max_inflight_messages_set(0)
     client.max_queued_messages_set(0)

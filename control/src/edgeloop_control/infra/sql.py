@@ -9,7 +9,8 @@ DB-API errors of :mod:`sqlite3` (subclassed), so callers have one code path.
 
 What the PostgreSQL side translates, and why it can:
 
-- ``?`` placeholders become ``%s``; a column named ``end`` (reserved there) is quoted.
+- ``?`` placeholders become ``%s``; a column named ``end`` (reserved there) is quoted;
+  SQLite's NULL-safe ``IS ?`` becomes ``IS NOT DISTINCT FROM``.
 - ``INSERT OR IGNORE`` / ``INSERT OR REPLACE`` become ``ON CONFLICT`` clauses on the
   table's primary key, read from the schema this module created.
 - DDL types: ``INTEGER`` is ``BIGINT``, ``REAL`` is ``DOUBLE PRECISION`` (PostgreSQL's
@@ -329,6 +330,8 @@ _STRING = re.compile(r"'(?:[^']|'')*'")
 _PLAIN_END = re.compile(r'(?<![\w".])end(?![\w"])')
 _CREATE = re.compile(r"CREATE TABLE IF NOT EXISTS (\w+)\s*\(", re.IGNORECASE)
 _INSERT_OR = re.compile(r"^\s*INSERT OR (IGNORE|REPLACE) INTO\s+(\w+)\s*\(([^)]*)\)", re.I)
+_IS_PARAM = re.compile(r"\bIS \?")
+_IS_NOT_PARAM = re.compile(r"\bIS NOT \?")
 _TABLE_INFO = re.compile(r"^\s*PRAGMA table_info\((\w+)\)\s*;?\s*$", re.I)
 
 
@@ -380,6 +383,8 @@ def _outside_strings(sql: str, change: Any) -> str:
 
 
 def _code(text: str) -> str:
+    # SQLite's "IS ?" compares NULL-safely; PostgreSQL spells that out.
+    text = _IS_NOT_PARAM.sub("IS DISTINCT FROM ?", _IS_PARAM.sub("IS NOT DISTINCT FROM ?", text))
     return _PLAIN_END.sub('"end"', text.replace("%", "%%").replace("?", "%s"))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,17 +51,51 @@ def postgres() -> Iterator[PostgresServer]:
         server.stop()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def control_db_location(
-    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> str | Path:
-    """The control database a test runs against, once on each engine.
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--control-db",
+        choices=("sqlite", "postgresql"),
+        default="sqlite",
+        help="the control database every test's workspace uses (default: sqlite; modules "
+        "marked both_engines run on both whatever this says)",
+    )
 
-    The workspace follows it too ($EDGELOOP_CONTROL_DB), so CLI commands and daemons
-    the test starts use the same database.
-    """
-    if request.param == "sqlite":
-        return tmp_path / "control.sqlite"
-    url = request.getfixturevalue("postgres").new_database()
-    monkeypatch.setenv("EDGELOOP_CONTROL_DB", url)
-    return url
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "both_engines: run the module's tests on SQLite and on PostgreSQL"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.definition.get_closest_marker("both_engines") is not None:
+        if "control_engine" not in metafunc.fixturenames:
+            metafunc.fixturenames.append("control_engine")
+        metafunc.parametrize("control_engine", ["sqlite", "postgresql"], indirect=True)
+
+
+@pytest.fixture
+def control_engine(request: pytest.FixtureRequest) -> str:
+    return str(getattr(request, "param", None) or request.config.getoption("--control-db"))
+
+
+@pytest.fixture(autouse=True)
+def _control_db_engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On PostgreSQL, each test gets a fresh database, and every workspace (CLI commands and
+    daemons the test starts included) uses it through $EDGELOOP_CONTROL_DB."""
+    engine = (
+        request.getfixturevalue("control_engine")
+        if "control_engine" in request.fixturenames
+        else request.config.getoption("--control-db")
+    )
+    if engine == "postgresql":
+        monkeypatch.setenv(
+            "EDGELOOP_CONTROL_DB", request.getfixturevalue("postgres").new_database()
+        )
+
+
+@pytest.fixture
+def control_db_location(control_engine: str, tmp_path: Path) -> str | Path:
+    """The control database a test runs against: the engine's ($EDGELOOP_CONTROL_DB on
+    PostgreSQL, set by _control_db_engine), else a SQLite file."""
+    return os.environ.get("EDGELOOP_CONTROL_DB") or tmp_path / "control.sqlite"

@@ -5,7 +5,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from edgeloop_control.infra.db import ControlDB
+
+pytestmark = pytest.mark.both_engines
 
 
 def test_first_sighting_once_and_old_ids_are_forgotten(control_db_location: str | Path) -> None:

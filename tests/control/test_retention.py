@@ -85,6 +85,8 @@ def ws(
         monkeypatch.setenv(
             "EDGELOOP_CONTROL_DB", request.getfixturevalue("postgres").copy_database(month[2])
         )
+    else:
+        monkeypatch.delenv("EDGELOOP_CONTROL_DB", raising=False)
     return Workspace.open(tmp_path / "ws")
 
 

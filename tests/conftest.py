@@ -10,7 +10,7 @@ import pytest
 
 from edgeloop_control.infra.mosquitto import PrivateBroker
 from tests.mqtt_helpers import AgentProcess, Probe
-from tests.pgserver import PostgresServer
+from tests.pgserver import PostgresServer, follow_engine
 
 
 @pytest.fixture
@@ -89,9 +89,10 @@ def _control_db_engine(request: pytest.FixtureRequest, monkeypatch: pytest.Monke
         else request.config.getoption("--control-db")
     )
     if engine == "postgresql":
-        monkeypatch.setenv(
-            "EDGELOOP_CONTROL_DB", request.getfixturevalue("postgres").new_database()
-        )
+        url = request.getfixturevalue("postgres").new_database()
+        monkeypatch.setenv("EDGELOOP_CONTROL_DB", url)
+        if "fleet_history" in request.fixturenames:  # the shared history, on this engine
+            follow_engine(request.getfixturevalue("fleet_history").ws.root)
 
 
 @pytest.fixture

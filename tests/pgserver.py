@@ -101,3 +101,22 @@ class PostgresServer:
         while (self.data / "postmaster.pid").exists() and time.monotonic() < deadline:
             time.sleep(0.1)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def follow_engine(ws_root: Path) -> None:
+    """On a PostgreSQL run, copy the SQLite control database a test copied from a template
+    into the test's fresh database ($EDGELOOP_CONTROL_DB), with ``edgeloop db copy``'s code."""
+    url = os.environ.get("EDGELOOP_CONTROL_DB")
+    source = ws_root / "control.sqlite"
+    if url and source.exists() and not _holds_state(url):
+        from edgeloop_control.infra.dbcopy import copy_control_db
+
+        copy_control_db(source, url)
+
+
+def _holds_state(url: str) -> bool:
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT to_regclass('devices') IS NOT NULL").fetchone()
+        return bool(row and row[0])

@@ -27,6 +27,7 @@ from edgeloop_control.jobs.train_and_register import train_and_register
 from edgeloop_control.policies.retrain.policy import Experiments, RetrainConfig, RetrainPolicy
 from edgeloop_control.registry import Registry
 from edgeloop_control.training import TrainConfig
+from tests.pgserver import follow_engine
 
 MODEL = "sensor"
 CHAMPION = "sensor@v1"
@@ -86,6 +87,7 @@ class RetrainEnv:
     @classmethod
     def copy_of(cls, template: Path, into: Path) -> RetrainEnv:
         shutil.copytree(template, into, symlinks=True)
+        follow_engine(into)
         ws = Workspace.open(into)
         db = ControlDB(ws.control_db)
         return cls(ws, db, FeatureStore(ws.feature_store_dir), [db])

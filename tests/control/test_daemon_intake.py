@@ -17,6 +17,9 @@ from edgeloop_control.infra.workspace import Workspace
 from tests.control.daemon_fuzz import report_doc
 from tests.mqtt_helpers import Probe
 
+# The control database's own tests: on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.both_engines
+
 
 def test_a_full_intake_waits_and_keeps_order() -> None:
     stopping = threading.Event()

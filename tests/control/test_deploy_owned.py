@@ -26,6 +26,10 @@ from edgeloop_control.infra.signing import open_desired
 from edgeloop_control.infra.workspace import Workspace
 from edgeloop_control.registry import Registry
 from tests.integration.models import sensor_model
+from tests.pgserver import follow_engine
+
+# The control database's own tests: on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.both_engines
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +72,7 @@ class Env:
 @pytest.fixture
 def env(template: Path, tmp_path: Path, broker: PrivateBroker) -> Iterator[Env]:
     shutil.copytree(template, tmp_path / "ws", symlinks=True)
+    follow_engine(tmp_path / "ws")
     ws = Workspace.open(tmp_path / "ws")
     db = ControlDB(ws.control_db)
     client = ControlClient(broker.url).connect()

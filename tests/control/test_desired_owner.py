@@ -17,6 +17,9 @@ from edgeloop_control.infra.mqtt import ControlClient
 from edgeloop_control.infra.signing import DesiredSigner, ensure_keypair, open_desired
 from edgeloop_control.infra.workspace import Workspace
 
+# The control database's own tests: on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.both_engines
+
 EXP = Owner("experiment", "ab-sensor-1")
 RO = Owner("rollout", "ro-1234abcd")
 DOC = {

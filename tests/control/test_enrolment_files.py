@@ -29,6 +29,9 @@ from edgeloop_control.infra.db import ControlDB
 from edgeloop_control.infra.signing import ensure_keypair
 from edgeloop_control.infra.workspace import Workspace
 
+# The control database's own tests: on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.both_engines
+
 
 def openssl_verify(ca: CertificateAuthority, cert_pem: str, tmp: Path, crl: bool) -> bool:
     cert = tmp / "c.pem"
@@ -135,7 +138,7 @@ def test_operator_lines_outside_the_managed_block_survive(tmp_path: Path):
         db.close()
 
 
-def test_refusals_are_one_line_errors(tmp_path: Path):
+def test_refusals_are_one_line_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     ws = workspace(tmp_path, reload_command='["false"]')
     db = ControlDB(ws.control_db)
     try:
@@ -149,6 +152,9 @@ def test_refusals_are_one_line_errors(tmp_path: Path):
             enrol(ws, db, "pump-3", method="password", bundle=tmp_path / "no" / "x")
     finally:
         db.close()
+    # Each workspace below on its own (empty) SQLite control database, whatever the run's
+    # engine: one test, several workspaces.
+    monkeypatch.delenv("EDGELOOP_CONTROL_DB", raising=False)
     plain = Workspace.init(tmp_path / "plain", broker="mqtt://127.0.0.1:1883")
     ensure_keypair(plain.signing_key_path, plain.public_key_path)
     db = ControlDB(plain.control_db)

@@ -17,6 +17,9 @@ from edgeloop_agent.wire.keysketch import key_hashes
 from edgeloop_control.stats import sample_ratio_mismatch
 from tests.control.test_experiments import CHALL, CHAMP, Device, Env, env, template, warm_up
 
+# The control database's own tests: on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.both_engines
+
 __all__ = ["env", "template"]  # fixtures used by the tests below
 
 

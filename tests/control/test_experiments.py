@@ -45,6 +45,10 @@ from edgeloop_control.stats import (
 from edgeloop_control.training import TrainConfig, train
 from tests.integration.models import sensor_model
 from tests.mqtt_helpers import Probe
+from tests.pgserver import follow_engine
+
+# The control database's own tests: on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.both_engines
 
 CHAMP, CHALL = "sensor@v1", "sensor@v2"
 
@@ -99,6 +103,7 @@ class Env:
 @pytest.fixture
 def env(template: Path, tmp_path: Path, broker: PrivateBroker) -> Iterator[Env]:
     shutil.copytree(template, tmp_path / "ws", symlinks=True)
+    follow_engine(tmp_path / "ws")
     ws = Workspace.open(tmp_path / "ws")
     db = ControlDB(ws.control_db)
     client = ControlClient(broker.url).connect()

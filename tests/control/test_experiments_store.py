@@ -30,6 +30,9 @@ from edgeloop_control.policies.experiments.store import steps_for
 from tests.control import test_experiments as base
 from tests.control.test_experiments import CHALL, CHAMP, Device, Env, warm_up
 
+# The control database's own tests: on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.both_engines
+
 template = base.template
 env = base.env
 

@@ -35,6 +35,10 @@ from edgeloop_control.infra.workspace import Workspace
 from edgeloop_control.registry import Registry
 from tests.integration.models import sensor_model
 from tests.mqtt_helpers import AgentProcess
+from tests.pgserver import follow_engine
+
+# The control database's own tests: on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.both_engines
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +76,7 @@ class Env:
 @pytest.fixture
 def env(template: Path, tmp_path: Path, broker: PrivateBroker) -> Iterator[Env]:
     shutil.copytree(template, tmp_path / "ws", symlinks=True)
+    follow_engine(tmp_path / "ws")
     ws = Workspace.open(tmp_path / "ws")
     db = ControlDB(ws.control_db)
     client = ControlClient(broker.url).connect()

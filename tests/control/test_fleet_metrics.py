@@ -15,6 +15,9 @@ from edgeloop_control.infra.mosquitto import free_port
 from edgeloop_control.web.fleetmetrics import FleetMetrics
 from edgeloop_control.web.server import HttpServer, parse_listen
 
+# The control database's own tests: on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.both_engines
+
 
 def stats_row(db: ControlDB, report: str, device: str, requests: int, errors: int) -> None:
     hist = LatencyHistogram()

@@ -33,6 +33,9 @@ from tests.control.fleet_history import (
 )
 from tests.control.test_report_render import Page, assert_self_contained, decode_png, near
 
+# The control database's own tests: on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.both_engines
+
 
 def collect(history: History, sel: Selection | None = None) -> dict[str, Any]:
     db = ControlDB(history.ws.control_db)

@@ -30,6 +30,9 @@ from edgeloop_control.policies.retrain.policy import RetrainConfig, RetrainPolic
 from edgeloop_control.registry import Registry
 from edgeloop_control.training import TrainConfig
 
+# The control database's own tests: on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.both_engines
+
 DEVICE = "loan-1"
 T0 = 1_764_000_000.0
 

@@ -45,6 +45,10 @@ from edgeloop_control.report import parse_report
 from tests.integration.models import sensor_model
 from tests.integration.signed import unsealed
 from tests.mqtt_helpers import Probe
+from tests.pgserver import follow_engine
+
+# The control database's own tests: on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.both_engines
 
 FAST = RolloutConfig(soak_s=1.0, batch_timeout_s=30.0)
 
@@ -64,6 +68,7 @@ def build_template(
 
 def copy_workspace(template: Path, dest: Path) -> Workspace:
     shutil.copytree(template, dest, symlinks=True)
+    follow_engine(dest)
     return Workspace.open(dest)
 
 

@@ -33,6 +33,9 @@ from tests.control.test_rollout import (
     status,
 )
 
+# The control database's own tests: on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.both_engines
+
 
 @pytest.fixture(scope="module")
 def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -269,15 +272,13 @@ def test_feed_stores_through_the_fleet_layer_and_survives_junk(
 def test_reading_status_needs_no_write_access(ws: Workspace, db: ControlDB) -> None:
     """The dashboard reads rollouts through a read-only connection (mode=ro): a manager
     made only to read must not create the ownership table on the way."""
+    from edgeloop_control.infra import sql
     from edgeloop_control.policies.rollout.store import RolloutStore
     from edgeloop_control.web.readdb import open_readonly
 
     RolloutStore(db)  # rollouts recorded by a version older than device_owners
-    assert (
-        db.conn.execute("SELECT name FROM sqlite_master WHERE name = 'device_owners'").fetchall()
-        == []
-    )
-    ro = open_readonly(ws.state_db)
+    assert not sql.has_table(db.conn, "device_owners")
+    ro = open_readonly(ws.control_db)
     try:
         assert RolloutManager(ws, ro, None, config=FAST).status() == []
     finally:

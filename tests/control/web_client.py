@@ -14,6 +14,7 @@ from pathlib import Path
 from edgeloop_control.infra.mosquitto import free_port
 from edgeloop_control.infra.workspace import Workspace
 from edgeloop_control.web.server import HttpServer
+from tests.pgserver import follow_engine
 
 
 @dataclass
@@ -66,6 +67,7 @@ def hidden(html: str, name: str) -> str:
 def copy_workspace(src: Workspace, dest: Path) -> Workspace:
     """A private copy of a shared (read-only) workspace, for tests that act on it."""
     shutil.copytree(src.root, dest, symlinks=True)
+    follow_engine(dest)
     return Workspace.open(dest)
 
 

@@ -68,6 +68,11 @@ COMMANDS: dict[str, Lazy] = {
         "it neither runs nor connects to a broker.",
         group=True,
     ),
+    "db": Lazy(
+        "db",
+        "The control database: where it is (`show`), moving it to PostgreSQL (`copy`).",
+        group=True,
+    ),
     "report": Lazy(
         "report",
         "Write one HTML page: fleet, drift per feature, every A/B test and rollout, events.",

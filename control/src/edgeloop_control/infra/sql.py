@@ -17,8 +17,8 @@ What the PostgreSQL side translates, and why it can:
   ``REAL`` is 4 bytes: timestamps would lose seconds), ``AUTOINCREMENT`` is ``BIGSERIAL``.
   Tables without an integer key get a ``rowid BIGSERIAL`` column, because readers follow
   the telemetry tables by ``rowid`` (experiment totals, /metrics, retention cursors).
-- ``json_valid``/``json_extract`` exist as SQL functions (created with the schema) for the
-  numeric fields the policies read in the database.
+- ``json_valid``/``json_extract`` exist as SQL functions (created with the schema); the
+  values read come back as the JSON had them (int, float, str), as in SQLite.
 - Writers are serialised as in SQLite: ``BEGIN IMMEDIATE`` and every write outside a
   transaction take one transaction-scoped advisory lock. That keeps SQLite's guarantees the
   code relies on: a claim's check-then-insert is atomic, and ``rowid`` order is commit
@@ -33,6 +33,7 @@ import re
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
@@ -94,6 +95,33 @@ def connect(location: str | Path, *, readonly: bool = False) -> Connection:
         conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row
     return conn
+
+
+@contextmanager
+def transaction(conn: Connection) -> Iterator[Connection]:
+    """A write transaction on ``conn`` (SQLite's BEGIN IMMEDIATE; the writer lock on
+    PostgreSQL), committed unless the block raises."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def table_names(conn: Any) -> list[str]:
+    if isinstance(conn, PgConnection):
+        query = (
+            "SELECT table_name FROM information_schema.tables "
+            "WHERE table_schema = current_schema() ORDER BY table_name"
+        )
+    else:
+        query = (
+            "SELECT name FROM sqlite_master WHERE type = 'table' "
+            "AND name NOT LIKE 'sqlite_%' ORDER BY name"
+        )
+    return [str(r[0]) for r in conn.execute(query)]
 
 
 def has_table(conn: Any, name: str) -> bool:
@@ -210,6 +238,8 @@ class PgConnection:
                 finally:
                     self._in_tx = False
             return PgCursor([], -1)
+        if self.readonly and _CREATE_IF.match(sql):
+            return PgCursor([], -1)  # as in executescript
         params = _params(parameters)
         with self._lock:
             if statement.write and not self._in_tx:
@@ -239,6 +269,11 @@ class PgConnection:
     def executescript(self, sql_script: str) -> PgCursor:
         """DDL, translated; statements run one by one in one serialised transaction."""
         statements = [s for s in _split_script(sql_script)]
+        if self.readonly:
+            # A reader opens stores that create their tables "IF NOT EXISTS": a no-op on an
+            # existing table in SQLite's mode=ro, an error in a read-only PostgreSQL
+            # transaction. Skipped; a missing table fails the read instead, as in SQLite.
+            statements = [s for s in statements if not _CREATE_IF.match(s)]
         with self._lock:
 
             def run() -> PgCursor:
@@ -332,6 +367,7 @@ _CREATE = re.compile(r"CREATE TABLE IF NOT EXISTS (\w+)\s*\(", re.IGNORECASE)
 _INSERT_OR = re.compile(r"^\s*INSERT OR (IGNORE|REPLACE) INTO\s+(\w+)\s*\(([^)]*)\)", re.I)
 _IS_PARAM = re.compile(r"\bIS \?")
 _IS_NOT_PARAM = re.compile(r"\bIS NOT \?")
+_CREATE_IF = re.compile(r"^\s*CREATE (UNIQUE )?(TABLE|INDEX) IF NOT EXISTS", re.I)
 _TABLE_INFO = re.compile(r"^\s*PRAGMA table_info\((\w+)\)\s*;?\s*$", re.I)
 
 
@@ -414,15 +450,17 @@ def _split_script(script: str) -> Iterator[str]:
             yield statement.strip()
 
 
-# Created with the control schema on PostgreSQL: the numeric JSON reads the policies run in
-# the database (SQLite's JSON1 functions, for the number fields they are used on).
+# Created with the control schema on PostgreSQL: the JSON reads the policies run in the
+# database (SQLite's JSON1 functions, for the scalar fields they select).
 PG_FUNCTIONS = (
     """CREATE OR REPLACE FUNCTION json_valid(doc text) RETURNS boolean
     LANGUAGE plpgsql IMMUTABLE AS $$
     BEGIN PERFORM doc::jsonb; RETURN true;
     EXCEPTION WHEN others THEN RETURN false; END $$""",
-    """CREATE OR REPLACE FUNCTION json_extract(doc text, path text) RETURNS double precision
+    # jsonb, which psycopg decodes as json.loads does: an integer stays an int, a number with
+    # a fraction a float, a string a str, as SQLite's json_extract returns them.
+    """CREATE OR REPLACE FUNCTION json_extract(doc text, path text) RETURNS jsonb
     LANGUAGE plpgsql IMMUTABLE AS $$
-    BEGIN RETURN (doc::jsonb #>> string_to_array(substr(path, 3), '.'))::double precision;
+    BEGIN RETURN doc::jsonb #> string_to_array(substr(path, 3), '.');
     EXCEPTION WHEN others THEN RETURN NULL; END $$""",
 )

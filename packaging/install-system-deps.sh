@@ -18,6 +18,9 @@ py_inc=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
 # Headless Chromium renders the demo report in a test.
 have_cmd chromium || need+=(chromium)
 have_cmd chromedriver || need+=(chromium-driver)
+# The control database on PostgreSQL: the tests start Debian's server on a private port.
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
+have_cmd runuser || need+=(util-linux)
 # A real Prometheus and node_exporter scrape the agent in a test.
 [ -x /usr/bin/prometheus ] || need+=(prometheus)
 [ -x /usr/bin/prometheus-node-exporter ] || need+=(prometheus-node-exporter)

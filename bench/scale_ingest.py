@@ -176,7 +176,7 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 def ingest_lags(ws: Workspace) -> list[float]:
-    db = ControlDB(ws.state_db)
+    db = ControlDB(ws.control_db)
     try:
         rows = db.conn.execute(
             "SELECT s.ts - v.ts FROM seen_messages s JOIN "
@@ -189,7 +189,7 @@ def ingest_lags(ws: Workspace) -> list[float]:
 
 
 def count_reports(ws: Workspace) -> int:
-    db = ControlDB(ws.state_db)
+    db = ControlDB(ws.control_db)
     try:
         return int(db.conn.execute("SELECT count(*) FROM seen_messages").fetchone()[0])
     finally:
@@ -197,7 +197,7 @@ def count_reports(ws: Workspace) -> int:
 
 
 def synced(ws: Workspace, revision: int) -> int:
-    db = ControlDB(ws.state_db)
+    db = ControlDB(ws.control_db)
     try:
         return sum(1 for d in db.devices() if d.get("reported_revision") == revision)
     finally:

@@ -260,7 +260,7 @@ class PgConnection:
                 try:
                     cur.executemany(statement.sql, rows)
                 except self._psycopg.Error as exc:
-                    raise _error(exc, sql) from exc
+                    raise _error(exc) from exc
                 return PgCursor([], cur.rowcount)
 
         with self._lock:
@@ -319,7 +319,7 @@ class PgConnection:
             try:
                 cur.execute(sql, params)
             except self._psycopg.Error as exc:
-                raise _error(exc, sql) from exc
+                raise _error(exc) from exc
             if cur.description is None:
                 return PgCursor([], cur.rowcount)
             names = tuple(d.name for d in cur.description)
@@ -341,8 +341,9 @@ def _params(parameters: Any) -> Sequence[Any]:
     return [int(p) if isinstance(p, bool) else p for p in parameters]
 
 
-def _error(exc: Exception, sql: str) -> sqlite3.Error:
-    psycopg = __import__("psycopg")
+def _error(exc: Exception) -> sqlite3.Error:
+    import psycopg
+
     message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if isinstance(exc, psycopg.IntegrityError):
         return PgIntegrityError(message)

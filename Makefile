@@ -32,8 +32,13 @@ setup: sysdeps $(BIN)/edgeloop
 demo: setup
 	$(BIN)/edgeloop demo --report demo-output/report.html
 
+# The suite on both cores (a module stays on one worker, so its module-scoped fixtures are
+# built once), then the package tests (tests/system: containers under a real systemd,
+# arm64 emulation) on their own: they share the build cache and boot containers.
+TEST_WORKERS ?= 2
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --ignore=tests/system
+	$(BIN)/python -m pytest -q tests/system
 
 lint: setup
 	$(BIN)/ruff check agent control tests bench

@@ -8,6 +8,12 @@ from pathlib import Path
 
 import pytest
 
+# rich fixes a console's width for good when COLUMNS is set as the console is made, and the
+# CLI's consoles are made at import: import them here, before any test (or pytest-xdist's
+# worker environment) sets COLUMNS, so each CliRunner's COLUMNS is the width it gets.
+os.environ.pop("COLUMNS", None)
+import edgeloop_control.cli.common  # noqa: F401, I001
+
 from edgeloop_control.infra.mosquitto import PrivateBroker
 from tests.mqtt_helpers import AgentProcess, Probe
 from tests.pgserver import PostgresServer, follow_engine

@@ -180,6 +180,11 @@ def test_a_killed_worker_hands_the_rollout_over_with_no_step_done_twice(
         stored = wait_for("every report stored", lambda: (n := _stored(db)) >= sent and n, 60)
         assert stored == sent
         assert "taking over its broker session" in b.log.read_text()
+        # What an operator sees: b holds the lease, a has been silent since the kill.
+        shown = cli(ws, broker.url, "db", "show", "--json")
+        assert shown["engine"] == "postgresql" and shown["lease"]["holder"] == "b"
+        ages = {w["name"]: w["heartbeat_age_s"] for w in shown["workers"]}
+        assert ages["b"] < LEASE_S < ages["a"]
 
         # a comes back under its name: it takes its session over again, b lets it go.
         a = Worker(ws, broker.url, "a", tmp_path / "a.log")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import time
+from typing import Annotated, Any
 
 import typer
 
@@ -19,7 +20,8 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")
 
 @app.command("show")
 def show(ctx: typer.Context, as_json: JsonOpt = False) -> None:
-    """Which control database this workspace uses, and its tables' row counts."""
+    """Which control database this workspace uses, its tables' row counts and, with
+    several workers, who holds the policies lease and when each worker was last heard of."""
     from edgeloop_control.infra.db import ControlDB
 
     location = state(ctx).workspace.control_db
@@ -28,14 +30,35 @@ def show(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     except sql.Error as exc:
         fail(f"cannot open the control database {sql.redacted(location)}: {exc}")
     try:
-        counts = {t: _count(db.conn, t) for t in sql.table_names(db.conn)}
+        tables = sql.table_names(db.conn)
+        counts = {t: _count(db.conn, t) for t in tables}
+        now = time.time()
+        lease = _lease(db.conn, now) if "leases" in tables else None
+        workers = _workers(db.conn, now) if "workers" in tables else []
     finally:
         db.close()
     engine = "postgresql" if sql.is_postgres(location) else "sqlite"
     if as_json:
-        print_json({"engine": engine, "location": sql.redacted(location), "tables": counts})
+        print_json(
+            {
+                "engine": engine,
+                "location": sql.redacted(location),
+                "tables": counts,
+                "lease": lease,
+                "workers": workers,
+            }
+        )
         return
     console.print(f"control database: {engine} at {sql.redacted(location)}")
+    if lease is not None:
+        state_text = "expired" if lease["expires_in_s"] <= 0 else "held"
+        console.print(
+            f"policies lease: {lease['holder']} (term {lease['term']}, {state_text}, "
+            f"{lease['expires_in_s']:+.1f} s)"
+        )
+    if workers:
+        rows = [[w["name"], f"{w['heartbeat_age_s']:.1f} s ago"] for w in workers]
+        console.print(table("Workers", ["worker", "last heartbeat"], rows))
     console.print(table("Tables", ["table", "rows"], [[t, str(n)] for t, n in counts.items()]))
 
 
@@ -90,6 +113,27 @@ def copy(
         f"copied {copied.rows} rows in {len(copied.tables)} tables to {sql.redacted(to)}; "
         f'now set [control] database = "{sql.redacted(to)}" in edgeloop.toml'
     )
+
+
+def _lease(conn: sql.Connection, now: float) -> dict[str, Any] | None:
+    row = conn.execute(
+        "SELECT holder, term, expires_at FROM leases WHERE name = 'policies'"
+    ).fetchone()
+    if row is None:
+        return None
+    return {
+        "holder": row["holder"],
+        "term": int(row["term"]),
+        "expires_in_s": round(float(row["expires_at"]) - now, 1),
+    }
+
+
+def _workers(conn: sql.Connection, now: float) -> list[dict[str, Any]]:
+    rows = conn.execute("SELECT name, heartbeat_at FROM workers ORDER BY name").fetchall()
+    return [
+        {"name": r["name"], "heartbeat_age_s": round(now - float(r["heartbeat_at"]), 1)}
+        for r in rows
+    ]
 
 
 def _count(conn: sql.Connection, name: str) -> int:

@@ -124,6 +124,7 @@ class ControlDaemon:
         # Restarted under the same name, a worker takes its lease back at once.
         self.lease = Lease(self.db, "policies", worker or name, ttl_s=lease_s)
         self._following_status = False
+        self._stopping = False
         # Workers only: the roster of heartbeats, and the sessions of silent workers the
         # lease holder adopted (daemon/workers.py); _via says which connection acks what.
         self.roster = Roster(self.db, worker, name, time.time()) if worker else None
@@ -149,6 +150,11 @@ class ControlDaemon:
     # -- MQTT ------------------------------------------------------------------
 
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+        if self._stopping:
+            # A connection that completes after stop(): the network thread may outlive it
+            # by its reconnect back-off; it must neither subscribe nor log to a closed log.
+            client.disconnect()
+            return
         if rc.is_failure:
             log.error("broker refused the control daemon: %s", rc)
             return
@@ -181,6 +187,8 @@ class ControlDaemon:
             self.client.unsubscribe(self._status_topic)
 
     def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, codes: Any, _p: Any) -> None:
+        if self._stopping:
+            return
         refused = [c for c in codes if getattr(c, "is_failure", False)]
         if refused:
             log.error("the broker refused the control daemon's subscriptions: %s", refused)
@@ -256,6 +264,7 @@ class ControlDaemon:
             self.lease.release()  # the next worker takes over now, not after the lease
         except sql.Error as exc:
             log.warning("could not release the policies lease: %s", exc)
+        self._stopping = True
         self.client.disconnect()
         # With the broker gone, paho's network thread sleeps out its reconnect back-off in
         # steps of up to 1 s before it sees the stop (0.9 s measured). Nothing is left to

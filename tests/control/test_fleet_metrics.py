@@ -38,8 +38,8 @@ def samples(text: str) -> dict[str, float]:
     }
 
 
-def test_counters_fold_only_new_rows_and_stay_cumulative(tmp_path: Path) -> None:
-    db = ControlDB(tmp_path / "control.sqlite")
+def test_counters_fold_only_new_rows_and_stay_cumulative(control_db_location: str | Path) -> None:
+    db = ControlDB(control_db_location)
     db.upsert_device("d1", online=1, telemetry={"rss_bytes": 5e7, "outbox_depth": 2})
     db.upsert_device("d2", online=0, drift={"m@v1": {"data_drift": True}})
     stats_row(db, "r1", "d1", 10, 1)
@@ -60,11 +60,10 @@ def test_counters_fold_only_new_rows_and_stay_cumulative(tmp_path: Path) -> None
     assert samples(fleet.render(db.conn)) == got
 
 
-def test_http_server_serves_metrics_and_health(tmp_path: Path) -> None:
-    db = ControlDB(tmp_path / "control.sqlite")
+def test_http_server_serves_metrics_and_health(control_db_location: str | Path) -> None:
+    db = ControlDB(control_db_location)
     stats_row(db, "r1", "d1", 3, 0)
-    db.conn.commit()
-    server = HttpServer(tmp_path / "control.sqlite", f"127.0.0.1:{free_port()}").start()
+    server = HttpServer(control_db_location, f"127.0.0.1:{free_port()}").start()
     base = f"http://{server.listen}"
     try:
         with urllib.request.urlopen(f"{base}/metrics", timeout=5) as resp:
@@ -78,6 +77,22 @@ def test_http_server_serves_metrics_and_health(tmp_path: Path) -> None:
         assert err.value.code == 404
     finally:
         server.stop()
+
+
+def test_the_lease_holder_and_the_workers_heartbeats(control_db_location: str | Path) -> None:
+    from edgeloop_control.daemon.workers import Roster
+    from edgeloop_control.infra.lease import Lease
+
+    db = ControlDB(control_db_location)
+    fleet = FleetMetrics()
+    assert "worker_heartbeat" not in "".join(samples(fleet.render(db.conn)))  # one daemon
+    Roster(db, "a", "edgeloop-control-x-a", 1000.0)
+    Roster(db, "b", "edgeloop-control-x-b", 1000.0).heartbeat(1010.0)
+    assert Lease(db, "policies", "b", ttl_s=15).hold(1010.0)
+    got = samples(fleet.render(db.conn))
+    assert got['edgeloop_policies_lease_expiry_timestamp_seconds{holder="b"}'] == 1025.0
+    assert got['edgeloop_worker_heartbeat_timestamp_seconds{worker="a"}'] == 1000.0
+    assert got['edgeloop_worker_heartbeat_timestamp_seconds{worker="b"}'] == 1010.0
 
 
 @pytest.mark.parametrize("bad", ["0.0.0.0:8765", "192.168.1.5:80", "example.com:80", "8765"])

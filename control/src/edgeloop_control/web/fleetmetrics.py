@@ -81,6 +81,7 @@ class FleetMetrics:
             for variant, hist in sorted(latency.items()):
                 write_histogram(out, "request_duration_seconds", {"variant": variant}, hist)
             self._policies(out, conn)
+            self._workers(out, conn)
             return out.text()
 
     def _fleet(self, out: TextWriter, conn: sql.Connection) -> None:
@@ -128,6 +129,27 @@ class FleetMetrics:
                 continue
             for state, n in rows:
                 out.sample(name, {"state": str(state)}, n)
+
+
+    def _workers(self, out: TextWriter, conn: sql.Connection) -> None:
+        """With several `edgeloop serve --worker`s: who holds the policies lease, until when,
+        and each worker's last heartbeat (alert on time() minus it)."""
+        out.metric(
+            "policies_lease_expiry_timestamp_seconds",
+            "gauge",
+            "When the policies lease expires unless its holder renews it.",
+        )
+        out.metric("worker_heartbeat_timestamp_seconds", "gauge", "A worker's last heartbeat.")
+        if sql.has_table(conn, "leases"):
+            for holder, expires_at in conn.execute(
+                "SELECT holder, expires_at FROM leases WHERE name = 'policies'"
+            ):
+                out.sample(
+                    "policies_lease_expiry_timestamp_seconds", {"holder": holder}, expires_at
+                )
+        if sql.has_table(conn, "workers"):
+            for name, heartbeat in conn.execute("SELECT name, heartbeat_at FROM workers"):
+                out.sample("worker_heartbeat_timestamp_seconds", {"worker": name}, heartbeat)
 
 
 def _json(raw: Any) -> dict[str, Any]:

@@ -203,29 +203,53 @@ class PgConnection:
         self._psycopg = psycopg
         self.url = url
         self.readonly = readonly
-        try:
-            self._raw = psycopg.connect(url, autocommit=True, connect_timeout=10)
-        except psycopg.Error as exc:
-            raise PgOperationalError(
-                f"cannot connect to the control database {redacted(url)}: {exc}"
-            ) from exc
-        if readonly:
-            self._raw.execute("SET default_transaction_read_only = on")
         self._in_tx = False
+        self._closed = False
         # One statement at a time per connection, like sqlite3's: the daemon's threads share it.
         self._lock = threading.RLock()
+        self._raw = self._connect()
+
+    def _connect(self) -> Any:
+        try:
+            raw = self._psycopg.connect(self.url, autocommit=True, connect_timeout=10)
+            if self.readonly:
+                raw.execute("SET default_transaction_read_only = on")
+        except self._psycopg.Error as exc:
+            raise PgOperationalError(
+                f"cannot connect to the control database {redacted(self.url)}: {exc}"
+            ) from exc
+        return raw
+
+    def _usable(self, rolling_back: bool = False) -> bool:
+        """Reconnect a connection the server dropped (a restart, a fail-over). Not in the
+        middle of a transaction: the server rolled it back, so that one fails (the caller
+        retries, as for SQLite's "database is locked") and the next statement reconnects.
+        False when a ROLLBACK has nothing left to roll back."""
+        if self._closed or not (self._raw.broken or self._raw.closed):
+            return True
+        if self._in_tx:
+            self._in_tx = False
+            if rolling_back:
+                return False
+            raise PgOperationalError(
+                "the connection to the control database broke in a transaction; it was rolled back"
+            )
+        self._raw = self._connect()
+        return True
 
     @property
     def in_transaction(self) -> bool:
         return self._in_tx
 
     def close(self) -> None:
+        self._closed = True
         self._raw.close()
 
     def execute(self, sql: str, parameters: Any = ()) -> PgCursor:
         statement = _translate(sql)
         if statement.kind == "begin":
             with self._lock:
+                self._usable()
                 self._run("BEGIN", None)
                 self._in_tx = True
                 if not self.readonly:
@@ -233,6 +257,8 @@ class PgConnection:
             return PgCursor([], -1)
         if statement.kind in ("commit", "rollback"):
             with self._lock:
+                if not self._usable(rolling_back=statement.kind == "rollback"):
+                    return PgCursor([], -1)
                 try:
                     self._run(statement.sql, None)
                 finally:
@@ -242,6 +268,7 @@ class PgConnection:
             return PgCursor([], -1)  # as in executescript
         params = _params(parameters)
         with self._lock:
+            self._usable()
             if statement.write and not self._in_tx:
                 cursor: PgCursor = self._serialised(
                     lambda: self._run(statement.sql, params, statement)
@@ -264,6 +291,7 @@ class PgConnection:
                 return PgCursor([], cur.rowcount)
 
         with self._lock:
+            self._usable()
             return run() if self._in_tx else self._serialised(run)
 
     def executescript(self, sql_script: str) -> PgCursor:
@@ -275,6 +303,7 @@ class PgConnection:
             # transaction. Skipped; a missing table fails the read instead, as in SQLite.
             statements = [s for s in statements if not _CREATE_IF.match(s)]
         with self._lock:
+            self._usable()
 
             def run() -> PgCursor:
                 for s in statements:
@@ -286,6 +315,7 @@ class PgConnection:
     def install_functions(self) -> None:
         """The SQL functions the control schema's readers call (:data:`PG_FUNCTIONS`)."""
         with self._lock:
+            self._usable()
             have = self._run(
                 "SELECT count(*) FROM pg_proc WHERE proname IN ('json_valid', 'json_extract') "
                 "AND pronamespace = current_schema()::regnamespace",
@@ -306,7 +336,8 @@ class PgConnection:
             result = work()
         except BaseException:
             self._in_tx = False
-            self._raw.execute("ROLLBACK")
+            if not (self._raw.broken or self._raw.closed):  # else the server rolled it back
+                self._raw.execute("ROLLBACK")
             raise
         self._in_tx = False
         self._run("COMMIT", None)

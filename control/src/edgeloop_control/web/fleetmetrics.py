@@ -130,7 +130,6 @@ class FleetMetrics:
             for state, n in rows:
                 out.sample(name, {"state": str(state)}, n)
 
-
     def _workers(self, out: TextWriter, conn: sql.Connection) -> None:
         """With several `edgeloop serve --worker`s: who holds the policies lease, until when,
         and each worker's last heartbeat (alert on time() minus it)."""

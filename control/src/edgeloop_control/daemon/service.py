@@ -125,6 +125,7 @@ class ControlDaemon:
         self.lease = Lease(self.db, "policies", worker or name, ttl_s=lease_s)
         self._following_status = False
         self._stopping = False
+        self._session_mid: int | None = None  # the SUBSCRIBE of a connection's topics
         # Workers only: the roster of heartbeats, and the sessions of silent workers the
         # lease holder adopted (daemon/workers.py); _via says which connection acks what.
         self.roster = Roster(self.db, worker, name, time.time()) if worker else None
@@ -169,7 +170,7 @@ class ControlDaemon:
         ]
         if not self.worker or self._following_status:
             topics.append((self._status_topic, 1))
-        client.subscribe(topics)
+        self._session_mid = client.subscribe(topics)[1]
 
     @property
     def _status_topic(self) -> str:
@@ -186,13 +187,15 @@ class ControlDaemon:
         else:
             self.client.unsubscribe(self._status_topic)
 
-    def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: int, codes: Any, _p: Any) -> None:
+    def _on_subscribe(self, _c: mqtt.Client, _u: Any, mid: int, codes: Any, _p: Any) -> None:
         if self._stopping:
             return
         refused = [c for c in codes if getattr(c, "is_failure", False)]
         if refused:
             log.error("the broker refused the control daemon's subscriptions: %s", refused)
             return
+        if mid != self._session_mid:
+            return  # a worker's status subscription when it took the lease: not a connection
         self.connected.set()
         log.info("control daemon connected to %s", self.address)
 

@@ -33,11 +33,13 @@ demo: setup
 	$(BIN)/edgeloop demo --report demo-output/report.html
 
 # The suite on both cores (a module stays on one worker, so its module-scoped fixtures are
-# built once), then the package tests (tests/system: containers under a real systemd,
-# arm64 emulation) on their own: they share the build cache and boot containers.
+# built once); then, alone, the modules that assert wall-clock bounds (marker `serial`:
+# a neighbour's load must not fail them) and the package tests (tests/system: containers
+# under a real systemd, arm64 emulation; they share the build cache and boot containers).
 TEST_WORKERS ?= 2
 test: setup
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --ignore=tests/system
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not serial" --ignore=tests/system
+	$(BIN)/python -m pytest -q -m serial --ignore=tests/system
 	$(BIN)/python -m pytest -q tests/system
 
 lint: setup

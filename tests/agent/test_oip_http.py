@@ -27,6 +27,9 @@ from edgeloop_agent.wire.topics import Topics
 from edgeloop_control.infra.mosquitto import PrivateBroker
 from tests.integration.models import sample_features, sensor_model
 
+# Wall-clock bounds: make test runs this module after the parallel phase, alone.
+pytestmark = pytest.mark.serial
+
 
 class RecordingHooks(ServingHooks):
     def __init__(self) -> None:

@@ -20,6 +20,9 @@ from edgeloop_agent.protocol import (
     parse_predict,
 )
 
+# Wall-clock bounds: make test runs this module after the parallel phase, alone.
+pytestmark = pytest.mark.serial
+
 LIMIT = 64 * 1024
 
 

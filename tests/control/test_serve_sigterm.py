@@ -10,8 +10,13 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from edgeloop_control.infra.mosquitto import PrivateBroker
 from edgeloop_control.infra.workspace import Workspace
+
+# Wall-clock bounds: make test runs this module after the parallel phase, alone.
+pytestmark = pytest.mark.serial
 
 EDGELOOP = str(Path(sys.executable).parent / "edgeloop")
 

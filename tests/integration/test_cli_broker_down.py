@@ -26,6 +26,9 @@ from edgeloop_control.infra.workspace import Workspace
 from edgeloop_control.jobs.train_and_register import train_and_register
 from edgeloop_control.training import TrainConfig
 
+# Wall-clock bounds: make test runs this module after the parallel phase, alone.
+pytestmark = pytest.mark.serial
+
 EDGELOOP = str(Path(sys.executable).parent / "edgeloop")
 CLOSED = "mqtt://127.0.0.1:1"  # nothing listens on port 1: refused at once
 LIMIT_S = 5.0

@@ -7,6 +7,8 @@ import json
 import time
 from pathlib import Path
 
+import pytest
+
 from edgeloop_control.infra.db import ControlDB
 from edgeloop_control.infra.mosquitto import PrivateBroker
 from edgeloop_control.infra.workspace import Workspace
@@ -22,6 +24,9 @@ from tests.integration.test_experiment_e2e import (  # noqa: F401 - fixtures
     workspace,
 )
 from tests.mqtt_helpers import AgentProcess, Probe
+
+# Wall-clock bounds: make test runs this module after the parallel phase, alone.
+pytestmark = pytest.mark.serial
 
 
 def start_agents(ws: Workspace, broker: PrivateBroker, agents: list, tmp_path: Path) -> None:

@@ -39,6 +39,9 @@ from edgeloop_control.training import TrainConfig
 from tests.integration.loanbook import TARGET, loan_rows, loans, request_features
 from tests.mqtt_helpers import AgentProcess
 
+# Wall-clock bounds: make test runs this module after the parallel phase, alone.
+pytestmark = pytest.mark.serial
+
 DEVICES = ["loan-1", "loan-2"]
 EDGELOOP = str(Path(sys.executable).parent / "edgeloop")
 # Small windows and samples so the loop closes in well under two minutes on two

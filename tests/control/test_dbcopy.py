@@ -116,3 +116,17 @@ def test_a_target_with_control_state_is_refused(copied: tuple[Path, str, dict[st
         after.close()
     bad = run(root, "db", "copy", "--to", "mysql://x/y")
     assert bad.returncode == 1 and "must be a postgresql:// URL" in bad.stderr
+
+
+def test_a_table_name_edgeloop_did_not_make_is_refused(
+    fleet_history: History, postgres: PostgresServer, tmp_path: Path, monkeypatch: Any
+) -> None:
+    import sqlite3
+
+    monkeypatch.delenv("EDGELOOP_CONTROL_DB", raising=False)
+    ws = copy_workspace(fleet_history.ws, tmp_path / "ws")
+    with sqlite3.connect(ws.root / "control.sqlite") as conn:
+        conn.execute('CREATE TABLE "x; DROP TABLE devices; --" (a INTEGER)')
+    out = run(ws.root, "db", "copy", "--to", postgres.new_database())
+    assert out.returncode == 1 and out.stderr.count("\n") == 1
+    assert "tables edgeloop did not make" in out.stderr

@@ -220,15 +220,10 @@ class ControlDB:
 
     @contextmanager
     def transaction(self) -> Iterator[sql.Connection]:
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
+        with sql.transaction(self.conn) as conn:
             if self.fence is not None:
-                self.fence(self.conn)
-            yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
+                self.fence(conn)
+            yield conn
 
     # -- desired state ------------------------------------------------------------
 

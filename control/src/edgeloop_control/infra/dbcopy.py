@@ -79,7 +79,12 @@ def _tables(src: sqlite3.Connection) -> list[tuple[str, str]]:
         "SELECT name, sql FROM sqlite_master WHERE type = 'table' AND sql IS NOT NULL "
         "AND name NOT LIKE 'sqlite_%' ORDER BY name"
     ).fetchall()
-    return [(str(r["name"]), str(r["sql"])) for r in rows]
+    tables = [(str(r["name"]), str(r["sql"])) for r in rows]
+    # Names go into statements: only the identifiers the control node itself creates.
+    odd = [name for name, _ in tables if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name)]
+    if odd:
+        raise CopyError(f"the control database holds tables edgeloop did not make: {odd!r}")
+    return tables
 
 
 def _indexes(src: sqlite3.Connection) -> list[str]:
